@@ -1,0 +1,138 @@
+"""The Mamba-2 selective state-space scan in plain PyTorch.
+
+For every head ``h`` the scan runs the recurrence (state ``s`` of shape
+[headdim, d_state])::
+
+    s_t = exp(dt_t * A_h) * s_{t-1} + dt_t * x_t B_t^T
+    y_t = s_t C_t + D_h * x_t
+
+Two implementations live here:
+
+* :func:`ssd_scan` - the chunked "state-space duality" algorithm (Dao & Gu,
+  2024) that mamba_ssm's kernels also use. Inside a chunk of ``q`` steps the
+  recurrence is one masked matrix product (attention-like, cost q^2); between
+  chunks only the [headdim, d_state] states are carried. No Python loop over
+  time steps; memory is linear in the sequence length.
+* :func:`ssd_scan_naive` - the recurrence step by step. Slow; it exists so
+  tests can check :func:`ssd_scan` against the definition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["chunk_layout", "ssd_scan", "ssd_scan_naive"]
+
+
+def chunk_layout(length: int, chunk_size: int) -> tuple[int, int]:
+    """(number of chunks, chunk length): the fewest chunks of at most ``chunk_size`` steps, all equal."""
+    n_chunks = max(1, math.ceil(length / chunk_size))
+    return n_chunks, math.ceil(length / n_chunks)
+
+
+def ssd_scan(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    chunk_size: int = 256,
+) -> Tensor:
+    """Chunked SSD scan.
+
+    Args:
+        x: [batch, length, heads, headdim] inputs.
+        dt: [batch, length, heads] step sizes (already through softplus, >= 0).
+        A: [heads] decay rates (negative).
+        B: [batch, length, d_state] input projections (one group, shared by all heads).
+        C: [batch, length, d_state] output projections.
+        D: [heads] skip connection, or None.
+        chunk_size: longest chunk. The sequence is cut into the fewest chunks of
+            at most this length, all of equal size, so no compute goes to a
+            nearly empty last chunk.
+
+    Returns:
+        y: [batch, length, heads, headdim].
+    """
+    batch, length, heads, headdim = x.shape
+    d_state = B.shape[-1]
+    n_chunks, q = chunk_layout(length, chunk_size)
+    pad = n_chunks * q - length
+    # In-place arithmetic on the big [.., q, q] temporaries saves memory traffic,
+    # but autograd needs the intermediate values when gradients are wanted.
+    inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C)))
+
+    xdt = x * dt[..., None]
+    if pad:
+        # Zero steps at the end (dt = 0) leave the state untouched and, the scan
+        # being causal, cannot change earlier outputs.
+        xdt = F.pad(xdt, (0, 0, 0, 0, 0, pad))
+        dt = F.pad(dt, (0, 0, 0, pad))
+        B = F.pad(B, (0, 0, 0, pad))
+        C = F.pad(C, (0, 0, 0, pad))
+
+    # Chunked views: c = chunk, i/j = step inside the chunk.
+    xdt = xdt.reshape(batch, n_chunks, q, heads, headdim)
+    B = B.reshape(batch, n_chunks, q, d_state)
+    C = C.reshape(batch, n_chunks, q, d_state)
+    # Log of the decay from the chunk start through step i.
+    log_decay = torch.cumsum((dt * A).reshape(batch, n_chunks, q, heads), dim=2)  # [b, c, i, h]
+
+    # 1. Within each chunk: y_i = sum_{j <= i} (C_i . B_j) exp(L_i - L_j) dt_j x_j.
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    scores = (C @ B.transpose(-1, -2)).masked_fill(~causal, 0)  # [b, c, i, j]
+    log_t = log_decay.transpose(2, 3).contiguous()  # [b, c, h, i]
+    # L_i - L_j <= 0 on and below the diagonal; above it the clamp keeps exp finite
+    # and the zeroed scores remove it.
+    seg = log_t[..., :, None] - log_t[..., None, :]  # [b, c, h, i, j]
+    if inplace:
+        weights = seg.clamp_max_(0).exp_().mul_(scores[:, :, None])
+    else:
+        weights = seg.clamp_max(0).exp() * scores[:, :, None]
+    y_heads = weights @ xdt.transpose(2, 3).contiguous()  # [b, c, h, i, p]
+
+    # Back to [b, c, i, h, p], with the skip connection D_h x_i folded into the same pass.
+    if D is None:
+        y = y_heads.transpose(2, 3).contiguous()
+    else:
+        x_chunks = F.pad(x, (0, 0, 0, 0, 0, pad)) if pad else x
+        y = (x_chunks.reshape(xdt.shape) * D[:, None]).add_(y_heads.transpose(2, 3))
+
+    if n_chunks > 1:
+        # 2. The state each chunk leaves behind from its own inputs:
+        #    s_c = sum_j exp(L_last - L_j) dt_j x_j B_j^T, as [b, c, h*p, n].
+        to_end = torch.exp(log_decay[:, :-1, -1:] - log_decay[:, :-1])  # [b, c-1, j, h]
+        weighted = (xdt[:, :-1] * to_end[..., None]).reshape(batch, n_chunks - 1, q, heads * headdim)
+        chunk_states = weighted.transpose(-1, -2) @ B[:, :-1]
+
+        # 3. Carry states across chunks (a loop over chunks, not steps).
+        chunk_decay = torch.exp(log_decay[:, :, -1]).repeat_interleave(headdim, dim=-1)[..., None]
+        carried = [chunk_states[:, 0]]
+        for c in range(1, n_chunks - 1):
+            carried.append(chunk_decay[:, c] * carried[-1] + chunk_states[:, c])
+        incoming = torch.stack(carried, dim=1)  # state entering chunks 1.., [b, c-1, h*p, n]
+
+        # 4. What the incoming state adds: exp(L_i) C_i s.
+        from_state = (C[:, 1:] @ incoming.transpose(-1, -2)).reshape(batch, n_chunks - 1, q, heads, headdim)
+        y[:, 1:] += from_state * torch.exp(log_decay[:, 1:])[..., None]
+
+    return y.reshape(batch, n_chunks * q, heads, headdim)[:, :length]
+
+
+def ssd_scan_naive(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Tensor:
+    """The recurrence one step at a time (reference for tests; same shapes as :func:`ssd_scan`)."""
+    batch, length, heads, headdim = x.shape
+    state = x.new_zeros(batch, heads, headdim, B.shape[-1])
+    ys = []
+    for t in range(length):
+        decay = torch.exp(dt[:, t] * A)[:, :, None, None]  # [b, h, 1, 1]
+        update = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, None, None, :]
+        state = decay * state + update
+        ys.append((state @ C[:, t, None, :, None]).squeeze(-1))  # [b, h, p]
+    y = torch.stack(ys, dim=1)
+    return y if D is None else y + D[:, None] * x
