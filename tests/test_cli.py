@@ -1,10 +1,8 @@
-"""The installed ``stemsplit`` command."""
+"""The installed ``stemsplit`` command: entry point, version, doctor."""
 
 import shutil
 import subprocess
 import sys
-
-import pytest
 
 import stemsplit
 
@@ -25,15 +23,21 @@ def test_version():
     assert result.stdout.strip() == f"stemsplit {stemsplit.__version__}"
 
 
-def test_info_names_the_backend():
-    result = run("info")
+def test_doctor_names_backend_codecs_and_cache():
+    result = run("doctor")
     assert result.returncode == 0, result.stderr
     assert "torch" in result.stdout
     assert "portable (on cpu)" in result.stdout or "(on cuda)" in result.stdout
+    assert "FLAC" in result.stdout and "soxr" in result.stdout
+    assert "model cache" in result.stdout
 
 
-@pytest.mark.parametrize("args", [("frobnicate",), ("--no-such-flag",)])
-def test_unknown_command_fails(args):
-    result = run(*args)
-    assert result.returncode != 0
-    assert "No such" in result.stderr
+def test_unknown_option_is_a_usage_error():
+    result = run("song.wav", "--no-such-flag")
+    assert result.returncode == 2
+    assert "No such option" in result.stderr
+
+
+def test_no_arguments_shows_help():
+    result = run()
+    assert "Usage" in result.stdout + result.stderr

@@ -281,9 +281,16 @@ class StateDictMismatch(ValueError):
 
 
 def unwrap_state_dict(obj: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-    """Accept a plain state dict or one wrapped under ``state_dict`` (as some tools save it)."""
-    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        return obj["state_dict"]
+    """Accept a plain state dict, or one as training tools save it.
+
+    Unwraps ``state_dict`` / ``state`` wrappers (Lightning, some trainers) and
+    strips the ``module.`` prefix that ``DataParallel``/DDP put on every key.
+    """
+    for wrapper in ("state_dict", "state"):
+        if wrapper in obj and isinstance(obj[wrapper], Mapping):
+            return unwrap_state_dict(obj[wrapper])
+    if obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):
+        return {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 

@@ -1,0 +1,227 @@
+"""Reading, resampling and writing audio, block by block.
+
+Everything here streams: a song is never held in memory whole. Decoding is
+libsndfile's (wav, flac, ogg/opus, mp3, aiff, ...), resampling is soxr's
+streaming resampler (high quality), writing goes to a temporary file next to
+the destination and is renamed into place only when complete, so a crash or
+Ctrl-C never leaves a partial stem behind and nothing existing is overwritten
+unless asked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+__all__ = [
+    "OUTPUT_FORMATS",
+    "AudioError",
+    "AudioInfo",
+    "BlockResampler",
+    "TempStemFile",
+    "downmix_to_stereo",
+    "probe",
+    "read_blocks",
+    "transcode",
+]
+
+# Output format -> (libsndfile container, subtype for each bit depth; None = float).
+OUTPUT_FORMATS: dict[str, tuple[str, dict[int | None, str]]] = {
+    "wav": ("WAV", {None: "FLOAT", 16: "PCM_16", 24: "PCM_24", 32: "PCM_32"}),
+    "flac": ("FLAC", {None: "PCM_24", 16: "PCM_16", 24: "PCM_24"}),
+    "mp3": ("MP3", {None: "MPEG_LAYER_III"}),
+}
+
+
+class AudioError(Exception):
+    """A file cannot be read or written; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: Path
+    frames: int
+    sample_rate: int
+    channels: int
+    format: str
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def probe(path: str | os.PathLike) -> AudioInfo:
+    """Open ``path`` far enough to know its length, rate and channels, or raise :class:`AudioError`."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"{path}: not a readable audio file ({_libsndfile_reason(exc)})") from None
+    if info.frames <= 0:
+        raise AudioError(f"{path}: contains no audio")
+    return AudioInfo(path, int(info.frames), int(info.samplerate), int(info.channels), info.format)
+
+
+def read_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
+    """Decode ``info.path`` in blocks of [frames, channels] float32, checking every sample is finite."""
+    position = 0
+    try:
+        with sf.SoundFile(str(info.path)) as f:
+            while True:
+                block = f.read(block_frames, dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                if not np.isfinite(block).all():
+                    bad = position + int(np.argwhere(~np.isfinite(block))[0][0])
+                    raise AudioError(
+                        f"{info.path}: sample {bad} ({bad / info.sample_rate:.2f} s) is NaN or infinite"
+                    )
+                position += len(block)
+                yield block
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(
+            f"{info.path}: decoding failed at {position / info.sample_rate:.2f} s ({_libsndfile_reason(exc)})"
+        ) from None
+    if position == 0:
+        raise AudioError(f"{info.path}: contains no audio")
+
+
+def downmix_to_stereo(block: np.ndarray) -> np.ndarray:
+    """[frames, channels > 2] -> [frames, 2].
+
+    Six channels are taken as 5.1 (FL, FR, FC, LFE, SL, SR) and folded down
+    per ITU-R BS.775 without the LFE; any other layout is averaged to mono and
+    duplicated. The result is scaled so a full-scale input cannot clip.
+    """
+    if block.shape[1] == 6:
+        fl, fr, fc, _, sl, sr = block.T
+        c = 1 / math.sqrt(2)
+        stereo = np.stack([fl + c * fc + c * sl, fr + c * fc + c * sr], axis=1)
+        return (stereo / (1 + 2 * c)).astype(np.float32)
+    mono = block.mean(axis=1, keepdims=True)
+    return np.repeat(mono, 2, axis=1).astype(np.float32)
+
+
+class BlockResampler:
+    """Streaming resampler for [frames, channels] float32 blocks (soxr, high quality).
+
+    Passes blocks through untouched when the rates are equal. Call
+    :meth:`flush` after the last block for the resampler's tail.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int, channels: int) -> None:
+        self.identity = in_rate == out_rate
+        if not self.identity:
+            self._stream = soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32", quality="HQ")
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        if self.identity:
+            return block
+        return self._stream.resample_chunk(np.ascontiguousarray(block, dtype=np.float32))
+
+    def flush(self, channels: int) -> np.ndarray:
+        if self.identity:
+            return np.zeros((0, channels), np.float32)
+        return self._stream.resample_chunk(np.zeros((0, channels), np.float32), last=True)
+
+
+class TempStemFile:
+    """A float32 wav being written next to its destination, renamed into place by :meth:`commit`.
+
+    The temporary name starts with a dot and ends in ``.partial`` so a
+    half-written file is recognisable; :meth:`discard` removes it.
+    """
+
+    def __init__(self, destination: Path, sample_rate: int, channels: int) -> None:
+        self.destination = destination
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.peak = 0.0
+        self.frames = 0
+        fd, name = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=".partial", dir=destination.parent)
+        os.close(fd)
+        self.path = Path(name)
+        self._file = sf.SoundFile(
+            name, "w", samplerate=sample_rate, channels=channels, format="WAV", subtype="FLOAT"
+        )
+
+    def write(self, block: np.ndarray) -> None:
+        """block: [frames, channels]."""
+        if len(block):
+            self.peak = max(self.peak, float(np.abs(block).max()))
+            self.frames += len(block)
+            try:
+                self._file.write(block)
+            except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+                raise AudioError(f"{self.destination}: writing failed ({_write_reason(exc)})") from None
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def transcode(
+    source: Path, destination: Path, fmt: str, bit_depth: int | None, gain: float, clamp: bool
+) -> None:
+    """Copy float wav ``source`` into ``destination`` in ``fmt``/``bit_depth``, times ``gain``.
+
+    Written to a temporary file and renamed (the caller has checked for
+    existing files). ``clamp`` limits samples to [-1, 1] for integer formats.
+    """
+    container, subtypes = OUTPUT_FORMATS[fmt]
+    if bit_depth not in subtypes:
+        depths = ", ".join(str(d) for d in subtypes if d is not None) or "none"
+        raise AudioError(f"{destination}: {fmt} does not take --bit-depth {bit_depth} (choose: {depths})")
+    fd, name = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=".partial", dir=destination.parent)
+    os.close(fd)
+    try:
+        with (
+            sf.SoundFile(str(source)) as src,
+            sf.SoundFile(
+                name,
+                "w",
+                samplerate=src.samplerate,
+                channels=src.channels,
+                format=container,
+                subtype=subtypes[bit_depth],
+            ) as dst,
+        ):
+            for block in src.blocks(65536, dtype="float32", always_2d=True):
+                block = block * gain if gain != 1.0 else block
+                dst.write(np.clip(block, -1.0, 1.0) if clamp else block)
+        os.replace(name, destination)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        Path(name).unlink(missing_ok=True)
+        raise AudioError(f"{destination}: writing failed ({_write_reason(exc)})") from None
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def _write_reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{_libsndfile_reason(exc)}; is the disk full?"
+
+
+def _libsndfile_reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return text.split(": ", 1)[-1] if text.startswith("Error opening") else text

@@ -1,0 +1,127 @@
+"""``stemsplit models``: list, download, locate and verify pretrained weights.
+
+Mounted by ``cli.py`` with ``app.add_typer(models_app, name="models")``; all the
+work is in :mod:`stemsplit.weights`, this module only parses and prints.
+"""
+
+from __future__ import annotations
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import weights
+from .model import TSBSMamba2
+
+models_app = typer.Typer(
+    help="List, download, locate and verify pretrained models (registry: weights.toml).",
+    invoke_without_command=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _fail(exc: weights.WeightsError) -> typer.Exit:
+    errors.print(f"stemsplit: error: {exc}", highlight=False, soft_wrap=True, markup=False)
+    return typer.Exit(1)
+
+
+def _size_text(entry: weights.ModelEntry) -> str:
+    """The registry size, else the downloaded file's, else an estimate from the architecture (``~``)."""
+    size = entry.size
+    if size is None:
+        local = weights.downloaded_path(entry.name)
+        size = local.stat().st_size if local is not None else None
+    if size is not None:
+        return f"{size / 1e6:.0f} MB"
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = TSBSMamba2.from_config(entry.config)
+    estimate = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return f"~{estimate / 1e6:.0f} MB"
+
+
+@models_app.callback(invoke_without_command=True)
+def list_models(ctx: typer.Context) -> None:
+    """Show the models stemsplit knows: architecture, stems, size, cached or not, published SDR, license."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        registry = weights.load_registry()
+    except weights.WeightsError as exc:
+        raise _fail(exc) from None
+    light = registry.light_model
+    table = Table(title=f"Models in {registry.path}", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    for column in ("architecture", "stems", "size", "cached", "SDR", "license", ""):
+        table.add_column(column)
+    for entry in registry.models.values():
+        flags = {"default": entry.name == registry.default, "light": entry is light}
+        marks = [mark for mark, on in flags.items() if on]
+        sdr = entry.sdr
+        table.add_row(
+            entry.name,
+            entry.architecture,
+            ", ".join(entry.stems),
+            _size_text(entry),
+            "yes" if weights.cached_path(entry.name) is not None else "no",
+            f"{sdr:.2f} dB" if sdr is not None else "-",
+            entry.license,
+            ", ".join(marks),
+        )
+    console.print(table)
+    if weights.is_offline():
+        console.print("offline mode is on (STEMSPLIT_OFFLINE / HF_HUB_OFFLINE): only cached models load")
+
+
+@models_app.command()
+def download(
+    name: str | None = typer.Argument(None, help="Registry name (default: the registry's default)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Download, verify and convert a model into the cache, then check that it loads; print its path."""
+    try:
+        name = name or weights.default_model_name()
+        weights.load_model(name, progress=not quiet)
+        path = weights.cached_path(name)
+    except weights.WeightsError as exc:
+        raise _fail(exc) from None
+    console.print(str(path), highlight=False, soft_wrap=True)
+
+
+@models_app.command()
+def path(name: str | None = typer.Argument(None, help="Registry name (default: the default model).")) -> None:
+    """Print the cached file a model loads from (exit status 1 if it is not downloaded yet)."""
+    try:
+        name = name or weights.default_model_name()
+        found = weights.cached_path(name)
+    except weights.WeightsError as exc:
+        raise _fail(exc) from None
+    if found is None:
+        errors.print(f"{name} is not downloaded yet; run `stemsplit models download {name}`", highlight=False)
+        raise typer.Exit(1)
+    console.print(str(found), highlight=False, soft_wrap=True)
+
+
+@models_app.command("verify")
+def verify_command(
+    name: str | None = typer.Argument(None, help="Registry name (default: every cached model)."),
+) -> None:
+    """Re-hash cached models against the registry or the hash recorded on first download."""
+    try:
+        results = weights.verify(name)
+    except weights.WeightsError as exc:
+        raise _fail(exc) from None
+    styles = {"ok": "green", "mismatch": "red", "not cached": "dim", "unverified": "yellow"}
+    for result in results:
+        style = styles.get(result.status, "")
+        console.print(
+            f"[{style}]{result.status:>10}[/{style}]  {result.name}: {result.detail}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    bad = any(r.status == "mismatch" for r in results)
+    missing = name is not None and any(r.status == "not cached" for r in results)
+    if bad or missing:
+        raise typer.Exit(1)

@@ -1,0 +1,120 @@
+"""``stemsplit models``: the table, download, path and verify, run through Typer's CliRunner.
+
+Downloads go to a real HTTP server on 127.0.0.1; cache and registry live in tmp_path.
+"""
+
+import pytest
+import typer
+from typer.testing import CliRunner
+from weights_server import GOLDEN_WEIGHTS, FileServer, golden_ckpt_bytes, tiny_entry, write_registry
+
+from stemsplit.cli_models import models_app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def server():
+    server = FileServer()
+    server.files["tiny.ckpt"] = golden_ckpt_bytes()
+    server.files["small.safetensors"] = GOLDEN_WEIGHTS.read_bytes()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, server):
+    monkeypatch.setenv("STEMSPLIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STEMSPLIT_REGISTRY", str(tmp_path / "weights.toml"))
+    monkeypatch.delenv("STEMSPLIT_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    metrics = {"source": "a test", "sdr_avg": 1.25}
+    write_registry(
+        tmp_path / "weights.toml",
+        {
+            "tiny": tiny_entry(url=server.url("tiny.ckpt"), metrics=metrics, license="CC-BY-4.0"),
+            "small": tiny_entry(url=server.url("small.safetensors"), light=True),
+        },
+    )
+    return tmp_path
+
+
+def test_table_lists_models_with_marks(env):
+    result = runner.invoke(models_app, [])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│ ")}
+    assert set(rows) >= {"tiny", "small"}
+    assert "default" in rows["tiny"] and "1.25 dB" in rows["tiny"] and "CC-BY" in rows["tiny"]
+    assert "light" in rows["small"] and "~11 MB" in rows["small"]  # size estimated from the architecture
+    assert " no " in rows["tiny"] and " no " in rows["small"]
+
+    assert runner.invoke(models_app, ["download", "small", "-q"]).exit_code == 0
+    rows = {
+        line.split()[1]: line for line in runner.invoke(models_app, []).output.splitlines() if "│ s" in line
+    }
+    assert " yes " in rows["small"] and "11 MB" in rows["small"]
+
+
+def test_download_then_path(env, server):
+    assert runner.invoke(models_app, ["path", "tiny"]).exit_code == 1
+    result = runner.invoke(models_app, ["download", "tiny", "--quiet"])
+    assert result.exit_code == 0, result.output
+    expected = str(env / "cache" / "models" / "tiny" / "tiny.safetensors")
+    assert result.output.strip() == expected
+    result = runner.invoke(models_app, ["path"])  # the default model
+    assert (result.exit_code, result.output.strip()) == (0, expected)
+    assert len(server.requests) == 1
+
+
+def test_path_of_missing_model_says_how_to_get_it(env):
+    result = runner.invoke(models_app, ["path", "tiny"])
+    assert result.exit_code == 1
+    assert "not downloaded yet; run `stemsplit models download tiny`" in result.output
+
+
+def test_verify_detects_tampering(env):
+    result = runner.invoke(models_app, ["verify"])
+    assert result.exit_code == 0 and result.output.count("not cached") == 2
+    assert runner.invoke(models_app, ["verify", "tiny"]).exit_code == 1  # named but not cached
+
+    assert runner.invoke(models_app, ["download", "tiny", "-q"]).exit_code == 0
+    result = runner.invoke(models_app, ["verify", "tiny"])
+    assert result.exit_code == 0 and "ok  tiny" in result.output
+
+    original = env / "cache" / "models" / "tiny" / "tiny.ckpt"
+    data = bytearray(original.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    original.write_bytes(bytes(data))
+    result = runner.invoke(models_app, ["verify"])
+    assert result.exit_code == 1
+    assert "mismatch  tiny" in result.output and "recorded on first use" in result.output
+
+
+def test_errors_are_one_line_messages(env, monkeypatch):
+    monkeypatch.setenv("STEMSPLIT_OFFLINE", "1")
+    result = runner.invoke(models_app, ["download", "tiny"])
+    assert result.exit_code == 1
+    assert "offline mode is on" in result.output and "Traceback" not in result.output
+
+    monkeypatch.delenv("STEMSPLIT_OFFLINE")
+    result = runner.invoke(models_app, ["download", "nope"])
+    assert result.exit_code == 1 and "no model named 'nope'" in result.output
+
+    (env / "weights.toml").write_text('default = "tiny"\n[models.tiny\n')
+    result = runner.invoke(models_app, [])
+    assert result.exit_code == 1 and "weights.toml:2: invalid TOML" in result.output
+
+
+def test_mounted_under_the_main_app(env):
+    """cli.py mounts it with app.add_typer(models_app, name="models"); `stemsplit models` shows the table."""
+    app = typer.Typer()
+
+    @app.command()
+    def info() -> None:
+        pass
+
+    app.add_typer(models_app, name="models")
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert "tiny" in result.output and "default" in result.output
+    assert runner.invoke(app, ["models", "path", "tiny"]).exit_code == 1

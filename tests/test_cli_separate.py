@@ -1,0 +1,365 @@
+"""End to end through the real ``stemsplit`` command, on real audio files."""
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from helpers import FIXTURES
+from safetensors.torch import save_file
+
+from stemsplit.model import TSBSMamba2
+
+RATE = 44100
+STEMS = ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+FAST = ["--window", "1", "--hop", "0.5", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A small random TS-BSMamba2 (N = 16, 1 + 1 layers) saved as safetensors: fast plumbing tests."""
+    torch.manual_seed(0)
+    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1)
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    save_file(model.state_dict(), path)
+    return str(path)
+
+
+def song(path, seconds=1.3, rate=RATE, channels=2, subtype="FLOAT", scale=0.3, fmt=None):
+    t = np.arange(int(seconds * rate)) / rate
+    tones = [np.sin(2 * np.pi * f * t) for f in (220, 330, 440, 550, 660, 770, 880, 990)[:channels]]
+    audio = (scale * np.stack(tones, axis=1)).astype(np.float32)
+    sf.write(path, audio, rate, subtype=subtype, format=fmt)
+    return audio
+
+
+def stemsplit(*args, check=None, timeout=300, **kwargs):
+    exe = shutil.which("stemsplit")
+    result = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check is not None:
+        assert result.returncode == check, result.stdout + result.stderr
+    return result
+
+
+def files_under(folder):
+    return (
+        sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        if folder.exists()
+        else []
+    )
+
+
+# --- the main job -------------------------------------------------------------------------------
+
+
+def test_separate_a_song_with_the_golden_checkpoint(tmp_path):
+    mix = song(tmp_path / "song.wav", seconds=1.6)
+    model = FIXTURES / "golden_small_weights.safetensors"
+    stemsplit(
+        tmp_path / "song.wav", "-o", tmp_path / "stems", "--model", model, "--stage", "1", *FAST, check=0
+    )
+    assert files_under(tmp_path / "stems") == [f"song/{s}" for s in STEMS]
+    stems = [sf.read(tmp_path / "stems" / "song" / s, always_2d=True) for s in STEMS]
+    for audio, rate in stems:
+        assert rate == RATE and audio.shape == mix.shape
+    assert np.abs(sum(a for a, _ in stems) - mix).max() < 1e-5  # stage 1 sums to the mixture
+
+
+def test_options_before_or_after_files_and_separate_alias(tmp_path, tiny_checkpoint):
+    song(tmp_path / "a.wav")
+    song(tmp_path / "b b.flac", channels=1, subtype="PCM_16")
+    m = ["--model", tiny_checkpoint, *FAST]
+    stemsplit(*m, "--light", tmp_path / "a.wav", "-o", tmp_path / "one", check=0)
+    stemsplit(tmp_path / "a.wav", tmp_path / "b b.flac", "-o", tmp_path / "two", *m, "--light", check=0)
+    stemsplit("separate", tmp_path / "a.wav", "-o", tmp_path / "three", *m, check=0)
+    assert files_under(tmp_path / "one") == [f"a/{s}" for s in STEMS]
+    assert files_under(tmp_path / "two") == sorted([f"a/{s}" for s in STEMS] + [f"b b/{s}" for s in STEMS])
+    assert sf.info(str(tmp_path / "two" / "b b" / "vocals.wav")).channels == 1  # mono in, mono out
+    assert files_under(tmp_path / "three") == [f"a/{s}" for s in STEMS]
+
+
+def test_file_named_like_a_subcommand(tmp_path, tiny_checkpoint):
+    song(tmp_path / "batch", fmt="WAV")  # a wav file called "batch"
+    result = stemsplit("./batch", "-o", "out", "--model", tiny_checkpoint, *FAST, cwd=tmp_path, check=0)
+    assert files_under(tmp_path / "out") == [f"batch/{s}" for s in STEMS], result.stderr
+
+
+def test_formats_bit_depths_subsets_and_templates(tmp_path, tiny_checkpoint):
+    song(tmp_path / "s.wav", rate=48000)
+    m = ["--model", tiny_checkpoint, *FAST]
+    stemsplit(tmp_path / "s.wav", "-o", tmp_path / "o", *m, "--format", "flac", "--bit-depth", "16", check=0)
+    info = sf.info(str(tmp_path / "o" / "s" / "drums.flac"))
+    assert (info.format, info.subtype, info.samplerate) == ("FLAC", "PCM_16", 48000)
+    stemsplit(tmp_path / "s.wav", "-o", tmp_path / "p", *m, "--format", "mp3", "--stems", "vocals", check=0)
+    assert files_under(tmp_path / "p") == ["s/vocals.mp3"]
+    stemsplit(
+        tmp_path / "s.wav",
+        "-o",
+        tmp_path / "q",
+        *m,
+        "--two-stems",
+        "vocals",
+        "--filename",
+        "{stem}-{track}.{ext}",
+        check=0,
+    )
+    assert files_under(tmp_path / "q") == ["no_vocals-s.wav", "vocals-s.wav"]
+    result = stemsplit(tmp_path / "s.wav", "-o", tmp_path / "r", *m, "--stems", "guitar")
+    assert result.returncode == 1 and "unknown stem 'guitar'" in result.stderr
+
+
+def test_same_track_name_from_two_folders_does_not_collide(tmp_path, tiny_checkpoint):
+    (tmp_path / "x").mkdir(), (tmp_path / "y").mkdir()
+    song(tmp_path / "x" / "take.wav")
+    song(tmp_path / "y" / "take.wav", channels=1)
+    stemsplit(
+        tmp_path / "x" / "take.wav",
+        tmp_path / "y" / "take.wav",
+        "-o",
+        tmp_path / "o",
+        "--model",
+        tiny_checkpoint,
+        *FAST,
+        check=0,
+    )
+    assert files_under(tmp_path / "o") == sorted(
+        [f"take/{s}" for s in STEMS] + [f"take (2)/{s}" for s in STEMS]
+    )
+
+
+def test_json_events(tmp_path, tiny_checkpoint):
+    song(tmp_path / "s.wav")
+    result = stemsplit(
+        tmp_path / "s.wav", "-o", tmp_path / "o", "--model", tiny_checkpoint, *FAST, "--json", check=0
+    )
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "song" and "start" in kinds and kinds[-1] == "result"
+    assert events[-1]["outputs"]["vocals"].endswith("vocals.wav")
+    windows = [e for e in events if e["event"] == "windows"]
+    assert windows[-1]["done"] == windows[-1]["total"]
+
+
+def test_help_shows_examples_and_usage_errors_exit_2():
+    result = stemsplit("--help", check=0)
+    assert "stemsplit song.wav -o stems/" in result.stdout
+    assert "stemsplit song.wav -o stems/" in stemsplit("batch", "--help", check=0).stdout
+    assert stemsplit("song.wav", "--stage", "3").returncode == 2
+    assert stemsplit("song.wav", "--format", "ogg").returncode == 2
+
+
+# --- batch ------------------------------------------------------------------------------------
+
+
+def test_batch_walks_resumes_and_reports_failures(tmp_path, tiny_checkpoint):
+    music = tmp_path / "music"
+    (music / "album").mkdir(parents=True)
+    song(music / "one.wav")
+    song(music / "album" / "two.flac", subtype="PCM_24")
+    (music / "album" / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    (music / "notes.txt").write_text("not audio")
+    m = ["--model", tiny_checkpoint, *FAST]
+
+    first = stemsplit("batch", music, "-o", tmp_path / "out", *m)
+    assert first.returncode == 1  # one file failed
+    assert "broken.wav" in first.stderr and "not a readable audio file" in first.stderr
+    assert files_under(tmp_path / "out") == sorted([f"one/{s}" for s in STEMS] + [f"two/{s}" for s in STEMS])
+    assert "failed" in first.stderr and "done" in first.stderr
+
+    before = {p: (tmp_path / "out" / p).stat().st_mtime_ns for p in files_under(tmp_path / "out")}
+    second = stemsplit("batch", music, "-o", tmp_path / "out", *m, "--json")
+    events = [json.loads(line) for line in second.stdout.splitlines()]
+    assert sorted(e["source"].split("/")[-1] for e in events if e["event"] == "skipped") == [
+        "one.wav",
+        "two.flac",
+    ]
+    assert {p: (tmp_path / "out" / p).stat().st_mtime_ns for p in files_under(tmp_path / "out")} == before
+
+
+def test_batch_of_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = stemsplit("batch", tmp_path / "empty", "-o", tmp_path / "out")
+    assert result.returncode == 1 and "no audio files found" in result.stderr
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def write_bad(kind, folder):
+    """Create a bad input of ``kind``; return its path and the message expected."""
+    path = folder / f"{kind}.wav"
+    if kind == "missing":
+        return path, "no such file"
+    if kind == "directory":
+        path.mkdir()
+        return path, "is a directory"
+    if kind == "empty":
+        path.write_bytes(b"")
+        return path, "empty file"
+    if kind == "zero_length":
+        sf.write(path, np.zeros((0, 2), np.float32), RATE)
+        return path, "contains no audio"
+    if kind == "not_audio":
+        path.write_bytes(os.urandom(5000))
+        return path, "not a readable audio file"
+    if kind == "truncated":
+        song(path, seconds=2.0, subtype="PCM_16")
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+        return path, None  # libsndfile reads what is there: a shorter song, not an error
+    if kind == "too_short":
+        sf.write(path, np.zeros((200, 2), np.float32) + 0.1, RATE)
+        return path, "too short"
+    if kind == "nan":
+        audio = song(path)
+        audio[30000, 1] = np.nan
+        sf.write(path, audio, RATE, subtype="FLOAT")
+        return path, "NaN or infinite"
+    if kind == "six_channels":
+        song(path, channels=6)
+        return path, "6 channels"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind", ["missing", "directory", "empty", "zero_length", "not_audio", "too_short", "nan", "six_channels"]
+)
+def test_bad_input_is_one_clear_line(kind, tmp_path, tiny_checkpoint):
+    path, expected = write_bad(kind, tmp_path)
+    out = tmp_path / "out"
+    result = stemsplit(path, "-o", out, "--model", tiny_checkpoint, *FAST, "--quiet")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("stemsplit: error: ") and str(path.name) in lines[0] and expected in lines[0]
+    assert "Traceback" not in result.stderr
+    assert files_under(out) == []
+
+
+def test_truncated_wav_gives_what_is_there(tmp_path, tiny_checkpoint):
+    path, _ = write_bad("truncated", tmp_path)
+    stemsplit(path, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, check=0)
+    frames = sf.info(str(path)).frames
+    assert sf.info(str(tmp_path / "out" / "truncated" / "vocals.wav")).frames == frames
+
+
+def test_six_channels_with_downmix(tmp_path, tiny_checkpoint):
+    path, _ = write_bad("six_channels", tmp_path)
+    stemsplit(path, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, "--downmix", check=0)
+    assert sf.info(str(tmp_path / "out" / "six_channels" / "drums.wav")).channels == 2
+
+
+def test_silence_gives_silent_stems(tmp_path, tiny_checkpoint):
+    sf.write(tmp_path / "quiet.wav", np.zeros((RATE * 2, 2), np.float32), RATE)
+    stemsplit(tmp_path / "quiet.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, check=0)
+    for stem in STEMS:
+        audio, _ = sf.read(tmp_path / "out" / "quiet" / stem)
+        assert np.isfinite(audio).all() and np.abs(audio).max() == 0
+
+
+@pytest.mark.parametrize("rate", [8000, 192000])
+def test_unusual_sample_rates(rate, tmp_path, tiny_checkpoint):
+    song(tmp_path / "s.wav", seconds=1.1, rate=rate)
+    stemsplit(tmp_path / "s.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, check=0)
+    info = sf.info(str(tmp_path / "out" / "s" / "bass.wav"))
+    assert info.samplerate == rate and info.frames == int(1.1 * rate)
+
+
+def test_non_ascii_names(tmp_path, tiny_checkpoint):
+    song(tmp_path / "Björk – Jóga (live).wav")
+    stemsplit(
+        tmp_path / "Björk – Jóga (live).wav",
+        "-o",
+        tmp_path / "öut",
+        "--model",
+        tiny_checkpoint,
+        *FAST,
+        check=0,
+    )
+    assert files_under(tmp_path / "öut") == [f"Björk – Jóga (live)/{s}" for s in STEMS]
+
+
+def test_output_folder_that_cannot_be_created(tmp_path, tiny_checkpoint):
+    song(tmp_path / "s.wav")
+    (tmp_path / "file").write_text("I am a file")
+    result = stemsplit(tmp_path / "s.wav", "-o", tmp_path / "file" / "out", "--model", tiny_checkpoint, *FAST)
+    assert result.returncode == 1 and "cannot create output folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder(tmp_path, tiny_checkpoint):
+    song(tmp_path / "s.wav")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    result = stemsplit(tmp_path / "s.wav", "-o", tmp_path / "ro", "--model", tiny_checkpoint, *FAST)
+    assert result.returncode == 1 and "not writable" in result.stderr
+
+
+def test_disk_full_while_writing(tmp_path, tiny_checkpoint):
+    """RLIMIT_FSIZE makes writes past 200 kB fail like a full disk does."""
+    song(tmp_path / "s.wav", seconds=3.0)
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    result = stemsplit(
+        tmp_path / "s.wav",
+        "-o",
+        tmp_path / "out",
+        "--model",
+        tiny_checkpoint,
+        *FAST,
+        preexec_fn=limit_file_size,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "writing failed" in result.stderr and "Traceback" not in result.stderr
+    assert files_under(tmp_path / "out") == []
+
+
+def test_existing_stems_are_kept(tmp_path, tiny_checkpoint):
+    song(tmp_path / "s.wav")
+    (tmp_path / "out" / "s").mkdir(parents=True)
+    (tmp_path / "out" / "s" / "bass.wav").write_bytes(b"mine")
+    result = stemsplit(tmp_path / "s.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST)
+    assert result.returncode == 1 and "--overwrite" in result.stderr
+    assert files_under(tmp_path / "out") == ["s/bass.wav"]
+    assert (tmp_path / "out" / "s" / "bass.wav").read_bytes() == b"mine"
+
+
+def test_ctrl_c_mid_song_leaves_nothing(tmp_path, tiny_checkpoint):
+    song(tmp_path / "long.wav", seconds=30.0)
+    exe = shutil.which("stemsplit")
+    args = [exe, tmp_path / "long.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, "--json"]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "windows":
+            proc.send_signal(signal.SIGINT)
+            break
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert files_under(tmp_path / "out") == []
+
+
+def test_module_entry_point(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "stemsplit", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("stemsplit ")
+
+
+def test_batch_shards_files_across_torchrun_ranks(tmp_path, tiny_checkpoint):
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b", "c"):
+        song(tmp_path / "in" / f"{name}.wav")
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "0"}
+    stemsplit(
+        "batch", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, env=env, check=0
+    )
+    assert files_under(tmp_path / "out") == [f"b/{s}" for s in STEMS]  # rank 1 of 2 takes every second file

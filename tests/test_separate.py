@@ -1,0 +1,232 @@
+"""The separation engine: windowing, overlap-add, streaming, stems on disk."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from helpers import rel_l2
+
+from stemsplit.separate import (
+    SeparationError,
+    Separator,
+    StreamingOverlapAdd,
+    share_residual,
+    song_stats,
+    window_count,
+)
+
+RATE = 44100
+
+
+def identity_stems(windows: torch.Tensor) -> torch.Tensor:
+    """A fake two-source 'model': the window and its negative."""
+    return torch.stack([windows, -windows], dim=1)
+
+
+@pytest.mark.parametrize(
+    "samples", [1, 100, 1025, 22050, 132300, 132301, 7 * 22050, 7 * 22050 + 13, 10 * RATE + 1]
+)
+@pytest.mark.parametrize(("batch_size", "block"), [(1, 10**9), (3, 5000), (8, RATE)])
+def test_identity_model_gives_back_the_input(samples, batch_size, block):
+    x = torch.randn(2, samples, generator=torch.Generator().manual_seed(samples))
+    ola = StreamingOverlapAdd(identity_stems, window=3 * RATE, hop=RATE // 2, batch_size=batch_size)
+    parts = [p for i in range(0, samples, block) for p in ola.push(x[:, i : i + block])]
+    parts += list(ola.finish())
+    y = torch.cat(parts, dim=-1)
+    assert y.shape == (2, 2, samples)
+    assert (y[0] - x).abs().max() <= 1e-6
+    assert ola.windows_done == window_count(samples, 3 * RATE, RATE // 2)
+
+
+def test_output_is_handed_back_while_streaming():
+    """Finished audio comes out before the input ends, so memory stays bounded."""
+    ola = StreamingOverlapAdd(identity_stems, window=RATE, hop=RATE // 4, batch_size=2)
+    emitted = 0
+    for _ in range(20):
+        emitted += sum(p.shape[-1] for p in ola.push(torch.randn(1, RATE)))
+        assert ola._input.shape[1] <= 3 * RATE  # the input buffer does not grow with the song
+    assert emitted >= 18 * RATE
+
+
+def test_window_count_follows_the_papers_padding():
+    # 3 s windows every 0.5 s, window - hop of zeros on both sides: each sample is seen 6 times.
+    assert window_count(10 * RATE, 3 * RATE, RATE // 2) == 25
+    assert window_count(1, 3 * RATE, RATE // 2) == 6
+
+
+@pytest.fixture(scope="module")
+def separator_stage1(golden_model):
+    return Separator(golden_model, stage=1, window=1.0, hop=0.5)
+
+
+def music(seconds: float, rate: int = RATE, channels: int = 2, seed: int = 0) -> np.ndarray:
+    """A small test 'song': two tones, a pulse and some noise, [channels, samples]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    left = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * (np.sin(2 * np.pi * 2 * t) > 0.9) * rng.standard_normal(
+        len(t)
+    )
+    right = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(len(t))
+    return np.stack([left, right][:channels]).astype(np.float32)
+
+
+def test_stage1_stems_sum_to_the_mixture_after_overlap_add(separator_stage1):
+    mix = music(2.3)
+    stems = separator_stage1.separate(mix, RATE)
+    assert list(stems) == ["drums", "bass", "other", "vocals"]
+    total = sum(stems.values())
+    assert total.shape == mix.shape
+    assert rel_l2(torch.from_numpy(total), torch.from_numpy(mix)) < 1e-5
+
+
+def test_other_sample_rates_come_back_at_their_rate(separator_stage1):
+    t = np.arange(int(1.5 * 22050)) / 22050
+    mix = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)[None]
+    stems = separator_stage1.separate(mix, 22050)
+    assert stems["vocals"].shape == mix.shape
+    # Band-limited input: the round trip through 44.1 kHz keeps the stem sum close to the mix.
+    assert rel_l2(torch.from_numpy(sum(stems.values())), torch.from_numpy(mix)) < 1e-2
+
+
+def test_share_residual_makes_stems_sum_exactly_and_keeps_silence():
+    torch.manual_seed(0)
+    mix = torch.randn(1, 2, 8192)
+    stems = torch.stack([mix * 0.5, mix * 0.3, torch.zeros_like(mix)], dim=1)  # sums to 0.8 mix
+    fixed = share_residual(mix, stems)
+    assert (fixed.sum(dim=1) - mix).abs().max() < 1e-5
+    assert fixed[:, 2].abs().max() == 0  # the silent stem stays silent
+    torch.testing.assert_close(fixed[:, 0] / 0.625, fixed[:, 1] / 0.375, atol=1e-4, rtol=1e-4)
+
+
+def test_exact_stage2_stems_sum_to_the_input(golden_model):
+    separator = Separator(golden_model, stage=2, exact=True, window=1.0, hop=0.5)
+    mix = music(1.2)
+    stems = separator.separate(mix, RATE)
+    assert np.abs(sum(stems.values()) - mix).max() < 1e-5
+
+
+def test_separate_file_writes_stems(tmp_path, separator_stage1):
+    mix = music(1.7)
+    sf.write(tmp_path / "my song.flac", mix.T, RATE, subtype="PCM_24")
+    result = separator_stage1.separate_file(tmp_path / "my song.flac", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / "my song").iterdir()) == [
+        "bass.wav",
+        "drums.wav",
+        "other.wav",
+        "vocals.wav",
+    ]
+    read = {k: sf.read(p, always_2d=True) for k, p in result.outputs.items()}
+    for audio, rate in read.values():
+        assert rate == RATE and audio.shape == mix.T.shape
+    assert sf.info(str(result.outputs["bass"])).subtype == "FLOAT"
+    decoded_mix = sf.read(tmp_path / "my song.flac", always_2d=True)[0]
+    assert np.abs(sum(a for a, _ in read.values()) - decoded_mix).max() < 1e-5
+
+
+def test_two_stems_and_subsets(tmp_path, golden_model):
+    separator = Separator(golden_model, stage=2, window=1.0, hop=0.5)
+    mix = music(1.2)
+    sf.write(tmp_path / "a.wav", mix.T, RATE, subtype="FLOAT")
+    result = separator.separate_file(tmp_path / "a.wav", tmp_path / "out", two_stems="vocals")
+    assert set(result.outputs) == {"vocals", "no_vocals"}
+    vocals, no_vocals = (sf.read(result.outputs[k])[0] for k in ("vocals", "no_vocals"))
+    assert np.abs(vocals + no_vocals - mix.T).max() < 1e-5
+    result = separator.separate_file(tmp_path / "a.wav", tmp_path / "subset", stems=["drums", "bass"])
+    assert sorted(p.name for p in (tmp_path / "subset" / "a").iterdir()) == ["bass.wav", "drums.wav"]
+
+
+def test_integer_output_is_rescaled_together(tmp_path, separator_stage1):
+    loud = music(1.2) * 4.0  # peaks well above full scale
+    sf.write(tmp_path / "loud.wav", loud.T, RATE, subtype="FLOAT")
+    result = separator_stage1.separate_file(tmp_path / "loud.wav", tmp_path / "out", fmt="flac", bit_depth=16)
+    assert result.rescaled_by < 1.0
+    stems = [sf.read(p)[0] for p in result.outputs.values()]
+    assert max(np.abs(s).max() for s in stems) <= 1.0
+    assert sf.info(str(result.outputs["drums"])).subtype == "PCM_16"
+    # One common factor: the stems still sum to the (scaled) mixture, within 16-bit rounding.
+    assert np.abs(sum(stems) - loud.T * result.rescaled_by).max() < 4 * 2**-15
+
+
+def test_existing_outputs_are_not_overwritten(tmp_path, separator_stage1):
+    sf.write(tmp_path / "s.wav", music(1.1).T, RATE, subtype="FLOAT")
+    out = tmp_path / "out" / "s"
+    out.mkdir(parents=True)
+    (out / "vocals.wav").write_bytes(b"precious")
+    with pytest.raises(SeparationError, match="not overwriting without --overwrite"):
+        separator_stage1.separate_file(tmp_path / "s.wav", tmp_path / "out")
+    assert (out / "vocals.wav").read_bytes() == b"precious"
+    assert sorted(p.name for p in out.iterdir()) == ["vocals.wav"]
+    separator_stage1.separate_file(tmp_path / "s.wav", tmp_path / "out", overwrite=True)
+    assert sf.info(str(out / "vocals.wav")).frames == int(1.1 * RATE)
+
+
+def test_failure_mid_song_leaves_nothing(tmp_path, golden_model):
+    calls = []
+
+    def explode(event):
+        calls.append(event)
+        if event["event"] == "windows" and event["done"] >= 2:
+            raise KeyboardInterrupt
+
+    separator = Separator(golden_model, stage=1, window=1.0, hop=0.5, progress=explode)
+    sf.write(tmp_path / "s.wav", music(3.0).T, RATE, subtype="FLOAT")
+    with pytest.raises(KeyboardInterrupt):
+        separator.separate_file(tmp_path / "s.wav", tmp_path / "out")
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_song_stats_streaming_equals_whole_song():
+    rng = np.random.default_rng(3)
+    song_blocks = [rng.standard_normal((n, 2)).astype(np.float32) * 0.3 + 0.1 for n in (1000, 17, 5000)]
+    mono = np.concatenate(song_blocks).mean(axis=1)
+    mean, std = song_stats(iter(song_blocks))
+    assert mean == pytest.approx(mono.mean(), rel=1e-6) and std == pytest.approx(mono.std(), rel=1e-6)
+    assert song_stats([np.zeros((10, 2), np.float32)]) == (0.0, 1.0)  # silence: no division by zero
+
+
+def test_meanstd_checkpoints_are_standardised_and_scaled_back(golden_model):
+    seen = []
+    hook = golden_model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        plain = Separator(golden_model, stage=1, window=1.0, hop=0.5)
+        standardised = Separator(golden_model, stage=1, window=1.0, hop=0.5, normalization="meanstd")
+        mix = music(1.2) * 0.05 + 0.02
+        plain.separate(mix, RATE)
+        plain_inputs, seen[:] = torch.cat(seen, dim=-1), []
+        stems = standardised.separate(mix, RATE)
+        standard_inputs = torch.cat(seen, dim=-1)
+    finally:
+        hook.remove()
+    assert plain_inputs.abs().max() < 0.1  # the raw song
+    assert standard_inputs.abs().max() > 2  # the same song at unit standard deviation
+    assert np.abs(sum(stems.values()) - mix).max() < 1e-5  # stems scaled back: they sum to the mixture
+
+
+def test_exact_reports_the_residual_level(tmp_path, golden_model):
+    separator = Separator(golden_model, stage=2, exact=True, window=1.0, hop=0.5)
+    sf.write(tmp_path / "a.wav", music(1.2).T, RATE, subtype="FLOAT")
+    result = separator.separate_file(tmp_path / "a.wav", tmp_path / "out")
+    assert result.residual_db is not None and -80 < result.residual_db < 20
+    assert (
+        Separator(golden_model, window=1.0, hop=0.5)
+        .separate_file(tmp_path / "a.wav", tmp_path / "out2")
+        .residual_db
+        is None
+    )
+
+
+def test_file_pipeline_streams_output_before_reading_all_input(golden_model):
+    """Stems come out while the song is still being read: memory does not grow with the song."""
+    separator = Separator(golden_model, stage=1, window=1.0, hop=0.5)
+    block, read = int(0.25 * RATE), []
+
+    def blocks():
+        for i in range(40):  # 10 s of song
+            read.append(i)
+            yield music(0.25, seed=i).T
+
+    stream = separator._stream(blocks(), RATE, channels=2, frames=40 * block)
+    first = next(stream)
+    assert first.shape[0] == 4 and len(read) < 10
+    total = first.shape[-1] + sum(part.shape[-1] for part in stream)
+    assert total == 40 * block and len(read) == 40

@@ -1,0 +1,494 @@
+"""Pretrained weights: registry, verified and resumable downloads, cache, offline mode, safe loading.
+
+Every download goes to a real HTTP server on 127.0.0.1 started by the test;
+the cache and the registry live in tmp_path, so nothing touches the network or
+the home directory.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from weights_server import GOLDEN_WEIGHTS, FileServer, golden_ckpt_bytes, tiny_entry, write_registry
+
+from stemsplit import weights
+from stemsplit.weights import (
+    CheckpointError,
+    ChecksumError,
+    DownloadError,
+    OfflineError,
+    RegistryError,
+    UnknownModelError,
+    UnsafeCheckpointError,
+    load_model,
+    load_registry,
+)
+
+ROOT = Path(__file__).parent.parent
+CKPT = golden_ckpt_bytes()
+SAFETENSORS = GOLDEN_WEIGHTS.read_bytes()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def server():
+    server = FileServer()
+    server.files["tiny.ckpt"] = CKPT
+    server.files["tiny.safetensors"] = SAFETENSORS
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A private cache and registry path; offline switches cleared."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("STEMSPLIT_CACHE", str(cache))
+    monkeypatch.setenv("STEMSPLIT_REGISTRY", str(tmp_path / "weights.toml"))
+    monkeypatch.delenv("STEMSPLIT_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path
+
+
+def registry(env: Path, **models: dict) -> Path:
+    return write_registry(env / "weights.toml", models)
+
+
+def cached_files(env: Path) -> list[Path]:
+    """Everything in the cache but lock files."""
+    root = env / "cache"
+    return (
+        sorted(p for p in root.rglob("*") if p.is_file() and "locks" not in p.parts) if root.exists() else []
+    )
+
+
+def assert_golden(loaded: weights.LoadedModel) -> None:
+    golden = load_file(GOLDEN_WEIGHTS)
+    state = loaded.model.state_dict()
+    assert state.keys() == golden.keys()
+    assert all(torch.equal(state[k], golden[k]) for k in golden)
+    assert not loaded.model.training
+
+
+# --- the shipped registry -------------------------------------------------------------------
+
+
+def test_shipped_registry_is_valid_and_one_file(monkeypatch):
+    monkeypatch.delenv("STEMSPLIT_REGISTRY", raising=False)
+    registry = load_registry()
+    assert registry.path.resolve() == (ROOT / "src" / "stemsplit" / "weights.toml").resolve()
+    assert (ROOT / "weights.toml").resolve() == registry.path.resolve()  # root file is the packaged one
+    entry = registry.models[registry.default]
+    assert entry.name == "ts-musdb18hq"
+    assert entry.config == weights.TSBSMamba2Config()  # 128 features, 8 + 4 layers, 4 outputs
+    assert entry.stems == ("drums", "bass", "other", "vocals")
+    assert entry.normalization == "none" and entry.sha256 == "" and not entry.light
+    assert entry.filename == "model_bs_mamba2_ep_11_sdr_6.8723.ckpt"
+    assert entry.sdr == pytest.approx(6.87)
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_registry(tmp_path):
+    """A non-editable install finds weights.toml inside the package (built from a copy: no build/ here)."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            tmp_path,
+            source,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("stemsplit-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("stemsplit/weights.toml") == (ROOT / "weights.toml").read_bytes()
+
+
+# --- registry errors ------------------------------------------------------------------------
+
+
+def test_registry_syntax_error_names_file_and_line(env):
+    path = registry(env, tiny=tiny_entry(url="http://127.0.0.1:1/tiny.ckpt"))
+    lines = path.read_text().splitlines()
+    broken = next(i for i, line in enumerate(lines) if line.startswith("license"))
+    lines[broken] = 'license = "MIT'  # unterminated string
+    path.write_text("\n".join(lines))
+    with pytest.raises(RegistryError, match=rf"weights\.toml:{broken + 1}: invalid TOML"):
+        load_registry()
+
+
+def test_registry_field_typo_names_line_and_suggests(env):
+    path = registry(env, tiny=tiny_entry(url="http://127.0.0.1:1/tiny.ckpt", stmes=["a"]))
+    line = path.read_text().splitlines().index('stmes = ["a"]') + 1
+    with pytest.raises(RegistryError, match=rf"weights\.toml:{line}: .*unknown field 'stmes' .*'stems'"):
+        load_registry()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("normalization", "mean", "normalization must be one of none, meanstd"),
+        ("sha256", "abc", "sha256 must be 64 hex digits"),
+        ("stems", ["a", "b"], "2 stems but the network has num_output = 4"),
+        ("sample_rate", "44100", "field 'sample_rate' must be an integer, not str"),
+        ("architecture", "big", "architecture 'big' is not one of"),
+    ],
+)
+def test_registry_bad_value_names_line(env, field, value, message):
+    path = registry(env, tiny=tiny_entry(url="http://127.0.0.1:1/tiny.ckpt", **{field: value}))
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith(f"{field} ="))
+    with pytest.raises(RegistryError, match=rf"weights\.toml:{line}: \[models\.tiny\] {message}"):
+        load_registry()
+
+
+def test_registry_missing_field_and_source(env):
+    entry = tiny_entry(url="http://127.0.0.1:1/tiny.ckpt")
+    del entry["license"]
+    registry(env, tiny=entry)
+    with pytest.raises(RegistryError, match=r"weights\.toml:3: \[models\.tiny\] missing field 'license'"):
+        load_registry()
+    registry(env, tiny=tiny_entry())
+    with pytest.raises(RegistryError, match="exactly one source"):
+        load_registry()
+
+
+def test_unknown_model_lists_known_names(env, server):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt")))
+    with pytest.raises(UnknownModelError, match=r"no model named 'tinny'.*did you mean 'tiny'"):
+        load_model("tinny")
+
+
+# --- download, convert, load ----------------------------------------------------------------
+
+
+def test_download_ckpt_converts_once_and_loads(env, server):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt")))
+    loaded = load_model("tiny", progress=False)
+    assert_golden(loaded)
+    assert (loaded.name, loaded.stems, loaded.sample_rate, loaded.normalization, loaded.light) == (
+        "tiny",
+        ("drums", "bass", "other", "vocals"),
+        44100,
+        "none",
+        False,
+    )
+    directory = env / "cache" / "models" / "tiny"
+    assert {p.name for p in cached_files(env)} == {
+        "tiny.ckpt",
+        "tiny.ckpt.sha256",  # trust on first use: the hash of the first download
+        "tiny.safetensors",  # the one-time conversion later loads read
+        "tiny.safetensors.sha256",
+    }
+    assert (directory / "tiny.ckpt").read_bytes() == CKPT
+    assert (directory / "tiny.ckpt.sha256").read_text().strip() == sha256(CKPT)
+    assert weights.cached_path("tiny") == directory / "tiny.safetensors"
+    # A second load reads the cache: no request, no pickle.
+    (directory / "tiny.ckpt").unlink()
+    assert_golden(load_model("tiny", progress=False))
+    assert len(server.requests) == 1
+
+
+def test_download_safetensors_with_registry_sha256(env, server):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.safetensors"), sha256=sha256(SAFETENSORS).upper()))
+    assert_golden(load_model("tiny", progress=False))
+    assert {p.name for p in cached_files(env)} == {"tiny.safetensors"}  # registry hash: nothing to record
+    assert load_model("tiny", progress=False).name == "tiny"
+    assert len(server.requests) == 1
+
+
+def test_default_and_light_model(env, server):
+    registry(env, big=tiny_entry(url=server.url("tiny.ckpt")))
+    assert not weights.has_light_model()
+    assert load_model(None, light=True, progress=False).name == "big"  # no light model: the default
+    registry(
+        env,
+        big=tiny_entry(url=server.url("tiny.ckpt")),
+        small=tiny_entry(url=server.url("tiny.safetensors"), light=True),
+    )
+    assert weights.has_light_model() and weights.default_model_name(light=True) == "small"
+    loaded = load_model(light=True, progress=False)
+    assert (loaded.name, loaded.light) == ("small", True)
+    assert load_model(progress=False).name == "big"
+
+
+def test_load_from_url_without_registry(env, server):
+    loaded = load_model(server.url("tiny.ckpt"), progress=False)
+    assert loaded.name == "tiny.ckpt" and loaded.stems == ("drums", "bass", "other", "vocals")
+    assert_golden(loaded)
+    load_model(server.url("tiny.ckpt"), progress=False)
+    assert len(server.requests) == 1
+
+
+def test_architecture_mismatch_lists_keys(env, server):
+    config = {**tiny_entry()["config"], "num_repeat_mask": 3}
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt"), config=config))
+    with pytest.raises(
+        CheckpointError, match=r"num_repeat_mask 2 \(expected 3\).*missing: separator_mask\.2\."
+    ):
+        load_model("tiny", progress=False)
+
+
+# --- interrupted transfers ------------------------------------------------------------------
+
+
+def test_dropped_connection_is_resumed_with_range(env, server):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt"), sha256=sha256(CKPT)))
+    server.drop["tiny.ckpt"] = 1  # the first response stops half way
+    assert_golden(load_model("tiny", progress=False))
+    first, second = server.requests_for("tiny.ckpt")
+    assert first["range"] is None
+    assert second["range"] == f"bytes={(len(CKPT)) // 2}-"
+    assert (env / "cache" / "models" / "tiny" / "tiny.ckpt").read_bytes() == CKPT
+
+
+def test_partial_file_from_an_earlier_run_is_resumed(env, server):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.safetensors")))
+    directory = env / "cache" / "models" / "tiny"
+    directory.mkdir(parents=True)
+    (directory / "tiny.safetensors.part").write_bytes(SAFETENSORS[:12345])
+    assert_golden(load_model("tiny", progress=False))
+    assert [r["range"] for r in server.requests] == ["bytes=12345-"]
+    assert (directory / "tiny.safetensors").read_bytes() == SAFETENSORS
+    assert not (directory / "tiny.safetensors.part").exists()
+
+
+def test_server_without_range_support_restarts(env, server):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt"), sha256=sha256(CKPT)))
+    directory = env / "cache" / "models" / "tiny"
+    directory.mkdir(parents=True)
+    (directory / "tiny.ckpt.part").write_bytes(b"stale bytes from another file")
+    server.ignore_range = True
+    assert_golden(load_model("tiny", progress=False))
+    assert (directory / "tiny.ckpt").read_bytes() == CKPT
+
+
+def test_http_error_is_a_clear_error(env, server):
+    registry(env, tiny=tiny_entry(url=server.url("missing.ckpt")))
+    with pytest.raises(DownloadError, match=r"tiny: http://127\.0\.0\.1:\d+/missing\.ckpt: HTTP 404"):
+        load_model("tiny", progress=False)
+    assert cached_files(env) == []
+
+
+def test_checksum_mismatch_keeps_nothing(env, server):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt"), sha256="0" * 64))
+    with pytest.raises(ChecksumError, match=r"tiny: tiny\.ckpt has sha256 .* registry says 0{64}.*deleted"):
+        load_model("tiny", progress=False)
+    assert cached_files(env) == []
+
+
+def test_size_mismatch_keeps_nothing(env, server):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt"), size=len(CKPT) + 1))
+    with pytest.raises(ChecksumError, match=rf"downloaded {len(CKPT)} bytes, but the registry says"):
+        load_model("tiny", progress=False)
+    assert cached_files(env) == []
+
+
+# --- offline mode ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable", ["STEMSPLIT_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_without_cache_is_a_clear_error(env, server, monkeypatch, variable):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt")))
+    monkeypatch.setenv(variable, "1")
+    with pytest.raises(OfflineError, match=r"tiny is not in the cache .*`stemsplit models download tiny`"):
+        load_model("tiny", progress=False)
+    assert server.requests == []
+
+
+def test_offline_with_cache_loads(env, server, monkeypatch):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt")))
+    weights.fetch("tiny", progress=False)
+    server.close()
+    monkeypatch.setenv("STEMSPLIT_OFFLINE", "1")
+    assert_golden(load_model("tiny", progress=False))
+
+
+def test_hugging_face_source(env, monkeypatch):
+    """Hub sources go through hf_hub_download (its cache, revision, offline switch)."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(**kwargs):
+        calls.append(kwargs)
+        return str(GOLDEN_WEIGHTS)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    registry(env, tiny=tiny_entry(repo_id="someone/tiny", filename="w/tiny.safetensors", revision="v1"))
+    assert_golden(load_model("tiny", progress=False))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    load_model("tiny", progress=False)
+    assert [(c["repo_id"], c["filename"], c["revision"], c["local_files_only"]) for c in calls] == [
+        ("someone/tiny", "w/tiny.safetensors", "v1", False),
+        ("someone/tiny", "w/tiny.safetensors", "v1", True),
+    ]
+    # trust on first use covers hub files too
+    assert (env / "cache" / "models" / "tiny" / "tiny.safetensors.sha256").read_text().strip() == sha256(
+        SAFETENSORS
+    )
+
+
+# --- concurrency ----------------------------------------------------------------------------
+
+
+def test_two_processes_download_once(env, server):
+    """One process downloads while the other waits on the lock; both get the same intact file."""
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt")))
+    server.gate = threading.Event()  # hold the first response until both processes are running
+    script = (
+        "import sys; from stemsplit import weights; print('ready', flush=True); "
+        "print(weights.fetch('tiny', progress=False), flush=True)"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            env=os.environ.copy(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 10
+        while not server.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # let the second process reach the lock
+        server.gate.set()
+        outputs = [proc.communicate(timeout=30) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    paths = {out.strip() for out, _ in outputs}
+    assert paths == {str(env / "cache" / "models" / "tiny" / "tiny.safetensors")}
+    assert len(server.requests) == 1
+    assert any("waiting for another process" in err for _, err in outputs)
+    assert (env / "cache" / "models" / "tiny" / "tiny.ckpt").read_bytes() == CKPT
+    assert_golden(load_model("tiny", progress=False))
+
+
+# --- safe loading ---------------------------------------------------------------------------
+
+
+class Evil:
+    """Unpickling this would create a file: the stand-in for arbitrary code in a checkpoint."""
+
+    marker: Path
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def evil_checkpoint(marker: Path) -> bytes:
+    import io
+
+    evil = Evil()
+    evil.marker = marker
+    buffer = io.BytesIO()
+    torch.save({**load_file(GOLDEN_WEIGHTS), "payload": evil}, buffer)
+    return buffer.getvalue()
+
+
+def test_malicious_pickle_is_refused_and_never_run(env, server, tmp_path):
+    marker = tmp_path / "pwned"
+    server.files["evil.ckpt"] = evil_checkpoint(marker)
+    registry(env, evil=tiny_entry(url=server.url("evil.ckpt")))
+    with pytest.raises(UnsafeCheckpointError, match=r"evil: refused to load evil\.ckpt: .*arbitrary pickle"):
+        load_model("evil", progress=False)
+    local = tmp_path / "evil.pth"
+    local.write_bytes(server.files["evil.ckpt"])
+    with pytest.raises(UnsafeCheckpointError):
+        load_model(local)
+    assert not marker.exists()
+    assert not (env / "cache" / "models" / "evil" / "evil.safetensors").exists()
+
+
+def test_garbage_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "junk.ckpt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"junk\.ckpt: junk\.ckpt is not a readable checkpoint"):
+        load_model(path)
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_local_checkpoints_with_wrappers_and_metadata(tmp_path):
+    golden = load_file(GOLDEN_WEIGHTS)
+    wrapped = tmp_path / "trainer.ckpt"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in golden.items()}}, wrapped)
+    loaded = load_model(str(wrapped))
+    assert_golden(loaded)
+    assert (loaded.name, loaded.stems, loaded.normalization) == (
+        "trainer.ckpt",
+        weights.DEFAULT_STEMS,
+        "none",
+    )
+
+    tagged = tmp_path / "tagged.safetensors"
+    metadata = {"stems": "a, b, c, d", "sample_rate": "44100", "normalization": "meanstd"}
+    save_file(golden, tagged, metadata=metadata)
+    loaded = load_model(tagged)
+    assert (loaded.stems, loaded.sample_rate, loaded.normalization) == (
+        ("a", "b", "c", "d"),
+        44100,
+        "meanstd",
+    )
+    save_file(golden, tagged, metadata={"stems": "a,b"})
+    with pytest.raises(CheckpointError, match="metadata names 2 stems but the network has 4 outputs"):
+        load_model(tagged)
+
+
+# --- trust on first use ---------------------------------------------------------------------
+
+
+def test_tofu_hash_then_tampering_detected(env, server):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.safetensors")))
+    load_model("tiny", progress=False)
+    record = env / "cache" / "models" / "tiny" / "tiny.safetensors.sha256"
+    assert record.read_text().strip() == sha256(SAFETENSORS)
+    assert [r.status for r in weights.verify()] == ["ok"]
+    cached = env / "cache" / "models" / "tiny" / "tiny.safetensors"
+    data = bytearray(cached.read_bytes())
+    data[-1] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    (result,) = weights.verify("tiny")
+    assert result.status == "mismatch" and "recorded on first use" in result.detail
+    with pytest.raises(ChecksumError, match="recorded on first use"):
+        load_model("tiny", progress=False)
+
+
+def test_tampered_conversion_detected(env, server):
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt")))
+    converted = weights.fetch("tiny", progress=False)
+    tensors = load_file(converted)
+    tensors["in_conv.bias"] = tensors["in_conv.bias"] + 1
+    save_file(tensors, converted)
+    assert weights.verify("tiny")[0].status == "mismatch"
+    with pytest.raises(ChecksumError):
+        load_model("tiny", progress=False)
