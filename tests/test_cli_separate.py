@@ -363,3 +363,33 @@ def test_batch_shards_files_across_torchrun_ranks(tmp_path, tiny_checkpoint):
         "batch", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, env=env, check=0
     )
     assert files_under(tmp_path / "out") == [f"b/{s}" for s in STEMS]  # rank 1 of 2 takes every second file
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_checkpoint):
+    result = stemsplit(
+        tmp_path / "missing.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, "--debug"
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr and "no such file" in result.stderr
+
+
+def test_in_process_with_typers_runner(tmp_path, tiny_checkpoint):
+    from typer.testing import CliRunner
+
+    from stemsplit.cli import app
+
+    song(tmp_path / "s.wav")
+    args = [
+        "separate",
+        str(tmp_path / "s.wav"),
+        "-o",
+        str(tmp_path / "out"),
+        "--model",
+        tiny_checkpoint,
+        *FAST,
+    ]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.splitlines()[-1])["event"] == "result"
+    assert files_under(tmp_path / "out") == [f"s/{s}" for s in STEMS]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output

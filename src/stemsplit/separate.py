@@ -45,6 +45,7 @@ from .audio import (
     transcode,
 )
 from .model import TSBSMamba2
+from .weights import DEFAULT_STEMS, load_model
 
 __all__ = [
     "SeparationError",
@@ -57,7 +58,6 @@ __all__ = [
     "window_count",
 ]
 
-DEFAULT_STEMS = ("drums", "bass", "other", "vocals")
 READ_BLOCK_SECONDS = 10.0
 
 # Callback for progress events: a dict with an "event" key (see Separator.separate_file).
@@ -327,8 +327,6 @@ class Separator:
             self.sample_rate = sample_rate or model.config.sr
             self.normalization = normalization
         else:
-            from .weights import load_model
-
             loaded = load_model(model, light=light)
             self.model, self.name = loaded.model, loaded.name
             self.stems, self.sample_rate = tuple(loaded.stems), loaded.sample_rate
