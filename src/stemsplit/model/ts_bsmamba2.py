@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .bands import EPS, BandMerge, BandSplit, band_widths, group_norm_last2
 from .mamba2 import Mamba2
@@ -132,14 +133,22 @@ class DualPathBlock(nn.Module):
 
 
 class Separator(nn.Sequential):
-    """A stack of DualPathBlocks."""
+    """A stack of DualPathBlocks.
+
+    ``checkpoint_activations``: in training, keep only each block's input and
+    recompute the block in the backward pass (less memory, ~30% more compute).
+    """
 
     def __init__(self, dim: int, layers: int, backend: str | None = None) -> None:
         super().__init__(*(DualPathBlock(dim, backend) for _ in range(layers)))
+        self.checkpoint_activations = False
 
     def forward(self, x: Tensor, channels: int) -> Tensor:
         for block in self:
-            x = block(x, channels)
+            if self.checkpoint_activations and torch.is_grad_enabled():
+                x = checkpoint(block, x, channels, use_reentrant=False)
+            else:
+                x = block(x, channels)
         return x
 
 
@@ -210,6 +219,11 @@ class TSBSMamba2(nn.Module):
         check_state_dict(model, state_dict)
         model.load_state_dict(state_dict, strict=True)
         return model
+
+    def checkpoint_activations(self, enabled: bool = True) -> None:
+        """Trade compute for memory in training: recompute each DualNet block in the backward pass."""
+        self.separator_mask.checkpoint_activations = enabled
+        self.separator_map.checkpoint_activations = enabled
 
     @property
     def min_samples(self) -> int:

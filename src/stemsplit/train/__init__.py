@@ -1,0 +1,1 @@
+"""Training and evaluation of TS-BSMamba2 (``stemsplit train``, ``stemsplit eval``)."""

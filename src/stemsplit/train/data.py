@@ -1,0 +1,394 @@
+"""Training data: MUSDB18-HQ-layout multitracks, source activity detection and remixing.
+
+The recipe is BSRNN's (Luo & Yu, section III-A), which TS-BSMamba2 trains with:
+
+- **Source activity detection** (:func:`salient_segments`): each stem is cut
+  into 6 s segments with 50% overlap, each segment into 10 chunks; a segment is
+  *salient* when more than half of its chunks carry more energy than
+  ``max(15% quantile of all chunk energies, 1e-3)``. It runs once per dataset
+  and is cached (:class:`SalientIndex`).
+- **On-the-fly remixing** (:class:`RemixDataset`): every stem of a training
+  example comes from its own random track and salient segment, gets a random
+  gain in [-10, 10] dB and is dropped with probability 0.1; the mixture is their
+  sum, and both are rescaled together when a peak exceeds 1.
+
+Samples are a pure function of ``(seed, epoch, index)``, so a resumed run, any
+number of DataLoader workers and every DDP rank see exactly the data they would
+have seen in one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ..audio import AudioError, probe
+from ..weights import DEFAULT_STEMS, _write_atomic, cache_dir
+
+__all__ = [
+    "DEFAULT_STEMS",
+    "DatasetError",
+    "RemixDataset",
+    "SalientIndex",
+    "Track",
+    "find_tracks",
+    "musdb_validation_names",
+    "salient_segments",
+    "split_train_valid",
+]
+
+HQ_URL = "https://zenodo.org/records/3338373"
+_CACHE_VERSION = 1
+
+
+class DatasetError(Exception):
+    """The dataset cannot be used as given; the one-line message names the path and the problem."""
+
+
+# --- tracks -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Track:
+    """One multitrack song: a folder of ``<stem>.wav`` files of equal length, rate and channel count.
+
+    Holds no open files (each read opens its file), so it pickles into DataLoader workers.
+    """
+
+    name: str
+    folder: Path
+    stems: tuple[str, ...]
+    sample_rate: int
+    frames: int
+    channels: int
+
+    def stem_path(self, stem: str) -> Path:
+        return self.folder / f"{stem}.wav"
+
+    def read(self, stem: str, start: int = 0, frames: int = -1) -> np.ndarray:
+        """``frames`` frames of ``stem`` from ``start`` (-1: to the end) as float32 [channels, frames]."""
+        audio, _ = sf.read(self.stem_path(stem), start=start, frames=frames, dtype="float32", always_2d=True)
+        return np.ascontiguousarray(audio.T)
+
+    def read_mixture(self) -> np.ndarray:
+        """The whole mixture, float32 [channels, frames]: ``mixture.wav``, else the sum of the stems."""
+        if self.stem_path("mixture").is_file():
+            return self.read("mixture")
+        mixture = self.read(self.stems[0])
+        for stem in self.stems[1:]:
+            mixture += self.read(stem)
+        return mixture
+
+
+def find_tracks(root: str | Path, subset: str, stems: Sequence[str] = DEFAULT_STEMS) -> list[Track]:
+    """The tracks of ``ROOT/<subset>/<track>/{mixture,<stem>}.wav``, sorted by name.
+
+    Every stem file is probed up front, so a broken dataset fails here with the
+    offending path rather than hours into training.
+    """
+    root, stems = Path(root), tuple(stems)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder")
+    folder = root / subset
+    for place in (root, folder):
+        if place.is_dir() and next(place.glob("*.stem.mp4"), None) is not None:
+            raise DatasetError(
+                f"{place}: holds .stem.mp4 files, the compressed MUSDB18; stemsplit reads MUSDB18-HQ, "
+                f"the uncompressed wav version ({HQ_URL})"
+            )
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder (expected the layout ROOT/{subset}/<track>/<stem>.wav)")
+    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DatasetError(f"{folder}: no track folders (expected {folder}/<track>/<stem>.wav)")
+    return [_read_track(path, stems) for path in folders]
+
+
+def _read_track(folder: Path, stems: tuple[str, ...]) -> Track:
+    infos = {}
+    for stem in (*stems, "mixture"):
+        path = folder / f"{stem}.wav"
+        if stem == "mixture" and not path.exists():
+            continue
+        if not path.is_file():
+            raise DatasetError(f"{path}: missing (every track needs {', '.join(s + '.wav' for s in stems)})")
+        try:
+            infos[stem] = probe(path)
+        except AudioError as exc:
+            raise DatasetError(str(exc)) from None
+    for label, attribute, unit in (
+        ("lengths", "frames", " frames"),
+        ("sample rates", "sample_rate", " Hz"),
+        ("channel counts", "channels", " channels"),
+    ):
+        values = {stem: getattr(info, attribute) for stem, info in infos.items()}
+        if len(set(values.values())) > 1:
+            listing = ", ".join(f"{stem}.wav {value}{unit}" for stem, value in values.items())
+            raise DatasetError(f"{folder}: stems have different {label} ({listing})")
+    first = infos[stems[0]]
+    return Track(folder.name, folder, stems, first.sample_rate, first.frames, first.channels)
+
+
+def musdb_validation_names() -> list[str]:
+    """The 14 MUSDB18 validation tracks, from the ``musdb`` package's own config.
+
+    The file is parsed directly because importing ``musdb`` pulls in stempeg and ffmpeg.
+    """
+    spec = importlib.util.find_spec("musdb")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError(
+            "the MUSDB18 validation split needs the musdb package: pip install 'stemsplit[train]'"
+        )
+    try:
+        import yaml
+    except ImportError:
+        raise DatasetError("reading the musdb config needs PyYAML: pip install 'stemsplit[train]'") from None
+    path = Path(next(iter(spec.submodule_search_locations))) / "configs" / "mus.yaml"
+    try:
+        names = yaml.safe_load(path.read_text())["validation_tracks"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: no validation_tracks list ({exc})") from None
+    return [str(name) for name in names]
+
+
+def split_train_valid(
+    tracks: list[Track], valid_names: Sequence[str] | None = None
+) -> tuple[list[Track], list[Track]]:
+    """(train, valid): the tracks named in ``valid_names`` (default: MUSDB18's 14) are the validation set."""
+    names = set(musdb_validation_names() if valid_names is None else valid_names)
+    return [t for t in tracks if t.name not in names], [t for t in tracks if t.name in names]
+
+
+# --- source activity detection ------------------------------------------------------------------
+
+
+def salient_segments(
+    audio: np.ndarray,
+    sample_rate: int,
+    segment_seconds: float = 6.0,
+    chunks: int = 10,
+    quantile: float = 0.15,
+    min_energy: float = 1e-5,
+    floor: float = 1e-3,
+) -> np.ndarray:
+    """Start frames of the salient segments of one stem [channels, frames] (BSRNN's detector).
+
+    Segments of ``segment_seconds`` every half segment (only whole ones), each cut
+    into ``chunks`` chunks whose energy is their mean square (at least
+    ``min_energy``, which stands for silence). The threshold is
+    ``max(quantile of all chunk energies, floor)``; a segment is kept when more
+    than half of its chunks are above it.
+    """
+    audio = np.atleast_2d(audio)
+    frames = audio.shape[-1]
+    length = round(segment_seconds * sample_rate)
+    hop, chunk = length // 2, length // chunks
+    if frames < length or chunk == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.arange(0, frames - length + 1, hop, dtype=np.int64)
+    # Cumulative energy per frame (float64: exact enough over a whole song) gives every chunk in O(1).
+    energy = np.square(audio, dtype=np.float64).mean(axis=0)
+    cumulative = np.concatenate([[0.0], np.cumsum(energy)])
+    chunk_starts = starts[:, None] + np.arange(chunks) * chunk
+    powers = (cumulative[chunk_starts + chunk] - cumulative[chunk_starts]) / chunk
+    powers = np.maximum(powers, min_energy)
+    threshold = max(float(np.quantile(powers, quantile)), floor)
+    keep = (powers > threshold).sum(axis=1) > chunks / 2
+    return starts[keep]
+
+
+class SalientIndex:
+    """Salient segment starts of every (track, stem), computed once per dataset and cached as JSON.
+
+    The cache file is named by a hash of the track folders, names, lengths,
+    stems and detector settings, so any change to them computes a new index; a
+    stale or unreadable file is recomputed and replaced.
+    """
+
+    def __init__(
+        self, names: Sequence[str], segment_seconds: float, starts: Sequence[dict[str, np.ndarray]]
+    ) -> None:
+        self.names = list(names)
+        self.segment_seconds = segment_seconds
+        self._starts = [
+            {stem: np.asarray(s, dtype=np.int64) for stem, s in entry.items()} for entry in starts
+        ]
+
+    @classmethod
+    def build(
+        cls,
+        tracks: Sequence[Track],
+        stems: Sequence[str],
+        segment_seconds: float = 6.0,
+        cache_dir: str | Path | None = None,
+        **sad_kwargs: float,
+    ) -> SalientIndex:
+        """Read the index from the cache, or run :func:`salient_segments` over every stem and cache it."""
+        stems = tuple(stems)
+        folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        key = _index_key(tracks, stems, segment_seconds, sad_kwargs)
+        path = folder / f"sad-{key}.json"
+        loaded = cls._load(path, key, tracks, stems, segment_seconds)
+        if loaded is not None:
+            return loaded
+        starts = [
+            {
+                stem: salient_segments(track.read(stem), track.sample_rate, segment_seconds, **sad_kwargs)
+                for stem in stems
+            }
+            for track in tracks
+        ]
+        folder.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "version": _CACHE_VERSION,
+            "key": key,
+            "segment_seconds": segment_seconds,
+            "tracks": [
+                {"name": t.name, **{s: v.tolist() for s, v in e.items()}}
+                for t, e in zip(tracks, starts, strict=True)
+            ],
+        }
+        _write_atomic(path, json.dumps(payload))
+        return cls([t.name for t in tracks], segment_seconds, starts)
+
+    @classmethod
+    def _load(
+        cls, path: Path, key: str, tracks: Sequence[Track], stems: tuple[str, ...], segment_seconds: float
+    ) -> SalientIndex | None:
+        try:
+            payload = json.loads(path.read_text())
+            if payload["version"] != _CACHE_VERSION or payload["key"] != key:
+                return None
+            entries = payload["tracks"]
+            if [e["name"] for e in entries] != [t.name for t in tracks]:
+                return None
+            starts = [{stem: np.asarray(e[stem], dtype=np.int64) for stem in stems} for e in entries]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return cls([t.name for t in tracks], segment_seconds, starts)
+
+    def starts(self, track_index: int, stem: str) -> np.ndarray:
+        """Start frames of the salient segments of ``stem`` in track ``track_index`` (may be empty)."""
+        return self._starts[track_index][stem]
+
+    def has(self, stems: Sequence[str]) -> bool:
+        """Whether every track was indexed for all of ``stems``."""
+        return all(stem in entry for entry in self._starts for stem in stems)
+
+
+def _default_cache_dir() -> Path:
+    return cache_dir() / "datasets"
+
+
+def _index_key(
+    tracks: Sequence[Track], stems: tuple[str, ...], segment_seconds: float, sad_kwargs: dict[str, float]
+) -> str:
+    identity = {
+        "tracks": [[str(t.folder.resolve()), t.name, t.frames, t.sample_rate] for t in tracks],
+        "stems": stems,
+        "segment_seconds": segment_seconds,
+        "sad": sorted(sad_kwargs.items()),
+    }
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+
+
+# --- remixing -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """Where one stem of one sample comes from, and what is done to it."""
+
+    track: int
+    start: int
+    gain_db: float
+    dropped: bool
+
+
+class RemixDataset(torch.utils.data.Dataset):
+    """BSRNN's on-the-fly remixing: each item is (mixture [C, T], targets [S, C, T]), float32.
+
+    Item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``; :meth:`set_epoch`
+    picks the epoch (DataLoader workers copy the dataset when an iteration
+    starts, so call it before iterating, and don't use persistent workers).
+    """
+
+    def __init__(
+        self,
+        tracks: Sequence[Track],
+        stems: Sequence[str] = DEFAULT_STEMS,
+        seconds: float = 3.0,
+        epoch_size: int = 100_000,
+        seed: int = 0,
+        index: SalientIndex | None = None,
+        gain_db: tuple[float, float] = (-10.0, 10.0),
+        drop_prob: float = 0.1,
+    ) -> None:
+        self.tracks, self.stems = list(tracks), tuple(stems)
+        if not self.tracks:
+            raise DatasetError("no training tracks")
+        for label, attribute in (("sample rates", "sample_rate"), ("channel counts", "channels")):
+            values = {getattr(t, attribute) for t in self.tracks}
+            if len(values) > 1:
+                raise DatasetError(f"training tracks have different {label}: {sorted(values)}")
+        self.sample_rate, self.channels = self.tracks[0].sample_rate, self.tracks[0].channels
+        self.frames = round(seconds * self.sample_rate)
+        self.index = index if index is not None else SalientIndex.build(self.tracks, self.stems)
+        if self.index.names != [t.name for t in self.tracks] or not self.index.has(self.stems):
+            raise DatasetError("the salient-segment index was built for other tracks or stems")
+        self.segment_frames = round(self.index.segment_seconds * self.sample_rate)
+        if self.frames > self.segment_frames:
+            raise DatasetError(
+                f"{seconds:g} s crops do not fit in {self.index.segment_seconds:g} s salient segments"
+            )
+        self.epoch_size, self.seed = epoch_size, seed
+        self.gain_db, self.drop_prob = gain_db, drop_prob
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sample(self.epoch, i)
+
+    def sample(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``i`` of ``epoch``: the stems of :meth:`_draws`, summed, rescaled if a peak exceeds 1."""
+        targets = np.zeros((len(self.stems), self.channels, self.frames), dtype=np.float32)
+        for target, stem, draw in zip(targets, self.stems, self._draws(epoch, i), strict=True):
+            if not draw.dropped:
+                audio = self.tracks[draw.track].read(stem, draw.start, self.frames)
+                target[:, : audio.shape[1]] = audio * np.float32(10 ** (draw.gain_db / 20))
+        targets = torch.from_numpy(targets)
+        mixture = targets.sum(0)
+        peak = max(float(mixture.abs().max()), float(targets.abs().max()))
+        if peak > 1:
+            targets = targets / peak
+            mixture = targets.sum(0)  # recomputed, so the mixture is exactly the sum of the targets
+        return mixture, targets
+
+    def _draws(self, epoch: int, i: int) -> list[_Draw]:
+        """The random choices behind item ``i`` of ``epoch``, one per stem, from ``rng([seed, epoch, i])``."""
+        rng = np.random.default_rng([self.seed, epoch, i])
+        draws = []
+        for stem in self.stems:
+            track = int(rng.integers(len(self.tracks)))
+            segments = self.index.starts(track, stem)
+            if len(segments):
+                segment = int(segments[rng.integers(len(segments))])
+                start = segment + int(rng.integers(self.segment_frames - self.frames + 1))
+            else:  # never salient (or shorter than a segment): anywhere will do
+                start = int(rng.integers(max(self.tracks[track].frames - self.frames, 0) + 1))
+            gain = float(rng.uniform(*self.gain_db))
+            draws.append(_Draw(track, start, gain, bool(rng.random() < self.drop_prob)))
+        return draws

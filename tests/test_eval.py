@@ -1,0 +1,225 @@
+"""Evaluation: uSDR is its formula, cSDR is museval's, aggregation as in the paper; ``stemsplit eval``."""
+
+import importlib.util
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import typer
+from helpers import FIXTURES
+from typer.testing import CliRunner
+
+from stemsplit.cli_eval import eval_command
+from stemsplit.separate import Separator
+from stemsplit.train.eval import (
+    EvalReport,
+    TrackScores,
+    _museval,
+    csdr,
+    evaluate_tracks,
+    usdr,
+    write_report,
+)
+
+STEMS = ("drums", "bass", "other", "vocals")
+RATE = 16000  # the model runs at 44.1 kHz; a lower file rate also exercises resampling and speeds BSSEval
+
+
+class WavTrack:
+    """A MUSDB18-HQ-style track folder, read with soundfile ([channels, frames])."""
+
+    def __init__(self, folder: Path, stems=STEMS) -> None:
+        self.folder, self.name, self.stems = folder, folder.name, tuple(stems)
+        self.sample_rate = sf.info(folder / "mixture.wav").samplerate
+
+    def read(self, stem: str) -> np.ndarray:
+        return sf.read(self.folder / f"{stem}.wav", dtype="float32", always_2d=True)[0].T
+
+    def read_mixture(self) -> np.ndarray:
+        return self.read("mixture")
+
+
+def _write_track(folder: Path, seed: int, seconds: float = 2.0) -> None:
+    """Four distinct stereo stems (vocals silent in the first second) and their sum as the mixture."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * RATE)) / RATE
+    stems = {
+        "drums": rng.standard_normal(t.size) * (np.sin(2 * np.pi * 4 * t) > 0.7),
+        "bass": np.sin(2 * np.pi * (55 + 10 * seed) * t),
+        "other": np.sin(2 * np.pi * 440 * t) + 0.2 * rng.standard_normal(t.size),
+        "vocals": np.sin(2 * np.pi * (300 + 200 * t) * t) * (t >= 1.0),
+    }
+    folder.mkdir(parents=True)
+    mixture = 0
+    for name, mono in stems.items():
+        audio = 0.2 * np.stack([mono, rng.uniform(0.5, 1.0) * mono], axis=1).astype(np.float32)
+        sf.write(folder / f"{name}.wav", audio, RATE, subtype="FLOAT")
+        mixture = mixture + audio
+    sf.write(folder / "mixture.wav", mixture, RATE, subtype="FLOAT")
+
+
+@pytest.fixture(scope="module")
+def musdb(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("musdb18hq")
+    for seed, name in enumerate(["Artist A - Song", "Artist B - Song"]):
+        _write_track(root / "test" / name, seed)
+    return root
+
+
+@pytest.fixture(scope="module")
+def separator() -> Separator:
+    return Separator(str(FIXTURES / "golden_small_weights.safetensors"), device="cpu", window=1.0, hop=0.5)
+
+
+def _tracks(root: Path) -> list[WavTrack]:
+    return [WavTrack(folder) for folder in sorted((root / "test").iterdir())]
+
+
+# --- the metrics --------------------------------------------------------------------------------
+
+
+def test_usdr_is_the_mdx_formula():
+    rng = np.random.default_rng(0)
+    ref, est = rng.standard_normal((2, 2, 1000))
+    expected = 10 * math.log10((np.sum(ref**2) + 1e-7) / (np.sum((ref - est) ** 2) + 1e-7))
+    assert usdr(ref, est) == pytest.approx(expected, rel=1e-12)
+    assert usdr(ref, ref + 0.1) > usdr(ref, ref + 0.2)
+    # The oracle: a perfect estimate scores very high yet finite (eps), a silent stem silently 0 dB.
+    perfect = usdr(ref, ref)
+    assert math.isfinite(perfect) and perfect > 90
+    assert usdr(np.zeros(10), np.zeros(10)) == 0.0
+
+
+def test_csdr_is_museval_median_over_frames():
+    rng = np.random.default_rng(1)
+    rate = 8000
+    refs = rng.standard_normal((3, 3 * rate + 100, 2))
+    refs[2, :rate] = 0  # a silent reference frame: museval scores it NaN
+    ests = refs + rng.uniform(0.1, 1.0, (3, 1, 1)) * rng.standard_normal(refs.shape)
+    scores = csdr(refs, ests, rate)
+    sdr = _museval().evaluate(refs, ests, win=rate, hop=rate)[0]
+    assert np.isnan(sdr).any()
+    assert scores.shape == (3,)
+    np.testing.assert_array_equal(scores, np.nanmedian(sdr, axis=1))
+
+
+# --- aggregation and the report ---------------------------------------------------------------
+
+
+def test_aggregation_median_over_tracks_for_csdr_mean_for_usdr(tmp_path):
+    scores = [
+        TrackScores("a", csdr={"bass": 1.0, "vocals": 4.0}, usdr={"bass": 1.0, "vocals": 4.0}),
+        TrackScores("b", csdr={"bass": 2.0, "vocals": math.nan}, usdr={"bass": 2.0, "vocals": 5.0}),
+        TrackScores("c", csdr={"bass": 9.0, "vocals": 6.0}, usdr={"bass": 9.0, "vocals": 9.0}),
+    ]
+    report = EvalReport(scores, ("bass", "vocals"), {"hop": 0.5})
+    assert report.csdr() == {"bass": 2.0, "vocals": 5.0, "avg": 3.5}  # NaN (unscorable) left out
+    assert report.usdr() == {"bass": 4.0, "vocals": 6.0, "avg": 5.0}
+
+    path = tmp_path / "out" / "report.json"
+    write_report(report, path)
+    data = json.loads(path.read_text())
+    assert data["csdr"] == report.csdr() and data["usdr"] == report.usdr()
+    assert data["stems"] == ["bass", "vocals"] and data["settings"] == {"hop": 0.5}
+    assert data["tracks"][1] == {"name": "b", "csdr": {"bass": 2.0, "vocals": None}, "usdr": scores[1].usdr}
+    assert [p.name for p in path.parent.iterdir()] == ["report.json"]  # no temporary file left
+
+
+class EqualSplit:
+    """A stand-in separator: every stem is a quarter of the mixture (deterministic, no model)."""
+
+    name, stems, sample_rate, stage, precision, device = "split", STEMS, RATE, 2, "fp32", "cpu"
+    window = hop = RATE  # samples at the model's rate
+
+    def separate(self, mixture, rate):
+        return {stem: mixture / len(self.stems) for stem in self.stems}
+
+
+def test_scores_equal_museval_and_the_formula_on_the_same_files(musdb):
+    report = evaluate_tracks(EqualSplit(), _tracks(musdb)[:1])
+    folder = sorted((musdb / "test").iterdir())[0]
+    read = {n: sf.read(folder / f"{n}.wav", dtype="float32")[0] for n in ("mixture", *STEMS)}
+    refs = np.stack([read[s] for s in STEMS])
+    ests = np.stack([read["mixture"] / 4] * 4)
+    expected = np.nanmedian(_museval().evaluate(refs, ests, win=RATE, hop=RATE)[0], axis=1)
+    [track] = report.tracks
+    assert track.name == folder.name
+    assert list(track.csdr.values()) == pytest.approx(expected.tolist(), rel=1e-9)
+    for i, stem in enumerate(STEMS):
+        assert track.usdr[stem] == pytest.approx(usdr(refs[i], ests[i]), rel=1e-9)
+
+
+def test_evaluate_tracks_without_csdr(musdb):
+    """uSDR only (validation during training): no BSSEval, no museval needed."""
+    report = evaluate_tracks(EqualSplit(), _tracks(musdb), compute_csdr=False)
+    assert all(t.csdr == {} for t in report.tracks) and report.csdr() == {}
+    assert list(report.usdr()) == [*STEMS, "avg"] and report.settings["csdr"] is None
+
+
+def test_evaluate_tracks_with_the_small_model(musdb, separator):
+    lines = []
+    tracks = _tracks(musdb)
+    tracks[1].stems = ("bass", "vocals")  # a track without some stems: only those it has are scored
+    report = evaluate_tracks(separator, tracks, progress=lines.append)
+    assert [t.name for t in report.tracks] == ["Artist A - Song", "Artist B - Song"]
+    assert set(report.tracks[0].csdr) == set(report.tracks[0].usdr) == set(STEMS)
+    assert set(report.tracks[1].csdr) == set(report.tracks[1].usdr) == {"bass", "vocals"}
+    for scores in (report.csdr(), report.usdr()):
+        assert list(scores) == [*STEMS, "avg"] and all(math.isfinite(v) for v in scores.values())
+    assert report.usdr()["bass"] == pytest.approx(np.mean([t.usdr["bass"] for t in report.tracks]))
+    assert report.settings["window"] == 1.0 and report.settings["hop"] == 0.5
+    assert len(lines) == 2 and "Artist B - Song" in lines[1]
+
+
+# --- stemsplit eval ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def find_tracks_available(monkeypatch):
+    """The data module's find_tracks; a stand-in reading the same layout while it is not there yet."""
+    if importlib.util.find_spec("stemsplit.train.data") is not None:
+        return
+    data = types.ModuleType("stemsplit.train.data")
+    data.DatasetError = type("DatasetError", (Exception,), {})
+    data.find_tracks = lambda root, subset, stems: [
+        WavTrack(folder, stems) for folder in sorted((Path(root) / subset).iterdir())
+    ]
+    monkeypatch.setitem(sys.modules, "stemsplit.train.data", data)
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+    app.command("eval")(eval_command)
+    app.command("other")(lambda: None)  # two commands, so "eval" is addressed by name as in stemsplit
+    return app
+
+
+def test_eval_command_prints_a_table_and_writes_json(musdb, tmp_path, monkeypatch, find_tracks_available):
+    monkeypatch.chdir(tmp_path)
+    weights = FIXTURES / "golden_small_weights.safetensors"
+    args = ["eval", "--musdb", str(musdb), "-m", str(weights), "--window", "1", "--device", "cpu"]
+    result = CliRunner().invoke(_cli(), [*args, "--tracks", "1"])
+    assert result.exit_code == 0, result.output
+    for text in ("cSDR (dB)", "uSDR (dB)", *STEMS, "avg"):
+        assert text in result.stdout
+    data = json.loads((tmp_path / "eval-golden_small_weights-test.json").read_text())
+    assert [t["name"] for t in data["tracks"]] == ["Artist A - Song"]
+    assert set(data["csdr"]) == set(data["usdr"]) == {*STEMS, "avg"}
+    assert data["settings"]["subset"] == "test" and data["settings"]["window"] == 1.0
+
+
+def test_eval_command_errors_are_one_line(musdb, tmp_path, monkeypatch, find_tracks_available):
+    weights = FIXTURES / "golden_small_weights.safetensors"
+    for root, model in ((musdb, tmp_path / "none.safetensors"), (tmp_path / "nothing", weights)):
+        result = CliRunner().invoke(_cli(), ["eval", "--musdb", str(root), "-m", str(model)])
+        assert result.exit_code == 1
+        assert result.stderr.startswith("stemsplit: error: ") and result.stderr.count("\n") == 1
+
+    monkeypatch.setitem(sys.modules, "museval", None)  # not installed: said before any separating
+    result = CliRunner().invoke(_cli(), ["eval", "--musdb", str(musdb), "-m", str(weights)])
+    assert result.exit_code == 1 and "museval" in result.stderr and "--no-csdr" in result.stderr

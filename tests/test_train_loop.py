@@ -1,0 +1,206 @@
+"""The training loop: loss, schedule, export, resume after SIGKILL, DDP on CPU."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors import safe_open
+
+from stemsplit.model import TSBSMamba2
+from stemsplit.train.loop import LrPlateau, export_safetensors, separation_loss
+from stemsplit.weights import load_model
+
+TINY = "feature_dim = 16\nnum_repeat_mask = 1\nnum_repeat_map = 1\n"
+RATE = 44100
+
+
+def test_loss_equals_hand_computation():
+    torch.manual_seed(0)
+    target = torch.randn(2, 4, 2, 8192)
+    estimate = 2 * target  # every difference equals the target itself
+    window = torch.hann_window(2048)
+    expected = 0.0
+    for s in range(4):
+        spec = torch.stft(target[:, s].reshape(-1, 8192), 2048, 512, window=window, return_complex=True)
+        expected += spec.real.abs().mean() + spec.imag.abs().mean() + target[:, s].abs().mean()
+    loss = separation_loss(estimate, estimate, target)
+    assert loss.item() == pytest.approx(2 * expected.item(), rel=1e-5)  # two stages
+    assert separation_loss(target, target, target).item() == 0
+
+
+def test_thirty_steps_reduce_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1)
+    t = torch.arange(RATE // 2) / RATE
+    sources = torch.stack([torch.sin(2 * np.pi * f * t) * 0.2 for f in (60, 110, 440, 880)])  # [S, T]
+    targets = sources[None, :, None].expand(2, 4, 2, -1).clone()
+    targets[1] *= 0.5
+    mixture = targets.sum(1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss = separation_loss(*model(mixture), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_lr_decays_after_patience_epochs_without_improvement():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=1.0)
+    plateau = LrPlateau(optimizer, factor=0.8, patience=2)
+    assert plateau.step(1.0) and optimizer.param_groups[0]["lr"] == 1.0
+    assert not plateau.step(0.5) and optimizer.param_groups[0]["lr"] == 1.0
+    assert not plateau.step(0.9) and optimizer.param_groups[0]["lr"] == pytest.approx(0.8)
+    assert plateau.step(1.1)
+    state = plateau.state_dict()
+    other = LrPlateau(optimizer)
+    other.load_state_dict(state)
+    assert other.state_dict() == state
+
+
+def test_exported_safetensors_load_with_metadata(tmp_path):
+    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1, num_output=2)
+    export_safetensors(model, tmp_path / "m.safetensors", ("vocals", "accompaniment"), epoch=3)
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert f.metadata()["epoch"] == "3"
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert loaded.stems == ("vocals", "accompaniment")
+    assert loaded.model.config == model.config
+
+
+# --- whole runs through the CLI --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A tiny MUSDB18-HQ-layout dataset: 3 training tracks and 1 validation track, 4 s each."""
+    root = tmp_path_factory.mktemp("musdb")
+    rng = np.random.default_rng(0)
+    names = [
+        "Song A",
+        "Song B",
+        "Song C",
+        "Actions - One Minute Smile",
+    ]  # the last is a MUSDB validation track
+    for k, name in enumerate(names):
+        folder = root / "train" / name
+        folder.mkdir(parents=True)
+        t = np.arange(4 * RATE) / RATE
+        stems = {
+            "drums": (rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 2 * t) > 0.7))[:, None] * 0.2,
+            "bass": np.sin(2 * np.pi * (55 + 10 * k) * t)[:, None] * 0.3,
+            "other": np.sin(2 * np.pi * (330 + 20 * k) * t)[:, None] * 0.2,
+            "vocals": np.sin(2 * np.pi * (660 + 30 * k) * t + np.sin(2 * np.pi * 5 * t))[:, None] * 0.2,
+        }
+        for stem, audio in stems.items():
+            sf.write(
+                folder / f"{stem}.wav", np.repeat(audio, 2, axis=1).astype(np.float32), RATE, subtype="FLOAT"
+            )
+        sf.write(
+            folder / "mixture.wav",
+            sum(stems.values()).repeat(2, axis=1).astype(np.float32),
+            RATE,
+            subtype="FLOAT",
+        )
+    (root / "tiny.toml").write_text(TINY)
+    return root
+
+
+def train_args(dataset, out, *extra):
+    return [
+        shutil.which("stemsplit"), "train", "--musdb", dataset, "-o", out,
+        "--model-config", dataset / "tiny.toml",
+        "--seconds", "1", "--batch-size", "2", "--epoch-size", "8", "--workers", "0",
+        "--valid-hop", "1.5", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def run_cli(args):
+    env = {**os.environ, "STEMSPLIT_CACHE": str(Path(args[5]).parent / "cache")}  # beside the run folder
+    return subprocess.run(list(map(str, args)), capture_output=True, text=True, env=env, timeout=900)
+
+
+def read_log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_killed_run_resumes_exactly(dataset, tmp_path):
+    # Reference: 2 epochs without interruption.
+    reference = tmp_path / "reference"
+    result = run_cli(train_args(dataset, reference, "--epochs", "2"))
+    assert result.returncode == 0, result.stderr
+    assert [r["epoch"] for r in read_log(reference)] == [1, 2]
+
+    # The same run, SIGKILLed after its first mid-epoch checkpoint, then resumed.
+    killed = tmp_path / "killed"
+    args = train_args(dataset, killed, "--epochs", "2", "--save-every-steps", "5")
+    env = {**os.environ, "STEMSPLIT_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(list(map(str, args)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not (killed / "log.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # wait for epoch 1 to finish...
+    while time.monotonic() < deadline:
+        state = torch.load(killed / "last.pt", weights_only=False) if (killed / "last.pt").exists() else None
+        if state and state["global_step"] >= 5:  # ...and for the step-5 checkpoint inside epoch 2
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    torch.load(killed / "last.pt", weights_only=False)  # the checkpoint on disk is whole
+    resumed = run_cli(train_args(dataset, killed, "--epochs", "2", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stderr
+    assert [r["epoch"] for r in read_log(killed)] == [1, 2]
+
+    final_ref = torch.load(reference / "last.pt", weights_only=False)
+    final = torch.load(killed / "last.pt", weights_only=False)
+    assert final["global_step"] == final_ref["global_step"] == 8
+    for key, value in final_ref["model"].items():
+        torch.testing.assert_close(final["model"][key], value, rtol=0, atol=0, msg=key)
+    assert load_model(killed / "best.safetensors").model.config.feature_dim == 16
+
+
+def test_existing_run_needs_resume(dataset, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(train_args(dataset, out, "--epochs", "1")).returncode == 0
+    again = run_cli(train_args(dataset, out, "--epochs", "1"))
+    assert again.returncode == 1 and "--resume" in again.stderr
+
+
+def test_two_process_ddp_on_cpu(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    args = train_args(dataset, out, "--epochs", "1")
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+    ]
+    command = [*torchrun, "-m", "stemsplit", *args[1:]]
+    result = subprocess.run(
+        list(map(str, command)),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "STEMSPLIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = read_log(out)
+    assert log[-1] == {"event": "finished", "ranks_agree": True, "world": 2}
+    assert log[0]["epoch"] == 1
