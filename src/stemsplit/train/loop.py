@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ..model import PRESETS, TSBSMamba2, TSBSMamba2Config
-from ..weights import DEFAULT_STEMS
+from ..weights import DEFAULT_STEMS, write_atomically
 
 __all__ = [
     "LrPlateau",
@@ -187,17 +187,7 @@ def export_safetensors(model: TSBSMamba2, path: Path, stems: tuple[str, ...], **
         **{k: str(v) for k, v in metadata.items()},
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 # --- distributed --------------------------------------------------------------------------------
@@ -330,7 +320,7 @@ class Run:
     def save(self) -> None:
         if self.ranks.main:
             state = self._state()
-            _atomic(self.last_path, lambda tmp: torch.save(state, tmp))
+            write_atomically(self.last_path, lambda tmp: torch.save(state, tmp))
 
     def _resume(self) -> None:
         if not self.last_path.exists():
