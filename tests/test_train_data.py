@@ -19,6 +19,7 @@ from stemsplit.train.data import (
     musdb_validation_names,
     salient_segments,
     split_train_valid,
+    validation_names,
 )
 
 SR = 22050
@@ -173,6 +174,17 @@ def test_split_train_valid(musdb):
     train, valid = split_train_valid(tracks, ["C - Third", "not there"])
     assert [t.name for t in valid] == ["C - Third"] and len(train) == 2
     assert split_train_valid(tracks, []) == (tracks, [])
+
+
+def test_validation_names_from_valid_txt_else_musdb(musdb):
+    assert validation_names(musdb) == musdb_validation_names()
+    (musdb / "valid.txt").write_text("# synthetic split\nC - Third\n\nB - Second  # two\n")
+    assert validation_names(musdb) == ["C - Third", "B - Second"]
+    train, valid = split_train_valid(find_tracks(musdb, "train"), validation_names(musdb))
+    assert [t.name for t in train] == [VALID] and len(valid) == 2
+    (musdb / "valid.txt").write_bytes(b"\xff\xfe bad")
+    with pytest.raises(DatasetError, match=r"valid\.txt: cannot read"):
+        validation_names(musdb)
 
 
 # --- source activity detection ------------------------------------------------------------------

@@ -326,6 +326,49 @@ def test_offline_with_cache_loads(env, server, monkeypatch):
     assert_golden(load_model("tiny", progress=False))
 
 
+def test_shipped_local_checkpoint_loads_offline_without_touching_the_cache(env, monkeypatch):
+    """A ``path`` source (a file beside the registry, as the bundled demo model) needs no cache or network."""
+    (env / "models").mkdir()
+    shutil.copy(GOLDEN_WEIGHTS, env / "models" / "tiny.safetensors")
+    registry(env, tiny=tiny_entry(path="models/tiny.safetensors", sha256=sha256(SAFETENSORS)))
+    monkeypatch.setenv("STEMSPLIT_OFFLINE", "1")
+    monkeypatch.setenv("STEMSPLIT_CACHE", "/proc/unwritable-cache")  # any write would fail
+    assert_golden(load_model("tiny", progress=False))
+    assert weights.cached_path("tiny") == env / "models" / "tiny.safetensors"
+    (result,) = weights.verify("tiny")
+    assert result.status == "ok"
+
+
+def test_shipped_local_checkpoint_is_verified_on_every_load(env):
+    (env / "models").mkdir()
+    target = env / "models" / "tiny.safetensors"
+    shutil.copy(GOLDEN_WEIGHTS, target)
+    registry(env, tiny=tiny_entry(path="models/tiny.safetensors", sha256=sha256(SAFETENSORS)))
+    load_model("tiny", progress=False)
+    data = bytearray(SAFETENSORS)
+    data[-1] ^= 1
+    target.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=r"tiny: tiny\.safetensors has sha256 .* but the registry says"):
+        load_model("tiny", progress=False)
+    target.unlink()
+    with pytest.raises(CheckpointError, match=r"tiny: .*tiny\.safetensors is missing .* reinstall stemsplit"):
+        load_model("tiny", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"path": "m.safetensors"}, "a local checkpoint \\(path\\) needs its sha256"),
+        ({"path": "m.ckpt", "sha256": "0" * 64}, "must be a .safetensors file"),
+        ({"path": "m.safetensors", "sha256": "0" * 64, "url": "http://x/m.ckpt"}, "give exactly one source"),
+    ],
+)
+def test_local_source_rules(env, fields, message):
+    registry(env, tiny=tiny_entry(**fields))
+    with pytest.raises(RegistryError, match=message):
+        load_registry()
+
+
 def test_hugging_face_source(env, monkeypatch):
     """Hub sources go through hf_hub_download (its cache, revision, offline switch)."""
     import huggingface_hub

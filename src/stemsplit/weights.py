@@ -200,7 +200,8 @@ class ModelEntry:
     light: bool = False
     url: str | None = None
     repo_id: str | None = None
-    filename: str = ""  # the published file's name (from the URL, or the path in the Hugging Face repo)
+    path: Path | None = None  # a checkpoint shipped beside the registry (absolute once parsed)
+    filename: str = ""  # the published file's name (from the URL, the Hub repo path, or the local path)
     revision: str | None = None
     size: int | None = None
     metrics: Mapping[str, Any] | None = None
@@ -245,6 +246,7 @@ _FIELD_TYPES: dict[str, type] = {
     "normalization": str,
     "url": str,
     "repo_id": str,
+    "path": str,
     "filename": str,
     "revision": str,
     "sha256": str,
@@ -372,9 +374,19 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
 
     url = table.get("url")
     repo_id = table.get("repo_id")
-    if bool(url) == bool(repo_id):
-        raise fail("give exactly one source: url, or repo_id + filename (+ revision)")
-    if url:
+    local = table.get("path")
+    if sum(bool(source) for source in (url, repo_id, local)) != 1:
+        raise fail("give exactly one source: url, repo_id + filename (+ revision), or path")
+    path = None
+    if local:
+        # Shipped files are verified on every load, so their hash must be known up front.
+        if not sha256:
+            raise fail("a local checkpoint (path) needs its sha256", "sha256")
+        if not local.endswith(".safetensors"):
+            raise fail(f"local checkpoint {local!r} must be a .safetensors file", "path")
+        path = (loc.path.resolve().parent / local).resolve()
+        filename = path.name
+    elif url:
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise fail(f"url must be http(s), got {url!r}", "url")
@@ -404,6 +416,7 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
         light=table.get("light", False),
         url=url,
         repo_id=repo_id,
+        path=path,
         filename=filename,
         revision=table.get("revision"),
         size=table.get("size"),
@@ -438,6 +451,7 @@ class _Source:
     repo_id: str | None = None
     revision: str | None = None
     size: int | None = None
+    shipped: bool = False  # a local file beside the registry: nothing to download, cache or lock
 
     @property
     def download_path(self) -> Path:
@@ -469,6 +483,15 @@ class _Source:
 
 
 def _source_of(entry: ModelEntry) -> _Source:
+    if entry.path is not None:
+        return _Source(
+            label=entry.name,
+            directory=entry.path.parent,
+            filename=entry.filename,
+            sha256=entry.sha256,
+            size=entry.size,
+            shipped=True,
+        )
     return _Source(
         label=entry.name,
         directory=cache_dir() / "models" / entry.name,
@@ -506,6 +529,9 @@ def downloaded_path(name: str) -> Path | None:
 @contextlib.contextmanager
 def _locked(source: _Source) -> Iterator[None]:
     """Hold an exclusive lock on one cache entry, so a second process waits instead of racing."""
+    if source.shipped:  # read-only: loads need no lock and must work with an unwritable cache
+        yield
+        return
     path = source.lock_path
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as handle:
@@ -696,6 +722,11 @@ def _offline_error(source: _Source) -> OfflineError:
 
 def _obtain(source: _Source, progress: bool) -> Path:
     """The published file, from the cache or downloaded (the caller holds the lock)."""
+    if source.shipped:
+        if not source.download_path.is_file():
+            missing = f"{source.download_path} is missing from the installation"
+            raise CheckpointError(f"{source.label}: {missing}; reinstall stemsplit")
+        return source.download_path
     if source.repo_id:
         return _obtain_from_hub(source)
     if source.download_path.is_file():

@@ -43,9 +43,11 @@ __all__ = [
     "musdb_validation_names",
     "salient_segments",
     "split_train_valid",
+    "validation_names",
 ]
 
 HQ_URL = "https://zenodo.org/records/3338373"
+VALID_LIST = "valid.txt"  # optional: the dataset's own validation track names
 _CACHE_VERSION = 1
 
 
@@ -157,6 +159,22 @@ def musdb_validation_names() -> list[str]:
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise DatasetError(f"{path}: no validation_tracks list ({exc})") from None
     return [str(name) for name in names]
+
+
+def validation_names(root: str | Path) -> list[str]:
+    """The validation tracks of a dataset: listed in ``ROOT/valid.txt`` if there, else MUSDB18's 14.
+
+    ``valid.txt`` (one track name per line, ``#`` comments) lets datasets other than
+    MUSDB18-HQ, such as ``stemsplit synth`` output, name their own validation split.
+    """
+    listing = Path(root) / VALID_LIST
+    if not listing.is_file():
+        return musdb_validation_names()
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{listing}: cannot read ({exc})") from None
+    return [name for line in lines if (name := line.split("#", 1)[0].strip())]
 
 
 def split_train_valid(

@@ -248,7 +248,7 @@ class Run:
     """One training run: model, optimiser, data, and the files in ``config.out``."""
 
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
-        from .data import RemixDataset, SalientIndex, find_tracks, split_train_valid
+        from .data import RemixDataset, SalientIndex, find_tracks, split_train_valid, validation_names
 
         self.config, self.log = config, log
         self.ranks, self.device = _setup_distributed(config.device)
@@ -264,7 +264,7 @@ class Run:
             )
 
         tracks = find_tracks(config.musdb, "train", config.stems)
-        self.train_tracks, self.valid_tracks = split_train_valid(tracks)
+        self.train_tracks, self.valid_tracks = split_train_valid(tracks, validation_names(config.musdb))
         if not self.train_tracks:
             raise TrainError(f"{config.musdb}: no training tracks left after the validation split")
         if config.valid_tracks is not None:
