@@ -508,6 +508,52 @@ def train(
 
 
 @app.command()
+def synth(
+    out: Path = typer.Argument(..., help="New (or empty) folder for the dataset.", show_default=False),
+    songs: int = typer.Option(100, "--songs", help="Training songs (in OUT/train)."),
+    valid: int = typer.Option(10, "--valid", help="Validation songs (in OUT/train, named in valid.txt)."),
+    test: int = typer.Option(10, "--test", help="Test songs (in OUT/test)."),
+    seconds: float = typer.Option(20.0, "--seconds", help="Length of every song."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same songs."),
+    sample_rate: int = typer.Option(44100, "--sample-rate", help="Sample rate in Hz."),
+    workers: int = typer.Option(1, "--workers", help="Processes generating songs."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Write a synthetic multitrack dataset (MUSDB18-HQ layout) for demos and tests.
+
+    \b
+    stemsplit synth data/synth --songs 100 --valid 10 --test 10 --seconds 20
+    stemsplit train --musdb data/synth -o runs/demo
+    """
+    from .train.synth import SynthError, write_dataset
+
+    try:
+        write_dataset(
+            out,
+            train=songs,
+            valid=valid,
+            test=test,
+            seconds=seconds,
+            seed=seed,
+            sample_rate=sample_rate,
+            workers=workers,
+        )
+    except SynthError as exc:
+        if debug:
+            raise
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; the finished songs are in {out}, delete it to start again", 130) from None
+    out_console.print(
+        f"wrote {songs} training, {valid} validation and {test} test songs "
+        f"({seconds:g} s, {sample_rate} Hz, seed {seed}) to {out}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+@app.command()
 def doctor() -> None:
     """What runs here: versions, devices, Mamba-2 kernels, model cache, audio codecs."""
     import soundfile
