@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 from stemsplit.model import TSBSMamba2
+from stemsplit.train import loop
 from stemsplit.train.loop import LrPlateau, export_safetensors, separation_loss
 from stemsplit.weights import load_model
 
@@ -171,6 +172,34 @@ def test_killed_run_resumes_exactly(dataset, tmp_path):
     for key, value in final_ref["model"].items():
         torch.testing.assert_close(final["model"][key], value, rtol=0, atol=0, msg=key)
     assert load_model(killed / "best.safetensors").model.config.feature_dim == 16
+
+
+def test_progress_lines_without_a_terminal(dataset, tmp_path, monkeypatch):
+    """In a log file (no tty) training prints plain progress lines instead of a bar."""
+    monkeypatch.setattr(loop, "PROGRESS_LINE_SECONDS", 0.0)
+    monkeypatch.setenv("STEMSPLIT_CACHE", str(tmp_path / "cache"))
+    lines = []
+    config = loop.TrainConfig(
+        musdb=dataset,
+        out=tmp_path / "run",
+        model_config=dataset / "tiny.toml",
+        seconds=1.0,
+        batch_size=2,
+        epoch_size=6,
+        epochs=1,
+        workers=0,
+        valid_hop=1.5,
+        device="cpu",
+    )
+    loop.train(config, log=lines.append)
+    steps = [line for line in lines if ": step " in line]
+    assert [line.split(",")[0] for line in steps] == [
+        "epoch 1/1: step 1/3",
+        "epoch 1/1: step 2/3",
+        "epoch 1/1: step 3/3",
+    ]
+    assert "samples/s" in steps[0]
+    assert any(line.startswith("epoch 1/1: loss") and "valid uSDR" in line for line in lines)
 
 
 def test_existing_run_needs_resume(dataset, tmp_path):

@@ -254,7 +254,7 @@ def _run_files(
             outputs = separator.output_paths(
                 path,
                 out,
-                separator._wanted_stems(opts["stems"], opts["two_stems"]),
+                separator.output_stems(opts["stems"], opts["two_stems"]),
                 opts["filename"],
                 opts["fmt"],
                 track,

@@ -566,7 +566,7 @@ class Separator:
                 f"{info.path}: too short ({info.seconds * 1000:.1f} ms; the model needs at least "
                 f"{min_seconds * 1000:.1f} ms)"
             )
-        wanted = self._wanted_stems(stems, two_stems)
+        wanted = self.output_stems(stems, two_stems)
         outputs = self.output_paths(info.path, Path(out_dir), wanted, filename, fmt, track)
         existing = [str(p) for p in outputs.values() if p.exists()]
         if existing and not overwrite:
@@ -616,7 +616,9 @@ class Separator:
         )
         return result
 
-    def _wanted_stems(self, stems: Iterable[str] | None, two_stems: str | None) -> list[str]:
+    def output_stems(self, stems: Iterable[str] | None = None, two_stems: str | None = None) -> list[str]:
+        """The stems ``separate_file`` writes: ``stems`` (default: all the model's), or with
+        ``two_stems=X`` the pair ``[X, no_X]``. Unknown names raise :class:`SeparationError`."""
         if two_stems is not None:
             if two_stems not in self.stems:
                 raise SeparationError(

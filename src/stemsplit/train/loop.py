@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 
+PROGRESS_LINE_SECONDS = 60.0  # without a terminal, a progress line this often
+
+
 class TrainError(Exception):
     """A training run cannot start or continue; the message says why."""
 
@@ -396,6 +399,7 @@ class Run:
             self.model.train()
             started, losses = time.perf_counter(), []
             bar = self._progress_bar()
+            last_line = time.monotonic()
             for mixture, targets in self._loader():
                 losses.append(self.train_step(mixture, targets))
                 self.step += 1
@@ -405,6 +409,14 @@ class Run:
                         loss=f"{losses[-1]:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}"
                     )
                     bar.update(1)
+                elif self.ranks.main and time.monotonic() - last_line > PROGRESS_LINE_SECONDS:
+                    # No terminal (a log file, a job scheduler): a plain line now and then instead.
+                    last_line = time.monotonic()
+                    rate = len(losses) * cfg.batch_size / (time.perf_counter() - started)
+                    self.log(
+                        f"epoch {self.epoch + 1}/{cfg.epochs}: step {self.step}/{self.steps_per_epoch}, "
+                        f"loss {np.mean(losses[-50:]):.4f}, {rate:.1f} samples/s"
+                    )
                 due_steps = cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0
                 due_time = time.monotonic() - last_save > cfg.save_every_minutes * 60
                 if due_steps or due_time:
@@ -454,17 +466,19 @@ class Run:
             dist.destroy_process_group()
 
     def _progress_bar(self):
+        """A tqdm bar on rank 0 when stderr is a terminal; None otherwise (progress lines instead)."""
         if not self.ranks.main:
             return None
         from tqdm import tqdm
 
-        return tqdm(  # disable=None: a bar on a terminal, nothing in a log file
-            disable=None,
+        bar = tqdm(
+            disable=None,  # None: disabled when stderr is not a terminal
             total=self.steps_per_epoch,
             initial=self.step,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
             unit="step",
         )
+        return None if bar.disable else bar
 
     def _mean_over_ranks(self, value: float) -> float:
         if self.ranks.world == 1:
