@@ -72,6 +72,20 @@ def test_separate_a_song_with_the_golden_checkpoint(tmp_path):
     assert np.abs(sum(a for a, _ in stems) - mix).max() < 1e-5  # stage 1 sums to the mixture
 
 
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_stems_get_the_permissions_of_ordinary_files(tmp_path, tiny_checkpoint, umask, mode):
+    """Temporary files are renamed into place: the stems must still get 0666 minus the umask."""
+    song(tmp_path / "song.wav")
+    out = tmp_path / "stems"
+    for fmt in ("wav", "flac"):  # float wav is streamed in place; flac goes through a transcode
+        stemsplit(
+            tmp_path / "song.wav", "-o", out / fmt, "--model", tiny_checkpoint, "--format", fmt, *FAST,
+            check=0, preexec_fn=lambda: os.umask(umask),
+        )  # fmt: skip
+        for path in (out / fmt / "song").iterdir():
+            assert path.stat().st_mode & 0o777 == mode, path
+
+
 def test_options_before_or_after_files_and_separate_alias(tmp_path, tiny_checkpoint):
     song(tmp_path / "a.wav")
     song(tmp_path / "b b.flac", channels=1, subtype="PCM_16")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
+from .files import temporary_sibling
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -152,11 +153,9 @@ class TempStemFile:
         self.channels = channels
         self.peak = 0.0
         self.frames = 0
-        fd, name = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=".partial", dir=destination.parent)
-        os.close(fd)
-        self.path = Path(name)
+        self.path = temporary_sibling(destination, ".partial")
         self._file = sf.SoundFile(
-            name, "w", samplerate=sample_rate, channels=channels, format="WAV", subtype="FLOAT"
+            self.path, "w", samplerate=sample_rate, channels=channels, format="WAV", subtype="FLOAT"
         )
 
     def write(self, block: np.ndarray) -> None:
@@ -190,8 +189,7 @@ def transcode(
     if bit_depth not in subtypes:
         depths = ", ".join(str(d) for d in subtypes if d is not None) or "none"
         raise AudioError(f"{destination}: {fmt} does not take --bit-depth {bit_depth} (choose: {depths})")
-    fd, name = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=".partial", dir=destination.parent)
-    os.close(fd)
+    name = temporary_sibling(destination, ".partial")
     try:
         with (
             sf.SoundFile(str(source)) as src,

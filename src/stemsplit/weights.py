@@ -50,7 +50,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -62,6 +62,7 @@ from safetensors.torch import safe_open, save_file
 from tqdm import tqdm
 
 from . import __version__
+from .files import temporary_sibling, write_atomically
 from .model import (
     PRESETS,
     StateDictMismatch,
@@ -571,16 +572,6 @@ def _record_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def _write_atomic(path: Path, text: str) -> None:
     write_atomically(path, lambda temp: temp.write_text(text))
 
@@ -789,8 +780,8 @@ def _prepare(source: _Source, progress: bool) -> Path:
     # Verify the published file before converting it: the conversion inherits its trust.
     source_sha = _check_hash(original, source.sha256, _record_path(source.download_path), source.label)
     state_dict = _load_pickle(original, source.label)
-    temp = converted.with_name(f".{converted.name}.{os.getpid()}.tmp")
     converted.parent.mkdir(parents=True, exist_ok=True)
+    temp = temporary_sibling(converted)
     try:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
         save_file(tensors, str(temp), metadata={"source": original.name, "source_sha256": source_sha})

@@ -31,7 +31,8 @@ import soundfile as sf
 import torch
 
 from ..audio import AudioError, probe
-from ..weights import DEFAULT_STEMS, _write_atomic, cache_dir
+from ..files import write_atomically
+from ..weights import DEFAULT_STEMS, cache_dir
 
 __all__ = [
     "DEFAULT_STEMS",
@@ -274,7 +275,8 @@ class SalientIndex:
                 for t, e in zip(tracks, starts, strict=True)
             ],
         }
-        _write_atomic(path, json.dumps(payload))
+        text = json.dumps(payload)
+        write_atomically(path, lambda temp: temp.write_text(text))
         return cls([t.name for t in tracks], segment_seconds, starts)
 
     @classmethod

@@ -17,9 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 import types
 from collections.abc import Callable, Iterable
@@ -29,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import write_atomically
 from ..separate import Separator
 
 __all__ = ["EvalReport", "TrackScores", "csdr", "evaluate_tracks", "usdr", "write_report"]
@@ -218,12 +217,5 @@ def write_report(report: EvalReport, path: Path) -> None:
     """Write the report as JSON atomically: a crash never leaves a truncated file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(report.to_json(), handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n"
+    write_atomically(path, lambda temp: temp.write_text(text))

@@ -39,8 +39,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from ..files import write_atomically
 from ..model import PRESETS, TSBSMamba2, TSBSMamba2Config
-from ..weights import DEFAULT_STEMS, write_atomically
+from ..weights import DEFAULT_STEMS
 
 __all__ = [
     "LrPlateau",
