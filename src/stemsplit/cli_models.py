@@ -65,7 +65,7 @@ def list_models(ctx: typer.Context) -> None:
             entry.architecture,
             ", ".join(entry.stems),
             _size_text(entry),
-            "yes" if weights.cached_path(entry.name) is not None else "no",
+            "bundled" if entry.path else "yes" if weights.cached_path(entry.name) else "no",
             f"{sdr:.2f} dB" if sdr is not None else "-",
             entry.license,
             ", ".join(marks),
