@@ -352,7 +352,14 @@ def test_ctrl_c_mid_song_leaves_nothing(tmp_path, tiny_checkpoint):
     song(tmp_path / "long.wav", seconds=30.0)
     exe = shutil.which("stemsplit")
     args = [exe, tmp_path / "long.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, "--json"]
-    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        list(map(str, args)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A test run started in the background (nohup, `&`) ignores SIGINT, and so would the child.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     for line in proc.stdout:
         if json.loads(line)["event"] == "windows":
             proc.send_signal(signal.SIGINT)
