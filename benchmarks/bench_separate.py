@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -199,17 +200,9 @@ def run_stemsplit(args, preset, precision, batch, song, song_info, work, device)
     warm = clip_of(song, max(6.0, 2 * batch * args.hop + args.window), work)
     shutil.rmtree(out, ignore_errors=True)
     separator.separate_file(warm, out, overwrite=True)
-    walls = []
-    for _ in range(args.repeats):
-        shutil.rmtree(out, ignore_errors=True)
-        free_memory(device)
-        reset_peak(device)
-        sync(device)
-        start = time.perf_counter()
-        result = separator.separate_file(song, out, overwrite=True)
-        sync(device)
-        walls.append(time.perf_counter() - start)
-        check_outputs(out, song_info.frames)
+    walls, result = timed_runs(
+        args.repeats, device, out, song_info, partial(separator.separate_file, song, out, overwrite=True)
+    )
     wall = min(walls)
     row.update(
         wall_s=wall,
@@ -289,6 +282,23 @@ def demucs_missing() -> str | None:
     return None
 
 
+def timed_runs(repeats, device, out, song_info, separate) -> tuple[list[float], object]:
+    """Wall times of ``repeats`` runs of ``separate()`` (stems written to ``out``, then checked) and
+    the last run's result; each run starts from an empty ``out`` and freed, synchronised memory."""
+    walls, result = [], None
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        free_memory(device)
+        reset_peak(device)
+        sync(device)
+        start = time.perf_counter()
+        result = separate()
+        sync(device)
+        walls.append(time.perf_counter() - start)
+        check_outputs(out, song_info.frames)
+    return walls, result
+
+
 def run_demucs(args, song, song_info, work, device) -> dict:
     row = base_row("htdemucs", "fp32", 1)
     bag = htdemucs_model(args.tiny)
@@ -296,17 +306,9 @@ def run_demucs(args, song, song_info, work, device) -> dict:
     row["backend"] = "demucs"
     out = work / "demucs"
     demucs_separate(bag, clip_of(song, 20.0, work), out, device)  # warm-up
-    walls = []
-    for _ in range(args.repeats):
-        shutil.rmtree(out, ignore_errors=True)
-        free_memory(device)
-        reset_peak(device)
-        sync(device)
-        start = time.perf_counter()
-        chunks = demucs_separate(bag, song, out, device)
-        sync(device)
-        walls.append(time.perf_counter() - start)
-        check_outputs(out, song_info.frames)
+    walls, chunks = timed_runs(
+        args.repeats, device, out, song_info, partial(demucs_separate, bag, song, out, device)
+    )
     wall = min(walls)
     row.update(
         wall_s=wall,
