@@ -1,11 +1,8 @@
-"""Reading, resampling and writing audio, block by block.
+"""Reading and resampling audio, block by block (writing stems is :mod:`stemsplit.output`).
 
 Everything here streams: a song is never held in memory whole. Decoding is
 libsndfile's (wav, flac, ogg/opus, mp3, aiff, ...), resampling is soxr's
-streaming resampler (high quality), writing goes to a temporary file next to
-the destination and is renamed into place only when complete, so a crash or
-Ctrl-C never leaves a partial stem behind and nothing existing is overwritten
-unless asked.
+streaming resampler (high quality).
 """
 
 from __future__ import annotations
@@ -20,26 +17,21 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .files import temporary_sibling
-
 __all__ = [
-    "OUTPUT_FORMATS",
+    "AUDIO_EXTENSIONS",
     "AudioError",
     "AudioInfo",
     "BlockResampler",
-    "TempStemFile",
     "downmix_to_stereo",
+    "libsndfile_reason",
     "probe",
     "read_blocks",
-    "transcode",
 ]
 
-# Output format -> (libsndfile container, subtype for each bit depth; None = float).
-OUTPUT_FORMATS: dict[str, tuple[str, dict[int | None, str]]] = {
-    "wav": ("WAV", {None: "FLOAT", 16: "PCM_16", 24: "PCM_24", 32: "PCM_32"}),
-    "flac": ("FLAC", {None: "PCM_24", 16: "PCM_16", 24: "PCM_24"}),
-    "mp3": ("MP3", {None: "MPEG_LAYER_III"}),
-}
+# What `stemsplit batch` picks up when it walks a folder.
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".mp3", ".ogg", ".opus", ".aif", ".aiff", ".m4a", ".wv", ".caf", ".w64"}
+)
 
 
 class AudioError(Exception):
@@ -71,7 +63,7 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"{path}: not a readable audio file ({_libsndfile_reason(exc)})") from None
+        raise AudioError(f"{path}: not a readable audio file ({libsndfile_reason(exc)})") from None
     if info.frames <= 0:
         raise AudioError(f"{path}: contains no audio")
     return AudioInfo(path, int(info.frames), int(info.samplerate), int(info.channels), info.format)
@@ -95,7 +87,7 @@ def read_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
                 yield block
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(
-            f"{info.path}: decoding failed at {position / info.sample_rate:.2f} s ({_libsndfile_reason(exc)})"
+            f"{info.path}: decoding failed at {position / info.sample_rate:.2f} s ({libsndfile_reason(exc)})"
         ) from None
     if position == 0:
         raise AudioError(f"{info.path}: contains no audio")
@@ -140,86 +132,6 @@ class BlockResampler:
         return self._stream.resample_chunk(np.zeros((0, channels), np.float32), last=True)
 
 
-class TempStemFile:
-    """A float32 wav being written next to its destination, renamed into place by :meth:`commit`.
-
-    The temporary name starts with a dot and ends in ``.partial`` so a
-    half-written file is recognisable; :meth:`discard` removes it.
-    """
-
-    def __init__(self, destination: Path, sample_rate: int, channels: int) -> None:
-        self.destination = destination
-        self.sample_rate = sample_rate
-        self.channels = channels
-        self.peak = 0.0
-        self.frames = 0
-        self.path = temporary_sibling(destination, ".partial")
-        self._file = sf.SoundFile(
-            self.path, "w", samplerate=sample_rate, channels=channels, format="WAV", subtype="FLOAT"
-        )
-
-    def write(self, block: np.ndarray) -> None:
-        """block: [frames, channels]."""
-        if len(block):
-            self.peak = max(self.peak, float(np.abs(block).max()))
-            self.frames += len(block)
-            try:
-                self._file.write(block)
-            except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-                raise AudioError(f"{self.destination}: writing failed ({_write_reason(exc)})") from None
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-
-    def discard(self) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)
-
-
-def transcode(
-    source: Path, destination: Path, fmt: str, bit_depth: int | None, gain: float, clamp: bool
-) -> None:
-    """Copy float wav ``source`` into ``destination`` in ``fmt``/``bit_depth``, times ``gain``.
-
-    Written to a temporary file and renamed (the caller has checked for
-    existing files). ``clamp`` limits samples to [-1, 1] for integer formats.
-    """
-    container, subtypes = OUTPUT_FORMATS[fmt]
-    if bit_depth not in subtypes:
-        depths = ", ".join(str(d) for d in subtypes if d is not None) or "none"
-        raise AudioError(f"{destination}: {fmt} does not take --bit-depth {bit_depth} (choose: {depths})")
-    name = temporary_sibling(destination, ".partial")
-    try:
-        with (
-            sf.SoundFile(str(source)) as src,
-            sf.SoundFile(
-                name,
-                "w",
-                samplerate=src.samplerate,
-                channels=src.channels,
-                format=container,
-                subtype=subtypes[bit_depth],
-            ) as dst,
-        ):
-            for block in src.blocks(65536, dtype="float32", always_2d=True):
-                block = block * gain if gain != 1.0 else block
-                dst.write(np.clip(block, -1.0, 1.0) if clamp else block)
-        os.replace(name, destination)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        Path(name).unlink(missing_ok=True)
-        raise AudioError(f"{destination}: writing failed ({_write_reason(exc)})") from None
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-
-
-def _write_reason(exc: Exception) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return f"{_libsndfile_reason(exc)}; is the disk full?"
-
-
-def _libsndfile_reason(exc: Exception) -> str:
+def libsndfile_reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return text.split(": ", 1)[-1] if text.startswith("Error opening") else text

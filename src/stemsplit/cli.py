@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__
+from . import __version__, audio
+from .cli_common import Precision, err_console, fail, out_console
 from .cli_eval import eval_command
 from .cli_models import models_app
+from .cli_train import train_command
 
 EXAMPLES = """
 Examples:
@@ -44,10 +45,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-err_console = Console(stderr=True)
-out_console = Console()
 
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".aif", ".aiff", ".m4a", ".wv", ".caf", ".w64"}
 CPU_SECONDS_PER_WINDOW = 15.0  # TS (12 layers, N = 128) per 3 s window on 2 cores; see benchmarks/
 
 
@@ -61,11 +59,6 @@ class ClipMode(str, Enum):
     none = "none"
     rescale = "rescale"
     clamp = "clamp"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
 
 
 def _version(value: bool) -> None:
@@ -151,11 +144,6 @@ class Reporter:
             self.task = None
         if self.progress and self.overall is not None:
             self.progress.advance(self.overall)
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"stemsplit: error: {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 # --- separate / batch --------------------------------------------------------------------------
@@ -406,6 +394,7 @@ app.command("separate", no_args_is_help=True)(_separation_command(batch=False))
 app.command("batch", no_args_is_help=True)(_separation_command(batch=True))
 app.add_typer(models_app, name="models")
 app.command("eval")(eval_command)
+app.command("train")(train_command)
 
 
 def _find_audio(folders: list[Path]) -> list[Path]:
@@ -413,7 +402,9 @@ def _find_audio(folders: list[Path]) -> list[Path]:
     for folder in folders:
         if not folder.is_dir():
             raise fail(f"{folder}: not a folder", 2)
-        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        files += sorted(
+            p for p in folder.rglob("*") if p.suffix.lower() in audio.AUDIO_EXTENSIONS and p.is_file()
+        )
     return files
 
 
@@ -428,83 +419,6 @@ def _shard_for_torchrun(files: list[Path], common: dict[str, Any]) -> list[Path]
 
         common["device"] = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     return files[rank::world]
-
-
-@app.command()
-def train(
-    musdb: Path = typer.Option(
-        ..., help="MUSDB18-HQ root (train/<track>/<stem>.wav), or any folder so laid out."
-    ),
-    out: Path = typer.Option(Path("runs/ts-bsmamba2"), "--out", "-o", help="Run folder: checkpoints, logs."),
-    light: bool = typer.Option(False, "--light", help="Train L-TS-BSMamba2 (4 + 2 layers)."),
-    model_config: Path = typer.Option(None, help="TOML overriding TSBSMamba2Config fields."),
-    stems: str = typer.Option("drums,bass,other,vocals", help="Stem files per track, in output order."),
-    epochs: int = typer.Option(100, min=1),
-    epoch_size: int = typer.Option(100_000, min=1, help="Samples per epoch."),
-    batch_size: int = typer.Option(16, min=1, help="Global batch (split over torchrun processes)."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    lr_decay: float = typer.Option(0.8, help="Factor after --patience epochs without improvement."),
-    patience: int = typer.Option(2, min=1),
-    clip_norm: float = typer.Option(5.0, help="Gradient-norm clipping."),
-    seconds: float = typer.Option(3.0, help="Training crop length."),
-    workers: int = typer.Option(4, min=0, help="Data-loading processes per rank."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help="auto, cpu, cuda (torchrun: one GPU per process)."),
-    precision: Precision = typer.Option(None, help="[default: bf16 on CUDA, fp32 on CPU]"),
-    checkpoint_activations: bool = typer.Option(False, help="Recompute blocks in backward: less memory."),
-    save_every_minutes: float = typer.Option(30.0, help="Checkpoint this often within an epoch too."),
-    save_every_steps: int = typer.Option(None, help="...or every N steps."),
-    valid_hop: float = typer.Option(0.5, help="Hop of the chunked validation protocol (s)."),
-    valid_tracks: int = typer.Option(None, help="Validate on at most N tracks."),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out exactly where it stopped."
-    ),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
-) -> None:
-    """Train TS-BSMamba2 with the paper's recipe; resumable; scales with torchrun.
-
-    \b
-    stemsplit train --musdb ~/data/musdb18hq -o runs/ts
-    stemsplit train --musdb ~/data/musdb18hq -o runs/ts --resume
-    torchrun --nproc-per-node 8 -m stemsplit train --musdb ~/data/musdb18hq -o runs/ts
-    """
-    from .train.data import DatasetError
-    from .train.loop import TrainConfig, TrainError
-    from .train.loop import train as run_training
-
-    config = TrainConfig(
-        musdb=musdb,
-        out=out,
-        light=light,
-        model_config=model_config,
-        stems=tuple(s.strip() for s in stems.split(",") if s.strip()),
-        epochs=epochs,
-        epoch_size=epoch_size,
-        batch_size=batch_size,
-        lr=lr,
-        lr_decay=lr_decay,
-        patience=patience,
-        clip_norm=clip_norm,
-        seconds=seconds,
-        workers=workers,
-        seed=seed,
-        device=device,
-        precision=precision.value if precision else None,
-        checkpoint_activations=checkpoint_activations,
-        save_every_minutes=save_every_minutes,
-        save_every_steps=save_every_steps,
-        valid_hop=valid_hop,
-        valid_tracks=valid_tracks,
-        resume=resume,
-    )
-    try:
-        run_training(config, log=lambda text: err_console.print(text, highlight=False, soft_wrap=True))
-    except (TrainError, DatasetError) as exc:
-        if debug:
-            raise
-        raise fail(str(exc)) from None
-    except KeyboardInterrupt:
-        raise fail(f"interrupted; continue with --resume -o {out}", 130) from None
 
 
 @app.command()

@@ -11,18 +11,11 @@ import math
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-errors = Console(stderr=True)
+from .cli_common import err_console, fail, out_console
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-
-
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"stemsplit: error: {message}", highlight=False, soft_wrap=True, markup=False)
-    return typer.Exit(1)
 
 
 def _db(value: float | None) -> str:
@@ -59,7 +52,7 @@ def eval_command(
     from .weights import WeightsError
 
     if not no_csdr and importlib.util.find_spec("museval") is None:  # before hours of separating
-        raise _fail(f"cSDR needs museval: {MUSEVAL_INSTALL}; or add --no-csdr for uSDR only")
+        raise fail(f"cSDR needs museval: {MUSEVAL_INSTALL}; or add --no-csdr for uSDR only")
     try:
         separator = Separator(model, device=device, window=window, hop=hop, batch_size=batch_size)
         found = find_tracks(musdb, subset, separator.stems)[:tracks]
@@ -70,15 +63,15 @@ def eval_command(
         report = evaluate_tracks(
             separator,
             found,
-            progress=lambda line: errors.print(line, highlight=False, soft_wrap=True, markup=False),
+            progress=lambda line: err_console.print(line),
             compute_csdr=not no_csdr,
         )
         report.settings.update(musdb=str(musdb), subset=subset)
         write_report(report, json_out)
     except (SeparationError, WeightsError, DatasetError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except OSError as exc:
-        raise _fail(f"{exc.filename or musdb}: {exc.strerror or exc}") from None
+        raise fail(f"{exc.filename or musdb}: {exc.strerror or exc}") from None
 
     csdr, usdr = report.csdr(), report.usdr()
     table = Table(title=f"{separator.name} on {subset} ({len(report.tracks)} tracks, {hop:g} s hop)")
@@ -87,5 +80,5 @@ def eval_command(
     table.add_column("uSDR (dB)", justify="right")
     for stem in (*report.stems, "avg"):
         table.add_row(stem, _db(csdr.get(stem)), _db(usdr.get(stem)))
-    console.print(table)
-    errors.print(f"report: {json_out}", highlight=False, soft_wrap=True, markup=False)
+    out_console.print(table)
+    err_console.print(f"report: {json_out}")

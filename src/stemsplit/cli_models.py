@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import torch
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import weights
+from .cli_common import err_console as errors
+from .cli_common import fail
+from .cli_common import out_console as console
 from .model import TSBSMamba2
 
 models_app = typer.Typer(
@@ -19,13 +22,10 @@ models_app = typer.Typer(
     invoke_without_command=True,
     add_completion=False,
 )
-console = Console()
-errors = Console(stderr=True)
 
 
 def _fail(exc: weights.WeightsError) -> typer.Exit:
-    errors.print(f"stemsplit: error: {exc}", highlight=False, soft_wrap=True, markup=False)
-    return typer.Exit(1)
+    return fail(str(exc))
 
 
 def _size_text(entry: weights.ModelEntry) -> str:
@@ -117,9 +117,7 @@ def verify_command(
     for result in results:
         style = styles.get(result.status, "")
         console.print(
-            f"[{style}]{result.status:>10}[/{style}]  {result.name}: {result.detail}",
-            highlight=False,
-            soft_wrap=True,
+            Text(f"{result.status:>10}", style=style), f" {result.name}: {result.detail}", soft_wrap=True
         )
     bad = any(r.status == "mismatch" for r in results)
     missing = name is not None and any(r.status == "not cached" for r in results)

@@ -35,16 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import (
-    OUTPUT_FORMATS,
-    BlockResampler,
-    TempStemFile,
-    downmix_to_stereo,
-    probe,
-    read_blocks,
-    transcode,
-)
+from .audio import BlockResampler, downmix_to_stereo, probe, read_blocks
 from .model import TSBSMamba2
+from .output import OUTPUT_FORMATS, TempStemFile, transcode
 from .weights import DEFAULT_STEMS, load_model
 
 __all__ = [

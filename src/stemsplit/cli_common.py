@@ -1,0 +1,36 @@
+"""What every ``stemsplit`` command shares: the consoles, the one error printer, option enums.
+
+User text (file names, messages quoting them) is never read as rich markup:
+both consoles have markup off, so ``a[/b].wav`` prints as it is.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import typer
+from rich.console import Console
+
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+out_console = Console(markup=False, highlight=False)
+
+# Exit codes (README, "Exit status").
+EXIT_FAILED = 1  # a file failed; the others were done
+EXIT_USAGE = 2  # a bad flag or argument; nothing was done
+EXIT_INTERNAL = 70  # a bug: an unexpected exception (sysexits' EX_SOFTWARE)
+
+
+def error_line(message: str) -> None:
+    """Print ``stemsplit: error: MESSAGE`` on stderr, exactly as given."""
+    err_console.print(f"stemsplit: error: {message}")
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    """Print the error line and return the ``typer.Exit`` to raise."""
+    error_line(message)
+    return typer.Exit(code)
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
