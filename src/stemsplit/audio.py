@@ -1,17 +1,41 @@
 """Reading and resampling audio, block by block (writing stems is :mod:`stemsplit.output`).
 
-Everything here streams: a song is never held in memory whole. Decoding is
-libsndfile's (wav, flac, ogg/opus, mp3, aiff, ...), resampling is soxr's
+Everything here streams: a song is never held in memory whole.
+
+Decoding: libsndfile first (wav, flac, ogg vorbis/opus, mp3, aiff, caf, ...),
+then FFmpeg through PyAV, whose wheel carries FFmpeg's libraries, for what
+libsndfile cannot read: AAC/ALAC in M4A/MP4, WMA, Opus/Vorbis in WebM/MKV and
+the soundtrack of videos (MP4, MOV, MKV, WebM, AVI). Resampling is soxr's
 streaming resampler (high quality).
+
+Lengths: libsndfile knows a file's exact frame count from its header (except
+MP3 without a Xing/Info/VBRI tag). FFmpeg's containers often state only a
+duration, so :class:`AudioInfo` says whether ``frames`` is exact
+(``frames_exact``); when it is not, the number of frames :func:`read_blocks`
+yields is the truth.
+
+Problems are :class:`AudioError`, one line starting with the path: not a
+regular file (FIFO, socket, device), permission denied, a directory, empty,
+not an audio file (text, images, archives, unknown bytes), no audio stream
+(a video without sound), truncated (at the position where decoding really
+stops), NaN or infinite samples.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import faulthandler
+import io
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+import stat
+import sys
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import soundfile as sf
@@ -22,91 +46,631 @@ __all__ = [
     "AudioError",
     "AudioInfo",
     "BlockResampler",
+    "describe_downmix",
     "downmix_to_stereo",
     "libsndfile_reason",
     "probe",
     "read_blocks",
+    "redirect_native_stderr",
 ]
 
-# What `stemsplit batch` picks up when it walks a folder.
+# What `stemsplit batch` picks up when it walks a folder: what libsndfile reads, what FFmpeg decodes
+# for us (audio containers and the soundtrack of videos).
 AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".mp3", ".ogg", ".opus", ".aif", ".aiff", ".m4a", ".wv", ".caf", ".w64"}
-)
+    {
+        # libsndfile
+        ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".wv", ".caf",
+        ".w64", ".rf64", ".au", ".snd",
+        # FFmpeg (PyAV)
+        ".m4a", ".m4b", ".aac", ".alac", ".wma", ".mka", ".ac3", ".mp2",
+        ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi",
+    }
+)  # fmt: skip
+
+# libsndfile is read in pieces this long, so a decoding error is placed to within 23 ms at 44.1 kHz.
+_PIECE_FRAMES = 1024
+# How much of a file's end probe() decodes to check that the end is really there (seconds).
+_TAIL_SECONDS = 2.0
+# FFmpeg containers whose stated duration comes from an index (not a bitrate guess): if decoding ends
+# more than this many seconds before it, the file is truncated.
+_RELIABLE_DURATION_SLACK = 0.5
+# libsndfile's error text for a bad frame is often a stale or internal one ("psf_fseek() failed").
+_LIBSNDFILE_DECODE_ERROR = "libsndfile cannot decode past this point"
 
 
 class AudioError(Exception):
     """A file cannot be read or written; the message names the file and the problem."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class AudioInfo:
+    """What :func:`probe` found out about an audio file.
+
+    ``frames`` is exact when ``frames_exact`` (libsndfile's formats, MP3 with a
+    length tag); otherwise it is an estimate from the container's duration, and
+    :func:`read_blocks` may yield somewhat more or fewer frames: consumers must
+    use the number of frames actually read. ``layout`` names the channels as
+    FFmpeg does ("FL", "FR", "FC", "LFE", "BL", ...) where the file states its
+    layout, else None. ``decoder`` is "libsndfile" or "ffmpeg"; ``stream`` is
+    the FFmpeg stream index of the audio decoded.
+    """
+
     path: Path
     frames: int
     sample_rate: int
     channels: int
     format: str
+    frames_exact: bool = True
+    layout: tuple[str, ...] | None = None
+    decoder: str = "libsndfile"
+    stream: int = 0
 
     @property
     def seconds(self) -> float:
         return self.frames / self.sample_rate
 
 
+# --- probing ------------------------------------------------------------------------------------
+
+
 def probe(path: str | os.PathLike) -> AudioInfo:
-    """Open ``path`` far enough to know its length, rate and channels, or raise :class:`AudioError`."""
+    """Open ``path`` far enough to know its length, rate and channels, or raise :class:`AudioError`.
+
+    Never blocks on FIFOs or devices (they are refused from ``stat`` alone).
+    Checks that the end of the file decodes, so a truncated file is reported
+    here, with the position where its audio really stops, rather than after
+    the whole song was separated.
+    """
     path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
+    head = _readable_head(path)
+    what = _non_audio_kind(head)
+    if what:
+        raise AudioError(f"{path}: not an audio file ({what})")
+    try:
+        with sf.SoundFile(str(path)) as f:
+            return _probe_libsndfile(path, f)
+    except (sf.LibsndfileError, RuntimeError):  # not a format libsndfile reads: try FFmpeg
+        pass
+    return _probe_ffmpeg(path, head)
+
+
+def _readable_head(path: Path) -> bytes:
+    """The first bytes of ``path``, after refusing what is not a non-empty, readable regular file."""
+    try:
+        st = os.stat(path)  # stat, not open: opening a FIFO would block until a writer comes
+    except FileNotFoundError:
+        broken = os.path.islink(path)
+        raise AudioError(f"{path}: no such file" + (" (a broken symbolic link)" if broken else "")) from None
+    except PermissionError:
+        raise AudioError(f"{path}: permission denied (cannot reach the file)") from None
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
         raise AudioError(f"{path}: is a directory, not an audio file")
-    if path.stat().st_size == 0:
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            raise AudioError(f"{path}: {kind}, not a regular file")
+    if not stat.S_ISREG(mode):
+        raise AudioError(f"{path}: not a regular file")
+    if st.st_size == 0:
         raise AudioError(f"{path}: empty file")
     try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"{path}: not a readable audio file ({libsndfile_reason(exc)})") from None
-    if info.frames <= 0:
+        with open(path, "rb") as f:
+            return f.read(4096)
+    except PermissionError:
+        raise AudioError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+# Signatures of common files that are not audio, to say what a file is instead of "unreadable".
+_NOT_AUDIO_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive or office document"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"BZh", "a bzip2 archive"),
+    (b"\xfd7zXZ\x00", "an xz archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"\x7fELF", "a program"),
+)
+
+
+def _non_audio_kind(head: bytes) -> str | None:
+    """What a file is, from its first bytes, when that is something other than audio; else None."""
+    for magic, kind in _NOT_AUDIO_MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    # Text: every audio header has binary bytes (sizes, NULs) in its first kilobytes.
+    sample = head
+    for cut in range(4):  # a multi-byte UTF-8 character may straddle the end of what was read
+        try:
+            text = sample[: len(sample) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return None
+    if text and all(c.isprintable() or c in "\t\n\r\f\v" for c in text.lstrip("\ufeff")):
+        return "a text file"
+    return None
+
+
+def _container_kind(head: bytes) -> str | None:
+    """The container a file claims to be, from its first bytes (for "damaged X file")."""
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        return "WAV"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "AIFF"
+    for magic, kind in (
+        (b"fLaC", "FLAC"),
+        (b"OggS", "Ogg"),
+        (b"ID3", "MP3"),
+        (b"caff", "CAF"),
+        (b"wvpk", "WavPack"),
+        (b"\x1a\x45\xdf\xa3", "Matroska/WebM"),
+        (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "ASF/WMA"),
+    ):
+        if head.startswith(magic):
+            return kind
+    if head[4:8] == b"ftyp":
+        return "MP4/M4A"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    if head[:3] == b"FLV":
+        return "FLV"
+    if head[:4] == b"\x00\x00\x01\xba":
+        return "MPEG"
+    return None
+
+
+_VIDEO_CONTAINERS = {"MP4/M4A", "Matroska/WebM", "ASF/WMA", "AVI", "FLV", "MPEG"}
+
+
+def _probe_libsndfile(path: Path, f: sf.SoundFile) -> AudioInfo:
+    frames, rate, channels = int(f.frames), int(f.samplerate), int(f.channels)
+    if frames <= 0:
         raise AudioError(f"{path}: contains no audio")
-    return AudioInfo(path, int(info.frames), int(info.samplerate), int(info.channels), info.format)
+    # libsndfile silently shortens a WAV/AIFF whose data chunk runs past the end of the file; its log
+    # keeps the size the header declared.
+    declared = _declared_frames(f.extra_info, frames)
+    if declared > frames:
+        raise AudioError(_truncated(path, frames, rate, declared / rate))
+    # MP3 without a length tag: mpg123 estimates the length from the bitrate.
+    exact = f.format != "MP3" or _mp3_has_length_tag(path)
+    if exact and not _libsndfile_tail_ok(f):
+        read, error = _libsndfile_count(path)
+        if read < frames:
+            if error and _end_decodes(path, frames / rate):  # broken in the middle, its end is there
+                raise AudioError(_damaged(path, read, rate, error))
+            raise AudioError(_truncated(path, read, rate, frames / rate))
+    layout = _ffmpeg_layout(path) if channels > 2 else None
+    return AudioInfo(path, frames, rate, channels, f.format, exact, layout)
+
+
+def _truncated(path: Path, frames: int, rate: int, stated: float) -> str:
+    """The message for audio that ends after ``frames`` although the file says it lasts ``stated`` s."""
+    return f"{path}: truncated at {frames / rate:.2f} s (the file says {stated:.2f} s)"
+
+
+def _damaged(path: Path, frames: int, rate: int, reason: str) -> str:
+    """The message for audio that fails to decode after ``frames`` (its end may still be there)."""
+    return f"{path}: damaged at {frames / rate:.2f} s ({reason or 'decoding stops there'})"
+
+
+_DATA_SIZE_IN_LOG = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _declared_frames(log: str, frames: int) -> int:
+    """Frames a WAV/AIFF header declares, from libsndfile's log (``frames`` where it has no complaint)."""
+    match = _DATA_SIZE_IN_LOG.search(log)
+    if not match:
+        return frames
+    declared, present = int(match[1]), int(match[2])
+    # 0xFFFFFFFF (and similar) is what streaming writers (ffmpeg to a pipe) leave: length unknown.
+    if declared >= 0x7FFFFFFF or present <= 0 or declared <= present:
+        return frames
+    return round(frames * declared / present)
+
+
+def _mp3_has_length_tag(path: Path) -> bool:
+    """Whether an MP3's first frame carries a Xing/Info/VBRI tag (an exact frame count)."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+        start = 0
+        if head[:3] == b"ID3" and len(head) == 10:  # skip the ID3v2 tag (size: 4 x 7-bit bytes)
+            start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+        f.seek(start)
+        first = f.read(4096)
+    return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+def _libsndfile_tail_ok(f: sf.SoundFile) -> bool:
+    """Whether the last frames the header promises can be read (cheap: one seek, one short read)."""
+    start = max(0, f.frames - _PIECE_FRAMES)
+    try:
+        f.seek(start)
+        return len(f.read(f.frames - start, dtype="float32")) == f.frames - start
+    except (sf.LibsndfileError, RuntimeError):
+        return False
+
+
+def _libsndfile_count(path: Path) -> tuple[int, str]:
+    """Decode ``path`` from the start: (frames read before it ends or fails, the failure or "")."""
+    read = 0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while n := len(f.read(_PIECE_FRAMES, dtype="float32")):
+                read += n
+    except (sf.LibsndfileError, RuntimeError):
+        return read, _LIBSNDFILE_DECODE_ERROR
+    return read, ""
+
+
+def _end_decodes(path: Path, seconds: float) -> bool:
+    """Whether FFmpeg decodes the last seconds of a ``seconds`` long file.
+
+    Tells a file damaged in the middle from a truncated one when libsndfile
+    stops with an error: FFmpeg seeks by bytes where mpg123 decodes its way
+    to the end.
+    """
+    try:
+        av = _av()
+        with av.open(str(path)) as container:
+            end = _ffmpeg_tail_end(av, container, container.streams.audio[0], seconds)
+    except Exception:  # FFmpeg cannot read it either: no evidence the end is there
+        return False
+    return end is not None and end >= seconds - _RELIABLE_DURATION_SLACK
+
+
+# --- FFmpeg (PyAV) ------------------------------------------------------------------------------
+
+
+def _av() -> ModuleType:
+    """PyAV, with FFmpeg's own logging off (it would print to the terminal from C)."""
+    import av
+    import av.logging
+
+    av.logging.set_level(None)
+    return av
+
+
+def _is_mov(container) -> bool:
+    return "mp4" in container.format.name or "mov" in container.format.name
+
+
+def _has_reliable_duration(container) -> bool:
+    """Whether the container's duration comes from an index or header written at the end of encoding."""
+    return _is_mov(container) or "matroska" in container.format.name
+
+
+def _ffmpeg_layout(path: Path) -> tuple[str, ...] | None:
+    """The channel layout a file states (e.g. a WAV's channel mask), as FFmpeg reads it; None if unstated."""
+    try:
+        av = _av()
+        with av.open(str(path)) as container:
+            names = tuple(c.name for c in container.streams.audio[0].layout.channels)
+    except Exception:  # a layout is a nicety: any failure means "not stated"
+        return None
+    return names if names and all(n in _CHANNEL_GAINS for n in names) else None
+
+
+def _probe_ffmpeg(path: Path, head: bytes) -> AudioInfo:
+    av = _av()
+    kind = _container_kind(head)
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError:
+        if kind == "MP4/M4A":
+            raise AudioError(f"{path}: {_mp4_problem(path)}") from None
+        if kind:
+            raise AudioError(
+                f"{path}: a damaged {kind} file (neither libsndfile nor FFmpeg can read it)"
+            ) from None
+        raise AudioError(
+            f"{path}: not an audio file (neither libsndfile nor FFmpeg knows its format)"
+        ) from None
+    with container:
+        if not container.streams.audio:
+            # FFmpeg's format guessing is loose (random bytes may pass for LRC lyrics or H.263 video):
+            # only a container recognised from its signature is a "video without sound".
+            if container.streams.video and kind in _VIDEO_CONTAINERS:
+                raise AudioError(f"{path}: no audio stream (a video without sound)")
+            raise AudioError(f"{path}: not an audio file (neither libsndfile nor FFmpeg knows its format)")
+        stream = container.streams.best("audio") or container.streams.audio[0]
+        ctx = stream.codec_context
+        rate, channels = int(ctx.sample_rate or 0), int(ctx.channels or 0)
+        if rate <= 0 or channels <= 0:
+            raise AudioError(
+                f"{path}: a damaged {kind or 'audio'} file (FFmpeg cannot tell its rate or channels)"
+            )
+        names = tuple(c.name for c in ctx.layout.channels)
+        layout = names if all(n in _CHANNEL_GAINS for n in names) and len(names) == channels else None
+        fmt = f"{ctx.name.upper()} in {container.format.long_name}"
+        seconds = _ffmpeg_seconds(container, stream)
+        reliable = seconds is not None and _has_reliable_duration(container)
+        start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+        tail = _ffmpeg_tail_end(av, container, stream, seconds) if seconds is not None else None
+        index = stream.index
+    estimate = round(seconds * rate) if seconds else 0
+    info = AudioInfo(path, estimate, rate, channels, fmt, False, layout, "ffmpeg", index)
+    if tail is not None and (not reliable or tail >= start + seconds - _RELIABLE_DURATION_SLACK):
+        return info
+    # The end did not decode (or no duration is stated): decode it all to find where the audio stops.
+    read, error = _ffmpeg_count(info)
+    if read == 0:
+        raise AudioError(f"{path}: contains no audio" + (f" ({error})" if error else ""))
+    # A decoding error before the stated end, or (where the stated length is reliable) an end well
+    # before it, means the end is missing.
+    slack = 0.0 if error else _RELIABLE_DURATION_SLACK
+    if seconds is not None and (error or reliable) and read / rate < seconds - slack:
+        raise AudioError(_truncated(path, read, rate, seconds))
+    if error:
+        raise AudioError(_damaged(path, read, rate, error))
+    return dataclasses.replace(info, frames=read, frames_exact=True)  # counted: exact
+
+
+def _ffmpeg_seconds(container, stream) -> float | None:
+    """The audio's duration as the container states it (an index, a header or a bitrate guess), or None."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def _ffmpeg_tail_end(av: ModuleType, container, stream, seconds: float) -> float | None:
+    """Seek to the last seconds and decode them: the time where the audio ends, or None on failure."""
+    end = None
+    try:
+        container.seek(int(max(0.0, seconds - _TAIL_SECONDS) * 1_000_000), backward=True)
+        for frame in container.decode(stream):
+            duration = frame.samples / frame.sample_rate
+            end = float(frame.time) + duration if frame.time is not None else (end or 0.0) + duration
+    except av.FFmpegError:
+        return None
+    return end
+
+
+def _mp4_problem(path: Path) -> str:
+    """Why FFmpeg cannot open an MP4/M4A, from its top-level boxes (the usual: cut short, no index)."""
+    size = path.stat().st_size
+    boxes: list[str] = []
+    with open(path, "rb") as f:
+        position = 0
+        while position + 8 <= size:
+            f.seek(position)
+            header = f.read(16)
+            length, name = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+            if length == 1 and len(header) == 16:
+                length = int.from_bytes(header[8:16], "big")
+            elif length == 0:
+                length = size - position
+            if length < 8:
+                return "a damaged MP4/M4A file (malformed box structure)"
+            boxes.append(name)
+            if position + length > size:
+                index = "" if "moov" in boxes else ", before its index ('moov'): no position can be given"
+                return f"a truncated MP4/M4A file (cut short inside its '{name}' box{index})"
+            position += length
+    if "moov" not in boxes:
+        return "an unfinished MP4/M4A file (no index ('moov'): the recording or copy stopped early?)"
+    return "a damaged MP4/M4A file (FFmpeg cannot read it)"
+
+
+def _ffmpeg_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
+    """Decode ``info``'s stream with FFmpeg: [n, channels] float32 pieces at ``info.sample_rate``.
+
+    Converted through FFmpeg's resampler, so a stream that changes rate or
+    layout midway still comes out at the probed rate and channel count. An
+    MP4's sample table states the exact length: the encoder's padding past it
+    is cut off. Raises ``_DecodeFailed(frames_so_far, reason)`` on errors.
+    """
+    av = _av()
+    produced = 0
+    try:
+        with av.open(str(info.path)) as container:
+            stream = container.streams[info.stream]
+            layout = stream.codec_context.layout
+            resampler = av.AudioResampler(format="flt", layout=layout, rate=info.sample_rate)
+            limit = None
+            if _is_mov(container) and stream.duration and stream.time_base == Fraction(1, info.sample_rate):
+                limit = int(stream.duration)
+
+            def converted(frame) -> Iterator[np.ndarray]:
+                for out in resampler.resample(frame):
+                    yield out.to_ndarray().reshape(-1, info.channels)  # packed: [1, n * channels]
+
+            for frame in _with_flush(container.decode(stream)):
+                for piece in converted(frame):
+                    if limit is not None:
+                        piece = piece[: max(0, limit - produced)]
+                    if len(piece):
+                        produced += len(piece)
+                        yield piece
+    except av.FFmpegError as exc:
+        raise _DecodeFailed(produced, f"FFmpeg: {_ffmpeg_reason(exc)}") from None
+    except OSError as exc:
+        raise _DecodeFailed(produced, exc.strerror or str(exc)) from None
+
+
+def _with_flush(frames: Iterator) -> Iterator:
+    """The decoder's frames, then None (which flushes the resampler)."""
+    yield from frames
+    yield None
+
+
+def _ffmpeg_reason(exc: Exception) -> str:
+    strerror = getattr(exc, "strerror", None)
+    return (strerror or str(exc) or type(exc).__name__).rstrip(".").lower()
+
+
+class _DecodeFailed(Exception):
+    def __init__(self, frames: int, reason: str) -> None:
+        super().__init__(reason)
+        self.frames = frames
+        self.reason = reason
+
+
+def _ffmpeg_count(info: AudioInfo) -> tuple[int, str]:
+    """Decode all of ``info`` with FFmpeg: (frames decoded before it ends or fails, the failure or "")."""
+    read = 0
+    try:
+        for piece in _ffmpeg_pieces(info):
+            read += len(piece)
+    except _DecodeFailed as exc:
+        return exc.frames, exc.reason
+    return read, ""
+
+
+# --- reading ------------------------------------------------------------------------------------
 
 
 def read_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
-    """Decode ``info.path`` in blocks of [frames, channels] float32, checking every sample is finite."""
+    """Decode ``info.path`` in blocks of [block_frames, channels] float32 (the last one shorter).
+
+    Every sample is checked to be finite. Decoding errors and a file that
+    ends before its exactly known length raise :class:`AudioError` saying
+    where the audio stops. When ``info.frames_exact`` is False the number of
+    frames yielded may differ from ``info.frames``: it is the true length.
+    """
     position = 0
+    pieces: list[np.ndarray] = []
+    buffered = 0
+    source = _libsndfile_pieces(info) if info.decoder == "libsndfile" else _ffmpeg_pieces(info)
     try:
-        with sf.SoundFile(str(info.path)) as f:
-            while True:
-                block = f.read(block_frames, dtype="float32", always_2d=True)
-                if not len(block):
-                    break
-                if not np.isfinite(block).all():
-                    bad = position + int(np.argwhere(~np.isfinite(block))[0][0])
-                    raise AudioError(
-                        f"{info.path}: sample {bad} ({bad / info.sample_rate:.2f} s) is NaN or infinite"
-                    )
-                position += len(block)
-                yield block
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(
-            f"{info.path}: decoding failed at {position / info.sample_rate:.2f} s ({libsndfile_reason(exc)})"
-        ) from None
+        for piece in source:
+            if not np.isfinite(piece).all():
+                bad = position + buffered + int(np.argwhere(~np.isfinite(piece))[0][0])
+                raise AudioError(
+                    f"{info.path}: sample {bad} ({bad / info.sample_rate:.2f} s) is NaN or infinite"
+                )
+            pieces.append(piece)
+            buffered += len(piece)
+            while buffered >= block_frames:
+                block = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+                pieces, buffered = [block[block_frames:]], buffered - block_frames
+                position += block_frames
+                yield block[:block_frames]
+    except _DecodeFailed as exc:  # every piece decoded before the failure was counted
+        at = position + buffered
+        if info.decoder == "libsndfile" and info.frames_exact and not _end_decodes(info.path, info.seconds):
+            raise AudioError(_truncated(info.path, at, info.sample_rate, info.seconds)) from None
+        raise AudioError(_damaged(info.path, at, info.sample_rate, exc.reason)) from None
+    if buffered:
+        position += buffered
+        yield np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
     if position == 0:
         raise AudioError(f"{info.path}: contains no audio")
+    if info.frames_exact and position < info.frames:
+        raise AudioError(_truncated(info.path, position, info.sample_rate, info.seconds))
 
 
-def downmix_to_stereo(block: np.ndarray) -> np.ndarray:
-    """[frames, channels > 2] -> [frames, 2].
+def _libsndfile_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
+    """Decode with libsndfile in short pieces of [n, channels] float32; ``_DecodeFailed`` on errors."""
+    read = 0
+    try:
+        with sf.SoundFile(str(info.path)) as f:
+            while len(piece := f.read(_PIECE_FRAMES, dtype="float32", always_2d=True)):
+                read += len(piece)
+                yield piece
+    except (sf.LibsndfileError, RuntimeError):
+        raise _DecodeFailed(read, _LIBSNDFILE_DECODE_ERROR) from None
+    except OSError as exc:
+        raise _DecodeFailed(read, exc.strerror or str(exc)) from None
 
-    Six channels are taken as 5.1 (FL, FR, FC, LFE, SL, SR) and folded down
-    per ITU-R BS.775 without the LFE; any other layout is averaged to mono and
-    duplicated. The result is scaled so a full-scale input cannot clip.
+
+# --- downmix ------------------------------------------------------------------------------------
+
+_C = 1 / math.sqrt(2)  # -3 dB
+# (gain into left, gain into right) per channel, FFmpeg's names. ITU-R BS.775: fronts at 0 dB, centre
+# and surrounds at -3 dB, a single (back or top) centre at -3 dB into both sides, LFE dropped. Channels
+# between front and centre go to their side at 0 dB (as FFmpeg's own downmix does).
+_CHANNEL_GAINS: dict[str, tuple[float, float]] = {
+    "FL": (1.0, 0.0), "FR": (0.0, 1.0), "FC": (_C, _C), "LFE": (0.0, 0.0), "LFE2": (0.0, 0.0),
+    "FLC": (1.0, 0.0), "FRC": (0.0, 1.0),
+    "BL": (_C, 0.0), "BR": (0.0, _C), "BC": (_C, _C),
+    "SL": (_C, 0.0), "SR": (0.0, _C), "WL": (_C, 0.0), "WR": (0.0, _C),
+    "SDL": (_C, 0.0), "SDR": (0.0, _C),
+    "TC": (_C, _C), "TFL": (_C, 0.0), "TFC": (_C, _C), "TFR": (0.0, _C),
+    "TBL": (_C, 0.0), "TBC": (_C, _C), "TBR": (0.0, _C), "TSL": (_C, 0.0), "TSR": (0.0, _C),
+    "BFL": (_C, 0.0), "BFC": (_C, _C), "BFR": (0.0, _C),
+}  # fmt: skip
+
+# Channel order by count where a file does not state it: WAVE/SMPTE (and FLAC, Vorbis) defaults.
+DEFAULT_LAYOUTS: dict[int, tuple[str, ...]] = {
+    3: ("FL", "FR", "FC"),
+    4: ("FL", "FR", "BL", "BR"),  # quad
+    5: ("FL", "FR", "FC", "BL", "BR"),  # 5.0
+    6: ("FL", "FR", "FC", "LFE", "BL", "BR"),  # 5.1
+    7: ("FL", "FR", "FC", "LFE", "BC", "SL", "SR"),  # 6.1
+    8: ("FL", "FR", "FC", "LFE", "BL", "BR", "SL", "SR"),  # 7.1
+}
+
+
+def _downmix_layout(channels: int, layout: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The channel names a downmix uses: the stated ``layout`` if usable, else the default for the count."""
+    if layout is not None and len(layout) == channels and all(n in _CHANNEL_GAINS for n in layout):
+        return tuple(layout)
+    return DEFAULT_LAYOUTS.get(channels)
+
+
+def _downmix_matrix(channels: int, layout: Sequence[str] | None) -> np.ndarray:
+    """[channels, 2] gains, scaled so that no output can exceed the largest input sample."""
+    names = _downmix_layout(channels, layout)
+    if names is None:  # no known layout: the plain average, on both sides
+        return np.full((channels, 2), 1 / channels, np.float32)
+    matrix = np.array([_CHANNEL_GAINS[n] for n in names], np.float64)
+    return (matrix / matrix.sum(axis=0).max()).astype(np.float32)
+
+
+def downmix_to_stereo(block: np.ndarray, layout: Sequence[str] | None = None) -> np.ndarray:
+    """[frames, channels > 2] -> [frames, 2] float32, folded down per ITU-R BS.775.
+
+    The channels are those of ``layout`` (FFmpeg's names, as :attr:`AudioInfo.layout`
+    gives them) when the file states one, else the standard WAVE/SMPTE order
+    for the count: 3 = L R C, 4 = quad (FL FR BL BR), 5 = 5.0 (FL FR FC BL BR),
+    6 = 5.1 (FL FR FC LFE BL BR), 7 = 6.1 (FL FR FC LFE BC SL SR),
+    8 = 7.1 (FL FR FC LFE BL BR SL SR). Fronts go to their side at 0 dB,
+    centre and surrounds at -3 dB, LFE is dropped. More than 8 channels
+    without a stated layout have no standard order: they are averaged to mono,
+    the same on both sides (:func:`describe_downmix` says so). The result is
+    scaled by one constant per layout so a full-scale input cannot clip.
+    One or two channels are returned unchanged.
     """
-    if block.shape[1] == 6:
-        fl, fr, fc, _, sl, sr = block.T
-        c = 1 / math.sqrt(2)
-        stereo = np.stack([fl + c * fc + c * sl, fr + c * fc + c * sr], axis=1)
-        return (stereo / (1 + 2 * c)).astype(np.float32)
-    mono = block.mean(axis=1, keepdims=True)
-    return np.repeat(mono, 2, axis=1).astype(np.float32)
+    if block.shape[1] <= 2:
+        return block
+    matrix = _downmix_matrix(block.shape[1], layout)
+    return (block.astype(np.float32, copy=False) @ matrix).astype(np.float32, copy=False)
+
+
+def describe_downmix(channels: int, layout: Sequence[str] | None = None) -> str:
+    """One line saying how :func:`downmix_to_stereo` folds ``channels`` (for a note to the user)."""
+    names = _downmix_layout(channels, layout)
+    if names is None:
+        return f"{channels} channels in no known layout: averaged to mono on both sides"
+    stated = "" if layout is not None and tuple(layout) == names else " (assumed from the channel count)"
+    gain = 20 * math.log10(1 / float(np.array([_CHANNEL_GAINS[n] for n in names]).sum(axis=0).max()))
+    lfe = ", LFE dropped" if any(n.startswith("LFE") for n in names) else ""
+    return (
+        f"{channels} channels {' '.join(names)}{stated} folded to stereo "
+        f"(ITU-R BS.775{lfe}, then {gain:.1f} dB so nothing clips)"
+    )
+
+
+# --- resampling ---------------------------------------------------------------------------------
 
 
 class BlockResampler:
@@ -133,5 +697,54 @@ class BlockResampler:
 
 
 def libsndfile_reason(exc: Exception) -> str:
+    """The useful part of a soundfile exception's message (without "Error opening 'path': ")."""
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return text.split(": ", 1)[-1] if text.startswith("Error opening") else text
+
+
+# --- native stderr ------------------------------------------------------------------------------
+
+_native_stderr_redirected = False
+
+
+def redirect_native_stderr() -> None:
+    """Silence what C libraries write to file descriptor 2, keeping Python's ``sys.stderr`` on the terminal.
+
+    libsndfile's mpg123 prints notes ("Illegal Audio-MPEG-Header", "Duh...")
+    straight to fd 2, between stemsplit's own messages. This points fd 2 at
+    /dev/null and rebinds ``sys.stderr`` to a duplicate of the original fd 2
+    (line-buffered, same encoding and error handler), so everything Python
+    prints (warnings, rich, tracebacks) still reaches the terminal; faulthandler,
+    if enabled, follows it. Call it once at start-up, before logging handlers
+    capture ``sys.stderr``; child processes started afterwards inherit the
+    silenced fd 2. Idempotent; a no-op where ``sys.stderr`` is not fd 2 (tests
+    capturing output, embedded interpreters) or fd 2 cannot be duplicated.
+    """
+    global _native_stderr_redirected
+    if _native_stderr_redirected:
+        return
+    stream = sys.stderr
+    try:
+        if stream is None or stream.fileno() != 2:
+            return
+        stream.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return
+    try:
+        replacement = open(  # noqa: SIM115 - it becomes sys.stderr, for the life of the process
+            saved, "w", buffering=1, encoding=stream.encoding, errors=stream.errors, closefd=True
+        )
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+        finally:
+            os.close(devnull)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.close(saved)
+        return
+    sys.stderr = replacement
+    _native_stderr_redirected = True
+    if faulthandler.is_enabled():
+        faulthandler.enable(file=replacement)
