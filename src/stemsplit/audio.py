@@ -496,13 +496,9 @@ def _ffmpeg_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
             limit = None
             if _is_mov(container) and stream.duration and stream.time_base == Fraction(1, info.sample_rate):
                 limit = int(stream.duration)
-
-            def converted(frame) -> Iterator[np.ndarray]:
-                for out in resampler.resample(frame):
-                    yield out.to_ndarray().reshape(-1, info.channels)  # packed: [1, n * channels]
-
             for frame in _with_flush(container.decode(stream)):
-                for piece in converted(frame):
+                for out in resampler.resample(frame):
+                    piece = out.to_ndarray().reshape(-1, info.channels)  # packed: [1, n * channels]
                     if limit is not None:
                         piece = piece[: max(0, limit - produced)]
                     if len(piece):
