@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import onednn
 from .ssd import chunk_layout, ssd_scan
 
 __all__ = ["BACKENDS", "Mamba2", "RMSNormGated", "cuda_kernels", "resolve_backend"]
@@ -98,6 +99,11 @@ def resolve_backend(requested: str | None, device: torch.device) -> str:
         why = "input is not on a CUDA device" if device.type != "cuda" else "mamba_ssm not importable"
         raise RuntimeError(f"Mamba-2 backend 'cuda' was requested but {why}")
     return "cuda" if usable else "portable"
+
+
+def _may_overwrite(*tensors: Tensor) -> bool:
+    """In-place arithmetic is safe: autograd does not need these tensors' values."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 class RMSNormGated(nn.Module):
@@ -185,6 +191,7 @@ class Mamba2(nn.Module):
         return z, x, B, C, dt
 
     def _forward_portable(self, u: Tensor) -> Tensor:
+        """Pure PyTorch (with oneDNN's fused CPU kernels where they apply; see :mod:`.onednn`)."""
         batch, length, _ = u.shape
         # Zero steps appended up to a whole number of chunks: the layer is causal, so
         # they change no earlier output, and the scan's big tensors need no padding.
@@ -192,13 +199,35 @@ class Mamba2(nn.Module):
         padded = n_chunks * q
         if padded > length:
             u = F.pad(u, (0, 0, 0, padded - length))
-        z, x, B, C, dt = self._split_conv(self.in_proj(u))
+        # in_proj as three products over row blocks of its weight [z | xBC | dt], so
+        # each result is contiguous and silu(z) comes out of the product's own pass.
+        w = self.in_proj.weight
+        conv_dim = self.d_inner + 2 * self.d_state
+        gate = onednn.linear(u, w[: self.d_inner], activation="silu")  # silu(z), [b, l, d_inner]
+        xBC = onednn.linear(u, w[self.d_inner : self.d_inner + conv_dim])  # [b, l, conv_dim]
+        dt = F.linear(u, w[self.d_inner + conv_dim :])  # [b, l, h]
+        xBC = onednn.causal_conv1d_silu(xBC, self.conv1d.weight, self.conv1d.bias)
+        x, B, C = xBC.split([self.d_inner, self.d_state, self.d_state], -1)
         dt = F.softplus(dt + self.dt_bias)  # [b, l, h]
         A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))  # [h]
         x = x.reshape(batch, padded, self.nheads, self.headdim)
         y = ssd_scan(x, dt, A, B, C, self.D, self.chunk_size)
-        out = self.out_proj(self.norm(y.reshape(batch, padded, self.d_inner), z))
+        out = self._gated_norm_out_proj(y.reshape(batch, padded, self.d_inner), gate)
         return out[:, :length]
+
+    def _gated_norm_out_proj(self, y: Tensor, gate: Tensor) -> Tensor:
+        """``out_proj(norm(y, z))`` given gate = silu(z); y, gate [b, l, d_inner] -> [b, l, d_model].
+
+        RMSNorm scales each token by one number r, and out_proj is linear, so r is
+        applied to the d_model outputs instead of the d_inner inputs, and the norm's
+        weight is folded into out_proj's: two fewer passes over the widest tensor.
+        """
+        g = y.mul_(gate) if _may_overwrite(y, gate) else y * gate
+        stats = torch.promote_types(g.dtype, torch.float32)  # bf16 products, float32 statistics
+        rms = torch.linalg.vector_norm(g, dim=-1, keepdim=True, dtype=stats) / math.sqrt(g.shape[-1])
+        r = torch.rsqrt(rms.square() + self.norm.eps)  # [b, l, 1]
+        weight = self.out_proj.weight * self.norm.weight
+        return onednn.linear(g, weight) * r
 
     def _forward_cuda(self, u: Tensor) -> Tensor:
         kernels = cuda_kernels()
