@@ -62,7 +62,10 @@ def group_norm_last2(x: Tensor, weight: Tensor, bias: Tensor, eps: float = EPS) 
     """
     xf = x.to(torch.promote_types(x.dtype, torch.float32))
     var, mean = torch.var_mean(xf, dim=(-2, -1), correction=0, keepdim=True)
-    return ((xf - mean) * torch.rsqrt(var + eps) * weight + bias).to(x.dtype)
+    # (x - mean) * rstd * weight + bias as one multiply-add over x: scale and shift
+    # are small ([..., 1, N]), x is read once.
+    scale = torch.rsqrt(var + eps) * weight
+    return torch.addcmul(bias - mean * scale, xf, scale).to(x.dtype)
 
 
 def _stack(modules: list[nn.Module], index: int, name: str) -> Tensor:

@@ -110,9 +110,12 @@ def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, other: Tensor) ->
     dtype = _dtype(x, weight, bias, other)
     if dtype is None:
         return torch.add(F.linear(x, weight, bias), other)
-    if other.dtype != dtype or not other.is_contiguous():
-        other = other.to(dtype).contiguous()
-    return _ops().linear_binary(_cast(x, dtype), other, _cast(weight, dtype), _cast(bias, dtype), "add")
+    if other.dtype != dtype:
+        # Under bf16 autocast the float32 residual stream stays float32: add separately.
+        return other + linear(x, weight, bias)
+    return _ops().linear_binary(
+        _cast(x, dtype), other.contiguous(), _cast(weight, dtype), _cast(bias, dtype), "add"
+    )
 
 
 def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

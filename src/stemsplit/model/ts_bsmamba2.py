@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from . import onednn
 from .bands import EPS, BandMerge, BandSplit, band_widths, group_norm_last2
 from .mamba2 import Mamba2
 
@@ -89,7 +90,8 @@ class ResidualBiMamba2(nn.Module):
         self.proj = nn.Linear(2 * dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.proj(self.rnn(group_norm_last2(x, self.norm.weight, self.norm.bias)))
+        h = self.rnn(group_norm_last2(x, self.norm.weight, self.norm.bias))
+        return onednn.linear_add(h, self.proj.weight, self.proj.bias, x)  # x + proj(h), one pass
 
 
 class TAC(nn.Module):
@@ -109,9 +111,19 @@ class TAC(nn.Module):
         self.TAC_output = nn.Sequential(nn.Linear(2 * hidden, dim), nn.Tanh())
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.TAC_input(group_norm_last2(x, self.input_norm.weight, self.input_norm.bias))
-        mean = self.TAC_mean(h.mean(dim=1, keepdim=True)).expand_as(h)
-        return x + self.TAC_output(torch.cat([h, mean], dim=-1))
+        hidden = self.TAC_mean[0].in_features
+        lin_in, lin_mean, lin_out = self.TAC_input[0], self.TAC_mean[0], self.TAC_output[0]
+        normed = group_norm_last2(x, self.input_norm.weight, self.input_norm.bias)
+        h = onednn.linear(normed, lin_in.weight, lin_in.bias, activation="tanh")  # [B, ch, K, T, 3N]
+        mean = onednn.linear(h.mean(dim=1, keepdim=True), lin_mean.weight, lin_mean.bias, activation="tanh")
+        # TAC_output(cat[h, mean]) without the concatenation: the mean's half of the
+        # product is computed once per (K, T), not once per channel, and added.
+        w_h, w_mean = lin_out.weight[:, :hidden].contiguous(), lin_out.weight[:, hidden:].contiguous()
+        from_mean = onednn.linear(mean, w_mean, lin_out.bias).expand(*h.shape[:-1], -1)
+        out = onednn.linear_add(h, w_h, None, from_mean)
+        if torch.is_grad_enabled() or out.dtype != x.dtype:
+            return x + torch.tanh(out)
+        return out.tanh_().add_(x)
 
 
 class DualPathBlock(nn.Module):
@@ -254,7 +266,7 @@ class TSBSMamba2(nn.Module):
 
         # Stage 2: fuse fresh band features with stage-1 features, add a residual mapping.
         fused = torch.cat([self.BN_map(spec), d1], dim=-1)  # [BC, K, T, 2N]
-        fused = torch.tanh(nn.functional.linear(fused, self.in_conv.weight[..., 0], self.in_conv.bias))
+        fused = onednn.linear(fused, self.in_conv.weight[..., 0], self.in_conv.bias, activation="tanh")
         stage2 = stage1 + self.map(self.separator_map(fused, channels))
 
         return self._istft(stage1, batch, channels, samples), self._istft(stage2, batch, channels, samples)
