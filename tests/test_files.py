@@ -1,11 +1,20 @@
 """Atomic writes: whole files or nothing, with ordinary permissions."""
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from stemsplit.files import temporary_sibling, write_atomically
+from stemsplit.files import (
+    host_tag,
+    is_temporary,
+    sweep_stale_temporaries,
+    temporary_sibling,
+    write_atomically,
+)
 from stemsplit.model import TSBSMamba2
 from stemsplit.train.loop import export_safetensors
 
@@ -45,8 +54,42 @@ def test_temporary_siblings_are_hidden_distinct_and_in_the_same_folder(tmp_path,
         temporary_sibling(tmp_path / "x.wav", ".partial"),
     )
     assert a != b and a.parent == b.parent == tmp_path
-    assert a.name.startswith(".x.wav.") and a.name.endswith(".partial")
+    assert a.name.startswith(".stemsplit-") and a.name.endswith(".partial") and is_temporary(a)
     assert a.stat().st_mode & 0o777 == 0o644 and a.stat().st_size == 0
+
+
+def test_temporary_names_stay_short_for_the_longest_legal_name(tmp_path):
+    """A 255-byte file name is legal; its temporary must be too (`.name.hex.partial` was not)."""
+    longest = tmp_path / ("a" * 251 + ".wav")
+    temp = temporary_sibling(longest, ".partial")
+    assert len(temp.name) < 64
+    longest.write_bytes(b"x")  # the final name itself is fine
+    os.replace(temp, longest)
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid  # reaped: no process has this pid now (until the kernel reuses it)
+
+
+def test_temporaries_of_dead_processes_are_swept(tmp_path):
+    """SIGKILL or a power cut leaves temporaries; the next writer in that folder removes them."""
+    mine = temporary_sibling(tmp_path / "x.wav", ".partial")  # this process: alive
+    dead = tmp_path / f".stemsplit-{host_tag()}-{_dead_pid()}-0123abcd.partial"
+    dead.write_bytes(b"half a stem")
+    foreign_fresh = tmp_path / ".stemsplit-0badc0de-1-0123abcd.partial"
+    foreign_old = tmp_path / ".stemsplit-0badc0de-2-0123abcd.partial"
+    for path in (foreign_fresh, foreign_old):
+        path.write_bytes(b"another host's")
+    day_ago = time.time() - 25 * 3600
+    os.utime(foreign_old, (day_ago, day_ago))
+    users = [tmp_path / ".stemsplit-notes.txt", tmp_path / ".x.wav.1234.partial", tmp_path / "song.wav"]
+    for path in users:  # names stemsplit never makes: never touched
+        path.write_bytes(b"the user's")
+    removed = sweep_stale_temporaries(tmp_path)
+    assert sorted(removed) == sorted([dead, foreign_old])
+    assert mine.exists() and foreign_fresh.exists() and all(p.exists() for p in users)
 
 
 def test_exported_checkpoints_are_readable_by_others(tmp_path, umask_022):

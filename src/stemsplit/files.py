@@ -5,28 +5,107 @@ cache) goes through here, so a crash, Ctrl-C or full disk never leaves a
 half-written file under the final name, and finished files get the usual
 permissions (0666 minus the umask, as ``open()`` would give; ``tempfile.mkstemp``
 would leave them readable by their owner only).
+
+Temporary names are short and say who wrote them:
+``.stemsplit-<host>-<pid>-<random><suffix>`` (about 40 characters whatever
+the final name, so a legal 255-byte file name still has a legal temporary).
+A process killed with SIGKILL, or a power cut, leaves its temporaries behind;
+:func:`sweep_stale_temporaries` recognises them (same host and the process is
+gone, or another host's file untouched for a day) and the next run that
+writes into that folder removes them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import secrets
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["temporary_sibling", "write_atomically"]
+__all__ = ["is_temporary", "sweep_stale_temporaries", "temporary_sibling", "write_atomically"]
+
+PREFIX = ".stemsplit-"
+# Another host's temporary is taken for abandoned after this long without a write (we cannot ask
+# whether its process lives). Writers touch their files at least every few minutes.
+FOREIGN_STALE_SECONDS = 24 * 3600
+_NAME = re.compile(r"^\.stemsplit-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>\.[a-z]+)$")
+
+
+def host_tag() -> str:
+    """Eight hex digits naming this machine (a hash: host names can hold anything)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def temporary_sibling(destination: Path, suffix: str = ".tmp") -> Path:
-    """Create an empty, hidden file beside ``destination`` (same folder, so renaming is atomic)."""
+    """Create an empty, hidden file beside ``destination`` (same folder, so renaming is atomic).
+
+    ``suffix`` is a dot and lowercase letters (``.tmp``, ``.partial``, ``.backup``).
+    """
     destination = Path(destination)
+    if not re.fullmatch(r"\.[a-z]+", suffix):
+        raise ValueError(f"temporary suffix must be a dot and lowercase letters, not {suffix!r}")
     while True:
-        path = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}{suffix}")
+        name = f"{PREFIX}{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+        path = destination.with_name(name)
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
             continue
         return path
+
+
+def is_temporary(path: Path) -> bool:
+    """True for a name :func:`temporary_sibling` makes."""
+    return _NAME.match(Path(path).name) is not None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_stale_temporaries(folder: Path, now: float | None = None) -> list[Path]:
+    """Remove temporaries in ``folder`` whose writer is gone; returns what was removed.
+
+    Ours (this host) are stale when their process no longer exists; another
+    host's when untouched for :data:`FOREIGN_STALE_SECONDS`. Only names that
+    :func:`temporary_sibling` makes are ever considered.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    here = host_tag()
+    for entry in entries:
+        match = _NAME.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        if match["host"] == here:
+            pid = int(match["pid"])
+            stale = pid != os.getpid() and not _process_alive(pid)
+        else:
+            try:
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > FOREIGN_STALE_SECONDS
+            except OSError:
+                continue
+        if stale:
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass  # someone else swept it, or we may not: either way not ours to worry about
+    return removed
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:

@@ -18,16 +18,22 @@ Python API::
     sep = Separator("path/to/model.safetensors", device="auto")
     stems = sep.separate(audio, sample_rate)          # audio [channels, samples]
     sep.separate_file("song.flac", "stems/")          # stems/song/vocals.wav, ...
+
+Files: :meth:`Separator.separate_file` is a short composition of the engine
+(:meth:`Separator.song_blocks`: audio blocks in, named stem blocks out) and
+the output side (:mod:`stemsplit.output`: the plan and the all-or-nothing
+:class:`~stemsplit.output.StemWriter`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +41,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import BlockResampler, downmix_to_stereo, probe, read_blocks
+from .audio import AudioInfo, BlockResampler, downmix_to_stereo, probe, read_blocks
 from .model import TSBSMamba2
-from .output import OUTPUT_FORMATS, TempStemFile, transcode
+from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, StemWriter, plan_outputs
+from .settings import (
+    MAX_CHANNELS,
+    SeparationError,
+    check_sample_rate,
+    check_settings,
+    choose_stems,
+    parse_device,
+)
 from .weights import DEFAULT_STEMS, load_model
 
 __all__ = [
@@ -45,6 +59,10 @@ __all__ = [
     "SeparationResult",
     "Separator",
     "StreamingOverlapAdd",
+    "as_audio_array",
+    "check_sample_rate",
+    "check_settings",
+    "choose_stems",
     "pick_device",
     "share_residual",
     "song_stats",
@@ -55,10 +73,6 @@ READ_BLOCK_SECONDS = 10.0
 
 # Callback for progress events: a dict with an "event" key (see Separator.separate_file).
 ProgressCallback = Callable[[dict[str, Any]], None]
-
-
-class SeparationError(Exception):
-    """A song cannot be separated as asked; the message names the file and the problem."""
 
 
 # --- overlap-add -------------------------------------------------------------------------------
@@ -222,10 +236,10 @@ class SeparationResult:
 
     source: Path
     outputs: dict[str, Path]
-    seconds: float
+    duration: float  # of the song, in seconds
     windows: int
     rescaled_by: float = 1.0  # common gain applied to integer outputs (1.0 = none)
-    residual_db: float | None = None  # --exact: residual level relative to the mixture
+    residual_db: float | None = None  # exact=True: residual level relative to the mixture
 
 
 def song_stats(blocks: Iterable[np.ndarray]) -> tuple[float, float]:
@@ -240,12 +254,56 @@ def song_stats(blocks: Iterable[np.ndarray]) -> tuple[float, float]:
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
+    """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N`` -> a usable torch device."""
+    kind, index = parse_device(device)
+    if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SeparationError(f"device {device} requested but CUDA is not available")
-    return device
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise SeparationError("CUDA is not available here (no NVIDIA GPU, or a CPU-only torch)", "device")
+        count = torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise SeparationError(
+                f"there is no cuda:{index}: this machine has {count} CUDA device(s)", "device"
+            )
+    return torch.device(kind if index is None else f"{kind}:{index}")
+
+
+def as_audio_array(audio: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Audio from the Python API -> float32 [channels, samples], or :class:`SeparationError`.
+
+    1-D is mono. Integer PCM is scaled by its type (int16 by 1/32768, uint8
+    around 128, ...) to [-1, 1]. An array with more than :data:`MAX_CHANNELS`
+    rows but few columns is taken for [samples, channels] and refused with a hint.
+    """
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    audio = np.asarray(audio)
+    if audio.dtype.kind in "iu":
+        info = np.iinfo(audio.dtype)
+        middle = (int(info.max) + 1) / 2 if info.kind == "u" else 0.0
+        audio = (audio.astype(np.float64) - middle) / (int(info.max) + 1 - middle)
+    elif audio.dtype.kind != "f":
+        raise SeparationError(f"audio must be float or integer PCM samples, not {audio.dtype}")
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim != 2 or audio.shape[1] == 0:
+        raise SeparationError(f"expected audio [channels, samples], got shape {audio.shape}")
+    channels, samples = audio.shape
+    if channels > MAX_CHANNELS:
+        hint = "; pass audio.T" if samples <= MAX_CHANNELS else ""
+        raise SeparationError(
+            f"audio of shape {audio.shape} has {channels} channels: expected [channels, samples]{hint}"
+        )
+    if channels > 2:
+        raise SeparationError(
+            f"{channels} channels; stemsplit separates mono or stereo (fold down first, e.g. with "
+            "stemsplit.audio.downmix_to_stereo(audio.T).T)"
+        )
+    audio = audio.astype(np.float32)
+    if not np.isfinite(audio).all():
+        raise SeparationError("audio contains NaN or infinite samples")
+    return audio
 
 
 def prefetch(iterator: Iterable, depth: int = 2) -> Iterator:
@@ -293,6 +351,10 @@ class Separator:
         stage: 1 (masked stems, which sum to the mixture) or 2 (the paper's final output).
         exact: correct stage-2 stems to sum exactly to the input (see :func:`share_residual`).
         progress: called with event dicts while separating.
+        download_progress: show a progress bar on stderr while a model downloads.
+
+    Every setting is checked here, before anything runs: a bad one raises
+    :class:`SeparationError` with ``option`` naming it.
     """
 
     def __init__(
@@ -311,39 +373,41 @@ class Separator:
         sample_rate: int | None = None,
         normalization: str = "none",
         progress: ProgressCallback | None = None,
+        download_progress: bool = True,
     ) -> None:
+        check_settings(window, hop, batch_size, precision, stage)
         self.device = pick_device(device)
         if isinstance(model, TSBSMamba2):
             self.model = model
             self.name = "custom"
             self.stems = tuple(stems or DEFAULT_STEMS[: model.config.num_output])
-            self.sample_rate = sample_rate or model.config.sr
+            self.sample_rate = check_sample_rate(sample_rate or model.config.sr)
             self.normalization = normalization
         else:
-            loaded = load_model(model, light=light)
+            loaded = load_model(model, light=light, progress=download_progress)
             self.model, self.name = loaded.model, loaded.name
             self.stems, self.sample_rate = tuple(loaded.stems), loaded.sample_rate
             self.normalization = loaded.normalization
         if len(self.stems) != self.model.config.num_output:
             raise SeparationError(
-                f"{len(self.stems)} stem names for a model with {self.model.config.num_output}"
+                f"{len(self.stems)} stem names for a model with {self.model.config.num_output} outputs"
             )
-        if stage not in (1, 2):
-            raise SeparationError(f"stage must be 1 or 2, not {stage}")
-        if not 0 < hop <= window:
-            raise SeparationError(f"hop ({hop} s) must be positive and at most the window ({window} s)")
         self.window = round(window * self.sample_rate)
         self.hop = round(hop * self.sample_rate)
         if self.window < self.model.min_samples:
-            raise SeparationError(f"window of {window} s is shorter than the model's minimum input")
+            shortest = self.model.min_samples / self.sample_rate
+            raise SeparationError(
+                f"{window:g} s is shorter than this model's minimum ({shortest:.3f} s)", "window"
+            )
+        if self.hop < 1:
+            raise SeparationError(f"{hop:g} s is less than one sample at {self.sample_rate} Hz", "hop")
         self.stage, self.exact = stage, exact
         self.precision = precision or ("bf16" if self.device.type == "cuda" else "fp32")
-        if self.precision not in ("fp32", "bf16"):
-            raise SeparationError(f"precision must be fp32 or bf16, not {self.precision!r}")
         self.model = self.model.to(self.device).eval()
         self.batch_size = batch_size or self._default_batch_size()
         self.progress = progress or (lambda event: None)
         self._residual_energy = self._mix_energy = 0.0
+        self._fingerprint: str | None = None
         if self.device.type == "cpu":
             from .runtime import tune_cpu_allocator
 
@@ -376,8 +440,19 @@ class Separator:
             stems = share_residual(mix, stems, self.model.config.win, self.model.config.stride)
         return stems.cpu()
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the model's weights (names, shapes, dtypes and bytes): what made a song's stems."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, tensor in self.model.state_dict().items():
+                t = tensor.detach().cpu().contiguous().reshape(-1)
+                digest.update(f"{name} {tuple(tensor.shape)} {t.dtype}\n".encode())
+                digest.update(t.view(torch.uint8).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
     def residual_db(self) -> float | None:
-        """--exact: level of the residual that was shared out, relative to the mixture (dB), last song."""
+        """exact=True: level of the residual that was shared out, relative to the mixture (dB), last song."""
         if not (self.exact and self.stage == 2 and self._mix_energy > 0):
             return None
         return 10 * math.log10(max(self._residual_energy, 1e-30) / self._mix_energy)
@@ -403,9 +478,7 @@ class Separator:
                 i += size
             except torch.cuda.OutOfMemoryError:
                 if size == 1:
-                    raise SeparationError(
-                        "CUDA out of memory even for one window; try --device cpu"
-                    ) from None
+                    raise SeparationError("CUDA out of memory even for one window; try the CPU") from None
                 size = max(1, size // 2)
                 self.batch_size = size
                 torch.cuda.empty_cache()
@@ -415,17 +488,15 @@ class Separator:
     # -- in-memory API -------------------------------------------------------------------------
 
     def separate(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> dict[str, np.ndarray]:
-        """audio [channels, samples] at ``sample_rate`` -> {stem: [channels, samples]} at the same rate."""
-        audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-        if audio.dim() == 1:
-            audio = audio[None]
-        if audio.dim() != 2 or audio.shape[1] == 0:
-            raise SeparationError(f"expected audio [channels, samples], got shape {tuple(audio.shape)}")
-        if not torch.isfinite(audio).all():
-            raise SeparationError("audio contains NaN or infinite samples")
-        blocks = [audio.numpy().T]
+        """audio [channels, samples] at ``sample_rate`` -> {stem: [channels, samples]} at the same rate.
+
+        Float samples are taken as they are; integer PCM is scaled to [-1, 1] by its type.
+        """
+        rate = check_sample_rate(sample_rate)
+        audio = as_audio_array(audio)
+        blocks = [audio.T]
         stats = song_stats(blocks) if self.normalization == "meanstd" else (0.0, 1.0)
-        parts = list(self._stream(blocks, sample_rate, audio.shape[0], audio.shape[1], stats=stats))
+        parts = list(self._stream(blocks, rate, audio.shape[0], audio.shape[1], stats=stats))
         out = np.concatenate(parts, axis=-1)
         return {name: out[i] for i, name in enumerate(self.stems)}
 
@@ -438,9 +509,11 @@ class Separator:
         with_mixture: bool = False,
         stats: tuple[float, float] = (0.0, 1.0),
     ) -> Iterator[np.ndarray]:
-        """[n, C] blocks at ``rate`` -> [S, C, n] float32 stem blocks at ``rate``, ``frames`` in all.
+        """[n, C] blocks at ``rate`` -> [S, C, n] float32 stem blocks at ``rate``.
 
-        With ``with_mixture`` a last "stem" carries the mixture through the same
+        The output has exactly as many frames as the blocks had; ``frames`` (which
+        may be a decoder's estimate) only sizes the progress events. With
+        ``with_mixture`` a last "stem" carries the mixture through the same
         windowing and resampling (for mixture-minus-stem outputs). ``stats`` is
         the (mean, std) the model's input is standardised with (``meanstd``
         checkpoints); stems are scaled back.
@@ -450,6 +523,7 @@ class Separator:
         s = len(self.stems) + with_mixture
         to_model = BlockResampler(rate, self.sample_rate, channels)
         from_model = BlockResampler(self.sample_rate, rate, s * channels)
+        frames_read = 0
 
         def run_batch(windows: torch.Tensor) -> torch.Tensor:
             stems = self._run_batch(windows) * std + mean / len(self.stems)
@@ -462,7 +536,9 @@ class Separator:
         self.progress({"event": "start", "windows": total, "seconds": frames / rate})
 
         def model_rate_input() -> Iterator[torch.Tensor]:
+            nonlocal frames_read
             for block in blocks:
+                frames_read += len(block)
                 if (mean, std) != (0.0, 1.0):
                     block = ((block - mean) / std).astype(np.float32)
                 resampled = to_model(block)
@@ -481,51 +557,85 @@ class Separator:
                 yield stems.reshape(s * channels, -1).T.numpy()
                 self.progress({"event": "windows", "done": ola.windows_done, "total": total})
 
-        # Back at the input's rate, cut or zero-pad to exactly ``frames`` (resampling may be off by one).
+        # Back at the input's rate, cut or zero-pad to exactly the frames read (resampling may be off by one;
+        # output never runs ahead of the input, so cutting to the count so far is safe).
         produced = 0
         tail = (from_model.flush(s * channels) for _ in range(1))  # only after the last block
         for block in itertools.chain(map(from_model, model_rate_output()), tail):
-            block = block[: max(0, frames - produced)]
+            block = block[: max(0, frames_read - produced)]
             produced += len(block)
             if len(block):
                 yield block.T.reshape(s, channels, -1)
-        if produced < frames:
-            yield np.zeros((s, channels, frames - produced), np.float32)
+        if produced < frames_read:
+            yield np.zeros((s, channels, frames_read - produced), np.float32)
 
-    # -- files ---------------------------------------------------------------------------------
+    # -- songs ---------------------------------------------------------------------------------
 
-    def output_paths(
-        self,
-        source: Path,
-        out_dir: Path,
-        stems: Iterable[str],
-        filename: str = "{track}/{stem}.{ext}",
-        fmt: str = "wav",
-        track: str | None = None,
-    ) -> dict[str, Path]:
-        """Where each stem of ``source`` goes: ``out_dir / filename`` with {track}, {stem}, {ext}."""
-        track = track or source.stem
-        paths = {}
-        for stem in stems:
-            try:
-                relative = filename.format(track=track, stem=stem, ext=fmt)
-            except (KeyError, IndexError, ValueError) as exc:
-                raise SeparationError(
-                    f"--filename {filename!r}: unknown field {exc}; use {{track}}, {{stem}}, {{ext}}"
-                ) from None
-            paths[stem] = out_dir / relative
-        if len(set(paths.values())) != len(paths):
+    def output_stems(self, stems: Iterable[str] | None = None, two_stems: str | None = None) -> list[str]:
+        """The stems to write (see :func:`choose_stems`)."""
+        return choose_stems(self.stems, stems, two_stems)
+
+    def check_input(self, info: AudioInfo, downmix: bool = False) -> None:
+        """Refuse a song this separator cannot take (channels, length) before anything runs."""
+        if info.channels > 2 and not downmix:
             raise SeparationError(
-                f"--filename {filename!r} gives the same file for different stems; add {{stem}}"
+                f"{info.path}: {info.channels} channels; stemsplit separates mono or stereo "
+                "(downmix folds more channels down)"
             )
-        return paths
+        shortest = self.model.min_samples / self.sample_rate
+        if info.seconds < shortest:
+            raise SeparationError(
+                f"{info.path}: too short ({info.seconds * 1000:.1f} ms; the model needs at least "
+                f"{shortest * 1000:.1f} ms)"
+            )
+
+    def song_blocks(
+        self, info: AudioInfo, stems: Sequence[str], downmix: bool = False
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Decode, separate and yield a song block by block: {stem: [frames, channels] float32}.
+
+        ``stems`` are names from :meth:`output_stems` (``no_X`` is the mixture minus X).
+        """
+        block_frames = round(READ_BLOCK_SECONDS * info.sample_rate)
+
+        def blocks() -> Iterator[np.ndarray]:
+            decoded = read_blocks(info, block_frames)
+            return (downmix_to_stereo(b, info.layout) for b in decoded) if info.channels > 2 else decoded
+
+        stats = song_stats(blocks()) if self.normalization == "meanstd" else (0.0, 1.0)  # a first pass
+        index = {name: i for i, name in enumerate(self.stems)}
+        with_mixture = any(name not in index for name in stems)
+        channels = min(info.channels, 2)
+        for part in self._stream(
+            prefetch(blocks()), info.sample_rate, channels, info.frames, with_mixture, stats
+        ):
+            # part: [S (+ mixture), C, n]
+            yield {
+                name: (part[index[name]] if name in index else part[-1] - part[index[name[3:]]]).T
+                for name in stems
+            }
+
+    def separate_song(
+        self, song: SongOutputs, info: AudioInfo, options: OutputOptions, downmix: bool = False
+    ) -> SeparationResult:
+        """Separate one planned song (see :func:`stemsplit.output.plan_outputs`) into its files."""
+        self.check_input(info, downmix)
+        channels = min(info.channels, 2)
+        with StemWriter(song, options, info.sample_rate, channels) as writer:
+            for stems in self.song_blocks(info, list(song.paths), downmix):
+                writer.write(stems)
+            gain = writer.commit()
+        windows = window_count(
+            math.ceil(info.frames * self.sample_rate / info.sample_rate), self.window, self.hop
+        )
+        return SeparationResult(info.path, dict(song.paths), info.seconds, windows, gain, self.residual_db())
 
     def separate_file(
         self,
         path: str | os.PathLike,
         out_dir: str | os.PathLike,
         *,
-        filename: str = "{track}/{stem}.{ext}",
+        filename: str = DEFAULT_FILENAME,
         fmt: str = "wav",
         bit_depth: int | None = None,
         clip_mode: str = "rescale",
@@ -533,129 +643,17 @@ class Separator:
         two_stems: str | None = None,
         overwrite: bool = False,
         downmix: bool = False,
-        track: str | None = None,
     ) -> SeparationResult:
-        """Separate one file into ``out_dir`` (layout from ``filename``).
+        """Separate one file into ``out_dir`` (layout from ``filename``; see :mod:`stemsplit.output`).
 
-        Stems are streamed to temporary float32 files and moved into place
-        only after the whole song succeeded; on any failure (or Ctrl-C) the
-        temporary files are removed and no output is left. Existing outputs
-        raise :class:`SeparationError` unless ``overwrite``.
-
-        Progress events: ``start`` (windows), ``windows`` (done, total), ``done``.
+        Everything is checked before the first window runs; the stems appear
+        all together or not at all; existing files raise
+        :class:`~stemsplit.output.OutputExistsError` unless ``overwrite``.
+        Progress events: ``start`` (windows, seconds), ``windows`` (done, total).
         """
-        info = probe(path)
-        if fmt not in OUTPUT_FORMATS:
-            raise SeparationError(f"unknown format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")
-        if clip_mode not in ("none", "rescale", "clamp"):
-            raise SeparationError(f"--clip-mode must be none, rescale or clamp, not {clip_mode!r}")
-        if info.channels > 2 and not downmix:
-            raise SeparationError(
-                f"{info.path}: {info.channels} channels; stemsplit separates mono or stereo (add --downmix)"
-            )
-        min_seconds = self.model.min_samples / self.sample_rate
-        if info.seconds < min_seconds:
-            raise SeparationError(
-                f"{info.path}: too short ({info.seconds * 1000:.1f} ms; the model needs at least "
-                f"{min_seconds * 1000:.1f} ms)"
-            )
+        options = OutputOptions(filename, fmt, bit_depth, clip_mode, overwrite)
         wanted = self.output_stems(stems, two_stems)
-        outputs = self.output_paths(info.path, Path(out_dir), wanted, filename, fmt, track)
-        existing = [str(p) for p in outputs.values() if p.exists()]
-        if existing and not overwrite:
-            raise SeparationError(
-                f"{info.path}: output exists, not overwriting without --overwrite: {existing[0]}"
-            )
-        for p in outputs.values():
-            try:
-                p.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise SeparationError(f"{p.parent}: cannot create output folder ({exc.strerror})") from None
-            if not os.access(p.parent, os.W_OK):
-                raise SeparationError(f"{p.parent}: output folder is not writable")
-
-        channels = 2 if info.channels > 2 else info.channels
-        temps: dict[str, TempStemFile] = {}
-        try:
-            for name, dest in outputs.items():
-                temps[name] = TempStemFile(dest, info.sample_rate, channels)
-            blocks = read_blocks(info, round(READ_BLOCK_SECONDS * info.sample_rate))
-            if info.channels > 2:
-                blocks = (downmix_to_stereo(b) for b in blocks)
-            index = {name: i for i, name in enumerate(self.stems)}
-            stats = (0.0, 1.0)
-            if self.normalization == "meanstd":  # a first pass over the file for the song's statistics
-                stats = song_stats(read_blocks(info, round(READ_BLOCK_SECONDS * info.sample_rate)))
-            parts = self._stream(
-                prefetch(blocks), info.sample_rate, channels, info.frames, two_stems is not None, stats
-            )
-            for part in parts:
-                for name, temp in temps.items():
-                    temp.write(self._stem_block(part, name, index).T)
-            windows = window_count(
-                math.ceil(info.frames * self.sample_rate / info.sample_rate), self.window, self.hop
-            )
-            result = SeparationResult(
-                info.path, outputs, info.seconds, windows, residual_db=self.residual_db()
-            )
-            self._finalise(temps, fmt, bit_depth, clip_mode, overwrite, result)
-        except OSError as exc:
-            raise SeparationError(f"{info.path}: writing stems failed ({exc.strerror or exc})") from None
-        finally:
-            for temp in temps.values():
-                temp.discard()
-        self.progress(
-            {"event": "done", "source": str(info.path), "outputs": {k: str(v) for k, v in outputs.items()}}
-        )
-        return result
-
-    def output_stems(self, stems: Iterable[str] | None = None, two_stems: str | None = None) -> list[str]:
-        """The stems ``separate_file`` writes: ``stems`` (default: all the model's), or with
-        ``two_stems=X`` the pair ``[X, no_X]``. Unknown names raise :class:`SeparationError`."""
-        if two_stems is not None:
-            if two_stems not in self.stems:
-                raise SeparationError(
-                    f"--two-stems {two_stems}: the model's stems are {', '.join(self.stems)}"
-                )
-            return [two_stems, f"no_{two_stems}"]
-        wanted = list(stems) if stems else list(self.stems)
-        unknown = [s for s in wanted if s not in self.stems]
-        if unknown:
-            raise SeparationError(
-                f"unknown stem {unknown[0]!r}; the model's stems are {', '.join(self.stems)}"
-            )
-        return wanted
-
-    @staticmethod
-    def _stem_block(part: np.ndarray, name: str, index: dict[str, int]) -> np.ndarray:
-        """One output stem from a [S (+ mixture), C, n] block; ``no_X`` is the mixture minus X."""
-        if name.startswith("no_") and name not in index:
-            return part[-1] - part[index[name[3:]]]
-        return part[index[name]]
-
-    def _finalise(
-        self,
-        temps: dict[str, TempStemFile],
-        fmt: str,
-        bit_depth: int | None,
-        clip_mode: str,
-        overwrite: bool,
-        result: SeparationResult,
-    ) -> None:
-        for temp in temps.values():
-            temp.close()
-        peak = max(t.peak for t in temps.values())
-        integer = fmt != "wav" or bit_depth is not None
-        gain = 1.0
-        if integer and clip_mode == "rescale" and peak > 1.0:
-            gain = 1.0 / peak  # one factor for all stems, so they still sum to the mix
-        result.rescaled_by = gain
-        for temp in temps.values():
-            if not overwrite and temp.destination.exists():
-                raise SeparationError(f"{temp.destination}: appeared while separating; not overwriting")
-            if fmt == "wav" and bit_depth is None:
-                os.replace(temp.path, temp.destination)
-            else:
-                transcode(
-                    temp.path, temp.destination, fmt, bit_depth, gain, clamp=integer and clip_mode == "clamp"
-                )
+        info = probe(path)
+        self.check_input(info, downmix)
+        [song] = plan_outputs([SongSource(Path(path))], out_dir, wanted, options)
+        return self.separate_song(song, info, options, downmix)

@@ -1,0 +1,285 @@
+"""Whole folders: finding the songs, remembering which are done, sharing the work between processes.
+
+``stemsplit batch music/ -o stems/`` mirrors the input tree:
+``stems/<folder under music>/<track>/<stem>.<ext>``. What a run knows lives in
+``stems/.stemsplit/``:
+
+- ``done/<key>.json``: a song's manifest, written when its stems are committed:
+  the source (path, size, mtime, SHA-256 of its bytes), and the settings that
+  change the stems (model fingerprint, window, hop, stage, format, ...). A
+  song counts as done only if its manifest matches the source and the
+  settings; anything else is separated again, never skipped.
+- ``claims/<key>.claim``: created with ``O_EXCL`` before a song is separated,
+  so several ``batch`` processes (on one machine, or on several hosts over a
+  shared folder) each separate a song exactly once. A claim whose process died
+  is taken over: on the same host when its pid is gone, from another host when
+  it was not refreshed for :data:`CLAIM_STALE_SECONDS` (live claims are
+  touched every :data:`HEARTBEAT_SECONDS` while their song runs).
+
+``key`` is a hash of the song's output paths (relative to ``-o``): one output
+slot, one manifest, one claim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .audio import AUDIO_EXTENSIONS
+from .files import host_tag, write_atomically
+from .output import SongOutputs, SongSource
+
+__all__ = ["BatchError", "Claim", "DoneRecords", "find_songs", "song_key"]
+
+STATE_FOLDER = ".stemsplit"
+HEARTBEAT_SECONDS = 30.0
+CLAIM_STALE_SECONDS = 600.0  # another host's claim not refreshed for this long: its process is gone
+_TAKEOVER_STALE_SECONDS = 60.0  # a takeover lock lives for milliseconds; older means its holder died
+
+
+class BatchError(Exception):
+    """A folder cannot be walked, or the run's state folder cannot be used."""
+
+
+# --- finding songs ------------------------------------------------------------------------------
+
+
+@dataclass
+class FoundSongs:
+    songs: list[SongSource] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was skipped and why (loops, unreadable folders)
+
+
+def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
+    """Audio files under ``folders`` (recursive, sorted), each with its folder relative to its root.
+
+    Skipped: hidden files and folders, the output folder (when it lies inside
+    an input folder), a folder reached a second time (a symbolic-link loop, or
+    two inputs that overlap) and a file reached a second time.
+    """
+    found = FoundSongs()
+    out_real = os.path.realpath(out_dir)
+    seen_folders: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+
+    def walk(folder: Path, relative: str) -> None:
+        real = os.path.realpath(folder)
+        if real == out_real or real.startswith(out_real + os.sep):
+            return  # our own output: separating it again would grow the tree on every run
+        try:
+            st = os.stat(folder)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            found.notes.append(f"{folder}: skipped ({exc.strerror or exc})")
+            return
+        if (st.st_dev, st.st_ino) in seen_folders:
+            found.notes.append(f"{folder}: skipped (already visited: a symbolic link loop?)")
+            return
+        seen_folders.add((st.st_dev, st.st_ino))
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                if entry.is_dir():
+                    walk(path, f"{relative}/{entry.name}" if relative else entry.name)
+                elif entry.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
+                    fst = entry.stat()
+                    if (fst.st_dev, fst.st_ino) not in seen_files:
+                        seen_files.add((fst.st_dev, fst.st_ino))
+                        found.songs.append(SongSource(path, relative))
+            except OSError as exc:  # a dangling link, a file removed while walking
+                found.notes.append(f"{path}: skipped ({exc.strerror or exc})")
+
+    for folder in folders:
+        if not folder.is_dir():
+            raise BatchError(f"{folder}: not a folder")
+        walk(folder, "")
+    return found
+
+
+# --- what is done -------------------------------------------------------------------------------
+
+
+def song_key(song: SongOutputs) -> str:
+    """A name for one output slot: a hash of the song's output paths relative to the output folder."""
+    relative = sorted(str(p.relative_to(song.out_dir)) for p in song.paths.values())
+    return hashlib.sha256("\0".join(relative).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class DoneRecords:
+    """The manifests of a batch output folder (``OUT/.stemsplit/done``)."""
+
+    def __init__(self, out_dir: Path, settings: Mapping[str, Any]) -> None:
+        self.folder = Path(out_dir) / STATE_FOLDER / "done"
+        self.settings = json.loads(json.dumps(dict(settings)))  # as it will read back from JSON
+
+    def _path(self, song: SongOutputs) -> Path:
+        return self.folder / f"{song_key(song)}.json"
+
+    def read(self, song: SongOutputs) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self._path(song).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def is_done(self, song: SongOutputs) -> bool:
+        """True if the song's stems are there and were made from this very source with these settings."""
+        record = self.read(song)
+        if not record or not record.get("complete") or record.get("settings") != self.settings:
+            return False
+        if record.get("source") != os.path.abspath(song.source.path):
+            return False
+        if not all(os.path.isfile(p) for p in song.paths.values()):
+            return False
+        try:
+            st = os.stat(song.source.path)
+        except OSError:
+            return False
+        if (st.st_size, st.st_mtime_ns) == (record.get("size"), record.get("mtime_ns")):
+            return True
+        # Touched but perhaps not changed (copied, restored from a backup): the bytes decide.
+        return st.st_size == record.get("size") and _sha256_of(song.source.path) == record.get("sha256")
+
+    def owns_outputs(self, song: SongOutputs) -> bool:
+        """True if a record (finished or not) says the files at this song's paths are stemsplit's own."""
+        return self.read(song) is not None
+
+    def write(self, song: SongOutputs, complete: bool) -> None:
+        """Record the song: ``complete=False`` before its stems are committed, True after."""
+        st = os.stat(song.source.path)
+        record = {
+            "source": os.path.abspath(song.source.path),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "sha256": _sha256_of(song.source.path) if complete else None,
+            "settings": self.settings,
+            "outputs": {stem: str(p.relative_to(song.out_dir)) for stem, p in song.paths.items()},
+            "complete": complete,
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(record, indent=1)
+        write_atomically(self._path(song), lambda temp: temp.write_text(text))
+
+
+# --- sharing the work ---------------------------------------------------------------------------
+
+
+class Claim:
+    """One song's claim file: at most one process holds it at a time.
+
+    ``acquire()`` creates it with ``O_EXCL`` (atomic on local and NFS file
+    systems), or takes over a stale one; ``heartbeat()`` refreshes it while the
+    song runs; ``release()`` removes it.
+    """
+
+    def __init__(self, out_dir: Path, song: SongOutputs) -> None:
+        self.path = Path(out_dir) / STATE_FOLDER / "claims" / f"{song_key(song)}.claim"
+        self.token = secrets.token_hex(8)
+        self._beat = 0.0
+        self.holder = ""  # who holds it, when acquire() fails
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._create():
+            return True
+        if self._take_over_if_stale():
+            return True
+        self.holder = self._describe(self._read())
+        return False
+
+    def heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._beat >= HEARTBEAT_SECONDS:
+            self._beat = now
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        if (self._read() or {}).get("token") == self.token:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    # -- helpers --
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False
+        info = {"host": host_tag(), "hostname": socket.gethostname(), "pid": os.getpid(), "token": self.token}
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+        self._beat = time.monotonic()
+        return True
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _is_stale(self) -> bool:
+        data = self._read()
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except OSError:
+            return False  # gone: not stale, just free (the next _create decides)
+        if data is None:  # unreadable or half-written by a process that died creating it
+            return age > HEARTBEAT_SECONDS
+        if data.get("host") == host_tag():
+            pid = data.get("pid")
+            if not isinstance(pid, int):
+                return True
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            return False
+        return age > CLAIM_STALE_SECONDS
+
+    def _take_over_if_stale(self) -> bool:
+        """Replace a stale claim by ours; a takeover lock makes sure only one process does it."""
+        lock = self.path.with_name(self.path.name + ".takeover")
+        try:
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            with contextlib.suppress(OSError):
+                if time.time() - lock.stat().st_mtime > _TAKEOVER_STALE_SECONDS:
+                    lock.unlink()
+            return False
+        try:
+            if not self._is_stale():  # decided while holding the lock: nobody else can change it now
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            return self._create()
+        finally:
+            lock.unlink(missing_ok=True)
+
+    @staticmethod
+    def _describe(data: dict[str, Any] | None) -> str:
+        if not data:
+            return "another process"
+        return f"process {data.get('pid')} on {data.get('hostname', 'another host')}"

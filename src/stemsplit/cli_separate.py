@@ -1,0 +1,596 @@
+"""``stemsplit separate`` (the default command) and ``stemsplit batch``: parsing, planning, printing.
+
+A run goes in this order, and nothing is decoded, separated or written before
+step 4:
+
+1. settings: output options, window/hop/batch size, device, stem names (usage
+   errors: exit 2, one line, nothing created);
+2. inputs: the files named, or the songs under the folders (``batch``);
+3. the plan: every output path of every song, checked (inside ``-o``, no two
+   songs on one file), then every input probed (a bad file fails alone, exit 1);
+4. the model, then the songs, one by one, each committed all together.
+
+The work is in :mod:`stemsplit.separate` (engine), :mod:`stemsplit.output`
+(plan, writer) and :mod:`stemsplit.batch` (folders, manifests, claims).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .cli_common import EXIT_FAILED, EXIT_USAGE, Precision, err_console
+
+CPU_SECONDS_PER_WINDOW = 15.0  # TS (12 layers, N = 128) per 3 s window on 2 cores; see benchmarks/
+# Library option names -> the flags that set them (the library names problems, the CLI adds flags).
+FLAGS = {
+    "window": "--window",
+    "hop": "--hop",
+    "batch_size": "--batch-size",
+    "device": "--device",
+    "precision": "--precision",
+    "stage": "--stage",
+    "filename": "--filename",
+    "fmt": "--format",
+    "bit_depth": "--bit-depth",
+    "clip_mode": "--clip-mode",
+    "stems": "--stems",
+    "two_stems": "--two-stems",
+    "out": "--out",
+    "model": "--model",
+}
+
+
+class Format(str, Enum):
+    wav = "wav"
+    flac = "flac"
+    mp3 = "mp3"
+
+
+class ClipMode(str, Enum):
+    none = "none"
+    rescale = "rescale"
+    clamp = "clamp"
+
+
+class UsageError(Exception):
+    """A bad flag or argument, found before anything ran: exit 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP: the song in progress is discarded, and the exit status is 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def interrupts_as_exceptions() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Interrupted` like Ctrl-C, so cleanup runs for all three."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {s: signal.getsignal(s) for s in wanted}
+    for s in wanted:
+        if previous[s] is not signal.SIG_IGN:  # nohup'd or backgrounded: keep ignoring
+            signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+# --- output: rich progress, plain lines or JSON lines --------------------------------------------
+
+
+class Reporter:
+    """Turns engine progress events into a progress bar (terminals), plain lines (logs) or JSON lines."""
+
+    def __init__(self, json_lines: bool, quiet: bool) -> None:
+        self.json_lines, self.quiet = json_lines, quiet
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+        self.overall: TaskID | None = None
+        self.song: Path | None = None
+        self.song_seconds = 0.0
+        self.started = 0.0
+        self.cpu_seconds_per_window: float | None = None  # set on the CPU: the estimate before measuring
+        self.measured = False
+        self.heartbeat = lambda: None  # batch: keeps the song's claim fresh
+
+    def __enter__(self) -> Reporter:
+        if not self.json_lines and not self.quiet and err_console.is_terminal:
+            self.progress = Progress(
+                TextColumn("{task.description}", markup=False),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} windows"),
+                TextColumn("{task.fields[speed]}"),
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+            )
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.json_lines:
+            print(json.dumps(event), flush=True)
+
+    def line(self, text: str) -> None:
+        """A human message (stderr, so stdout stays clean for --json); never wrapped."""
+        if not self.quiet and not self.json_lines:
+            err_console.print(text, soft_wrap=True)
+
+    def error(self, message: str, **fields: Any) -> None:
+        """An error line on stderr (always), and an ``error`` event with --json."""
+        err_console.print(f"stemsplit: error: {message}", soft_wrap=True)
+        self.emit({"event": "error", "message": message, **fields})
+
+    def begin_all(self, files: int) -> None:
+        if self.progress and files > 1:
+            self.overall = self.progress.add_task("all songs", total=files, speed="")
+
+    def begin_song(self, path: Path) -> None:
+        self.song, self.measured = path, False
+        self.emit({"event": "song", "source": str(path)})
+        if self.progress:
+            self.task = self.progress.add_task(path.name[:40], total=None, speed="")
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        self.emit(event)
+        self.heartbeat()
+        if event["event"] == "start":
+            self.song_seconds, self.started = event["seconds"], time.perf_counter()
+            if self.cpu_seconds_per_window is not None:
+                guess = self.cpu_seconds_per_window * event["windows"]
+                self.line(
+                    f"{self.song}: {_duration(event['seconds'])} of audio, {event['windows']} windows; "
+                    f"about {_duration(guess)} on this CPU (estimate)"
+                )
+            if self.progress and self.task is not None:
+                self.progress.update(self.task, total=event["windows"])
+        elif event["event"] == "windows":
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            done, total = event["done"], max(event["total"], event["done"], 1)
+            if not self.measured and self.cpu_seconds_per_window is not None and done < total:
+                self.measured = True
+                per_window = elapsed / done
+                left = _duration(per_window * (total - done))
+                self.line(f"{self.song}: measured {per_window:.1f} s per window; about {left} left")
+            if self.progress and self.task is not None:
+                audio = self.song_seconds * done / total
+                self.progress.update(self.task, completed=done, total=total, speed=f"{audio / elapsed:.2f}x")
+
+    def end_song(self) -> None:
+        if self.progress and self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+        if self.progress and self.overall is not None:
+            self.progress.advance(self.overall)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:.0f} min"
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Song:
+    """One input, as the run sees it: its planned outputs, then what became of it."""
+
+    outputs: Any  # stemsplit.output.SongOutputs
+    info: Any = None  # stemsplit.audio.AudioInfo, once probed
+    status: str = "pending"  # pending, done, skipped, failed
+    details: str = ""
+
+
+def _usage(exc: Exception) -> UsageError:
+    """A library error about a setting -> a usage error naming the flag."""
+    option = getattr(exc, "option", None)
+    problem = getattr(exc, "problem", str(exc))
+    return UsageError(f"{FLAGS.get(option, option)}: {problem}" if option else problem)
+
+
+def _wanted_stems(stems: str | None, two_stems: str | None) -> list[str] | None:
+    if stems is not None and two_stems is not None:
+        raise UsageError("--stems and --two-stems cannot be used together")
+    if stems is None:
+        return None
+    names = [s.strip() for s in stems.split(",") if s.strip()]
+    if not names:
+        raise UsageError(f"--stems: no stem names in {stems!r}")
+    return names
+
+
+def _registry_stems(model: str | None, light: bool) -> list[str] | None:
+    """The stems of a registry model, known without loading (or downloading) it; None for files/URLs."""
+    from . import weights
+
+    try:
+        registry = weights.load_registry()
+        if model is None:
+            entry = (registry.light_model if light else None) or registry.models[registry.default]
+        elif model in registry.models:
+            entry = registry.models[model]
+        else:
+            return None
+    except (weights.WeightsError, KeyError):
+        return None  # the model loader will say what is wrong, in its own words
+    return list(entry.stems)
+
+
+def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> list[Any]:
+    from .batch import BatchError, find_songs
+    from .output import SongSource
+
+    if batch:
+        try:
+            found = find_songs(paths, out)
+        except BatchError as exc:
+            raise UsageError(str(exc)) from None
+        for note in found.notes:
+            reporter.line(note)
+        return found.songs
+    songs, seen = [], set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            key: object = (st.st_dev, st.st_ino)
+        except OSError:
+            key = os.path.abspath(path)  # missing: reported when probed
+        if key not in seen:  # the same file named twice is separated once
+            seen.add(key)
+            songs.append(SongSource(path))
+    return songs
+
+
+def _shard_for_torchrun(songs: list[Any], device: str) -> tuple[list[Any], str]:
+    """Under torchrun, each rank takes every WORLD_SIZE-th song and its own GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return songs, device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        import torch
+
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    return songs[rank::world], device
+
+
+def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int:
+    """Plan, check and separate; returns the exit status. Raises :class:`UsageError` for exit 2."""
+    from .audio import AudioError, probe
+    from .output import OutputError, OutputOptions, plan_outputs
+    from .settings import SeparationError, check_settings, choose_stems, parse_device
+
+    # 1. settings
+    hop = args["hop"] if args["hop"] is not None else 0.5
+    light_hop = args["light"] and args["model"] is None and args["hop"] is None
+    try:
+        options = OutputOptions(
+            args["filename"], args["fmt"], args["bit_depth"], args["clip_mode"], args["overwrite"]
+        )
+        check_settings(args["window"], hop, args["batch_size"], args["precision"], args["stage"])
+        parse_device(args["device"])
+    except (OutputError, SeparationError) as exc:
+        raise _usage(exc) from None
+    wanted = _wanted_stems(args["stems"], args["two_stems"])
+
+    # 2. inputs
+    out = args["out"]
+    songs = _inputs(args["inputs"], batch, out, reporter)
+    if not songs:  # not a usage error: the folder may simply be empty today
+        reporter.error("no audio files found in " + ", ".join(map(str, args["inputs"])))
+        return EXIT_FAILED
+    songs, device = _shard_for_torchrun(songs, args["device"])
+
+    # 3. the plan: every output path of every song. Checked once with the stems asked for (or stand-ins)
+    # before anything slow is imported, then with the model's own stems.
+    def plan(stem_names: list[str]) -> list[Song]:
+        try:
+            planned = plan_outputs(songs, out, stem_names, options, rename_duplicates=not batch)
+        except OutputError as exc:
+            raise _usage(exc) from None
+        return [Song(outputs) for outputs in planned]
+
+    if args["two_stems"] is not None:
+        plan([args["two_stems"], f"no_{args['two_stems']}"])
+    else:
+        plan(wanted or (["stem-a", "stem-b"] if "{stem}" in options.filename else ["stem-a"]))
+    model_stems = _registry_stems(args["model"], args["light"])  # known without loading the model
+    stems = run = None
+    if model_stems is not None:
+        try:
+            stems = choose_stems(model_stems, wanted, args["two_stems"])
+        except SeparationError as exc:
+            raise _usage(exc) from None
+        run = plan(stems)
+
+    # 4. the model (importing torch takes seconds: everything above must not need it)
+    from . import weights
+    from .separate import Separator, pick_device
+    from .weights import UnknownModelError
+
+    try:
+        pick_device(device)
+    except SeparationError as exc:
+        raise _usage(exc) from None
+
+    if args["light"] and args["model"] is None:
+        if weights.has_light_model():
+            reporter.line("--light: using the registry's light model (L-TS-BSMamba2)")
+        elif light_hop:
+            hop = 1.5
+            reporter.line("--light: no light model in the registry; using the default model with a 1.5 s hop")
+    try:
+        separator = Separator(
+            args["model"],
+            device=device,
+            window=args["window"],
+            hop=hop,
+            batch_size=args["batch_size"],
+            precision=args["precision"],
+            stage=args["stage"],
+            exact=args["exact"],
+            light=args["light"],
+            progress=reporter.on_event,
+            download_progress=not (reporter.quiet or reporter.json_lines),
+        )
+        chosen = separator.output_stems(wanted, args["two_stems"])
+    except UnknownModelError as exc:
+        raise UsageError(f"--model: {exc}") from None
+    except SeparationError as exc:
+        if exc.option:
+            raise _usage(exc) from None
+        raise
+    if run is None or chosen != stems:
+        run = plan(chosen)
+
+    # 3b. probe every input: a bad file fails alone, before anything runs
+    for song in run:
+        try:
+            song.info = probe(song.outputs.source.path)
+            separator.check_input(song.info, args["downmix"])
+        except (AudioError, SeparationError) as exc:
+            if args["debug"]:
+                raise
+            song.status, song.details = "failed", str(exc)
+    if separator.device.type == "cpu":
+        reporter.cpu_seconds_per_window = _cpu_seconds_per_window(separator)
+
+    records = None
+    if batch:
+        from .batch import DoneRecords
+
+        records = DoneRecords(out, _settings(separator, options, args, chosen))
+    with reporter:
+        reporter.begin_all(len(run))
+        for song in run:
+            if song.status == "failed":
+                reporter.error(song.details, source=str(song.outputs.source.path))
+                continue
+            _separate_one(separator, song, options, args, records, reporter, out)
+    _summary(run, reporter, batch)
+    if any(song.status == "failed" for song in run):
+        return EXIT_FAILED
+    return 0
+
+
+def _separate_one(separator, song: Song, options, args, records, reporter: Reporter, out: Path) -> None:
+    from .audio import AudioError, describe_downmix
+    from .batch import Claim
+    from .output import OutputError, OutputExistsError
+    from .separate import SeparationError
+
+    source = song.outputs.source.path
+    claim = None
+    song_options = options
+    if records is not None:
+        if records.is_done(song.outputs):
+            song.status, song.details = "skipped", "done earlier with the same source and settings"
+            reporter.emit({"event": "skipped", "source": str(source)})
+            return
+        claim = Claim(out, song.outputs)
+        if not claim.acquire():
+            song.status, song.details = "skipped", f"being separated by {claim.holder}"
+            reporter.emit({"event": "skipped", "source": str(source), "reason": "claimed"})
+            return
+        if records.is_done(song.outputs):  # finished by another process just before we claimed it
+            claim.release()
+            song.status, song.details = "skipped", "done by another process"
+            return
+        if records.owns_outputs(song.outputs):  # stale stems of ours: an older source or other settings
+            song_options = dataclasses.replace(options, overwrite=True)
+        reporter.heartbeat = claim.heartbeat
+    reporter.begin_song(source)
+    try:
+        if records is not None:
+            records.write(song.outputs, complete=False)
+        result = separator.separate_song(song.outputs, song.info, song_options, args["downmix"])
+        if records is not None:
+            records.write(song.outputs, complete=True)
+    except (AudioError, SeparationError, OutputError) as exc:
+        if args["debug"]:
+            raise
+        message = str(exc)
+        if isinstance(exc, OutputExistsError):
+            message += " (add --overwrite to replace it)"
+        song.status, song.details = "failed", message
+        reporter.error(message, source=str(source))
+    else:
+        song.status = "done"
+        song.details = f"{len(result.outputs)} stems in {_common_parent(result.outputs.values())}"
+        if result.rescaled_by != 1.0:
+            gain_db = 20 * math.log10(result.rescaled_by)
+            song.details += f"; scaled by {result.rescaled_by:.3f} ({gain_db:.1f} dB) so nothing clips"
+        if result.residual_db is not None:
+            song.details += f"; residual {result.residual_db:.1f} dB shared among stems"
+        if song.info.channels > 2:
+            song.details += "; " + describe_downmix(song.info.channels, song.info.layout)
+        rate = options.sample_rate(song.info.sample_rate)
+        if rate != song.info.sample_rate:
+            song.details += f"; written at {rate} Hz ({options.fmt} cannot carry {song.info.sample_rate} Hz)"
+        reporter.emit(
+            {
+                "event": "result",
+                "source": str(source),
+                "outputs": {k: str(v) for k, v in result.outputs.items()},
+                "rescaled_by": result.rescaled_by,
+                "residual_db": result.residual_db,
+            }
+        )
+    finally:
+        reporter.heartbeat = lambda: None
+        if claim is not None:
+            claim.release()
+        reporter.end_song()
+
+
+def _settings(separator, options, args: dict[str, Any], stems: list[str]) -> dict[str, Any]:
+    """What changes a song's stems: a batch re-separates a song when any of it differs."""
+    return {
+        "model": separator.fingerprint(),
+        "window": separator.window,
+        "hop": separator.hop,
+        "stage": separator.stage,
+        "exact": separator.exact,
+        "precision": separator.precision,
+        "downmix": args["downmix"],
+        "stems": stems,
+        "format": options.fmt,
+        "bit_depth": options.bit_depth,
+        "clip_mode": options.clip_mode,
+        "filename": options.filename,
+    }
+
+
+def _cpu_seconds_per_window(separator) -> float:
+    import torch
+
+    cfg = separator.model.config
+    scale = (cfg.num_repeat_mask + cfg.num_repeat_map) / 12 * (cfg.feature_dim / 128) ** 1.5
+    return CPU_SECONDS_PER_WINDOW * scale * 2 / max(1, torch.get_num_threads())
+
+
+def _common_parent(paths) -> str:
+    return os.path.commonpath([str(p.parent) for p in paths])
+
+
+def _summary(run: list[Song], reporter: Reporter, batch: bool) -> None:
+    if reporter.quiet or reporter.json_lines:
+        return
+    if (len(run) > 1 or batch) and err_console.is_terminal:
+        table = Table(title="stemsplit")
+        for column in ("file", "status", "details"):
+            table.add_column(column)
+        for song in run:
+            table.add_row(str(song.outputs.source.path), song.status, song.details)
+        err_console.print(table)
+        return
+    for song in run:  # logs: one line per song, never wrapped
+        if song.status != "failed":  # failures were printed as errors already
+            err_console.print(f"{song.outputs.source.path}: {song.status}: {song.details}", soft_wrap=True)
+
+
+# --- the Typer commands ---------------------------------------------------------------------------
+
+
+def separation_command(batch: bool):
+    """The ``separate`` and ``batch`` commands: same options, files or folders as input."""
+    from .output import DEFAULT_FILENAME
+
+    def command(
+        inputs: list[Path] = typer.Argument(
+            ...,
+            help="Folders to walk for audio files." if batch else "Audio files to separate.",
+            show_default=False,
+        ),
+        model: str = typer.Option(None, "--model", "-m", help="Registry name, checkpoint path or URL."),
+        out: Path = typer.Option(Path("stems"), "--out", "-o", help="Output folder."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+        light: bool = typer.Option(False, "--light", help="Fast mode: L-TS-BSMamba2, or a 1.5 s hop."),
+        window: float = typer.Option(3.0, help="Window length in seconds."),
+        hop: float = typer.Option(None, help="Hop between windows in seconds [default: 0.5]."),
+        batch_size: int = typer.Option(None, "--batch-size", help="Windows per forward pass."),
+        precision: Precision = typer.Option(None, help="[default: bf16 on CUDA, fp32 on CPU]"),
+        stage: int = typer.Option(2, help="1: masked stems (sum to the mix); 2: final output."),
+        exact: bool = typer.Option(False, "--exact", help="Correct stems to sum exactly to the input."),
+        fmt: Format = typer.Option(Format.wav, "--format", help="Output format."),
+        bit_depth: int = typer.Option(
+            None, "--bit-depth", help="16, 24 or 32 [default: float wav, 24-bit flac]."
+        ),
+        clip_mode: ClipMode = typer.Option(ClipMode.rescale, "--clip-mode", help="For integer formats."),
+        stems: str = typer.Option(None, "--stems", help="Comma-separated subset, e.g. vocals,drums."),
+        two_stems: str = typer.Option(None, "--two-stems", help="Write STEM and no_STEM (mix minus STEM)."),
+        filename: str = typer.Option(
+            DEFAULT_FILENAME, help="Output path under --out; fields {folder} {track} {stem} {ext}."
+        ),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+        downmix: bool = typer.Option(False, "--downmix", help="Fold more than two channels down to stereo."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages (errors only)."),
+        json_lines: bool = typer.Option(
+            False, "--json", help="Progress and results as JSON lines on stdout."
+        ),
+        debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    ) -> None:
+        args = dict(locals())
+        args["fmt"], args["clip_mode"] = fmt.value, clip_mode.value
+        args["precision"] = precision.value if precision else None
+        reporter = Reporter(json_lines, quiet)
+        with interrupts_as_exceptions():
+            try:
+                code = run_separation(batch, args, reporter)
+            except UsageError as exc:
+                reporter.error(str(exc), exit_code=EXIT_USAGE)
+                raise typer.Exit(EXIT_USAGE) from None
+            except Interrupted as exc:
+                code = 128 + exc.signum
+                reporter.error(f"interrupted ({exc}); nothing is left half-written", exit_code=code)
+                raise typer.Exit(code) from None
+            except KeyboardInterrupt:
+                reporter.error("interrupted; nothing is left half-written", exit_code=130)
+                raise typer.Exit(130) from None
+            except Exception as exc:
+                from .separate import SeparationError
+                from .weights import WeightsError
+
+                if debug or not isinstance(exc, (WeightsError, SeparationError)):
+                    raise
+                reporter.error(str(exc), exit_code=EXIT_FAILED)
+                raise typer.Exit(EXIT_FAILED) from None
+        raise typer.Exit(code)
+
+    command.__doc__ = (
+        "Separate every audio file under folders (recursive); skips songs already done."
+        if batch
+        else "Separate audio files into stems (the default command)."
+    )
+    return command

@@ -1,0 +1,104 @@
+"""The engine's settings and their checks, importable without torch.
+
+A bad flag must be refused in well under a second, and importing torch alone
+takes longer than that; so what can be checked without the model lives here,
+and :mod:`stemsplit.separate` (the engine) re-exports it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_CHANNELS",
+    "MAX_WINDOW_SECONDS",
+    "SeparationError",
+    "check_sample_rate",
+    "check_settings",
+    "choose_stems",
+    "parse_device",
+]
+
+# Accepted ranges of the engine's settings (beyond them a run cannot work or exhausts memory).
+MAX_WINDOW_SECONDS = 60.0
+MAX_BATCH_SIZE = 256
+MAX_CHANNELS = 8  # more "channels" than this in separate(array) is a transposed [samples, channels] array
+
+
+class SeparationError(Exception):
+    """A song cannot be separated as asked. ``option`` names the setting at fault, if one is."""
+
+    def __init__(self, problem: str, option: str | None = None) -> None:
+        super().__init__(f"{option}: {problem}" if option else problem)
+        self.problem, self.option = problem, option
+
+
+def check_sample_rate(sample_rate: object) -> int:
+    """A sample rate as a whole number of Hz between 1 kHz and 1 MHz, or :class:`SeparationError`."""
+    try:
+        rate = float(sample_rate)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SeparationError(f"sample rate must be a number of Hz, not {sample_rate!r}") from None
+    if not (math.isfinite(rate) and rate == int(rate) and 1000 <= rate <= 1_000_000):
+        raise SeparationError(
+            f"sample rate must be a whole number of Hz from 1000 to 1000000, not {sample_rate}"
+        )
+    return int(rate)
+
+
+def parse_device(device: object) -> tuple[str, int | None]:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` -> (kind, index); anything else is an error.
+
+    Only the spelling is checked here; whether the device exists is the engine's check.
+    """
+    text = str(device).strip().lower()
+    if text == "auto":
+        return "auto", None
+    match = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", text)
+    if match is None or (match[1] == "cpu" and match[2] not in (None, "0")):
+        raise SeparationError(f"must be auto, cpu, cuda or cuda:N, not {str(device)!r}", "device")
+    return match[1], None if match[2] is None else int(match[2])
+
+
+def choose_stems(
+    model_stems: Sequence[str], stems: Iterable[str] | None = None, two_stems: str | None = None
+) -> list[str]:
+    """The stems to write: ``stems`` (default: all the model's), or with ``two_stems=X`` the pair
+    ``[X, no_X]`` (no_X is the mixture minus X). Unknown names raise :class:`SeparationError`."""
+    if two_stems is not None:
+        if two_stems not in model_stems:
+            raise SeparationError(
+                f"{two_stems!r} is not a stem of this model ({', '.join(model_stems)})", "two_stems"
+            )
+        return [two_stems, f"no_{two_stems}"]
+    wanted = list(stems) if stems else list(model_stems)
+    unknown = [s for s in wanted if s not in model_stems]
+    if unknown:
+        known = ", ".join(model_stems)
+        raise SeparationError(f"{unknown[0]!r} is not a stem of this model ({known})", "stems")
+    if len(set(wanted)) != len(wanted):
+        raise SeparationError(f"a stem is named twice in {', '.join(wanted)}", "stems")
+    return wanted
+
+
+def check_settings(
+    window: float, hop: float, batch_size: int | None, precision: str | None, stage: int
+) -> None:
+    """The engine's numeric settings, checked before a model is loaded (:class:`SeparationError`)."""
+    if not (math.isfinite(window) and 0 < window <= MAX_WINDOW_SECONDS):
+        raise SeparationError(
+            f"must be more than 0 and at most {MAX_WINDOW_SECONDS:g} seconds, not {window:g}", "window"
+        )
+    if not (math.isfinite(hop) and 0 < hop <= window):
+        raise SeparationError(
+            f"must be more than 0 and at most the window ({window:g} s), not {hop:g}", "hop"
+        )
+    if batch_size is not None and not (isinstance(batch_size, int) and 1 <= batch_size <= MAX_BATCH_SIZE):
+        raise SeparationError(f"must be from 1 to {MAX_BATCH_SIZE}, not {batch_size}", "batch_size")
+    if precision not in (None, "fp32", "bf16"):
+        raise SeparationError(f"must be fp32 or bf16, not {precision!r}", "precision")
+    if stage not in (1, 2):
+        raise SeparationError(f"must be 1 or 2, not {stage}", "stage")

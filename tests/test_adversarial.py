@@ -1,0 +1,563 @@
+"""stemsplit's promises, each tried the way a careless or hostile user would, through the real CLI or API.
+
+1. Usage errors: exit 2, one line, nothing created on disk, before anything heavy is loaded.
+2. Nothing is written outside ``-o``.
+3. A song's stems appear all together or not at all; nothing is left behind (disk full, signals, crashes).
+4. ``batch`` separates every song into its own place, exactly once, and never skips a changed song.
+5. Errors a user can cause are one line, never a traceback, never read as markup.
+6. The Python API refuses what it cannot take, with a hint.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import FAST, FOUR_STEMS, RATE, files_under, song, stemsplit
+
+# --- 1. usage errors ------------------------------------------------------------------------------
+
+USAGE_ERRORS = {
+    # template fields: only {folder} {track} {stem} {ext}, plain
+    "attribute access": (["--filename", "{track.__class__}/{stem}.{ext}"], "--filename"),
+    "index access": (["--filename", "{stem[0]}/{track}.{ext}"], "--filename"),
+    "conversion": (["--filename", "{track!r}/{stem}.{ext}"], "--filename"),
+    "unknown field": (["--filename", "{artist}/{stem}.{ext}"], "--filename"),
+    "broken template": (["--filename", "{track/{stem}.{ext}"], "--filename"),
+    # paths leaving -o
+    "parent folders": (["--filename", "../../x/{stem}.{ext}"], "outside the output folder"),
+    "absolute template": (["--filename", "/tmp/evil/{stem}.{ext}"], "relative path"),
+    "home template": (["--filename", "~/{stem}.{ext}"], "relative path"),
+    "one file for all stems": (["--filename", "{track}.{ext}"], "one file for several stems"),
+    "name too long": (["--filename", "{track}/" + "x" * 300 + "{stem}.{ext}"], "longer than 255 bytes"),
+    # format x bit depth
+    "mp3 bit depth": (["--format", "mp3", "--bit-depth", "24"], "--bit-depth: mp3 has no bit depth"),
+    "flac 32 bit": (["--format", "flac", "--bit-depth", "32"], "--bit-depth: flac takes 16 or 24"),
+    "8 bit": (["--bit-depth", "8"], "--bit-depth"),
+    "unknown format": (["--format", "ogg"], "--format"),
+    # stems
+    "unknown stem": (["--stems", "vocals,guitar"], "--stems: 'guitar' is not a stem"),
+    "unknown two-stems": (["--two-stems", "guitar"], "--two-stems: 'guitar' is not a stem"),
+    "empty stems": (["--stems", ",,"], "--stems"),
+    "stem twice": (["--stems", "vocals,vocals"], "--stems"),
+    "stems and two-stems": (["--stems", "vocals", "--two-stems", "drums"], "cannot be used together"),
+    # ranges
+    "huge window": (["--window", "1e9"], "--window"),
+    "zero window": (["--window", "0"], "--window"),
+    "nan window": (["--window", "nan"], "--window"),
+    "zero hop": (["--hop", "0"], "--hop"),
+    "negative hop": (["--hop", "-1"], "--hop"),
+    "hop above window": (["--hop", "5"], "--hop"),
+    "zero batch": (["--batch-size", "0"], "--batch-size"),
+    "negative batch": (["--batch-size", "-1"], "--batch-size"),
+    "stage 3": (["--stage", "3"], "--stage"),
+    # devices
+    "tpu": (["--device", "tpu"], "--device: must be auto, cpu, cuda or cuda:N"),
+    "cuda:x": (["--device", "cuda:x"], "--device"),
+    "meta": (["--device", "meta"], "--device"),
+    "cpu:1": (["--device", "cpu:1"], "--device"),
+    # options that do not exist
+    "unknown option": (["--colour", "red"], "No such option"),
+}
+if not shutil.which("nvidia-smi"):
+    USAGE_ERRORS["cuda without a GPU"] = (["--device", "cuda"], "--device: CUDA is not available")
+
+
+@pytest.fixture(scope="module")
+def a_song(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    song(folder / "song.wav")
+    return folder / "song.wav"
+
+
+@pytest.mark.parametrize("case", list(USAGE_ERRORS))
+def test_usage_errors_are_one_line_exit_2_and_touch_nothing(case, a_song, tmp_path):
+    flags, expected = USAGE_ERRORS[case]
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = stemsplit(a_song, "-o", out, *flags)
+    elapsed = time.monotonic() - started
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("stemsplit: error: ") and expected in lines[0], lines
+    assert os.listdir(tmp_path) == []  # not even the output folder
+    print(f"{case}: {elapsed:.2f} s")  # seconds incl. Python start-up; see the benchmark for timings
+
+
+def test_two_songs_on_one_file_is_a_usage_error(tmp_path):
+    """Before: the second song spun forever looking for a free name."""
+    song(tmp_path / "a.wav")
+    song(tmp_path / "b.wav")
+    result = stemsplit(
+        tmp_path / "a.wav", tmp_path / "b.wav", "-o", tmp_path / "out", "--filename", "{stem}.{ext}"
+    )
+    assert result.returncode == 2 and "would both write" in result.stderr and "a.wav" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_as_json(a_song, tmp_path):
+    result = stemsplit(a_song, "-o", tmp_path / "out", "--window", "0", "--json")
+    event = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 2 and event["event"] == "error" and "--window" in event["message"]
+
+
+def test_output_folder_that_is_a_file(a_song, tmp_path):
+    (tmp_path / "out").write_text("a file, not a folder")
+    result = stemsplit(a_song, "-o", tmp_path / "out")
+    assert result.returncode == 2 and "not a folder" in result.stderr
+    assert (tmp_path / "out").read_text() == "a file, not a folder"
+
+
+# --- 2. nothing outside -o ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["....wav", "...wav", "..wav"])
+def test_dotted_file_names_stay_inside_the_output_folder(name, tmp_path, tiny_checkpoint):
+    """`...wav` has the track name `..`: its stems must not land beside -o."""
+    (tmp_path / "in").mkdir()
+    song(tmp_path / "in" / name, fmt="WAV")
+    out = tmp_path / "box" / "out"
+    stemsplit(tmp_path / "in" / name, "-o", out, "--model", tiny_checkpoint, *FAST, check=0)
+    assert sorted(os.listdir(tmp_path / "box")) == ["out"]
+    stems = files_under(out)
+    assert len(stems) == 4 and all(s.endswith(tuple(FOUR_STEMS)) for s in stems), stems
+
+
+def test_a_link_inside_the_output_folder_does_not_carry_stems_out(tmp_path, tiny_checkpoint):
+    song(tmp_path / "song.wav")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "song").symlink_to(tmp_path / "elsewhere")
+    result = stemsplit(tmp_path / "song.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST)
+    assert result.returncode == 2 and "outside the output folder" in result.stderr
+    assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_the_longest_legal_stem_file_name(tmp_path, tiny_checkpoint):
+    """A 251-byte name is legal; the temporary beside it used to pass 255 bytes."""
+    track = "t" * 240
+    song(tmp_path / f"{track}.wav")
+    out = tmp_path / "out"
+    args = ["--filename", "{track}-{stem}.{ext}", "--model", tiny_checkpoint, *FAST]
+    stemsplit(tmp_path / f"{track}.wav", "-o", out, *args, check=0)
+    assert sorted(files_under(out)) == sorted(f"{track}-{s}" for s in FOUR_STEMS)  # e.g. 251 bytes: vocals
+
+
+def test_mp3_output_of_a_96_khz_song_is_written_at_48_khz(tmp_path, tiny_checkpoint):
+    """MP3 cannot carry 96 kHz: stems are resampled to 48 kHz while encoding, and the summary says so."""
+    song(tmp_path / "hi.wav", seconds=1.2, rate=96000)
+    result = stemsplit(
+        tmp_path / "hi.wav", "-o", tmp_path / "out", "--format", "mp3", "--stems", "vocals",
+        "--model", tiny_checkpoint, *FAST, check=0,
+    )  # fmt: skip
+    info = sf.info(str(tmp_path / "out" / "hi" / "vocals.mp3"))
+    assert info.samplerate == 48000 and abs(info.duration - 1.2) < 0.1
+    assert "written at 48000 Hz" in result.stderr
+
+
+# --- 3. all stems or none -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB tmpfs: a real full disk (needs root or CAP_SYS_ADMIN; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: " + made.stderr.decode().strip())
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_at_commit_leaves_nothing(small_disk, tmp_path, tiny_checkpoint):
+    """The float temporaries fit; converting them to flac does not. Before: the first flac stems stayed."""
+    seconds = 1.5
+    song(tmp_path / "s.wav", seconds=seconds, scale=0.5)
+    temporaries = 4 * (-(-int(seconds * RATE * 2 * 4 + 4096) // 4096) * 4096)  # 4 float32 stems, in pages
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * (free - temporaries - 48 * 1024))  # 48 kB left: no flac fits
+    out = small_disk / "out"
+    result = stemsplit(tmp_path / "s.wav", "-o", out, "--format", "flac", "--model", tiny_checkpoint, *FAST)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("stemsplit: error:")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr
+    assert "no space left on device" in errors[0].lower() and "nothing was written" in errors[0]
+    assert not out.exists()  # no stems, no temporaries, no empty folders
+    # Room made: the same command now succeeds (nothing was left to block it).
+    (small_disk / "filler").unlink()
+    stemsplit(tmp_path / "s.wav", "-o", out, "--format", "flac", "--model", tiny_checkpoint, *FAST, check=0)
+    assert files_under(out) == [f"s/{s.replace('.wav', '.flac')}" for s in FOUR_STEMS]
+
+
+def test_a_folder_appearing_at_a_stems_path_fails_the_song_cleanly(tmp_path):
+    from stemsplit.output import OutputError, OutputOptions, SongSource, StemWriter, plan_outputs
+
+    out = tmp_path / "out"
+    [planned] = plan_outputs([SongSource(tmp_path / "s.wav")], out, ["a", "b"], OutputOptions())
+    with StemWriter(planned, OutputOptions(), RATE, 2) as writer:
+        writer.write({s: np.full((1000, 2), 0.1, np.float32) for s in "ab"})
+        (out / "s" / "b.wav").mkdir()  # appears while separating
+        with pytest.raises(OutputError, match="is a folder"):
+            writer.commit()
+    assert os.listdir(out / "s") == ["b.wav"]  # no a.wav, no temporaries
+
+
+def test_a_rename_failing_midway_is_rolled_back_and_replaced_files_come_back(tmp_path):
+    """Overwriting a, b, c, d: the rename of d fails for real (a non-empty folder took its name after the
+    last check); a, b and c are undone and the user's old a and b are back."""
+    from stemsplit.output import OutputError, OutputOptions, SongSource, StemWriter, plan_outputs
+
+    out = tmp_path / "out"
+    [planned] = plan_outputs([SongSource(tmp_path / "s.wav")], out, list("abcd"), OutputOptions())
+    (out / "s").mkdir(parents=True)
+    for stem in "ab":
+        (out / "s" / f"{stem}.wav").write_bytes(b"the user's " + stem.encode())
+    writer = StemWriter(planned, OutputOptions(overwrite=True), RATE, 1)
+    with writer:
+        writer.write({s: np.full((10, 1), 0.1, np.float32) for s in "abcd"})
+        check = writer._check_destinations
+
+        def check_then_race() -> None:  # the race: the name is taken between the check and the renames
+            check()
+            (out / "s" / "d.wav").mkdir()
+            (out / "s" / "d.wav" / "x").write_text("x")
+
+        writer._check_destinations = check_then_race
+        with pytest.raises(OutputError, match="nothing was written for this song"):
+            writer.commit()
+    assert (out / "s" / "a.wav").read_bytes() == b"the user's a"
+    assert (out / "s" / "b.wav").read_bytes() == b"the user's b"
+    assert sorted(os.listdir(out / "s")) == ["a.wav", "b.wav", "d.wav"]  # no c, no backups or temporaries
+
+
+def _run_until_windows(args, **kwargs):
+    """Start stemsplit with --json; return the process once the first window batch is done."""
+    exe = shutil.which("stemsplit")
+    proc = subprocess.Popen(
+        [exe, *map(str, args), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)],
+        **kwargs,
+    )
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "windows":
+            return proc
+    raise AssertionError(proc.communicate()[1])
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_leave_nothing(signum, code, tmp_path, tiny_checkpoint):
+    """Before: SIGTERM left four full-length hidden .partial files."""
+    song(tmp_path / "long.wav", seconds=20.0)
+    out = tmp_path / "out"
+    proc = _run_until_windows([tmp_path / "long.wav", "-o", out, "--model", tiny_checkpoint, *FAST])
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_temporaries_of_a_killed_run_are_swept_by_the_next(tmp_path, tiny_checkpoint):
+    song(tmp_path / "long.wav", seconds=20.0)
+    out = tmp_path / "out"
+    args = [tmp_path / "long.wav", "-o", out, "--model", tiny_checkpoint, *FAST]
+    proc = _run_until_windows(args)
+    proc.kill()  # SIGKILL: no cleanup can run
+    proc.communicate(timeout=60)
+    left = files_under(out)
+    assert left and all(os.path.basename(p).startswith(".stemsplit-") for p in left)  # it did leave some
+    stemsplit(*args, check=0)
+    assert files_under(out) == [f"long/{s}" for s in FOUR_STEMS]
+
+
+# --- 4. batch -------------------------------------------------------------------------------------
+
+
+def test_batch_mirrors_the_tree_so_songs_never_share_stems(tmp_path, tiny_checkpoint):
+    """Before: Album B/01 Intro.wav was 'skipped' with Album A's stems, exit 0."""
+    music = tmp_path / "music"
+    for album, channels in (("Album A", 1), ("Album B", 2)):
+        (music / album).mkdir(parents=True)
+        song(music / album / "01 Intro.wav", channels=channels)
+    stemsplit("batch", music, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, check=0)
+    for album, channels in (("Album A", 1), ("Album B", 2)):
+        assert sf.info(str(tmp_path / "out" / album / "01 Intro" / "vocals.wav")).channels == channels
+
+
+def test_batch_separates_again_what_changed_and_skips_what_did_not(tmp_path, tiny_checkpoint):
+    music, out = tmp_path / "music", tmp_path / "out"
+    music.mkdir()
+    song(music / "a.wav")
+    song(music / "b.wav")
+    m = ["--model", tiny_checkpoint, *FAST, "--json"]
+
+    def results(*extra):
+        run = stemsplit("batch", music, "-o", out, *m, *extra, check=0)
+        events = [json.loads(line) for line in run.stdout.splitlines()]
+        return sorted(os.path.basename(e["source"]) for e in events if e["event"] == "result")
+
+    assert results() == ["a.wav", "b.wav"]
+    assert results() == []  # all done
+    os.utime(music / "a.wav")  # touched, same bytes: still done
+    assert results() == []
+    song(music / "b.wav", scale=0.1)  # changed: separated again, its old stems replaced
+    assert results() == ["b.wav"]
+    assert results("--stage", "1") == ["a.wav", "b.wav"]  # other settings: separated again
+    assert results("--stage", "1") == []
+
+
+def test_batch_does_not_walk_its_own_output_or_hidden_files(tmp_path, tiny_checkpoint):
+    """Before: -o inside the input folder was separated again on every run, and the tree grew."""
+    music = tmp_path / "music"
+    (music / ".hidden").mkdir(parents=True)
+    song(music / "a.wav")
+    song(music / ".secret.wav")
+    song(music / ".hidden" / "b.wav")
+    out = music / "stems"
+    m = ["--model", tiny_checkpoint, *FAST]
+    stemsplit("batch", music, "-o", out, *m, check=0)
+    first = files_under(out, state=False)
+    assert first == [f"a/{s}" for s in FOUR_STEMS]
+    stemsplit("batch", music, "-o", out, *m, check=0)
+    assert files_under(out, state=False) == first
+
+
+def test_batch_survives_a_symlink_loop_and_separates_a_file_once(tmp_path, tiny_checkpoint):
+    music = tmp_path / "music"
+    (music / "sub").mkdir(parents=True)
+    song(music / "sub" / "a.wav")
+    (music / "sub" / "loop").symlink_to(music)  # music/sub/loop/sub/loop/...
+    (music / "same.wav").symlink_to(music / "sub" / "a.wav")  # the same file under another name
+    result = stemsplit("batch", music, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(files_under(tmp_path / "out", state=False)) == 4  # one song
+
+
+def test_the_same_file_named_twice_is_separated_once(tmp_path, tiny_checkpoint):
+    song(tmp_path / "a.wav")
+    result = stemsplit(
+        tmp_path / "a.wav", tmp_path / "." / "a.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint,
+        *FAST, "--json", check=0,
+    )  # fmt: skip
+    assert [json.loads(x)["event"] for x in result.stdout.splitlines()].count("result") == 1
+    assert files_under(tmp_path / "out") == [f"a/{s}" for s in FOUR_STEMS]
+
+
+def test_two_batch_processes_share_the_work_each_song_exactly_once(tmp_path, tiny_checkpoint):
+    music = tmp_path / "music"
+    music.mkdir()
+    for i in range(4):
+        song(music / f"{i}.wav", seconds=1.0 + 0.1 * i)
+    exe = shutil.which("stemsplit")
+    args = [
+        exe,
+        "batch",
+        str(music),
+        "-o",
+        str(tmp_path / "out"),
+        "--model",
+        tiny_checkpoint,
+        *FAST,
+        "--json",
+    ]
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    done = [
+        json.loads(line)["source"]
+        for stdout, _ in outputs
+        for line in stdout.splitlines()
+        if json.loads(line)["event"] == "result"
+    ]
+    assert sorted(os.path.basename(s) for s in done) == ["0.wav", "1.wav", "2.wav", "3.wav"]
+    assert len(files_under(tmp_path / "out", state=False)) == 16
+
+
+def test_a_dead_processs_claim_is_taken_over(tmp_path, tiny_checkpoint):
+    from stemsplit.batch import Claim
+    from stemsplit.files import host_tag
+    from stemsplit.output import OutputOptions, SongSource, plan_outputs
+
+    music, out = tmp_path / "music", tmp_path / "out"
+    music.mkdir()
+    song(music / "a.wav")
+    [planned] = plan_outputs(
+        [SongSource(music / "a.wav")], out, [s[:-4] for s in FOUR_STEMS], OutputOptions()
+    )
+    claim = Claim(out, planned)
+    claim.path.parent.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claim.path.write_text(json.dumps({"host": host_tag(), "pid": dead.pid, "token": "x"}))
+    stemsplit("batch", music, "-o", out, "--model", tiny_checkpoint, *FAST, check=0)
+    assert files_under(out, state=False) == [f"a/{s}" for s in FOUR_STEMS]
+
+
+def test_a_live_claim_is_respected(tmp_path):
+    from stemsplit.batch import Claim
+    from stemsplit.output import OutputOptions, SongSource, plan_outputs
+
+    [planned] = plan_outputs([SongSource(tmp_path / "a.wav")], tmp_path / "out", ["x"], OutputOptions())
+    first, second = Claim(tmp_path / "out", planned), Claim(tmp_path / "out", planned)
+    assert first.acquire() and not second.acquire()
+    assert str(os.getpid()) in second.holder
+    first.release()
+    assert second.acquire()
+
+
+def test_claims_race_each_song_once(tmp_path):
+    """Eight threads race for one claim, many rounds: exactly one wins each time."""
+    from stemsplit.batch import Claim
+    from stemsplit.output import OutputOptions, SongSource, plan_outputs
+
+    [planned] = plan_outputs([SongSource(tmp_path / "a.wav")], tmp_path / "out", ["x"], OutputOptions())
+    for _ in range(20):
+        claims = [Claim(tmp_path / "out", planned) for _ in range(8)]
+        won: list[bool] = []
+        barrier = threading.Barrier(8)
+
+        def race(claim, won=won, barrier=barrier):
+            barrier.wait()
+            won.append(claim.acquire())
+
+        threads = [threading.Thread(target=race, args=(c,)) for c in claims]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert won.count(True) == 1
+        next(c for c in claims if c.path.exists() and c._read()["token"] == c.token).release()
+
+
+# --- 5. one line, never a traceback, never markup ----------------------------------------------------
+
+
+def test_file_names_are_never_read_as_markup(tmp_path, tiny_checkpoint):
+    """Before: a file named `a[/b].wav` crashed rich."""
+    (tmp_path / "a[").mkdir()
+    bad = tmp_path / "a[" / "b] [bold]x.wav"  # the path holds "a[/b]": a closing tag to rich
+    bad.write_text("not audio")
+    result = stemsplit(bad, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "a[/b] [bold]x.wav" in result.stderr
+
+
+def test_c_library_chatter_does_not_reach_the_user(tmp_path, tiny_checkpoint):
+    """libmpg123 prints 'Illegal Audio-MPEG-Header' and the like straight to fd 2."""
+    mp3 = tmp_path / "noise.mp3"
+    sf.write(mp3, np.random.default_rng(0).uniform(-0.5, 0.5, (RATE * 2, 2)), RATE, format="MP3")
+    data = bytearray(mp3.read_bytes())
+    data[4000:9000] = os.urandom(5000)  # garbage frames in the middle
+    mp3.write_bytes(bytes(data))
+    result = stemsplit(mp3, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, "--quiet")
+    assert "MPEG" not in result.stderr and "Duh" not in result.stderr, result.stderr
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_70(tmp_path, monkeypatch, capsys):
+    """A bug (here: one planted in the engine) is one line asking for a report, not a traceback."""
+    from stemsplit import cli, cli_separate
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setattr(cli_separate, "run_separation", bug)
+    monkeypatch.setattr(cli.audio, "redirect_native_stderr", lambda: None)  # keep pytest's stderr
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(tmp_path / "x.wav")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 70
+    assert err.strip() == (
+        "stemsplit: error: internal error: ZeroDivisionError: planted (run again with --debug and report it)"
+    )
+    with pytest.raises(ZeroDivisionError):
+        cli.main([str(tmp_path / "x.wav"), "--debug"])
+
+
+def test_json_has_one_result_per_song_and_an_error_event(tmp_path, tiny_checkpoint):
+    song(tmp_path / "good.wav")
+    (tmp_path / "bad.wav").write_text("not audio")
+    result = stemsplit(
+        tmp_path / "good.wav", tmp_path / "bad.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint,
+        *FAST, "--json",
+    )  # fmt: skip
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert result.returncode == 1
+    assert kinds.count("result") == 1 and "done" not in kinds
+    assert [e["source"] for e in events if e["event"] == "error"] == [str(tmp_path / "bad.wav")]
+
+
+def test_logs_get_one_unwrapped_line_per_song(tmp_path, tiny_checkpoint):
+    long_name = "a very long song title that would wrap at eighty columns in a log file " * 2
+    song(tmp_path / f"{long_name}.wav")
+    song(tmp_path / "b.wav")
+    result = stemsplit(
+        tmp_path / f"{long_name}.wav", tmp_path / "b.wav", "-o", tmp_path / "out",
+        "--model", tiny_checkpoint, *FAST, check=0, env={**os.environ, "COLUMNS": "80"},
+    )  # fmt: skip
+    summary = [line for line in result.stderr.splitlines() if ": done: " in line]
+    assert len(summary) == 2 and long_name in summary[0]
+
+
+# --- 6. the Python API ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def separator(golden_model):
+    from stemsplit.separate import Separator
+
+    return Separator(golden_model, stage=1, window=1.0, hop=0.5, device="cpu")
+
+
+def test_api_refuses_transposed_audio_with_a_hint(separator):
+    from stemsplit.separate import SeparationError
+
+    with pytest.raises(SeparationError, match=r"pass audio\.T"):
+        separator.separate(np.zeros((RATE, 2), np.float32), RATE)
+
+
+def test_api_scales_integer_pcm_by_its_type(separator):
+    rng = np.random.default_rng(0)
+    pcm = (rng.uniform(-0.5, 0.5, (2, RATE)) * 32768).astype(np.int16)
+    stems = separator.separate(pcm, RATE)
+    assert np.abs(sum(stems.values()) - pcm / 32768).max() < 1e-5  # stage 1 sums to the scaled mixture
+    unsigned = (pcm.astype(np.int32) // 256 + 128).astype(np.uint8)
+    stems = separator.separate(unsigned, RATE)
+    assert np.abs(sum(stems.values()) - (unsigned - 128.0) / 128).max() < 1e-5
+
+
+@pytest.mark.parametrize("rate", [0, -44100, 44100.5, float("nan"), "fast", 10**7])
+def test_api_checks_the_sample_rate(separator, rate):
+    from stemsplit.separate import SeparationError
+
+    with pytest.raises(SeparationError, match="sample rate"):
+        separator.separate(np.zeros((2, RATE), np.float32), rate)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"window": 1e9}, "window"),
+        ({"hop": 0}, "hop"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_api_settings_name_the_option(golden_model, kwargs, option):
+    from stemsplit.separate import SeparationError, Separator
+
+    with pytest.raises(SeparationError) as error:
+        Separator(golden_model, **kwargs)
+    assert error.value.option == option and "--" not in str(error.value)  # the library names no flags
