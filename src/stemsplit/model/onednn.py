@@ -30,7 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["available", "causal_conv1d_silu", "enabled", "linear", "linear_add"]
+__all__ = [
+    "available",
+    "bmm",
+    "causal_conv1d_silu",
+    "enabled",
+    "grouped_linear",
+    "linear",
+    "linear_add",
+    "usable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +97,11 @@ def _dtype(*tensors: Tensor) -> torch.dtype | None:
     return None
 
 
+def usable(*tensors: Tensor) -> bool:
+    """The oneDNN path would be taken for these operands (CPU, float32/bf16, no autograd)."""
+    return _dtype(*tensors) is not None
+
+
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
@@ -105,6 +119,29 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     return _ops().linear(_cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype), name, [], "")
 
 
+def grouped_linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, activation: str | None = None
+) -> Tensor:
+    """A grouped 1x1 convolution on channels-last features: ``nn.Conv1d(groups=groups)`` per row.
+
+    x: [..., groups * cin]; weight: [groups * cout, cin, 1]; -> [..., groups * cout]. Output
+    group g is ``activation(x_g @ weight_g.T + bias_g)``.
+    """
+    name, fn = _ACTIVATIONS[activation]
+    *lead, channels = x.shape
+    dtype = _dtype(x, weight, bias)
+    if dtype is None:
+        cout, cin = weight.shape[0] // groups, weight.shape[1]
+        y = torch.einsum("...gi,goi->...go", x.reshape(*lead, groups, cin), weight.reshape(groups, cout, cin))
+        y = y.reshape(*lead, groups * cout) + (0 if bias is None else bias)
+        return y if fn is None else fn(y)
+    # [rows, C] memory is a [1, C, 1, rows] image in channels-last order.
+    image = _cast(x, dtype).reshape(1, -1, channels).permute(0, 2, 1).unsqueeze(2)
+    w4 = _cast(weight, dtype).unsqueeze(-1)
+    y = _ops().conv(image, w4, _cast(bias, dtype), [0, 0], [1, 1], [1, 1], groups, name, [], "")
+    return y[0, :, 0].T.reshape(*lead, -1)
+
+
 def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, other: Tensor) -> Tensor:
     """``x @ weight.T + bias + other`` (other has the output's shape); the sum in one pass."""
     dtype = _dtype(x, weight, bias, other)
@@ -116,6 +153,26 @@ def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, other: Tensor) ->
     return _ops().linear_binary(
         _cast(x, dtype), other.contiguous(), _cast(weight, dtype), _cast(bias, dtype), "add"
     )
+
+
+def bmm(a: Tensor, b: Tensor) -> Tensor:
+    """Batched matrix product ``a @ b``: a [..., M, K], b [..., K, P] -> [..., M, P] (same batch dims).
+
+    PyTorch sends float32 batched products to MKL (AVX2 on AMD). oneDNN runs them
+    as a grouped 1x1 convolution, one group per batch item: ``a`` is the weight
+    [groups * M, K, 1, 1] and ``b`` the input [1, groups * K, 1, P]. On a Zen 5 core
+    this is 1.5-2x faster for the scan's products ([130, 130] x [130, 64] and the like).
+    """
+    dtype = _dtype(a, b)
+    if dtype is None:
+        return torch.matmul(a, b)
+    *batch, m, k = a.shape
+    p = b.shape[-1]
+    groups = a.numel() // (m * k)
+    weight = _cast(a, dtype).reshape(groups * m, k, 1, 1).contiguous()
+    image = _cast(b, dtype).reshape(1, groups * k, 1, p).contiguous()
+    y = _ops().conv(image, weight, None, [0, 0], [1, 1], [1, 1], groups, "none", [], "")
+    return y.reshape(*batch, m, p)
 
 
 def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -12,7 +12,8 @@ Two implementations live here:
   2024) that mamba_ssm's kernels also use. Inside a chunk of ``q`` steps the
   recurrence is one masked matrix product (attention-like, cost q^2); between
   chunks only the [headdim, d_state] states are carried. No Python loop over
-  time steps; memory is linear in the sequence length.
+  time steps; memory is linear in the sequence length. On the CPU its batched
+  products run through oneDNN (:func:`.onednn.bmm`).
 * :func:`ssd_scan_naive` - the recurrence step by step. Slow; it exists so
   tests can check :func:`ssd_scan` against the definition.
 """
@@ -24,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .onednn import bmm
 
 __all__ = ["chunk_layout", "ssd_scan", "ssd_scan_naive"]
 
@@ -85,7 +88,7 @@ def ssd_scan(
 
     # 1. Within each chunk: y_i = sum_{j <= i} (C_i . B_j) exp(L_i - L_j) dt_j x_j.
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    scores = (C @ B.transpose(-1, -2)).masked_fill(~causal, 0)  # [b, c, i, j]
+    scores = bmm(C, B.transpose(-1, -2)).masked_fill(~causal, 0)  # [b, c, i, j]
     log_t = log_decay.transpose(2, 3).contiguous()  # [b, c, h, i]
     # L_i - L_j <= 0 on and below the diagonal; above it the clamp keeps exp finite
     # and the zeroed scores remove it.
@@ -94,7 +97,7 @@ def ssd_scan(
         weights = seg.clamp_max_(0).exp_().mul_(scores[:, :, None])
     else:
         weights = seg.clamp_max(0).exp() * scores[:, :, None]
-    y_heads = weights @ xdt.transpose(2, 3).contiguous()  # [b, c, h, i, p]
+    y_heads = bmm(weights, xdt.transpose(2, 3))  # [b, c, h, i, p]
 
     # Back to [b, c, i, h, p], with the skip connection D_h x_i folded into the same pass.
     if D is None:
@@ -104,21 +107,22 @@ def ssd_scan(
         y = (x_chunks.reshape(xdt.shape) * D[:, None]).add_(y_heads.transpose(2, 3))
 
     if n_chunks > 1:
-        # 2. The state each chunk leaves behind from its own inputs:
-        #    s_c = sum_j exp(L_last - L_j) dt_j x_j B_j^T, as [b, c, h*p, n].
+        # 2. The state each chunk leaves behind from its own inputs, kept transposed
+        #    ([n, h*p], the layout the products below want):
+        #    s_c^T = sum_j B_j exp(L_last - L_j) dt_j x_j^T, as [b, c-1, n, h*p].
         to_end = torch.exp(log_decay[:, :-1, -1:] - log_decay[:, :-1])  # [b, c-1, j, h]
         weighted = (xdt[:, :-1] * to_end[..., None]).reshape(batch, n_chunks - 1, q, heads * headdim)
-        chunk_states = weighted.transpose(-1, -2) @ B[:, :-1]
+        chunk_states = bmm(B[:, :-1].transpose(-1, -2), weighted)
 
         # 3. Carry states across chunks (a loop over chunks, not steps).
-        chunk_decay = torch.exp(log_decay[:, :, -1]).repeat_interleave(headdim, dim=-1)[..., None]
+        chunk_decay = torch.exp(log_decay[:, :, -1]).repeat_interleave(headdim, dim=-1)[:, :, None]
         carried = [chunk_states[:, 0]]
         for c in range(1, n_chunks - 1):
             carried.append(chunk_decay[:, c] * carried[-1] + chunk_states[:, c])
-        incoming = torch.stack(carried, dim=1)  # state entering chunks 1.., [b, c-1, h*p, n]
+        incoming = torch.stack(carried, dim=1)  # state entering chunks 1.., [b, c-1, n, h*p]
 
         # 4. What the incoming state adds: exp(L_i) C_i s.
-        from_state = (C[:, 1:] @ incoming.transpose(-1, -2)).reshape(batch, n_chunks - 1, q, heads, headdim)
+        from_state = bmm(C[:, 1:], incoming).reshape(batch, n_chunks - 1, q, heads, headdim)
         y[:, 1:] += from_state * torch.exp(log_decay[:, 1:])[..., None]
 
     return y.reshape(batch, n_chunks * q, heads, headdim)[:, :length]
