@@ -2,12 +2,16 @@
 
 The server supports what the downloader relies on (Range requests, 206 with
 Content-Range, 416) and what can go wrong (a connection dropped half way, a
-slow transfer, a response held back until the test opens a gate), and it logs
-every request so tests can check what the client asked for.
+slow transfer, a response held back until the test opens a gate, an HTML page
+served with status 200), and it logs every request so tests can check what the
+client asked for. HEAD answers carry the headers ``huggingface_hub`` reads
+(X-Repo-Commit, ETag), so with ``HF_ENDPOINT`` pointing here a file served as
+``REPO/resolve/REVISION/FILE`` downloads through the real ``hf_hub_download``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -51,6 +55,9 @@ class FileServer:
             def do_GET(self):
                 owner._serve(self)
 
+            def do_HEAD(self):
+                owner._serve(self, head=True)
+
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
@@ -66,8 +73,19 @@ class FileServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+    def _serve(self, handler: BaseHTTPRequestHandler, head: bool = False) -> None:
         name = handler.path.lstrip("/")
+        if head:
+            data = self.files.get(name)
+            if data is None:
+                handler.send_error(404)
+                return
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            handler.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+            handler.end_headers()
+            return
         byte_range = handler.headers.get("Range")
         with self._lock:
             self.requests.append({"path": name, "range": byte_range})

@@ -12,8 +12,12 @@ from a name to a model goes through the same few steps:
    ``huggingface_hub`` and its own cache. ``STEMSPLIT_OFFLINE=1`` or
    ``HF_HUB_OFFLINE=1`` use the cache only.
 3. **Hashes**: a registry ``sha256`` is always checked. Without one the hash of
-   the first download is recorded next to it (trust on first use) and checked
-   on every later use; ``stemsplit models verify`` re-checks the whole cache.
+   the first download is recorded next to it (trust on first use) once the file
+   has parsed as a checkpoint (an HTML error page served as 200 is deleted, not
+   pinned), and checked on every later use; ``stemsplit models verify``
+   re-checks the whole cache. The safetensors conversion of a pickle is hashed
+   and checked the same way. Errors about a cached file name it and say how to
+   clear it.
 4. **Safe loading**: safetensors directly; pickled checkpoints (``.ckpt``,
    ``.pt``, ``.pth``) only with ``torch.load(weights_only=True)``, so a file
    that needs arbitrary pickle code is refused before anything runs. A
@@ -33,7 +37,10 @@ checkpoints loaded by path or URL without a registry entry:
 Cache layout: ``models/NAME/FILE`` (the published file), ``FILE.sha256`` (its
 hash recorded on first use), ``STEM.safetensors`` (+ ``.sha256``; the
 conversion of a pickled checkpoint); ``urls/HASH/`` the same for plain URLs;
-``locks/`` the lock files.
+``locks/`` the lock files. Files get 0666 minus the umask. A read-only cache
+(copied to an offline machine) loads what it holds without locks; a cache that
+must be written but cannot be is a :class:`CacheError` naming STEMSPLIT_CACHE.
+``progress=False`` prints nothing at all.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ from safetensors.torch import safe_open, save_file
 from tqdm import tqdm
 
 from . import __version__
-from .files import temporary_sibling, write_atomically
+from .files import write_atomically
 from .model import (
     PRESETS,
     StateDictMismatch,
@@ -88,6 +95,7 @@ __all__ = [
     "CHECKPOINT_SUFFIXES",
     "DEFAULT_STEMS",
     "NORMALIZATIONS",
+    "CacheError",
     "CheckpointError",
     "ChecksumError",
     "DownloadError",
@@ -110,6 +118,7 @@ __all__ = [
     "load_model",
     "load_registry",
     "registry_path",
+    "torch_load_safely",
     "verify",
 ]
 
@@ -155,6 +164,10 @@ class UnsafeCheckpointError(WeightsError):
 
 class CheckpointError(WeightsError):
     """A checkpoint is unreadable, not a TS-BSMamba2, or differs from its registry architecture."""
+
+
+class CacheError(WeightsError):
+    """The cache folder is unusable (a file, not creatable) or cannot be written when it must be."""
 
 
 # --- environment ----------------------------------------------------------------------------
@@ -453,6 +466,7 @@ class _Source:
     revision: str | None = None
     size: int | None = None
     shipped: bool = False  # a local file beside the registry: nothing to download, cache or lock
+    registry: bool = False  # a registry model (`stemsplit models download NAME` fetches it again)
 
     @property
     def download_path(self) -> Path:
@@ -502,6 +516,7 @@ def _source_of(entry: ModelEntry) -> _Source:
         repo_id=entry.repo_id,
         revision=entry.revision,
         size=entry.size,
+        registry=True,
     )
 
 
@@ -528,19 +543,34 @@ def downloaded_path(name: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def _locked(source: _Source) -> Iterator[None]:
-    """Hold an exclusive lock on one cache entry, so a second process waits instead of racing."""
+def _locked(source: _Source, progress: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on one cache entry, so a second process waits instead of racing.
+
+    A cache where the lock file cannot be made (read-only: copied to an offline
+    machine, a read-only mount; or STEMSPLIT_CACHE is unusable) is used without
+    the lock: nothing can be written there, so there is nothing to race with,
+    what it holds still loads, and a write that turns out to be needed fails
+    with its own :class:`CacheError`.
+    """
     if source.shipped:  # read-only: loads need no lock and must work with an unwritable cache
         yield
         return
     path = source.lock_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+b")  # noqa: SIM115 - closed by the `with handle` below
+    except OSError:
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                print(f"stemsplit: waiting for another process using {source.label} ...", file=sys.stderr)
+                if progress:
+                    print(f"stemsplit: waiting for another process using {source.label} ...", file=sys.stderr)
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         else:  # pragma: no cover - Windows: locking() retries for 10 s, so loop
             handle.seek(0)
@@ -560,6 +590,18 @@ def _locked(source: _Source) -> Iterator[None]:
                 msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
+def _cache_error(exc: OSError) -> CacheError:
+    """A failed write in the cache, as one line naming the file and the STEMSPLIT_CACHE setting."""
+    root = cache_dir()
+    variable = os.environ.get("STEMSPLIT_CACHE")
+    setting = f"STEMSPLIT_CACHE={variable}" if variable else f"the model cache {root}"
+    if root.exists() and not root.is_dir():
+        problem = "is a file, not a folder"
+    else:
+        problem = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+    return CacheError(f"{setting}: {problem}; set STEMSPLIT_CACHE to a writable folder")
+
+
 def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -576,30 +618,47 @@ def _write_atomic(path: Path, text: str) -> None:
     write_atomically(path, lambda temp: temp.write_text(text))
 
 
-def _check_hash(path: Path, expected: str, record: Path, label: str, *, trust_new: bool = True) -> str:
-    """Check ``path`` against the registry hash, else the hash in ``record``, else record it (TOFU).
+def _check_hash(
+    path: Path, expected: str, record: Path, label: str, *, hint: str = "", shown: str | None = None
+) -> str:
+    """Check ``path`` against the registry hash, else the hash in ``record`` if there is one.
 
     ``record`` is named after the final file, so a ``.part`` is checked against
-    the record of the file it becomes. Returns the sha256; raises
-    :class:`ChecksumError` on a mismatch.
+    the record of the file it becomes. Nothing is recorded here: trust on first
+    use records a hash only once the file has parsed as a checkpoint
+    (:func:`_record`). Returns the sha256; raises :class:`ChecksumError` on a
+    mismatch, naming ``shown`` (default: the path), with ``hint`` (how to clear it) appended.
     """
     actual = _sha256_of(path)
-    shown = record.name.removesuffix(".sha256")
+    hint = f"; {hint}" if hint else ""
+    shown = shown or str(path)
     if expected:
         if actual != expected:
-            raise ChecksumError(f"{label}: {shown} has sha256 {actual}, but the registry says {expected}")
+            raise ChecksumError(
+                f"{label}: {shown} has sha256 {actual}, but the registry says {expected}{hint}"
+            )
         return actual
     if record.is_file():
         recorded = record.read_text().strip()
         if actual != recorded:
             raise ChecksumError(
                 f"{label}: {shown} has sha256 {actual}, but {recorded} was recorded on first use "
-                f"in {record}; the file changed: delete {record.parent} and download again"
+                f"in {record}; the file changed{hint}"
             )
-    elif trust_new:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(record, actual + "\n")
     return actual
+
+
+def _record(record: Path, sha256: str) -> None:
+    """Trust on first use: pin ``sha256`` for later loads (only ever called for a file that parsed)."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(record, sha256 + "\n")
+
+
+def _clear_hint(source: _Source, *paths: Path) -> str:
+    """How to get rid of a bad cached file: delete it (and what was derived from it), run again."""
+    listing = " and ".join(str(p) for p in paths)
+    again = f"`stemsplit models download {source.label}`" if source.registry else "the command"
+    return f"delete {listing} and run {again} again"
 
 
 # --- downloading ----------------------------------------------------------------------------
@@ -691,7 +750,8 @@ def _download(source: _Source, progress: bool) -> Path:
                 raise ChecksumError(
                     f"{source.label}: downloaded {size} bytes, but the registry says {source.size}"
                 )
-            _check_hash(part, source.sha256, _record_path(final), source.label)
+            shown = f"the download from {source.url}"
+            _check_hash(part, source.sha256, _record_path(final), source.label, shown=shown)
         except ChecksumError as exc:
             part.unlink(missing_ok=True)
             raise ChecksumError(f"{exc}; the download was deleted") from None
@@ -711,23 +771,26 @@ def _offline_error(source: _Source) -> OfflineError:
     )
 
 
-def _obtain(source: _Source, progress: bool) -> Path:
-    """The published file, from the cache or downloaded (the caller holds the lock)."""
+def _obtain(source: _Source, progress: bool) -> tuple[Path, bool]:
+    """The published file, from the cache or downloaded (the caller holds the lock).
+
+    Also returns whether it was downloaded just now (so it can be deleted if it is no checkpoint).
+    """
     if source.shipped:
         if not source.download_path.is_file():
             missing = f"{source.download_path} is missing from the installation"
             raise CheckpointError(f"{source.label}: {missing}; reinstall stemsplit")
-        return source.download_path
+        return source.download_path, False
     if source.repo_id:
-        return _obtain_from_hub(source)
+        return _obtain_from_hub(source, progress), False
     if source.download_path.is_file():
-        return source.download_path
+        return source.download_path, False
     if is_offline():
         raise _offline_error(source)
-    return _download(source, progress)
+    return _download(source, progress), True
 
 
-def _obtain_from_hub(source: _Source) -> Path:
+def _obtain_from_hub(source: _Source, progress: bool) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -739,6 +802,7 @@ def _obtain_from_hub(source: _Source) -> Path:
             local_files_only=is_offline(),
             library_name="stemsplit",
             library_version=__version__,
+            tqdm_class=None if progress else _SilentBar,
         )
     except LocalEntryNotFoundError:
         if is_offline():
@@ -757,39 +821,103 @@ def fetch(name: str, *, progress: bool = True) -> Path:
 
     For a pickled checkpoint that is its safetensors conversion in the cache.
     """
-    source = _source_of(load_registry().get(name))
-    with _locked(source):
-        return _prepare(source, progress)
+    return _fetch_source(_source_of(load_registry().get(name)), progress)
+
+
+def _fetch_source(source: _Source, progress: bool) -> Path:
+    with _locked(source, progress):
+        try:
+            return _prepare(source, progress)
+        except OSError as exc:  # the cache could not be written (read-only, full, not a folder)
+            raise _cache_error(exc) from None
+
+
+class _SilentBar(tqdm):
+    """A progress bar that never shows (``progress=False`` means no output at all)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
 
 
 def _prepare(source: _Source, progress: bool) -> Path:
     """Obtain, verify and (for pickles) convert; return the safetensors file to load. Caller locks.
 
     A pickle's conversion, once made, is all later loads need (the published
-    file may even be deleted); it is re-made when the registry hash changes.
+    file may even be deleted). It is hashed when made and checked against that
+    hash on every load, like a download; it is made afresh when its hash record
+    is missing or when it was converted from another file than the one the
+    registry (or the first download's record) names.
     """
     converted = source.converted_path
-    if not source.filename.endswith(".safetensors") and converted.is_file():
-        _check_hash(converted, "", _record_path(converted), source.label, trust_new=False)
-        if not source.sha256 or _read_metadata(converted, source.label).get("source_sha256") == source.sha256:
-            return converted
-    original = _obtain(source, progress)
-    if original.suffix == ".safetensors":
-        _check_hash(original, source.sha256, _record_path(source.download_path), source.label)
-        return original
-    # Verify the published file before converting it: the conversion inherits its trust.
-    source_sha = _check_hash(original, source.sha256, _record_path(source.download_path), source.label)
-    state_dict = _load_pickle(original, source.label)
-    converted.parent.mkdir(parents=True, exist_ok=True)
-    temp = temporary_sibling(converted)
+    pickled = not source.filename.endswith(".safetensors")
+    if pickled and converted.is_file() and _conversion_is_current(source, converted):
+        return converted
+    original, fresh = _obtain(source, progress)
+    record = _record_path(source.download_path)
+    hint = "reinstall stemsplit" if source.shipped else _clear_hint(source, original)
     try:
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-        save_file(tensors, str(temp), metadata={"source": original.name, "source_sha256": source_sha})
-        _write_atomic(_record_path(converted), _sha256_of(temp) + "\n")
-        os.replace(temp, converted)
-    finally:
-        temp.unlink(missing_ok=True)
+        sha = _check_hash(original, source.sha256, record, source.label, hint=hint)
+        # Parse before trusting: an HTML error page served as 200 must not be cached, let alone pinned.
+        if pickled:
+            state_dict = _load_pickle(original, source.label)
+        else:
+            _read_metadata(original, source.label)
+    except (CheckpointError, UnsafeCheckpointError) as exc:
+        if fresh:
+            html = _html_hint(original)
+            original.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                original.parent.rmdir()  # only if empty: leave no trace of a failed first download
+            raise type(exc)(f"{exc}{html}; the download was deleted") from None
+        raise type(exc)(f"{exc}; {hint}") from None
+    if not source.sha256 and not source.shipped and not record.is_file():
+        _record(record, sha)  # trust on first use, now that it is known to be a checkpoint
+    if not pickled:
+        return original
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    metadata = {"source": original.name, "source_sha256": sha}
+    converted.parent.mkdir(parents=True, exist_ok=True)
+    digest = []
+
+    def write(temp: Path) -> None:
+        save_file(tensors, str(temp), metadata=metadata)
+        digest.append(_sha256_of(temp))
+
+    # The conversion first, then its record: a crash in between leaves a conversion without a
+    # record, which the next load makes afresh (the other order could pin a file never written).
+    write_atomically(converted, write)
+    _record(_record_path(converted), digest[0])
     return converted
+
+
+def _conversion_is_current(source: _Source, converted: Path) -> bool:
+    """The cached conversion is intact (its recorded hash) and made from the right published file.
+
+    False (convert again) when it has no hash record or comes from another file; a
+    :class:`ChecksumError` when it changed since it was made.
+    """
+    record = _record_path(converted)
+    if not record.is_file():
+        return False
+    hint = _clear_hint(source, converted, record)
+    _check_hash(converted, "", record, source.label, hint=hint)
+    try:
+        made_from = _read_metadata(converted, source.label).get("source_sha256")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; {hint}") from None
+    original_record = _record_path(source.download_path)
+    expected = source.sha256 or (original_record.read_text().strip() if original_record.is_file() else None)
+    return expected is None or made_from == expected
+
+
+def _html_hint(path: Path) -> str:
+    """`` (the server sent an HTML page ...)`` when a downloaded "checkpoint" is a web page."""
+    with open(path, "rb") as handle:
+        start = handle.read(1024).lstrip().lower()
+    if start.startswith((b"<!doctype html", b"<html")) or b"<html" in start:
+        return " (the server sent an HTML page, not a checkpoint: check the URL)"
+    return ""
 
 
 # --- reading checkpoints --------------------------------------------------------------------
@@ -811,26 +939,55 @@ def _as_state_dict(obj: Any, label: str) -> dict[str, torch.Tensor]:
     return dict(state_dict)
 
 
-def _unreadable(path: Path, label: str, exc: BaseException) -> CheckpointError:
-    return CheckpointError(f"{label}: {path.name} is not a readable checkpoint ({_first_line(exc)})")
+def _where(path: Path, label: str | None) -> str:
+    """``label: path``, or just the path when the label is only its name (local files)."""
+    return str(path) if label in (None, path.name, str(path)) else f"{label}: {path}"
 
 
-def _load_pickle(path: Path, label: str) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, no code runs."""
+def _unreadable(path: Path, label: str | None, exc: BaseException) -> CheckpointError:
+    return CheckpointError(f"{_where(path, label)}: not a readable checkpoint ({_load_failure(exc)})")
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The useful part of a torch.load error: its messages run to paragraphs of advice (including
+    "set weights_only=False", which we never want a user to read as a fix)."""
+    text = str(exc).strip()
+    if isinstance(exc, EOFError) or not text:
+        return "the file is empty or cut short"
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    first = text.splitlines()[0]
+    return first.split(". ", 1)[0].rstrip(".")
+
+
+def torch_load_safely(path: Path, label: str | None = None) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, no pickle code runs.
+
+    The one place stemsplit unpickles anything (checkpoints here, ``last.pt`` in
+    training). Raises :class:`UnsafeCheckpointError` for a file that needs code
+    (a class or function the weights-only unpickler does not allow) and
+    :class:`CheckpointError` for anything unreadable; both one line naming ``path``
+    (after ``label``, a model name, when given).
+    """
+    path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # The weights-only unpickler stops at the first global (function or class) it does not allow.
         blocked = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if blocked:
             raise UnsafeCheckpointError(
-                f"{label}: refused to load {path.name}: it needs arbitrary pickle code ({blocked.group(1)}); "
+                f"{_where(path, label)}: refused: it needs arbitrary pickle code ({blocked.group(1)}); "
                 "only plain tensor checkpoints are accepted and nothing in it was run"
             ) from None
         raise _unreadable(path, label, exc) from None
     except Exception as exc:  # torch.load raises many types on garbage: KeyError, RuntimeError, EOFError...
         raise _unreadable(path, label, exc) from None
-    return _as_state_dict(obj, label)
+
+
+def _load_pickle(path: Path, label: str) -> dict[str, torch.Tensor]:
+    """A pickled state dict, loaded weights-only (see :func:`torch_load_safely`)."""
+    return _as_state_dict(torch_load_safely(path, label), label)
 
 
 def _read_metadata(path: Path, label: str) -> dict[str, str]:
@@ -838,7 +995,7 @@ def _read_metadata(path: Path, label: str) -> dict[str, str]:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return dict(handle.metadata() or {})
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{label}: {path.name} is not a readable safetensors file ({exc})") from None
+        raise CheckpointError(f"{_where(path, label)}: not a readable safetensors file ({exc})") from None
 
 
 def _load_safetensors(path: Path, label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -847,7 +1004,7 @@ def _load_safetensors(path: Path, label: str) -> tuple[dict[str, torch.Tensor], 
             metadata = dict(handle.metadata() or {})
             state_dict = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{label}: {path.name} is not a readable safetensors file ({exc})") from None
+        raise CheckpointError(f"{_where(path, label)}: not a readable safetensors file ({exc})") from None
     return _as_state_dict(state_dict, label), metadata
 
 
@@ -959,8 +1116,7 @@ def load_model(
     text = os.fspath(spec)
     if _is_url(text):
         source = _source_of_url(text)
-        with _locked(source):
-            path = _prepare(source, progress)
+        path = _fetch_source(source, progress)
         state_dict, metadata = _load_safetensors(path, source.label)
         return _from_metadata(state_dict, metadata, source.label)
     path = Path(text).expanduser()
@@ -974,9 +1130,7 @@ def load_model(
 
 
 def _load_entry(entry: ModelEntry, progress: bool) -> LoadedModel:
-    source = _source_of(entry)
-    with _locked(source):
-        path = _prepare(source, progress)
+    path = _fetch_source(_source_of(entry), progress)
     state_dict, _ = _load_safetensors(path, entry.name)
     return LoadedModel(
         model=_build(state_dict, entry.config, entry.name),
@@ -1007,26 +1161,31 @@ def verify(name: str | None = None) -> list[VerifyResult]:
     results = []
     for entry in entries:
         source = _source_of(entry)
-        with _locked(source):
+        with _locked(source, progress=False):
             results.append(_verify_one(source))
     return results
 
 
 def _verify_one(source: _Source) -> VerifyResult:
     original = source.local_file()
-    checks = []  # (file, registry hash, record)
+    checks = []  # (file, registry hash, record, how to clear it)
     if original is not None:
         record = _record_path(source.download_path)
         if not source.sha256 and not record.is_file():
             return VerifyResult(source.label, "unverified", f"no hash known or recorded for {original}")
-        checks.append((original, source.sha256, record))
-    if not source.filename.endswith(".safetensors") and source.converted_path.is_file():
-        checks.append((source.converted_path, "", _record_path(source.converted_path)))
+        hint = "reinstall stemsplit" if source.shipped else _clear_hint(source, original)
+        checks.append((original, source.sha256, record, hint))
+    converted = source.converted_path
+    if not source.filename.endswith(".safetensors") and converted.is_file():
+        record = _record_path(converted)
+        if not record.is_file():  # the next load converts it afresh
+            return VerifyResult(source.label, "unverified", f"no hash recorded for {converted}")
+        checks.append((converted, "", record, _clear_hint(source, converted, record)))
     if not checks:
         return VerifyResult(source.label, "not cached", f"run `stemsplit models download {source.label}`")
-    for path, expected, record in checks:
+    for path, expected, record, hint in checks:
         try:
-            _check_hash(path, expected, record, source.label, trust_new=False)
+            _check_hash(path, expected, record, source.label, hint=hint)
         except ChecksumError as exc:
             return VerifyResult(source.label, "mismatch", str(exc))
     basis = "registry sha256" if source.sha256 else "hashes recorded on first use"
