@@ -361,3 +361,35 @@ def test_remix_rejects_what_it_cannot_sample(dataset, musdb):
         RemixDataset(tracks[:2], index=dataset.index)
     with pytest.raises(DatasetError, match="no training tracks"):
         RemixDataset([], index=dataset.index)
+
+
+def test_tracks_with_another_rate_or_channel_count_are_named(musdb, tmp_path):
+    write_track(musdb / "train" / "E - Mono", seconds=14.0, edit=lambda stem, audio: audio)
+    tracks = find_tracks(musdb, "train")
+    index = SalientIndex.build(tracks, DEFAULT_STEMS, cache_dir=tmp_path / "cache")
+    mono = musdb / "train" / "E - Mono"
+    for stem in DEFAULT_STEMS:
+        sf.write(mono / f"{stem}.wav", np.zeros((14 * SR, 1), np.float32), SR)
+    (mono / "mixture.wav").unlink()
+    tracks = find_tracks(musdb, "train")
+    message = error_of(RemixDataset, tracks, index=index)
+    assert message == (
+        f"{mono / 'drums.wav'}: channel count 1, but {musdb / 'train' / VALID / 'drums.wav'} has 2; "
+        "every training track needs the same channel count"
+    )
+
+
+def test_a_file_that_breaks_after_the_scan_is_named_even_in_a_worker(dataset):
+    """A stem damaged or removed while training runs: one line naming it, not a worker traceback."""
+    broken = dataset.tracks[1].stem_path("bass")
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(64))
+    draws = [(i, d) for i in range(50) for d in dataset._draws(0, i)[1:2] if d.track == 1 and not d.dropped]
+    i = draws[0][0]  # a sample that reads the broken file
+    assert error_of(dataset.sample, 0, i).startswith(f"{broken}: cannot read (")
+    dataset.set_epoch(0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, sampler=[i], num_workers=1)
+    with pytest.raises(DatasetError) as info:
+        next(iter(loader))
+    assert str(info.value).startswith(f"{broken}: cannot read (") and "\n" not in str(info.value)
+    sf.write(broken, np.zeros((SR, 1), np.float32), SR)  # now mono: changed since the scan
+    assert "changed since the dataset was scanned" in error_of(dataset.sample, 0, i)

@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..audio import AudioError, probe
+from ..audio import AudioError, libsndfile_reason, probe
 from ..files import write_atomically
 from ..weights import DEFAULT_STEMS, cache_dir
 
@@ -55,6 +55,15 @@ _CACHE_VERSION = 1
 class DatasetError(Exception):
     """The dataset cannot be used as given; the one-line message names the path and the problem."""
 
+    def __init__(self, message: str = "") -> None:
+        # An error in a DataLoader worker comes back re-raised as DatasetError("Caught DatasetError in
+        # DataLoader worker process 0.\nOriginal Traceback ...\n<module>.DatasetError: MESSAGE"):
+        # keep the worker's own one-line MESSAGE, which is what the user needs.
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(message)
+
 
 # --- tracks -------------------------------------------------------------------------------------
 
@@ -77,8 +86,21 @@ class Track:
         return self.folder / f"{stem}.wav"
 
     def read(self, stem: str, start: int = 0, frames: int = -1) -> np.ndarray:
-        """``frames`` frames of ``stem`` from ``start`` (-1: to the end) as float32 [channels, frames]."""
-        audio, _ = sf.read(self.stem_path(stem), start=start, frames=frames, dtype="float32", always_2d=True)
+        """``frames`` frames of ``stem`` from ``start`` (-1: to the end) as float32 [channels, frames].
+
+        A file that was probed fine but no longer reads (changed, removed, a disk
+        gone) is a :class:`DatasetError` naming it, even inside a DataLoader worker.
+        """
+        path = self.stem_path(stem)
+        try:
+            audio, rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise DatasetError(f"{path}: cannot read ({libsndfile_reason(exc)})") from None
+        if rate != self.sample_rate or audio.shape[1] != self.channels:
+            raise DatasetError(
+                f"{path}: changed since the dataset was scanned ({rate} Hz, {audio.shape[1]} channels; "
+                f"was {self.sample_rate} Hz, {self.channels} channels)"
+            )
         return np.ascontiguousarray(audio.T)
 
     def read_mixture(self) -> np.ndarray:
@@ -265,7 +287,6 @@ class SalientIndex:
             }
             for track in tracks
         ]
-        folder.mkdir(parents=True, exist_ok=True)
         payload = {
             "version": _CACHE_VERSION,
             "key": key,
@@ -276,7 +297,11 @@ class SalientIndex:
             ],
         }
         text = json.dumps(payload)
-        write_atomically(path, lambda temp: temp.write_text(text))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, lambda temp: temp.write_text(text))
+        except OSError:
+            pass  # a read-only or unusable cache only costs recomputing the index next time
         return cls([t.name for t in tracks], segment_seconds, starts)
 
     @classmethod
@@ -355,10 +380,19 @@ class RemixDataset(torch.utils.data.Dataset):
         self.tracks, self.stems = list(tracks), tuple(stems)
         if not self.tracks:
             raise DatasetError("no training tracks")
-        for label, attribute in (("sample rates", "sample_rate"), ("channel counts", "channels")):
-            values = {getattr(t, attribute) for t in self.tracks}
-            if len(values) > 1:
-                raise DatasetError(f"training tracks have different {label}: {sorted(values)}")
+        first = self.tracks[0]
+        for label, attribute, unit in (
+            ("sample rate", "sample_rate", " Hz"),
+            ("channel count", "channels", ""),
+        ):
+            for track in self.tracks[1:]:
+                value, expected = getattr(track, attribute), getattr(first, attribute)
+                if value != expected:
+                    stem = track.stem_path(track.stems[0])
+                    raise DatasetError(
+                        f"{stem}: {label} {value}{unit}, but {first.stem_path(first.stems[0])} has "
+                        f"{expected}{unit}; every training track needs the same {label}"
+                    )
         self.sample_rate, self.channels = self.tracks[0].sample_rate, self.tracks[0].channels
         self.frames = round(seconds * self.sample_rate)
         self.index = index if index is not None else SalientIndex.build(self.tracks, self.stems)
