@@ -10,25 +10,11 @@ import typer
 from rich.table import Table
 
 from . import __version__, audio
-from .cli_common import EXIT_INTERNAL, error_line, fail, out_console
+from .cli_common import EXAMPLES, EXIT_INTERNAL, error_line, fail, out_console
 from .cli_eval import eval_command
 from .cli_models import models_app
 from .cli_separate import separation_command
 from .cli_train import train_command
-
-EXAMPLES = """
-Examples:
-
-  stemsplit song.wav -o stems/                  separate one song (stems/song/vocals.wav, ...)
-
-  stemsplit a.mp3 b.flac --light -o stems/      fast mode, several files
-
-  stemsplit song.wav --two-stems vocals          vocals and no_vocals only
-
-  stemsplit batch music/ -o stems/               a whole folder, resumable
-
-  stemsplit doctor                               what runs here (paste into bug reports)
-"""
 
 app = typer.Typer(
     name="stemsplit",
@@ -136,6 +122,13 @@ def doctor() -> None:
     table.add_row("mamba-2 backend", f"{resolve_backend(None, device)} (on {device.type})")
     table.add_row("libsndfile", soundfile.__libsndfile_version__)
     table.add_row("formats", ", ".join(sorted(soundfile.available_formats())))
+    try:
+        import av
+
+        codec = ".".join(map(str, av.library_versions["libavcodec"]))
+        table.add_row("ffmpeg (PyAV)", f"av {av.__version__}, libavcodec {codec}")
+    except ImportError as exc:
+        table.add_row("ffmpeg (PyAV)", f"not importable ({exc}): only libsndfile's formats")
     table.add_row("resampler", f"soxr {soxr.__version__}")
     from . import weights
 

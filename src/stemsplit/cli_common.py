@@ -14,6 +14,17 @@ from rich.console import Console
 err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 out_console = Console(markup=False, highlight=False)
 
+# "\b" keeps click from re-wrapping the paragraph in --help.
+EXAMPLES = """Examples:
+
+\b
+  stemsplit song.wav -o stems/                separate one song (stems/song/vocals.wav, ...)
+  stemsplit a.mp3 b.flac --light -o stems/    fast mode, several files
+  stemsplit song.wav --two-stems vocals       vocals and no_vocals only
+  stemsplit batch music/ -o stems/            a whole folder, resumable
+  stemsplit doctor                            what runs here (paste into bug reports)
+"""
+
 # Exit codes (README, "Exit status").
 EXIT_FAILED = 1  # a file failed; the others were done
 EXIT_USAGE = 2  # a bad flag or argument; nothing was done

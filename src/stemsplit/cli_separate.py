@@ -33,7 +33,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli_common import EXIT_FAILED, EXIT_USAGE, Precision, err_console
+from .cli_common import EXAMPLES, EXIT_FAILED, EXIT_USAGE, Precision, err_console
 
 CPU_SECONDS_PER_WINDOW = 15.0  # TS (12 layers, N = 128) per 3 s window on 2 cores; see benchmarks/
 # Library option names -> the flags that set them (the library names problems, the CLI adds flags).
@@ -516,7 +516,7 @@ def _summary(run: list[Song], reporter: Reporter, batch: bool) -> None:
         err_console.print(table)
         return
     for song in run:  # logs: one line per song, never wrapped
-        if song.status != "failed":  # failures were printed as errors already
+        if song.status != "failed" or len(run) > 1:  # one song's failure was its error line already
             err_console.print(f"{song.outputs.source.path}: {song.status}: {song.details}", soft_wrap=True)
 
 
@@ -592,5 +592,5 @@ def separation_command(batch: bool):
         "Separate every audio file under folders (recursive); skips songs already done."
         if batch
         else "Separate audio files into stems (the default command)."
-    )
+    ) + "\n\n" + EXAMPLES
     return command
