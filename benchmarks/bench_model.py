@@ -1,23 +1,36 @@
 """Seconds per 3 s stereo window through TS-BSMamba2 / L-TS-BSMamba2 (both stages).
 
-    python benchmarks/bench_model.py                      # TS and L-TS, CPU, batch 1
-    python benchmarks/bench_model.py --device cuda --batch 16 --precision bf16
+    python benchmarks/bench_model.py                      # TS and L-TS, CPU: 1 and 2 threads, fp32 and bf16
+    python benchmarks/bench_model.py --presets l-ts --threads 2 --precisions fp32 --rounds 3
+    python benchmarks/bench_model.py --device cuda --batch 16 --precisions bf16
 
 Randomly initialised weights: the cost does not depend on their values.
-Prints the machine, then one row per model: seconds per batch, per window,
-and windows per second (best of --repeats after one warm-up).
+Prints the machine, then one row per (model, threads, precision): seconds per
+window (best of --repeats after one warm-up, and best over --rounds), the
+relative L2 error of the bf16 stage-2 output against fp32, the peak resident
+memory of the process that ran it, and the 1-minute load average when it ran.
+
+Every configuration runs in a fresh process (so peak memory is its own), and
+with --rounds > 1 the configurations take turns, round after round: on a
+shared machine a burst of load then hits all of them, not one.
+``--no-onednn`` times the plain PyTorch path (``STEMSPLIT_ONEDNN=0``) for an A/B.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
 import time
 
 import torch
 from machine import describe
 
 from stemsplit.model import TSBSMamba2
-from stemsplit.runtime import tune_cpu_allocator
+from stemsplit.runtime import cpu_bf16_support, tune_cpu_allocator
 
 
 def sync(device: torch.device) -> None:
@@ -25,19 +38,43 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_model(model, batch: torch.Tensor, precision: str, repeats: int) -> float:
-    device = batch.device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    best = float("inf")
+def run_model(model, batch: torch.Tensor, precision: str) -> torch.Tensor:
+    autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), autocast:
-        model(batch)  # warm-up: kernel autotuning, allocator
-        for _ in range(repeats):
-            sync(device)
-            start = time.perf_counter()
-            model(batch)
-            sync(device)
-            best = min(best, time.perf_counter() - start)
-    return best
+        return model(batch)[1]
+
+
+def time_model(model, batch: torch.Tensor, precision: str, repeats: int) -> tuple[float, torch.Tensor]:
+    """Best seconds of ``repeats`` forward passes after a warm-up, and the stage-2 output."""
+    out = run_model(model, batch, precision)  # warm-up: kernel autotuning, allocator
+    best = float("inf")
+    for _ in range(repeats):
+        sync(batch.device)
+        start = time.perf_counter()
+        run_model(model, batch, precision)
+        sync(batch.device)
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One configuration, in this process: prints one JSON line."""
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+        torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    batch = torch.randn(args.batch, 2, round(args.seconds * 44100), device=device) * 0.1
+    model = TSBSMamba2.from_preset(args.worker, mamba_backend=args.backend).to(device).eval()
+    seconds, out = time_model(model, batch, args.precision, args.repeats)
+    load = os.getloadavg()[0]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    error = None
+    if args.precision == "bf16":
+        reference = run_model(model, batch, "fp32")
+        error = ((out.float() - reference).norm() / reference.norm()).item()
+    print(json.dumps(dict(seconds=seconds, error=error, peak_mb=peak_mb, load=load)), flush=True)
 
 
 def main() -> None:
@@ -48,27 +85,56 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=1, help="windows per forward pass")
     parser.add_argument("--seconds", type=float, default=3.0, help="window length")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--threads", type=int, nargs="+", default=None, help="CPU threads [1 and all cores]")
+    parser.add_argument(
+        "--precisions", "--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"]
+    )
     parser.add_argument("--backend", choices=["auto", "portable", "cuda"], default="auto")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per process")
+    parser.add_argument("--rounds", type=int, default=1, help="times each configuration runs, in turns")
+    parser.add_argument("--no-onednn", action="store_true", help="plain PyTorch kernels (A/B)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--threads-one", dest="threads_one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-precision", dest="precision", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        args.threads = args.threads_one
+        worker(args)
+        return
 
     device = torch.device(args.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    torch.backends.cuda.matmul.allow_tf32 = False
+    default_threads = [1, os.cpu_count() or 1] if device.type == "cpu" else [torch.get_num_threads()]
+    threads = sorted(set(args.threads or default_threads))
     print(f"machine: {describe(device)}")
-    setup = f"batch {args.batch}, {args.precision}, {args.backend} backend"
-    print(f"window {args.seconds} s stereo 44.1 kHz, {setup}")
-    print(f"{'model':6} {'s/batch':>9} {'s/window':>9} {'windows/s':>10}")
-    samples = round(args.seconds * 44100)
-    batch = torch.randn(args.batch, 2, samples, device=device) * 0.1
-    for preset in args.presets:
-        torch.manual_seed(0)
-        model = TSBSMamba2.from_preset(preset, mamba_backend=args.backend).to(device).eval()
-        seconds = time_model(model, batch, args.precision, args.repeats)
+    if device.type == "cpu":
+        print(f"native bf16: {cpu_bf16_support()[1]}")
+    setup = f"batch {args.batch}, {args.backend} backend" + (", oneDNN off" if args.no_onednn else "")
+    print(f"window {args.seconds} s stereo 44.1 kHz, {setup}; best of {args.repeats} x {args.rounds} rounds")
+    configs = [(p, t, prec) for p in args.presets for t in threads for prec in args.precisions]
+    best: dict[tuple, dict] = {}
+    env = dict(os.environ, **({"STEMSPLIT_ONEDNN": "0"} if args.no_onednn else {}))
+    for _ in range(args.rounds):
+        for preset, n_threads, precision in configs:
+            command = [sys.executable, __file__, "--worker", preset, "--threads-one", str(n_threads)]
+            command += ["--worker-precision", precision, "--device", args.device, "--batch", str(args.batch)]
+            command += ["--seconds", str(args.seconds), "--backend", args.backend]
+            command += ["--repeats", str(args.repeats)]
+            run = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            result = json.loads(run.stdout)
+            key = (preset, n_threads, precision)
+            if key not in best or result["seconds"] < best[key]["seconds"]:
+                best[key] = result
+    print(
+        f"{'model':6} {'s/batch':>9} {'s/window':>9} {'windows/s':>10} {'threads':>7} {'prec':>5} "
+        f"{'bf16 err':>9} {'peak RSS':>9} {'load':>5}"
+    )
+    for (preset, n_threads, precision), r in best.items():
+        per_window = r["seconds"] / args.batch
+        error = "-" if r["error"] is None else f"{r['error']:.1e}"
         print(
-            f"{preset:6} {seconds:9.2f} {seconds / args.batch:9.2f} {args.batch / seconds:10.2f}", flush=True
+            f"{preset:6} {r['seconds']:9.2f} {per_window:9.2f} {1 / per_window:10.2f} {n_threads:7d} "
+            f"{precision:>5} {error:>9} {r['peak_mb']:7.0f}MB {r['load']:5.2f}",
+            flush=True,
         )
 
 
