@@ -39,7 +39,7 @@ def main() -> None:
     result = separator.separate_file(args.song, args.out_dir, fmt="flac", overwrite=True)
     for stem, path in result.outputs.items():
         print(f"  {stem:7} -> {path}")
-    print(f"{result.seconds:.1f} s of audio, {result.windows} windows")
+    print(f"{result.duration:.1f} s of audio, {result.windows} windows")
 
     # 2. Arrays in memory: audio [channels, samples] at any sample rate -> {stem: [channels, samples]}.
     audio, rate = sf.read(args.song, dtype="float32", always_2d=True)
