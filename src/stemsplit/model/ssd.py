@@ -132,8 +132,10 @@ def _ssd_scan_inference(
     """:func:`ssd_scan` without autograd, arranged for speed (same arguments and result).
 
     The same four steps, but every large tensor is written once, in the layout
-    its consumer reads (``out=`` and in-place arithmetic), and the products run
-    in ``x``'s dtype (bfloat16 under autocast; the decays stay in float32).
+    its consumer reads (``out=`` and in-place arithmetic). The products and the
+    result are in ``x``'s dtype (bfloat16 under autocast), the decays in float32;
+    small operands are cast to the big one's dtype first, as element-wise ops on
+    mixed dtypes take a slow, unvectorised path.
     """
     batch, length, heads, headdim = x.shape
     d_state = B.shape[-1]
@@ -151,34 +153,30 @@ def _ssd_scan_inference(
 
     # dt_j x_j with heads before steps, [b, c, h, j, p]: the layout of the product in step 1.
     xdt = torch.empty(batch, n_chunks, heads, q, headdim, dtype=work)
-    torch.mul(x.transpose(2, 3), dt.transpose(2, 3)[..., None], out=xdt)
+    torch.mul(x.transpose(2, 3), dt.to(work).transpose(2, 3)[..., None], out=xdt)
 
     # 1. Within each chunk: y_i = sum_{j <= i} (C_i . B_j) exp(L_i - L_j) dt_j x_j.
     causal = torch.ones(q, q, dtype=torch.bool).tril()
     scores = bmm(C, B.transpose(-1, -2)).masked_fill_(~causal, 0)  # [b, c, i, j]
     log_t = log_decay.transpose(2, 3).contiguous()  # [b, c, h, i]
-    decay = torch.sub(log_t[..., :, None], log_t[..., None, :]).clamp_max_(0).exp_()  # [b, c, h, i, j]
-    if decay.dtype == work:
-        weights = decay.mul_(scores[:, :, None])
-    else:
-        weights = torch.mul(decay, scores[:, :, None], out=torch.empty(decay.shape, dtype=work))
-    del decay
+    weights = torch.sub(log_t[..., :, None], log_t[..., None, :]).clamp_max_(0).exp_()  # [b, c, h, i, j]
+    weights = weights.mul_(scores.to(weights.dtype)[:, :, None]).to(work)
     y_heads = bmm(weights, xdt)  # [b, c, h, i, p]
     del weights
 
     # Back to [b, c, i, h, p] in one pass, the skip connection D_h x_i added on the way.
-    y = torch.empty(batch, n_chunks, q, heads, headdim, dtype=torch.promote_types(work, torch.float32))
+    y = torch.empty(batch, n_chunks, q, heads, headdim, dtype=work)
     if D is None:
         y.copy_(y_heads.transpose(2, 3))
     else:
-        torch.addcmul(y_heads.transpose(2, 3), x, D[:, None], out=y)
+        torch.addcmul(y_heads.transpose(2, 3), x, D.to(work)[:, None], out=y)
     del y_heads
 
     if n_chunks > 1:
         # 2. The state each chunk leaves behind, transposed: s_c^T = sum_j B_j exp(L_last - L_j) dt_j x_j^T.
         to_end = torch.exp(log_decay[:, :-1, -1:] - log_decay[:, :-1]).mul_(dt[:, :-1])  # [b, c-1, j, h]
         weighted = torch.empty(batch, n_chunks - 1, q, heads, headdim, dtype=work)
-        torch.mul(x[:, :-1], to_end[..., None], out=weighted)
+        torch.mul(x[:, :-1], to_end.to(work)[..., None], out=weighted)
         chunk_states = bmm(B[:, :-1].transpose(-1, -2), weighted.view(batch, n_chunks - 1, q, -1))
 
         # 3. Carry states across chunks.
@@ -190,7 +188,7 @@ def _ssd_scan_inference(
 
         # 4. What the incoming state adds: exp(L_i) C_i s.
         from_state = bmm(C[:, 1:], incoming).view(batch, n_chunks - 1, q, heads, headdim)
-        y[:, 1:].addcmul_(from_state, torch.exp(log_decay[:, 1:])[..., None])
+        y[:, 1:].addcmul_(from_state, torch.exp(log_decay[:, 1:]).to(work)[..., None])
 
     return y.view(batch, n_chunks * q, heads, headdim)[:, :length]
 
