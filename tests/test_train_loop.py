@@ -154,20 +154,20 @@ def test_killed_run_resumes_exactly(dataset, tmp_path):
     while not (killed / "log.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.2)  # wait for epoch 1 to finish...
     while time.monotonic() < deadline:
-        state = torch.load(killed / "last.pt", weights_only=False) if (killed / "last.pt").exists() else None
+        state = torch.load(killed / "last.pt", weights_only=True) if (killed / "last.pt").exists() else None
         if state and state["global_step"] >= 5:  # ...and for the step-5 checkpoint inside epoch 2
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    torch.load(killed / "last.pt", weights_only=False)  # the checkpoint on disk is whole
+    torch.load(killed / "last.pt", weights_only=True)  # the checkpoint on disk is whole, and pickle-free
     resumed = run_cli(train_args(dataset, killed, "--epochs", "2", "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stderr
     assert [r["epoch"] for r in read_log(killed)] == [1, 2]
 
-    final_ref = torch.load(reference / "last.pt", weights_only=False)
-    final = torch.load(killed / "last.pt", weights_only=False)
+    final_ref = torch.load(reference / "last.pt", weights_only=True)
+    final = torch.load(killed / "last.pt", weights_only=True)
     assert final["global_step"] == final_ref["global_step"] == 8
     for key, value in final_ref["model"].items():
         torch.testing.assert_close(final["model"][key], value, rtol=0, atol=0, msg=key)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .cli_common import Precision, err_console, fail
+from .cli_common import EXIT_USAGE, Precision, err_console, fail
 
 
 def train_command(
@@ -37,6 +37,13 @@ def train_command(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out exactly where it stopped."
     ),
+    override: bool = typer.Option(
+        False,
+        "--override",
+        help="With --resume: continue with changed recipe flags (--lr, --batch-size, --seconds, ...); "
+        "without it a changed recipe is refused. --epochs, --workers, --device and the save "
+        "intervals may always change.",
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Train TS-BSMamba2 with the paper's recipe; resumable; scales with torchrun.
@@ -44,11 +51,15 @@ def train_command(
     \b
     stemsplit train --musdb ~/data/musdb18hq -o runs/ts
     stemsplit train --musdb ~/data/musdb18hq -o runs/ts --resume
+    stemsplit train --musdb ~/data/musdb18hq -o runs/ts --resume --override --lr 5e-4
     torchrun --nproc-per-node 8 -m stemsplit train --musdb ~/data/musdb18hq -o runs/ts
     """
     from .train.data import DatasetError
     from .train.loop import TrainConfig, TrainError
     from .train.loop import train as run_training
+
+    if override and not resume:
+        raise fail("--override only applies with --resume", EXIT_USAGE)
 
     config = TrainConfig(
         musdb=musdb,
@@ -74,6 +85,7 @@ def train_command(
         valid_hop=valid_hop,
         valid_tracks=valid_tracks,
         resume=resume,
+        override=override,
     )
     try:
         run_training(config, log=lambda text: err_console.print(text))

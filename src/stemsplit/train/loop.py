@@ -14,7 +14,13 @@ Recipe (every value a field of :class:`TrainConfig`, every field a CLI flag):
 Runs stop and resume exactly: the checkpoint holds model, optimiser,
 scheduler, epoch, step, RNG state, and the data of sample i of epoch e
 depends only on (seed, e, i), so a resumed run sees the batches it would
-have seen. ``torchrun --nproc-per-node N -m stemsplit train ...`` trains with
+have seen. ``last.pt`` holds only tensors, numbers, strings and plain
+containers (the config as JSON text, RNG states as tensors), so ``--resume``
+reads it with ``torch.load(weights_only=True)``: a planted ``last.pt`` that
+needs pickle code is refused before any of it runs. ``--resume`` also refuses
+a changed recipe (see :data:`RECIPE_FIELDS`) unless ``override`` is set.
+
+``torchrun --nproc-per-node N -m stemsplit train ...`` trains with
 DDP (NCCL on GPUs, gloo on CPU): global step s takes samples
 [s*B, (s+1)*B) split across ranks, so the batches do not depend on N; only
 rank 0 writes files.
@@ -41,9 +47,10 @@ from safetensors.torch import save_file
 
 from ..files import write_atomically
 from ..model import PRESETS, TSBSMamba2, TSBSMamba2Config
-from ..weights import DEFAULT_STEMS
+from ..weights import DEFAULT_STEMS, WeightsError, torch_load_safely
 
 __all__ = [
+    "RECIPE_FIELDS",
     "LrPlateau",
     "TrainConfig",
     "TrainError",
@@ -55,6 +62,7 @@ __all__ = [
 
 
 PROGRESS_LINE_SECONDS = 60.0  # without a terminal, a progress line this often
+CHECKPOINT_FORMAT = "stemsplit-train-2"  # last.pt layout; 2: weights-only loadable (JSON config, RNG tensors)
 
 
 class TrainError(Exception):
@@ -87,9 +95,35 @@ class TrainConfig:
     valid_hop: float = 0.5
     valid_tracks: int | None = None  # limit, for quick runs
     resume: bool = False
+    override: bool = False  # --resume may change RECIPE_FIELDS
 
     def to_json(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+# Fields that change what a run computes: ``--resume`` refuses to change them without ``--override``
+# (the architecture -- --light, --model-config, and --stems' count -- cannot change even then: the
+# weights would not fit). The validation settings are here because the validation score drives the
+# learning-rate schedule. Free to change on resume: epochs (to extend a run), workers, device,
+# checkpoint_activations and the save intervals (none changes a single number of the result; the
+# batches do not depend on workers or processes), and model_config's path when the architecture
+# it gives is the same. ``precision`` is compared as given (unset = bf16 on CUDA, fp32 on CPU).
+RECIPE_FIELDS = (
+    "musdb",
+    "stems",
+    "epoch_size",
+    "batch_size",
+    "lr",
+    "lr_decay",
+    "patience",
+    "clip_norm",
+    "seconds",
+    "seed",
+    "precision",
+    "valid_window",
+    "valid_hop",
+    "valid_tracks",
+)
 
 
 # --- loss -----------------------------------------------------------------------------------
@@ -160,7 +194,12 @@ class LrPlateau:
 
 
 def load_model_config(path: Path | None, light: bool, num_output: int) -> TSBSMamba2Config:
-    """The preset (``ts`` or ``l-ts``) with fields overridden by a TOML file of TSBSMamba2Config names."""
+    """The preset (``ts`` or ``l-ts``) with fields overridden by a TOML file of TSBSMamba2Config names.
+
+    Every problem with the file -- unreadable, not TOML, an unknown field, a value
+    of the wrong type or one the network cannot be built with -- is a one-line
+    :class:`TrainError` naming the file and the field.
+    """
     config = replace(PRESETS["l-ts" if light else "ts"], num_output=num_output)
     if path is None:
         return config
@@ -170,14 +209,53 @@ def load_model_config(path: Path | None, light: bool, num_output: int) -> TSBSMa
         import tomli as tomllib
 
     try:
-        overrides = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise TrainError(f"{path}: cannot read model config ({exc})") from None
-    names = {f.name for f in fields(TSBSMamba2Config)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise TrainError(f"{path}: unknown model config keys {unknown}; known: {sorted(names)}")
+        overrides = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TrainError(f"{path}: cannot read model config ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TrainError(f"{path}: not a valid TOML model config ({exc})") from None
+    names = [f.name for f in fields(TSBSMamba2Config)]
+    for key, value in overrides.items():
+        if key not in names:
+            raise TrainError(f"{path}: unknown model config field {key!r} (known: {', '.join(names)})")
+        if not isinstance(value, int) or isinstance(value, bool):
+            shown = json.dumps(value) if isinstance(value, str | bool | float) else type(value).__name__
+            raise TrainError(f"{path}: {key} must be a whole number, not {shown}")
+        if value < 1:
+            raise TrainError(f"{path}: {key} must be at least 1, not {value}")
+    if overrides.get("num_output", num_output) != num_output:
+        raise TrainError(
+            f"{path}: num_output = {overrides['num_output']}, but --stems names {num_output} stems "
+            "(leave num_output out: --stems sets it)"
+        )
+    if overrides.get("stride", config.stride) >= overrides.get("win", config.win):
+        raise TrainError(f"{path}: stride must be smaller than win (the STFT could not be inverted)")
+    problem = _build_problem(replace(config, **overrides))
+    if problem is not None:
+        # Name the field(s) to blame: those that fail on their own, else all of them together.
+        alone = [key for key in overrides if _build_problem(replace(config, **{key: overrides[key]}))]
+        blamed = ", ".join(f"{key} = {overrides[key]}" for key in alone or overrides)
+        raise TrainError(f"{path}: the network cannot be built with {blamed} ({problem})")
     return replace(config, **overrides)
+
+
+def _build_problem(config: TSBSMamba2Config) -> str | None:
+    """Why the network cannot be built or run with ``config``, or None when it can.
+
+    The full network is built on the meta device (shapes only, no memory); the
+    STFT, band split and merge are then run for real on a tiny network of the
+    same sample rate, STFT and outputs, which catches what only a forward pass
+    finds (bands without bins, an STFT that cannot be inverted).
+    """
+    try:
+        with torch.device("meta"):
+            TSBSMamba2.from_config(config)
+        tiny = TSBSMamba2.from_config(replace(config, feature_dim=16, num_repeat_mask=1, num_repeat_map=1))
+        with torch.no_grad():
+            tiny(torch.zeros(1, 1, 2 * config.win))
+    except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as exc:
+        return _first_line(exc)[:200]
+    return None
 
 
 def export_safetensors(model: TSBSMamba2, path: Path, stems: tuple[str, ...], **metadata: Any) -> None:
@@ -231,18 +309,55 @@ def _shard_indices(epoch_size: int, global_batch: int, ranks: Ranks, start_step:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global random states as tensors and numbers, which ``torch.load(weights_only=True)`` reads."""
+    version, words, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": torch.tensor(words, dtype=torch.int64),  # 625 32-bit words
+        "python_version": version,
+        "python_gauss": gauss,  # None or a float
+        "numpy": torch.from_numpy(keys.astype(np.int64)),  # 624 32-bit words
+        "numpy_kind": kind,
+        "numpy_position": int(position),
+        "numpy_has_gauss": int(has_gauss),
+        "numpy_gauss": float(cached),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    words = tuple(int(w) for w in state["python"].tolist())
+    random.setstate((state["python_version"], words, state["python_gauss"]))
+    keys = state["numpy"].numpy().astype(np.uint32)
+    np.random.set_state(
+        (
+            state["numpy_kind"],
+            keys,
+            state["numpy_position"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _flag(name: str, value: Any) -> str:
+    """How the CLI spells a config field and its value: ``--lr 0.001``."""
+    if isinstance(value, list | tuple):
+        value = ",".join(map(str, value))
+    elif value is None:
+        value = "(unset)"
+    return f"--{name.replace('_', '-')} {value}"
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -267,6 +382,8 @@ class Run:
                 f"--epoch-size {config.epoch_size} is smaller than one batch ({config.batch_size})"
             )
 
+        # The model config first: a bad file fails at once, not after the salient-segment index.
+        model_config = load_model_config(config.model_config, config.light, len(config.stems))
         tracks = find_tracks(config.musdb, "train", config.stems)
         self.train_tracks, self.valid_tracks = split_train_valid(tracks, validation_names(config.musdb))
         if not self.train_tracks:
@@ -281,8 +398,18 @@ class Run:
             self.train_tracks, config.stems, config.seconds, config.epoch_size, config.seed, index=index
         )
 
+        if self.dataset.sample_rate != model_config.sr:
+            where = (
+                f"set sr = {self.dataset.sample_rate} in --model-config"
+                if config.model_config
+                else (f"give a --model-config with sr = {self.dataset.sample_rate}")
+            )
+            raise TrainError(
+                f"{self.train_tracks[0].folder}: the tracks are at {self.dataset.sample_rate} Hz but the "
+                f"model works at {model_config.sr} Hz; resample the dataset or {where}"
+            )
+
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        model_config = load_model_config(config.model_config, config.light, len(config.stems))
         self.model = TSBSMamba2.from_config(model_config).to(self.device)
         if config.checkpoint_activations:
             self.model.checkpoint_activations()
@@ -309,7 +436,9 @@ class Run:
     # -- checkpoints --
 
     def _state(self) -> dict[str, Any]:
+        """What ``last.pt`` holds: only what ``torch.load(weights_only=True)`` reads back."""
         return {
+            "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "plateau": self.plateau.state_dict(),
@@ -317,8 +446,8 @@ class Run:
             "step": self.step,
             "global_step": self.global_step,
             "rng": _rng_state(),
-            "config": self.config.to_json(),
-            "model_config": asdict(self.model.config),
+            "config": json.dumps(self.config.to_json()),
+            "model_config": json.dumps(asdict(self.model.config)),
         }
 
     def save(self) -> None:
@@ -326,21 +455,78 @@ class Run:
             state = self._state()
             write_atomically(self.last_path, lambda tmp: torch.save(state, tmp))
 
-    def _resume(self) -> None:
-        if not self.last_path.exists():
+    def _load_checkpoint(self) -> dict[str, Any]:
+        """``last.pt``, weights-only (no pickle code runs), checked to be one of ours; or TrainError."""
+        if not self.last_path.is_file():
             raise TrainError(f"--resume: no checkpoint at {self.last_path}")
         try:
-            state = torch.load(self.last_path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise TrainError(f"{self.last_path}: unreadable checkpoint ({exc})") from None
-        if state["model_config"] != asdict(self.model.config):
-            raise TrainError(f"{self.last_path}: made for another architecture {state['model_config']}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.plateau.load_state_dict(state["plateau"])
-        self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
-        _set_rng_state(state["rng"])
+            state = torch_load_safely(self.last_path)
+        except WeightsError as exc:
+            raise TrainError(f"--resume: {exc}") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise TrainError(
+                f"--resume: {self.last_path}: not a checkpoint of this version of stemsplit train "
+                f"(no format {CHECKPOINT_FORMAT!r}); start a new run in another --out"
+            )
+        try:
+            state["config"] = json.loads(state["config"])
+            state["model_config"] = json.loads(state["model_config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TrainError(f"--resume: {self.last_path}: damaged checkpoint ({exc})") from None
+        return state
+
+    def _recipe_changes(self, saved: dict[str, Any]) -> list[str]:
+        """``--lr 0.001 (was 0.0005)`` for every RECIPE_FIELDS value that differs from the saved run."""
+        now = json.loads(json.dumps(self.config.to_json()))  # tuples -> lists, as the saved side
+        changes = []
+        for name in RECIPE_FIELDS:
+            new, old = now.get(name), saved.get(name)
+            if name == "musdb" and old is not None:  # the same folder, however it is spelled
+                same = Path(new).resolve() == Path(old).resolve()
+            else:
+                same = new == old
+            if not same:
+                changes.append(f"{_flag(name, new)} (was {_flag(name, old).split(' ', 1)[1]})")
+        return changes
+
+    def _resume(self) -> None:
+        state = self._load_checkpoint()
+        architecture = asdict(self.model.config)
+        changes = self._recipe_changes(state["config"])
+        if changes and not self.config.override:
+            raise TrainError(
+                f"--resume: {self.last_path} was trained with another recipe: {', '.join(changes)}; "
+                "resume with the run's own values, or add --override to continue with the new ones"
+            )
+        if state["model_config"] != architecture:
+            differ = ", ".join(
+                f"{key} {architecture.get(key)} (was {value})"
+                for key, value in state["model_config"].items()
+                if architecture.get(key) != value
+            )
+            raise TrainError(
+                f"--resume: {self.last_path} holds another architecture ({differ}); --light, "
+                "--model-config and the number of --stems must be those of the run"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.plateau.load_state_dict(state["plateau"])
+            self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
+            _set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise TrainError(f"--resume: {self.last_path}: damaged checkpoint ({_first_line(exc)})") from None
+        if changes:
+            saved = state["config"]
+            if self.config.lr != saved["lr"]:  # the optimiser state holds the old (decayed) rate
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.config.lr
+            if self.config.batch_size != saved["batch_size"]:  # keep the position in samples
+                self.step = self.step * saved["batch_size"] // self.config.batch_size
+            self.log(f"--override: continuing with {', '.join(changes)}")
         self.log(f"resumed {self.last_path}: epoch {self.epoch}, step {self.step}")
+        if self.epoch >= self.config.epochs:
+            self.log(f"the run has done its {self.epoch} epochs; raise --epochs to train longer")
 
     # -- training --
 
