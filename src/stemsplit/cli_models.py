@@ -6,16 +6,13 @@ work is in :mod:`stemsplit.weights`, this module only parses and prints.
 
 from __future__ import annotations
 
-import torch
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from . import weights
 from .cli_common import err_console as errors
 from .cli_common import fail
 from .cli_common import out_console as console
-from .model import TSBSMamba2
 
 models_app = typer.Typer(
     help="List, download, locate and verify pretrained models (registry: weights.toml).",
@@ -24,18 +21,24 @@ models_app = typer.Typer(
 )
 
 
-def _fail(exc: weights.WeightsError) -> typer.Exit:
+def _fail(exc: Exception) -> typer.Exit:
     return fail(str(exc))
 
 
-def _size_text(entry: weights.ModelEntry) -> str:
+def _size_text(entry) -> str:  # a weights.ModelEntry
     """The registry size, else the downloaded file's, else an estimate from the architecture (``~``)."""
+    from . import weights
+
     size = entry.size
     if size is None:
         local = weights.downloaded_path(entry.name)
         size = local.stat().st_size if local is not None else None
     if size is not None:
         return f"{size / 1e6:.0f} MB"
+    import torch
+
+    from .model import TSBSMamba2
+
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = TSBSMamba2.from_config(entry.config)
     estimate = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -45,6 +48,8 @@ def _size_text(entry: weights.ModelEntry) -> str:
 @models_app.callback(invoke_without_command=True)
 def list_models(ctx: typer.Context) -> None:
     """Show the models stemsplit knows: architecture, stems, size, cached or not, published SDR, license."""
+    from . import weights
+
     if ctx.invoked_subcommand is not None:
         return
     try:
@@ -81,6 +86,8 @@ def download(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Download, verify and convert a model into the cache, then check that it loads; print its path."""
+    from . import weights
+
     try:
         name = name or weights.default_model_name()
         weights.load_model(name, progress=not quiet)
@@ -93,6 +100,8 @@ def download(
 @models_app.command()
 def path(name: str | None = typer.Argument(None, help="Registry name (default: the default model).")) -> None:
     """Print the cached file a model loads from (exit status 1 if it is not downloaded yet)."""
+    from . import weights
+
     try:
         name = name or weights.default_model_name()
         found = weights.cached_path(name)
@@ -109,6 +118,8 @@ def verify_command(
     name: str | None = typer.Argument(None, help="Registry name (default: every cached model)."),
 ) -> None:
     """Re-hash cached models against the registry or the hash recorded on first download."""
+    from . import weights
+
     try:
         results = weights.verify(name)
     except weights.WeightsError as exc:
