@@ -454,6 +454,16 @@ def test_file_names_are_never_read_as_markup(tmp_path, tiny_checkpoint):
     assert result.stderr.count("\n") == 1 and "a[/b] [bold]x.wav" in result.stderr
 
 
+def test_messages_with_brackets_print_as_they_are(capsys):
+    """Before: pip install 'stemsplit[train]' printed as pip install 'stemsplit' (rich ate the tag)."""
+    from stemsplit.cli_common import error_line
+
+    error_line("the musdb package is missing: pip install 'stemsplit[train]' [bold]x[/bold]")
+    assert capsys.readouterr().err == (
+        "stemsplit: error: the musdb package is missing: pip install 'stemsplit[train]' [bold]x[/bold]\n"
+    )
+
+
 def test_c_library_chatter_does_not_reach_the_user(tmp_path, tiny_checkpoint):
     """libmpg123 prints 'Illegal Audio-MPEG-Header' and the like straight to fd 2."""
     mp3 = tmp_path / "noise.mp3"
