@@ -152,11 +152,11 @@ def _ssd_scan_inference(
     log_decay = torch.cumsum(dt * A, dim=2)  # [b, c, i, h]
 
     # dt_j x_j with heads before steps, [b, c, h, j, p]: the layout of the product in step 1.
-    xdt = torch.empty(batch, n_chunks, heads, q, headdim, dtype=work)
+    xdt = x.new_empty(batch, n_chunks, heads, q, headdim, dtype=work)
     torch.mul(x.transpose(2, 3), dt.to(work).transpose(2, 3)[..., None], out=xdt)
 
     # 1. Within each chunk: y_i = sum_{j <= i} (C_i . B_j) exp(L_i - L_j) dt_j x_j.
-    causal = torch.ones(q, q, dtype=torch.bool).tril()
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
     scores = bmm(C, B.transpose(-1, -2)).masked_fill_(~causal, 0)  # [b, c, i, j]
     log_t = log_decay.transpose(2, 3).contiguous()  # [b, c, h, i]
     weights = torch.sub(log_t[..., :, None], log_t[..., None, :]).clamp_max_(0).exp_()  # [b, c, h, i, j]
@@ -165,7 +165,7 @@ def _ssd_scan_inference(
     del weights
 
     # Back to [b, c, i, h, p] in one pass, the skip connection D_h x_i added on the way.
-    y = torch.empty(batch, n_chunks, q, heads, headdim, dtype=work)
+    y = x.new_empty(batch, n_chunks, q, heads, headdim, dtype=work)
     if D is None:
         y.copy_(y_heads.transpose(2, 3))
     else:
@@ -175,7 +175,7 @@ def _ssd_scan_inference(
     if n_chunks > 1:
         # 2. The state each chunk leaves behind, transposed: s_c^T = sum_j B_j exp(L_last - L_j) dt_j x_j^T.
         to_end = torch.exp(log_decay[:, :-1, -1:] - log_decay[:, :-1]).mul_(dt[:, :-1])  # [b, c-1, j, h]
-        weighted = torch.empty(batch, n_chunks - 1, q, heads, headdim, dtype=work)
+        weighted = x.new_empty(batch, n_chunks - 1, q, heads, headdim, dtype=work)
         torch.mul(x[:, :-1], to_end.to(work)[..., None], out=weighted)
         chunk_states = bmm(B[:, :-1].transpose(-1, -2), weighted.view(batch, n_chunks - 1, q, -1))
 
