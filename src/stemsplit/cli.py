@@ -120,6 +120,10 @@ def doctor() -> None:
         table.add_row("cuda kernels", kernels_text)
     device = torch.device("cuda" if cuda else "cpu")
     table.add_row("mamba-2 backend", f"{resolve_backend(None, device)} (on {device.type})")
+    from .runtime import cpu_auto_precision
+
+    precision, why = cpu_auto_precision()
+    table.add_row("cpu precision", f"--precision auto gives {precision} on the CPU: {why}")
     table.add_row("libsndfile", soundfile.__libsndfile_version__)
     table.add_row("formats", ", ".join(sorted(soundfile.available_formats())))
     try:

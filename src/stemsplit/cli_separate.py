@@ -33,7 +33,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli_common import EXAMPLES, EXIT_FAILED, EXIT_USAGE, Precision, err_console
+from .cli_common import EXAMPLES, EXIT_FAILED, EXIT_USAGE, err_console
 
 CPU_SECONDS_PER_WINDOW = 15.0  # TS (12 layers, N = 128) per 3 s window on 2 cores; see benchmarks/
 # Library option names -> the flags that set them (the library names problems, the CLI adds flags).
@@ -59,6 +59,12 @@ class Format(str, Enum):
     wav = "wav"
     flac = "flac"
     mp3 = "mp3"
+
+
+class InferencePrecision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 class ClipMode(str, Enum):
@@ -540,7 +546,9 @@ def separation_command(batch: bool):
         window: float = typer.Option(3.0, help="Window length in seconds."),
         hop: float = typer.Option(None, help="Hop between windows in seconds [default: 0.5]."),
         batch_size: int = typer.Option(None, "--batch-size", help="Windows per forward pass."),
-        precision: Precision = typer.Option(None, help="[default: bf16 on CUDA, fp32 on CPU]"),
+        precision: InferencePrecision = typer.Option(
+            None, help="auto: bf16 on CUDA and on CPUs with native bf16 [default: bf16 on CUDA, fp32 on CPU]"
+        ),
         stage: int = typer.Option(2, help="1: masked stems (sum to the mix); 2: final output."),
         exact: bool = typer.Option(False, "--exact", help="Correct stems to sum exactly to the input."),
         fmt: Format = typer.Option(Format.wav, "--format", help="Output format."),
@@ -589,8 +597,12 @@ def separation_command(batch: bool):
         raise typer.Exit(code)
 
     command.__doc__ = (
-        "Separate every audio file under folders (recursive); skips songs already done."
-        if batch
-        else "Separate audio files into stems (the default command)."
-    ) + "\n\n" + EXAMPLES
+        (
+            "Separate every audio file under folders (recursive); skips songs already done."
+            if batch
+            else "Separate audio files into stems (the default command)."
+        )
+        + "\n\n"
+        + EXAMPLES
+    )
     return command

@@ -269,6 +269,17 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(kind if index is None else f"{kind}:{index}")
 
 
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """``None`` (bf16 on CUDA, fp32 on the CPU), ``auto`` (bf16 where it is native) or as given."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16"
+        from .runtime import cpu_auto_precision
+
+        return cpu_auto_precision()[0]
+    return precision or ("bf16" if device.type == "cuda" else "fp32")
+
+
 def as_audio_array(audio: np.ndarray | torch.Tensor) -> np.ndarray:
     """Audio from the Python API -> float32 [channels, samples], or :class:`SeparationError`.
 
@@ -347,7 +358,8 @@ class Separator:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         window, hop: seconds (3 and 0.5 by default: the paper's protocol).
         batch_size: windows per forward pass (default 1 on CPU; on CUDA sized from free memory).
-        precision: ``fp32`` or ``bf16`` (CUDA only; the default there).
+        precision: ``fp32``, ``bf16`` or ``auto`` (bf16 on CUDA and on CPUs that compute it natively,
+            see :func:`stemsplit.runtime.cpu_auto_precision`); default: bf16 on CUDA, fp32 on the CPU.
         stage: 1 (masked stems, which sum to the mixture) or 2 (the paper's final output).
         exact: correct stage-2 stems to sum exactly to the input (see :func:`share_residual`).
         progress: called with event dicts while separating.
@@ -402,7 +414,7 @@ class Separator:
         if self.hop < 1:
             raise SeparationError(f"{hop:g} s is less than one sample at {self.sample_rate} Hz", "hop")
         self.stage, self.exact = stage, exact
-        self.precision = precision or ("bf16" if self.device.type == "cuda" else "fp32")
+        self.precision = resolve_precision(precision, self.device)
         self.model = self.model.to(self.device).eval()
         self.batch_size = batch_size or self._default_batch_size()
         self.progress = progress or (lambda event: None)

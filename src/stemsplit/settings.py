@@ -98,7 +98,7 @@ def check_settings(
         )
     if batch_size is not None and not (isinstance(batch_size, int) and 1 <= batch_size <= MAX_BATCH_SIZE):
         raise SeparationError(f"must be from 1 to {MAX_BATCH_SIZE}, not {batch_size}", "batch_size")
-    if precision not in (None, "fp32", "bf16"):
-        raise SeparationError(f"must be fp32 or bf16, not {precision!r}", "precision")
+    if precision not in (None, "auto", "fp32", "bf16"):
+        raise SeparationError(f"must be auto, fp32 or bf16, not {precision!r}", "precision")
     if stage not in (1, 2):
         raise SeparationError(f"must be 1 or 2, not {stage}", "stage")
