@@ -316,6 +316,40 @@ def test_batch_separates_again_what_changed_and_skips_what_did_not(tmp_path, tin
     assert results("--stage", "1") == []
 
 
+def test_batch_notices_swapped_files_with_the_same_size_and_mtime(tmp_path, tiny_checkpoint):
+    """Unpacked from an archive, two songs have the same size and mtime; swapping them must not go unseen."""
+    music, out = tmp_path / "music", tmp_path / "out"
+    music.mkdir()
+    song(music / "a.wav", scale=0.5)
+    song(music / "b.wav", scale=0.05)
+    for name in ("a.wav", "b.wav"):
+        os.utime(music / name, ns=(10**18, 10**18))
+    m = ["--model", tiny_checkpoint, *FAST, "--json"]
+    stemsplit("batch", music, "-o", out, *m, check=0)
+    os.rename(music / "a.wav", music / "t.wav")
+    os.rename(music / "b.wav", music / "a.wav")
+    os.rename(music / "t.wav", music / "b.wav")
+    run = stemsplit("batch", music, "-o", out, *m, check=0)
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    done = sorted(os.path.basename(e["source"]) for e in events if e["event"] == "result")
+    assert done == ["a.wav", "b.wav"]
+    loud, _ = sf.read(out / "b" / "vocals.wav")  # b is the loud song now
+    quiet, _ = sf.read(out / "a" / "vocals.wav")
+    assert np.abs(loud).max() > 3 * np.abs(quiet).max()
+
+
+def test_batch_separates_songs_that_share_a_name_in_one_folder(tmp_path, tiny_checkpoint):
+    """a.wav and a.flac side by side: both are separated (a and a (2)), not a usage error for the folder."""
+    music = tmp_path / "music"
+    music.mkdir()
+    song(music / "a.wav")
+    song(music / "a.flac", subtype="PCM_16")
+    song(music / "b.wav")
+    stemsplit("batch", music, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, check=0)
+    folders = {p.split("/")[0] for p in files_under(tmp_path / "out", state=False)}
+    assert folders == {"a", "a (2)", "b"}
+
+
 def test_batch_does_not_walk_its_own_output_or_hidden_files(tmp_path, tiny_checkpoint):
     """Before: -o inside the input folder was separated again on every run, and the tree grew."""
     music = tmp_path / "music"
@@ -452,6 +486,15 @@ def test_file_names_are_never_read_as_markup(tmp_path, tiny_checkpoint):
     result = stemsplit(bad, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and "a[/b] [bold]x.wav" in result.stderr
+
+
+def test_control_characters_in_names_are_escaped_not_printed(tmp_path, tiny_checkpoint):
+    """A newline or an ESC sequence in a file name must not split the error line or reach the terminal."""
+    bad = tmp_path / "a\nb \x1b[2J.wav"
+    bad.write_text("not audio")
+    result = stemsplit(bad, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "\x1b" not in result.stderr
+    assert "a\\nb \\x1b[2J.wav" in result.stderr
 
 
 def test_messages_with_brackets_print_as_they_are(capsys):

@@ -76,8 +76,11 @@ def _dead_pid() -> int:
 def test_temporaries_of_dead_processes_are_swept(tmp_path):
     """SIGKILL or a power cut leaves temporaries; the next writer in that folder removes them."""
     mine = temporary_sibling(tmp_path / "x.wav", ".partial")  # this process: alive
-    dead = tmp_path / f".stemsplit-{host_tag()}-{_dead_pid()}-0123abcd.partial"
+    pid = _dead_pid()
+    dead = tmp_path / f".stemsplit-{host_tag()}-{pid}-0123abcd.partial"
     dead.write_bytes(b"half a stem")
+    backup = tmp_path / f".stemsplit-{host_tag()}-{pid}-4567abcd.backup"  # a commit cut short by a power cut
+    backup.write_bytes(b"the user's old stem")
     foreign_fresh = tmp_path / ".stemsplit-0badc0de-1-0123abcd.partial"
     foreign_old = tmp_path / ".stemsplit-0badc0de-2-0123abcd.partial"
     for path in (foreign_fresh, foreign_old):
@@ -90,6 +93,7 @@ def test_temporaries_of_dead_processes_are_swept(tmp_path):
     removed = sweep_stale_temporaries(tmp_path)
     assert sorted(removed) == sorted([dead, foreign_old])
     assert mine.exists() and foreign_fresh.exists() and all(p.exists() for p in users)
+    assert backup.read_bytes() == b"the user's old stem"  # never swept: it is the user's file
 
 
 def test_exported_checkpoints_are_readable_by_others(tmp_path, umask_022):

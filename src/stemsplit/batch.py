@@ -135,9 +135,12 @@ class DoneRecords:
         return self.folder / f"{song_key(song)}.json"
 
     def read(self, song: SongOutputs) -> dict[str, Any] | None:
+        path = self._path(song)
         try:
-            record = json.loads(self._path(song).read_text())
-        except (OSError, ValueError):
+            if not path.is_file():  # a folder or a FIFO someone put there: no record (and no hang)
+                return None
+            record = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
             return None
         return record if isinstance(record, dict) else None
 
@@ -154,7 +157,9 @@ class DoneRecords:
             st = os.stat(song.source.path)
         except OSError:
             return False
-        if (st.st_size, st.st_mtime_ns) == (record.get("size"), record.get("mtime_ns")):
+        # Size, mtime, inode and ctime all unchanged: the same file, untouched (ctime cannot be set back,
+        # and a file swapped in by `mv` has another inode). Otherwise the bytes decide.
+        if [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns] == record.get("identity"):
             return True
         # Touched but perhaps not changed (copied, restored from a backup): the bytes decide.
         return st.st_size == record.get("size") and _sha256_of(song.source.path) == record.get("sha256")
@@ -169,7 +174,7 @@ class DoneRecords:
         record = {
             "source": os.path.abspath(song.source.path),
             "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns,
+            "identity": [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns],
             "sha256": _sha256_of(song.source.path) if complete else None,
             "settings": self.settings,
             "outputs": {stem: str(p.relative_to(song.out_dir)) for stem, p in song.paths.items()},
@@ -233,8 +238,10 @@ class Claim:
 
     def _read(self) -> dict[str, Any] | None:
         try:
+            if not self.path.is_file():
+                return None
             data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
 
@@ -246,18 +253,19 @@ class Claim:
             return False  # gone: not stale, just free (the next _create decides)
         if data is None:  # unreadable or half-written by a process that died creating it
             return age > HEARTBEAT_SECONDS
+        if age > CLAIM_STALE_SECONDS:  # live claims are touched every HEARTBEAT_SECONDS (a reused pid too)
+            return True
         if data.get("host") == host_tag():
             pid = data.get("pid")
-            if not isinstance(pid, int):
+            if not isinstance(pid, int) or not 0 < pid < 1 << 22:  # no such process can exist
                 return True
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 return True
-            except PermissionError:
+            except (PermissionError, OverflowError):
                 return False
-            return False
-        return age > CLAIM_STALE_SECONDS
+        return False
 
     def _take_over_if_stale(self) -> bool:
         """Replace a stale claim by ours; a takeover lock makes sure only one process does it."""

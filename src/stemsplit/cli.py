@@ -177,7 +177,10 @@ def main(argv: list[str] | None = None) -> None:
         error_line("interrupted")
         code = 130
     except Exception as exc:
-        if _is_click_error(exc):  # click's usage errors (Typer's copy or click's own): one line, exit 2
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `stemsplit batch` alone: its help, as help
+            out_console.print(exc.format_message(), soft_wrap=True)
+            code = exc.exit_code
+        elif _is_click_error(exc):  # click's usage errors (Typer's copy or click's own): one line, exit 2
             error_line(exc.format_message())
             code = exc.exit_code
         elif type(exc).__name__ == "Abort":  # Ctrl-C at a prompt

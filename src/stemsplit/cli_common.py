@@ -31,9 +31,16 @@ EXIT_USAGE = 2  # a bad flag or argument; nothing was done
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (sysexits' EX_SOFTWARE)
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines, ESC, ...) escaped: one line, no terminal tricks."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
 def error_line(message: str) -> None:
-    """Print ``stemsplit: error: MESSAGE`` on stderr, exactly as given."""
-    err_console.print(f"stemsplit: error: {message}")
+    """Print ``stemsplit: error: MESSAGE`` on stderr as one line (control characters escaped)."""
+    err_console.print(f"stemsplit: error: {one_line(message)}")
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:

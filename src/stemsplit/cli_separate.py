@@ -33,7 +33,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli_common import EXAMPLES, EXIT_FAILED, EXIT_USAGE, err_console
+from .cli_common import EXAMPLES, EXIT_FAILED, EXIT_USAGE, err_console, error_line, one_line
 
 CPU_SECONDS_PER_WINDOW = 15.0  # TS (12 layers, N = 128) per 3 s window on 2 cores; see benchmarks/
 # Library option names -> the flags that set them (the library names problems, the CLI adds flags).
@@ -90,6 +90,8 @@ def interrupts_as_exceptions() -> Iterator[None]:
     """Turn SIGTERM and SIGHUP into :class:`Interrupted` like Ctrl-C, so cleanup runs for all three."""
 
     def handler(signum: int, frame: object) -> None:
+        for s in wanted:  # a second Ctrl-C must not cut the cleanup of the first short
+            signal.signal(s, signal.SIG_IGN)
         raise Interrupted(signum)
 
     wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
@@ -151,7 +153,7 @@ class Reporter:
 
     def error(self, message: str, **fields: Any) -> None:
         """An error line on stderr (always), and an ``error`` event with --json."""
-        err_console.print(f"stemsplit: error: {message}", soft_wrap=True)
+        error_line(message)
         self.emit({"event": "error", "message": message, **fields})
 
     def begin_all(self, files: int) -> None:
@@ -322,7 +324,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
     # before anything slow is imported, then with the model's own stems.
     def plan(stem_names: list[str]) -> list[Song]:
         try:
-            planned = plan_outputs(songs, out, stem_names, options, rename_duplicates=not batch)
+            planned = plan_outputs(songs, out, stem_names, options)
         except OutputError as exc:
             raise _usage(exc) from None
         return [Song(outputs) for outputs in planned]
@@ -425,7 +427,14 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
             reporter.emit({"event": "skipped", "source": str(source)})
             return
         claim = Claim(out, song.outputs)
-        if not claim.acquire():
+        try:
+            acquired = claim.acquire()
+        except OSError as exc:  # OUT/.stemsplit unusable: this song fails, with its reason
+            song.status = "failed"
+            song.details = f"{exc.filename or out}: {exc.strerror or exc} (batch's records)"
+            reporter.error(song.details, source=str(source))
+            return
+        if not acquired:
             song.status, song.details = "skipped", f"being separated by {claim.holder}"
             reporter.emit({"event": "skipped", "source": str(source), "reason": "claimed"})
             return
@@ -443,10 +452,12 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         result = separator.separate_song(song.outputs, song.info, song_options, args["downmix"])
         if records is not None:
             records.write(song.outputs, complete=True)
-    except (AudioError, SeparationError, OutputError) as exc:
+    except (AudioError, SeparationError, OutputError, OSError) as exc:
         if args["debug"]:
             raise
         message = str(exc)
+        if isinstance(exc, OSError):  # batch's records in OUT/.stemsplit (full disk, permissions, junk)
+            message = f"{exc.filename or out}: {exc.strerror or exc} (batch's records)"
         if isinstance(exc, OutputExistsError):
             message += " (add --overwrite to replace it)"
         song.status, song.details = "failed", message
@@ -523,7 +534,9 @@ def _summary(run: list[Song], reporter: Reporter, batch: bool) -> None:
         return
     for song in run:  # logs: one line per song, never wrapped
         if song.status != "failed" or len(run) > 1:  # one song's failure was its error line already
-            err_console.print(f"{song.outputs.source.path}: {song.status}: {song.details}", soft_wrap=True)
+            err_console.print(
+                one_line(f"{song.outputs.source.path}: {song.status}: {song.details}"), soft_wrap=True
+            )
 
 
 # --- the Typer commands ---------------------------------------------------------------------------
@@ -538,6 +551,7 @@ def separation_command(batch: bool):
             ...,
             help="Folders to walk for audio files." if batch else "Audio files to separate.",
             show_default=False,
+            readable=False,  # an unreadable file fails alone, with the others done
         ),
         model: str = typer.Option(None, "--model", "-m", help="Registry name, checkpoint path or URL."),
         out: Path = typer.Option(Path("stems"), "--out", "-o", help="Output folder."),

@@ -78,7 +78,8 @@ def sweep_stale_temporaries(folder: Path, now: float | None = None) -> list[Path
 
     Ours (this host) are stale when their process no longer exists; another
     host's when untouched for :data:`FOREIGN_STALE_SECONDS`. Only names that
-    :func:`temporary_sibling` makes are ever considered.
+    :func:`temporary_sibling` makes are ever considered, and ``.backup`` files
+    never are: one left by a power cut mid-commit is the user's old file.
     """
     now = time.time() if now is None else now
     removed = []
@@ -89,8 +90,8 @@ def sweep_stale_temporaries(folder: Path, now: float | None = None) -> list[Path
     here = host_tag()
     for entry in entries:
         match = _NAME.match(entry.name)
-        if match is None or not entry.is_file(follow_symlinks=False):
-            continue
+        if match is None or match["suffix"] == ".backup" or not entry.is_file(follow_symlinks=False):
+            continue  # a .backup holds a file the user had (a commit cut short): never removed
         if match["host"] == here:
             pid = int(match["pid"])
             stale = pid != os.getpid() and not _process_alive(pid)

@@ -131,8 +131,10 @@ def _check_template(template: str) -> None:
             raise OutputError(f"{template!r}: {text} is not allowed; use only {fields}", "filename")
     if not template.strip() or os.path.isabs(template) or template.startswith("~"):
         raise OutputError(f"{template!r} must be a relative path under the output folder", "filename")
-    if "\0" in template or "\\" in template:
-        raise OutputError(f"{template!r}: NUL and backslash are not allowed in file names", "filename")
+    if "\\" in template or not all(ch.isprintable() or ch == " " for ch in template):
+        raise OutputError(
+            f"{template!r}: backslashes and control characters are not allowed in file names", "filename"
+        )
 
 
 def track_name(path: Path) -> str:

@@ -611,8 +611,10 @@ class Separator:
         block_frames = round(READ_BLOCK_SECONDS * info.sample_rate)
 
         def blocks() -> Iterator[np.ndarray]:
-            decoded = read_blocks(info, block_frames)
-            return (downmix_to_stereo(b, info.layout) for b in decoded) if info.channels > 2 else decoded
+            for block in read_blocks(info, block_frames):
+                if block.shape[1] != info.channels:  # replaced on disk since it was probed
+                    raise SeparationError(f"{info.path}: changed while being separated; run again")
+                yield downmix_to_stereo(block, info.layout) if info.channels > 2 else block
 
         stats = song_stats(blocks()) if self.normalization == "meanstd" else (0.0, 1.0)  # a first pass
         index = {name: i for i, name in enumerate(self.stems)}
