@@ -387,6 +387,7 @@ def test_the_same_file_named_twice_is_separated_once(tmp_path, tiny_checkpoint):
     assert files_under(tmp_path / "out") == [f"a/{s}" for s in FOUR_STEMS]
 
 
+@pytest.mark.slow  # two full batch processes; test_claims_race_each_song_once covers the claim
 def test_two_batch_processes_share_the_work_each_song_exactly_once(tmp_path, tiny_checkpoint):
     music = tmp_path / "music"
     music.mkdir()

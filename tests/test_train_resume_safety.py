@@ -126,6 +126,7 @@ def test_changed_recipe_is_refused_naming_the_flags(dataset, finished_run, tmp_p
     assert [r["epoch"] for r in read_log(out)] == [1]
 
 
+@pytest.mark.slow  # trains again: kept out of the default run for CI's time budget
 def test_override_continues_with_the_new_recipe(dataset, finished_run, tmp_path):
     out = copy_run(finished_run, tmp_path)
     args = train_args(dataset, out, "--epochs", "2", "--resume", "--override", "--lr", "0.0005")
@@ -137,6 +138,7 @@ def test_override_continues_with_the_new_recipe(dataset, finished_run, tmp_path)
     assert log[0]["lr"] == 0.001 and log[1]["lr"] == 0.0005  # the new rate took effect
 
 
+@pytest.mark.slow  # trains again: kept out of the default run for CI's time budget
 def test_allowed_changes_need_no_override(dataset, finished_run, tmp_path):
     """--epochs (to extend), --workers, --device and the save intervals may change on resume."""
     out = copy_run(finished_run, tmp_path)
