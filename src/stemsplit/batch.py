@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .audio import AUDIO_EXTENSIONS
-from .files import host_tag, write_atomically
+from .files import host_tag, process_alive, sha256_of, write_atomically
 from .output import SongOutputs, SongSource
 
 __all__ = ["BatchError", "Claim", "DoneRecords", "find_songs", "song_key"]
@@ -116,14 +116,6 @@ def song_key(song: SongOutputs) -> str:
     return hashlib.sha256("\0".join(relative).encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class DoneRecords:
     """The manifests of a batch output folder (``OUT/.stemsplit/done``)."""
 
@@ -162,7 +154,7 @@ class DoneRecords:
         if [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns] == record.get("identity"):
             return True
         # Touched but perhaps not changed (copied, restored from a backup): the bytes decide.
-        return st.st_size == record.get("size") and _sha256_of(song.source.path) == record.get("sha256")
+        return st.st_size == record.get("size") and sha256_of(song.source.path) == record.get("sha256")
 
     def owns_outputs(self, song: SongOutputs) -> bool:
         """True if a record (finished or not) says the files at this song's paths are stemsplit's own."""
@@ -175,7 +167,7 @@ class DoneRecords:
             "source": os.path.abspath(song.source.path),
             "size": st.st_size,
             "identity": [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns],
-            "sha256": _sha256_of(song.source.path) if complete else None,
+            "sha256": sha256_of(song.source.path) if complete else None,
             "settings": self.settings,
             "outputs": {stem: str(p.relative_to(song.out_dir)) for stem, p in song.paths.items()},
             "complete": complete,
@@ -257,14 +249,7 @@ class Claim:
             return True
         if data.get("host") == host_tag():
             pid = data.get("pid")
-            if not isinstance(pid, int) or not 0 < pid < 1 << 22:  # no such process can exist
-                return True
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            except (PermissionError, OverflowError):
-                return False
+            return not (isinstance(pid, int) and 0 < pid < 1 << 22 and process_alive(pid))
         return False
 
     def _take_over_if_stale(self) -> bool:

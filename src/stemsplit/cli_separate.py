@@ -147,9 +147,9 @@ class Reporter:
             print(json.dumps(event), flush=True)
 
     def line(self, text: str) -> None:
-        """A human message (stderr, so stdout stays clean for --json); never wrapped."""
+        """A human message (stderr, so stdout stays clean for --json); one line, never wrapped."""
         if not self.quiet and not self.json_lines:
-            err_console.print(text, soft_wrap=True)
+            err_console.print(one_line(text), soft_wrap=True)
 
     def error(self, message: str, **fields: Any) -> None:
         """An error line on stderr (always), and an ``error`` event with --json."""
@@ -430,8 +430,7 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         try:
             acquired = claim.acquire()
         except OSError as exc:  # OUT/.stemsplit unusable: this song fails, with its reason
-            song.status = "failed"
-            song.details = f"{exc.filename or out}: {exc.strerror or exc} (batch's records)"
+            song.status, song.details = "failed", _records_problem(exc, out)
             reporter.error(song.details, source=str(source))
             return
         if not acquired:
@@ -457,7 +456,7 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
             raise
         message = str(exc)
         if isinstance(exc, OSError):  # batch's records in OUT/.stemsplit (full disk, permissions, junk)
-            message = f"{exc.filename or out}: {exc.strerror or exc} (batch's records)"
+            message = _records_problem(exc, out)
         if isinstance(exc, OutputExistsError):
             message += " (add --overwrite to replace it)"
         song.status, song.details = "failed", message
@@ -489,6 +488,10 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         if claim is not None:
             claim.release()
         reporter.end_song()
+
+
+def _records_problem(exc: OSError, out: Path) -> str:
+    return f"{exc.filename or out}: {exc.strerror or exc} (batch's records)"
 
 
 def _settings(separator, options, args: dict[str, Any], stems: list[str]) -> dict[str, Any]:
@@ -534,9 +537,7 @@ def _summary(run: list[Song], reporter: Reporter, batch: bool) -> None:
         return
     for song in run:  # logs: one line per song, never wrapped
         if song.status != "failed" or len(run) > 1:  # one song's failure was its error line already
-            err_console.print(
-                one_line(f"{song.outputs.source.path}: {song.status}: {song.details}"), soft_wrap=True
-            )
+            reporter.line(f"{song.outputs.source.path}: {song.status}: {song.details}")
 
 
 # --- the Typer commands ---------------------------------------------------------------------------

@@ -26,7 +26,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["is_temporary", "sweep_stale_temporaries", "temporary_sibling", "write_atomically"]
+__all__ = [
+    "host_tag",
+    "is_temporary",
+    "process_alive",
+    "sha256_of",
+    "sweep_stale_temporaries",
+    "temporary_sibling",
+    "write_atomically",
+]
 
 PREFIX = ".stemsplit-"
 # Another host's temporary is taken for abandoned after this long without a write (we cannot ask
@@ -63,14 +71,24 @@ def is_temporary(path: Path) -> bool:
     return _NAME.match(Path(path).name) is not None
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True if a process ``pid`` exists on this machine (ours or another user's)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or a number no pid can be
         return False
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def sweep_stale_temporaries(folder: Path, now: float | None = None) -> list[Path]:
@@ -94,7 +112,7 @@ def sweep_stale_temporaries(folder: Path, now: float | None = None) -> list[Path
             continue  # a .backup holds a file the user had (a commit cut short): never removed
         if match["host"] == here:
             pid = int(match["pid"])
-            stale = pid != os.getpid() and not _process_alive(pid)
+            stale = pid != os.getpid() and not process_alive(pid)
         else:
             try:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > FOREIGN_STALE_SECONDS

@@ -668,6 +668,5 @@ class Separator:
         options = OutputOptions(filename, fmt, bit_depth, clip_mode, overwrite)
         wanted = self.output_stems(stems, two_stems)
         info = probe(path)
-        self.check_input(info, downmix)
         [song] = plan_outputs([SongSource(Path(path))], out_dir, wanted, options)
         return self.separate_song(song, info, options, downmix)

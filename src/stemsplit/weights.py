@@ -69,7 +69,7 @@ from safetensors.torch import safe_open, save_file
 from tqdm import tqdm
 
 from . import __version__
-from .files import write_atomically
+from .files import sha256_of, write_atomically
 from .model import (
     PRESETS,
     StateDictMismatch,
@@ -602,14 +602,6 @@ def _cache_error(exc: OSError) -> CacheError:
     return CacheError(f"{setting}: {problem}; set STEMSPLIT_CACHE to a writable folder")
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _record_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -629,7 +621,7 @@ def _check_hash(
     (:func:`_record`). Returns the sha256; raises :class:`ChecksumError` on a
     mismatch, naming ``shown`` (default: the path), with ``hint`` (how to clear it) appended.
     """
-    actual = _sha256_of(path)
+    actual = sha256_of(path)
     hint = f"; {hint}" if hint else ""
     shown = shown or str(path)
     if expected:
@@ -882,7 +874,7 @@ def _prepare(source: _Source, progress: bool) -> Path:
 
     def write(temp: Path) -> None:
         save_file(tensors, str(temp), metadata=metadata)
-        digest.append(_sha256_of(temp))
+        digest.append(sha256_of(temp))
 
     # The conversion first, then its record: a crash in between leaves a conversion without a
     # record, which the next load makes afresh (the other order could pin a file never written).
