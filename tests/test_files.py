@@ -16,7 +16,7 @@ from stemsplit.files import (
     write_atomically,
 )
 from stemsplit.model import TSBSMamba2
-from stemsplit.train.loop import export_safetensors
+from stemsplit.weights import save_checkpoint
 
 
 @pytest.fixture
@@ -100,5 +100,5 @@ def test_exported_checkpoints_are_readable_by_others(tmp_path, umask_022):
     """safetensors alone would create 0600 files; an exported model is meant to be shared."""
     torch.manual_seed(0)
     model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1)
-    export_safetensors(model, tmp_path / "best.safetensors", ("drums", "bass", "other", "vocals"))
+    save_checkpoint(model, tmp_path / "best.safetensors")
     assert (tmp_path / "best.safetensors").stat().st_mode & 0o777 == 0o644

@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from stemsplit.card import MUSIC_STEMS
 from stemsplit.cli import app
 from stemsplit.train.data import find_tracks
 from stemsplit.train.synth import STEMS, SynthError, generate_song, write_dataset
-from stemsplit.weights import DEFAULT_STEMS
 
 SR = 44100
 SECONDS = 5.0
@@ -49,7 +49,7 @@ def files_digest(root: Path) -> dict[str, str]:
 
 
 def test_stems_match_the_project_and_have_the_documented_shape(songs):
-    assert STEMS == DEFAULT_STEMS
+    assert STEMS == MUSIC_STEMS
     for song in songs:
         assert set(song.stems) == set(STEMS)
         for audio in song.stems.values():

@@ -11,7 +11,7 @@ import torch
 
 from stemsplit.train import data
 from stemsplit.train.data import (
-    DEFAULT_STEMS,
+    MUSIC_STEMS,
     DatasetError,
     RemixDataset,
     SalientIndex,
@@ -26,7 +26,7 @@ SR = 22050
 VALID = "Actions - One Minute Smile"
 
 
-def write_track(folder, seconds=14.0, amplitude=0.07, seed=0, stems=DEFAULT_STEMS, mixture=True, edit=None):
+def write_track(folder, seconds=14.0, amplitude=0.07, seed=0, stems=MUSIC_STEMS, mixture=True, edit=None):
     """A stereo track of uniform noise per stem (peak ``amplitude``); ``edit(stem, audio)`` alters one."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -65,7 +65,7 @@ def musdb(tmp_path):
 @pytest.fixture
 def dataset(musdb, tmp_path):
     tracks = find_tracks(musdb, "train")
-    index = SalientIndex.build(tracks, DEFAULT_STEMS, cache_dir=tmp_path / "cache")
+    index = SalientIndex.build(tracks, MUSIC_STEMS, cache_dir=tmp_path / "cache")
     return RemixDataset(tracks, epoch_size=400, seed=7, index=index)
 
 
@@ -85,7 +85,7 @@ def test_find_tracks_reads_the_musdb_hq_layout(musdb):
     assert [t.name for t in tracks] == [VALID, "B - Second", "C - Third"]
     track = tracks[1]
     assert (track.sample_rate, track.frames, track.channels) == (SR, 14 * SR, 2)
-    assert track.stems == DEFAULT_STEMS and track.folder == musdb / "train" / "B - Second"
+    assert track.stems == MUSIC_STEMS and track.folder == musdb / "train" / "B - Second"
     assert track.stem_path("bass") == track.folder / "bass.wav"
 
     whole = track.read("drums")
@@ -96,7 +96,7 @@ def test_find_tracks_reads_the_musdb_hq_layout(musdb):
         track.read_mixture(), sf.read(track.folder / "mixture.wav", dtype="float32")[0].T
     )
     summed = tracks[2].read_mixture()
-    np.testing.assert_allclose(summed, sum(tracks[2].read(s) for s in DEFAULT_STEMS), atol=1e-7)
+    np.testing.assert_allclose(summed, sum(tracks[2].read(s) for s in MUSIC_STEMS), atol=1e-7)
     assert [t.name for t in find_tracks(str(musdb), "test")] == ["D - Test"]
 
 
@@ -228,10 +228,10 @@ def test_salient_segments_threshold_is_the_larger_of_quantile_and_floor():
 def test_salient_index_is_computed_once_and_cached(musdb, tmp_path, monkeypatch):
     tracks = find_tracks(musdb, "train")
     cache = tmp_path / "cache"
-    index = SalientIndex.build(tracks, DEFAULT_STEMS, cache_dir=cache)
+    index = SalientIndex.build(tracks, MUSIC_STEMS, cache_dir=cache)
     (path,) = cache.glob("sad-*.json")
     for i, track in enumerate(tracks):
-        for stem in DEFAULT_STEMS:
+        for stem in MUSIC_STEMS:
             np.testing.assert_array_equal(index.starts(i, stem), salient_segments(track.read(stem), SR))
     assert index.starts(1, "vocals").tolist() == [6 * SR]  # B's vocals start at 6 s
     assert index.starts(1, "drums").size > 0
@@ -240,20 +240,20 @@ def test_salient_index_is_computed_once_and_cached(musdb, tmp_path, monkeypatch)
         raise AssertionError("recomputed although cached")
 
     monkeypatch.setattr(data, "salient_segments", fail)
-    again = SalientIndex.build(tracks, DEFAULT_STEMS, cache_dir=cache)
+    again = SalientIndex.build(tracks, MUSIC_STEMS, cache_dir=cache)
     for i in range(len(tracks)):
-        for stem in DEFAULT_STEMS:
+        for stem in MUSIC_STEMS:
             np.testing.assert_array_equal(again.starts(i, stem), index.starts(i, stem))
 
     # Other settings or other tracks: another cache file, computed afresh.
     with pytest.raises(AssertionError, match="recomputed"):
-        SalientIndex.build(tracks, DEFAULT_STEMS, cache_dir=cache, quantile=0.2)
+        SalientIndex.build(tracks, MUSIC_STEMS, cache_dir=cache, quantile=0.2)
     with pytest.raises(AssertionError, match="recomputed"):
-        SalientIndex.build(tracks[:2], DEFAULT_STEMS, cache_dir=cache)
+        SalientIndex.build(tracks[:2], MUSIC_STEMS, cache_dir=cache)
     monkeypatch.undo()
 
     path.write_text('{"version": 1, "key"')  # corrupt: recomputed and rewritten
-    rebuilt = SalientIndex.build(tracks, DEFAULT_STEMS, cache_dir=cache)
+    rebuilt = SalientIndex.build(tracks, MUSIC_STEMS, cache_dir=cache)
     assert rebuilt.starts(1, "vocals").tolist() == [6 * SR]
     assert json.loads(path.read_text())["tracks"][1]["vocals"] == [6 * SR]
     assert not list(cache.glob(".*.tmp"))
@@ -261,7 +261,7 @@ def test_salient_index_is_computed_once_and_cached(musdb, tmp_path, monkeypatch)
 
 def test_salient_index_default_cache_dir(musdb, tmp_path, monkeypatch):
     monkeypatch.setenv("STEMSPLIT_CACHE", str(tmp_path / "stemsplit"))
-    SalientIndex.build(find_tracks(musdb, "test"), DEFAULT_STEMS)
+    SalientIndex.build(find_tracks(musdb, "test"), MUSIC_STEMS)
     assert len(list((tmp_path / "stemsplit" / "datasets").glob("sad-*.json"))) == 1
 
 
@@ -275,7 +275,7 @@ def test_remix_shapes_and_salient_crops(dataset):
     assert len(dataset) == 400
     crop = 3 * SR
     for i in range(100):
-        for stem, draw in zip(DEFAULT_STEMS, dataset._draws(0, i), strict=True):
+        for stem, draw in zip(MUSIC_STEMS, dataset._draws(0, i), strict=True):
             segments = dataset.index.starts(draw.track, stem)
             assert any(s <= draw.start <= s + 6 * SR - crop for s in segments)
             assert -10 <= draw.gain_db <= 10
@@ -287,7 +287,7 @@ def test_remix_gains_are_within_10_db_of_the_source(dataset):
     for i in range(12):
         mixture, targets = dataset.sample(0, i)
         assert mixture.abs().max() < 1  # quiet stems: no rescaling, so targets are the gained crops
-        for stem, target, draw in zip(DEFAULT_STEMS, targets.numpy(), dataset._draws(0, i), strict=True):
+        for stem, target, draw in zip(MUSIC_STEMS, targets.numpy(), dataset._draws(0, i), strict=True):
             if draw.dropped:
                 assert not target.any()
                 continue
@@ -308,9 +308,7 @@ def test_remix_drops_about_one_stem_in_ten(dataset):
 def test_remix_rescales_mixture_and_targets_together(tmp_path):
     root = make_dataset(tmp_path / "loud", amplitude=0.6)
     tracks = find_tracks(root, "train")
-    dataset = RemixDataset(
-        tracks, seed=3, index=SalientIndex.build(tracks, DEFAULT_STEMS, cache_dir=tmp_path)
-    )
+    dataset = RemixDataset(tracks, seed=3, index=SalientIndex.build(tracks, MUSIC_STEMS, cache_dir=tmp_path))
     rescaled = 0
     for i in range(25):
         mixture, targets = dataset.sample(0, i)
@@ -322,7 +320,7 @@ def test_remix_rescales_mixture_and_targets_together(tmp_path):
         rescaled += 1
         # One common factor: every kept target is its crop times gain / factor.
         factors = []
-        for stem, target, draw in zip(DEFAULT_STEMS, targets.numpy(), dataset._draws(0, i), strict=True):
+        for stem, target, draw in zip(MUSIC_STEMS, targets.numpy(), dataset._draws(0, i), strict=True):
             if not draw.dropped:
                 source = dataset.tracks[draw.track].read(stem, draw.start, 3 * SR)
                 factors.append(10 ** (draw.gain_db / 20) * (source * source).sum() / (target * source).sum())
@@ -366,9 +364,9 @@ def test_remix_rejects_what_it_cannot_sample(dataset, musdb):
 def test_tracks_with_another_rate_or_channel_count_are_named(musdb, tmp_path):
     write_track(musdb / "train" / "E - Mono", seconds=14.0, edit=lambda stem, audio: audio)
     tracks = find_tracks(musdb, "train")
-    index = SalientIndex.build(tracks, DEFAULT_STEMS, cache_dir=tmp_path / "cache")
+    index = SalientIndex.build(tracks, MUSIC_STEMS, cache_dir=tmp_path / "cache")
     mono = musdb / "train" / "E - Mono"
-    for stem in DEFAULT_STEMS:
+    for stem in MUSIC_STEMS:
         sf.write(mono / f"{stem}.wav", np.zeros((14 * SR, 1), np.float32), SR)
     (mono / "mixture.wav").unlink()
     tracks = find_tracks(musdb, "train")

@@ -15,10 +15,10 @@ import soundfile as sf
 import torch
 from safetensors import safe_open
 
-from stemsplit.model import TSBSMamba2
+from stemsplit.model import TSBSMamba2, TSBSMamba2Config, build_model
 from stemsplit.train import loop
-from stemsplit.train.loop import LrPlateau, export_safetensors, separation_loss
-from stemsplit.weights import load_model
+from stemsplit.train.loop import LrPlateau, separation_loss
+from stemsplit.weights import load_model, save_checkpoint
 
 TINY = "feature_dim = 16\nnum_repeat_mask = 1\nnum_repeat_map = 1\n"
 RATE = 44100
@@ -73,13 +73,18 @@ def test_lr_decays_after_patience_epochs_without_improvement():
 
 
 def test_exported_safetensors_load_with_metadata(tmp_path):
-    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1, num_output=2)
-    export_safetensors(model, tmp_path / "m.safetensors", ("vocals", "accompaniment"), epoch=3)
+    model = build_model(
+        "ts-bsmamba2",
+        TSBSMamba2Config(feature_dim=16, num_repeat_mask=1, num_repeat_map=1, num_output=2),
+        ("vocals", "accompaniment"),
+    )
+    save_checkpoint(model, tmp_path / "m.safetensors", epoch=3)
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
-        assert f.metadata()["epoch"] == "3"
+        assert f.metadata()["epoch"] == "3" and f.metadata()["architecture"] == "ts-bsmamba2"
     loaded = load_model(tmp_path / "m.safetensors")
     assert loaded.stems == ("vocals", "accompaniment")
     assert loaded.model.config == model.config
+    assert loaded.card.architecture == "ts-bsmamba2" and loaded.card.stages == 2
 
 
 # --- whole runs through the CLI --------------------------------------------------------------

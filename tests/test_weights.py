@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from weights_server import GOLDEN_WEIGHTS, FileServer, golden_ckpt_bytes, tiny_entry, write_registry
 
 from stemsplit import weights
+from stemsplit.card import MUSIC_STEMS
+from stemsplit.model import TSBSMamba2Config
 from stemsplit.weights import (
     CheckpointError,
     ChecksumError,
@@ -92,7 +94,7 @@ def test_shipped_registry_is_valid_and_one_file(monkeypatch):
     assert (ROOT / "weights.toml").resolve() == registry.path.resolve()  # root file is the packaged one
     entry = registry.models[registry.default]
     assert entry.name == "ts-musdb18hq"
-    assert entry.config == weights.TSBSMamba2Config()  # 128 features, 8 + 4 layers, 4 outputs
+    assert weights.entry_config(entry) == TSBSMamba2Config()  # 128 features, 8 + 4 layers, 4 outputs
     assert entry.stems == ("drums", "bass", "other", "vocals")
     assert entry.normalization == "none" and entry.sha256 == "" and not entry.light
     assert entry.filename == "model_bs_mamba2_ep_11_sdr_6.8723.ckpt"
@@ -152,9 +154,8 @@ def test_registry_field_typo_names_line_and_suggests(env):
     [
         ("normalization", "mean", "normalization must be one of none, meanstd"),
         ("sha256", "abc", "sha256 must be 64 hex digits"),
-        ("stems", ["a", "b"], "2 stems but the network has num_output = 4"),
         ("sample_rate", "44100", "field 'sample_rate' must be an integer, not str"),
-        ("architecture", "big", "architecture 'big' is not one of"),
+        ("stems", ["a", "a"], "stems must be a list of distinct, non-empty names"),
     ],
 )
 def test_registry_bad_value_names_line(env, field, value, message):
@@ -162,6 +163,35 @@ def test_registry_bad_value_names_line(env, field, value, message):
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith(f"{field} ="))
     with pytest.raises(RegistryError, match=rf"weights\.toml:{line}: \[models\.tiny\] {message}"):
         load_registry()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("stems", ["a", "b"], "num_output = 4, but 2 stems are named"),
+        ("architecture", "big", "unknown architecture 'big' \\(known: ts-bsmamba2"),
+        ("preset", "xl", "ts-bsmamba2 has no preset 'xl'"),
+        ("config", {"feature_dim": "wide"}, "ts-bsmamba2 config field feature_dim must be int"),
+        ("config", {"depth": 3}, "ts-bsmamba2 config has no field 'depth'"),
+    ],
+)
+def test_registry_architecture_is_checked_before_any_download(env, server, field, value, message):
+    """The registry parses without torch; the family and its config are checked when the model is
+    built, still naming the file and line, and before a byte is downloaded."""
+    path = registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt"), **{field: value}))
+    load_registry()  # parses: the architecture is not the registry's business
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith(f"{field} ="))
+    with pytest.raises(RegistryError, match=rf"weights\.toml:{line}: \[models\.tiny\] {message}"):
+        load_model("tiny", progress=False)
+    assert server.requests == [] and cached_files(env) == []
+
+
+def test_registry_written_before_families_still_loads(env, server):
+    """`architecture = "l-ts"` (a TS-BSMamba2 preset) was the schema before families."""
+    registry(env, tiny=tiny_entry(url=server.url("tiny.ckpt"), architecture="ts"))
+    entry = load_registry().get("tiny")
+    assert (entry.architecture, entry.preset) == ("ts-bsmamba2", "ts")
+    assert_golden(load_model("tiny", progress=False))
 
 
 def test_registry_missing_field_and_source(env):
@@ -493,7 +523,7 @@ def test_local_checkpoints_with_wrappers_and_metadata(tmp_path):
     assert_golden(loaded)
     assert (loaded.name, loaded.stems, loaded.normalization) == (
         "trainer.ckpt",
-        weights.DEFAULT_STEMS,
+        MUSIC_STEMS,
         "none",
     )
 

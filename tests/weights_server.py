@@ -138,7 +138,7 @@ def tiny_entry(**fields: object) -> dict[str, object]:
     """A registry table for the golden small model; ``fields`` add or override (e.g. url, sha256)."""
     entry: dict[str, object] = {
         "description": "golden small test model",
-        "architecture": "ts",
+        "architecture": "ts-bsmamba2",
         "config": dict(GOLDEN_CONFIG),
         "stems": ["drums", "bass", "other", "vocals"],
         "sample_rate": 44100,

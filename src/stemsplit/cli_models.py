@@ -37,10 +37,10 @@ def _size_text(entry) -> str:  # a weights.ModelEntry
         return f"{size / 1e6:.0f} MB"
     import torch
 
-    from .model import TSBSMamba2
+    from .model import build_model
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        model = TSBSMamba2.from_config(entry.config)
+        model = build_model(entry.architecture, weights.entry_config(entry), entry.stems)
     estimate = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return f"~{estimate / 1e6:.0f} MB"
 
@@ -67,7 +67,7 @@ def list_models(ctx: typer.Context) -> None:
         sdr = entry.sdr
         table.add_row(
             entry.name,
-            entry.architecture,
+            f"{entry.architecture} ({entry.preset})" if entry.preset else entry.architecture,
             ", ".join(entry.stems),
             _size_text(entry),
             "bundled" if entry.path else "yes" if weights.cached_path(entry.name) else "no",

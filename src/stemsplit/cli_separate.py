@@ -36,6 +36,7 @@ from rich.table import Table
 from .cli_common import EXAMPLES, EXIT_FAILED, EXIT_USAGE, err_console, error_line, one_line
 
 CPU_SECONDS_PER_WINDOW = 15.0  # TS (12 layers, N = 128) per 3 s window on 2 cores; see benchmarks/
+TS_PARAMETERS = 35.5e6  # the paper's TS: the estimate above scales with a model's size
 # Library option names -> the flags that set them (the library names problems, the CLI adds flags).
 FLAGS = {
     "window": "--window",
@@ -296,17 +297,20 @@ def _shard_for_torchrun(songs: list[Any], device: str) -> tuple[list[Any], str]:
 def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int:
     """Plan, check and separate; returns the exit status. Raises :class:`UsageError` for exit 2."""
     from .audio import AudioError, probe
+    from .card import DEFAULT_WINDOW
     from .output import OutputError, OutputOptions, plan_outputs
     from .settings import SeparationError, check_settings, choose_stems, parse_device
 
     # 1. settings
-    hop = args["hop"] if args["hop"] is not None else 0.5
+    hop = args["hop"]  # None: the model card's (0.5 s for both families)
     light_hop = args["light"] and args["model"] is None and args["hop"] is None
     try:
         options = OutputOptions(
             args["filename"], args["fmt"], args["bit_depth"], args["clip_mode"], args["overwrite"]
         )
-        check_settings(args["window"], hop, args["batch_size"], args["precision"], args["stage"])
+        # Before the model is known, its window is taken to be the usual one (both families' cards say 3 s).
+        window = args["window"] if args["window"] is not None else DEFAULT_WINDOW
+        check_settings(window, hop, args["batch_size"], args["precision"], args["stage"])
         parse_device(args["device"])
     except (OutputError, SeparationError) as exc:
         raise _usage(exc) from None
@@ -515,9 +519,10 @@ def _settings(separator, options, args: dict[str, Any], stems: list[str]) -> dic
 def _cpu_seconds_per_window(separator) -> float:
     import torch
 
-    cfg = separator.model.config
-    scale = (cfg.num_repeat_mask + cfg.num_repeat_map) / 12 * (cfg.feature_dim / 128) ** 1.5
-    return CPU_SECONDS_PER_WINDOW * scale * 2 / max(1, torch.get_num_threads())
+    # A first guess for the ETA until the first windows are timed; any family, by parameter count.
+    scale = sum(p.numel() for p in separator.model.parameters()) / TS_PARAMETERS
+    seconds = separator.window / separator.sample_rate / 3
+    return CPU_SECONDS_PER_WINDOW * scale * seconds * 2 / max(1, torch.get_num_threads())
 
 
 def _common_parent(paths) -> str:
@@ -558,13 +563,15 @@ def separation_command(batch: bool):
         out: Path = typer.Option(Path("stems"), "--out", "-o", help="Output folder."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
         light: bool = typer.Option(False, "--light", help="Fast mode: L-TS-BSMamba2, or a 1.5 s hop."),
-        window: float = typer.Option(3.0, help="Window length in seconds."),
-        hop: float = typer.Option(None, help="Hop between windows in seconds [default: 0.5]."),
+        window: float = typer.Option(None, help="Window length in seconds [default: the model's, 3]."),
+        hop: float = typer.Option(None, help="Hop between windows in seconds [default: the model's, 0.5]."),
         batch_size: int = typer.Option(None, "--batch-size", help="Windows per forward pass."),
         precision: InferencePrecision = typer.Option(
             None, help="auto: bf16 on CUDA and on CPUs with native bf16 [default: bf16 on CUDA, fp32 on CPU]"
         ),
-        stage: int = typer.Option(2, help="1: masked stems (sum to the mix); 2: final output."),
+        stage: int = typer.Option(
+            None, help="TS-BSMamba2: 1 = masked stems (sum to the mix), 2 = final output [default: final]."
+        ),
         exact: bool = typer.Option(False, "--exact", help="Correct stems to sum exactly to the input."),
         fmt: Format = typer.Option(Format.wav, "--format", help="Output format."),
         bit_depth: int = typer.Option(

@@ -34,7 +34,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .audio import AudioInfo, BlockResampler, downmix_to_stereo, probe, read_blocks
-from .model import TSBSMamba2
+from .card import ModelCard
 from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, StemWriter, plan_outputs
 from .settings import (
     MAX_CHANNELS,
@@ -52,7 +52,7 @@ from .settings import (
     choose_stems,
     parse_device,
 )
-from .weights import DEFAULT_STEMS, load_model
+from .weights import load_model
 
 __all__ = [
     "SeparationError",
@@ -350,70 +350,81 @@ def prefetch(iterator: Iterable, depth: int = 2) -> Iterator:
 
 
 class Separator:
-    """Separate songs with a TS-BSMamba2 model.
+    """Separate songs with any model stemsplit can load (TS-BSMamba2, BSRNN, ...).
 
     Args:
         model: a registry name, checkpoint path or URL (see :mod:`stemsplit.weights`),
-            or a :class:`TSBSMamba2` instance (then give ``stems`` and ``sample_rate``).
+            or a network with a ``card`` (see :mod:`stemsplit.card`; ``stems``,
+            ``sample_rate`` and ``normalization`` then replace the card's).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        window, hop: seconds (3 and 0.5 by default: the paper's protocol).
+        window, hop: seconds (default: the model card's, 3 and 0.5 for the paper's protocol).
         batch_size: windows per forward pass (default 1 on CPU; on CUDA sized from free memory).
         precision: ``fp32``, ``bf16`` or ``auto`` (bf16 on CUDA and on CPUs that compute it natively,
             see :func:`stemsplit.runtime.cpu_auto_precision`); default: bf16 on CUDA, fp32 on the CPU.
-        stage: 1 (masked stems, which sum to the mixture) or 2 (the paper's final output).
-        exact: correct stage-2 stems to sum exactly to the input (see :func:`share_residual`).
+        stage: which output of a multi-stage model (TS-BSMamba2: 1 = masked stems, which sum
+            to the mixture; 2 = the paper's final output); default: the last.
+        exact: correct the stems to sum exactly to the input (see :func:`share_residual`).
         progress: called with event dicts while separating.
         download_progress: show a progress bar on stderr while a model downloads.
 
-    Every setting is checked here, before anything runs: a bad one raises
-    :class:`SeparationError` with ``option`` naming it.
+    The model's card (``self.card``) says its stems, sample rate, normalisation
+    and shortest window. Every setting is checked here, before anything runs: a
+    bad one raises :class:`SeparationError` with ``option`` naming it.
     """
 
     def __init__(
         self,
-        model: str | os.PathLike | TSBSMamba2 | None = None,
+        model: str | os.PathLike | torch.nn.Module | None = None,
         *,
         device: str | torch.device = "auto",
-        window: float = 3.0,
-        hop: float = 0.5,
+        window: float | None = None,
+        hop: float | None = None,
         batch_size: int | None = None,
         precision: str | None = None,
-        stage: int = 2,
+        stage: int | None = None,
         exact: bool = False,
         light: bool = False,
         stems: Iterable[str] | None = None,
         sample_rate: int | None = None,
-        normalization: str = "none",
+        normalization: str | None = None,
         progress: ProgressCallback | None = None,
         download_progress: bool = True,
     ) -> None:
         check_settings(window, hop, batch_size, precision, stage)
         self.device = pick_device(device)
-        if isinstance(model, TSBSMamba2):
-            self.model = model
-            self.name = "custom"
-            self.stems = tuple(stems or DEFAULT_STEMS[: model.config.num_output])
-            self.sample_rate = check_sample_rate(sample_rate or model.config.sr)
-            self.normalization = normalization
+        if isinstance(model, torch.nn.Module):
+            card = getattr(model, "card", None)
+            if not isinstance(card, ModelCard):
+                raise SeparationError("a network given to Separator needs a ModelCard as .card", "model")
+            changes = {"stems": tuple(stems) if stems else None, "normalization": normalization}
+            if sample_rate is not None:
+                changes["sample_rate"] = check_sample_rate(sample_rate)
+            try:
+                self.card = replace(card, **{k: v for k, v in changes.items() if v is not None})
+            except ValueError as exc:
+                raise SeparationError(str(exc), "stems") from None
+            self.model, self.name = model, "custom"
         else:
             loaded = load_model(model, light=light, progress=download_progress)
-            self.model, self.name = loaded.model, loaded.name
-            self.stems, self.sample_rate = tuple(loaded.stems), loaded.sample_rate
-            self.normalization = loaded.normalization
-        if len(self.stems) != self.model.config.num_output:
-            raise SeparationError(
-                f"{len(self.stems)} stem names for a model with {self.model.config.num_output} outputs"
-            )
+            self.model, self.name, self.card = loaded.model, loaded.name, loaded.card
+        self.stems, self.sample_rate = self.card.stems, self.card.sample_rate
+        self.normalization = self.card.normalization
+        window = self.card.window if window is None else window
+        hop = min(self.card.hop, window) if hop is None else hop
+        check_settings(window, hop, batch_size, precision, stage)
         self.window = round(window * self.sample_rate)
         self.hop = round(hop * self.sample_rate)
-        if self.window < self.model.min_samples:
-            shortest = self.model.min_samples / self.sample_rate
+        if self.window < self.card.min_samples:
+            shortest = self.card.min_samples / self.sample_rate
             raise SeparationError(
                 f"{window:g} s is shorter than this model's minimum ({shortest:.3f} s)", "window"
             )
         if self.hop < 1:
             raise SeparationError(f"{hop:g} s is less than one sample at {self.sample_rate} Hz", "hop")
-        self.stage, self.exact = stage, exact
+        self.stage = self.card.stages if stage is None else stage
+        if self.stage > self.card.stages:
+            raise SeparationError(f"this model has {self.card.stages} stage(s), not {self.stage}", "stage")
+        self.exact = exact
         self.precision = resolve_precision(precision, self.device)
         self.model = self.model.to(self.device).eval()
         self.batch_size = batch_size or self._default_batch_size()
@@ -432,7 +443,8 @@ class Separator:
             return 1
         free, _ = torch.cuda.mem_get_info(self.device)
         # Rough activation footprint of one 3 s window of TS at N = 128 (fp32), scaled.
-        per_window = 1.5e9 * (self.window / 132300) * (self.model.config.feature_dim / 128)
+        features = getattr(self.model.config, "feature_dim", 128)
+        per_window = 1.5e9 * (self.window / 132300) * (features / 128)
         per_window *= 0.6 if self.precision == "bf16" else 1.0
         return int(max(1, min(32, free * 0.7 // per_window)))
 
@@ -443,13 +455,13 @@ class Separator:
         x = windows.to(self.device, non_blocking=True)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with torch.inference_mode(), autocast:
-            stage1, stage2 = self.model(x)
-        stems = (stage1 if self.stage == 1 else stage2).float()
-        if self.exact and self.stage == 2:
+            outputs = self.model(x)
+        stems = (outputs[self.stage - 1] if isinstance(outputs, tuple) else outputs).float()
+        if self.exact:
             mix = x.float()
             self._residual_energy += float((mix - stems.sum(dim=1)).square().sum())
             self._mix_energy += float(mix.square().sum())
-            stems = share_residual(mix, stems, self.model.config.win, self.model.config.stride)
+            stems = share_residual(mix, stems, *self.card.stft)
         return stems.cpu()
 
     def fingerprint(self) -> str:
@@ -465,7 +477,7 @@ class Separator:
 
     def residual_db(self) -> float | None:
         """exact=True: level of the residual that was shared out, relative to the mixture (dB), last song."""
-        if not (self.exact and self.stage == 2 and self._mix_energy > 0):
+        if not (self.exact and self._mix_energy > 0):
             return None
         return 10 * math.log10(max(self._residual_energy, 1e-30) / self._mix_energy)
 
@@ -594,7 +606,7 @@ class Separator:
                 f"{info.path}: {info.channels} channels; stemsplit separates mono or stereo "
                 "(downmix folds more channels down)"
             )
-        shortest = self.model.min_samples / self.sample_rate
+        shortest = self.card.min_samples / self.sample_rate
         if info.seconds < shortest:
             raise SeparationError(
                 f"{info.path}: too short ({info.seconds * 1000:.1f} ms; the model needs at least "

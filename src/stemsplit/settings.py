@@ -85,20 +85,28 @@ def choose_stems(
 
 
 def check_settings(
-    window: float, hop: float, batch_size: int | None, precision: str | None, stage: int
+    window: float | None,
+    hop: float | None,
+    batch_size: int | None,
+    precision: str | None,
+    stage: int | None,
 ) -> None:
-    """The engine's numeric settings, checked before a model is loaded (:class:`SeparationError`)."""
-    if not (math.isfinite(window) and 0 < window <= MAX_WINDOW_SECONDS):
+    """The engine's settings, checked before a model is loaded (:class:`SeparationError`).
+
+    None means "the model card's" (window, hop, stage) or "chosen for the device".
+    """
+    if window is not None and not (math.isfinite(window) and 0 < window <= MAX_WINDOW_SECONDS):
         raise SeparationError(
             f"must be more than 0 and at most {MAX_WINDOW_SECONDS:g} seconds, not {window:g}", "window"
         )
-    if not (math.isfinite(hop) and 0 < hop <= window):
+    if hop is not None and not (math.isfinite(hop) and 0 < hop <= (window or MAX_WINDOW_SECONDS)):
         raise SeparationError(
-            f"must be more than 0 and at most the window ({window:g} s), not {hop:g}", "hop"
+            f"must be more than 0 and at most the window ({window or MAX_WINDOW_SECONDS:g} s), not {hop:g}",
+            "hop",
         )
     if batch_size is not None and not (isinstance(batch_size, int) and 1 <= batch_size <= MAX_BATCH_SIZE):
         raise SeparationError(f"must be from 1 to {MAX_BATCH_SIZE}, not {batch_size}", "batch_size")
     if precision not in (None, "auto", "fp32", "bf16"):
         raise SeparationError(f"must be auto, fp32 or bf16, not {precision!r}", "precision")
-    if stage not in (1, 2):
+    if stage is not None and stage not in (1, 2):
         raise SeparationError(f"must be 1 or 2, not {stage}", "stage")

@@ -1,23 +1,29 @@
-"""The TS-BSMamba2 network. Sees tensors only: no files, no audio formats, no CLI."""
+"""The networks. Sees tensors only: no files, no audio formats, no CLI.
 
+``families`` is the architecture registry (every family by name); each family
+is one file (``ts_bsmamba2.py``); ``state_dict`` checks weights against a
+network; ``bands``, ``mamba2``, ``ssd`` and ``onednn`` are their layers and kernels.
+"""
+
+from .families import FAMILIES, Family, FamilyError, build_model, config_problem, family, make_config
 from .mamba2 import Mamba2
-from .ts_bsmamba2 import (
-    PRESETS,
-    StateDictMismatch,
-    TSBSMamba2,
-    TSBSMamba2Config,
-    check_state_dict,
-    config_from_state_dict,
-    unwrap_state_dict,
-)
+from .state_dict import StateDictMismatch, check_state_dict, unwrap_state_dict
+from .ts_bsmamba2 import PRESETS, TSBSMamba2, TSBSMamba2Config, config_from_state_dict
 
 __all__ = [
+    "FAMILIES",
     "PRESETS",
+    "Family",
+    "FamilyError",
     "Mamba2",
     "StateDictMismatch",
     "TSBSMamba2",
     "TSBSMamba2Config",
+    "build_model",
     "check_state_dict",
     "config_from_state_dict",
+    "config_problem",
+    "family",
+    "make_config",
     "unwrap_state_dict",
 ]

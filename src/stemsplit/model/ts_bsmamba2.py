@@ -26,24 +26,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..card import ModelCard, default_stem_names
 from . import onednn
 from .bands import EPS, BandMerge, BandSplit, band_widths, group_norm_last2
 from .mamba2 import Mamba2
+from .state_dict import StateDictMismatch, check_state_dict, summarise, unwrap_state_dict
 
-__all__ = [
-    "PRESETS",
-    "StateDictMismatch",
-    "TSBSMamba2",
-    "TSBSMamba2Config",
-    "check_state_dict",
-    "config_from_state_dict",
-]
+__all__ = ["ARCHITECTURE", "PRESETS", "TSBSMamba2", "TSBSMamba2Config", "config_from_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +53,8 @@ class TSBSMamba2Config:
     num_repeat_map: int = 4
     num_output: int = 4
 
+
+ARCHITECTURE = "ts-bsmamba2"  # its name in the architecture registry and in checkpoints
 
 PRESETS: dict[str, TSBSMamba2Config] = {
     "ts": TSBSMamba2Config(),
@@ -144,8 +141,8 @@ class DualPathBlock(nn.Module):
         return self.channel_comm(x.reshape(bc // channels, channels, k, t, n)).reshape(bc, k, t, n)
 
 
-class Separator(nn.Sequential):
-    """A stack of DualPathBlocks.
+class DualPathStack(nn.Sequential):
+    """A stack of DualPathBlocks (the reference calls it ``separator``; so do the state-dict keys).
 
     ``checkpoint_activations``: in training, keep only each block's input and
     recompute the block in the backward pass (less memory, ~30% more compute).
@@ -168,49 +165,43 @@ class TSBSMamba2(nn.Module):
     """Two-stage band-split Mamba-2 separator.
 
     Args:
-        sr: sample rate the model works at (fixes the band split).
-        win: STFT size (periodic Hann window of the same length).
-        stride: STFT hop.
-        feature_dim: N, features per band.
-        num_repeat_mask: DualNet layers of stage 1 (8 in TS, 4 in L-TS).
-        num_repeat_map: DualNet layers of stage 2 (4 in TS, 2 in L-TS).
-        num_output: S, number of sources.
+        config: the architecture (:class:`TSBSMamba2Config`; default: the paper's TS).
         mamba_backend: ``auto``/``portable``/``cuda`` for every Mamba-2 layer
             (``None``: the ``STEMSPLIT_MAMBA_BACKEND`` environment variable, else auto).
+        **fields: config fields to change, e.g. ``TSBSMamba2(feature_dim=16, num_output=2)``.
 
     ``model(mixture)`` with mixture [B, ch, samples] (ch = 2 for stereo; any
     count works, mono equals dual mono) returns ``(stage1, stage2)``, each
-    [B, S, ch, samples].
+    [B, S, ch, samples]. ``model.card`` describes it to the engine; its stem
+    names default to MUSDB's four (the loader sets a checkpoint's own).
     """
 
     def __init__(
-        self,
-        sr: int = 44100,
-        win: int = 2048,
-        stride: int = 512,
-        feature_dim: int = 128,
-        num_repeat_mask: int = 8,
-        num_repeat_map: int = 4,
-        num_output: int = 4,
-        mamba_backend: str | None = None,
+        self, config: TSBSMamba2Config | None = None, *, mamba_backend: str | None = None, **fields: int
     ) -> None:
         super().__init__()
-        self.config = TSBSMamba2Config(
-            sr, win, stride, feature_dim, num_repeat_mask, num_repeat_map, num_output
+        self.config = c = replace(config or TSBSMamba2Config(), **fields)
+        widths = band_widths(c.sr, c.win)
+        self.BN_mask = BandSplit(widths, c.feature_dim)
+        self.BN_map = BandSplit(widths, c.feature_dim)
+        self.separator_mask = DualPathStack(c.feature_dim, c.num_repeat_mask, mamba_backend)
+        self.separator_map = DualPathStack(c.feature_dim, c.num_repeat_map, mamba_backend)
+        self.in_conv = nn.Conv1d(2 * c.feature_dim, c.feature_dim, 1)
+        self.mask = BandMerge(widths, c.feature_dim, c.num_output)
+        self.map = BandMerge(widths, c.feature_dim, c.num_output)
+        self.register_buffer("window", torch.hann_window(c.win), persistent=False)
+        self.card = ModelCard(
+            architecture=ARCHITECTURE,
+            stems=default_stem_names(c.num_output),
+            sample_rate=c.sr,
+            min_samples=self.min_samples,
+            stft=(c.win, c.stride),
+            stages=2,
         )
-        widths = band_widths(sr, win)
-        self.BN_mask = BandSplit(widths, feature_dim)
-        self.BN_map = BandSplit(widths, feature_dim)
-        self.separator_mask = Separator(feature_dim, num_repeat_mask, mamba_backend)
-        self.separator_map = Separator(feature_dim, num_repeat_map, mamba_backend)
-        self.in_conv = nn.Conv1d(2 * feature_dim, feature_dim, 1)
-        self.mask = BandMerge(widths, feature_dim, num_output)
-        self.map = BandMerge(widths, feature_dim, num_output)
-        self.register_buffer("window", torch.hann_window(win), persistent=False)
 
     @classmethod
     def from_config(cls, config: TSBSMamba2Config, **kwargs) -> TSBSMamba2:
-        return cls(**asdict(config), **kwargs)
+        return cls(config, **kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TSBSMamba2:
@@ -218,7 +209,7 @@ class TSBSMamba2(nn.Module):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
         backend = overrides.pop("mamba_backend", None)
-        return cls.from_config(replace(PRESETS[name], **overrides), mamba_backend=backend)
+        return cls(replace(PRESETS[name], **overrides), mamba_backend=backend)
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Tensor], **kwargs) -> TSBSMamba2:
@@ -302,52 +293,6 @@ class TSBSMamba2(nn.Module):
 # --- state dicts -------------------------------------------------------------------------
 
 
-class StateDictMismatch(ValueError):
-    """A state dict does not fit the model; the message lists what differs."""
-
-
-def unwrap_state_dict(obj: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-    """Accept a plain state dict, or one as training tools save it.
-
-    Unwraps ``state_dict`` / ``state`` wrappers (Lightning, some trainers) and
-    strips the ``module.`` prefix that ``DataParallel``/DDP put on every key.
-    """
-    for wrapper in ("state_dict", "state"):
-        if wrapper in obj and isinstance(obj[wrapper], Mapping):
-            return unwrap_state_dict(obj[wrapper])
-    if obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):
-        return {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
-
-
-def _summarise(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def check_state_dict(model: TSBSMamba2, state_dict: Mapping[str, Tensor]) -> None:
-    """Raise :class:`StateDictMismatch` listing missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    misshaped = [
-        f"{k} {tuple(state_dict[k].shape)} (model: {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {_summarise(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_summarise(unexpected)}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} with wrong shape: {_summarise(misshaped)}")
-    if problems:
-        raise StateDictMismatch(
-            "state dict does not fit TS-BSMamba2 " + str(model.config) + ": " + "; ".join(problems)
-        )
-
-
 def _count_layers(state_dict: Mapping[str, Tensor], prefix: str) -> int:
     pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
     indices = {int(m.group(1)) for k in state_dict if (m := pattern.match(k))}
@@ -369,7 +314,7 @@ def config_from_state_dict(
     if absent:
         raise StateDictMismatch(
             f"not a TS-BSMamba2 state dict: no {', '.join(absent)} "
-            f"(first keys: {_summarise(list(state_dict), 5)})"
+            f"(first keys: {summarise(list(state_dict), 5)})"
         )
     n_bands = _count_layers(state_dict, "BN_mask")
     widths = [state_dict[f"BN_mask.{k}.0.weight"].shape[0] // 2 for k in range(n_bands)]

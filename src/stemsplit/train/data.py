@@ -31,11 +31,12 @@ import soundfile as sf
 import torch
 
 from ..audio import AudioError, libsndfile_reason, probe
+from ..card import MUSIC_STEMS
 from ..files import write_atomically
-from ..weights import DEFAULT_STEMS, cache_dir
+from ..weights import cache_dir
 
 __all__ = [
-    "DEFAULT_STEMS",
+    "MUSIC_STEMS",
     "DatasetError",
     "RemixDataset",
     "SalientIndex",
@@ -113,7 +114,7 @@ class Track:
         return mixture
 
 
-def find_tracks(root: str | Path, subset: str, stems: Sequence[str] = DEFAULT_STEMS) -> list[Track]:
+def find_tracks(root: str | Path, subset: str, stems: Sequence[str] = MUSIC_STEMS) -> list[Track]:
     """The tracks of ``ROOT/<subset>/<track>/{mixture,<stem>}.wav``, sorted by name.
 
     Every stem file is probed up front, so a broken dataset fails here with the
@@ -369,7 +370,7 @@ class RemixDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         tracks: Sequence[Track],
-        stems: Sequence[str] = DEFAULT_STEMS,
+        stems: Sequence[str] = MUSIC_STEMS,
         seconds: float = 3.0,
         epoch_size: int = 100_000,
         seed: int = 0,

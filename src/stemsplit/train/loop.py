@@ -43,18 +43,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
+from ..card import MUSIC_STEMS, default_stem_names
 from ..files import write_atomically
-from ..model import PRESETS, TSBSMamba2, TSBSMamba2Config
-from ..weights import DEFAULT_STEMS, WeightsError, torch_load_safely
+from ..model import PRESETS, TSBSMamba2Config, build_model, config_problem
+from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
+from ..weights import WeightsError, save_checkpoint, torch_load_safely
 
 __all__ = [
     "RECIPE_FIELDS",
     "LrPlateau",
     "TrainConfig",
     "TrainError",
-    "export_safetensors",
     "load_model_config",
     "separation_loss",
     "train",
@@ -75,7 +75,7 @@ class TrainConfig:
     out: Path = Path("runs/ts-bsmamba2")
     light: bool = False
     model_config: Path | None = None
-    stems: tuple[str, ...] = DEFAULT_STEMS
+    stems: tuple[str, ...] = MUSIC_STEMS
     epochs: int = 100
     epoch_size: int = 100_000
     batch_size: int = 16  # global, over all ranks
@@ -230,46 +230,17 @@ def load_model_config(path: Path | None, light: bool, num_output: int) -> TSBSMa
         )
     if overrides.get("stride", config.stride) >= overrides.get("win", config.win):
         raise TrainError(f"{path}: stride must be smaller than win (the STFT could not be inverted)")
-    problem = _build_problem(replace(config, **overrides))
-    if problem is not None:
+    stems = default_stem_names(num_output)
+
+    def problem(fields: dict[str, Any]) -> str | None:
+        return config_problem(TS_BSMAMBA2, replace(config, **fields), stems)
+
+    if problem(overrides) is not None:
         # Name the field(s) to blame: those that fail on their own, else all of them together.
-        alone = [key for key in overrides if _build_problem(replace(config, **{key: overrides[key]}))]
+        alone = [key for key in overrides if problem({key: overrides[key]})]
         blamed = ", ".join(f"{key} = {overrides[key]}" for key in alone or overrides)
-        raise TrainError(f"{path}: the network cannot be built with {blamed} ({problem})")
+        raise TrainError(f"{path}: the network cannot be built with {blamed} ({problem(overrides)})")
     return replace(config, **overrides)
-
-
-def _build_problem(config: TSBSMamba2Config) -> str | None:
-    """Why the network cannot be built or run with ``config``, or None when it can.
-
-    The full network is built on the meta device (shapes only, no memory); the
-    STFT, band split and merge are then run for real on a tiny network of the
-    same sample rate, STFT and outputs, which catches what only a forward pass
-    finds (bands without bins, an STFT that cannot be inverted).
-    """
-    try:
-        with torch.device("meta"):
-            TSBSMamba2.from_config(config)
-        tiny = TSBSMamba2.from_config(replace(config, feature_dim=16, num_repeat_mask=1, num_repeat_map=1))
-        with torch.no_grad():
-            tiny(torch.zeros(1, 1, 2 * config.win))
-    except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as exc:
-        return _first_line(exc)[:200]
-    return None
-
-
-def export_safetensors(model: TSBSMamba2, path: Path, stems: tuple[str, ...], **metadata: Any) -> None:
-    """Weights plus the metadata ``stemsplit --model PATH`` reads (stems, rate, STFT hop, normalisation)."""
-    meta = {
-        "stems": ",".join(stems),
-        "sample_rate": str(model.config.sr),
-        "stride": str(model.config.stride),
-        "normalization": "none",
-        "config": json.dumps(asdict(model.config)),
-        **{k: str(v) for k, v in metadata.items()},
-    }
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_atomically(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 # --- distributed --------------------------------------------------------------------------------
@@ -410,7 +381,7 @@ class Run:
             )
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.model = TSBSMamba2.from_config(model_config).to(self.device)
+        self.model = build_model(TS_BSMAMBA2, model_config, config.stems).to(self.device)
         if config.checkpoint_activations:
             self.model.checkpoint_activations()
         self.ddp = (
@@ -620,8 +591,8 @@ class Run:
             self.epoch, self.step = self.epoch + 1, 0
             if self.ranks.main:
                 if improved:
-                    export_safetensors(self.model, cfg.out / "best.safetensors", cfg.stems, epoch=self.epoch)
-                export_safetensors(self.model, cfg.out / "last.safetensors", cfg.stems, epoch=self.epoch)
+                    save_checkpoint(self.model, cfg.out / "best.safetensors", epoch=self.epoch)
+                save_checkpoint(self.model, cfg.out / "last.safetensors", epoch=self.epoch)
                 record = {
                     "epoch": self.epoch,
                     "global_step": self.global_step,

@@ -46,11 +46,11 @@ import soundfile as sf
 from scipy import fft as sp_fft
 from scipy import signal
 
-from ..weights import DEFAULT_STEMS
+from ..card import MUSIC_STEMS
 
 __all__ = ["STEMS", "Song", "SynthError", "generate_song", "song_seed", "write_dataset", "write_song"]
 
-STEMS: tuple[str, ...] = tuple(DEFAULT_STEMS)
+STEMS: tuple[str, ...] = tuple(MUSIC_STEMS)
 SUBSETS = ("train", "valid", "test")
 NAME_PREFIX = {"train": "song", "valid": "valid", "test": "test"}
 

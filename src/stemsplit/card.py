@@ -1,0 +1,72 @@
+"""What a model tells the engine about itself: its card. Importable without torch.
+
+Every network stemsplit runs carries a :class:`ModelCard` as ``model.card``
+(Demucs' ``model.sources`` / ``model.samplerate`` are the example): the stem
+names in output order, the sample rate it works at, how its input is
+normalised, the window and hop it was made for. The separation engine reads
+these from the model, never from a global, so a second family (BSRNN) or a
+checkpoint with other stems needs no change to the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_HOP",
+    "DEFAULT_WINDOW",
+    "MUSIC_STEMS",
+    "NORMALIZATIONS",
+    "ModelCard",
+    "default_stem_names",
+]
+
+# The four stems of MUSDB18 in the order the published TS-BSMamba2 checkpoints use;
+# the training data, the synthesiser and checkpoints without stem names default to them.
+MUSIC_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
+
+# "none": the model sees raw audio; "meanstd": the mono mix's whole-song mean and std are
+# taken out before the windows and put back after (see separate.song_stats).
+NORMALIZATIONS = ("none", "meanstd")
+
+
+# The paper's chunked protocol (BSRNN IV-C, TS-BSMamba2 likewise): 3 s windows every 0.5 s.
+DEFAULT_WINDOW, DEFAULT_HOP = 3.0, 0.5
+
+
+def default_stem_names(count: int) -> tuple[str, ...]:
+    """Names for a network's ``count`` outputs when nothing names them: MUSDB's four, else source0..."""
+    return MUSIC_STEMS if count == len(MUSIC_STEMS) else tuple(f"source{i}" for i in range(count))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A network's facts, as the engine needs them.
+
+    architecture: family name in the architecture registry (``ts-bsmamba2``, ``bsrnn``).
+    stems: output names, in the order of the network's stem axis.
+    sample_rate: Hz the network works at; the engine resamples to and from it.
+    min_samples: the shortest window the network accepts.
+    stages: how many outputs ``model(mixture)`` returns (TS-BSMamba2: 2, the last is final).
+    stft: (n_fft, hop) of the network's spectrogram, used to share a residual exactly.
+    normalization: one of :data:`NORMALIZATIONS`.
+    window, hop: recommended seconds per window and between windows (the paper's protocol).
+    channels: channel count the network was trained on (the engine down/up-mixes to it).
+    """
+
+    architecture: str
+    stems: tuple[str, ...]
+    sample_rate: int
+    min_samples: int
+    stft: tuple[int, int]
+    stages: int = 1
+    normalization: str = "none"
+    window: float = DEFAULT_WINDOW
+    hop: float = DEFAULT_HOP
+    channels: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.stems or len(set(self.stems)) != len(self.stems):
+            raise ValueError(f"stems must be distinct names, got {self.stems!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}")

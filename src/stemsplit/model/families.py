@@ -1,0 +1,162 @@
+"""The architecture registry: every network family stemsplit can build, by name.
+
+A family is one model file (``ts_bsmamba2.py``, ``bsrnn.py``) plus one
+:class:`Family` entry below. The entry says how to make the family's config
+from a preset and overrides (what ``weights.toml`` and ``train --arch`` give),
+how to build the network for a list of stems, and how to shrink a config for a
+quick trial run. Everything else (the engine, the loader, training, eval)
+works through ``model.card`` and ``model.config`` and never names a family.
+
+Adding a family: write ``model/NAME.py`` with a frozen config dataclass
+(integer/float/string fields, ``sr`` among them) and an ``nn.Module`` that
+takes it, carries ``config`` and ``card`` and maps a mixture
+[B, channels, samples] to stems [B, S, channels, samples] (or a tuple of such,
+one per stage, the last final); then add a :class:`Family` to ``FAMILIES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
+from .ts_bsmamba2 import PRESETS as TS_PRESETS
+from .ts_bsmamba2 import TSBSMamba2, TSBSMamba2Config
+
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "FamilyError",
+    "build_model",
+    "config_dict",
+    "config_problem",
+    "family",
+    "make_config",
+]
+
+
+class FamilyError(ValueError):
+    """An unknown family or preset, or a config the family cannot be built with (one line)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """One network family.
+
+    name: how ``weights.toml``, checkpoints and ``train --arch`` name it.
+    config_type: its frozen config dataclass.
+    presets: named configs; ``default_preset`` is used when none is named.
+    build: (config, stems) -> the network, its ``card.stems`` set to ``stems``.
+    stem_field: the config field that must equal the number of stems (or None).
+    shrink: config -> a tiny one with the same spectrogram and outputs (for quick checks).
+    """
+
+    name: str
+    summary: str
+    config_type: type
+    presets: Mapping[str, Any]
+    default_preset: str
+    build: Callable[[Any, tuple[str, ...]], nn.Module]
+    shrink: Callable[[Any], Any]
+    stem_field: str | None = None
+
+    def field_names(self) -> list[str]:
+        return [f.name for f in fields(self.config_type)]
+
+
+def _build_ts(config: TSBSMamba2Config, stems: tuple[str, ...]) -> TSBSMamba2:
+    model = TSBSMamba2(config)
+    model.card = replace(model.card, stems=stems)
+    return model
+
+
+FAMILIES: dict[str, Family] = {
+    TS_BSMAMBA2: Family(
+        name=TS_BSMAMBA2,
+        summary="TS-BSMamba2: two-stage band-split Mamba-2 (arXiv 2409.06245), all stems in one network",
+        config_type=TSBSMamba2Config,
+        presets=TS_PRESETS,
+        default_preset="ts",
+        build=_build_ts,
+        shrink=lambda c: replace(c, feature_dim=16, num_repeat_mask=1, num_repeat_map=1),
+        stem_field="num_output",
+    ),
+}
+
+
+def family(name: str) -> Family:
+    """The family called ``name``; :class:`FamilyError` listing the known ones otherwise."""
+    if name not in FAMILIES:
+        raise FamilyError(f"unknown architecture {name!r} (known: {', '.join(FAMILIES)})")
+    return FAMILIES[name]
+
+
+def make_config(
+    name: str,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    stems: Sequence[str] = (),
+) -> Any:
+    """The config of family ``name``: its ``preset`` (default preset if None) with ``overrides``.
+
+    ``stems`` (if given) sets the family's stem-count field. Field names and
+    value types are checked; :class:`FamilyError` names the first bad one.
+    """
+    fam = family(name)
+    preset = preset or fam.default_preset
+    if preset not in fam.presets:
+        raise FamilyError(f"{name} has no preset {preset!r} (presets: {', '.join(fam.presets)})")
+    base = fam.presets[preset]
+    overrides = dict(overrides or {})
+    known = fam.field_names()
+    for key, value in overrides.items():
+        if key not in known:
+            raise FamilyError(f"{name} config has no field {key!r} (fields: {', '.join(known)})")
+        wanted = type(getattr(base, key))
+        if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+            value = overrides[key] = float(value)
+        if not isinstance(value, wanted) or isinstance(value, bool) != (wanted is bool):
+            raise FamilyError(f"{name} config field {key} must be {wanted.__name__}, not {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+            raise FamilyError(f"{name} config field {key} must be positive, not {value!r}")
+    if stems and fam.stem_field:
+        count = overrides.get(fam.stem_field, len(stems))
+        if count != len(stems):
+            raise FamilyError(f"{fam.stem_field} = {count}, but {len(stems)} stems are named")
+        overrides[fam.stem_field] = len(stems)
+    return replace(base, **overrides)
+
+
+def config_problem(name: str, config: Any, stems: Sequence[str]) -> str | None:
+    """Why family ``name`` cannot be built or run with ``config``, or None when it can.
+
+    The full network is built on the meta device (shapes only, no memory); a
+    shrunk network of the same spectrogram and outputs then runs a short input
+    for real, which catches what only a forward pass finds (bands without bins,
+    an STFT that cannot be inverted).
+    """
+    fam = family(name)
+    try:
+        with torch.device("meta"):
+            fam.build(config, tuple(stems))
+        tiny = fam.build(fam.shrink(config), tuple(stems))
+        with torch.no_grad():
+            tiny(torch.zeros(1, 1, 2 * tiny.card.min_samples))
+    except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as exc:
+        text = str(exc).strip()
+        return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+    return None
+
+
+def build_model(name: str, config: Any, stems: Sequence[str]) -> nn.Module:
+    """Family ``name``'s network for ``config`` and ``stems`` (random weights, train mode)."""
+    return family(name).build(config, tuple(stems))
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config as a plain dict (what checkpoints store)."""
+    return asdict(config)

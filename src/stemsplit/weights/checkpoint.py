@@ -1,0 +1,318 @@
+"""Checkpoint files: safe reading, one metadata schema, and the network they hold.
+
+**Safe loading**: safetensors directly; pickled checkpoints (``.ckpt``, ``.pt``,
+``.pth``) only with ``torch.load(weights_only=True)``, so a file that needs
+arbitrary pickle code is refused before anything in it runs.
+
+**Metadata**: the one schema :func:`save_checkpoint` writes (``stemsplit train``
+exports with it) and :func:`read_info` reads. Safetensors metadata is strings:
+
+- ``architecture``: the family (:mod:`stemsplit.model.families`); absent in
+  files older than families, which are TS-BSMamba2
+- ``config``: JSON of the family's config; absent: inferred from the weights
+  (TS-BSMamba2 only, whose reference layout allows it)
+- ``stems``: comma-separated, in output order; absent: drums, bass, other,
+  vocals for 4 outputs, else source0, source1, ...
+- ``sample_rate``: Hz; absent: the config's ``sr``, else 44100
+- ``normalization``: ``none`` (default) or ``meanstd``
+- ``stride``: the STFT hop of a TS-BSMamba2 without ``config`` (default 512)
+
+Anything else (``epoch``, ``source``, ``source_sha256``, ...) is information kept in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import safe_open, save_file
+from torch import nn
+
+from ..card import NORMALIZATIONS, default_stem_names
+from ..files import write_atomically
+from ..model import families
+from ..model.state_dict import StateDictMismatch, check_state_dict, unwrap_state_dict
+from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
+from ..model.ts_bsmamba2 import config_from_state_dict
+from .errors import CheckpointError, UnsafeCheckpointError
+from .registry import CHECKPOINT_SUFFIXES
+
+__all__ = [
+    "CheckpointInfo",
+    "build_network",
+    "network_from_file",
+    "read_checkpoint",
+    "read_info",
+    "read_metadata",
+    "read_safetensors",
+    "save_checkpoint",
+    "torch_load_safely",
+]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _as_state_dict(obj: Any, label: str) -> dict[str, torch.Tensor]:
+    """Unwrap trainer wrappers and check that what is left maps names to tensors."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{label}: holds a {type(obj).__name__}, not a state dict")
+    state_dict = unwrap_state_dict(obj)
+    bad = [str(k) for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{label}: not a state dict: {', '.join(bad[:5])} are not tensors")
+    return dict(state_dict)
+
+
+def _where(path: Path, label: str | None) -> str:
+    """``label: path``, or just the path when the label is only its name (local files)."""
+    return str(path) if label in (None, path.name, str(path)) else f"{label}: {path}"
+
+
+def _unreadable(path: Path, label: str | None, exc: BaseException) -> CheckpointError:
+    return CheckpointError(f"{_where(path, label)}: not a readable checkpoint ({_load_failure(exc)})")
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The useful part of a torch.load error: its messages run to paragraphs of advice (including
+    "set weights_only=False", which we never want a user to read as a fix)."""
+    text = str(exc).strip()
+    if isinstance(exc, EOFError) or not text:
+        return "the file is empty or cut short"
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    first = text.splitlines()[0]
+    return first.split(". ", 1)[0].rstrip(".")
+
+
+def torch_load_safely(path: Path, label: str | None = None) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, no pickle code runs.
+
+    The one place stemsplit unpickles anything (checkpoints here, ``last.pt`` in
+    training). Raises :class:`UnsafeCheckpointError` for a file that needs code
+    (a class or function the weights-only unpickler does not allow) and
+    :class:`CheckpointError` for anything unreadable; both one line naming ``path``
+    (after ``label``, a model name, when given).
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # The weights-only unpickler stops at the first global (function or class) it does not allow.
+        blocked = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if blocked:
+            raise UnsafeCheckpointError(
+                f"{_where(path, label)}: refused: it needs arbitrary pickle code ({blocked.group(1)}); "
+                "only plain tensor checkpoints are accepted and nothing in it was run"
+            ) from None
+        raise _unreadable(path, label, exc) from None
+    except Exception as exc:  # torch.load raises many types on garbage: KeyError, RuntimeError, EOFError...
+        raise _unreadable(path, label, exc) from None
+
+
+def load_pickle(path: Path, label: str) -> dict[str, torch.Tensor]:
+    """A pickled state dict, loaded weights-only (see :func:`torch_load_safely`)."""
+    return _as_state_dict(torch_load_safely(path, label), label)
+
+
+def read_metadata(path: Path, label: str) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{_where(path, label)}: not a readable safetensors file ({exc})") from None
+
+
+def read_safetensors(path: Path, label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = dict(handle.metadata() or {})
+            state_dict = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{_where(path, label)}: not a readable safetensors file ({exc})") from None
+    return _as_state_dict(state_dict, label), metadata
+
+
+def read_checkpoint(path: Path, label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if path.suffix == ".safetensors":
+        return read_safetensors(path, label)
+    if path.suffix in CHECKPOINT_SUFFIXES:
+        return load_pickle(path, label), {}
+    known = ", ".join(CHECKPOINT_SUFFIXES)
+    raise CheckpointError(f"{label}: unknown checkpoint type {path.suffix!r} (known: {known})")
+
+
+# --- building models ------------------------------------------------------------------------
+
+
+# --- the metadata schema ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint's metadata says about the network in it (see the module docstring)."""
+
+    architecture: str = TS_BSMAMBA2
+    config: Mapping[str, Any] | None = None  # the family config's fields; None: infer from the weights
+    stems: tuple[str, ...] | None = None
+    sample_rate: int | None = None
+    normalization: str = "none"
+    stride: int | None = None  # legacy TS-BSMamba2 files without config
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+_SCHEMA = ("architecture", "config", "stems", "sample_rate", "normalization", "stride")
+
+
+def read_info(metadata: Mapping[str, str], label: str) -> CheckpointInfo:
+    """Parse and check the metadata of a checkpoint; one-line :class:`CheckpointError` naming ``label``."""
+
+    def whole_number(key: str) -> int | None:
+        value = metadata.get(key, "").strip()
+        if not value:
+            return None
+        if not value.isdigit() or int(value) == 0:
+            raise CheckpointError(f"{label}: metadata {key}={value!r} is not a positive whole number")
+        return int(value)
+
+    config = None
+    if metadata.get("config", "").strip():
+        try:
+            config = json.loads(metadata["config"])
+        except json.JSONDecodeError:
+            config = None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{label}: metadata config is not a JSON object")
+    stems = None
+    if metadata.get("stems", "").strip():
+        stems = tuple(s.strip() for s in metadata["stems"].split(","))
+        if not all(stems) or len(set(stems)) != len(stems):
+            raise CheckpointError(f"{label}: metadata stems={metadata['stems']!r} are not distinct names")
+    normalization = metadata.get("normalization", "").strip() or "none"
+    if normalization not in NORMALIZATIONS:
+        raise CheckpointError(f"{label}: metadata normalization={normalization!r} is not none or meanstd")
+    return CheckpointInfo(
+        architecture=metadata.get("architecture", "").strip() or TS_BSMAMBA2,
+        config=config,
+        stems=stems,
+        sample_rate=whole_number("sample_rate"),
+        normalization=normalization,
+        stride=whole_number("stride"),
+        extra={k: v for k, v in metadata.items() if k not in _SCHEMA},
+    )
+
+
+def save_checkpoint(model: nn.Module, path: Path, **extra: Any) -> None:
+    """Write ``model``'s weights and the metadata that makes the file loadable on its own.
+
+    The architecture, config, stems, sample rate and normalisation come from
+    ``model.card`` and ``model.config``; ``extra`` (epoch, scores, ...) is kept as strings.
+    """
+    card = model.card
+    metadata = {
+        "architecture": card.architecture,
+        "config": json.dumps(families.config_dict(model.config)),
+        "stems": ",".join(card.stems),
+        "sample_rate": str(card.sample_rate),
+        "normalization": card.normalization,
+        **{k: str(v) for k, v in extra.items()},
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomically(Path(path), lambda temp: save_file(state, str(temp), metadata=metadata))
+
+
+# --- the network a checkpoint holds ------------------------------------------------------------
+
+
+def _config_of(info: CheckpointInfo, state_dict: Mapping[str, torch.Tensor], label: str) -> Any:
+    """The family config from the metadata, or (old TS-BSMamba2 files) inferred from the weights."""
+    try:
+        if info.config is not None:
+            config = families.make_config(info.architecture, overrides=info.config)
+        elif info.architecture == TS_BSMAMBA2:
+            config = config_from_state_dict(
+                state_dict, sr=info.sample_rate or 44100, stride=info.stride or 512
+            )
+        else:
+            raise CheckpointError(
+                f"{label}: a {info.architecture} checkpoint needs its config in the metadata"
+            )
+    except (families.FamilyError, StateDictMismatch) as exc:
+        raise CheckpointError(f"{label}: {exc}") from None
+    if info.sample_rate is not None and getattr(config, "sr", info.sample_rate) != info.sample_rate:
+        raise CheckpointError(
+            f"{label}: metadata sample_rate={info.sample_rate} differs from config sr={config.sr}"
+        )
+    return config
+
+
+def build_network(
+    state_dict: Mapping[str, torch.Tensor],
+    architecture: str,
+    config: Any,
+    stems: tuple[str, ...],
+    label: str,
+    normalization: str = "none",
+    expected_by: str = "the checkpoint's metadata",
+) -> nn.Module:
+    """The network of ``architecture`` and ``config`` with these weights, in eval mode, card filled in.
+
+    A mismatch raises :class:`CheckpointError` naming the offending keys (and,
+    for TS-BSMamba2, which config fields the weights have instead).
+    """
+    try:
+        model = families.build_model(architecture, config, stems)
+    except (families.FamilyError, ValueError) as exc:
+        raise CheckpointError(f"{label}: {exc}") from None
+    try:
+        check_state_dict(model, state_dict)
+    except StateDictMismatch as exc:
+        raise CheckpointError(
+            f"{label}: architecture differs from {expected_by}: {_found(state_dict, model)}{exc}"
+        ) from None
+    model.load_state_dict(state_dict, strict=True)
+    model.card = replace(model.card, stems=stems, normalization=normalization)
+    return model.eval()
+
+
+def _found(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
+    """For a TS-BSMamba2 that does not fit: which config fields the weights have instead."""
+    if model.card.architecture != TS_BSMAMBA2:
+        return ""
+    config = model.config
+    try:
+        found = config_from_state_dict(state_dict, sr=config.sr, stride=config.stride)
+    except StateDictMismatch:
+        return ""
+    diff = ", ".join(
+        f"{name} {getattr(found, name)} (expected {getattr(config, name)})"
+        for name in families.family(TS_BSMAMBA2).field_names()
+        if getattr(found, name) != getattr(config, name)
+    )
+    return f"the checkpoint has {diff}; " if diff else ""
+
+
+def network_from_file(
+    state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str], label: str
+) -> nn.Module:
+    """A checkpoint without a registry entry: everything from its metadata (and, if old, its weights)."""
+    info = read_info(metadata, label)
+    config = _config_of(info, state_dict, label)
+    outputs = getattr(config, families.family(info.architecture).stem_field or "", None)
+    if info.stems is None and outputs is None:
+        raise CheckpointError(f"{label}: a {info.architecture} checkpoint needs its stems in the metadata")
+    stems = info.stems or default_stem_names(outputs)
+    if outputs is not None and len(stems) != outputs:
+        raise CheckpointError(
+            f"{label}: metadata names {len(stems)} stems but the network has {outputs} outputs"
+        )
+    return build_network(state_dict, info.architecture, config, stems, label, info.normalization)

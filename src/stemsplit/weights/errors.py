@@ -1,0 +1,51 @@
+"""Every error a user can get from loading weights; each message is one line."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheError",
+    "CheckpointError",
+    "ChecksumError",
+    "DownloadError",
+    "OfflineError",
+    "RegistryError",
+    "UnknownModelError",
+    "UnsafeCheckpointError",
+    "WeightsError",
+]
+
+
+class WeightsError(Exception):
+    """Base of every error a user can get from loading weights; the message is one line."""
+
+
+class RegistryError(WeightsError):
+    """The registry file is not valid TOML or has a bad or missing field (message: ``file:line: ...``)."""
+
+
+class UnknownModelError(WeightsError):
+    """No registry model, file or URL by that name."""
+
+
+class DownloadError(WeightsError):
+    """The network transfer failed (after retries)."""
+
+
+class OfflineError(WeightsError):
+    """Offline mode is on and the model is not in the cache."""
+
+
+class ChecksumError(WeightsError):
+    """A file's sha256 (or size) differs from the registry or from the hash recorded on first use."""
+
+
+class UnsafeCheckpointError(WeightsError):
+    """A pickled checkpoint needs arbitrary code to load; it was refused and nothing in it ran."""
+
+
+class CheckpointError(WeightsError):
+    """A checkpoint is unreadable, not a model stemsplit knows, or differs from its registry architecture."""
+
+
+class CacheError(WeightsError):
+    """The cache folder is unusable (a file, not creatable) or cannot be written when it must be."""

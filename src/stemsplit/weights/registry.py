@@ -1,0 +1,316 @@
+"""The model registry (``weights.toml``): which models stemsplit knows by name. Importable without torch.
+
+One ``[models.NAME]`` table per model says what to fetch (a URL, a Hugging Face
+file or a file shipped in the package), its hash, its architecture (a family
+of :mod:`stemsplit.model.families` and that family's config fields), its stems,
+sample rate and normalisation. Parsing checks every field and names the file
+and line of a bad one; the architecture itself is checked when the model is
+built (that needs torch), with the same ``file:line``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..card import NORMALIZATIONS
+from .errors import RegistryError, UnknownModelError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "ModelEntry",
+    "Registry",
+    "default_model_name",
+    "has_light_model",
+    "load_registry",
+    "registry_path",
+]
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+# Before families, `architecture` named a TS-BSMamba2 preset; such registries still load.
+LEGACY_ARCHITECTURES = {"ts": "ts-bsmamba2", "l-ts": "ts-bsmamba2"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def registry_path() -> Path:
+    """``$STEMSPLIT_REGISTRY`` or the ``weights.toml`` shipped inside the package."""
+    override = os.environ.get("STEMSPLIT_REGISTRY")
+    if override:
+        return Path(override).expanduser()
+    return Path(str(resources.files("stemsplit") / "weights.toml"))
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``[models.NAME]`` table of the registry, validated."""
+
+    name: str
+    description: str
+    architecture: str  # a family of the architecture registry (stemsplit.model.families), as written
+    preset: str | None  # a named config of that family; None: the family's default
+    config: Mapping[str, int | float | str]  # fields that differ from the preset (sr = sample_rate added)
+    stems: tuple[str, ...]
+    sample_rate: int
+    normalization: str
+    sha256: str  # lower-case hex, "" = trust on first use
+    license: str
+    light: bool = False
+    url: str | None = None
+    repo_id: str | None = None
+    path: Path | None = None  # a checkpoint shipped beside the registry (absolute once parsed)
+    filename: str = ""  # the published file's name (from the URL, the Hub repo path, or the local path)
+    revision: str | None = None
+    size: int | None = None
+    metrics: Mapping[str, Any] | None = None
+    lines: Mapping[str, str] = field(default_factory=dict)  # key -> "file:line", for later errors
+
+    def where(self, key: str) -> str:
+        """``file:line`` of ``key`` in the registry (for errors found when the model is built)."""
+        return self.lines.get(key) or self.lines.get("", "")
+
+    @property
+    def sdr(self) -> float | None:
+        """Published average SDR (dB), if the registry has one."""
+        value = (self.metrics or {}).get("sdr_avg")
+        return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The parsed registry: its file, the default model name and the models in file order."""
+
+    path: Path
+    default: str
+    models: Mapping[str, ModelEntry]
+
+    def get(self, name: str) -> ModelEntry:
+        if name not in self.models:
+            close = difflib.get_close_matches(name, list(self.models), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownModelError(
+                f"no model named {name!r} in {self.path}{hint}; known: {', '.join(self.models)} "
+                "(a checkpoint file or an http(s) URL works too)"
+            )
+        return self.models[name]
+
+    @property
+    def light_model(self) -> ModelEntry | None:
+        """The first model marked ``light = true``, or None."""
+        return next((m for m in self.models.values() if m.light), None)
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "description": str,
+    "architecture": str,
+    "preset": str,
+    "config": dict,
+    "stems": list,
+    "sample_rate": int,
+    "normalization": str,
+    "url": str,
+    "repo_id": str,
+    "path": str,
+    "filename": str,
+    "revision": str,
+    "sha256": str,
+    "size": int,
+    "license": str,
+    "light": bool,
+    "metrics": dict,
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "a table"}
+_REQUIRED = ("description", "architecture", "stems", "sample_rate", "normalization", "sha256", "license")
+
+
+class _Locator:
+    """Finds the line of a table or key in the registry text, so errors can name it.
+
+    tomllib gives line numbers only for syntax errors; for a bad value we look
+    the key up ourselves (good enough for the plain layout the registry uses).
+    """
+
+    _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]")
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line(self, table: str | None, key: str | None = None) -> int | None:
+        current: str | None = None
+        for number, raw in enumerate(self.lines, 1):
+            header = self._HEADER.match(raw)
+            if header:
+                current = re.sub(r"[\"'\s]", "", header.group(1))
+                if key is None and current == table:
+                    return number
+                continue
+            if current == table and key and re.match(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", raw):
+                return number
+        return self.line(table) if key and table else None
+
+    def error(self, message: str, table: str | None = None, key: str | None = None) -> RegistryError:
+        number = self.line(table, key)
+        where = f"{self.path}:{number}" if number else str(self.path)
+        return RegistryError(f"{where}: {message}")
+
+
+def load_registry(path: str | os.PathLike | None = None) -> Registry:
+    """Read and validate the registry (default: :func:`registry_path`); raise :class:`RegistryError`."""
+    path = Path(path) if path is not None else registry_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read the model registry ({exc.strerror or exc})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        if match:
+            raise RegistryError(f"{path}:{match.group(1)}: invalid TOML: {message}") from None
+        raise RegistryError(f"{path}: invalid TOML: {message}") from None
+    loc = _Locator(path, text)
+    unknown = sorted(set(data) - {"default", "models"})
+    if unknown:
+        raise loc.error(f"unknown top-level key {unknown[0]!r} (expected 'default' and [models.NAME] tables)")
+    models_table = data.get("models")
+    if not isinstance(models_table, dict) or not models_table:
+        raise loc.error("no [models.NAME] tables")
+    models = {name: _parse_entry(name, table, loc) for name, table in models_table.items()}
+    default = data.get("default")
+    if not isinstance(default, str):
+        raise loc.error("missing top-level 'default = \"NAME\"'", None, "default")
+    if default not in models:
+        raise loc.error(f"default model {default!r} has no [models.{default}] table", None, "default")
+    return Registry(path=path, default=default, models=models)
+
+
+def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
+    where = f"models.{name}"
+
+    def fail(message: str, key: str | None = None) -> RegistryError:
+        return loc.error(f"[{where}] {message}", where, key)
+
+    if not isinstance(table, dict):
+        raise fail("must be a table")
+    if not _NAME.match(name):
+        raise fail("model names may use letters, digits, '.', '_' and '-' only")
+    for key, value in table.items():
+        if key not in _FIELD_TYPES:
+            close = difflib.get_close_matches(key, list(_FIELD_TYPES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise fail(f"unknown field {key!r}{hint}", key)
+        expected = _FIELD_TYPES[key]
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise fail(f"field {key!r} must be {_TYPE_NAMES[expected]}, not {type(value).__name__}", key)
+    for key in _REQUIRED:
+        if key not in table:
+            raise fail(f"missing field {key!r}")
+
+    # The family and its config fields are checked when the model is built (stemsplit.model.families
+    # imports torch; the registry must not, so that `stemsplit --stems` is checked in a blink).
+    architecture, preset = table["architecture"], table.get("preset")
+    if architecture in LEGACY_ARCHITECTURES:  # registries written before there were families
+        architecture, preset = LEGACY_ARCHITECTURES[architecture], preset or architecture
+    overrides = table.get("config", {})
+    for key, value in overrides.items():
+        if not isinstance(value, int | float | str) or isinstance(value, bool):
+            raise fail(f"config.{key} must be a number or a string", "config")
+    sample_rate = table["sample_rate"]
+    if overrides.get("sr", sample_rate) != sample_rate:
+        raise fail(f"sample_rate {sample_rate} differs from config.sr {overrides['sr']}", "sample_rate")
+    if sample_rate <= 0:
+        raise fail("sample_rate must be a positive number of Hz", "sample_rate")
+
+    stems = table["stems"]
+    if not stems or not all(isinstance(s, str) and s for s in stems) or len(set(stems)) != len(stems):
+        raise fail("stems must be a list of distinct, non-empty names", "stems")
+    if table["normalization"] not in NORMALIZATIONS:
+        raise fail(f"normalization must be one of {', '.join(NORMALIZATIONS)}", "normalization")
+    sha256 = table["sha256"].strip().lower()
+    if sha256 and not _SHA256.match(sha256):
+        raise fail('sha256 must be 64 hex digits, or "" to trust the first download', "sha256")
+    if "size" in table and table["size"] <= 0:
+        raise fail("size must be a positive number of bytes", "size")
+
+    url = table.get("url")
+    repo_id = table.get("repo_id")
+    local = table.get("path")
+    if sum(bool(source) for source in (url, repo_id, local)) != 1:
+        raise fail("give exactly one source: url, repo_id + filename (+ revision), or path")
+    path = None
+    if local:
+        # Shipped files are verified on every load, so their hash must be known up front.
+        if not sha256:
+            raise fail("a local checkpoint (path) needs its sha256", "sha256")
+        if not local.endswith(".safetensors"):
+            raise fail(f"local checkpoint {local!r} must be a .safetensors file", "path")
+        path = (loc.path.resolve().parent / local).resolve()
+        filename = path.name
+    elif url:
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise fail(f"url must be http(s), got {url!r}", "url")
+        if "filename" in table or "revision" in table:
+            raise fail("filename and revision belong to Hugging Face sources (repo_id), not to url", "url")
+        filename = urllib.parse.unquote(parsed.path.rsplit("/", 1)[-1])
+    else:
+        filename = table.get("filename", "")
+        if not filename:
+            raise fail("a Hugging Face source needs filename", "repo_id")
+    if not filename.endswith(CHECKPOINT_SUFFIXES):
+        raise fail(f"checkpoint file {filename!r} must end in {', '.join(CHECKPOINT_SUFFIXES)}", "url")
+    for key, value in table.get("metrics", {}).items():
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise fail(f"metrics.{key} must be a number or a string", "metrics")
+
+    return ModelEntry(
+        name=name,
+        description=table["description"],
+        architecture=architecture,
+        preset=preset,
+        config={"sr": sample_rate, **overrides},
+        stems=tuple(stems),
+        sample_rate=sample_rate,
+        normalization=table["normalization"],
+        sha256=sha256,
+        license=table["license"],
+        light=table.get("light", False),
+        url=url,
+        repo_id=repo_id,
+        path=path,
+        filename=filename,
+        revision=table.get("revision"),
+        size=table.get("size"),
+        metrics=dict(table.get("metrics", {})),
+        lines={
+            key: f"{loc.path}:{loc.line(where, key or None) or '?'}"
+            for key in ("", "architecture", "preset", "config", "stems")
+        },
+    )
+
+
+def default_model_name(light: bool = False) -> str:
+    """The registry default, or its light model when ``light`` and the registry has one."""
+    registry = load_registry()
+    light_model = registry.light_model if light else None
+    return light_model.name if light_model else registry.default
+
+
+def has_light_model() -> bool:
+    """Whether the registry has a model marked ``light = true`` (``load_model(light=True)`` picks it)."""
+    return load_registry().light_model is not None
