@@ -1,5 +1,6 @@
-"""The TS-BSMamba2 network. Sees tensors only: no files, no audio formats, no CLI."""
+"""The networks (TS-BSMamba2, BSRNN). See tensors only: no files, no audio formats, no CLI."""
 
+from .bsrnn import BSRNN, TARGET_SCHEMES, BSRNNBag, BSRNNConfig
 from .mamba2 import Mamba2
 from .ts_bsmamba2 import (
     PRESETS,
@@ -12,7 +13,11 @@ from .ts_bsmamba2 import (
 )
 
 __all__ = [
+    "BSRNN",
     "PRESETS",
+    "TARGET_SCHEMES",
+    "BSRNNBag",
+    "BSRNNConfig",
     "Mamba2",
     "StateDictMismatch",
     "TSBSMamba2",
