@@ -161,6 +161,32 @@ def test_mask_depends_on_the_input():
     assert (out - quiet_low).abs().mean() > 0.1 * quiet_low.abs().mean()  # not the identity
 
 
+def test_mask_head_output_layout():
+    # fc2's outputs are (value, gate) x (real, imag) x bins: a head that puts out value = 1 + 0j and
+    # a saturated gate is the all-pass mask, and the model gives back its input (STFT round trip).
+    model = tiny()
+    with torch.no_grad():
+        for head in model.mask:
+            g = head.width
+            head.fc2.weight.zero_()
+            head.fc2.bias.copy_(torch.cat([torch.ones(g), torch.zeros(g), torch.full((2 * g,), 30.0)]))
+        x = noise(1, 2, 6000)
+        torch.testing.assert_close(model(x)[:, 0], x, rtol=1e-5, atol=1e-5)
+
+
+def test_state_dict_layout():
+    model = tiny()  # N = 16, V7 (first band 5 bins)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["band_split.0.norm.weight"] == (10,)
+    assert shapes["band_split.0.fc.weight"] == (16, 10)
+    assert shapes["layers.0.sequence.rnn.weight_ih_l0"] == (128, 16)  # 4 gates x 2N hidden
+    assert shapes["layers.0.band.rnn.weight_hh_l0_reverse"] == (128, 32)
+    assert shapes["layers.0.sequence.fc.weight"] == (16, 64)
+    assert shapes["mask.0.fc1.weight"] == (64, 16)
+    assert shapes["mask.40.fc2.weight"] == (4 * 96, 64)
+    assert set(shapes) == {name for name, _ in model.named_parameters()}  # no buffers are saved
+
+
 def test_scaling_the_input_scales_the_output():
     # The band split's GroupNorm removes the scale; the mask multiplies the unscaled spectrogram.
     model = tiny()
