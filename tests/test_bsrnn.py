@@ -11,7 +11,15 @@ from stemsplit.model.bsrnn import SCHEMES, band_edges_hz, band_widths, scheme_fo
 from stemsplit.train.losses import bsrnn_loss
 
 PAPER_COUNTS = {"v1": 22, "v2": 19, "v3": 14, "v4": 23, "v5": 28, "v6": 26, "v7": 41, "bass": 30, "drums": 55}
-OTHER_STFTS = [(48000, 2048), (32000, 2048), (22050, 1024), (16000, 512), (16000, 128), (8000, 64)]
+OTHER_STFTS = [
+    (48000, 2048),
+    (32000, 2048),
+    (22050, 1024),
+    (22050, 1023),
+    (16000, 512),
+    (16000, 128),
+    (8000, 64),
+]
 
 
 def tiny(bands: str = "v7", **overrides) -> BSRNN:
