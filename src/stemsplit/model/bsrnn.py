@@ -79,17 +79,21 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..card import ModelCard
 from .bands import EPS, group_norm_last2
 
 __all__ = [
+    "ARCHITECTURE",
     "BSRNN",
+    "PER_TARGET",
+    "PRESETS",
     "SCHEMES",
     "TARGET_SCHEMES",
     "TO_NYQUIST",
@@ -366,6 +370,15 @@ class BSRNNConfig:
     bands: str = "v7"  # a key of SCHEMES
 
 
+ARCHITECTURE = "bsrnn"  # its name in the architecture registry and in checkpoints
+PER_TARGET = "per-target"  # as a bag's `bands`: each member gets its target's scheme (TARGET_SCHEMES)
+
+PRESETS: dict[str, BSRNNConfig] = {
+    # The paper's models: N = 128, 12 modules, STFT 2048 / 512, the band scheme of each target.
+    "paper": BSRNNConfig(bands=PER_TARGET),
+}
+
+
 class BSRNN(nn.Module):
     """Band-split RNN extracting one target. ``model(mixture [B, ch, samples]) -> [B, 1, ch, samples]``.
 
@@ -445,7 +458,7 @@ class BSRNNBag(nn.Module):
     All members must work at the same sample rate (their STFTs may differ).
     """
 
-    def __init__(self, configs: Mapping[str, BSRNNConfig]) -> None:
+    def __init__(self, configs: Mapping[str, BSRNNConfig], config: BSRNNConfig | None = None) -> None:
         super().__init__()
         if not configs:
             raise ValueError("a BSRNNBag needs at least one target")
@@ -454,15 +467,32 @@ class BSRNNBag(nn.Module):
             raise ValueError(f"the members of a BSRNNBag must share one sample rate, got {sorted(rates)}")
         self.targets = nn.ModuleDict({stem: BSRNN(config) for stem, config in configs.items()})
         self.stems: tuple[str, ...] = tuple(configs)
+        # The config the bag was made from (what checkpoints store); by default its first member's.
+        self.config = config or next(iter(configs.values()))
+        first = next(iter(configs.values()))
+        self.card = ModelCard(
+            architecture=ARCHITECTURE,
+            stems=self.stems,
+            sample_rate=first.sr,
+            min_samples=self.min_samples,
+            stft=(first.n_fft, first.hop),
+        )
 
     @classmethod
-    def for_targets(cls, stems: Sequence[str], **overrides: object) -> BSRNNBag:
-        """One paper-configured model per stem, each with its scheme from TARGET_SCHEMES.
+    def for_targets(
+        cls, stems: Sequence[str], config: BSRNNConfig | None = None, **overrides: object
+    ) -> BSRNNBag:
+        """One model per stem from ``config`` (default: the paper's) with ``overrides``.
 
-        ``overrides`` change config fields of every member (``feature_dim=16``);
-        ``bands=...`` there gives every member that scheme.
+        A ``bands`` of :data:`PER_TARGET` gives each member its target's scheme
+        (TARGET_SCHEMES); any other scheme name gives every member that scheme.
         """
-        return cls({stem: BSRNNConfig(**{"bands": scheme_for_target(stem), **overrides}) for stem in stems})
+        config = replace(config or PRESETS["paper"], **overrides)
+        members = {
+            stem: replace(config, bands=scheme_for_target(stem)) if config.bands == PER_TARGET else config
+            for stem in stems
+        }
+        return cls(members, config)
 
     @property
     def min_samples(self) -> int:
