@@ -1,18 +1,22 @@
-"""The networks. Sees tensors only: no files, no audio formats, no CLI.
+"""The networks (TS-BSMamba2, BSRNN). Sees tensors only: no files, no audio formats, no CLI.
 
 ``families`` is the architecture registry (every family by name); each family
-is one file (``ts_bsmamba2.py``); ``state_dict`` checks weights against a
-network; ``bands``, ``mamba2``, ``ssd`` and ``onednn`` are their layers and kernels.
+is one file (``ts_bsmamba2.py``, ``bsrnn.py``); ``state_dict`` checks weights
+against a network; ``bands``, ``mamba2``, ``ssd`` and ``onednn`` are layers and kernels.
 """
 
+from .bsrnn import BSRNN, BSRNNBag, BSRNNConfig
 from .families import FAMILIES, Family, FamilyError, build_model, config_problem, family, make_config
 from .mamba2 import Mamba2
 from .state_dict import StateDictMismatch, check_state_dict, unwrap_state_dict
 from .ts_bsmamba2 import PRESETS, TSBSMamba2, TSBSMamba2Config, config_from_state_dict
 
 __all__ = [
+    "BSRNN",
     "FAMILIES",
     "PRESETS",
+    "BSRNNBag",
+    "BSRNNConfig",
     "Family",
     "FamilyError",
     "Mamba2",

@@ -23,6 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .bsrnn import ARCHITECTURE as BSRNN
+from .bsrnn import PRESETS as BSRNN_PRESETS
+from .bsrnn import BSRNNBag, BSRNNConfig
 from .ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from .ts_bsmamba2 import PRESETS as TS_PRESETS
 from .ts_bsmamba2 import TSBSMamba2, TSBSMamba2Config
@@ -84,6 +87,15 @@ FAMILIES: dict[str, Family] = {
         build=_build_ts,
         shrink=lambda c: replace(c, feature_dim=16, num_repeat_mask=1, num_repeat_map=1),
         stem_field="num_output",
+    ),
+    BSRNN: Family(
+        name=BSRNN,
+        summary="BSRNN: band-split RNN (Luo & Yu 2022), one network per stem, run as a bag",
+        config_type=BSRNNConfig,
+        presets=BSRNN_PRESETS,
+        default_preset="paper",
+        build=lambda config, stems: BSRNNBag.for_targets(stems, config),
+        shrink=lambda c: replace(c, feature_dim=8, num_layers=1),
     ),
 }
 
