@@ -1,8 +1,9 @@
-"""Seconds per 3 s stereo window through TS-BSMamba2 / L-TS-BSMamba2 (both stages).
+"""Seconds per 3 s stereo window through TS-BSMamba2 / L-TS-BSMamba2 (both stages), or BSRNN.
 
     python benchmarks/bench_model.py                      # TS and L-TS, CPU: 1 and 2 threads, fp32 and bf16
     python benchmarks/bench_model.py --presets l-ts --threads 2 --precisions fp32 --rounds 3
     python benchmarks/bench_model.py --device cuda --batch 16 --precisions bf16
+    python benchmarks/bench_model.py --arch bsrnn         # a row per target network (a 4-stem bag: all four)
 
 Randomly initialised weights: the cost does not depend on their values.
 Prints the machine, then one row per (model, threads, precision): seconds per
@@ -29,7 +30,8 @@ import time
 import torch
 from machine import describe
 
-from stemsplit.model import TSBSMamba2
+from stemsplit.model import build_model, make_config
+from stemsplit.model.bsrnn import TARGET_SCHEMES
 from stemsplit.runtime import cpu_bf16_support, tune_cpu_allocator
 
 
@@ -41,7 +43,8 @@ def sync(device: torch.device) -> None:
 def run_model(model, batch: torch.Tensor, precision: str) -> torch.Tensor:
     autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), autocast:
-        return model(batch)[1]
+        out = model(batch)
+        return out[-1] if isinstance(out, tuple) else out  # the final stage
 
 
 def time_model(model, batch: torch.Tensor, precision: str, repeats: int) -> tuple[float, torch.Tensor]:
@@ -66,7 +69,12 @@ def worker(args: argparse.Namespace) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     batch = torch.randn(args.batch, 2, round(args.seconds * 44100), device=device) * 0.1
-    model = TSBSMamba2.from_preset(args.worker, mamba_backend=args.backend).to(device).eval()
+    arch, preset, *target = args.worker.split(":")
+    stems = tuple(target) or ("drums", "bass", "other", "vocals")
+    if arch == "ts-bsmamba2":
+        os.environ["STEMSPLIT_MAMBA_BACKEND"] = args.backend
+    model = build_model(arch, make_config(arch, preset, {}, stems), stems).to(device).eval()
+    parameters = sum(p.numel() for p in model.parameters())
     seconds, out = time_model(model, batch, args.precision, args.repeats)
     load = os.getloadavg()[0]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -74,14 +82,18 @@ def worker(args: argparse.Namespace) -> None:
     if args.precision == "bf16":
         reference = run_model(model, batch, "fp32")
         error = ((out.float() - reference).norm() / reference.norm()).item()
-    print(json.dumps(dict(seconds=seconds, error=error, peak_mb=peak_mb, load=load)), flush=True)
+    print(
+        json.dumps(dict(seconds=seconds, error=error, peak_mb=peak_mb, load=load, params=parameters)),
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--presets", nargs="+", default=["ts", "l-ts"], choices=["ts", "l-ts"])
+    parser.add_argument("--arch", default="ts-bsmamba2", choices=["ts-bsmamba2", "bsrnn"])
+    parser.add_argument("--presets", nargs="+", default=None, help="[ts-bsmamba2: ts l-ts; bsrnn: paper]")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=1, help="windows per forward pass")
     parser.add_argument("--seconds", type=float, default=3.0, help="window length")
@@ -110,7 +122,11 @@ def main() -> None:
         print(f"native bf16: {cpu_bf16_support()[1]}")
     setup = f"batch {args.batch}, {args.backend} backend" + (", oneDNN off" if args.no_onednn else "")
     print(f"window {args.seconds} s stereo 44.1 kHz, {setup}; best of {args.repeats} x {args.rounds} rounds")
-    configs = [(p, t, prec) for p in args.presets for t in threads for prec in args.precisions]
+    if args.arch == "bsrnn":  # one model per target (other uses vocals' scheme: the same network)
+        models = [f"bsrnn:{p}:{t}" for p in args.presets or ["paper"] for t in TARGET_SCHEMES if t != "other"]
+    else:
+        models = [f"ts-bsmamba2:{p}" for p in args.presets or ["ts", "l-ts"]]
+    configs = [(m, t, prec) for m in models for t in threads for prec in args.precisions]
     best: dict[tuple, dict] = {}
     env = dict(os.environ, **({"STEMSPLIT_ONEDNN": "0"} if args.no_onednn else {}))
     for _ in range(args.rounds):
@@ -125,15 +141,16 @@ def main() -> None:
             if key not in best or result["seconds"] < best[key]["seconds"]:
                 best[key] = result
     print(
-        f"{'model':6} {'s/batch':>9} {'s/window':>9} {'windows/s':>10} {'threads':>7} {'prec':>5} "
-        f"{'bf16 err':>9} {'peak RSS':>9} {'load':>5}"
+        f"{'model':28} {'params':>7} {'s/batch':>9} {'s/window':>9} {'windows/s':>10} {'threads':>7} "
+        f"{'prec':>5} {'bf16 err':>9} {'peak RSS':>9} {'load':>5}"
     )
     for (preset, n_threads, precision), r in best.items():
         per_window = r["seconds"] / args.batch
         error = "-" if r["error"] is None else f"{r['error']:.1e}"
         print(
-            f"{preset:6} {r['seconds']:9.2f} {per_window:9.2f} {1 / per_window:10.2f} {n_threads:7d} "
-            f"{precision:>5} {error:>9} {r['peak_mb']:7.0f}MB {r['load']:5.2f}",
+            f"{preset:28} {r['params'] / 1e6:6.1f}M {r['seconds']:9.2f} {per_window:9.2f} "
+            f"{1 / per_window:10.2f} {n_threads:7d} {precision:>5} {error:>9} {r['peak_mb']:7.0f}MB "
+            f"{r['load']:5.2f}",
             flush=True,
         )
 

@@ -1,5 +1,6 @@
 """The training loop: loss, schedule, export, resume after SIGKILL, DDP on CPU."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,8 @@ from safetensors import safe_open
 
 from stemsplit.model import TSBSMamba2, TSBSMamba2Config, build_model
 from stemsplit.train import loop
-from stemsplit.train.loop import LrPlateau, separation_loss
+from stemsplit.train.loop import LrSchedule
+from stemsplit.train.losses import separation_loss
 from stemsplit.weights import load_model, save_checkpoint
 
 TINY = "feature_dim = 16\nnum_repeat_mask = 1\nnum_repeat_map = 1\n"
@@ -33,9 +35,9 @@ def test_loss_equals_hand_computation():
     for s in range(4):
         spec = torch.stft(target[:, s].reshape(-1, 8192), 2048, 512, window=window, return_complex=True)
         expected += spec.real.abs().mean() + spec.imag.abs().mean() + target[:, s].abs().mean()
-    loss = separation_loss(estimate, estimate, target)
+    loss = separation_loss((estimate, estimate), target)
     assert loss.item() == pytest.approx(2 * expected.item(), rel=1e-5)  # two stages
-    assert separation_loss(target, target, target).item() == 0
+    assert separation_loss((target, target), target).item() == 0
 
 
 def test_thirty_steps_reduce_the_loss_on_a_fixed_batch():
@@ -49,7 +51,7 @@ def test_thirty_steps_reduce_the_loss_on_a_fixed_batch():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(30):
-        loss = separation_loss(*model(mixture), targets)
+        loss = separation_loss(model(mixture), targets)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -61,13 +63,13 @@ def test_thirty_steps_reduce_the_loss_on_a_fixed_batch():
 def test_lr_decays_after_patience_epochs_without_improvement():
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.Adam([param], lr=1.0)
-    plateau = LrPlateau(optimizer, factor=0.8, patience=2)
+    plateau = LrSchedule(optimizer, factor=0.8, patience=2)
     assert plateau.step(1.0) and optimizer.param_groups[0]["lr"] == 1.0
     assert not plateau.step(0.5) and optimizer.param_groups[0]["lr"] == 1.0
     assert not plateau.step(0.9) and optimizer.param_groups[0]["lr"] == pytest.approx(0.8)
     assert plateau.step(1.1)
     state = plateau.state_dict()
-    other = LrPlateau(optimizer)
+    other = LrSchedule(optimizer)
     other.load_state_dict(state)
     assert other.state_dict() == state
 
@@ -238,3 +240,93 @@ def test_two_process_ddp_on_cpu(dataset, tmp_path):
     log = read_log(out)
     assert log[-1] == {"event": "finished", "ranks_agree": True, "world": 2}
     assert log[0]["epoch"] == 1
+
+
+# --- BSRNN: the same commands, its own recipe ---------------------------------------------------
+
+
+def test_step_schedule_and_early_stopping_count():
+    """BSRNN's schedule: x0.98 every 2 epochs whatever the score; epochs since the best are counted."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=1.0)
+    schedule = LrSchedule(optimizer, "step", factor=0.5, every=2)
+    assert schedule.step(1.0) and optimizer.param_groups[0]["lr"] == 1.0
+    assert schedule.step(2.0) and optimizer.param_groups[0]["lr"] == 0.5  # improving, still decayed
+    assert not schedule.step(1.0) and not schedule.step(1.5)
+    assert optimizer.param_groups[0]["lr"] == 0.25 and schedule.since_best == 2
+    with pytest.raises(ValueError, match="plateau or step"):
+        LrSchedule(optimizer, "cosine")
+
+
+def test_bsrnn_recipe_is_the_papers_and_flags_win():
+    config = loop.TrainConfig.for_arch("bsrnn", musdb=Path("m"), lr=None, early_stop=3)
+    assert (config.lr_schedule, config.lr_decay, config.lr_every, config.lr) == ("step", 0.98, 2, 1e-3)
+    assert config.early_stop == 3 and config.clip_norm == 5.0 and config.seconds == 3.0
+    assert loop.TrainConfig.for_arch(musdb=Path("m")).lr_schedule == "plateau"  # TS-BSMamba2's
+
+
+def bsrnn_args(dataset, out, *extra):
+    (dataset / "bsrnn-tiny.toml").write_text("feature_dim = 8\nnum_layers = 1\n")
+    args = train_args(dataset, out, "--arch", "bsrnn", *extra)
+    args[args.index("--model-config") + 1] = dataset / "bsrnn-tiny.toml"
+    return args
+
+
+def test_bsrnn_trains_resumes_and_separates_as_a_bag(dataset, tmp_path):
+    out = tmp_path / "bsrnn"
+    first = run_cli(bsrnn_args(dataset, out, "--epochs", "1"))
+    assert first.returncode == 0, first.stderr
+    again = run_cli(bsrnn_args(dataset, out, "--epochs", "2", "--resume"))
+    assert again.returncode == 0 and "resumed" in again.stderr, again.stderr
+    assert [r["epoch"] for r in read_log(out)] == [1, 2]
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["global_step"] == 8 and set(json.loads(state["model_config"])) >= {"architecture", "bands"}
+
+    loaded = load_model(out / "last.safetensors")  # by path: the metadata says what to build
+    assert loaded.card.architecture == "bsrnn" and loaded.stems == ("drums", "bass", "other", "vocals")
+    assert [m.config.bands for m in loaded.model.targets.values()] == ["drums", "bass", "v7", "v7"]
+    weights = torch.load(out / "last.pt", weights_only=True)["model"]
+    for key, value in loaded.model.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
+
+    # Separated through the CLI, and loaded by a registry entry naming the same file.
+    song = tmp_path / "song.wav"
+    sf.write(song, sf.read(dataset / "train" / "Song A" / "mixture.wav")[0][: 2 * RATE], RATE)
+    result = subprocess.run(
+        [shutil.which("stemsplit"), str(song), "-o", str(tmp_path / "stems"), "--model",
+         str(out / "last.safetensors"), "--window", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in (tmp_path / "stems" / "song").iterdir())
+    assert written == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+    assert all(np.abs(sf.read(tmp_path / "stems" / "song" / n)[0]).max() > 0 for n in written)
+
+    registry = tmp_path / "weights.toml"
+    shutil.copy(out / "last.safetensors", tmp_path / "mine.safetensors")
+    digest = hashlib.sha256((tmp_path / "mine.safetensors").read_bytes()).hexdigest()
+    registry.write_text(
+        'default = "mine"\n[models.mine]\ndescription = "tiny BSRNN"\narchitecture = "bsrnn"\n'
+        'config = { feature_dim = 8, num_layers = 1 }\nstems = ["drums", "bass", "other", "vocals"]\n'
+        f'sample_rate = 44100\nnormalization = "none"\npath = "mine.safetensors"\nsha256 = "{digest}"\n'
+        'license = "MIT"\n'
+    )
+    env = {**os.environ, "STEMSPLIT_REGISTRY": str(registry)}
+    check = "from stemsplit.weights import load_model; m = load_model('mine', progress=False); print(m.card)"
+    shown = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert shown.returncode == 0 and "architecture='bsrnn'" in shown.stdout, shown.stderr
+
+
+def test_bsrnn_one_target_model(dataset, tmp_path):
+    """--target vocals: one network, trained on remixes of all four stems, outputs vocals only."""
+    out = tmp_path / "vocals"
+    result = run_cli(bsrnn_args(dataset, out, "--epochs", "1", "--target", "vocals"))
+    assert result.returncode == 0, result.stderr
+    loaded = load_model(out / "best.safetensors")
+    assert loaded.stems == ("vocals",) and list(loaded.model.targets) == ["vocals"]
+    bad = run_cli(bsrnn_args(dataset, tmp_path / "piano", "--epochs", "1", "--target", "piano"))
+    assert bad.returncode == 1 and "--target piano is not one of --stems" in bad.stderr
+    unknown = run_cli(train_args(dataset, tmp_path / "x", "--arch", "transformer"))
+    assert unknown.returncode == 2 and "unknown architecture 'transformer'" in unknown.stderr

@@ -191,7 +191,7 @@ def test_impossible_model_config_is_one_line_naming_file_and_field(tmp_path, tex
     path = tmp_path / "arch.toml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(TrainError) as info:
-        load_model_config(path, light=False, num_output=4)
+        load_model_config(path)
     assert str(info.value).startswith(f"{path}: {message}")
     assert "\n" not in str(info.value)
 

@@ -9,30 +9,83 @@ import typer
 from .cli_common import EXIT_USAGE, Precision, err_console, fail
 
 
+def _default(name: str) -> str:
+    """``[default: X]`` from TrainConfig, the one home of the recipe's numbers (BSRNN's: RECIPES)."""
+    from dataclasses import fields
+
+    from .train.loop import RECIPES, TrainConfig
+
+    value = next(f.default for f in fields(TrainConfig) if f.name == name)
+    shown = "none" if value is None else value
+    bsrnn = RECIPES["bsrnn"].get(name)
+    return f"[default: {shown}" + (f"; bsrnn: {bsrnn}]" if bsrnn is not None else "]")
+
+
 def train_command(
     musdb: Path = typer.Option(
         ..., help="MUSDB18-HQ root (train/<track>/<stem>.wav), or any folder so laid out."
     ),
-    out: Path = typer.Option(Path("runs/ts-bsmamba2"), "--out", "-o", help="Run folder: checkpoints, logs."),
-    light: bool = typer.Option(False, "--light", help="Train L-TS-BSMamba2 (4 + 2 layers)."),
-    model_config: Path = typer.Option(None, help="TOML overriding TSBSMamba2Config fields."),
-    stems: str = typer.Option("drums,bass,other,vocals", help="Stem files per track, in output order."),
-    epochs: int = typer.Option(100, min=1),
-    epoch_size: int = typer.Option(100_000, min=1, help="Samples per epoch."),
-    batch_size: int = typer.Option(16, min=1, help="Global batch (split over torchrun processes)."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    lr_decay: float = typer.Option(0.8, help="Factor after --patience epochs without improvement."),
-    patience: int = typer.Option(2, min=1),
-    clip_norm: float = typer.Option(5.0, help="Gradient-norm clipping."),
-    seconds: float = typer.Option(3.0, help="Training crop length."),
-    workers: int = typer.Option(4, min=0, help="Data-loading processes per rank."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help="auto, cpu, cuda (torchrun: one GPU per process)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder: checkpoints, logs [default: runs/ARCH]."),
+    arch: str = typer.Option("ts-bsmamba2", help="Network family: ts-bsmamba2 or bsrnn."),
+    preset: str = typer.Option(None, help="The family's named config (ts-bsmamba2: ts, l-ts; bsrnn: paper)."),
+    light: bool = typer.Option(False, "--light", help="TS-BSMamba2's L-TS preset (4 + 2 layers)."),
+    model_config: Path = typer.Option(None, help="TOML overriding the family's config fields."),
+    stems: str = typer.Option(
+        None, help="Stem files per track, in output order [default: drums,bass,other,vocals]."
+    ),
+    target: str = typer.Option(
+        None, help="The stems the model outputs: all, or one (BSRNN: one per model). " + _default("target")
+    ),
+    epochs: int = typer.Option(None, min=1, help=_default("epochs")),
+    epoch_size: int = typer.Option(None, min=1, help="Samples per epoch. " + _default("epoch_size")),
+    batch_size: int = typer.Option(
+        None, min=1, help="Global batch (split over torchrun processes). " + _default("batch_size")
+    ),
+    lr: float = typer.Option(None, help="Adam learning rate. " + _default("lr")),
+    lr_schedule: str = typer.Option(
+        None,
+        help="plateau (decay after --patience bad epochs) or step (every --lr-every). "
+        + _default("lr_schedule"),
+    ),
+    lr_decay: float = typer.Option(None, help="Learning-rate factor at each decay. " + _default("lr_decay")),
+    patience: int = typer.Option(
+        None, min=1, help="plateau: epochs without improvement before a decay. " + _default("patience")
+    ),
+    lr_every: int = typer.Option(None, min=1, help="step: epochs between decays. " + _default("lr_every")),
+    early_stop: int = typer.Option(
+        None, min=1, help="Stop after N epochs without a better validation score. " + _default("early_stop")
+    ),
+    clip_norm: float = typer.Option(None, help="Gradient-norm clipping. " + _default("clip_norm")),
+    seconds: float = typer.Option(None, help="Training crop length (s). " + _default("seconds")),
+    gain_db: float = typer.Option(
+        None, help="Remix: each stem's gain uniform in +-this (dB). " + _default("gain_db")
+    ),
+    drop_prob: float = typer.Option(
+        None, help="Remix: probability that a stem is left out. " + _default("drop_prob")
+    ),
+    sad_seconds: float = typer.Option(
+        None, help="Activity detection: salient segment length (s). " + _default("sad_seconds")
+    ),
+    sad_quantile: float = typer.Option(
+        None, help="Activity detection: energy quantile threshold. " + _default("sad_quantile")
+    ),
+    workers: int = typer.Option(None, min=0, help="Data-loading processes per rank. " + _default("workers")),
+    seed: int = typer.Option(None, help=_default("seed")),
+    device: str = typer.Option(
+        None, help="auto, cpu, cuda (torchrun: one GPU per process). " + _default("device")
+    ),
     precision: Precision = typer.Option(None, help="[default: bf16 on CUDA, fp32 on CPU]"),
     checkpoint_activations: bool = typer.Option(False, help="Recompute blocks in backward: less memory."),
-    save_every_minutes: float = typer.Option(30.0, help="Checkpoint this often within an epoch too."),
+    save_every_minutes: float = typer.Option(
+        None, help="Checkpoint this often within an epoch too. " + _default("save_every_minutes")
+    ),
     save_every_steps: int = typer.Option(None, help="...or every N steps."),
-    valid_hop: float = typer.Option(0.5, help="Hop of the chunked validation protocol (s)."),
+    valid_window: float = typer.Option(
+        None, help="Window of the chunked validation protocol (s). " + _default("valid_window")
+    ),
+    valid_hop: float = typer.Option(
+        None, help="Hop of the chunked validation protocol (s). " + _default("valid_hop")
+    ),
     valid_tracks: int = typer.Option(None, help="Validate on at most N tracks."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out exactly where it stopped."
@@ -46,14 +99,16 @@ def train_command(
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Train TS-BSMamba2 with the paper's recipe; resumable; scales with torchrun.
+    """Train TS-BSMamba2 or BSRNN with its paper's recipe; resumable; scales with torchrun.
 
     \b
     stemsplit train --musdb ~/data/musdb18hq -o runs/ts
     stemsplit train --musdb ~/data/musdb18hq -o runs/ts --resume
     stemsplit train --musdb ~/data/musdb18hq -o runs/ts --resume --override --lr 5e-4
+    stemsplit train --musdb ~/data/musdb18hq --arch bsrnn --target vocals -o runs/bsrnn-vocals
     torchrun --nproc-per-node 8 -m stemsplit train --musdb ~/data/musdb18hq -o runs/ts
     """
+    given = dict(locals())  # the flags as given: None = the recipe's default (TrainConfig.for_arch)
     from .train.data import DatasetError
     from .train.loop import TrainConfig, TrainError
     from .train.loop import train as run_training
@@ -61,32 +116,16 @@ def train_command(
     if override and not resume:
         raise fail("--override only applies with --resume", EXIT_USAGE)
 
-    config = TrainConfig(
-        musdb=musdb,
-        out=out,
-        light=light,
-        model_config=model_config,
-        stems=tuple(s.strip() for s in stems.split(",") if s.strip()),
-        epochs=epochs,
-        epoch_size=epoch_size,
-        batch_size=batch_size,
-        lr=lr,
-        lr_decay=lr_decay,
-        patience=patience,
-        clip_norm=clip_norm,
-        seconds=seconds,
-        workers=workers,
-        seed=seed,
-        device=device,
-        precision=precision.value if precision else None,
-        checkpoint_activations=checkpoint_activations,
-        save_every_minutes=save_every_minutes,
-        save_every_steps=save_every_steps,
-        valid_hop=valid_hop,
-        valid_tracks=valid_tracks,
-        resume=resume,
-        override=override,
-    )
+    from .model import FAMILIES
+
+    if arch not in FAMILIES:
+        raise fail(f"--arch: unknown architecture {arch!r} (known: {', '.join(FAMILIES)})", EXIT_USAGE)
+    for flag in ("debug", "arch", "stems", "precision"):
+        given.pop(flag)
+    given["out"] = out or Path("runs") / (arch if not target or target == "all" else f"{arch}-{target}")
+    given["stems"] = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
+    given["precision"] = precision.value if precision else None
+    config = TrainConfig.for_arch(arch, **given)
     try:
         run_training(config, log=lambda text: err_console.print(text))
     except (TrainError, DatasetError) as exc:
@@ -94,4 +133,4 @@ def train_command(
             raise
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
-        raise fail(f"interrupted; continue with --resume -o {out}", 130) from None
+        raise fail(f"interrupted; continue with --resume -o {config.out}", 130) from None

@@ -1,6 +1,8 @@
-"""Training TS-BSMamba2 with the paper's recipe (Bai et al. 2024, Sec. III; BSRNN data pipeline).
+"""Training any family with its paper's recipe: TS-BSMamba2 (Bai et al. 2024, Sec. III) and BSRNN
+(Luo & Yu, Sec. IV-A), which share BSRNN's data pipeline and loss.
 
-Recipe (every value a field of :class:`TrainConfig`, every field a CLI flag):
+Recipe (every value a field of :class:`TrainConfig` with one default, every field a CLI flag;
+:data:`RECIPES` holds where a family's paper differs from TS-BSMamba2's):
 
 - data: MUSDB18-HQ train split minus the 14 MUSDB validation tracks, BSRNN
   remixing of salient 3 s crops (:mod:`stemsplit.train.data`), 100k samples an epoch;
@@ -8,6 +10,10 @@ Recipe (every value a field of :class:`TrainConfig`, every field a CLI flag):
   parts plus L1 of the waveform; stage 1 + stage 2 (:func:`separation_loss`);
 - Adam, lr 1e-3, x0.8 after 2 epochs without validation improvement, gradient
   norm clipped at 5, global batch 16, 100 epochs; bf16 autocast on CUDA;
+- BSRNN: one network per target (``--target vocals``, or ``all``: a bag of
+  the four trained side by side), lr x0.98 every 2 epochs, early stopping after
+  10 epochs without a better validation score, 160k samples an epoch (10000
+  batches of 2 on 8 GPUs);
 - validation every epoch: uSDR of whole validation tracks separated with the
   3 s / 0.5 s chunked protocol.
 
@@ -35,24 +41,25 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from ..card import MUSIC_STEMS, default_stem_names
+from ..card import MUSIC_STEMS
 from ..files import write_atomically
-from ..model import PRESETS, TSBSMamba2Config, build_model, config_problem
+from ..model import FamilyError, build_model, config_problem, family, make_config
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..weights import WeightsError, save_checkpoint, torch_load_safely
+from .losses import separation_loss
 
 __all__ = [
+    "RECIPES",
     "RECIPE_FIELDS",
-    "LrPlateau",
+    "LrSchedule",
     "TrainConfig",
     "TrainError",
     "load_model_config",
@@ -72,18 +79,28 @@ class TrainError(Exception):
 @dataclass
 class TrainConfig:
     musdb: Path
-    out: Path = Path("runs/ts-bsmamba2")
+    out: Path = Path("runs")
+    arch: str = TS_BSMAMBA2  # a family of stemsplit.model.families
+    preset: str | None = None  # the family's named config (None: its default; --light: l-ts)
     light: bool = False
     model_config: Path | None = None
-    stems: tuple[str, ...] = MUSIC_STEMS
+    stems: tuple[str, ...] = MUSIC_STEMS  # the dataset's stems, all mixed into the mixture
+    target: str = "all"  # the stems the model outputs: all, or one (BSRNN: one network per target)
     epochs: int = 100
     epoch_size: int = 100_000
     batch_size: int = 16  # global, over all ranks
     lr: float = 1e-3
+    lr_schedule: str = "plateau"  # plateau: x lr_decay after `patience` bad epochs; step: every lr_every
     lr_decay: float = 0.8
     patience: int = 2
+    lr_every: int = 2
+    early_stop: int | None = None  # stop after this many epochs without a better validation score
     clip_norm: float = 5.0
     seconds: float = 3.0
+    gain_db: float = 10.0  # remix: each stem's gain uniform in +-gain_db
+    drop_prob: float = 0.1  # remix: each stem silent with this probability
+    sad_seconds: float = 6.0  # source activity detection: salient segments of this length ...
+    sad_quantile: float = 0.15  # ... above this quantile of a track's chunk energies
     workers: int = 4
     seed: int = 0
     device: str = "auto"
@@ -100,6 +117,29 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
+    @classmethod
+    def for_arch(cls, arch: str = TS_BSMAMBA2, **given: Any) -> TrainConfig:
+        """The recipe of ``arch``'s paper, with the fields in ``given`` (None: not given) changed."""
+        chosen = {k: v for k, v in given.items() if v is not None}
+        return cls(**{"arch": arch, **RECIPES.get(arch, {}), **chosen})
+
+    @property
+    def model_stems(self) -> tuple[str, ...]:
+        """The stems the model outputs: every dataset stem, or the one ``target``."""
+        return self.stems if self.target == "all" else (self.target,)
+
+
+# Where a family's paper trains differently from TS-BSMamba2 (the TrainConfig defaults): BSRNN Sec. IV-A.
+RECIPES: dict[str, dict[str, Any]] = {
+    "bsrnn": {
+        "lr_schedule": "step",
+        "lr_decay": 0.98,
+        "lr_every": 2,
+        "early_stop": 10,
+        "epoch_size": 160_000,
+    },
+}
+
 
 # Fields that change what a run computes: ``--resume`` refuses to change them without ``--override``
 # (the architecture -- --light, --model-config, and --stems' count -- cannot change even then: the
@@ -111,13 +151,21 @@ class TrainConfig:
 RECIPE_FIELDS = (
     "musdb",
     "stems",
+    "target",
     "epoch_size",
     "batch_size",
     "lr",
+    "lr_schedule",
     "lr_decay",
     "patience",
+    "lr_every",
+    "early_stop",
     "clip_norm",
     "seconds",
+    "gain_db",
+    "drop_prob",
+    "sad_seconds",
+    "sad_quantile",
     "seed",
     "precision",
     "valid_window",
@@ -126,81 +174,93 @@ RECIPE_FIELDS = (
 )
 
 
-# --- loss -----------------------------------------------------------------------------------
-
-
-def separation_loss(
-    stage1: torch.Tensor, stage2: torch.Tensor, targets: torch.Tensor, n_fft: int = 2048, hop: int = 512
-) -> torch.Tensor:
-    """Paper eq. (3)-(4): sum over both stages and all sources of
-    L1(Re STFT) + L1(Im STFT) + L1(waveform), each a mean absolute error.
-
-    stage1, stage2, targets: [B, S, C, T].
-    """
-    with torch.autocast(targets.device.type, enabled=False):
-        return _stage_loss(stage1.float(), targets.float(), n_fft, hop) + _stage_loss(
-            stage2.float(), targets.float(), n_fft, hop
-        )
-
-
-def _stage_loss(estimate: torch.Tensor, target: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
-    window = torch.hann_window(n_fft, device=target.device)
-
-    def spec(x: torch.Tensor) -> torch.Tensor:
-        """[B, S, C, T] -> [B, S, C, F, frames] complex."""
-        z = torch.stft(x.flatten(0, 2), n_fft, hop, window=window, return_complex=True)
-        return z.reshape(*x.shape[:3], *z.shape[-2:])
-
-    est_spec, ref_spec = spec(estimate), spec(target)
-    loss = estimate.new_zeros(())
-    for i in range(target.shape[1]):
-        loss = loss + F.l1_loss(est_spec[:, i].real, ref_spec[:, i].real)
-        loss = loss + F.l1_loss(est_spec[:, i].imag, ref_spec[:, i].imag)
-        loss = loss + F.l1_loss(estimate[:, i], target[:, i])
-    return loss
-
-
 # --- learning-rate schedule -------------------------------------------------------------------
 
 
-class LrPlateau:
-    """Multiply the learning rate by ``factor`` after ``patience`` epochs without a new best score."""
+class LrSchedule:
+    """The learning rate after each epoch's validation score, and whether to stop early.
 
-    def __init__(self, optimizer: torch.optim.Optimizer, factor: float = 0.8, patience: int = 2) -> None:
-        self.optimizer, self.factor, self.patience = optimizer, factor, patience
+    ``plateau`` (TS-BSMamba2): multiply by ``factor`` after ``patience`` epochs
+    without a new best score; ``step`` (BSRNN): multiply by ``factor`` every
+    ``every`` epochs. Either way ``since_best`` counts the epochs since the best
+    score, for early stopping.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        mode: str = "plateau",
+        factor: float = 0.8,
+        patience: int = 2,
+        every: int = 2,
+    ) -> None:
+        if mode not in ("plateau", "step"):
+            raise ValueError(f"learning-rate schedule must be plateau or step, not {mode!r}")
+        self.optimizer, self.mode, self.factor, self.patience, self.every = (
+            optimizer,
+            mode,
+            factor,
+            patience,
+            every,
+        )
         self.best = -math.inf
-        self.bad_epochs = 0
+        self.bad_epochs = 0  # plateau: epochs without a new best since the last decay
+        self.since_best = 0
+        self.epochs = 0
 
     def step(self, score: float) -> bool:
         """Record an epoch's validation score (higher is better); True if it is a new best."""
-        if score > self.best:
-            self.best, self.bad_epochs = score, 0
-            return True
-        self.bad_epochs += 1
-        if self.bad_epochs >= self.patience:
-            for group in self.optimizer.param_groups:
-                group["lr"] *= self.factor
+        self.epochs += 1
+        improved = score > self.best
+        if improved:
+            self.best, self.bad_epochs, self.since_best = score, 0, 0
+        else:
+            self.bad_epochs += 1
+            self.since_best += 1
+        if self.mode == "plateau" and self.bad_epochs >= self.patience:
+            self._decay()
             self.bad_epochs = 0
-        return False
+        elif self.mode == "step" and self.epochs % self.every == 0:
+            self._decay()
+        return improved
+
+    def _decay(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.factor
 
     def state_dict(self) -> dict[str, float]:
-        return {"best": self.best, "bad_epochs": self.bad_epochs}
+        return {
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "since_best": self.since_best,
+            "epochs": self.epochs,
+        }
 
     def load_state_dict(self, state: dict[str, float]) -> None:
+        # Runs saved before early stopping have only best and bad_epochs.
         self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
+        self.since_best, self.epochs = int(state.get("since_best", 0)), int(state.get("epochs", 0))
 
 
 # --- model and files ---------------------------------------------------------------------------
 
 
-def load_model_config(path: Path | None, light: bool, num_output: int) -> TSBSMamba2Config:
-    """The preset (``ts`` or ``l-ts``) with fields overridden by a TOML file of TSBSMamba2Config names.
+def load_model_config(
+    path: Path | None,
+    arch: str = TS_BSMAMBA2,
+    preset: str | None = None,
+    stems: tuple[str, ...] = MUSIC_STEMS,
+) -> Any:
+    """The family's preset with fields overridden by a TOML file of its config names (e.g. TSBSMamba2Config).
 
     Every problem with the file -- unreadable, not TOML, an unknown field, a value
     of the wrong type or one the network cannot be built with -- is a one-line
     :class:`TrainError` naming the file and the field.
     """
-    config = replace(PRESETS["l-ts" if light else "ts"], num_output=num_output)
+    try:
+        config = make_config(arch, preset, {}, stems)
+    except FamilyError as exc:
+        raise TrainError(str(exc)) from None
     if path is None:
         return config
     if sys.version_info >= (3, 11):
@@ -214,26 +274,35 @@ def load_model_config(path: Path | None, light: bool, num_output: int) -> TSBSMa
         raise TrainError(f"{path}: cannot read model config ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise TrainError(f"{path}: not a valid TOML model config ({exc})") from None
-    names = [f.name for f in fields(TSBSMamba2Config)]
+    names = family(arch).field_names()
     for key, value in overrides.items():
         if key not in names:
             raise TrainError(f"{path}: unknown model config field {key!r} (known: {', '.join(names)})")
-        if not isinstance(value, int) or isinstance(value, bool):
-            shown = json.dumps(value) if isinstance(value, str | bool | float) else type(value).__name__
+        expected = type(getattr(config, key))
+        shown = json.dumps(value) if isinstance(value, str | bool | float) else type(value).__name__
+        if expected is str and not isinstance(value, str):
+            raise TrainError(f"{path}: {key} must be a name in quotes, not {shown}")
+        if expected is int and (not isinstance(value, int) or isinstance(value, bool)):
             raise TrainError(f"{path}: {key} must be a whole number, not {shown}")
-        if value < 1:
+        if expected is int and value < 1:
             raise TrainError(f"{path}: {key} must be at least 1, not {value}")
-    if overrides.get("num_output", num_output) != num_output:
+    stem_field = family(arch).stem_field
+    if stem_field and overrides.get(stem_field, len(stems)) != len(stems):
         raise TrainError(
-            f"{path}: num_output = {overrides['num_output']}, but --stems names {num_output} stems "
-            "(leave num_output out: --stems sets it)"
+            f"{path}: {stem_field} = {overrides[stem_field]}, but --stems names {len(stems)} stems "
+            f"(leave {stem_field} out: --stems sets it)"
         )
-    if overrides.get("stride", config.stride) >= overrides.get("win", config.win):
-        raise TrainError(f"{path}: stride must be smaller than win (the STFT could not be inverted)")
-    stems = default_stem_names(num_output)
+    for hop, size in (("stride", "win"), ("hop", "n_fft")):  # the STFT fields of the families
+        if hop in names and overrides.get(hop, getattr(config, hop)) >= overrides.get(
+            size, getattr(config, size)
+        ):
+            raise TrainError(f"{path}: {hop} must be smaller than {size} (the STFT could not be inverted)")
 
     def problem(fields: dict[str, Any]) -> str | None:
-        return config_problem(TS_BSMAMBA2, replace(config, **fields), stems)
+        try:
+            return config_problem(arch, replace(config, **fields), stems)
+        except FamilyError as exc:
+            return str(exc)
 
     if problem(overrides) is not None:
         # Name the field(s) to blame: those that fail on their own, else all of them together.
@@ -354,19 +423,33 @@ class Run:
             )
 
         # The model config first: a bad file fails at once, not after the salient-segment index.
-        model_config = load_model_config(config.model_config, config.light, len(config.stems))
+        if config.target != "all" and config.target not in config.stems:
+            raise TrainError(f"--target {config.target} is not one of --stems ({', '.join(config.stems)})")
+        preset = config.preset or ("l-ts" if config.light and config.arch == TS_BSMAMBA2 else None)
+        if config.light and config.arch != TS_BSMAMBA2:
+            raise TrainError(f"--light is TS-BSMamba2's small preset; {config.arch} has presets: --preset")
+        model_config = load_model_config(config.model_config, config.arch, preset, config.model_stems)
+        self.target_index = [config.stems.index(stem) for stem in config.model_stems]
         tracks = find_tracks(config.musdb, "train", config.stems)
         self.train_tracks, self.valid_tracks = split_train_valid(tracks, validation_names(config.musdb))
         if not self.train_tracks:
             raise TrainError(f"{config.musdb}: no training tracks left after the validation split")
         if config.valid_tracks is not None:
             self.valid_tracks = self.valid_tracks[: config.valid_tracks]
-        index = SalientIndex.build(self.train_tracks, config.stems) if self.ranks.main else None
+        sad = {"segment_seconds": config.sad_seconds, "quantile": config.sad_quantile}
+        index = SalientIndex.build(self.train_tracks, config.stems, **sad) if self.ranks.main else None
         if self.ranks.world > 1:
             dist.barrier()  # rank 0 built the cache; the others read it
-            index = index or SalientIndex.build(self.train_tracks, config.stems)
+            index = index or SalientIndex.build(self.train_tracks, config.stems, **sad)
         self.dataset = RemixDataset(
-            self.train_tracks, config.stems, config.seconds, config.epoch_size, config.seed, index=index
+            self.train_tracks,
+            config.stems,
+            config.seconds,
+            config.epoch_size,
+            config.seed,
+            index=index,
+            gain_db=(-config.gain_db, config.gain_db),
+            drop_prob=config.drop_prob,
         )
 
         if self.dataset.sample_rate != model_config.sr:
@@ -381,8 +464,10 @@ class Run:
             )
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.model = build_model(TS_BSMAMBA2, model_config, config.stems).to(self.device)
+        self.model = build_model(config.arch, model_config, config.model_stems).to(self.device)
         if config.checkpoint_activations:
+            if not hasattr(self.model, "checkpoint_activations"):
+                raise TrainError(f"--checkpoint-activations: {config.arch} does not support it")
             self.model.checkpoint_activations()
         self.ddp = (
             torch.nn.parallel.DistributedDataParallel(
@@ -392,7 +477,12 @@ class Run:
             else self.model
         )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.plateau = LrPlateau(self.optimizer, config.lr_decay, config.patience)
+        try:
+            self.schedule = LrSchedule(
+                self.optimizer, config.lr_schedule, config.lr_decay, config.patience, config.lr_every
+            )
+        except ValueError as exc:
+            raise TrainError(f"--lr-schedule: {exc}") from None
         self.epoch, self.step, self.global_step = 0, 0, 0
         config.out.mkdir(parents=True, exist_ok=True)
         self.last_path = config.out / "last.pt"
@@ -412,13 +502,13 @@ class Run:
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "plateau": self.plateau.state_dict(),
+            "plateau": self.schedule.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "global_step": self.global_step,
             "rng": _rng_state(),
             "config": json.dumps(self.config.to_json()),
-            "model_config": json.dumps(asdict(self.model.config)),
+            "model_config": json.dumps({"architecture": self.config.arch, **asdict(self.model.config)}),
         }
 
     def save(self) -> None:
@@ -462,7 +552,8 @@ class Run:
 
     def _resume(self) -> None:
         state = self._load_checkpoint()
-        architecture = asdict(self.model.config)
+        architecture = {"architecture": self.config.arch, **asdict(self.model.config)}
+        state["model_config"].setdefault("architecture", TS_BSMAMBA2)  # runs saved before families
         changes = self._recipe_changes(state["config"])
         if changes and not self.config.override:
             raise TrainError(
@@ -476,13 +567,13 @@ class Run:
                 if architecture.get(key) != value
             )
             raise TrainError(
-                f"--resume: {self.last_path} holds another architecture ({differ}); --light, "
-                "--model-config and the number of --stems must be those of the run"
+                f"--resume: {self.last_path} holds another architecture ({differ}); --arch, --preset, "
+                "--light, --model-config, --target and the number of --stems must be those of the run"
             )
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.plateau.load_state_dict(state["plateau"])
+            self.schedule.load_state_dict(state["plateau"])
             self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
             _set_rng_state(state["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -520,8 +611,9 @@ class Run:
         )
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with autocast:
-            stage1, stage2 = self.ddp(mixture)
-        loss = separation_loss(stage1, stage2, targets, self.model.config.win, self.model.config.stride)
+            outputs = self.ddp(mixture)
+        targets = targets[:, self.target_index]  # BSRNN --target: one stem of the remix
+        loss = separation_loss(outputs, targets, *self.model.card.stft)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
@@ -540,7 +632,6 @@ class Run:
             device=self.device,
             window=self.config.valid_window,
             hop=self.config.valid_hop,
-            stems=self.config.stems,
             precision=self.precision,
         )
         try:
@@ -553,7 +644,7 @@ class Run:
         cfg = self.config
         last_save = time.monotonic()
         log_path = cfg.out / "log.jsonl"
-        while self.epoch < cfg.epochs:
+        while self.epoch < cfg.epochs and not self._stopped_early():
             self.model.train()
             started, losses = time.perf_counter(), []
             bar = self._progress_bar()
@@ -587,7 +678,7 @@ class Run:
             score = self.validate() if self.ranks.main else 0.0
             score = self._broadcast(score)
             lr = self.optimizer.param_groups[0]["lr"]
-            improved = self.plateau.step(score)
+            improved = self.schedule.step(score)
             self.epoch, self.step = self.epoch + 1, 0
             if self.ranks.main:
                 if improved:
@@ -622,6 +713,17 @@ class Run:
                         + "\n"
                     )
             dist.destroy_process_group()
+
+    def _stopped_early(self) -> bool:
+        """BSRNN's early stopping: --early-stop epochs without a better validation score end the run."""
+        patience = self.config.early_stop
+        if not patience or self.schedule.since_best < patience:
+            return False
+        self.log(
+            f"stopped early after epoch {self.epoch}: no better validation score in {patience} epochs "
+            f"(best {self.schedule.best:.2f} dB: best.safetensors)"
+        )
+        return True
 
     def _progress_bar(self):
         """A tqdm bar on rank 0 when stderr is a terminal; None otherwise (progress lines instead)."""
