@@ -283,15 +283,10 @@ def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> li
 
 def _shard_for_torchrun(songs: list[Any], device: str) -> tuple[list[Any], str]:
     """Under torchrun, each rank takes every WORLD_SIZE-th song and its own GPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return songs, device
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        import torch
+    from .runtime import torchrun_ranks
 
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    return songs[rank::world], device
+    ranks = torchrun_ranks()  # device "auto" then means this process's GPU (runtime.pick_device)
+    return songs[ranks.rank :: ranks.world], device
 
 
 def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int:
@@ -348,7 +343,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
 
     # 4. the model (importing torch takes seconds: everything above must not need it)
     from . import weights
-    from .separate import Separator, pick_device
+    from .runtime import pick_device
+    from .separate import Separator
     from .weights import UnknownModelError
 
     try:

@@ -1,8 +1,10 @@
-"""Process-wide settings that make PyTorch inference fast on the CPU, and what the CPU can do.
+"""Where and how a process runs: device, precision, torchrun ranks, and what the CPU can do.
 
-Kept apart from :mod:`stemsplit.model` (which only sees tensors): the engine,
-the CLI and the benchmarks call :func:`tune_cpu_allocator` once at start-up,
-and :func:`cpu_auto_precision` to resolve ``--precision auto`` on the CPU.
+Kept apart from :mod:`stemsplit.model` (which only sees tensors). Each of these is
+resolved here and nowhere else: ``--device auto`` (:func:`pick_device`), the
+default and ``auto`` precision (:func:`resolve_precision`), a process's place
+under torchrun (:func:`torchrun_ranks`). The engine, the CLI and the benchmarks
+call :func:`tune_cpu_allocator` once at start-up.
 """
 
 from __future__ import annotations
@@ -11,10 +13,76 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["cpu_auto_precision", "cpu_bf16_support", "tune_cpu_allocator"]
+from .settings import SeparationError, parse_device
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "Ranks",
+    "cpu_auto_precision",
+    "cpu_bf16_support",
+    "pick_device",
+    "resolve_precision",
+    "torchrun_ranks",
+    "tune_cpu_allocator",
+]
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among torchrun's: global rank, number of processes, rank on this machine."""
+
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def torchrun_ranks() -> Ranks:
+    """From torchrun's RANK, WORLD_SIZE and LOCAL_RANK; one process when they are not set."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    return Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (CUDA if available; under torchrun this process's GPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    import torch
+
+    kind, index = parse_device(device)
+    if kind == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        ranks = torchrun_ranks()
+        return torch.device(f"cuda:{ranks.local}" if ranks.world > 1 else "cuda")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise SeparationError("CUDA is not available here (no NVIDIA GPU, or a CPU-only torch)", "device")
+        count = torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise SeparationError(
+                f"there is no cuda:{index}: this machine has {count} CUDA device(s)", "device"
+            )
+    return torch.device(kind if index is None else f"{kind}:{index}")
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """``None`` (bf16 on CUDA, fp32 on the CPU), ``auto`` (bf16 where it is native) or as given."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else cpu_auto_precision()[0]
+    return precision or ("bf16" if device.type == "cuda" else "fp32")
+
 
 log = logging.getLogger(__name__)
 

@@ -44,13 +44,13 @@ import torch
 from .audio import AudioInfo, BlockResampler, downmix_to_stereo, probe, read_blocks
 from .card import ModelCard
 from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, StemWriter, plan_outputs
+from .runtime import pick_device, resolve_precision
 from .settings import (
     MAX_CHANNELS,
     SeparationError,
     check_sample_rate,
     check_settings,
     choose_stems,
-    parse_device,
 )
 from .weights import load_model
 
@@ -251,33 +251,6 @@ def song_stats(blocks: Iterable[np.ndarray]) -> tuple[float, float]:
     mean = total / max(count, 1)
     std = math.sqrt(max(squares / max(count, 1) - mean**2, 0.0))
     return float(mean), float(std) if std > 0 else 1.0
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N`` -> a usable torch device."""
-    kind, index = parse_device(device)
-    if kind == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise SeparationError("CUDA is not available here (no NVIDIA GPU, or a CPU-only torch)", "device")
-        count = torch.cuda.device_count()
-        if index is not None and index >= count:
-            raise SeparationError(
-                f"there is no cuda:{index}: this machine has {count} CUDA device(s)", "device"
-            )
-    return torch.device(kind if index is None else f"{kind}:{index}")
-
-
-def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """``None`` (bf16 on CUDA, fp32 on the CPU), ``auto`` (bf16 where it is native) or as given."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16"
-        from .runtime import cpu_auto_precision
-
-        return cpu_auto_precision()[0]
-    return precision or ("bf16" if device.type == "cuda" else "fp32")
 
 
 def as_audio_array(audio: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -53,6 +52,8 @@ from ..card import MUSIC_STEMS
 from ..files import write_atomically
 from ..model import FamilyError, build_model, config_problem, family, make_config
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
+from ..runtime import Ranks, pick_device, resolve_precision, torchrun_ranks
+from ..settings import SeparationError
 from ..weights import WeightsError, save_checkpoint, torch_load_safely
 from .losses import separation_loss
 
@@ -315,29 +316,18 @@ def load_model_config(
 # --- distributed --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Ranks:
-    rank: int = 0
-    world: int = 1
-    local: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
 def _setup_distributed(device: str) -> tuple[Ranks, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return Ranks(), torch.device(device)
-    ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(ranks.local)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return ranks, torch.device(f"cuda:{ranks.local}" if use_cuda else "cpu")
+    ranks = torchrun_ranks()
+    try:
+        chosen = pick_device(device)
+    except SeparationError as exc:
+        raise TrainError(f"--device: {exc}") from None
+    if ranks.world > 1:
+        if chosen.type == "cuda":
+            chosen = torch.device(f"cuda:{ranks.local}")  # one GPU per process
+            torch.cuda.set_device(chosen)
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+    return ranks, chosen
 
 
 def _shard_indices(epoch_size: int, global_batch: int, ranks: Ranks, start_step: int) -> Iterator[int]:
@@ -415,7 +405,7 @@ class Run:
             raise TrainError(
                 f"--batch-size {config.batch_size} is not divisible by {self.ranks.world} processes"
             )
-        self.precision = config.precision or ("bf16" if self.device.type == "cuda" else "fp32")
+        self.precision = resolve_precision(config.precision, self.device)
         self.steps_per_epoch = config.epoch_size // config.batch_size
         if self.steps_per_epoch == 0:
             raise TrainError(
