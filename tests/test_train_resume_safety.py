@@ -6,6 +6,7 @@
 # ruff: noqa: F811 -- tests take the ``dataset`` fixture imported from test_train_loop as an argument
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -251,3 +252,21 @@ def test_dataset_errors_name_the_track_and_file(dataset, tmp_path, damage, probl
     root, folder = broken_copy(dataset, tmp_path, damage)
     message = one_error_line(run_cli(train_args(root, tmp_path / "run", "--epochs", "1")))
     assert message.startswith(str(folder)) and problem in message
+
+
+def test_run_saved_before_families_resumes(dataset, finished_run, tmp_path):
+    """A last.pt from before model families (no architecture, no new recipe fields) still resumes."""
+    out = copy_run(finished_run, tmp_path)
+    state = torch.load(out / "last.pt", weights_only=True)
+    config = json.loads(state["config"])
+    for added in ("arch", "preset", "target", "lr_schedule", "lr_every", "early_stop", "gain_db"):
+        config.pop(added)
+    state["config"] = json.dumps(config)
+    model_config = json.loads(state["model_config"])
+    assert model_config.pop("architecture") == "ts-bsmamba2"
+    state["model_config"] = json.dumps(model_config)
+    del state["plateau"]["since_best"], state["plateau"]["epochs"]
+    torch.save(state, out / "last.pt")
+    result = run_cli(train_args(dataset, out, "--epochs", "1", "--resume"))
+    assert result.returncode == 0 and "resumed" in result.stderr, result.stderr
+    assert "--override" not in result.stderr

@@ -529,9 +529,11 @@ class Run:
     def _recipe_changes(self, saved: dict[str, Any]) -> list[str]:
         """``--lr 0.001 (was 0.0005)`` for every RECIPE_FIELDS value that differs from the saved run."""
         now = json.loads(json.dumps(self.config.to_json()))  # tuples -> lists, as the saved side
+        # A run saved before a field existed ran with that field's default (the TS-BSMamba2 recipe).
+        defaults = json.loads(json.dumps(TrainConfig(musdb=Path()).to_json()))
         changes = []
         for name in RECIPE_FIELDS:
-            new, old = now.get(name), saved.get(name)
+            new, old = now.get(name), saved.get(name, defaults[name])
             if name == "musdb" and old is not None:  # the same folder, however it is spelled
                 same = Path(new).resolve() == Path(old).resolve()
             else:
