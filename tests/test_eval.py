@@ -223,3 +223,23 @@ def test_eval_command_errors_are_one_line(musdb, tmp_path, monkeypatch, find_tra
     monkeypatch.setitem(sys.modules, "museval", None)  # not installed: said before any separating
     result = CliRunner().invoke(_cli(), ["eval", "--musdb", str(musdb), "-m", str(weights)])
     assert result.exit_code == 1 and "museval" in result.stderr and "--no-csdr" in result.stderr
+
+
+def test_eval_scores_a_bsrnn_bag_and_a_one_target_model(musdb, tmp_path, monkeypatch, find_tracks_available):
+    """`stemsplit eval` takes any family: a 4-target BSRNN bag, and a vocals-only BSRNN (scored on vocals)."""
+    import torch
+
+    from stemsplit.model import build_model, make_config
+    from stemsplit.weights import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    for stems in (STEMS, ("vocals",)):
+        config = make_config("bsrnn", overrides={"feature_dim": 8, "num_layers": 1}, stems=stems)
+        path = tmp_path / f"bsrnn-{len(stems)}.safetensors"
+        save_checkpoint(build_model("bsrnn", config, stems), path)
+        args = ["eval", "--musdb", str(musdb), "-m", str(path), "--window", "1", "--device", "cpu"]
+        result = CliRunner().invoke(_cli(), [*args, "--tracks", "1", "--no-csdr"])
+        assert result.exit_code == 0, result.output
+        data = json.loads((tmp_path / f"eval-bsrnn-{len(stems)}-test.json").read_text())
+        assert set(data["usdr"]) == {*stems, "avg"} and all(math.isfinite(v) for v in data["usdr"].values())
