@@ -237,6 +237,71 @@ def test_a_rename_failing_midway_is_rolled_back_and_replaced_files_come_back(tmp
     assert sorted(os.listdir(out / "s")) == ["a.wav", "b.wav", "d.wav"]  # no c, no backups or temporaries
 
 
+# A process that dies (os._exit: no cleanup, as in a power cut) at its Nth call of os.replace (or
+# os.unlink) during a commit of stems a, b, c, d over the user's old files in OUT/s.
+_DIE_MID_COMMIT = """
+import os, sys
+import numpy as np
+from pathlib import Path
+from stemsplit.output import OutputOptions, SongSource, StemWriter, plan_outputs
+
+out, die_at, name = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+[planned] = plan_outputs([SongSource(Path("s.wav"))], out, list("abcd"), OutputOptions())
+writer = StemWriter(planned, OutputOptions(overwrite=True), 44100, 1)
+with writer:
+    writer.write({s: np.full((10, 1), 0.5, np.float32) for s in "abcd"})
+    calls, real = [0], getattr(os, name)
+
+    def dying(*args):
+        calls[0] += 1
+        if calls[0] == die_at:
+            os._exit(9)
+        real(*args)
+
+    setattr(os, name, dying)
+    writer.commit()
+"""
+
+
+def _die_mid_commit(out, die_at, name="replace"):
+    (out / "s").mkdir(parents=True)
+    for stem in "abcd":
+        (out / "s" / f"{stem}.wav").write_bytes(b"the user's " + stem.encode())
+    child = subprocess.run(
+        [sys.executable, "-c", _DIE_MID_COMMIT, str(out), str(die_at), name], capture_output=True
+    )
+    assert child.returncode == 9, child.stderr.decode()
+
+
+def test_a_commit_cut_short_by_a_power_cut_is_rolled_back_by_the_next_run(tmp_path, tiny_checkpoint):
+    """Before: the user's old b.wav stayed in a hidden .backup for ever, and a.wav held a new stem."""
+    out = tmp_path / "out"
+    # os.replace calls: 1 the journal, 2 a -> backup, 3 new a in, 4 b -> backup, 5 new b in: dies there.
+    _die_mid_commit(out, die_at=5)
+    left = sorted(os.listdir(out / "s"))
+    assert "b.wav" not in left and any(n.endswith(".backup") for n in left), left  # it did die midway
+    assert any(n.endswith(".journal") for n in os.listdir(out))
+    song(tmp_path / "other.wav")  # the next run writes another song into the same output folder
+    stemsplit(tmp_path / "other.wav", "-o", out, "--model", tiny_checkpoint, *FAST, check=0)
+    for stem in "abcd":
+        assert (out / "s" / f"{stem}.wav").read_bytes() == b"the user's " + stem.encode()
+    assert sorted(files_under(out)) == sorted(
+        [f"s/{x}.wav" for x in "abcd"] + [f"other/{x}" for x in FOUR_STEMS]
+    )
+
+
+def test_a_commit_cut_short_after_its_last_rename_is_rolled_forward(tmp_path):
+    """Every stem was in place, only the backups were not removed yet: the new stems stay."""
+    from stemsplit.output import recover_unfinished_commits
+
+    out = tmp_path / "out"
+    _die_mid_commit(out, die_at=3, name="unlink")  # 1: the journal's temporary, 2: a's backup, 3: b's
+    assert len([n for n in os.listdir(out / "s") if n.endswith(".backup")]) == 3
+    recover_unfinished_commits(out)
+    assert sorted(files_under(out)) == [f"s/{x}.wav" for x in "abcd"]
+    assert all(sf.info(str(out / "s" / f"{x}.wav")).frames == 10 for x in "abcd")
+
+
 def _run_until_windows(args, **kwargs):
     """Start stemsplit with --json; return the process once the first window batch is done."""
     exe = shutil.which("stemsplit")
