@@ -140,6 +140,29 @@ def test_a_link_inside_the_output_folder_does_not_carry_stems_out(tmp_path, tiny
     assert os.listdir(tmp_path / "elsewhere") == []
 
 
+def test_a_link_put_into_the_output_folder_while_separating_does_not_carry_stems_out(tmp_path):
+    """The plan found no link; one swapped in before the commit (a race) must not lead the renames out."""
+    from stemsplit.output import OutputError, OutputOptions, SongSource, StemWriter, plan_outputs
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    [planned] = plan_outputs([SongSource(tmp_path / "s.wav")], out, ["a", "b"], OutputOptions())
+    with StemWriter(planned, OutputOptions(), RATE, 2) as writer:
+        writer.write({s: np.full((1000, 2), 0.1, np.float32) for s in "ab"})
+        check = writer._check_destinations
+
+        def check_then_swap() -> None:  # the race: out/s becomes a link to a folder outside
+            check()
+            os.rename(out / "s", elsewhere / "s")
+            (out / "s").symlink_to(elsewhere / "s")
+
+        writer._check_destinations = check_then_swap
+        with pytest.raises(OutputError, match="outside the output folder"):
+            writer.commit()
+    assert [p for p in os.listdir(elsewhere / "s") if not p.startswith(".stemsplit-")] == []
+    assert files_under(out) == []  # no journal either
+
+
 def test_the_longest_legal_stem_file_name(tmp_path, tiny_checkpoint):
     """A 251-byte name is legal; the temporary beside it used to pass 255 bytes."""
     track = "t" * 240
