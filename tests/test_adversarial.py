@@ -627,6 +627,32 @@ def test_an_unexpected_exception_is_one_line_and_exit_70(tmp_path, monkeypatch, 
         cli.main([str(tmp_path / "x.wav"), "--debug"])
 
 
+def test_a_float_file_of_huge_samples_is_refused_not_separated_into_nan(tmp_path, tiny_checkpoint):
+    """Before: samples of ±3e38 (finite) gave NaN stems in a float wav, and exit 70 with --format flac."""
+    huge = np.full((RATE, 2), 3e38, np.float32)
+    huge[::2] *= -1
+    sf.write(tmp_path / "huge.wav", huge, RATE, subtype="FLOAT")
+    for fmt in ("wav", "flac"):
+        result = stemsplit(
+            tmp_path / "huge.wav", "-o", tmp_path / fmt, "--format", fmt, "--model", tiny_checkpoint, *FAST
+        )
+        errors = [line for line in result.stderr.splitlines() if "error" in line]
+        assert result.returncode == 1 and len(errors) == 1, result.stderr
+        assert "huge.wav: sample 0 (0.00 s) is 3e+38, beyond ±1e+06: not audio" in errors[0]
+        assert files_under(tmp_path / fmt) == []
+
+
+def test_stems_that_come_out_nan_are_never_written(tmp_path):
+    from stemsplit.output import OutputError, OutputOptions, SongSource, StemWriter, plan_outputs
+
+    [planned] = plan_outputs([SongSource(tmp_path / "s.wav")], tmp_path / "out", ["a", "b"], OutputOptions())
+    with StemWriter(planned, OutputOptions(), RATE, 1) as writer:
+        writer.write({"a": np.zeros((10, 1), np.float32), "b": np.zeros((10, 1), np.float32)})
+        with pytest.raises(OutputError, match=r"s\.wav: the b stem came out NaN or infinite"):
+            writer.write({"a": np.zeros((10, 1), np.float32), "b": np.full((10, 1), np.nan, np.float32)})
+    assert files_under(tmp_path / "out") == []
+
+
 def test_json_has_one_result_per_song_and_an_error_event(tmp_path, tiny_checkpoint):
     song(tmp_path / "good.wav")
     (tmp_path / "bad.wav").write_text("not audio")
@@ -678,6 +704,15 @@ def test_api_scales_integer_pcm_by_its_type(separator):
     unsigned = (pcm.astype(np.int32) // 256 + 128).astype(np.uint8)
     stems = separator.separate(unsigned, RATE)
     assert np.abs(sum(stems.values()) - (unsigned - 128.0) / 128).max() < 1e-5
+
+
+def test_api_refuses_samples_that_are_not_audio(separator):
+    from stemsplit.separate import SeparationError
+
+    audio = np.zeros((2, RATE), np.float32)
+    audio[1, 100] = -1e30
+    with pytest.raises(SeparationError, match=r"sample 100 is -1e\+30, beyond ±1e\+06: not audio"):
+        separator.separate(audio, RATE)
 
 
 @pytest.mark.parametrize("rate", [0, -44100, 44100.5, float("nan"), "fast", 10**7])

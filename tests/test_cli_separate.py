@@ -198,6 +198,11 @@ def write_bad(kind, folder):
         audio[30000, 1] = np.nan
         sf.write(path, audio, RATE, subtype="FLOAT")
         return path, "NaN or infinite"
+    if kind == "huge":
+        audio = song(path)
+        audio[30000, 1] = 3e38  # finite, but no sound: the model's energies overflow
+        sf.write(path, audio, RATE, subtype="FLOAT")
+        return path, "sample 30000 (0.68 s) is 3e+38, beyond ±1e+06: not audio"
     if kind == "six_channels":
         song(path, channels=6)
         return path, "6 channels"
@@ -215,6 +220,7 @@ def write_bad(kind, folder):
         "truncated",
         "too_short",
         "nan",
+        "huge",
         "six_channels",
     ],
 )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import string
@@ -293,11 +294,15 @@ class _FloatTemp:
             self.path.unlink(missing_ok=True)
             raise
 
-    def write(self, block: np.ndarray) -> None:
-        """block: [frames, channels] float32."""
+    def write(self, block: np.ndarray) -> bool:
+        """block: [frames, channels] float32. False (nothing written) if it holds NaN or infinity."""
         if len(block):
-            self.peak = max(self.peak, float(np.abs(block).max()))
+            peak = float(np.abs(block).max())
+            if not math.isfinite(peak):
+                return False
+            self.peak = max(self.peak, peak)
             self._file.write(block)
+        return True
 
     def close(self) -> None:
         if not self._file.closed:
@@ -350,7 +355,11 @@ class StemWriter:
         """Append a block of every stem: {stem: [frames, channels] float32}."""
         try:
             for stem, temp in self._temps.items():
-                temp.write(stems[stem])
+                if not temp.write(stems[stem]):
+                    raise OutputError(
+                        f"{self.song.source.path}: the {stem} stem came out NaN or infinite "
+                        "(is the input too loud?); nothing was written for this song"
+                    )
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
             raise self._os_error(exc) from None
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import AudioInfo, BlockResampler, downmix_to_stereo, probe, read_blocks
+from .audio import AudioInfo, BlockResampler, downmix_to_stereo, probe, read_blocks, unplayable_sample
 from .model import TSBSMamba2
 from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, StemWriter, plan_outputs
 from .settings import (
@@ -506,6 +506,9 @@ class Separator:
         """
         rate = check_sample_rate(sample_rate)
         audio = as_audio_array(audio)
+        problem = unplayable_sample(audio.T)
+        if problem is not None:
+            raise SeparationError(f"audio: sample {problem[0]} {problem[1]}")
         blocks = [audio.T]
         stats = song_stats(blocks) if self.normalization == "meanstd" else (0.0, 1.0)
         parts = list(self._stream(blocks, rate, audio.shape[0], audio.shape[1], stats=stats))
