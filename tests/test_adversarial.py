@@ -540,6 +540,56 @@ def test_a_live_claim_is_respected(tmp_path):
     assert second.acquire()
 
 
+def test_a_batch_with_other_settings_does_not_mix_its_stems_into_a_running_one(tmp_path, tiny_checkpoint):
+    """Before: a wav run skipped a song that a flac run held ('being separated'), exit 0; and a run with
+    other --stems claimed another slot and wrote the same vocals file beside the other run."""
+    from stemsplit.batch import Claim
+    from stemsplit.output import OutputOptions, SongSource, plan_outputs
+
+    music, out = tmp_path / "music", tmp_path / "out"
+    music.mkdir()
+    song(music / "a.wav")
+    stemsplit("batch", music, "-o", out, "--format", "flac", "--model", tiny_checkpoint, *FAST, check=0)
+    [record] = (out / ".stemsplit" / "done").glob("*.json")
+    flac_settings = json.loads(record.read_text())["settings"]
+    song(music / "a.wav", scale=0.1)  # changed: the flac run below separates it again
+    [planned] = plan_outputs([SongSource(music / "a.wav")], out, ["vocals"], OutputOptions(fmt="flac"))
+    running = Claim(out, planned, settings={**flac_settings, "stems": ["vocals"]})  # this process holds it
+    assert running.acquire()
+    before = files_under(out, state=False)
+    for extra in ([], ["--stems", "vocals"]):
+        result = stemsplit("batch", music, "-o", out, *extra, "--model", tiny_checkpoint, *FAST)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("stemsplit: error:")]
+        assert result.returncode == 1 and len(errors) == 1, result.stderr
+        assert f"a.wav: being separated by process {os.getpid()}" in errors[0]
+        assert "with other settings (format" in errors[0] and "run again when it is done" in errors[0]
+        assert files_under(out, state=False) == before  # no wav stem beside the flac run's
+    running.release()
+
+
+def test_claims_share_a_slot_across_stems_and_formats_and_say_what_differs(tmp_path):
+    from stemsplit.batch import Claim
+    from stemsplit.output import OutputOptions, SongSource, plan_outputs
+
+    def planned(stems, fmt):
+        return plan_outputs(
+            [SongSource(tmp_path / "a.wav")], tmp_path / "out", stems, OutputOptions(fmt=fmt)
+        )[0]
+
+    held = Claim(
+        tmp_path / "out", planned(["x", "y"], "wav"), settings={"format": "wav", "stems": ["x", "y"]}
+    )
+    assert held.acquire()
+    same = Claim(
+        tmp_path / "out", planned(["x", "y"], "wav"), settings={"format": "wav", "stems": ["x", "y"]}
+    )
+    assert not same.acquire() and same.conflict == []  # the same run's work: skipped, as before
+    other = Claim(tmp_path / "out", planned(["x"], "flac"), settings={"format": "flac", "stems": ["x"]})
+    assert not other.acquire() and other.conflict == ["format", "stems"]
+    elsewhere = Claim(tmp_path / "out", planned(["x"], "flac"), "{track}-{stem}.{ext}", {"format": "flac"})
+    assert elsewhere.acquire()  # another template: another place, no conflict
+
+
 def test_claims_race_each_song_once(tmp_path):
     """Eight threads race for one claim, many rounds: exactly one wins each time."""
     from stemsplit.batch import Claim

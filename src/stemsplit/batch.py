@@ -9,15 +9,20 @@
   change the stems (model fingerprint, window, hop, stage, format, ...). A
   song counts as done only if its manifest matches the source and the
   settings; anything else is separated again, never skipped.
-- ``claims/<key>.claim``: created with ``O_EXCL`` before a song is separated,
+- ``claims/<slot>.claim``: created with ``O_EXCL`` before a song is separated,
   so several ``batch`` processes (on one machine, or on several hosts over a
   shared folder) each separate a song exactly once. A claim whose process died
   is taken over: on the same host when its pid is gone, from another host when
   it was not refreshed for :data:`CLAIM_STALE_SECONDS` (live claims are
-  touched every :data:`HEARTBEAT_SECONDS` while their song runs).
+  touched every :data:`HEARTBEAT_SECONDS` while their song runs). A claim
+  carries its run's settings: a run with other settings (another format, other
+  stems, another model...) that finds the song claimed fails that song, saying
+  so, rather than mixing its stems with the other run's in one folder.
 
-``key`` is a hash of the song's output paths (relative to ``-o``): one output
-slot, one manifest, one claim.
+``key`` is a hash of the song's output paths (relative to ``-o``): one set of
+outputs, one manifest. ``slot`` is a hash of the song's place in the template
+with ``{stem}`` and ``{ext}`` left open (:func:`song_slot`): runs writing other
+stems or another format into the same folder share the song's claim.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from typing import Any
 
 from .audio import AUDIO_EXTENSIONS
 from .files import host_tag, process_alive, sha256_of, write_atomically
-from .output import SongOutputs, SongSource
+from .output import DEFAULT_FILENAME, SongOutputs, SongSource
 
-__all__ = ["BatchError", "Claim", "DoneRecords", "find_songs", "song_key"]
+__all__ = ["BatchError", "Claim", "DoneRecords", "find_songs", "song_key", "song_slot"]
 
 STATE_FOLDER = ".stemsplit"
 HEARTBEAT_SECONDS = 30.0
@@ -116,6 +121,15 @@ def song_key(song: SongOutputs) -> str:
     return hashlib.sha256("\0".join(relative).encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
+def song_slot(song: SongOutputs, template: str = DEFAULT_FILENAME) -> str:
+    """A name for a song's place under the output folder, whatever its stems and format.
+
+    A hash of ``template`` filled with the song's {folder} and {track}, {stem} and {ext} left open.
+    """
+    text = template.format(folder=song.source.folder, track=song.track, stem="\0stem", ext="\0ext")
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
 class DoneRecords:
     """The manifests of a batch output folder (``OUT/.stemsplit/done``)."""
 
@@ -188,11 +202,19 @@ class Claim:
     song runs; ``release()`` removes it.
     """
 
-    def __init__(self, out_dir: Path, song: SongOutputs) -> None:
-        self.path = Path(out_dir) / STATE_FOLDER / "claims" / f"{song_key(song)}.claim"
+    def __init__(
+        self,
+        out_dir: Path,
+        song: SongOutputs,
+        template: str = DEFAULT_FILENAME,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(out_dir) / STATE_FOLDER / "claims" / f"{song_slot(song, template)}.claim"
         self.token = secrets.token_hex(8)
+        self.settings = json.loads(json.dumps(dict(settings or {})))  # as it will read back from JSON
         self._beat = 0.0
         self.holder = ""  # who holds it, when acquire() fails
+        self.conflict: list[str] = []  # and the settings its holder runs with that differ from ours
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +222,12 @@ class Claim:
             return True
         if self._take_over_if_stale():
             return True
-        self.holder = self._describe(self._read())
+        data = self._read()
+        self.holder = self._describe(data)
+        theirs = (data or {}).get("settings")
+        if isinstance(theirs, dict):
+            names = sorted(set(theirs) | set(self.settings))
+            self.conflict = [k for k in names if theirs.get(k) != self.settings.get(k)]
         return False
 
     def heartbeat(self) -> None:
@@ -222,7 +249,13 @@ class Claim:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             return False
-        info = {"host": host_tag(), "hostname": socket.gethostname(), "pid": os.getpid(), "token": self.token}
+        info = {
+            "host": host_tag(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": self.token,
+            "settings": self.settings,
+        }
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
         self._beat = time.monotonic()

@@ -426,11 +426,19 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
             song.status, song.details = "skipped", "done earlier with the same source and settings"
             reporter.emit({"event": "skipped", "source": str(source)})
             return
-        claim = Claim(out, song.outputs)
+        claim = Claim(out, song.outputs, options.filename, records.settings)
         try:
             acquired = claim.acquire()
         except OSError as exc:  # OUT/.stemsplit unusable: this song fails, with its reason
             song.status, song.details = "failed", _records_problem(exc, out)
+            reporter.error(song.details, source=str(source))
+            return
+        if not acquired and claim.conflict:  # another run, other settings: its stems and ours would mix
+            song.status = "failed"
+            song.details = (
+                f"{source}: being separated by {claim.holder} with other settings "
+                f"({', '.join(claim.conflict)}) into the same place; run again when it is done"
+            )
             reporter.error(song.details, source=str(source))
             return
         if not acquired:
