@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,58 @@ def test_usage_errors_are_one_line_exit_2_and_touch_nothing(case, a_song, tmp_pa
     assert len(lines) == 1 and lines[0].startswith("stemsplit: error: ") and expected in lines[0], lines
     assert os.listdir(tmp_path) == []  # not even the output folder
     print(f"{case}: {elapsed:.2f} s")  # seconds incl. Python start-up; see the benchmark for timings
+
+
+MODEL_ERRORS = {
+    "folder": ("models/", "--model: models/ is a folder, not a checkpoint file"),
+    "bare folder name": ("models", "--model: models is a folder, not a checkpoint file"),
+    "missing": ("nothere.safetensors", "--model: nothere.safetensors does not exist"),
+    "missing path": ("./nothere", "--model: ./nothere does not exist"),
+    "missing file URL": (
+        "file:///nonexistent/m.safetensors",
+        "--model: /nonexistent/m.safetensors does not exist",
+    ),
+    "file URL with a host": (
+        "file://m.safetensors",
+        "names the host 'm.safetensors'; write file:///absolute/path",
+    ),
+    "other scheme": ("s3://bucket/m.safetensors", "--model: s3:// URLs are not supported"),
+    "fifo": ("pipe.pt", "--model: pipe.pt is not a regular file"),
+    "unreadable": ("locked.safetensors", "--model: locked.safetensors cannot be read: permission denied"),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_ERRORS))
+def test_a_bad_model_path_is_a_usage_error_before_anything_loads(case, tmp_path):
+    """Before: a folder was 'no model named ... in weights.toml', a missing file exit 1 after torch loaded,
+    file:///x became file:/x."""
+    spec, expected = MODEL_ERRORS[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    song(work / "s.wav")
+    (work / "models").mkdir()
+    os.mkfifo(work / "pipe.pt")
+    (work / "locked.safetensors").write_bytes(b"x")
+    (work / "locked.safetensors").chmod(0)
+    if case == "unreadable" and os.access(work / "locked.safetensors", os.R_OK):
+        pytest.skip("running as root: every file is readable")
+    result = stemsplit("s.wav", "-o", "out", "--model", spec, cwd=work)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (work / "out").exists()
+
+
+def test_a_file_url_names_the_checkpoint_path(tmp_path, tiny_checkpoint):
+    song(tmp_path / "s.wav")
+    url = "file://" + str(Path(tiny_checkpoint).resolve())
+    stemsplit(tmp_path / "s.wav", "-o", tmp_path / "out", "--model", url, *FAST, check=0)
+    assert files_under(tmp_path / "out") == [f"s/{s}" for s in FOUR_STEMS]
+
+
+def test_the_cli_knows_the_checkpoint_suffixes_the_loader_knows():
+    from stemsplit import cli_separate, weights
+
+    assert cli_separate.CHECKPOINT_SUFFIXES == weights.CHECKPOINT_SUFFIXES
 
 
 def test_two_songs_on_one_file_is_a_usage_error(tmp_path):
@@ -452,6 +505,27 @@ def test_batch_does_not_walk_its_own_output_or_hidden_files(tmp_path, tiny_check
     assert first == [f"a/{s}" for s in FOUR_STEMS]
     stemsplit("batch", music, "-o", out, *m, check=0)
     assert files_under(out, state=False) == first
+
+
+def test_batch_into_its_own_input_folder_says_so(tmp_path):
+    """Before: `batch music -o music` said 'no audio files found in music' (the walk skipped -o)."""
+    music = tmp_path / "music"
+    music.mkdir()
+    song(music / "a.wav")
+    result = stemsplit("batch", music, "-o", music)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"--out: {music} is the input folder {music}: its stems would be taken for songs" in lines[0]
+    assert os.listdir(music) == ["a.wav"]
+
+
+def test_batch_into_a_folder_that_holds_its_input(tmp_path, tiny_checkpoint):
+    """Before: `batch music -o .` found no audio files (all of music lies inside -o, which was skipped)."""
+    music = tmp_path / "music"
+    music.mkdir()
+    song(music / "a.wav")
+    stemsplit("batch", "music", "-o", ".", "--model", tiny_checkpoint, *FAST, cwd=tmp_path, check=0)
+    assert files_under(tmp_path, state=False) == sorted([f"a/{s}" for s in FOUR_STEMS] + ["music/a.wav"])
 
 
 def test_batch_survives_a_symlink_loop_and_separates_a_file_once(tmp_path, tiny_checkpoint):

@@ -68,17 +68,21 @@ def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
     """Audio files under ``folders`` (recursive, sorted), each with its folder relative to its root.
 
     Skipped: hidden files and folders, the output folder (when it lies inside
-    an input folder), a folder reached a second time (a symbolic-link loop, or
-    two inputs that overlap) and a file reached a second time.
+    an input folder; an output folder holding an input folder is walked as
+    usual), a folder reached a second time (a symbolic-link loop, or two
+    inputs that overlap) and a file reached a second time.
     """
     found = FoundSongs()
     out_real = os.path.realpath(out_dir)
     seen_folders: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
 
-    def walk(folder: Path, relative: str) -> None:
+    def inside(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+    def walk(folder: Path, relative: str, root: str) -> None:
         real = os.path.realpath(folder)
-        if real == out_real or real.startswith(out_real + os.sep):
+        if inside(real, out_real) and not inside(root, out_real):
             return  # our own output: separating it again would grow the tree on every run
         try:
             st = os.stat(folder)
@@ -96,7 +100,7 @@ def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
             path = Path(entry.path)
             try:
                 if entry.is_dir():
-                    walk(path, f"{relative}/{entry.name}" if relative else entry.name)
+                    walk(path, f"{relative}/{entry.name}" if relative else entry.name, root)
                 elif entry.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
                     fst = entry.stat()
                     if (fst.st_dev, fst.st_ino) not in seen_files:
@@ -108,7 +112,7 @@ def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
     for folder in folders:
         if not folder.is_dir():
             raise BatchError(f"{folder}: not a folder")
-        walk(folder, "")
+        walk(folder, "", os.path.realpath(folder))
     return found
 
 

@@ -20,7 +20,9 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -238,6 +240,53 @@ def _wanted_stems(stems: str | None, two_stems: str | None) -> list[str] | None:
     return names
 
 
+# weights.CHECKPOINT_SUFFIXES (importing weights imports torch, which takes seconds; a test keeps them equal).
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+
+
+def _model_argument(model: str | None) -> str | Path | None:
+    """--model checked before anything is loaded: a path must be a readable file; URLs http(s) or file.
+
+    Returns what the loader gets: a path as a :class:`Path` (file:///x -> /x), anything else unchanged
+    (a registry name is checked against the registry later).
+    """
+    if model is None or model.startswith(("http://", "https://")):
+        return model
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", model):
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        url = urlsplit(model)
+        if url.scheme.lower() != "file":
+            raise UsageError(
+                f"--model: {url.scheme}:// URLs are not supported; give a registry name, "
+                "a checkpoint file or an http(s) URL"
+            )
+        if url.netloc not in ("", "localhost"):
+            raise UsageError(
+                f"--model: {model} names the host {url.netloc!r}; "
+                "write file:///absolute/path or the path itself"
+            )
+        model = url2pathname(url.path)
+    path = Path(model).expanduser()
+    if not (path.suffix in CHECKPOINT_SUFFIXES or "/" in model or os.sep in model or path.is_file()):
+        return model  # a registry name
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            with open(path, "rb"):  # permissions, ACLs, a file system that refuses
+                pass
+    except FileNotFoundError:
+        raise UsageError(f"--model: {model} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"--model: {model} cannot be read: {(exc.strerror or str(exc)).lower()}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"--model: {model} is a folder, not a checkpoint file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"--model: {model} is not a regular file")
+    return path
+
+
 def _registry_stems(model: str | None, light: bool) -> list[str] | None:
     """The stems of a registry model, known without loading (or downloading) it; None for files/URLs."""
     from . import weights
@@ -260,6 +309,12 @@ def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> li
     from .output import SongSource
 
     if batch:
+        for folder in paths:  # stems in music/<track>/ would be taken for songs by every later run
+            if os.path.realpath(folder) == os.path.realpath(out):
+                raise UsageError(
+                    f"--out: {out} is the input folder {folder}: its stems would be taken for songs; "
+                    f"write them outside it, or into a folder inside it ({Path(folder) / 'stems'})"
+                )
         try:
             found = find_songs(paths, out)
         except BatchError as exc:
@@ -311,6 +366,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
     except (OutputError, SeparationError) as exc:
         raise _usage(exc) from None
     wanted = _wanted_stems(args["stems"], args["two_stems"])
+    args["model"] = _model_argument(args["model"])
 
     # 2. inputs
     out = args["out"]
@@ -374,6 +430,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
         )
         chosen = separator.output_stems(wanted, args["two_stems"])
     except UnknownModelError as exc:
+        if args["model"] is not None and os.path.isdir(args["model"]):  # a bare name: no such model, a folder
+            raise UsageError(f"--model: {args['model']} is a folder, not a checkpoint file") from None
         raise UsageError(f"--model: {exc}") from None
     except SeparationError as exc:
         if exc.option:
