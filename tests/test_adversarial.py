@@ -64,6 +64,8 @@ USAGE_ERRORS = {
     "cuda:x": (["--device", "cuda:x"], "--device"),
     "meta": (["--device", "meta"], "--device"),
     "cpu:1": (["--device", "cpu:1"], "--device"),
+    # -o "": was the current folder
+    "empty out": (["-o", ""], "--out: the folder name is empty"),
     # options that do not exist
     "unknown option": (["--colour", "red"], "No such option"),
 }

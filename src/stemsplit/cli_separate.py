@@ -355,6 +355,9 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
     from .settings import SeparationError, check_settings, choose_stems, parse_device
 
     # 1. settings
+    if not str(args["out"]).strip():  # Path("") is ".": the stems would land in the current folder
+        raise UsageError("--out: the folder name is empty; name a folder (-o . for the current one)")
+    args["out"] = Path(args["out"])
     hop = args["hop"] if args["hop"] is not None else 0.5
     light_hop = args["light"] and args["model"] is None and args["hop"] is None
     try:
@@ -621,7 +624,7 @@ def separation_command(batch: bool):
             readable=False,  # an unreadable file fails alone, with the others done
         ),
         model: str = typer.Option(None, "--model", "-m", help="Registry name, checkpoint path or URL."),
-        out: Path = typer.Option(Path("stems"), "--out", "-o", help="Output folder."),
+        out: str = typer.Option("stems", "--out", "-o", help="Output folder."),  # str: "" is not "."
         device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
         light: bool = typer.Option(False, "--light", help="Fast mode: L-TS-BSMamba2, or a 1.5 s hop."),
         window: float = typer.Option(3.0, help="Window length in seconds."),
