@@ -41,6 +41,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .settings import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SeparationError, check_sample_rate
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "MAX_SAMPLE",
@@ -132,12 +134,21 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     what = _non_audio_kind(head)
     if what:
         raise AudioError(f"{path}: not an audio file ({what})")
+    info = None
     try:
         with sf.SoundFile(str(path)) as f:
-            return _probe_libsndfile(path, f)
+            info = _probe_libsndfile(path, f)
     except (sf.LibsndfileError, RuntimeError):  # not a format libsndfile reads: try FFmpeg
         pass
-    return _probe_ffmpeg(path, head)
+    info = info or _probe_ffmpeg(path, head)
+    try:
+        check_sample_rate(info.sample_rate)
+    except SeparationError:  # a header saying 1 Hz (or 4 GHz) is damaged or not audio
+        raise AudioError(
+            f"{path}: the file says its sample rate is {info.sample_rate} Hz; stemsplit takes "
+            f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz"
+        ) from None
+    return info
 
 
 def _readable_head(path: Path) -> bytes:
