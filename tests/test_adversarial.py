@@ -410,6 +410,44 @@ def test_sigterm_and_sighup_leave_nothing(signum, code, tmp_path, tiny_checkpoin
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("after", "delay"), [("typer", 0), ("stemsplit.cli_train", 0), ("stemsplit.cli", 0.4)]
+)
+def test_ctrl_c_while_starting_is_one_line_not_a_traceback(after, delay, tmp_path, tiny_checkpoint):
+    """Before: Ctrl-C while the CLI imported its modules printed a KeyboardInterrupt traceback.
+
+    The child reports each module it finished importing (PYTHONPROFILEIMPORTTIME); SIGINT is sent
+    ``delay`` seconds after ``after`` is in: typer (early in stemsplit.cli), stemsplit.cli_train (its
+    last import), stemsplit.cli itself and 0.4 s more (importing torch, or loading the model).
+    """
+    song(tmp_path / "s.wav")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [shutil.which("stemsplit"), tmp_path / "s.wav", "-o", out, "--model", tiny_checkpoint, *FAST],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    seen, sent = [], False
+    for line in proc.stderr:  # "import time: self [us] | cumulative | module"
+        seen.append(line)
+        if line.rstrip().endswith(" " + after):
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            sent = True
+            break
+    assert sent, "".join(seen)[-2000:]
+    rest = proc.communicate(timeout=120)[1]
+    stderr = "".join(seen) + rest
+    messages = [line for line in stderr.splitlines() if not line.startswith("import time:") and line.strip()]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, messages
+    assert proc.returncode in (130, 0), messages  # 0: it finished before the signal landed
+    if proc.returncode == 130:
+        assert len(messages) == 1 and messages[0].startswith("stemsplit: error: interrupted"), messages
+        assert files_under(out) == []
+
+
 def test_temporaries_of_a_killed_run_are_swept_by_the_next(tmp_path, tiny_checkpoint):
     song(tmp_path / "long.wav", seconds=20.0)
     out = tmp_path / "out"
