@@ -519,6 +519,22 @@ def test_batch_notices_swapped_files_with_the_same_size_and_mtime(tmp_path, tiny
     assert np.abs(loud).max() > 3 * np.abs(quiet).max()
 
 
+def test_batch_does_not_depend_on_how_the_input_folder_is_spelled(tmp_path, tiny_checkpoint):
+    """Before: the same folder reached through a link was taken for other songs and separated again."""
+    music = tmp_path / "music"
+    (music / "sub").mkdir(parents=True)
+    song(music / "sub" / "a.wav")
+    (tmp_path / "link").symlink_to(music)
+    m = ["-o", "out", "--model", tiny_checkpoint, *FAST, "--json"]
+    events = {}
+    for spelling in ("music/", "./link", str(tmp_path / "music" / "sub" / ".." / ".")):
+        run = stemsplit("batch", spelling, *m, cwd=tmp_path, check=0)
+        events[spelling] = [json.loads(line)["event"] for line in run.stdout.splitlines()]
+    assert [e.count("result") for e in events.values()] == [1, 0, 0], events
+    assert [e.count("skipped") for e in events.values()] == [0, 1, 1], events
+    assert files_under(tmp_path / "out", state=False) == [f"sub/a/{s}" for s in FOUR_STEMS]
+
+
 def test_batch_separates_songs_that_share_a_name_in_one_folder(tmp_path, tiny_checkpoint):
     """a.wav and a.flac side by side: both are separated (a and a (2)), not a usage error for the folder."""
     music = tmp_path / "music"

@@ -5,7 +5,8 @@
 ``stems/.stemsplit/``:
 
 - ``done/<key>.json``: a song's manifest, written when its stems are committed:
-  the source (path, size, mtime, SHA-256 of its bytes), and the settings that
+  the source (its real path, however the input folder was spelled or linked to;
+  size, mtime, SHA-256 of its bytes), and the settings that
   change the stems (model fingerprint, window, hop, stage, format, ...). A
   song counts as done only if its manifest matches the source and the
   settings; anything else is separated again, never skipped.
@@ -159,7 +160,7 @@ class DoneRecords:
         record = self.read(song)
         if not record or not record.get("complete") or record.get("settings") != self.settings:
             return False
-        if record.get("source") != os.path.abspath(song.source.path):
+        if record.get("source") != os.path.realpath(song.source.path):
             return False
         if not all(os.path.isfile(p) for p in song.paths.values()):
             return False
@@ -182,7 +183,7 @@ class DoneRecords:
         """Record the song: ``complete=False`` before its stems are committed, True after."""
         st = os.stat(song.source.path)
         record = {
-            "source": os.path.abspath(song.source.path),
+            "source": os.path.realpath(song.source.path),
             "size": st.st_size,
             "identity": [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns],
             "sha256": sha256_of(song.source.path) if complete else None,
