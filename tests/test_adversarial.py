@@ -921,3 +921,48 @@ def test_api_settings_name_the_option(golden_model, kwargs, option):
     with pytest.raises(SeparationError) as error:
         Separator(golden_model, **kwargs)
     assert error.value.option == option and "--" not in str(error.value)  # the library names no flags
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"exact": "no"}, "exact"),
+        ({"stage": True}, "stage"),
+        ({"window": "3"}, "window"),
+        ({"hop": "0.5"}, "hop"),
+        ({"batch_size": 2.0}, "batch_size"),
+        ({"batch_size": True}, "batch_size"),
+        ({"precision": ["fp32"]}, "precision"),
+        ({"model": 123}, "model"),
+        ({"stems": ["vocals", "vocals", "drums", "bass"]}, "stems"),
+        ({"normalization": "z-score"}, "normalization"),
+    ],
+)
+def test_api_refuses_settings_of_the_wrong_type(kwargs, option, tiny_checkpoint):
+    """Before: exact="no" ran as exact, stage=True as stage 1; window="3", model=123 were deep TypeErrors."""
+    from stemsplit.separate import SeparationError, Separator
+
+    with pytest.raises(SeparationError) as error:
+        Separator(kwargs.pop("model", tiny_checkpoint), device="cpu", **kwargs)
+    assert error.value.option == option, error.value
+
+
+def test_api_refuses_an_absurd_sample_rate_for_a_model(golden_model):
+    from stemsplit.separate import SeparationError, Separator
+
+    with pytest.raises(
+        SeparationError, match=r"sample rate must be a whole number of Hz .*\(401 characters\)"
+    ):
+        Separator(golden_model, sample_rate=10**400, device="cpu")
+
+
+def test_api_takes_a_bf16_tensor_and_refuses_a_meta_one(separator):
+    import torch
+
+    from stemsplit.separate import SeparationError
+
+    audio = torch.from_numpy(np.random.default_rng(0).uniform(-0.3, 0.3, (2, RATE)).astype(np.float32))
+    stems = separator.separate(audio.to(torch.bfloat16), RATE)
+    assert np.abs(sum(stems.values()) - audio.to(torch.bfloat16).float().numpy()).max() < 1e-5  # stage 1
+    with pytest.raises(SeparationError, match=r"audio: a torch\.float32 tensor on meta holds no samples"):
+        separator.separate(torch.empty(2, RATE, device="meta"), RATE)

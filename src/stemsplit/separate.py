@@ -51,6 +51,7 @@ from .settings import (
     check_settings,
     choose_stems,
     parse_device,
+    shown,
 )
 from .weights import DEFAULT_STEMS, load_model
 
@@ -387,7 +388,18 @@ class Separator:
         progress: ProgressCallback | None = None,
         download_progress: bool = True,
     ) -> None:
-        check_settings(window, hop, batch_size, precision, stage)
+        check_settings(window, hop, batch_size, precision, stage, exact)
+        if not (model is None or isinstance(model, (str, os.PathLike, TSBSMamba2))):
+            raise SeparationError(
+                f"must be a registry name, a checkpoint path or URL, or a TSBSMamba2, not {shown(model)}",
+                "model",
+            )
+        if stems is not None:
+            stems = [stems] if isinstance(stems, str) else list(stems)
+            if not all(isinstance(s, str) and s for s in stems) or len(set(stems)) != len(stems):
+                raise SeparationError(f"must be distinct names, not {shown(stems)}", "stems")
+        if normalization not in ("none", "meanstd"):
+            raise SeparationError(f"must be none or meanstd, not {shown(normalization)}", "normalization")
         self.device = pick_device(device)
         if isinstance(model, TSBSMamba2):
             self.model = model
@@ -505,6 +517,12 @@ class Separator:
         Float samples are taken as they are; integer PCM is scaled to [-1, 1] by its type.
         """
         rate = check_sample_rate(sample_rate)
+        if isinstance(audio, torch.Tensor):
+            if audio.device.type == "meta" or audio.is_complex() or audio.dtype == torch.bool:
+                kind = f"{audio.dtype} tensor on {audio.device.type}"
+                raise SeparationError(f"audio: a {kind} holds no samples stemsplit can take")
+            if audio.is_floating_point() and audio.dtype != torch.float64:
+                audio = audio.detach().float()  # bf16, fp16: numpy has no such type
         audio = as_audio_array(audio)
         problem = unplayable_sample(audio.T)
         if problem is not None:

@@ -102,10 +102,29 @@ def choose_stems(
     return wanted
 
 
+def _number(value: object, option: str) -> float:
+    """``value`` as a float if it is a real number (not a bool, not a string); else SeparationError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SeparationError(f"must be a number of seconds, not {shown(value)}", option)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return math.inf
+
+
 def check_settings(
-    window: float, hop: float, batch_size: int | None, precision: str | None, stage: int
+    window: float,
+    hop: float,
+    batch_size: int | None,
+    precision: str | None,
+    stage: int,
+    exact: bool = False,
 ) -> None:
-    """The engine's numeric settings, checked before a model is loaded (:class:`SeparationError`)."""
+    """The engine's settings, checked before a model is loaded (:class:`SeparationError` naming the option).
+
+    Types too: ``window="3"``, ``stage=True`` or ``exact="no"`` are refused, not taken for something else.
+    """
+    window, hop = _number(window, "window"), _number(hop, "hop")
     if not (math.isfinite(window) and 0 < window <= MAX_WINDOW_SECONDS):
         raise SeparationError(
             f"must be more than 0 and at most {MAX_WINDOW_SECONDS:g} seconds, not {window:g}", "window"
@@ -114,9 +133,15 @@ def check_settings(
         raise SeparationError(
             f"must be more than 0 and at most the window ({window:g} s), not {hop:g}", "hop"
         )
-    if batch_size is not None and not (isinstance(batch_size, int) and 1 <= batch_size <= MAX_BATCH_SIZE):
-        raise SeparationError(f"must be from 1 to {MAX_BATCH_SIZE}, not {batch_size}", "batch_size")
-    if precision not in (None, "auto", "fp32", "bf16"):
-        raise SeparationError(f"must be auto, fp32 or bf16, not {precision!r}", "precision")
-    if stage not in (1, 2):
-        raise SeparationError(f"must be 1 or 2, not {stage}", "stage")
+    if batch_size is not None and not (
+        isinstance(batch_size, numbers.Integral)
+        and not isinstance(batch_size, bool)
+        and 1 <= batch_size <= MAX_BATCH_SIZE
+    ):
+        raise SeparationError(f"must be from 1 to {MAX_BATCH_SIZE}, not {shown(batch_size)}", "batch_size")
+    if not (precision is None or (isinstance(precision, str) and precision in ("auto", "fp32", "bf16"))):
+        raise SeparationError(f"must be auto, fp32 or bf16, not {shown(precision)}", "precision")
+    if isinstance(stage, bool) or stage not in (1, 2):
+        raise SeparationError(f"must be 1 or 2, not {shown(stage)}", "stage")
+    if not isinstance(exact, bool):
+        raise SeparationError(f"must be True or False, not {shown(exact)}", "exact")
