@@ -154,6 +154,8 @@ def test_two_songs_on_one_file_is_a_usage_error(tmp_path):
         tmp_path / "a.wav", tmp_path / "b.wav", "-o", tmp_path / "out", "--filename", "{stem}.{ext}"
     )
     assert result.returncode == 2 and "would both write" in result.stderr and "a.wav" in result.stderr
+    assert f"would both write {tmp_path / 'out' / '{stem}.wav'}" in result.stderr  # not a stand-in's name
+    assert "stem-a" not in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -379,8 +379,9 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
         return EXIT_FAILED
     songs, device = _shard_for_torchrun(songs, args["device"])
 
-    # 3. the plan: every output path of every song. Checked once with the stems asked for (or stand-ins)
-    # before anything slow is imported, then with the model's own stems.
+    # 3. the plan: every output path of every song. Checked once with the stems asked for (or the stand-in
+    # "{stem}", which reads as the template in a message: ".../{stem}.wav") before anything slow is imported,
+    # then with the model's own stems.
     def plan(stem_names: list[str]) -> list[Song]:
         try:
             planned = plan_outputs(songs, out, stem_names, options)
@@ -391,7 +392,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
     if args["two_stems"] is not None:
         plan([args["two_stems"], f"no_{args['two_stems']}"])
     else:
-        plan(wanted or (["stem-a", "stem-b"] if "{stem}" in options.filename else ["stem-a"]))
+        plan(wanted or (["{stem}"] if "{stem}" in options.filename else ["{stem}", "{stem} 2"]))
     model_stems = _registry_stems(args["model"], args["light"])  # known without loading the model
     stems = run = None
     if model_stems is not None:
