@@ -19,7 +19,7 @@ from machine import describe
 
 from stemsplit.model import TSBSMamba2
 from stemsplit.runtime import tune_cpu_allocator
-from stemsplit.train.loop import separation_loss
+from stemsplit.train.losses import separation_loss
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
             start = time.perf_counter()
             with autocast:
                 stage1, stage2 = model(mixture)
-            loss = separation_loss(stage1, stage2, targets)
+            loss = separation_loss((stage1, stage2), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

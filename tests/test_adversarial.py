@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +64,8 @@ USAGE_ERRORS = {
     "cuda:x": (["--device", "cuda:x"], "--device"),
     "meta": (["--device", "meta"], "--device"),
     "cpu:1": (["--device", "cpu:1"], "--device"),
+    # -o "": was the current folder
+    "empty out": (["-o", ""], "--out: the folder name is empty"),
     # options that do not exist
     "unknown option": (["--colour", "red"], "No such option"),
 }
@@ -91,6 +94,58 @@ def test_usage_errors_are_one_line_exit_2_and_touch_nothing(case, a_song, tmp_pa
     print(f"{case}: {elapsed:.2f} s")  # seconds incl. Python start-up; see the benchmark for timings
 
 
+MODEL_ERRORS = {
+    "folder": ("models/", "--model: models/ is a folder, not a checkpoint file"),
+    "bare folder name": ("models", "--model: models is a folder, not a checkpoint file"),
+    "missing": ("nothere.safetensors", "--model: nothere.safetensors does not exist"),
+    "missing path": ("./nothere", "--model: ./nothere does not exist"),
+    "missing file URL": (
+        "file:///nonexistent/m.safetensors",
+        "--model: /nonexistent/m.safetensors does not exist",
+    ),
+    "file URL with a host": (
+        "file://m.safetensors",
+        "names the host 'm.safetensors'; write file:///absolute/path",
+    ),
+    "other scheme": ("s3://bucket/m.safetensors", "--model: s3:// URLs are not supported"),
+    "fifo": ("pipe.pt", "--model: pipe.pt is not a regular file"),
+    "unreadable": ("locked.safetensors", "--model: locked.safetensors cannot be read: permission denied"),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_ERRORS))
+def test_a_bad_model_path_is_a_usage_error_before_anything_loads(case, tmp_path):
+    """Before: a folder was 'no model named ... in weights.toml', a missing file exit 1 after torch loaded,
+    file:///x became file:/x."""
+    spec, expected = MODEL_ERRORS[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    song(work / "s.wav")
+    (work / "models").mkdir()
+    os.mkfifo(work / "pipe.pt")
+    (work / "locked.safetensors").write_bytes(b"x")
+    (work / "locked.safetensors").chmod(0)
+    if case == "unreadable" and os.access(work / "locked.safetensors", os.R_OK):
+        pytest.skip("running as root: every file is readable")
+    result = stemsplit("s.wav", "-o", "out", "--model", spec, cwd=work)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (work / "out").exists()
+
+
+def test_a_file_url_names_the_checkpoint_path(tmp_path, tiny_checkpoint):
+    song(tmp_path / "s.wav")
+    url = "file://" + str(Path(tiny_checkpoint).resolve())
+    stemsplit(tmp_path / "s.wav", "-o", tmp_path / "out", "--model", url, *FAST, check=0)
+    assert files_under(tmp_path / "out") == [f"s/{s}" for s in FOUR_STEMS]
+
+
+def test_the_cli_knows_the_checkpoint_suffixes_the_loader_knows():
+    from stemsplit import cli_separate, weights
+
+    assert cli_separate.CHECKPOINT_SUFFIXES == weights.CHECKPOINT_SUFFIXES
+
+
 def test_two_songs_on_one_file_is_a_usage_error(tmp_path):
     """Before: the second song spun forever looking for a free name."""
     song(tmp_path / "a.wav")
@@ -99,6 +154,8 @@ def test_two_songs_on_one_file_is_a_usage_error(tmp_path):
         tmp_path / "a.wav", tmp_path / "b.wav", "-o", tmp_path / "out", "--filename", "{stem}.{ext}"
     )
     assert result.returncode == 2 and "would both write" in result.stderr and "a.wav" in result.stderr
+    assert f"would both write {tmp_path / 'out' / '{stem}.wav'}" in result.stderr  # not a stand-in's name
+    assert "stem-a" not in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -138,6 +195,29 @@ def test_a_link_inside_the_output_folder_does_not_carry_stems_out(tmp_path, tiny
     result = stemsplit(tmp_path / "song.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST)
     assert result.returncode == 2 and "outside the output folder" in result.stderr
     assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_a_link_put_into_the_output_folder_while_separating_does_not_carry_stems_out(tmp_path):
+    """The plan found no link; one swapped in before the commit (a race) must not lead the renames out."""
+    from stemsplit.output import OutputError, OutputOptions, SongSource, StemWriter, plan_outputs
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    [planned] = plan_outputs([SongSource(tmp_path / "s.wav")], out, ["a", "b"], OutputOptions())
+    with StemWriter(planned, OutputOptions(), RATE, 2) as writer:
+        writer.write({s: np.full((1000, 2), 0.1, np.float32) for s in "ab"})
+        check = writer._check_destinations
+
+        def check_then_swap() -> None:  # the race: out/s becomes a link to a folder outside
+            check()
+            os.rename(out / "s", elsewhere / "s")
+            (out / "s").symlink_to(elsewhere / "s")
+
+        writer._check_destinations = check_then_swap
+        with pytest.raises(OutputError, match="outside the output folder"):
+            writer.commit()
+    assert [p for p in os.listdir(elsewhere / "s") if not p.startswith(".stemsplit-")] == []
+    assert files_under(out) == []  # no journal either
 
 
 def test_the_longest_legal_stem_file_name(tmp_path, tiny_checkpoint):
@@ -237,6 +317,71 @@ def test_a_rename_failing_midway_is_rolled_back_and_replaced_files_come_back(tmp
     assert sorted(os.listdir(out / "s")) == ["a.wav", "b.wav", "d.wav"]  # no c, no backups or temporaries
 
 
+# A process that dies (os._exit: no cleanup, as in a power cut) at its Nth call of os.replace (or
+# os.unlink) during a commit of stems a, b, c, d over the user's old files in OUT/s.
+_DIE_MID_COMMIT = """
+import os, sys
+import numpy as np
+from pathlib import Path
+from stemsplit.output import OutputOptions, SongSource, StemWriter, plan_outputs
+
+out, die_at, name = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+[planned] = plan_outputs([SongSource(Path("s.wav"))], out, list("abcd"), OutputOptions())
+writer = StemWriter(planned, OutputOptions(overwrite=True), 44100, 1)
+with writer:
+    writer.write({s: np.full((10, 1), 0.5, np.float32) for s in "abcd"})
+    calls, real = [0], getattr(os, name)
+
+    def dying(*args):
+        calls[0] += 1
+        if calls[0] == die_at:
+            os._exit(9)
+        real(*args)
+
+    setattr(os, name, dying)
+    writer.commit()
+"""
+
+
+def _die_mid_commit(out, die_at, name="replace"):
+    (out / "s").mkdir(parents=True)
+    for stem in "abcd":
+        (out / "s" / f"{stem}.wav").write_bytes(b"the user's " + stem.encode())
+    child = subprocess.run(
+        [sys.executable, "-c", _DIE_MID_COMMIT, str(out), str(die_at), name], capture_output=True
+    )
+    assert child.returncode == 9, child.stderr.decode()
+
+
+def test_a_commit_cut_short_by_a_power_cut_is_rolled_back_by_the_next_run(tmp_path, tiny_checkpoint):
+    """Before: the user's old b.wav stayed in a hidden .backup for ever, and a.wav held a new stem."""
+    out = tmp_path / "out"
+    # os.replace calls: 1 the journal, 2 a -> backup, 3 new a in, 4 b -> backup, 5 new b in: dies there.
+    _die_mid_commit(out, die_at=5)
+    left = sorted(os.listdir(out / "s"))
+    assert "b.wav" not in left and any(n.endswith(".backup") for n in left), left  # it did die midway
+    assert any(n.endswith(".journal") for n in os.listdir(out))
+    song(tmp_path / "other.wav")  # the next run writes another song into the same output folder
+    stemsplit(tmp_path / "other.wav", "-o", out, "--model", tiny_checkpoint, *FAST, check=0)
+    for stem in "abcd":
+        assert (out / "s" / f"{stem}.wav").read_bytes() == b"the user's " + stem.encode()
+    assert sorted(files_under(out)) == sorted(
+        [f"s/{x}.wav" for x in "abcd"] + [f"other/{x}" for x in FOUR_STEMS]
+    )
+
+
+def test_a_commit_cut_short_after_its_last_rename_is_rolled_forward(tmp_path):
+    """Every stem was in place, only the backups were not removed yet: the new stems stay."""
+    from stemsplit.output import recover_unfinished_commits
+
+    out = tmp_path / "out"
+    _die_mid_commit(out, die_at=3, name="unlink")  # 1: the journal's temporary, 2: a's backup, 3: b's
+    assert len([n for n in os.listdir(out / "s") if n.endswith(".backup")]) == 3
+    recover_unfinished_commits(out)
+    assert sorted(files_under(out)) == [f"s/{x}.wav" for x in "abcd"]
+    assert all(sf.info(str(out / "s" / f"{x}.wav")).frames == 10 for x in "abcd")
+
+
 def _run_until_windows(args, **kwargs):
     """Start stemsplit with --json; return the process once the first window batch is done."""
     exe = shutil.which("stemsplit")
@@ -265,6 +410,44 @@ def test_sigterm_and_sighup_leave_nothing(signum, code, tmp_path, tiny_checkpoin
     assert proc.returncode == code, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("after", "delay"), [("typer", 0), ("stemsplit.cli_train", 0), ("stemsplit.cli", 0.4)]
+)
+def test_ctrl_c_while_starting_is_one_line_not_a_traceback(after, delay, tmp_path, tiny_checkpoint):
+    """Before: Ctrl-C while the CLI imported its modules printed a KeyboardInterrupt traceback.
+
+    The child reports each module it finished importing (PYTHONPROFILEIMPORTTIME); SIGINT is sent
+    ``delay`` seconds after ``after`` is in: typer (early in stemsplit.cli), stemsplit.cli_train (its
+    last import), stemsplit.cli itself and 0.4 s more (importing torch, or loading the model).
+    """
+    song(tmp_path / "s.wav")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [shutil.which("stemsplit"), tmp_path / "s.wav", "-o", out, "--model", tiny_checkpoint, *FAST],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    seen, sent = [], False
+    for line in proc.stderr:  # "import time: self [us] | cumulative | module"
+        seen.append(line)
+        if line.rstrip().endswith(" " + after):
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            sent = True
+            break
+    assert sent, "".join(seen)[-2000:]
+    rest = proc.communicate(timeout=120)[1]
+    stderr = "".join(seen) + rest
+    messages = [line for line in stderr.splitlines() if not line.startswith("import time:") and line.strip()]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, messages
+    assert proc.returncode in (130, 0), messages  # 0: it finished before the signal landed
+    if proc.returncode == 130:
+        assert len(messages) == 1 and messages[0].startswith("stemsplit: error: interrupted"), messages
+        assert files_under(out) == []
 
 
 def test_temporaries_of_a_killed_run_are_swept_by_the_next(tmp_path, tiny_checkpoint):
@@ -338,6 +521,22 @@ def test_batch_notices_swapped_files_with_the_same_size_and_mtime(tmp_path, tiny
     assert np.abs(loud).max() > 3 * np.abs(quiet).max()
 
 
+def test_batch_does_not_depend_on_how_the_input_folder_is_spelled(tmp_path, tiny_checkpoint):
+    """Before: the same folder reached through a link was taken for other songs and separated again."""
+    music = tmp_path / "music"
+    (music / "sub").mkdir(parents=True)
+    song(music / "sub" / "a.wav")
+    (tmp_path / "link").symlink_to(music)
+    m = ["-o", "out", "--model", tiny_checkpoint, *FAST, "--json"]
+    events = {}
+    for spelling in ("music/", "./link", str(tmp_path / "music" / "sub" / ".." / ".")):
+        run = stemsplit("batch", spelling, *m, cwd=tmp_path, check=0)
+        events[spelling] = [json.loads(line)["event"] for line in run.stdout.splitlines()]
+    assert [e.count("result") for e in events.values()] == [1, 0, 0], events
+    assert [e.count("skipped") for e in events.values()] == [0, 1, 1], events
+    assert files_under(tmp_path / "out", state=False) == [f"sub/a/{s}" for s in FOUR_STEMS]
+
+
 def test_batch_separates_songs_that_share_a_name_in_one_folder(tmp_path, tiny_checkpoint):
     """a.wav and a.flac side by side: both are separated (a and a (2)), not a usage error for the folder."""
     music = tmp_path / "music"
@@ -364,6 +563,27 @@ def test_batch_does_not_walk_its_own_output_or_hidden_files(tmp_path, tiny_check
     assert first == [f"a/{s}" for s in FOUR_STEMS]
     stemsplit("batch", music, "-o", out, *m, check=0)
     assert files_under(out, state=False) == first
+
+
+def test_batch_into_its_own_input_folder_says_so(tmp_path):
+    """Before: `batch music -o music` said 'no audio files found in music' (the walk skipped -o)."""
+    music = tmp_path / "music"
+    music.mkdir()
+    song(music / "a.wav")
+    result = stemsplit("batch", music, "-o", music)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"--out: {music} is the input folder {music}: its stems would be taken for songs" in lines[0]
+    assert os.listdir(music) == ["a.wav"]
+
+
+def test_batch_into_a_folder_that_holds_its_input(tmp_path, tiny_checkpoint):
+    """Before: `batch music -o .` found no audio files (all of music lies inside -o, which was skipped)."""
+    music = tmp_path / "music"
+    music.mkdir()
+    song(music / "a.wav")
+    stemsplit("batch", "music", "-o", ".", "--model", tiny_checkpoint, *FAST, cwd=tmp_path, check=0)
+    assert files_under(tmp_path, state=False) == sorted([f"a/{s}" for s in FOUR_STEMS] + ["music/a.wav"])
 
 
 def test_batch_survives_a_symlink_loop_and_separates_a_file_once(tmp_path, tiny_checkpoint):
@@ -450,6 +670,56 @@ def test_a_live_claim_is_respected(tmp_path):
     assert str(os.getpid()) in second.holder
     first.release()
     assert second.acquire()
+
+
+def test_a_batch_with_other_settings_does_not_mix_its_stems_into_a_running_one(tmp_path, tiny_checkpoint):
+    """Before: a wav run skipped a song that a flac run held ('being separated'), exit 0; and a run with
+    other --stems claimed another slot and wrote the same vocals file beside the other run."""
+    from stemsplit.batch import Claim
+    from stemsplit.output import OutputOptions, SongSource, plan_outputs
+
+    music, out = tmp_path / "music", tmp_path / "out"
+    music.mkdir()
+    song(music / "a.wav")
+    stemsplit("batch", music, "-o", out, "--format", "flac", "--model", tiny_checkpoint, *FAST, check=0)
+    [record] = (out / ".stemsplit" / "done").glob("*.json")
+    flac_settings = json.loads(record.read_text())["settings"]
+    song(music / "a.wav", scale=0.1)  # changed: the flac run below separates it again
+    [planned] = plan_outputs([SongSource(music / "a.wav")], out, ["vocals"], OutputOptions(fmt="flac"))
+    running = Claim(out, planned, settings={**flac_settings, "stems": ["vocals"]})  # this process holds it
+    assert running.acquire()
+    before = files_under(out, state=False)
+    for extra in ([], ["--stems", "vocals"]):
+        result = stemsplit("batch", music, "-o", out, *extra, "--model", tiny_checkpoint, *FAST)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("stemsplit: error:")]
+        assert result.returncode == 1 and len(errors) == 1, result.stderr
+        assert f"a.wav: being separated by process {os.getpid()}" in errors[0]
+        assert "with other settings (format" in errors[0] and "run again when it is done" in errors[0]
+        assert files_under(out, state=False) == before  # no wav stem beside the flac run's
+    running.release()
+
+
+def test_claims_share_a_slot_across_stems_and_formats_and_say_what_differs(tmp_path):
+    from stemsplit.batch import Claim
+    from stemsplit.output import OutputOptions, SongSource, plan_outputs
+
+    def planned(stems, fmt):
+        return plan_outputs(
+            [SongSource(tmp_path / "a.wav")], tmp_path / "out", stems, OutputOptions(fmt=fmt)
+        )[0]
+
+    held = Claim(
+        tmp_path / "out", planned(["x", "y"], "wav"), settings={"format": "wav", "stems": ["x", "y"]}
+    )
+    assert held.acquire()
+    same = Claim(
+        tmp_path / "out", planned(["x", "y"], "wav"), settings={"format": "wav", "stems": ["x", "y"]}
+    )
+    assert not same.acquire() and same.conflict == []  # the same run's work: skipped, as before
+    other = Claim(tmp_path / "out", planned(["x"], "flac"), settings={"format": "flac", "stems": ["x"]})
+    assert not other.acquire() and other.conflict == ["format", "stems"]
+    elsewhere = Claim(tmp_path / "out", planned(["x"], "flac"), "{track}-{stem}.{ext}", {"format": "flac"})
+    assert elsewhere.acquire()  # another template: another place, no conflict
 
 
 def test_claims_race_each_song_once(tmp_path):
@@ -539,6 +809,32 @@ def test_an_unexpected_exception_is_one_line_and_exit_70(tmp_path, monkeypatch, 
         cli.main([str(tmp_path / "x.wav"), "--debug"])
 
 
+def test_a_float_file_of_huge_samples_is_refused_not_separated_into_nan(tmp_path, tiny_checkpoint):
+    """Before: samples of ±3e38 (finite) gave NaN stems in a float wav, and exit 70 with --format flac."""
+    huge = np.full((RATE, 2), 3e38, np.float32)
+    huge[::2] *= -1
+    sf.write(tmp_path / "huge.wav", huge, RATE, subtype="FLOAT")
+    for fmt in ("wav", "flac"):
+        result = stemsplit(
+            tmp_path / "huge.wav", "-o", tmp_path / fmt, "--format", fmt, "--model", tiny_checkpoint, *FAST
+        )
+        errors = [line for line in result.stderr.splitlines() if "error" in line]
+        assert result.returncode == 1 and len(errors) == 1, result.stderr
+        assert "huge.wav: sample 0 (0.00 s) is -3e+38, beyond ±1e+06: not audio" in errors[0]
+        assert files_under(tmp_path / fmt) == []
+
+
+def test_stems_that_come_out_nan_are_never_written(tmp_path):
+    from stemsplit.output import OutputError, OutputOptions, SongSource, StemWriter, plan_outputs
+
+    [planned] = plan_outputs([SongSource(tmp_path / "s.wav")], tmp_path / "out", ["a", "b"], OutputOptions())
+    with StemWriter(planned, OutputOptions(), RATE, 1) as writer:
+        writer.write({"a": np.zeros((10, 1), np.float32), "b": np.zeros((10, 1), np.float32)})
+        with pytest.raises(OutputError, match=r"s\.wav: the b stem came out NaN or infinite"):
+            writer.write({"a": np.zeros((10, 1), np.float32), "b": np.full((10, 1), np.nan, np.float32)})
+    assert files_under(tmp_path / "out") == []
+
+
 def test_json_has_one_result_per_song_and_an_error_event(tmp_path, tiny_checkpoint):
     song(tmp_path / "good.wav")
     (tmp_path / "bad.wav").write_text("not audio")
@@ -592,7 +888,19 @@ def test_api_scales_integer_pcm_by_its_type(separator):
     assert np.abs(sum(stems.values()) - (unsigned - 128.0) / 128).max() < 1e-5
 
 
-@pytest.mark.parametrize("rate", [0, -44100, 44100.5, float("nan"), "fast", 10**7])
+def test_api_refuses_samples_that_are_not_audio(separator):
+    from stemsplit.separate import SeparationError
+
+    audio = np.zeros((2, RATE), np.float32)
+    audio[1, 100] = -1e30
+    with pytest.raises(SeparationError, match=r"sample 100 is -1e\+30, beyond ±1e\+06: not audio"):
+        separator.separate(audio, RATE)
+
+
+@pytest.mark.parametrize(
+    "rate",
+    [0, 1, -44100, 44100.5, float("nan"), "fast", "44100", True, 10**7, pytest.param(10**400, id="10**400")],
+)
 def test_api_checks_the_sample_rate(separator, rate):
     from stemsplit.separate import SeparationError
 
@@ -615,3 +923,48 @@ def test_api_settings_name_the_option(golden_model, kwargs, option):
     with pytest.raises(SeparationError) as error:
         Separator(golden_model, **kwargs)
     assert error.value.option == option and "--" not in str(error.value)  # the library names no flags
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"exact": "no"}, "exact"),
+        ({"stage": True}, "stage"),
+        ({"window": "3"}, "window"),
+        ({"hop": "0.5"}, "hop"),
+        ({"batch_size": 2.0}, "batch_size"),
+        ({"batch_size": True}, "batch_size"),
+        ({"precision": ["fp32"]}, "precision"),
+        ({"model": 123}, "model"),
+        ({"stems": ["vocals", "vocals", "drums", "bass"]}, "stems"),
+        ({"normalization": "z-score"}, "normalization"),
+    ],
+)
+def test_api_refuses_settings_of_the_wrong_type(kwargs, option, tiny_checkpoint):
+    """Before: exact="no" ran as exact, stage=True as stage 1; window="3", model=123 were deep TypeErrors."""
+    from stemsplit.separate import SeparationError, Separator
+
+    with pytest.raises(SeparationError) as error:
+        Separator(kwargs.pop("model", tiny_checkpoint), device="cpu", **kwargs)
+    assert error.value.option == option, error.value
+
+
+def test_api_refuses_an_absurd_sample_rate_for_a_model(golden_model):
+    from stemsplit.separate import SeparationError, Separator
+
+    with pytest.raises(
+        SeparationError, match=r"sample rate must be a whole number of Hz .*\(401 characters\)"
+    ):
+        Separator(golden_model, sample_rate=10**400, device="cpu")
+
+
+def test_api_takes_a_bf16_tensor_and_refuses_a_meta_one(separator):
+    import torch
+
+    from stemsplit.separate import SeparationError
+
+    audio = torch.from_numpy(np.random.default_rng(0).uniform(-0.3, 0.3, (2, RATE)).astype(np.float32))
+    stems = separator.separate(audio.to(torch.bfloat16), RATE)
+    assert np.abs(sum(stems.values()) - audio.to(torch.bfloat16).float().numpy()).max() < 1e-5  # stage 1
+    with pytest.raises(SeparationError, match=r"audio: a torch\.float32 tensor on meta holds no samples"):
+        separator.separate(torch.empty(2, RATE, device="meta"), RATE)

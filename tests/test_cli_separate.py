@@ -198,6 +198,14 @@ def write_bad(kind, folder):
         audio[30000, 1] = np.nan
         sf.write(path, audio, RATE, subtype="FLOAT")
         return path, "NaN or infinite"
+    if kind == "huge":
+        audio = song(path)
+        audio[30000, 1] = 3e38  # finite, but no sound: the model's energies overflow
+        sf.write(path, audio, RATE, subtype="FLOAT")
+        return path, "sample 30000 (0.68 s) is 3e+38, beyond ±1e+06: not audio"
+    if kind == "one_hz":
+        sf.write(path, np.zeros((100, 2), np.float32) + 0.1, 1)  # a header saying 1 Hz: 100 s of "audio"
+        return path, "the file says its sample rate is 1 Hz; stemsplit takes 1000 to 1000000 Hz"
     if kind == "six_channels":
         song(path, channels=6)
         return path, "6 channels"
@@ -215,6 +223,8 @@ def write_bad(kind, folder):
         "truncated",
         "too_short",
         "nan",
+        "huge",
+        "one_hz",
         "six_channels",
     ],
 )

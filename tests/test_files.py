@@ -81,6 +81,8 @@ def test_temporaries_of_dead_processes_are_swept(tmp_path):
     dead.write_bytes(b"half a stem")
     backup = tmp_path / f".stemsplit-{host_tag()}-{pid}-4567abcd.backup"  # a commit cut short by a power cut
     backup.write_bytes(b"the user's old stem")
+    journal = tmp_path / f".stemsplit-{host_tag()}-{pid}-89abcdef.journal"  # says where the backup goes back
+    journal.write_text("{}")
     foreign_fresh = tmp_path / ".stemsplit-0badc0de-1-0123abcd.partial"
     foreign_old = tmp_path / ".stemsplit-0badc0de-2-0123abcd.partial"
     for path in (foreign_fresh, foreign_old):
@@ -94,6 +96,7 @@ def test_temporaries_of_dead_processes_are_swept(tmp_path):
     assert sorted(removed) == sorted([dead, foreign_old])
     assert mine.exists() and foreign_fresh.exists() and all(p.exists() for p in users)
     assert backup.read_bytes() == b"the user's old stem"  # never swept: it is the user's file
+    assert journal.exists()  # never swept: output.recover_unfinished_commits reads and removes it
 
 
 def test_exported_checkpoints_are_readable_by_others(tmp_path, umask_022):

@@ -18,7 +18,7 @@ Problems are :class:`AudioError`, one line starting with the path: not a
 regular file (FIFO, socket, device), permission denied, a directory, empty,
 not an audio file (text, images, archives, unknown bytes), no audio stream
 (a video without sound), truncated (at the position where decoding really
-stops), NaN or infinite samples.
+stops), NaN or infinite samples, samples beyond ±:data:`MAX_SAMPLE` (not audio).
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .settings import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SeparationError, check_sample_rate
+
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "MAX_SAMPLE",
     "AudioError",
     "AudioInfo",
     "BlockResampler",
@@ -52,6 +55,7 @@ __all__ = [
     "probe",
     "read_blocks",
     "redirect_native_stderr",
+    "unplayable_sample",
 ]
 
 # What `stemsplit batch` picks up when it walks a folder: what libsndfile reads, what FFmpeg decodes
@@ -75,6 +79,9 @@ _TAIL_SECONDS = 2.0
 # FFmpeg containers whose stated duration comes from an index (not a bitrate guess): if decoding ends
 # more than this many seconds before it, the file is truncated.
 _RELIABLE_DURATION_SLACK = 0.5
+# Float samples beyond this (120 dB above full scale) are not audio: a broken writer, or data that is not
+# sound. They are refused: far enough beyond it the model's energies overflow float32 and its stems are NaN.
+MAX_SAMPLE = 1e6
 # libsndfile's error text for a bad frame is often a stale or internal one ("psf_fseek() failed").
 _LIBSNDFILE_DECODE_ERROR = "libsndfile cannot decode past this point"
 
@@ -127,12 +134,21 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     what = _non_audio_kind(head)
     if what:
         raise AudioError(f"{path}: not an audio file ({what})")
+    info = None
     try:
         with sf.SoundFile(str(path)) as f:
-            return _probe_libsndfile(path, f)
+            info = _probe_libsndfile(path, f)
     except (sf.LibsndfileError, RuntimeError):  # not a format libsndfile reads: try FFmpeg
         pass
-    return _probe_ffmpeg(path, head)
+    info = info or _probe_ffmpeg(path, head)
+    try:
+        check_sample_rate(info.sample_rate)
+    except SeparationError:  # a header saying 1 Hz (or 4 GHz) is damaged or not audio
+        raise AudioError(
+            f"{path}: the file says its sample rate is {info.sample_rate} Hz; stemsplit takes "
+            f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz"
+        ) from None
+    return info
 
 
 def _readable_head(path: Path) -> bytes:
@@ -556,11 +572,10 @@ def read_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
     source = _libsndfile_pieces(info) if info.decoder == "libsndfile" else _ffmpeg_pieces(info)
     try:
         for piece in source:
-            if not np.isfinite(piece).all():
-                bad = position + buffered + int(np.argwhere(~np.isfinite(piece))[0][0])
-                raise AudioError(
-                    f"{info.path}: sample {bad} ({bad / info.sample_rate:.2f} s) is NaN or infinite"
-                )
+            problem = unplayable_sample(piece)
+            if problem is not None:
+                bad = position + buffered + problem[0]
+                raise AudioError(f"{info.path}: sample {bad} ({bad / info.sample_rate:.2f} s) {problem[1]}")
             pieces.append(piece)
             buffered += len(piece)
             while buffered >= block_frames:
@@ -580,6 +595,23 @@ def read_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
         raise AudioError(f"{info.path}: contains no audio")
     if info.frames_exact and position < info.frames:
         raise AudioError(_truncated(info.path, position, info.sample_rate, info.seconds))
+
+
+def unplayable_sample(block: np.ndarray) -> tuple[int, str] | None:
+    """The first frame of ``block`` ([frames, channels]) holding a sample that is not audio, and why.
+
+    NaN, infinite, or beyond ±:data:`MAX_SAMPLE`; None when every sample is fine.
+    """
+    magnitude = np.abs(block)
+    if magnitude.size == 0 or magnitude.max() <= MAX_SAMPLE:  # NaN compares False: looked at below
+        return None
+    frames = magnitude.reshape(len(block), -1)
+    bad = ~(frames <= MAX_SAMPLE)  # True for NaN too
+    frame = int(np.argwhere(bad.any(axis=1))[0][0])
+    value = float(block.reshape(len(block), -1)[frame][bad[frame]][0])
+    if not math.isfinite(value):
+        return frame, "is NaN or infinite"
+    return frame, f"is {value:.3g}, beyond ±{MAX_SAMPLE:.0e}: not audio"
 
 
 def _libsndfile_pieces(info: AudioInfo) -> Iterator[np.ndarray]:

@@ -5,19 +5,25 @@
 ``stems/.stemsplit/``:
 
 - ``done/<key>.json``: a song's manifest, written when its stems are committed:
-  the source (path, size, mtime, SHA-256 of its bytes), and the settings that
+  the source (its real path, however the input folder was spelled or linked to;
+  size, mtime, SHA-256 of its bytes), and the settings that
   change the stems (model fingerprint, window, hop, stage, format, ...). A
   song counts as done only if its manifest matches the source and the
   settings; anything else is separated again, never skipped.
-- ``claims/<key>.claim``: created with ``O_EXCL`` before a song is separated,
+- ``claims/<slot>.claim``: created with ``O_EXCL`` before a song is separated,
   so several ``batch`` processes (on one machine, or on several hosts over a
   shared folder) each separate a song exactly once. A claim whose process died
   is taken over: on the same host when its pid is gone, from another host when
   it was not refreshed for :data:`CLAIM_STALE_SECONDS` (live claims are
-  touched every :data:`HEARTBEAT_SECONDS` while their song runs).
+  touched every :data:`HEARTBEAT_SECONDS` while their song runs). A claim
+  carries its run's settings: a run with other settings (another format, other
+  stems, another model...) that finds the song claimed fails that song, saying
+  so, rather than mixing its stems with the other run's in one folder.
 
-``key`` is a hash of the song's output paths (relative to ``-o``): one output
-slot, one manifest, one claim.
+``key`` is a hash of the song's output paths (relative to ``-o``): one set of
+outputs, one manifest. ``slot`` is a hash of the song's place in the template
+with ``{stem}`` and ``{ext}`` left open (:func:`song_slot`): runs writing other
+stems or another format into the same folder share the song's claim.
 """
 
 from __future__ import annotations
@@ -36,9 +42,9 @@ from typing import Any
 
 from .audio import AUDIO_EXTENSIONS
 from .files import host_tag, process_alive, sha256_of, write_atomically
-from .output import SongOutputs, SongSource
+from .output import DEFAULT_FILENAME, SongOutputs, SongSource
 
-__all__ = ["BatchError", "Claim", "DoneRecords", "find_songs", "song_key"]
+__all__ = ["BatchError", "Claim", "DoneRecords", "find_songs", "song_key", "song_slot"]
 
 STATE_FOLDER = ".stemsplit"
 HEARTBEAT_SECONDS = 30.0
@@ -63,17 +69,21 @@ def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
     """Audio files under ``folders`` (recursive, sorted), each with its folder relative to its root.
 
     Skipped: hidden files and folders, the output folder (when it lies inside
-    an input folder), a folder reached a second time (a symbolic-link loop, or
-    two inputs that overlap) and a file reached a second time.
+    an input folder; an output folder holding an input folder is walked as
+    usual), a folder reached a second time (a symbolic-link loop, or two
+    inputs that overlap) and a file reached a second time.
     """
     found = FoundSongs()
     out_real = os.path.realpath(out_dir)
     seen_folders: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
 
-    def walk(folder: Path, relative: str) -> None:
+    def inside(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+    def walk(folder: Path, relative: str, root: str) -> None:
         real = os.path.realpath(folder)
-        if real == out_real or real.startswith(out_real + os.sep):
+        if inside(real, out_real) and not inside(root, out_real):
             return  # our own output: separating it again would grow the tree on every run
         try:
             st = os.stat(folder)
@@ -91,7 +101,7 @@ def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
             path = Path(entry.path)
             try:
                 if entry.is_dir():
-                    walk(path, f"{relative}/{entry.name}" if relative else entry.name)
+                    walk(path, f"{relative}/{entry.name}" if relative else entry.name, root)
                 elif entry.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
                     fst = entry.stat()
                     if (fst.st_dev, fst.st_ino) not in seen_files:
@@ -103,7 +113,7 @@ def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
     for folder in folders:
         if not folder.is_dir():
             raise BatchError(f"{folder}: not a folder")
-        walk(folder, "")
+        walk(folder, "", os.path.realpath(folder))
     return found
 
 
@@ -114,6 +124,15 @@ def song_key(song: SongOutputs) -> str:
     """A name for one output slot: a hash of the song's output paths relative to the output folder."""
     relative = sorted(str(p.relative_to(song.out_dir)) for p in song.paths.values())
     return hashlib.sha256("\0".join(relative).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def song_slot(song: SongOutputs, template: str = DEFAULT_FILENAME) -> str:
+    """A name for a song's place under the output folder, whatever its stems and format.
+
+    A hash of ``template`` filled with the song's {folder} and {track}, {stem} and {ext} left open.
+    """
+    text = template.format(folder=song.source.folder, track=song.track, stem="\0stem", ext="\0ext")
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 class DoneRecords:
@@ -141,7 +160,7 @@ class DoneRecords:
         record = self.read(song)
         if not record or not record.get("complete") or record.get("settings") != self.settings:
             return False
-        if record.get("source") != os.path.abspath(song.source.path):
+        if record.get("source") != os.path.realpath(song.source.path):
             return False
         if not all(os.path.isfile(p) for p in song.paths.values()):
             return False
@@ -164,7 +183,7 @@ class DoneRecords:
         """Record the song: ``complete=False`` before its stems are committed, True after."""
         st = os.stat(song.source.path)
         record = {
-            "source": os.path.abspath(song.source.path),
+            "source": os.path.realpath(song.source.path),
             "size": st.st_size,
             "identity": [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns],
             "sha256": sha256_of(song.source.path) if complete else None,
@@ -188,11 +207,19 @@ class Claim:
     song runs; ``release()`` removes it.
     """
 
-    def __init__(self, out_dir: Path, song: SongOutputs) -> None:
-        self.path = Path(out_dir) / STATE_FOLDER / "claims" / f"{song_key(song)}.claim"
+    def __init__(
+        self,
+        out_dir: Path,
+        song: SongOutputs,
+        template: str = DEFAULT_FILENAME,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(out_dir) / STATE_FOLDER / "claims" / f"{song_slot(song, template)}.claim"
         self.token = secrets.token_hex(8)
+        self.settings = json.loads(json.dumps(dict(settings or {})))  # as it will read back from JSON
         self._beat = 0.0
         self.holder = ""  # who holds it, when acquire() fails
+        self.conflict: list[str] = []  # and the settings its holder runs with that differ from ours
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +227,12 @@ class Claim:
             return True
         if self._take_over_if_stale():
             return True
-        self.holder = self._describe(self._read())
+        data = self._read()
+        self.holder = self._describe(data)
+        theirs = (data or {}).get("settings")
+        if isinstance(theirs, dict):
+            names = sorted(set(theirs) | set(self.settings))
+            self.conflict = [k for k in names if theirs.get(k) != self.settings.get(k)]
         return False
 
     def heartbeat(self) -> None:
@@ -222,7 +254,13 @@ class Claim:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             return False
-        info = {"host": host_tag(), "hostname": socket.gethostname(), "pid": os.getpid(), "token": self.token}
+        info = {
+            "host": host_tag(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": self.token,
+            "settings": self.settings,
+        }
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
         self._beat = time.monotonic()

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
-import platform
-import sys
-from pathlib import Path
+import os
+import signal
 
-import typer
-from rich.table import Table
 
-from . import __version__, audio
-from .cli_common import EXAMPLES, EXIT_INTERNAL, error_line, fail, out_console
-from .cli_eval import eval_command
-from .cli_models import models_app
-from .cli_separate import separation_command
-from .cli_train import train_command
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C while the modules below load: nothing has been done yet, so one line and exit 130."""
+    os.write(2, b"stemsplit: error: interrupted\n")
+    os._exit(130)
+
+
+# Importing what follows takes a while (numpy, rich, typer); Ctrl-C then used to print a traceback.
+# Installed only where Python's own handler is (not where SIGINT is ignored: nohup, background jobs),
+# and put back at the end of this module, where main() takes over.
+_sigint_before = signal.getsignal(signal.SIGINT)
+if _sigint_before is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import platform  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import typer  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from . import __version__, audio  # noqa: E402
+from .cli_common import EXAMPLES, EXIT_INTERNAL, error_line, fail, out_console  # noqa: E402
+from .cli_eval import eval_command  # noqa: E402
+from .cli_models import models_app  # noqa: E402
+from .cli_separate import separation_command  # noqa: E402
+from .cli_train import train_command  # noqa: E402
 
 app = typer.Typer(
     name="stemsplit",
@@ -169,9 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     if args and args[0] not in SUBCOMMANDS and args[0] not in GLOBAL_FLAGS:
         args.insert(0, "separate")
     debug = "--debug" in args
-    if not debug:
-        audio.redirect_native_stderr()  # C libraries' own messages ("Duh...") never reach the user
     try:
+        if not debug:
+            audio.redirect_native_stderr()  # C libraries' own messages ("Duh...") never reach the user
         code = app(args=args, prog_name="stemsplit", standalone_mode=False)
     except KeyboardInterrupt:
         error_line("interrupted")
@@ -192,3 +209,7 @@ def main(argv: list[str] | None = None) -> None:
             error_line(f"internal error: {type(exc).__name__}: {exc} (run again with --debug and report it)")
             code = EXIT_INTERNAL
     sys.exit(code if isinstance(code, int) else 0)
+
+
+if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:  # loaded: KeyboardInterrupt again
+    signal.signal(signal.SIGINT, _sigint_before)

@@ -20,7 +20,9 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -239,6 +241,53 @@ def _wanted_stems(stems: str | None, two_stems: str | None) -> list[str] | None:
     return names
 
 
+# weights.CHECKPOINT_SUFFIXES (importing weights imports torch, which takes seconds; a test keeps them equal).
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+
+
+def _model_argument(model: str | None) -> str | Path | None:
+    """--model checked before anything is loaded: a path must be a readable file; URLs http(s) or file.
+
+    Returns what the loader gets: a path as a :class:`Path` (file:///x -> /x), anything else unchanged
+    (a registry name is checked against the registry later).
+    """
+    if model is None or model.startswith(("http://", "https://")):
+        return model
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", model):
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        url = urlsplit(model)
+        if url.scheme.lower() != "file":
+            raise UsageError(
+                f"--model: {url.scheme}:// URLs are not supported; give a registry name, "
+                "a checkpoint file or an http(s) URL"
+            )
+        if url.netloc not in ("", "localhost"):
+            raise UsageError(
+                f"--model: {model} names the host {url.netloc!r}; "
+                "write file:///absolute/path or the path itself"
+            )
+        model = url2pathname(url.path)
+    path = Path(model).expanduser()
+    if not (path.suffix in CHECKPOINT_SUFFIXES or "/" in model or os.sep in model or path.is_file()):
+        return model  # a registry name
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            with open(path, "rb"):  # permissions, ACLs, a file system that refuses
+                pass
+    except FileNotFoundError:
+        raise UsageError(f"--model: {model} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"--model: {model} cannot be read: {(exc.strerror or str(exc)).lower()}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"--model: {model} is a folder, not a checkpoint file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"--model: {model} is not a regular file")
+    return path
+
+
 def _registry_stems(model: str | None, light: bool) -> list[str] | None:
     """The stems of a registry model, known without loading (or downloading) it; None for files/URLs."""
     from . import weights
@@ -261,6 +310,12 @@ def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> li
     from .output import SongSource
 
     if batch:
+        for folder in paths:  # stems in music/<track>/ would be taken for songs by every later run
+            if os.path.realpath(folder) == os.path.realpath(out):
+                raise UsageError(
+                    f"--out: {out} is the input folder {folder}: its stems would be taken for songs; "
+                    f"write them outside it, or into a folder inside it ({Path(folder) / 'stems'})"
+                )
         try:
             found = find_songs(paths, out)
         except BatchError as exc:
@@ -297,6 +352,9 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
     from .settings import SeparationError, check_settings, choose_stems, parse_device
 
     # 1. settings
+    if not str(args["out"]).strip():  # Path("") is ".": the stems would land in the current folder
+        raise UsageError("--out: the folder name is empty; name a folder (-o . for the current one)")
+    args["out"] = Path(args["out"])
     hop = args["hop"]  # None: the model card's (0.5 s for both families)
     light_hop = args["light"] and args["model"] is None and args["hop"] is None
     try:
@@ -310,6 +368,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
     except (OutputError, SeparationError) as exc:
         raise _usage(exc) from None
     wanted = _wanted_stems(args["stems"], args["two_stems"])
+    args["model"] = _model_argument(args["model"])
 
     # 2. inputs
     out = args["out"]
@@ -319,8 +378,9 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
         return EXIT_FAILED
     songs, device = _shard_for_torchrun(songs, args["device"])
 
-    # 3. the plan: every output path of every song. Checked once with the stems asked for (or stand-ins)
-    # before anything slow is imported, then with the model's own stems.
+    # 3. the plan: every output path of every song. Checked once with the stems asked for (or the stand-in
+    # "{stem}", which reads as the template in a message: ".../{stem}.wav") before anything slow is imported,
+    # then with the model's own stems.
     def plan(stem_names: list[str]) -> list[Song]:
         try:
             planned = plan_outputs(songs, out, stem_names, options)
@@ -331,7 +391,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
     if args["two_stems"] is not None:
         plan([args["two_stems"], f"no_{args['two_stems']}"])
     else:
-        plan(wanted or (["stem-a", "stem-b"] if "{stem}" in options.filename else ["stem-a"]))
+        plan(wanted or (["{stem}"] if "{stem}" in options.filename else ["{stem}", "{stem} 2"]))
     model_stems = _registry_stems(args["model"], args["light"])  # known without loading the model
     stems = run = None
     if model_stems is not None:
@@ -374,6 +434,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
         )
         chosen = separator.output_stems(wanted, args["two_stems"])
     except UnknownModelError as exc:
+        if args["model"] is not None and os.path.isdir(args["model"]):  # a bare name: no such model, a folder
+            raise UsageError(f"--model: {args['model']} is a folder, not a checkpoint file") from None
         raise UsageError(f"--model: {exc}") from None
     except SeparationError as exc:
         if exc.option:
@@ -426,11 +488,19 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
             song.status, song.details = "skipped", "done earlier with the same source and settings"
             reporter.emit({"event": "skipped", "source": str(source)})
             return
-        claim = Claim(out, song.outputs)
+        claim = Claim(out, song.outputs, options.filename, records.settings)
         try:
             acquired = claim.acquire()
         except OSError as exc:  # OUT/.stemsplit unusable: this song fails, with its reason
             song.status, song.details = "failed", _records_problem(exc, out)
+            reporter.error(song.details, source=str(source))
+            return
+        if not acquired and claim.conflict:  # another run, other settings: its stems and ours would mix
+            song.status = "failed"
+            song.details = (
+                f"{source}: being separated by {claim.holder} with other settings "
+                f"({', '.join(claim.conflict)}) into the same place; run again when it is done"
+            )
             reporter.error(song.details, source=str(source))
             return
         if not acquired:
@@ -556,7 +626,7 @@ def separation_command(batch: bool):
             readable=False,  # an unreadable file fails alone, with the others done
         ),
         model: str = typer.Option(None, "--model", "-m", help="Registry name, checkpoint path or URL."),
-        out: Path = typer.Option(Path("stems"), "--out", "-o", help="Output folder."),
+        out: str = typer.Option("stems", "--out", "-o", help="Output folder."),  # str: "" is not "."
         device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
         light: bool = typer.Option(False, "--light", help="Fast mode: L-TS-BSMamba2, or a 1.5 s hop."),
         window: float = typer.Option(None, help="Window length in seconds [default: the model's, 3]."),

@@ -34,6 +34,7 @@ __all__ = [
     "sweep_stale_temporaries",
     "temporary_sibling",
     "write_atomically",
+    "writer_gone",
 ]
 
 PREFIX = ".stemsplit-"
@@ -91,13 +92,32 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sweep_stale_temporaries(folder: Path, now: float | None = None) -> list[Path]:
-    """Remove temporaries in ``folder`` whose writer is gone; returns what was removed.
+def writer_gone(path: Path, now: float | None = None) -> bool:
+    """True if the process that made temporary ``path`` is gone (False for names stemsplit never makes).
 
-    Ours (this host) are stale when their process no longer exists; another
-    host's when untouched for :data:`FOREIGN_STALE_SECONDS`. Only names that
-    :func:`temporary_sibling` makes are ever considered, and ``.backup`` files
-    never are: one left by a power cut mid-commit is the user's old file.
+    This host's: its pid no longer exists. Another host's (we cannot ask whether
+    its process lives): untouched for :data:`FOREIGN_STALE_SECONDS`.
+    """
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        return False
+    if match["host"] == host_tag():
+        pid = int(match["pid"])
+        return pid != os.getpid() and not process_alive(pid)
+    now = time.time() if now is None else now
+    try:
+        return now - os.stat(path, follow_symlinks=False).st_mtime > FOREIGN_STALE_SECONDS
+    except OSError:
+        return False
+
+
+def sweep_stale_temporaries(folder: Path, now: float | None = None) -> list[Path]:
+    """Remove temporaries in ``folder`` whose writer is gone (:func:`writer_gone`); returns what was removed.
+
+    Only names that :func:`temporary_sibling` makes are ever considered, and
+    ``.backup`` and ``.journal`` files never are: a power cut mid-commit leaves
+    the user's old file in a ``.backup``, and the ``.journal`` that says where it
+    goes back (:func:`stemsplit.output.recover_unfinished_commits` puts it back).
     """
     now = time.time() if now is None else now
     removed = []
@@ -105,25 +125,17 @@ def sweep_stale_temporaries(folder: Path, now: float | None = None) -> list[Path
         entries = list(os.scandir(folder))
     except OSError:
         return removed
-    here = host_tag()
     for entry in entries:
         match = _NAME.match(entry.name)
-        if match is None or match["suffix"] == ".backup" or not entry.is_file(follow_symlinks=False):
-            continue  # a .backup holds a file the user had (a commit cut short): never removed
-        if match["host"] == here:
-            pid = int(match["pid"])
-            stale = pid != os.getpid() and not process_alive(pid)
-        else:
-            try:
-                stale = now - entry.stat(follow_symlinks=False).st_mtime > FOREIGN_STALE_SECONDS
-            except OSError:
-                continue
-        if stale:
-            try:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-            except OSError:
-                pass  # someone else swept it, or we may not: either way not ours to worry about
+        if match is None or match["suffix"] in (".backup", ".journal"):
+            continue  # a commit cut short: its journal puts the user's file back, never the sweep
+        if not entry.is_file(follow_symlinks=False) or not writer_gone(Path(entry.path), now):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass  # someone else swept it, or we may not: either way not ours to worry about
     return removed
 
 

@@ -15,6 +15,15 @@ Two parts, used in this order:
    temporary is removed, and so is every folder the writer created: a song's
    stems appear all together or not at all.
 
+A power cut between the renames of a commit cannot roll anything back then;
+so before its first rename a commit writes a journal into the output folder
+(``.stemsplit-<host>-<pid>-<random>.journal``: every destination, the backup
+its old file is moved to, and the identity of old and new file), and removes
+it when the commit is over. The next writer into that output folder finds the
+journal of a dead process (:func:`recover_unfinished_commits`) and finishes
+its commit: rolled back (the user's old files put back, the half-committed
+stems removed), or, if every stem had been renamed, rolled forward.
+
 The engine (:mod:`stemsplit.separate`) knows nothing about paths; the CLI adds
 flag names to the messages here (an :class:`OutputError` names the option it is
 about in ``option``).
@@ -23,7 +32,10 @@ about in ``option``).
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
+import secrets
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +45,14 @@ import numpy as np
 import soundfile as sf
 
 from .audio import BlockResampler, libsndfile_reason
-from .files import sweep_stale_temporaries, temporary_sibling
+from .files import (
+    host_tag,
+    is_temporary,
+    sweep_stale_temporaries,
+    temporary_sibling,
+    write_atomically,
+    writer_gone,
+)
 
 __all__ = [
     "DEFAULT_FILENAME",
@@ -46,6 +65,7 @@ __all__ = [
     "SongSource",
     "StemWriter",
     "plan_outputs",
+    "recover_unfinished_commits",
     "track_name",
 ]
 
@@ -274,11 +294,15 @@ class _FloatTemp:
             self.path.unlink(missing_ok=True)
             raise
 
-    def write(self, block: np.ndarray) -> None:
-        """block: [frames, channels] float32."""
+    def write(self, block: np.ndarray) -> bool:
+        """block: [frames, channels] float32. False (nothing written) if it holds NaN or infinity."""
         if len(block):
-            self.peak = max(self.peak, float(np.abs(block).max()))
+            peak = float(np.abs(block).max())
+            if not math.isfinite(peak):
+                return False
+            self.peak = max(self.peak, peak)
             self._file.write(block)
+        return True
 
     def close(self) -> None:
         if not self._file.closed:
@@ -310,6 +334,7 @@ class StemWriter:
 
     def __enter__(self) -> StemWriter:
         try:
+            recover_unfinished_commits(self.song.out_dir)  # a power cut's half commit, before we look
             self._check_destinations()
             for stem, path in self.song.paths.items():
                 self._make_folder(path.parent)
@@ -330,7 +355,11 @@ class StemWriter:
         """Append a block of every stem: {stem: [frames, channels] float32}."""
         try:
             for stem, temp in self._temps.items():
-                temp.write(stems[stem])
+                if not temp.write(stems[stem]):
+                    raise OutputError(
+                        f"{self.song.source.path}: the {stem} stem came out NaN or infinite "
+                        "(is the input too loud?); nothing was written for this song"
+                    )
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
             raise self._os_error(exc) from None
 
@@ -412,31 +441,52 @@ class StemWriter:
         return target
 
     def _rename_all(self, finals: dict[str, Path]) -> None:
-        """Rename every stem into place; on any failure put everything back as it was."""
-        done: list[tuple[Path, Path | None]] = []  # (destination, backup of what it replaced)
+        """Rename every stem into place; on any failure put everything back as it was.
+
+        A journal (see the module's doc) is written and synced before the first
+        rename, so a power cut midway is undone by the next run; it is removed
+        once every rename succeeded, or everything was put back.
+        """
+        out_dir = self.song.out_dir
+        entries = []  # (destination, final, backup name, identity of the old file or None)
+        for stem, final in finals.items():
+            destination = self.song.paths[stem]
+            entries.append((destination, final, _backup_name(destination), _identity(destination)))
+        journal = _write_journal(out_dir, entries)
+        done: list[tuple[Path, Path | None, list[int]]] = []  # (destination, its backup, new file's identity)
         try:
-            for stem, final in finals.items():
-                destination = self.song.paths[stem]
-                backup = None
+            for destination, final, backup, _ in entries:
+                _check_inside(out_dir, destination)  # a link put in since the plan must not lead out
+                new = _identity(final)
+                if os.path.isdir(destination) and not os.path.islink(destination):  # appeared since the check
+                    raise OutputError(
+                        f"{destination} is a folder; cannot write a stem there; "
+                        "nothing was written for this song"
+                    )
                 if os.path.lexists(destination):  # overwriting: keep the old file until all succeeded
-                    backup = temporary_sibling(destination, ".backup")
-                    try:
-                        os.replace(destination, backup)
-                    except BaseException:
-                        backup.unlink(missing_ok=True)
-                        raise
-                done.append((destination, backup))
+                    os.replace(destination, backup)
+                    done.append((destination, backup, new))
+                else:
+                    done.append((destination, None, new))
                 os.replace(final, destination)
         except BaseException:
-            for destination, backup in reversed(done):
-                if backup is not None:
-                    os.replace(backup, destination)
-                else:
-                    destination.unlink(missing_ok=True)
+            restored = True
+            for destination, backup, new in reversed(done):
+                try:
+                    if new is not None and _identity(destination) == new:  # ours, renamed in already
+                        destination.unlink()
+                    if backup is not None:
+                        os.replace(backup, destination)
+                except OSError:
+                    restored = False  # the journal stays: the next run puts it back
+            if restored:
+                journal.unlink(missing_ok=True)
             raise
-        for _, backup in done:
-            if backup is not None:
-                backup.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # committed: a backup left now is removed by the next run
+            for _, backup, _ in done:
+                if backup is not None:
+                    backup.unlink(missing_ok=True)
+            journal.unlink(missing_ok=True)
 
     def _clean_up(self) -> None:
         for temp in self._temps.values():
@@ -464,3 +514,146 @@ def _disk_is_full(folder: Path) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < 1 << 20  # under 1 MB left: that is why a stem could not be written
+
+
+# --- the commit journal ---------------------------------------------------------------------------
+
+
+def _identity(path: Path) -> list[int] | None:
+    """(device, inode) of the file at ``path`` (not following a link), or None if there is none."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+def _backup_name(destination: Path) -> Path:
+    """A free ``.backup`` temporary name beside ``destination`` (created by the rename that fills it)."""
+    while True:
+        path = destination.with_name(f".stemsplit-{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}.backup")
+        if not os.path.lexists(path):
+            return path
+
+
+def _check_inside(out_dir: Path, destination: Path) -> None:
+    """``destination``'s folder must still lead into ``out_dir`` (a link may have been put there since)."""
+    root, real = os.path.realpath(out_dir), os.path.realpath(destination.parent)
+    if os.path.commonpath([root, real]) != root:
+        raise OutputError(
+            f"{destination.parent} now leads to {real}, outside the output folder; "
+            "nothing was written for this song"
+        )
+
+
+def _write_journal(out_dir: Path, entries: list) -> Path:
+    """Write and sync the journal of a commit that is about to start; returns its path."""
+    journal = temporary_sibling(out_dir / "commit", ".journal")
+    record = {
+        "entries": [
+            {
+                "destination": os.path.relpath(destination, out_dir),
+                "final": os.path.relpath(final, out_dir),
+                "backup": os.path.relpath(backup, out_dir),
+                "old": old,
+                "new": _identity(final),
+            }
+            for destination, final, backup, old in entries
+        ]
+    }
+
+    def write(temp: Path) -> None:
+        with open(temp, "w") as handle:
+            json.dump(record, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    try:
+        write_atomically(journal, write)
+        _sync_folder(out_dir)
+    except BaseException:
+        journal.unlink(missing_ok=True)
+        raise
+    return journal
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the names in ``folder`` durable (where the platform can)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def recover_unfinished_commits(out_dir: str | os.PathLike) -> list[Path]:
+    """Finish the commits that dead processes left half done in ``out_dir``; returns the files put back.
+
+    A journal whose every destination holds its new stem is rolled forward (the
+    backups of the old files removed); any other is rolled back: a destination
+    holding its new stem is removed, and the user's old file goes back to it
+    from its backup. Only files the journal identifies by device and inode are
+    touched, never anything outside ``out_dir``; a journal that cannot be fully
+    carried out stays for the next run.
+    """
+    out_dir = Path(out_dir)
+    restored: list[Path] = []
+    try:
+        journals = [Path(e.path) for e in os.scandir(out_dir) if e.name.endswith(".journal")]
+    except OSError:
+        return restored
+    for journal in journals:
+        if not is_temporary(journal) or not writer_gone(journal):
+            continue  # not ours, or its commit is still running
+        entries = _read_journal(out_dir, journal)
+        if entries is None:
+            continue  # unreadable: left as it is (the sweep never removes a journal)
+        complete = all(_identity(dest) == new for dest, _, _, _, new in entries)
+        clean = True
+        for destination, final, backup, old, new in entries:
+            try:
+                if complete:
+                    if old is not None and _identity(backup) == old:
+                        backup.unlink()
+                    continue
+                if _identity(destination) == new:
+                    destination.unlink()  # a stem of the unfinished commit
+                if _identity(final) == new:
+                    final.unlink()
+                if old is not None and _identity(backup) == old:
+                    if os.path.lexists(destination):  # something new is there since: keep both
+                        clean = False
+                        continue
+                    os.replace(backup, destination)
+                    restored.append(destination)
+            except OSError:
+                clean = False
+        if clean:
+            journal.unlink(missing_ok=True)
+    return restored
+
+
+def _read_journal(out_dir: Path, journal: Path) -> list[tuple] | None:
+    """A journal's entries as (destination, final, backup, old id, new id); None if it is not one of ours."""
+    try:
+        record = json.loads(journal.read_text())
+        entries = []
+        for item in record["entries"]:
+            paths = [item[k] for k in ("destination", "final", "backup")]
+            if not all(isinstance(p, str) and p and not os.path.isabs(p) for p in paths):
+                return None
+            if any(".." in Path(p).parts for p in paths):
+                return None
+            destination, final, backup = (out_dir / p for p in paths)
+            if not (is_temporary(final) and is_temporary(backup) and backup.suffix == ".backup"):
+                return None
+            for path in (destination, final, backup):
+                _check_inside(out_dir, path)
+            ids = [item["old"], item["new"]]
+            if not all(i is None or (isinstance(i, list) and len(i) == 2) for i in ids):
+                return None
+            entries.append((destination, final, backup, *ids))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, OutputError):
+        return None
+    return entries

@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import AudioInfo, BlockResampler, downmix_to_stereo, probe, read_blocks
-from .card import ModelCard
+from .audio import AudioInfo, BlockResampler, downmix_to_stereo, probe, read_blocks, unplayable_sample
+from .card import NORMALIZATIONS, ModelCard
 from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, StemWriter, plan_outputs
 from .runtime import pick_device, resolve_precision
 from .settings import (
@@ -51,6 +51,7 @@ from .settings import (
     check_sample_rate,
     check_settings,
     choose_stems,
+    shown,
 )
 from .weights import load_model
 
@@ -363,7 +364,18 @@ class Separator:
         progress: ProgressCallback | None = None,
         download_progress: bool = True,
     ) -> None:
-        check_settings(window, hop, batch_size, precision, stage)
+        check_settings(window, hop, batch_size, precision, stage, exact)
+        if not (model is None or isinstance(model, (str, os.PathLike, torch.nn.Module))):
+            raise SeparationError(
+                f"must be a registry name, a checkpoint path or URL, or a network, not {shown(model)}",
+                "model",
+            )
+        if stems is not None:
+            stems = [stems] if isinstance(stems, str) else list(stems)
+            if not all(isinstance(s, str) and s for s in stems) or len(set(stems)) != len(stems):
+                raise SeparationError(f"must be distinct names, not {shown(stems)}", "stems")
+        if normalization is not None and normalization not in NORMALIZATIONS:
+            raise SeparationError(f"must be none or meanstd, not {shown(normalization)}", "normalization")
         self.device = pick_device(device)
         if isinstance(model, torch.nn.Module):
             card = getattr(model, "card", None)
@@ -490,7 +502,16 @@ class Separator:
         Float samples are taken as they are; integer PCM is scaled to [-1, 1] by its type.
         """
         rate = check_sample_rate(sample_rate)
+        if isinstance(audio, torch.Tensor):
+            if audio.device.type == "meta" or audio.is_complex() or audio.dtype == torch.bool:
+                kind = f"{audio.dtype} tensor on {audio.device.type}"
+                raise SeparationError(f"audio: a {kind} holds no samples stemsplit can take")
+            if audio.is_floating_point() and audio.dtype != torch.float64:
+                audio = audio.detach().float()  # bf16, fp16: numpy has no such type
         audio = as_audio_array(audio)
+        problem = unplayable_sample(audio.T)
+        if problem is not None:
+            raise SeparationError(f"audio: sample {problem[0]} {problem[1]}")
         blocks = [audio.T]
         stats = song_stats(blocks) if self.normalization == "meanstd" else (0.0, 1.0)
         parts = list(self._stream(blocks, rate, audio.shape[0], audio.shape[1], stats=stats))

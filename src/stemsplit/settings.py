@@ -8,24 +8,30 @@ and :mod:`stemsplit.separate` (the engine) re-exports it.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 
 __all__ = [
     "MAX_BATCH_SIZE",
     "MAX_CHANNELS",
+    "MAX_SAMPLE_RATE",
     "MAX_WINDOW_SECONDS",
+    "MIN_SAMPLE_RATE",
     "SeparationError",
     "check_sample_rate",
     "check_settings",
     "choose_stems",
     "parse_device",
+    "shown",
 ]
 
 # Accepted ranges of the engine's settings (beyond them a run cannot work or exhausts memory).
 MAX_WINDOW_SECONDS = 60.0
 MAX_BATCH_SIZE = 256
 MAX_CHANNELS = 8  # more "channels" than this in separate(array) is a transposed [samples, channels] array
+# Sample rates taken, from arrays and files alike (a file's header saying 1 Hz is damaged, not audio).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 1_000_000
 
 
 class SeparationError(Exception):
@@ -37,16 +43,28 @@ class SeparationError(Exception):
 
 
 def check_sample_rate(sample_rate: object) -> int:
-    """A sample rate as a whole number of Hz between 1 kHz and 1 MHz, or :class:`SeparationError`."""
+    """A sample rate as a whole number of Hz from :data:`MIN_SAMPLE_RATE` to :data:`MAX_SAMPLE_RATE`.
+
+    Anything else (a string, a bool, a fraction, NaN) raises :class:`SeparationError`.
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
+        raise SeparationError(f"sample rate must be a number of Hz, not {shown(sample_rate)}")
     try:
-        rate = float(sample_rate)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise SeparationError(f"sample rate must be a number of Hz, not {sample_rate!r}") from None
-    if not (math.isfinite(rate) and rate == int(rate) and 1000 <= rate <= 1_000_000):
+        rate = float(sample_rate)
+    except OverflowError:  # an int beyond float's range
+        rate = math.inf
+    if not (math.isfinite(rate) and rate == int(rate) and MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE):
         raise SeparationError(
-            f"sample rate must be a whole number of Hz from 1000 to 1000000, not {sample_rate}"
+            f"sample rate must be a whole number of Hz from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE}, "
+            f"not {shown(sample_rate)}"
         )
     return int(rate)
+
+
+def shown(value: object) -> str:
+    """``value`` for a message: its repr, cut short (an int of 400 digits is not read by anyone)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 
 
 def parse_device(device: object) -> tuple[str, int | None]:
@@ -84,17 +102,31 @@ def choose_stems(
     return wanted
 
 
+def _number(value: object, option: str) -> float:
+    """``value`` as a float if it is a real number (not a bool, not a string); else SeparationError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SeparationError(f"must be a number of seconds, not {shown(value)}", option)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return math.inf
+
+
 def check_settings(
     window: float | None,
     hop: float | None,
     batch_size: int | None,
     precision: str | None,
     stage: int | None,
+    exact: bool = False,
 ) -> None:
-    """The engine's settings, checked before a model is loaded (:class:`SeparationError`).
+    """The engine's settings, checked before a model is loaded (:class:`SeparationError` naming the option).
 
-    None means "the model card's" (window, hop, stage) or "chosen for the device".
+    None means "the model card's" (window, hop, stage) or "chosen for the device". Types too:
+    ``window="3"``, ``stage=True`` or ``exact="no"`` are refused, not taken for something else.
     """
+    window = None if window is None else _number(window, "window")
+    hop = None if hop is None else _number(hop, "hop")
     if window is not None and not (math.isfinite(window) and 0 < window <= MAX_WINDOW_SECONDS):
         raise SeparationError(
             f"must be more than 0 and at most {MAX_WINDOW_SECONDS:g} seconds, not {window:g}", "window"
@@ -104,9 +136,15 @@ def check_settings(
             f"must be more than 0 and at most the window ({window or MAX_WINDOW_SECONDS:g} s), not {hop:g}",
             "hop",
         )
-    if batch_size is not None and not (isinstance(batch_size, int) and 1 <= batch_size <= MAX_BATCH_SIZE):
-        raise SeparationError(f"must be from 1 to {MAX_BATCH_SIZE}, not {batch_size}", "batch_size")
-    if precision not in (None, "auto", "fp32", "bf16"):
-        raise SeparationError(f"must be auto, fp32 or bf16, not {precision!r}", "precision")
-    if stage is not None and stage not in (1, 2):
-        raise SeparationError(f"must be 1 or 2, not {stage}", "stage")
+    if batch_size is not None and not (
+        isinstance(batch_size, numbers.Integral)
+        and not isinstance(batch_size, bool)
+        and 1 <= batch_size <= MAX_BATCH_SIZE
+    ):
+        raise SeparationError(f"must be from 1 to {MAX_BATCH_SIZE}, not {shown(batch_size)}", "batch_size")
+    if not (precision is None or (isinstance(precision, str) and precision in ("auto", "fp32", "bf16"))):
+        raise SeparationError(f"must be auto, fp32 or bf16, not {shown(precision)}", "precision")
+    if stage is not None and (isinstance(stage, bool) or stage not in (1, 2)):
+        raise SeparationError(f"must be 1 or 2, not {shown(stage)}", "stage")
+    if not isinstance(exact, bool):
+        raise SeparationError(f"must be True or False, not {shown(exact)}", "exact")
