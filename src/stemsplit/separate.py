@@ -43,6 +43,7 @@ import torch
 
 from .audio import AudioInfo, BlockResampler, downmix_to_stereo, probe, read_blocks, unplayable_sample
 from .card import NORMALIZATIONS, ModelCard
+from .model.stft import istft, stft
 from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, StemWriter, plan_outputs
 from .runtime import pick_device, resolve_precision
 from .settings import (
@@ -210,21 +211,16 @@ def share_residual(
     """
     n, s, c, length = stems.shape
     window = torch.hann_window(n_fft, device=stems.device, dtype=stems.dtype)
-
-    def stft(x: torch.Tensor) -> torch.Tensor:
-        return torch.stft(x.reshape(-1, length), n_fft, hop, window=window, return_complex=True)
-
-    stem_spec = stft(stems).reshape(n, s, c, *stft(mixture[:1, :1]).shape[-2:])
-    mix_spec = stft(mixture).reshape(n, c, *stem_spec.shape[-2:])
+    stem_spec = stft(stems.reshape(-1, length), n_fft, hop, window)
+    stem_spec = stem_spec.reshape(n, s, c, *stem_spec.shape[-2:])
+    mix_spec = stft(mixture.reshape(-1, length), n_fft, hop, window).reshape(n, c, *stem_spec.shape[-2:])
     residual = mix_spec - stem_spec.sum(dim=1)
     magnitude = stem_spec.abs()
     share = magnitude / magnitude.sum(dim=1, keepdim=True).clamp_min(torch.finfo(stems.dtype).tiny)
     # Bins where every stem is silent: share equally (the mixture is all residual there).
     share = torch.where(magnitude.sum(dim=1, keepdim=True) > 0, share, torch.full_like(share, 1 / s))
     corrected = stem_spec + share * residual[:, None]
-    audio = torch.istft(
-        corrected.reshape(-1, *corrected.shape[-2:]), n_fft, hop, window=window, length=length
-    )
+    audio = istft(corrected.reshape(-1, *corrected.shape[-2:]), n_fft, hop, window, length)
     return audio.reshape(n, s, c, length)
 
 

@@ -88,6 +88,7 @@ from torch import Tensor, nn
 
 from ..card import ModelCard
 from .bands import EPS, group_norm_last2
+from .stft import istft, stft
 
 __all__ = [
     "ARCHITECTURE",
@@ -424,30 +425,10 @@ class BSRNN(nn.Module):
         return self.mask(z)
 
     def _stft(self, audio: Tensor) -> Tensor:
-        """[b, samples] -> [b, F, T] complex; float32 or wider, outside autocast."""
-        with torch.autocast(audio.device.type, enabled=False):
-            audio = audio.to(torch.promote_types(audio.dtype, torch.float32))
-            return torch.stft(
-                audio,
-                self.config.n_fft,
-                self.config.hop,
-                window=self.window.to(audio.dtype),
-                center=True,
-                pad_mode="reflect",
-                return_complex=True,
-            )
+        return stft(audio, self.config.n_fft, self.config.hop, self.window)
 
     def _istft(self, spec: Tensor, samples: int) -> Tensor:
-        """[b, F, T] complex -> [b, samples], outside autocast."""
-        with torch.autocast(spec.device.type, enabled=False):
-            return torch.istft(
-                spec,
-                self.config.n_fft,
-                self.config.hop,
-                window=self.window.to(spec.real.dtype),
-                center=True,
-                length=samples,
-            )
+        return istft(spec, self.config.n_fft, self.config.hop, self.window, samples)
 
 
 class BSRNNBag(nn.Module):

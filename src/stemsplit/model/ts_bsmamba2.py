@@ -37,6 +37,7 @@ from . import onednn
 from .bands import EPS, BandMerge, BandSplit, band_widths, group_norm_last2
 from .mamba2 import Mamba2
 from .state_dict import StateDictMismatch, check_state_dict, summarise, unwrap_state_dict
+from .stft import istft, stft
 
 __all__ = ["ARCHITECTURE", "PRESETS", "TSBSMamba2", "TSBSMamba2Config", "config_from_state_dict"]
 
@@ -263,30 +264,13 @@ class TSBSMamba2(nn.Module):
         return self._istft(stage1, batch, channels, samples), self._istft(stage2, batch, channels, samples)
 
     def _stft(self, audio: Tensor) -> Tensor:
-        with torch.autocast(audio.device.type, enabled=False):
-            audio = audio.to(torch.promote_types(audio.dtype, torch.float32))
-            return torch.stft(
-                audio,
-                self.config.win,
-                self.config.stride,
-                window=self.window.to(audio.dtype),
-                center=True,
-                pad_mode="reflect",
-                return_complex=True,
-            )
+        return stft(audio, self.config.win, self.config.stride, self.window)
 
     def _istft(self, spec: Tensor, batch: int, channels: int, samples: int) -> Tensor:
         """[B*ch, S, F, T] complex -> [B, S, ch, samples]."""
         s = spec.shape[1]
-        with torch.autocast(spec.device.type, enabled=False):
-            audio = torch.istft(
-                spec.reshape(batch * channels * s, *spec.shape[2:]),
-                self.config.win,
-                self.config.stride,
-                window=self.window.to(spec.real.dtype),
-                center=True,
-                length=samples,
-            )
+        flat = spec.reshape(batch * channels * s, *spec.shape[2:])
+        audio = istft(flat, self.config.win, self.config.stride, self.window, samples)
         return audio.reshape(batch, channels, s, samples).transpose(1, 2)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..model.stft import stft
+
 __all__ = ["band_split_loss", "separation_loss"]
 
 
@@ -35,15 +37,8 @@ def band_split_loss(estimate: Tensor, target: Tensor, n_fft: int = 2048, hop: in
         )
     with torch.autocast(target.device.type, enabled=False):
         diff = estimate.float() - target.float()
-        window = torch.hann_window(n_fft, device=diff.device)
-        spec = torch.stft(
-            diff.reshape(-1, diff.shape[-1]),
-            n_fft,
-            hop,
-            window=window,
-            center=True,
-            pad_mode="reflect",
-            return_complex=True,
+        spec = stft(
+            diff.reshape(-1, diff.shape[-1]), n_fft, hop, torch.hann_window(n_fft, device=diff.device)
         )
         spec = spec.reshape(*diff.shape[:3], *spec.shape[-2:])  # [B, S, ch, F, frames]
         per_source = (
