@@ -62,4 +62,4 @@ def test_bench_model_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("machine: ")
     row = result.stdout.strip().splitlines()[-1].split()
-    assert row[0] == "l-ts" and float(row[2]) > 0
+    assert row[0] == "ts-bsmamba2:l-ts" and row[1] == "27.7M" and float(row[3]) > 0  # params, s/window
