@@ -330,3 +330,15 @@ def test_bsrnn_one_target_model(dataset, tmp_path):
     assert bad.returncode == 1 and "--target piano is not one of --stems" in bad.stderr
     unknown = run_cli(train_args(dataset, tmp_path / "x", "--arch", "transformer"))
     assert unknown.returncode == 2 and "unknown architecture 'transformer'" in unknown.stderr
+
+
+def test_train_config_is_torch_free_and_names_the_default_family():
+    """`stemsplit train --help` shows TrainConfig's defaults: importing it must not import torch."""
+    from stemsplit.model.ts_bsmamba2 import ARCHITECTURE
+    from stemsplit.train.config import DEFAULT_ARCH
+
+    assert DEFAULT_ARCH == ARCHITECTURE
+    code = "import sys, stemsplit.cli, stemsplit.weights; print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    )

@@ -13,7 +13,7 @@ def _default(name: str) -> str:
     """``[default: X]`` from TrainConfig, the one home of the recipe's numbers (BSRNN's: RECIPES)."""
     from dataclasses import fields
 
-    from .train.loop import RECIPES, TrainConfig
+    from .train.config import RECIPES, TrainConfig
 
     value = next(f.default for f in fields(TrainConfig) if f.name == name)
     shown = "none" if value is None else value

@@ -40,7 +40,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..runtime import Ranks, pick_device, resolve_precision, torchrun_ranks
 from ..settings import SeparationError
 from ..weights import WeightsError, save_checkpoint, torch_load_safely
+from .config import RECIPE_FIELDS, RECIPES, TrainConfig
 from .losses import separation_loss
 
 __all__ = [
@@ -75,104 +76,6 @@ CHECKPOINT_FORMAT = "stemsplit-train-2"  # last.pt layout; 2: weights-only loada
 
 class TrainError(Exception):
     """A training run cannot start or continue; the message says why."""
-
-
-@dataclass
-class TrainConfig:
-    musdb: Path
-    out: Path = Path("runs")
-    arch: str = TS_BSMAMBA2  # a family of stemsplit.model.families
-    preset: str | None = None  # the family's named config (None: its default; --light: l-ts)
-    light: bool = False
-    model_config: Path | None = None
-    stems: tuple[str, ...] = MUSIC_STEMS  # the dataset's stems, all mixed into the mixture
-    target: str = "all"  # the stems the model outputs: all, or one (BSRNN: one network per target)
-    epochs: int = 100
-    epoch_size: int = 100_000
-    batch_size: int = 16  # global, over all ranks
-    lr: float = 1e-3
-    lr_schedule: str = "plateau"  # plateau: x lr_decay after `patience` bad epochs; step: every lr_every
-    lr_decay: float = 0.8
-    patience: int = 2
-    lr_every: int = 2
-    early_stop: int | None = None  # stop after this many epochs without a better validation score
-    clip_norm: float = 5.0
-    seconds: float = 3.0
-    gain_db: float = 10.0  # remix: each stem's gain uniform in +-gain_db
-    drop_prob: float = 0.1  # remix: each stem silent with this probability
-    sad_seconds: float = 6.0  # source activity detection: salient segments of this length ...
-    sad_quantile: float = 0.15  # ... above this quantile of a track's chunk energies
-    workers: int = 4
-    seed: int = 0
-    device: str = "auto"
-    precision: str | None = None  # bf16 on CUDA, fp32 on CPU
-    checkpoint_activations: bool = False
-    save_every_minutes: float = 30.0
-    save_every_steps: int | None = None
-    valid_window: float = 3.0
-    valid_hop: float = 0.5
-    valid_tracks: int | None = None  # limit, for quick runs
-    resume: bool = False
-    override: bool = False  # --resume may change RECIPE_FIELDS
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def for_arch(cls, arch: str = TS_BSMAMBA2, **given: Any) -> TrainConfig:
-        """The recipe of ``arch``'s paper, with the fields in ``given`` (None: not given) changed."""
-        chosen = {k: v for k, v in given.items() if v is not None}
-        return cls(**{"arch": arch, **RECIPES.get(arch, {}), **chosen})
-
-    @property
-    def model_stems(self) -> tuple[str, ...]:
-        """The stems the model outputs: every dataset stem, or the one ``target``."""
-        return self.stems if self.target == "all" else (self.target,)
-
-
-# Where a family's paper trains differently from TS-BSMamba2 (the TrainConfig defaults): BSRNN Sec. IV-A.
-RECIPES: dict[str, dict[str, Any]] = {
-    "bsrnn": {
-        "lr_schedule": "step",
-        "lr_decay": 0.98,
-        "lr_every": 2,
-        "early_stop": 10,
-        "epoch_size": 160_000,
-    },
-}
-
-
-# Fields that change what a run computes: ``--resume`` refuses to change them without ``--override``
-# (the architecture -- --light, --model-config, and --stems' count -- cannot change even then: the
-# weights would not fit). The validation settings are here because the validation score drives the
-# learning-rate schedule. Free to change on resume: epochs (to extend a run), workers, device,
-# checkpoint_activations and the save intervals (none changes a single number of the result; the
-# batches do not depend on workers or processes), and model_config's path when the architecture
-# it gives is the same. ``precision`` is compared as given (unset = bf16 on CUDA, fp32 on CPU).
-RECIPE_FIELDS = (
-    "musdb",
-    "stems",
-    "target",
-    "epoch_size",
-    "batch_size",
-    "lr",
-    "lr_schedule",
-    "lr_decay",
-    "patience",
-    "lr_every",
-    "early_stop",
-    "clip_norm",
-    "seconds",
-    "gain_db",
-    "drop_prob",
-    "sad_seconds",
-    "sad_quantile",
-    "seed",
-    "precision",
-    "valid_window",
-    "valid_hop",
-    "valid_tracks",
-)
 
 
 # --- learning-rate schedule -------------------------------------------------------------------

@@ -33,8 +33,10 @@ network a file holds), ``load`` (the steps above in order) and ``errors``.
 ``progress=False`` prints nothing at all.
 """
 
+import importlib
+from typing import Any
+
 from .cache import cache_dir, cached_path, downloaded_path, is_offline
-from .checkpoint import CheckpointInfo, read_info, save_checkpoint, torch_load_safely
 from .errors import (
     CacheError,
     CheckpointError,
@@ -46,7 +48,6 @@ from .errors import (
     UnsafeCheckpointError,
     WeightsError,
 )
-from .load import LoadedModel, VerifyResult, entry_config, fetch, load_model, verify
 from .registry import (
     CHECKPOINT_SUFFIXES,
     ModelEntry,
@@ -89,3 +90,24 @@ __all__ = [
     "torch_load_safely",
     "verify",
 ]
+
+# Loading needs torch, the registry does not: `stemsplit --stems x` is checked against the
+# registry in a blink. These names import their module (and torch) on first use.
+_NEED_TORCH = {
+    "CheckpointInfo": "checkpoint",
+    "read_info": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "torch_load_safely": "checkpoint",
+    "LoadedModel": "load",
+    "VerifyResult": "load",
+    "entry_config": "load",
+    "fetch": "load",
+    "load_model": "load",
+    "verify": "load",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NEED_TORCH:
+        return getattr(importlib.import_module(f".{_NEED_TORCH[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
