@@ -88,7 +88,7 @@ from torch import Tensor, nn
 
 from ..card import ModelCard
 from .bands import EPS, group_norm_last2
-from .stft import istft, stft
+from .stft import check_mixture, istft, stft
 
 __all__ = [
     "ARCHITECTURE",
@@ -403,16 +403,7 @@ class BSRNN(nn.Module):
 
     def forward(self, mixture: Tensor) -> Tensor:
         """mixture [B, ch, samples] -> the target [B, 1, ch, samples]."""
-        if mixture.dim() != 3:
-            raise ValueError(
-                f"expected mixture of shape [batch, channels, samples], got {tuple(mixture.shape)}"
-            )
-        batch, channels, samples = mixture.shape
-        if samples < self.min_samples:
-            raise ValueError(
-                f"input of {samples} samples is too short: the model needs at least {self.min_samples} "
-                f"(n_fft // 2 + 1) for its reflect-padded STFT"
-            )
+        batch, channels, samples = check_mixture(mixture, self.min_samples, "n_fft")
         spec = self._stft(mixture.reshape(batch * channels, samples))  # [BC, F, T]
         target = self._istft(self.estimate_mask(spec) * spec, samples)  # [BC, samples]
         return target.reshape(batch, 1, channels, samples)

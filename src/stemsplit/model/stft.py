@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["istft", "stft"]
+__all__ = ["check_mixture", "istft", "stft"]
 
 
 def stft(audio: Tensor, n_fft: int, hop: int, window: Tensor) -> Tensor:
@@ -33,3 +33,19 @@ def istft(spec: Tensor, n_fft: int, hop: int, window: Tensor, samples: int) -> T
         return torch.istft(
             spec, n_fft, hop, window=window.to(spec.device, spec.real.dtype), center=True, length=samples
         )
+
+
+def check_mixture(mixture: Tensor, min_samples: int, n_fft_name: str) -> tuple[int, int, int]:
+    """(batch, channels, samples) of a mixture [B, ch, samples] long enough for the padded STFT.
+
+    ``n_fft_name``: the config field of the FFT size, for the message (``win``, ``n_fft``).
+    """
+    if mixture.dim() != 3:
+        raise ValueError(f"expected mixture of shape [batch, channels, samples], got {tuple(mixture.shape)}")
+    batch, channels, samples = mixture.shape
+    if samples < min_samples:
+        raise ValueError(
+            f"input of {samples} samples is too short: the model needs at least {min_samples} "
+            f"({n_fft_name} // 2 + 1) for its reflect-padded STFT"
+        )
+    return batch, channels, samples

@@ -37,7 +37,7 @@ from . import onednn
 from .bands import EPS, BandMerge, BandSplit, band_widths, group_norm_last2
 from .mamba2 import Mamba2
 from .state_dict import StateDictMismatch, check_state_dict, summarise, unwrap_state_dict
-from .stft import istft, stft
+from .stft import check_mixture, istft, stft
 
 __all__ = ["ARCHITECTURE", "PRESETS", "TSBSMamba2", "TSBSMamba2Config", "config_from_state_dict"]
 
@@ -236,16 +236,7 @@ class TSBSMamba2(nn.Module):
 
     def forward(self, mixture: Tensor) -> tuple[Tensor, Tensor]:
         """mixture [B, ch, samples] -> (stage1, stage2), each [B, S, ch, samples]."""
-        if mixture.dim() != 3:
-            raise ValueError(
-                f"expected mixture of shape [batch, channels, samples], got {tuple(mixture.shape)}"
-            )
-        batch, channels, samples = mixture.shape
-        if samples < self.min_samples:
-            raise ValueError(
-                f"input of {samples} samples is too short: the model needs at least {self.min_samples} "
-                f"(win // 2 + 1) for its reflect-padded STFT"
-            )
+        batch, channels, samples = check_mixture(mixture, self.min_samples, "win")
         spec = self._stft(mixture.reshape(batch * channels, samples))  # [BC, F, T]
 
         # Stage 1: complex masks, normalised so the stems sum to the mixture.
