@@ -181,3 +181,12 @@ def test_gradients_reach_every_parameter():
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset 'xl'"):
         TSBSMamba2.from_preset("xl")
+
+
+def test_portable_path_compiles_as_one_graph():
+    """torch.compile(fullgraph=True) needs the portable path free of graph breaks (issue 13): a CUDA user
+    without mamba-ssm gets inductor's fused kernels; on the CPU the oneDNN calls step aside while tracing."""
+    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1).eval()
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(model)(torch.randn(1, 2, 22050))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

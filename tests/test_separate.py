@@ -243,3 +243,23 @@ def test_precision_auto_follows_the_cpu(golden_model):
     fast, reference = auto.separate(mix, RATE), exact.separate(mix, RATE)
     errors = [np.linalg.norm(fast[k] - reference[k]) / np.linalg.norm(reference[k]) for k in reference]
     assert max(errors) < (5e-3 if auto.precision == "bf16" else 1e-6)
+
+
+def test_light_is_decided_by_the_engine(golden_model):
+    """--light without a light model: the given network at a 1.5 s hop, unless a hop is asked for."""
+    from stemsplit.card import LIGHT_HOP
+
+    light = Separator(golden_model, light=True, device="cpu")
+    assert light.hop == round(LIGHT_HOP * RATE) and "1.5 s hop" in light.light_note
+    assert Separator(golden_model, light=True, window=1.0).hop == RATE  # never longer than the window
+    asked = Separator(golden_model, light=True, hop=0.25)
+    assert asked.hop == RATE // 4 and asked.light_note is None
+    plain = Separator(golden_model)
+    assert plain.hop == round(golden_model.card.hop * RATE) and plain.light_note is None
+
+
+def test_precision_defaults_to_auto(golden_model):
+    """No precision given: what ``auto`` picks (bf16 on CPUs with native bf16), in the API and the CLI."""
+    assert (
+        Separator(golden_model, device="cpu").precision == Separator(golden_model, precision="auto").precision
+    )

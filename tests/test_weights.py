@@ -253,6 +253,12 @@ def test_default_and_light_model(env, server):
     registry(env, big=tiny_entry(url=server.url("tiny.ckpt")))
     assert not weights.has_light_model()
     assert load_model(None, light=True, progress=False).name == "big"  # no light model: the default
+    from stemsplit.separate import Separator
+
+    slower = Separator(
+        light=True, device="cpu", download_progress=False
+    )  # the engine makes light mean 1.5 s hops
+    assert (slower.name, slower.hop) == ("big", round(1.5 * slower.sample_rate))
     registry(
         env,
         big=tiny_entry(url=server.url("tiny.ckpt")),
@@ -261,6 +267,10 @@ def test_default_and_light_model(env, server):
     assert weights.has_light_model() and weights.default_model_name(light=True) == "small"
     loaded = load_model(light=True, progress=False)
     assert (loaded.name, loaded.light) == ("small", True)
+    light = Separator(light=True, device="cpu", download_progress=False)
+    assert (light.name, light.hop) == ("small", round(light.card.hop * light.sample_rate))
+    assert "light model (small)" in light.light_note
+    assert Separator("big", light=True, device="cpu").hop == round(1.5 * light.sample_rate)  # a named model
     assert load_model(progress=False).name == "big"
 
 

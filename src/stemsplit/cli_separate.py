@@ -356,7 +356,6 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
         raise UsageError("--out: the folder name is empty; name a folder (-o . for the current one)")
     args["out"] = Path(args["out"])
     hop = args["hop"]  # None: the model card's (0.5 s for both families)
-    light_hop = args["light"] and args["model"] is None and args["hop"] is None
     try:
         options = OutputOptions(
             args["filename"], args["fmt"], args["bit_depth"], args["clip_mode"], args["overwrite"]
@@ -402,7 +401,6 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
         run = plan(stems)
 
     # 4. the model (importing torch takes seconds: everything above must not need it)
-    from . import weights
     from .runtime import pick_device
     from .separate import Separator
     from .weights import UnknownModelError
@@ -412,12 +410,6 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
     except SeparationError as exc:
         raise _usage(exc) from None
 
-    if args["light"] and args["model"] is None:
-        if weights.has_light_model():
-            reporter.line("--light: using the registry's light model (L-TS-BSMamba2)")
-        elif light_hop:
-            hop = 1.5
-            reporter.line("--light: no light model in the registry; using the default model with a 1.5 s hop")
     try:
         separator = Separator(
             args["model"],
@@ -443,6 +435,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
         raise
     if run is None or chosen != stems:
         run = plan(chosen)
+    if separator.light_note:
+        reporter.line("--" + separator.light_note)
 
     # 3b. probe every input: a bad file fails alone, before anything runs
     for song in run:
@@ -628,12 +622,14 @@ def separation_command(batch: bool):
         model: str = typer.Option(None, "--model", "-m", help="Registry name, checkpoint path or URL."),
         out: str = typer.Option("stems", "--out", "-o", help="Output folder."),  # str: "" is not "."
         device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-        light: bool = typer.Option(False, "--light", help="Fast mode: L-TS-BSMamba2, or a 1.5 s hop."),
+        light: bool = typer.Option(
+            False, "--light", help="Fast mode: the registry's light model (L-TS-BSMamba2), else a 1.5 s hop."
+        ),
         window: float = typer.Option(None, help="Window length in seconds [default: the model's, 3]."),
         hop: float = typer.Option(None, help="Hop between windows in seconds [default: the model's, 0.5]."),
         batch_size: int = typer.Option(None, "--batch-size", help="Windows per forward pass."),
         precision: InferencePrecision = typer.Option(
-            None, help="auto: bf16 on CUDA and on CPUs with native bf16 [default: bf16 on CUDA, fp32 on CPU]"
+            None, help="bf16 or fp32 [default: auto: bf16 on CUDA and on CPUs with native bf16, else fp32]"
         ),
         stage: int = typer.Option(
             None, help="TS-BSMamba2: 1 = masked stems (sum to the mix), 2 = final output [default: final]."

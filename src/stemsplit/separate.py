@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .audio import AudioInfo, BlockResampler, downmix_to_stereo, probe, read_blocks, unplayable_sample
-from .card import NORMALIZATIONS, ModelCard
+from .card import LIGHT_HOP, NORMALIZATIONS, ModelCard
 from .model.stft import istft, stft
 from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, StemWriter, plan_outputs
 from .runtime import pick_device, resolve_precision
@@ -329,11 +329,14 @@ class Separator:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         window, hop: seconds (default: the model card's, 3 and 0.5 for the paper's protocol).
         batch_size: windows per forward pass (default 1 on CPU; on CUDA sized from free memory).
-        precision: ``fp32``, ``bf16`` or ``auto`` (bf16 on CUDA and on CPUs that compute it natively,
-            see :func:`stemsplit.runtime.cpu_auto_precision`); default: bf16 on CUDA, fp32 on the CPU.
+        precision: ``fp32``, ``bf16`` or ``auto`` (the default: bf16 on CUDA and on CPUs that compute
+            it natively, fp32 elsewhere; see :func:`stemsplit.runtime.cpu_auto_precision`).
         stage: which output of a multi-stage model (TS-BSMamba2: 1 = masked stems, which sum
             to the mixture; 2 = the paper's final output); default: the last.
         exact: correct the stems to sum exactly to the input (see :func:`share_residual`).
+        light: fast mode. With no ``model``, the registry's light model where it has one;
+            otherwise (or with a given model) a hop of :data:`~stemsplit.card.LIGHT_HOP` seconds
+            unless ``hop`` is given. ``self.light_note`` says which, for people.
         progress: called with event dicts while separating.
         download_progress: show a progress bar on stderr while a model downloads.
 
@@ -385,12 +388,20 @@ class Separator:
             except ValueError as exc:
                 raise SeparationError(str(exc), "stems") from None
             self.model, self.name = model, "custom"
+            light_model = False
         else:
-            loaded = load_model(model, light=light, progress=download_progress)
+            loaded = load_model(model, light=light and model is None, progress=download_progress)
             self.model, self.name, self.card = loaded.model, loaded.name, loaded.card
+            light_model = loaded.light
         self.stems, self.sample_rate = self.card.stems, self.card.sample_rate
         self.normalization = self.card.normalization
         window = self.card.window if window is None else window
+        self.light_note = None
+        if light and light_model:
+            self.light_note = f"light: the registry's light model ({self.name})"
+        elif light and hop is None:
+            hop = min(LIGHT_HOP, window)
+            self.light_note = f"light: {self.name} with a {hop:g} s hop (no light model to use)"
         hop = min(self.card.hop, window) if hop is None else hop
         check_settings(window, hop, batch_size, precision, stage)
         self.window = round(window * self.sample_rate)
@@ -406,7 +417,7 @@ class Separator:
         if self.stage > self.card.stages:
             raise SeparationError(f"this model has {self.card.stages} stage(s), not {self.stage}", "stage")
         self.exact = exact
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision or "auto", self.device)
         self.model = self.model.to(self.device).eval()
         self.batch_size = batch_size or self._default_batch_size()
         self.progress = progress or (lambda event: None)

@@ -88,8 +88,8 @@ def enabled(on: bool) -> Iterator[None]:
 def _dtype(*tensors: Tensor) -> torch.dtype | None:
     """The dtype to run oneDNN in, or None if these tensors must take the PyTorch path."""
     x = tensors[0]
-    if x.device.type != "cpu" or not available():
-        return None
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or not available():
+        return None  # under torch.compile the plain ops are traced: inductor fuses them itself
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return None  # oneDNN's ops have no backward
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype

@@ -67,8 +67,10 @@ def ssd_scan(
     n_chunks, q = chunk_layout(length, chunk_size)
     pad = n_chunks * q - length
     # Without autograd, a faster arrangement of the same steps (in-place arithmetic
-    # and outputs written where they are read); autograd needs the intermediate values.
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, D))):
+    # and outputs written where they are read); autograd needs the intermediate values,
+    # and torch.compile traces the plain steps below (inductor does its own fusing).
+    grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, D))
+    if not (grads or torch.compiler.is_compiling()):
         return _ssd_scan_inference(x, dt, A, B, C, D, chunk_size)
 
     xdt = x * dt[..., None]
