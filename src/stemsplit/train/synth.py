@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,19 +316,23 @@ def _drum_kit(rng: np.random.Generator, sr: int) -> dict[str, np.ndarray]:
     return kit
 
 
-def _drums(plan: Plan, info: dict[str, str]) -> np.ndarray:
-    rng, sr = plan.rng, plan.sr
-    kit = _drum_kit(rng, sr)
+# Which mixing bus each drum sample goes to (the others go to their own: kick, snare, hat, crash).
+DRUM_PART = {"open_hat": "hat", "tom_high": "tom", "tom_low": "tom"}
+
+
+def _drum_hits(plan: Plan) -> tuple[str, list[tuple[str, int, float]]]:
+    """A groove and its hits (sample name, start sample, gain), with fills, crashes, ghost notes and a
+    drummer's timing and velocity variation. Returns (groove name, hits)."""
+    rng = plan.rng
     groove_name = str(rng.choice(list(GROOVES)))
     kick_steps, snare_steps, ghosts, hat_steps, open_steps = GROOVES[groove_name]
-    info["drums"] = groove_name
     hat_level = rng.uniform(0.25, 0.6)
-    parts = {name: np.zeros(plan.frames + sr) for name in ("kick", "snare", "hat", "tom", "crash")}
+    hits: list[tuple[str, int, float]] = []
 
-    def hit(part: str, sample: str, bar: int, step: float, velocity: float) -> None:
-        jitter = rng.normal(0, 0.002 * sr)  # a human drummer is a few ms off the grid
+    def hit(sample: str, bar: int, step: float, velocity: float) -> None:
+        jitter = rng.normal(0, 0.002 * plan.sr)  # a human drummer is a few ms off the grid
         gain = velocity * float(np.clip(rng.normal(1.0, 0.08), 0.7, 1.3))
-        _add(parts[part], max(0, plan.time(bar, step) + round(jitter)), kit[sample], gain)
+        hits.append((sample, max(0, plan.time(bar, step) + round(jitter)), gain))
 
     for bar in range(plan.bars):
         if not plan.drums_on[bar]:
@@ -336,29 +340,38 @@ def _drums(plan: Plan, info: dict[str, str]) -> np.ndarray:
         fill = bar + 1 < plan.bars and (bar % 4 == 3 or not plan.drums_on[bar + 1]) and rng.random() < 0.6
         last = 12 if fill else 16
         if bar == 0 or not plan.drums_on[bar - 1] or (bar % 8 == 0 and rng.random() < 0.7):
-            hit("crash", "crash", bar, 0, rng.uniform(0.6, 1.0))
+            hit("crash", bar, 0, rng.uniform(0.6, 1.0))
         for s in kick_steps:
             if s < last:
-                hit("kick", "kick", bar, s, 1.0 if s % 4 == 0 else 0.8)
+                hit("kick", bar, s, 1.0 if s % 4 == 0 else 0.8)
         if rng.random() < 0.3:  # variation: an extra syncopated kick
-            hit("kick", "kick", bar, int(rng.choice([3, 6, 11, 14])), 0.7)
+            hit("kick", bar, int(rng.choice([3, 6, 11, 14])), 0.7)
         for s in snare_steps:
             if s < last:
-                hit("snare", "snare", bar, s, 1.0)
+                hit("snare", bar, s, 1.0)
         for s in ghosts:
             if s < last:
-                hit("snare", "snare", bar, s, rng.uniform(0.15, 0.3))
+                hit("snare", bar, s, rng.uniform(0.15, 0.3))
         for s in hat_steps:
             if s < last and s not in open_steps:
                 accent = 1.0 if s % 4 == 0 else (0.75 if s % 2 == 0 else 0.55)
-                hit("hat", "hat", bar, s, hat_level * accent)
+                hit("hat", bar, s, hat_level * accent)
         for s in open_steps:
             if s < last:
-                hit("hat", "open_hat", bar, s, hat_level * 0.8)
+                hit("open_hat", bar, s, hat_level * 0.8)
         if fill:  # a fill on the last beat: snare and tom 16ths, getting louder
             for i, s in enumerate(range(12, 16)):
-                sample = str(rng.choice(["snare", "tom_high", "tom_low"]))
-                hit("snare" if sample == "snare" else "tom", sample, bar, s, 0.6 + 0.1 * i)
+                hit(str(rng.choice(["snare", "tom_high", "tom_low"])), bar, s, 0.6 + 0.1 * i)
+    return groove_name, hits
+
+
+def _drums(plan: Plan, info: dict[str, str]) -> np.ndarray:
+    rng, sr = plan.rng, plan.sr
+    kit = _drum_kit(rng, sr)
+    info["drums"], hits = _drum_hits(plan)
+    parts = {name: np.zeros(plan.frames + sr) for name in ("kick", "snare", "hat", "tom", "crash")}
+    for sample, start, gain in hits:
+        _add(parts[DRUM_PART.get(sample, sample)], start, kit[sample], gain)
 
     # Stereo: kick and snare centre, hats to one side, toms spread, crash on the other side.
     hat_side = rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.5)
@@ -385,19 +398,15 @@ BASS_RHYTHMS = {
 }  # fmt: skip
 
 
-def _bass(plan: Plan, info: dict[str, str]) -> np.ndarray:
-    rng, sr, n = plan.rng, plan.sr, plan.frames + plan.sr
-    rhythm_name = str(rng.choice(list(BASS_RHYTHMS)))
-    timbre = str(rng.choice(["saw", "square", "sine", "fm"]))
-    info["bass"] = f"{timbre} bass, {rhythm_name}"
-    base = 28 + (plan.tonic - 4) % 12 - plan.tonic  # degree 0 falls between E1 and D#2 (MIDI 28..39)
+def _bass_base(plan: Plan) -> int:
+    """The ``octave_base`` of the bass line: its degree 0 falls between E1 and D#2 (MIDI 28..39)."""
+    return 28 + (plan.tonic - 4) % 12 - plan.tonic
 
-    # A monophonic synth: one pitch track, one amplitude envelope, one filter envelope.
-    pitch = np.full(n, float(plan.degree_midi(0, base)))
-    amp = np.zeros(n)
-    bright = np.zeros(n)
-    attack, decay, sustain = rng.uniform(0.003, 0.012), rng.uniform(0.08, 0.3), rng.uniform(0.5, 0.9)
-    release, filter_decay = rng.uniform(0.03, 0.09), rng.uniform(0.05, 0.25)
+
+def _bass_notes(plan: Plan, rhythm_name: str) -> list[tuple[int, int, int]]:
+    """A monophonic line (start sample, hold samples, MIDI note) on the chord roots, with fifths,
+    thirds, octaves and approach notes, in one of :data:`BASS_RHYTHMS`."""
+    rng, base = plan.rng, _bass_base(plan)
     notes = []
     for bar in range(plan.bars):
         if not plan.bass_on[bar]:
@@ -419,7 +428,22 @@ def _bass(plan: Plan, info: dict[str, str]) -> np.ndarray:
             while note > base + plan.tonic + 19:
                 note -= 12
             notes.append((plan.time(bar, step), round(length * plan.step * rng.uniform(0.6, 0.95)), note))
+    return notes
 
+
+def _bass(plan: Plan, info: dict[str, str]) -> np.ndarray:
+    rng, sr, n = plan.rng, plan.sr, plan.frames + plan.sr
+    rhythm_name = str(rng.choice(list(BASS_RHYTHMS)))
+    timbre = str(rng.choice(["saw", "square", "sine", "fm"]))
+    info["bass"] = f"{timbre} bass, {rhythm_name}"
+
+    # A monophonic synth: one pitch track, one amplitude envelope, one filter envelope.
+    pitch = np.full(n, float(plan.degree_midi(0, _bass_base(plan))))
+    amp = np.zeros(n)
+    bright = np.zeros(n)
+    attack, decay, sustain = rng.uniform(0.003, 0.012), rng.uniform(0.08, 0.3), rng.uniform(0.5, 0.9)
+    release, filter_decay = rng.uniform(0.03, 0.09), rng.uniform(0.05, 0.25)
+    notes = _bass_notes(plan, rhythm_name)
     for start, hold, note in notes:
         if start >= n:
             continue
@@ -528,6 +552,41 @@ CHORD_RHYTHMS = {
 }
 
 
+def _chord_notes(plan: Plan, rhythm: str, seventh: bool) -> list[tuple[int, int, list[int]]]:
+    """Chords (start sample, hold samples, MIDI notes) in one of :data:`CHORD_RHYTHMS`, voiced in the
+    middle register (C3..C5), where they share the mids with the vocals."""
+    chords = []
+    for bar in range(plan.bars):
+        if not plan.other_on[bar]:
+            continue
+        voicing = [plan.degree_midi(d, 48) for d in plan.chord_degrees(bar, seventh)]
+        voicing = [m + 12 if m < 53 else m for m in voicing]
+        for step, length in CHORD_RHYTHMS[rhythm]:
+            chords.append((plan.time(bar, step), round(length * plan.step * 0.9), voicing))
+    return chords
+
+
+def _arpeggio(plan: Plan, seventh: bool) -> Iterator[tuple[int, int, int]]:
+    """An arpeggio over the chords in 16ths, 8ths or quarters: (start sample, hold samples, MIDI note).
+
+    A generator: each note is drawn from ``plan.rng`` only when asked for, after the previous note
+    has been rendered (and drawn from the same generator), as in the songs written before notes and
+    rendering were separate functions; that keeps those songs bit-identical.
+    """
+    rng = plan.rng
+    every = int(rng.choice([2, 2, 4]))  # 8ths or quarters... of 16ths: 2 = 8ths
+    if rng.random() < 0.4:
+        every = 1
+    for bar in range(plan.bars):
+        if not plan.other_on[bar]:
+            continue
+        tones = [plan.degree_midi(d, 60) for d in plan.chord_degrees(bar, seventh)]
+        tones = [*tones, tones[0] + 12]
+        for i, step in enumerate(range(0, 16, every)):
+            m = tones[i % len(tones)] if rng.random() < 0.8 else int(rng.choice(tones))
+            yield plan.time(bar, step), round(every * plan.step * 0.8), m
+
+
 def _other(plan: Plan, info: dict[str, str]) -> np.ndarray:
     rng, sr, n = plan.rng, plan.sr, plan.frames + plan.sr
     names = list(INSTRUMENTS)
@@ -546,17 +605,10 @@ def _other(plan: Plan, info: dict[str, str]) -> np.ndarray:
 
     stereo = np.zeros((2, n))
     chords = np.zeros(n)
-    for bar in range(plan.bars):
-        if not plan.other_on[bar]:
-            continue
-        # Voice the chord in the middle register (C3..C5), where it shares the mids with the vocals.
-        voicing = [plan.degree_midi(d, 48) for d in plan.chord_degrees(bar, seventh)]
-        voicing = [m + 12 if m < 53 else m for m in voicing]
-        for step, length in CHORD_RHYTHMS[rhythm]:
-            hold = round(length * plan.step * 0.9)
-            for m in voicing:
-                sound = INSTRUMENTS[chord_instrument](float(_midi_hz(m)), hold, sr, rng)
-                _add(chords, plan.time(bar, step), sound, rng.uniform(0.7, 1.0) / len(voicing))
+    for start, hold, voicing in _chord_notes(plan, rhythm, seventh):
+        for m in voicing:
+            sound = INSTRUMENTS[chord_instrument](float(_midi_hz(m)), hold, sr, rng)
+            _add(chords, start, sound, rng.uniform(0.7, 1.0) / len(voicing))
     if chord_instrument == "pad":  # the pad's low-pass softens the saws
         chords = signal.sosfilt(signal.butter(2, rng.uniform(1500, 4000), fs=sr, output="sos"), chords)
     if chord_instrument == "organ":  # a slow tremolo, like a rotating speaker
@@ -566,20 +618,9 @@ def _other(plan: Plan, info: dict[str, str]) -> np.ndarray:
 
     if arp_instrument:
         arp = np.zeros(n)
-        every = int(rng.choice([2, 2, 4]))  # 8ths or quarters... of 16ths: 2 = 8ths
-        if rng.random() < 0.4:
-            every = 1
-        for bar in range(plan.bars):
-            if not plan.other_on[bar]:
-                continue
-            tones = [plan.degree_midi(d, 60) for d in plan.chord_degrees(bar, seventh)]
-            tones = [*tones, tones[0] + 12]
-            for i, step in enumerate(range(0, 16, every)):
-                m = tones[i % len(tones)] if rng.random() < 0.8 else int(rng.choice(tones))
-                sound = INSTRUMENTS[arp_instrument](
-                    float(_midi_hz(m)), round(every * plan.step * 0.8), sr, rng
-                )
-                _add(arp, plan.time(bar, step), sound, 0.25 * rng.uniform(0.7, 1.0))
+        for start, hold, m in _arpeggio(plan, seventh):
+            sound = INSTRUMENTS[arp_instrument](float(_midi_hz(m)), hold, sr, rng)
+            _add(arp, start, sound, 0.25 * rng.uniform(0.7, 1.0))
         if arp_instrument == "pad":
             arp = signal.sosfilt(signal.butter(2, 3000, fs=sr, output="sos"), arp)
         stereo += _widen(arp, sr, -chord_pan, rng.uniform(0.1, 0.4), rng.uniform(5, 12))
@@ -774,30 +815,14 @@ def _impulse_response(rng: np.random.Generator, sr: int) -> tuple[np.ndarray, fl
     return ir / np.sqrt(np.sum(ir**2) / 2), rt60
 
 
-def generate_song(seed: int, seconds: float, sample_rate: int = 44100) -> Song:
-    """Render one song: four stems, each float32 [2, round(seconds * sample_rate)].
-
-    The same ``(seed, seconds, sample_rate)`` always gives the same arrays.
-    """
-    if seed < 0:
-        raise SynthError(f"seed must be a non-negative integer, not {seed}")
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise SynthError(f"seconds must be positive, not {seconds}")
-    if sample_rate < 8000:
-        raise SynthError(f"sample rate must be at least 8000 Hz, not {sample_rate}")
-    # Each instrument draws from its own stream, so changing one part of the recipe leaves the others.
-    streams = np.random.SeedSequence(seed).spawn(6)
-    plan = _plan(np.random.default_rng(streams[0]), seconds, sample_rate)
-    info: dict[str, str] = {}
-    renderers = {"drums": _drums, "bass": _bass, "other": _other, "vocals": _vocals}
-    dry = {}
-    for i, name in enumerate(STEMS):
-        plan.rng = np.random.default_rng(streams[1 + i])
-        dry[name] = renderers[name](plan, info)
-
-    rng = np.random.default_rng(streams[5])
-    ir, rt60 = _impulse_response(rng, sample_rate)
-    frames = plan.frames
+def _mix(
+    dry: dict[str, np.ndarray], rng: np.random.Generator, sr: int
+) -> tuple[dict[str, np.ndarray], float]:
+    """Level the dry stems ([2, frames] each; a random gain within ±6 dB around their base level),
+    send them into one song-wide room, and scale all by one gain so the mixture peaks at 0.6 to 0.9.
+    Returns (float32 stems, the room's RT60 in seconds)."""
+    ir, rt60 = _impulse_response(rng, sr)
+    frames = dry[STEMS[0]].shape[-1]
     # The reverb is a plain FFT convolution (what scipy.signal.fftconvolve does), in float32 and with
     # the room's spectrum computed once for all four stems: it is most of the render time otherwise.
     size = sp_fft.next_fast_len(frames + ir.shape[-1], real=True)
@@ -819,8 +844,31 @@ def generate_song(seed: int, seconds: float, sample_rate: int = 44100) -> Song:
     peak = float(np.abs(mixture).max())
     stem_peak = max(float(np.abs(a).max()) for a in stems.values())
     gain = min(rng.uniform(0.6, 0.9) / max(peak, 1e-9), 0.99 / max(stem_peak, 1e-9))
-    stems = {name: (audio * gain).astype(np.float32) for name, audio in stems.items()}
+    return {name: (audio * gain).astype(np.float32) for name, audio in stems.items()}, rt60
 
+
+def generate_song(seed: int, seconds: float, sample_rate: int = 44100) -> Song:
+    """Render one song: four stems, each float32 [2, round(seconds * sample_rate)].
+
+    The same ``(seed, seconds, sample_rate)`` always gives the same arrays.
+    """
+    if seed < 0:
+        raise SynthError(f"seed must be a non-negative integer, not {seed}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise SynthError(f"seconds must be positive, not {seconds}")
+    if sample_rate < 8000:
+        raise SynthError(f"sample rate must be at least 8000 Hz, not {sample_rate}")
+    # Each instrument draws from its own stream, so changing one part of the recipe leaves the others.
+    streams = np.random.SeedSequence(seed).spawn(6)
+    plan = _plan(np.random.default_rng(streams[0]), seconds, sample_rate)
+    info: dict[str, str] = {}
+    renderers = {"drums": _drums, "bass": _bass, "other": _other, "vocals": _vocals}
+    dry = {}
+    for i, name in enumerate(STEMS):
+        plan.rng = np.random.default_rng(streams[1 + i])
+        dry[name] = renderers[name](plan, info)
+
+    stems, rt60 = _mix(dry, np.random.default_rng(streams[5]), sample_rate)
     key = f"{NOTE_NAMES[plan.tonic]} {plan.mode}"
     info["reverb"] = f"RT60 {rt60:.1f} s"
     description = (
