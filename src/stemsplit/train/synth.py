@@ -64,6 +64,7 @@ __all__ = ["STEMS", "Song", "SynthError", "generate_song", "song_seed", "write_d
 
 STEMS: tuple[str, ...] = tuple(MUSIC_STEMS)
 SUBSETS = ("train", "valid", "test")
+MIN_SAMPLE_RATE = 22050  # the drums' and consonants' filters reach 10 kHz, which needs more than 20 kHz
 NAME_PREFIX = {"train": "song", "valid": "valid", "test": "test"}
 
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
@@ -896,8 +897,8 @@ def generate_song(
 
 
 def _check_sample_rate(sample_rate: int, soundfont: fluidsynth.Soundfont | None) -> None:
-    if sample_rate < 8000:
-        raise SynthError(f"sample rate must be at least 8000 Hz, not {sample_rate}")
+    if sample_rate < MIN_SAMPLE_RATE:
+        raise SynthError(f"sample rate must be at least {MIN_SAMPLE_RATE} Hz, not {sample_rate}")
     if soundfont is not None and sample_rate > fluidsynth.MAX_SAMPLE_RATE:
         raise SynthError(f"FluidSynth renders at up to {fluidsynth.MAX_SAMPLE_RATE} Hz, not {sample_rate}")
 
