@@ -31,9 +31,11 @@ __all__ = [
     "Soundfont",
     "control",
     "find_soundfont",
+    "midi_file",
     "note",
     "pitch_bend",
     "program",
+    "read_presets",
     "render",
 ]
 
@@ -70,8 +72,8 @@ class Soundfont:
 def find_soundfont(spec: str | os.PathLike[str]) -> Soundfont:
     """The soundfont ``spec`` names (a file, or one of :data:`SOUNDFONTS`' names when no such file is
     here), checked to be a General MIDI soundfont, with the ``fluidsynth`` program that will play it."""
-    program = shutil.which("fluidsynth")
-    if program is None:
+    binary = shutil.which("fluidsynth")
+    if binary is None:
         raise FluidSynthError(
             "FluidSynth is not installed (no fluidsynth on PATH); install the Debian package fluidsynth"
         )
@@ -93,7 +95,7 @@ def find_soundfont(spec: str | os.PathLike[str]) -> Soundfont:
         raise FluidSynthError(
             f"{path}: not a General MIDI soundfont (it has no {what}); try Debian's {PACKAGES}"
         )
-    return Soundfont(path, presets, program)
+    return Soundfont(path, presets, binary)
 
 
 def read_presets(path: Path) -> dict[tuple[int, int], str]:
