@@ -218,6 +218,7 @@ def test_synth_command_writes_a_dataset(tmp_path):
         (["--seconds", "0"], "seconds"),
         (["--seconds", "-3"], "seconds"),
         (["--workers", "0"], "workers"),
+        (["--sample-rate", "16000"], "at least 22050 Hz"),
     ],
 )
 def test_synth_command_rejects_bad_values_writing_nothing(tmp_path, extra, message):

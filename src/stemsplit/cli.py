@@ -27,7 +27,7 @@ import typer  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from . import __version__, audio  # noqa: E402
-from .cli_common import EXAMPLES, EXIT_INTERNAL, error_line, fail, out_console  # noqa: E402
+from .cli_common import EXAMPLES, EXIT_INTERNAL, EXIT_USAGE, error_line, fail, out_console  # noqa: E402
 from .cli_eval import eval_command  # noqa: E402
 from .cli_models import models_app  # noqa: E402
 from .cli_separate import separation_command  # noqa: E402
@@ -76,14 +76,32 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Same seed, same songs."),
     sample_rate: int = typer.Option(44100, "--sample-rate", help="Sample rate in Hz."),
     workers: int = typer.Option(1, "--workers", help="Processes generating songs."),
+    soundfont: str | None = typer.Option(
+        None,
+        "--soundfont",
+        help="Play the songs with FluidSynth through this General MIDI soundfont: an .sf2 or .sf3 file, or "
+        "timgm6mb, fluidr3 or musescore for the one Debian installs (other songs than without it).",
+        show_default=False,
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Write a synthetic multitrack dataset (MUSDB18-HQ layout) for demos and tests.
 
     \b
     stemsplit synth data/synth --songs 100 --valid 10 --test 10 --seconds 20
+    stemsplit synth data/gm --soundfont timgm6mb --songs 20 --seconds 20
     stemsplit train --musdb data/synth -o runs/demo
     """
+    from .train.fluidsynth import FluidSynthError, find_soundfont
+
+    font = None
+    if soundfont is not None:  # checked before the synthesiser (and scipy) loads: a usage error is quick
+        try:
+            font = find_soundfont(soundfont)
+        except FluidSynthError as exc:
+            if debug:
+                raise
+            raise fail(f"--soundfont: {exc}", EXIT_USAGE) from None
     from .train.synth import SynthError, write_dataset
 
     try:
@@ -96,8 +114,9 @@ def synth(
             seed=seed,
             sample_rate=sample_rate,
             workers=workers,
+            soundfont=font,
         )
-    except SynthError as exc:
+    except (SynthError, FluidSynthError) as exc:
         if debug:
             raise
         raise fail(str(exc)) from None
@@ -105,7 +124,7 @@ def synth(
         raise fail(f"interrupted; the finished songs are in {out}, delete it to start again", 130) from None
     out_console.print(
         f"wrote {songs} training, {valid} validation and {test} test songs "
-        f"({seconds:g} s, {sample_rate} Hz, seed {seed}) to {out}",
+        f"({seconds:g} s, {sample_rate} Hz, seed {seed}{f', {font.path.name}' if font else ''}) to {out}",
         highlight=False,
         soft_wrap=True,
         markup=False,

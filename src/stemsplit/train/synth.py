@@ -27,6 +27,17 @@ panned, widened and sent through its own share of one song-wide noise reverb.
 One gain scales all stems so the mixture peaks at 0.6 to 0.9: the mixture is
 exactly the sum of the stems.
 
+With a General MIDI soundfont (``stemsplit synth --soundfont``), FluidSynth
+plays the same kind of arrangement instead (the note functions are shared;
+:mod:`stemsplit.train.fluidsynth` drives FluidSynth): a drum kit on channel 10
+(standard, room, power, electronic, TR-808, jazz or brush), one of the eight
+bass programs, a piano, organ, guitar, strings or pad for the chords and
+perhaps a mallet, plucked or lead arpeggio for "other", and a choir, voice or
+synth voice with pitch scoops and vibrato (or, in about a third of the songs,
+the formant voice) for the vocals; velocities and timing humanised, panning,
+chorus and each channel's chorus send drawn per song. Each stem is rendered on
+its own, then mixed as above.
+
 :func:`write_dataset` writes a MUSDB18-HQ-layout folder that
 :func:`stemsplit.train.data.find_tracks` reads.
 """
@@ -36,7 +47,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +58,13 @@ from scipy import fft as sp_fft
 from scipy import signal
 
 from ..card import MUSIC_STEMS
+from . import fluidsynth
 
 __all__ = ["STEMS", "Song", "SynthError", "generate_song", "song_seed", "write_dataset", "write_song"]
 
 STEMS: tuple[str, ...] = tuple(MUSIC_STEMS)
 SUBSETS = ("train", "valid", "test")
+MIN_SAMPLE_RATE = 22050  # the drums' and consonants' filters reach 10 kHz, which needs more than 20 kHz
 NAME_PREFIX = {"train": "song", "valid": "valid", "test": "test"}
 
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
@@ -316,19 +329,23 @@ def _drum_kit(rng: np.random.Generator, sr: int) -> dict[str, np.ndarray]:
     return kit
 
 
-def _drums(plan: Plan, info: dict[str, str]) -> np.ndarray:
-    rng, sr = plan.rng, plan.sr
-    kit = _drum_kit(rng, sr)
+# Which mixing bus each drum sample goes to (the others go to their own: kick, snare, hat, crash).
+DRUM_PART = {"open_hat": "hat", "tom_high": "tom", "tom_low": "tom"}
+
+
+def _drum_hits(plan: Plan) -> tuple[str, list[tuple[str, int, float]]]:
+    """A groove and its hits (sample name, start sample, gain), with fills, crashes, ghost notes and a
+    drummer's timing and velocity variation. Returns (groove name, hits)."""
+    rng = plan.rng
     groove_name = str(rng.choice(list(GROOVES)))
     kick_steps, snare_steps, ghosts, hat_steps, open_steps = GROOVES[groove_name]
-    info["drums"] = groove_name
     hat_level = rng.uniform(0.25, 0.6)
-    parts = {name: np.zeros(plan.frames + sr) for name in ("kick", "snare", "hat", "tom", "crash")}
+    hits: list[tuple[str, int, float]] = []
 
-    def hit(part: str, sample: str, bar: int, step: float, velocity: float) -> None:
-        jitter = rng.normal(0, 0.002 * sr)  # a human drummer is a few ms off the grid
+    def hit(sample: str, bar: int, step: float, velocity: float) -> None:
+        jitter = rng.normal(0, 0.002 * plan.sr)  # a human drummer is a few ms off the grid
         gain = velocity * float(np.clip(rng.normal(1.0, 0.08), 0.7, 1.3))
-        _add(parts[part], max(0, plan.time(bar, step) + round(jitter)), kit[sample], gain)
+        hits.append((sample, max(0, plan.time(bar, step) + round(jitter)), gain))
 
     for bar in range(plan.bars):
         if not plan.drums_on[bar]:
@@ -336,29 +353,38 @@ def _drums(plan: Plan, info: dict[str, str]) -> np.ndarray:
         fill = bar + 1 < plan.bars and (bar % 4 == 3 or not plan.drums_on[bar + 1]) and rng.random() < 0.6
         last = 12 if fill else 16
         if bar == 0 or not plan.drums_on[bar - 1] or (bar % 8 == 0 and rng.random() < 0.7):
-            hit("crash", "crash", bar, 0, rng.uniform(0.6, 1.0))
+            hit("crash", bar, 0, rng.uniform(0.6, 1.0))
         for s in kick_steps:
             if s < last:
-                hit("kick", "kick", bar, s, 1.0 if s % 4 == 0 else 0.8)
+                hit("kick", bar, s, 1.0 if s % 4 == 0 else 0.8)
         if rng.random() < 0.3:  # variation: an extra syncopated kick
-            hit("kick", "kick", bar, int(rng.choice([3, 6, 11, 14])), 0.7)
+            hit("kick", bar, int(rng.choice([3, 6, 11, 14])), 0.7)
         for s in snare_steps:
             if s < last:
-                hit("snare", "snare", bar, s, 1.0)
+                hit("snare", bar, s, 1.0)
         for s in ghosts:
             if s < last:
-                hit("snare", "snare", bar, s, rng.uniform(0.15, 0.3))
+                hit("snare", bar, s, rng.uniform(0.15, 0.3))
         for s in hat_steps:
             if s < last and s not in open_steps:
                 accent = 1.0 if s % 4 == 0 else (0.75 if s % 2 == 0 else 0.55)
-                hit("hat", "hat", bar, s, hat_level * accent)
+                hit("hat", bar, s, hat_level * accent)
         for s in open_steps:
             if s < last:
-                hit("hat", "open_hat", bar, s, hat_level * 0.8)
+                hit("open_hat", bar, s, hat_level * 0.8)
         if fill:  # a fill on the last beat: snare and tom 16ths, getting louder
             for i, s in enumerate(range(12, 16)):
-                sample = str(rng.choice(["snare", "tom_high", "tom_low"]))
-                hit("snare" if sample == "snare" else "tom", sample, bar, s, 0.6 + 0.1 * i)
+                hit(str(rng.choice(["snare", "tom_high", "tom_low"])), bar, s, 0.6 + 0.1 * i)
+    return groove_name, hits
+
+
+def _drums(plan: Plan, info: dict[str, str]) -> np.ndarray:
+    rng, sr = plan.rng, plan.sr
+    kit = _drum_kit(rng, sr)
+    info["drums"], hits = _drum_hits(plan)
+    parts = {name: np.zeros(plan.frames + sr) for name in ("kick", "snare", "hat", "tom", "crash")}
+    for sample, start, gain in hits:
+        _add(parts[DRUM_PART.get(sample, sample)], start, kit[sample], gain)
 
     # Stereo: kick and snare centre, hats to one side, toms spread, crash on the other side.
     hat_side = rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.5)
@@ -385,19 +411,15 @@ BASS_RHYTHMS = {
 }  # fmt: skip
 
 
-def _bass(plan: Plan, info: dict[str, str]) -> np.ndarray:
-    rng, sr, n = plan.rng, plan.sr, plan.frames + plan.sr
-    rhythm_name = str(rng.choice(list(BASS_RHYTHMS)))
-    timbre = str(rng.choice(["saw", "square", "sine", "fm"]))
-    info["bass"] = f"{timbre} bass, {rhythm_name}"
-    base = 28 + (plan.tonic - 4) % 12 - plan.tonic  # degree 0 falls between E1 and D#2 (MIDI 28..39)
+def _bass_base(plan: Plan) -> int:
+    """The ``octave_base`` of the bass line: its degree 0 falls between E1 and D#2 (MIDI 28..39)."""
+    return 28 + (plan.tonic - 4) % 12 - plan.tonic
 
-    # A monophonic synth: one pitch track, one amplitude envelope, one filter envelope.
-    pitch = np.full(n, float(plan.degree_midi(0, base)))
-    amp = np.zeros(n)
-    bright = np.zeros(n)
-    attack, decay, sustain = rng.uniform(0.003, 0.012), rng.uniform(0.08, 0.3), rng.uniform(0.5, 0.9)
-    release, filter_decay = rng.uniform(0.03, 0.09), rng.uniform(0.05, 0.25)
+
+def _bass_notes(plan: Plan, rhythm_name: str) -> list[tuple[int, int, int]]:
+    """A monophonic line (start sample, hold samples, MIDI note) on the chord roots, with fifths,
+    thirds, octaves and approach notes, in one of :data:`BASS_RHYTHMS`."""
+    rng, base = plan.rng, _bass_base(plan)
     notes = []
     for bar in range(plan.bars):
         if not plan.bass_on[bar]:
@@ -419,7 +441,22 @@ def _bass(plan: Plan, info: dict[str, str]) -> np.ndarray:
             while note > base + plan.tonic + 19:
                 note -= 12
             notes.append((plan.time(bar, step), round(length * plan.step * rng.uniform(0.6, 0.95)), note))
+    return notes
 
+
+def _bass(plan: Plan, info: dict[str, str]) -> np.ndarray:
+    rng, sr, n = plan.rng, plan.sr, plan.frames + plan.sr
+    rhythm_name = str(rng.choice(list(BASS_RHYTHMS)))
+    timbre = str(rng.choice(["saw", "square", "sine", "fm"]))
+    info["bass"] = f"{timbre} bass, {rhythm_name}"
+
+    # A monophonic synth: one pitch track, one amplitude envelope, one filter envelope.
+    pitch = np.full(n, float(plan.degree_midi(0, _bass_base(plan))))
+    amp = np.zeros(n)
+    bright = np.zeros(n)
+    attack, decay, sustain = rng.uniform(0.003, 0.012), rng.uniform(0.08, 0.3), rng.uniform(0.5, 0.9)
+    release, filter_decay = rng.uniform(0.03, 0.09), rng.uniform(0.05, 0.25)
+    notes = _bass_notes(plan, rhythm_name)
     for start, hold, note in notes:
         if start >= n:
             continue
@@ -528,6 +565,41 @@ CHORD_RHYTHMS = {
 }
 
 
+def _chord_notes(plan: Plan, rhythm: str, seventh: bool) -> list[tuple[int, int, list[int]]]:
+    """Chords (start sample, hold samples, MIDI notes) in one of :data:`CHORD_RHYTHMS`, voiced in the
+    middle register (C3..C5), where they share the mids with the vocals."""
+    chords = []
+    for bar in range(plan.bars):
+        if not plan.other_on[bar]:
+            continue
+        voicing = [plan.degree_midi(d, 48) for d in plan.chord_degrees(bar, seventh)]
+        voicing = [m + 12 if m < 53 else m for m in voicing]
+        for step, length in CHORD_RHYTHMS[rhythm]:
+            chords.append((plan.time(bar, step), round(length * plan.step * 0.9), voicing))
+    return chords
+
+
+def _arpeggio(plan: Plan, seventh: bool) -> Iterator[tuple[int, int, int]]:
+    """An arpeggio over the chords in 16ths, 8ths or quarters: (start sample, hold samples, MIDI note).
+
+    A generator: each note is drawn from ``plan.rng`` only when asked for, after the previous note
+    has been rendered (and drawn from the same generator), as in the songs written before notes and
+    rendering were separate functions; that keeps those songs bit-identical.
+    """
+    rng = plan.rng
+    every = int(rng.choice([2, 2, 4]))  # 8ths or quarters... of 16ths: 2 = 8ths
+    if rng.random() < 0.4:
+        every = 1
+    for bar in range(plan.bars):
+        if not plan.other_on[bar]:
+            continue
+        tones = [plan.degree_midi(d, 60) for d in plan.chord_degrees(bar, seventh)]
+        tones = [*tones, tones[0] + 12]
+        for i, step in enumerate(range(0, 16, every)):
+            m = tones[i % len(tones)] if rng.random() < 0.8 else int(rng.choice(tones))
+            yield plan.time(bar, step), round(every * plan.step * 0.8), m
+
+
 def _other(plan: Plan, info: dict[str, str]) -> np.ndarray:
     rng, sr, n = plan.rng, plan.sr, plan.frames + plan.sr
     names = list(INSTRUMENTS)
@@ -546,17 +618,10 @@ def _other(plan: Plan, info: dict[str, str]) -> np.ndarray:
 
     stereo = np.zeros((2, n))
     chords = np.zeros(n)
-    for bar in range(plan.bars):
-        if not plan.other_on[bar]:
-            continue
-        # Voice the chord in the middle register (C3..C5), where it shares the mids with the vocals.
-        voicing = [plan.degree_midi(d, 48) for d in plan.chord_degrees(bar, seventh)]
-        voicing = [m + 12 if m < 53 else m for m in voicing]
-        for step, length in CHORD_RHYTHMS[rhythm]:
-            hold = round(length * plan.step * 0.9)
-            for m in voicing:
-                sound = INSTRUMENTS[chord_instrument](float(_midi_hz(m)), hold, sr, rng)
-                _add(chords, plan.time(bar, step), sound, rng.uniform(0.7, 1.0) / len(voicing))
+    for start, hold, voicing in _chord_notes(plan, rhythm, seventh):
+        for m in voicing:
+            sound = INSTRUMENTS[chord_instrument](float(_midi_hz(m)), hold, sr, rng)
+            _add(chords, start, sound, rng.uniform(0.7, 1.0) / len(voicing))
     if chord_instrument == "pad":  # the pad's low-pass softens the saws
         chords = signal.sosfilt(signal.butter(2, rng.uniform(1500, 4000), fs=sr, output="sos"), chords)
     if chord_instrument == "organ":  # a slow tremolo, like a rotating speaker
@@ -566,20 +631,9 @@ def _other(plan: Plan, info: dict[str, str]) -> np.ndarray:
 
     if arp_instrument:
         arp = np.zeros(n)
-        every = int(rng.choice([2, 2, 4]))  # 8ths or quarters... of 16ths: 2 = 8ths
-        if rng.random() < 0.4:
-            every = 1
-        for bar in range(plan.bars):
-            if not plan.other_on[bar]:
-                continue
-            tones = [plan.degree_midi(d, 60) for d in plan.chord_degrees(bar, seventh)]
-            tones = [*tones, tones[0] + 12]
-            for i, step in enumerate(range(0, 16, every)):
-                m = tones[i % len(tones)] if rng.random() < 0.8 else int(rng.choice(tones))
-                sound = INSTRUMENTS[arp_instrument](
-                    float(_midi_hz(m)), round(every * plan.step * 0.8), sr, rng
-                )
-                _add(arp, plan.time(bar, step), sound, 0.25 * rng.uniform(0.7, 1.0))
+        for start, hold, m in _arpeggio(plan, seventh):
+            sound = INSTRUMENTS[arp_instrument](float(_midi_hz(m)), hold, sr, rng)
+            _add(arp, start, sound, 0.25 * rng.uniform(0.7, 1.0))
         if arp_instrument == "pad":
             arp = signal.sosfilt(signal.butter(2, 3000, fs=sr, output="sos"), arp)
         stereo += _widen(arp, sr, -chord_pan, rng.uniform(0.1, 0.4), rng.uniform(5, 12))
@@ -774,30 +828,14 @@ def _impulse_response(rng: np.random.Generator, sr: int) -> tuple[np.ndarray, fl
     return ir / np.sqrt(np.sum(ir**2) / 2), rt60
 
 
-def generate_song(seed: int, seconds: float, sample_rate: int = 44100) -> Song:
-    """Render one song: four stems, each float32 [2, round(seconds * sample_rate)].
-
-    The same ``(seed, seconds, sample_rate)`` always gives the same arrays.
-    """
-    if seed < 0:
-        raise SynthError(f"seed must be a non-negative integer, not {seed}")
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise SynthError(f"seconds must be positive, not {seconds}")
-    if sample_rate < 8000:
-        raise SynthError(f"sample rate must be at least 8000 Hz, not {sample_rate}")
-    # Each instrument draws from its own stream, so changing one part of the recipe leaves the others.
-    streams = np.random.SeedSequence(seed).spawn(6)
-    plan = _plan(np.random.default_rng(streams[0]), seconds, sample_rate)
-    info: dict[str, str] = {}
-    renderers = {"drums": _drums, "bass": _bass, "other": _other, "vocals": _vocals}
-    dry = {}
-    for i, name in enumerate(STEMS):
-        plan.rng = np.random.default_rng(streams[1 + i])
-        dry[name] = renderers[name](plan, info)
-
-    rng = np.random.default_rng(streams[5])
-    ir, rt60 = _impulse_response(rng, sample_rate)
-    frames = plan.frames
+def _mix(
+    dry: dict[str, np.ndarray], rng: np.random.Generator, sr: int
+) -> tuple[dict[str, np.ndarray], float]:
+    """Level the dry stems ([2, frames] each; a random gain within ±6 dB around their base level),
+    send them into one song-wide room, and scale all by one gain so the mixture peaks at 0.6 to 0.9.
+    Returns (float32 stems, the room's RT60 in seconds)."""
+    ir, rt60 = _impulse_response(rng, sr)
+    frames = dry[STEMS[0]].shape[-1]
     # The reverb is a plain FFT convolution (what scipy.signal.fftconvolve does), in float32 and with
     # the room's spectrum computed once for all four stems: it is most of the render time otherwise.
     size = sp_fft.next_fast_len(frames + ir.shape[-1], real=True)
@@ -819,15 +857,270 @@ def generate_song(seed: int, seconds: float, sample_rate: int = 44100) -> Song:
     peak = float(np.abs(mixture).max())
     stem_peak = max(float(np.abs(a).max()) for a in stems.values())
     gain = min(rng.uniform(0.6, 0.9) / max(peak, 1e-9), 0.99 / max(stem_peak, 1e-9))
-    stems = {name: (audio * gain).astype(np.float32) for name, audio in stems.items()}
+    return {name: (audio * gain).astype(np.float32) for name, audio in stems.items()}, rt60
 
-    key = f"{NOTE_NAMES[plan.tonic]} {plan.mode}"
+
+def generate_song(
+    seed: int,
+    seconds: float,
+    sample_rate: int = 44100,
+    soundfont: fluidsynth.Soundfont | None = None,
+    scratch: Path | None = None,
+) -> Song:
+    """Render one song: four stems, each float32 [2, round(seconds * sample_rate)].
+
+    The same ``(seed, seconds, sample_rate)`` always gives the same arrays. With a ``soundfont``
+    (:func:`stemsplit.train.fluidsynth.find_soundfont`) FluidSynth plays the instruments instead,
+    General MIDI programs drawn per song (another song than without one; as repeatable), its
+    temporary files in ``scratch`` (the system's temporary folder if None).
+    """
+    if seed < 0:
+        raise SynthError(f"seed must be a non-negative integer, not {seed}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise SynthError(f"seconds must be positive, not {seconds}")
+    _check_sample_rate(sample_rate, soundfont)
+    if soundfont is not None:
+        return _soundfont_song(seed, seconds, sample_rate, soundfont, scratch)
+    # Each instrument draws from its own stream, so changing one part of the recipe leaves the others.
+    streams = np.random.SeedSequence(seed).spawn(6)
+    plan = _plan(np.random.default_rng(streams[0]), seconds, sample_rate)
+    info: dict[str, str] = {}
+    renderers = {"drums": _drums, "bass": _bass, "other": _other, "vocals": _vocals}
+    dry = {}
+    for i, name in enumerate(STEMS):
+        plan.rng = np.random.default_rng(streams[1 + i])
+        dry[name] = renderers[name](plan, info)
+
+    stems, rt60 = _mix(dry, np.random.default_rng(streams[5]), sample_rate)
     info["reverb"] = f"RT60 {rt60:.1f} s"
+    return _song(stems, sample_rate, seed, plan, info)
+
+
+def _check_sample_rate(sample_rate: int, soundfont: fluidsynth.Soundfont | None) -> None:
+    if sample_rate < MIN_SAMPLE_RATE:
+        raise SynthError(f"sample rate must be at least {MIN_SAMPLE_RATE} Hz, not {sample_rate}")
+    if soundfont is not None and sample_rate > fluidsynth.MAX_SAMPLE_RATE:
+        raise SynthError(f"FluidSynth renders at up to {fluidsynth.MAX_SAMPLE_RATE} Hz, not {sample_rate}")
+
+
+def _song(stems: dict[str, np.ndarray], sr: int, seed: int, plan: Plan, info: dict[str, str]) -> Song:
+    key = f"{NOTE_NAMES[plan.tonic]} {plan.mode}"
     description = (
         f"{plan.tempo:.0f} BPM, {key}; drums: {info['drums']}; bass: {info['bass']}; "
         f"other: {info['other']}; vocals: {info['vocals']}; reverb {info['reverb']}"
     )
-    return Song(stems, sample_rate, seed, plan.tempo, key, description, info)
+    if "soundfont" in info:
+        description += f"; soundfont {info['soundfont']}"
+    return Song(stems, sr, seed, plan.tempo, key, description, info)
+
+
+# --- General MIDI through FluidSynth (stemsplit synth --soundfont) -------------------------------------
+
+# General MIDI drum keys (channel 10), some chosen per song: kick 35/36, snare 38/40, closed hat 42 (or a
+# ride, 51), open hat 46 (or the ride's bell, 53), toms 41..50, crash 49/57.
+GM_DRUM_KEYS = {
+    "kick": (35, 36),
+    "snare": (38, 40),
+    "hat": (42, 42, 42, 51),
+    "open_hat": (46,),
+    "tom_high": (48, 50),
+    "tom_low": (41, 43, 45),
+    "crash": (49, 57),
+}
+# Drum kits, programs of bank 128 in the GS layout GM soundfonts follow: standard (twice as likely),
+# room, power, electronic, TR-808, jazz, brush. Only those the soundfont has are drawn.
+GM_DRUM_KITS = (0, 0, 8, 16, 24, 25, 32, 40)
+GM_BASSES = tuple(range(32, 40))  # acoustic, fingered, picked, fretless, two slap and two synth basses
+# "other", by family: (programs, chorus send range). Pianos: grand, bright, electric grand, two electric
+# pianos, harpsichord, clavinet; drawbar, percussive, rock and church organs; nylon, steel, jazz, clean,
+# muted, overdriven and distorted guitars; strings, slow strings, synth strings; seven pads.
+GM_CHORDS = {
+    "piano": ((0, 1, 2, 4, 5, 6, 7), (0, 30)),
+    "organ": ((16, 17, 18, 19), (0, 30)),
+    "guitar": ((24, 25, 26, 27, 28, 29, 30), (0, 50)),
+    "strings": ((48, 49, 50), (10, 60)),
+    "pad": ((88, 89, 90, 91, 92, 94, 95), (20, 80)),
+}
+SUSTAINED = ("strings", "pad")  # they hold whole or half bars
+# Arpeggios: piano, electric piano, harpsichord, celesta, music box, vibraphone, marimba, xylophone,
+# nylon, steel and clean guitar, harp, square and saw leads.
+GM_ARPEGGIOS = (0, 4, 6, 8, 10, 11, 12, 13, 24, 25, 27, 46, 80, 81)
+GM_VOICES = (52, 53, 54, 85)  # choir aahs, voice oohs, synth voice, lead 6 (voice)
+FORMANT_SHARE = 0.35  # of soundfont songs, those sung by the formant voice (see _vocals) instead
+DRUMS, BASS, CHORDS, ARPEGGIO, VOICE = 9, 0, 1, 2, 3  # MIDI channels (10 is General MIDI's drums)
+PAN, CHORUS, MODULATION = 10, 93, 1  # MIDI controllers
+
+Played = tuple[int, int, int, int]  # (start sample, hold samples, MIDI key, velocity)
+
+
+def _velocity(gain: float) -> int:
+    """A MIDI velocity for a linear gain (1.0 gives 112): soundfonts play about (velocity / 127)² loud."""
+    return int(np.clip(round(112 * math.sqrt(max(gain, 0.0))), 1, 127))
+
+
+def _humanise(
+    plan: Plan, notes: list[tuple[int, int, int]], velocity: float, timing: float, mono: bool = False
+) -> list[Played]:
+    """Notes as a player plays them: starts a few ms off the grid (``timing`` s standard deviation),
+    velocities around ``velocity`` with the downbeats a little louder. In a monophonic line (``mono``)
+    each note ends before the next one starts."""
+    rng, sr = plan.rng, plan.sr
+    starts = [max(0, start + round(rng.normal(0, timing * sr))) for start, _, _ in notes]
+    played = []
+    for i, (start, (grid, hold, key)) in enumerate(zip(starts, notes, strict=True)):
+        if mono and i + 1 < len(notes):
+            hold = min(hold, starts[i + 1] - start - round(0.005 * sr))
+        if hold <= 0 or start >= plan.frames:
+            continue
+        accent = 8 if round(grid / plan.step) % 4 == 0 else 0
+        played.append((start, hold, key, int(np.clip(round(velocity + accent + rng.normal(0, 6)), 1, 127))))
+    return played
+
+
+def _notes(channel: int, played: list[Played]) -> list[fluidsynth.Event]:
+    return [
+        event
+        for start, hold, key, velocity in played
+        for event in fluidsynth.note(channel, start, hold, key, velocity)
+    ]
+
+
+def _desk(channel: int, program: int, pan: float, chorus: float) -> list[fluidsynth.Event]:
+    """A channel's program, pan (-1 left .. 1 right) and chorus send (0..127), at time 0."""
+    return [
+        fluidsynth.program(channel, program),
+        fluidsynth.control(channel, 0, PAN, round(64 + 63 * pan)),
+        fluidsynth.control(channel, 0, CHORUS, round(chorus)),
+    ]
+
+
+Play = Callable[[list[fluidsynth.Event]], np.ndarray]  # MIDI events -> [2, frames] audio
+
+
+def _gm_drums(plan: Plan, font: fluidsynth.Soundfont, play: Play, info: dict[str, str]) -> np.ndarray:
+    rng = plan.rng
+    groove, hits = _drum_hits(plan)
+    kit = int(rng.choice([k for k in GM_DRUM_KITS if (fluidsynth.DRUM_BANK, k) in font.presets]))
+    keys = {sample: int(rng.choice(options)) for sample, options in GM_DRUM_KEYS.items()}
+    if keys["hat"] == 51:  # a ride instead of the hi-hats: its bell for the open hat
+        keys["open_hat"] = 53
+    dynamics = rng.uniform(0.75, 1.1)
+    info["drums"] = f"{groove} on the {font.presets[fluidsynth.DRUM_BANK, kit]} kit"
+    events = _desk(DRUMS, kit, rng.uniform(-0.1, 0.1), rng.uniform(0, 20))
+    for sample, start, gain in hits:
+        if start < plan.frames:
+            events += fluidsynth.note(
+                DRUMS, start, round(0.1 * plan.sr), keys[sample], _velocity(gain * dynamics)
+            )
+    return play(events)
+
+
+def _gm_bass(plan: Plan, font: fluidsynth.Soundfont, play: Play, info: dict[str, str]) -> np.ndarray:
+    rng = plan.rng
+    rhythm = str(rng.choice(list(BASS_RHYTHMS)))
+    bass = int(rng.choice(GM_BASSES))
+    info["bass"] = f"{font.presets[0, bass]}, {rhythm}"
+    played = _humanise(plan, _bass_notes(plan, rhythm), rng.uniform(80, 105), 0.004, mono=True)
+    return play(_desk(BASS, bass, rng.uniform(-0.1, 0.1), rng.uniform(0, 15)) + _notes(BASS, played))
+
+
+def _gm_other(plan: Plan, font: fluidsynth.Soundfont, play: Play, info: dict[str, str]) -> np.ndarray:
+    rng, sr = plan.rng, plan.sr
+    family = str(rng.choice(["piano", "piano", "organ", "guitar", "guitar", "strings", "pad"]))
+    programs, sends = GM_CHORDS[family]
+    chords = int(rng.choice(programs))
+    rhythm = str(rng.choice(["whole", "halves"] if family in SUSTAINED else list(CHORD_RHYTHMS)))
+    seventh = rng.random() < 0.4
+    arpeggio = int(rng.choice([p for p in GM_ARPEGGIOS if p != chords])) if rng.random() < 0.5 else None
+    info["other"] = f"{font.presets[0, chords]} chords ({rhythm})" + (
+        f", {font.presets[0, arpeggio]} arpeggio" if arpeggio is not None else ""
+    )
+    # A guitarist strums (the strings sound one after another, low to high); a pianist's hands are
+    # nearly together.
+    strum = rng.uniform(0.008, 0.025) if family == "guitar" else rng.uniform(0.0, 0.004)
+    notes = [
+        (start + round(i * strum * sr), hold - round(i * strum * sr), key)
+        for start, hold, voicing in _chord_notes(plan, rhythm, seventh)
+        for i, key in enumerate(voicing)
+    ]
+    pan = rng.uniform(-0.6, 0.6)
+    events = _desk(CHORDS, chords, pan, rng.uniform(*sends)) + _notes(
+        CHORDS, _humanise(plan, notes, rng.uniform(60, 95), 0.006)
+    )
+    if arpeggio is not None:
+        events += _desk(ARPEGGIO, arpeggio, -pan * rng.uniform(0.5, 1.0), rng.uniform(0, 30))
+        events += _notes(
+            ARPEGGIO, _humanise(plan, list(_arpeggio(plan, seventh)), rng.uniform(55, 90), 0.004)
+        )
+    return play(events)
+
+
+def _gm_vocals(plan: Plan, font: fluidsynth.Soundfont, play: Play, info: dict[str, str]) -> np.ndarray:
+    rng, sr = plan.rng, plan.sr
+    if rng.random() < FORMANT_SHARE:
+        return _vocals(plan, info)
+    high_voice = rng.random() < 0.5
+    low, high = (57, 77) if high_voice else (47, 67)  # A3..F5 or B2..G4, as the formant voice
+    voice = int(rng.choice(GM_VOICES))
+    info["vocals"] = f"{font.presets[0, voice]}, {'high' if high_voice else 'low'}"
+    played = _humanise(plan, _melody(plan, low, high), rng.uniform(85, 115), 0.01, mono=True)
+    events = _desk(VOICE, voice, rng.uniform(-0.15, 0.15), rng.uniform(0, 40)) + _notes(VOICE, played)
+    # A singer's expression: a scoop up into each phrase (a pitch bend from up to a semitone below,
+    # with the default ±2 semitone range), and vibrato (the modulation wheel) fading in on long notes.
+    vibrato, previous_end = rng.uniform(25, 70), -sr
+    for start, hold, _, _ in played:
+        events.append(fluidsynth.control(VOICE, start, MODULATION, 0))
+        if start - previous_end > 0.1 * sr:
+            depth, glide = rng.uniform(0.1, 0.5), rng.uniform(0.04, 0.1) * sr
+            events += [fluidsynth.pitch_bend(VOICE, max(0, start - round(0.02 * sr)), -depth)]
+            events += [
+                fluidsynth.pitch_bend(VOICE, start + round(glide * k / 6), -depth * (1 - k / 6))
+                for k in range(1, 7)
+            ]
+        if hold > 0.4 * sr:
+            events += [
+                fluidsynth.control(
+                    VOICE, start + round((0.2 + 0.05 * k) * sr), MODULATION, round(vibrato * k / 4)
+                )
+                for k in range(1, 5)
+            ]
+        previous_end = start + hold
+    return play(events)
+
+
+def _soundfont_song(
+    seed: int, seconds: float, sr: int, font: fluidsynth.Soundfont, scratch: Path | None
+) -> Song:
+    """:func:`generate_song` through FluidSynth: the same arrangements, played with General MIDI
+    programs chosen per song, the same mixing stage."""
+    # Streams of their own: a soundfont song never shares its plan (tempo, key, chords, arrangement)
+    # with the additive song of the same seed, so sets of both can be used side by side.
+    streams = np.random.SeedSequence([seed, 1]).spawn(7)
+    plan = _plan(np.random.default_rng(streams[0]), seconds, sr)
+    desk = np.random.default_rng(streams[6])
+    # FluidSynth's chorus, one setting per song (each channel sends its own share). Its two channels
+    # come out largely in opposite phase, so it stays light: a mix should survive being heard in mono.
+    chorus = {
+        "synth.chorus.nr": int(desk.integers(2, 5)),
+        "synth.chorus.level": round(float(desk.uniform(0.3, 1.2)), 3),
+        "synth.chorus.speed": round(float(desk.uniform(0.2, 1.2)), 3),
+        "synth.chorus.depth": round(float(desk.uniform(3.0, 12.0)), 3),
+    }
+
+    def play(events: list[fluidsynth.Event]) -> np.ndarray:
+        audio = fluidsynth.render(font, events, sr, plan.frames, settings=chorus, scratch=scratch)
+        return audio.astype(np.float64)  # what the additive parts give the mixing stage
+
+    info: dict[str, str] = {}
+    parts = {"drums": _gm_drums, "bass": _gm_bass, "other": _gm_other, "vocals": _gm_vocals}
+    dry = {}
+    for i, name in enumerate(STEMS):
+        plan.rng = np.random.default_rng(streams[1 + i])
+        dry[name] = parts[name](plan, font, play, info)
+    stems, rt60 = _mix(dry, np.random.default_rng(streams[5]), sr)
+    info["reverb"] = f"RT60 {rt60:.1f} s"
+    info["soundfont"] = font.path.name
+    return _song(stems, sr, seed, plan, info)
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -853,12 +1146,14 @@ def song_name(subset: str, index: int) -> str:
     return f"{NAME_PREFIX[subset]}-{index:05d}"
 
 
-def _write_one(job: tuple[Path, int, float, int]) -> None:
-    """Generate one song and write it atomically: a hidden temporary sibling folder, then a rename."""
-    folder, seed, seconds, sample_rate = job
+def _write_one(job: tuple[Path, int, float, int, fluidsynth.Soundfont | None]) -> None:
+    """Generate one song and write it atomically: a hidden temporary sibling folder, then a rename.
+    FluidSynth's temporary files go in there too (nothing is written outside the dataset's folder)."""
+    folder, seed, seconds, sample_rate, soundfont = job
     temp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     try:
-        write_song(generate_song(seed, seconds, sample_rate), temp)
+        temp.mkdir()
+        write_song(generate_song(seed, seconds, sample_rate, soundfont, scratch=temp), temp)
         os.rename(temp, folder)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -874,6 +1169,7 @@ def write_dataset(
     seed: int,
     sample_rate: int = 44100,
     workers: int = 1,
+    soundfont: fluidsynth.Soundfont | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Write a MUSDB18-HQ-layout dataset into the new or empty folder ``out``.
@@ -881,7 +1177,8 @@ def write_dataset(
     ``out/train/song-NNNNN`` (training songs) and ``out/train/valid-NNNNN``
     (validation songs, listed in ``out/valid.txt``), ``out/test/test-NNNNN``;
     each folder holds ``mixture.wav`` and ``<stem>.wav``. ``progress(done,
-    total)`` is called after each song.
+    total)`` is called after each song. With a ``soundfont``, FluidSynth plays
+    the songs (see :func:`generate_song`).
     """
     out = Path(out)
     for label, count in (("train", train), ("valid", valid), ("test", test)):
@@ -891,8 +1188,7 @@ def write_dataset(
         raise SynthError("nothing to write: ask for at least one song")
     if not (seconds > 0 and math.isfinite(seconds)):
         raise SynthError(f"seconds must be positive, not {seconds}")
-    if sample_rate < 8000:
-        raise SynthError(f"sample rate must be at least 8000 Hz, not {sample_rate}")
+    _check_sample_rate(sample_rate, soundfont)
     if workers < 1:
         raise SynthError(f"workers must be 1 or more, not {workers}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -904,7 +1200,7 @@ def write_dataset(
     for subset, count in (("train", train), ("valid", valid), ("test", test)):
         folder = out / ("test" if subset == "test" else "train")
         jobs += [
-            (folder / song_name(subset, i), song_seed(seed, subset, i), seconds, sample_rate)
+            (folder / song_name(subset, i), song_seed(seed, subset, i), seconds, sample_rate, soundfont)
             for i in range(count)
         ]
     seeds = [job[1] for job in jobs]
