@@ -1,0 +1,773 @@
+"""Two-talker, noisy and reverberant speech mixtures from one integer seed, in the Libri2Mix layout.
+
+U-Mamba-Net (Dang et al.) trains on Libri2Mix whose sources were made
+reverberant with pyroomacoustics (the paper's Table I) and mixed with WHAM!
+noise, at 8 kHz. Neither LibriSpeech nor WHAM! ships with stemsplit, so this
+module makes a stand-in from what Debian and PyPI provide:
+
+- **Talkers**: eSpeak NG (``espeak-ng``, a Debian package) reads random
+  sentences from a small built-in grammar, in one of several English accents
+  (:data:`VOICES`) and voice variants (:data:`VARIANTS`), at a random pitch
+  (``-p``) and speed (``-s``). Its amplitude (``-a``) stays at the default:
+  levels are set afterwards, as Libri2Mix does. The two talkers of a mixture
+  always have different variants. The 22.05 kHz speech is resampled to 8 kHz
+  with soxr (:class:`stemsplit.audio.BlockResampler`).
+- **Room**: a shoebox drawn as the paper's Table I (:func:`draw_room`): length
+  and width U(5, 10) m, height U(3, 4) m, T60 U(0.2, 0.6) s; the receiver near
+  the middle of the floor plan (±0.2 m) at U(0.9, 1.8) m high; each talker at
+  U(0.9, 1.8) m high, U(0.66, 2) m away (horizontally) at an angle U(0, 2π).
+  pyroomacoustics' image-source method gives the impulse responses: wall
+  absorption and reflection order from Sabine's formula for the drawn T60.
+- **Noise**: synthetic stationary-ish background noise (no babble): Gaussian
+  noise with a random spectral slope (white to brown), a random resonance
+  (machine hum) and a slow amplitude wobble.
+- **Levels** (Libri2Mix's ranges, measured as RMS in dBFS rather than LUFS):
+  each reverberant talker U(-33, -25) dB, the noise U(-38, -30) dB; if any file
+  would peak above 0.9, all parts of the mixture are scaled by one gain.
+- **Overlap**: Libri2Mix's "min" mode: both talkers speak over the whole
+  mixture, which is ``seconds`` long (speech longer than that is cut).
+
+What the files hold (the paper's models denoise *and* dereverberate, so their
+targets are the talkers without the room's reflections, as in WHAMR!):
+
+- ``s1/``, ``s2/``: each talker's **direct sound** at the receiver (the same
+  room with no reflections: the delay and distance loss of the direct path
+  only), time-aligned with the mixture. These are the training targets.
+- ``s1_reverb/``, ``s2_reverb/``: each talker as the receiver hears it in the
+  room (direct sound and every reflection).
+- ``noise/``: the noise; ``mix_clean/`` = ``s1_reverb + s2_reverb`` and
+  ``mix_both/`` = ``mix_clean + noise``, exactly (32-bit float WAV).
+
+Unlike Libri2Mix, then, ``mix_clean`` is not ``s1 + s2``: it is the sum of the
+reverberant talkers. :func:`write_dataset` writes
+``OUT/{train-100,dev,test}/<folder>/<ID>.wav`` and
+``OUT/metadata/mixture_<split>_{mix_both,mix_clean}.csv`` with Libri2Mix's
+columns (``mixture_ID, mixture_path, source_1_path, source_2_path[, noise_path],
+length``, absolute paths), plus ``OUT/metadata/speech_<split>_info.csv``: how
+each mixture was drawn (room, T60, positions, voices, levels, text).
+
+:func:`find_speech_mixtures` reads any Libri2Mix-layout folder (Libri2Mix's own
+``wav8k/min`` folder too) for training.
+
+The same seed and the same eSpeak NG version give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import math
+import os
+import shutil
+import struct
+import subprocess
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ..audio import AudioError, BlockResampler, libsndfile_reason, probe
+
+__all__ = [
+    "FOLDERS",
+    "SAMPLE_RATE",
+    "SPLITS",
+    "Room",
+    "SpeechMixture",
+    "SpeechSynthError",
+    "SpeechTrack",
+    "Talker",
+    "check_request",
+    "check_tools",
+    "coloured_noise",
+    "draw_room",
+    "draw_talkers",
+    "find_speech_mixtures",
+    "generate_mixture",
+    "impulse_responses",
+    "mixture_id",
+    "mixture_seed",
+    "sentence",
+    "speak",
+    "write_dataset",
+]
+
+SAMPLE_RATE = 8000  # the paper's (and Libri2Mix's wav8k)
+SPLITS = ("train-100", "dev", "test")  # Libri2Mix's folder names (train-360 is not made here)
+ID_PREFIX = {"train-100": "train", "dev": "dev", "test": "test"}
+MIXTURE_KINDS = ("mix_both", "mix_clean")
+FOLDERS = ("s1", "s2", "s1_reverb", "s2_reverb", "noise", "mix_clean", "mix_both")
+ESPEAK_PACKAGE = "espeak-ng"  # the Debian/Ubuntu package (and the program's name)
+PYROOMACOUSTICS_INSTALL = "pip install 'stemsplit[speech]'"
+
+# English voices (accents) of eSpeak NG's own data (the "gmw/" files; the "mb/" ones need MBROLA).
+VOICES = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")
+# Variants that sound like people (no whisper, robot or croak): male, female and Klatt-synthesiser ones.
+VARIANTS = (
+    *(f"m{i}" for i in range(1, 8)),
+    *(f"f{i}" for i in range(1, 6)),
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "Andy",
+    "Annie",
+    "Alicia",
+    "Denis",
+    "Gene",
+    "linda",
+    "steph",
+    "travis",
+    "victor",
+)
+PITCH = (25, 75)  # espeak-ng -p, 0-99 around the variant's own pitch (50 = unchanged)
+SPEED = (130, 200)  # espeak-ng -s, words per minute (175 is its default)
+SPEECH_DB = (-33.0, -25.0)  # Libri2Mix's speech loudness range, here RMS dBFS of the reverberant talker
+NOISE_DB = (-38.0, -30.0)  # and its noise range (5 dB lower)
+MAX_AMP = 0.9  # no file peaks above this (Libri2Mix's limit)
+
+# --- Table I of the paper: room, T60, receiver and source placement (metres, seconds, radians) ---
+ROOM_LENGTH = ROOM_WIDTH = (5.0, 10.0)
+ROOM_HEIGHT = (3.0, 4.0)
+T60 = (0.2, 0.6)
+RECEIVER_OFFSET = (-0.2, 0.2)  # from the middle of the floor plan, in length and width
+HEIGHT = (0.9, 1.8)  # receiver and sources
+DISTANCE = (0.66, 2.0)  # source to receiver, horizontal
+
+
+class SpeechSynthError(Exception):
+    """Speech mixtures cannot be made or read as asked; the one-line message says why."""
+
+
+# --- sentences ------------------------------------------------------------------------------------
+
+_DETERMINERS = ("the", "a", "my", "your", "our", "that", "this", "every", "one", "some")
+_ADJECTIVES = (
+    "old", "young", "quiet", "bright", "small", "heavy", "yellow", "green", "strange", "careful",
+    "silver", "wooden", "happy", "tired", "clever", "distant", "warm", "cold", "busy", "gentle",
+    "broken", "famous", "narrow", "empty", "purple",
+)  # fmt: skip
+_NOUNS = (
+    "teacher", "garden", "river", "window", "doctor", "table", "mountain", "letter", "train",
+    "farmer", "kitchen", "painter", "island", "bottle", "village", "engine", "student", "market",
+    "forest", "lamp", "neighbour", "bridge", "piano", "pilot", "blanket", "harbour", "baker",
+    "station", "candle", "monkey", "library", "captain", "pencil", "orchard", "castle", "sailor",
+    "basket", "tower", "rabbit", "ladder",
+)  # fmt: skip
+_VERBS = (
+    "found", "carried", "painted", "opened", "watched", "remembered", "followed", "cleaned",
+    "visited", "answered", "borrowed", "described", "noticed", "repaired", "counted", "ignored",
+    "admired", "delivered", "covered", "measured",
+)  # fmt: skip
+_INTRANSITIVE = ("waited", "laughed", "arrived", "slept", "travelled", "whispered", "disappeared", "listened")
+_ADVERBS = ("slowly", "quietly", "again", "yesterday", "at last", "twice", "early", "suddenly", "today")
+_PREPOSITIONS = ("near", "behind", "under", "beside", "across", "inside", "above", "beyond", "past")
+_NAMES = ("Anna", "Peter", "Maria", "John", "Clara", "David", "Lucy", "Thomas", "Emma", "Oliver")
+_NUMBERS = ("two", "three", "four", "five", "seven", "ten", "twelve", "twenty", "forty", "a hundred")
+
+
+def _pick(rng: np.random.Generator, words: Sequence[str]) -> str:
+    return words[int(rng.integers(len(words)))]
+
+
+def _noun_phrase(rng: np.random.Generator) -> str:
+    kind = rng.random()
+    if kind < 0.15:
+        return _pick(rng, _NAMES)
+    if kind < 0.25:
+        return f"{_pick(rng, _NUMBERS)} {_pick(rng, _NOUNS)}s"
+    words = [_pick(rng, _ADJECTIVES)] if rng.random() < 0.5 else []
+    words.append(_pick(rng, _NOUNS))
+    determiner = _pick(rng, _DETERMINERS)
+    if determiner == "a" and words[0][0] in "aeiou":
+        determiner = "an"
+    return " ".join([determiner, *words])
+
+
+def sentence(rng: np.random.Generator) -> str:
+    """One random English sentence (8 templates over a few hundred words), capitalised and punctuated."""
+    template = int(rng.integers(8))
+    subject, thing, place = _noun_phrase(rng), _noun_phrase(rng), _noun_phrase(rng)
+    verb, adverb, preposition = _pick(rng, _VERBS), _pick(rng, _ADVERBS), _pick(rng, _PREPOSITIONS)
+    text, end = {
+        0: (f"{subject} {verb} {thing}", "."),
+        1: (f"{subject} {verb} {thing} {preposition} {place}", "."),
+        2: (f"{subject} {_pick(rng, _INTRANSITIVE)} {adverb}", "."),
+        3: (f"why did {subject} leave {thing} {preposition} {place}", "?"),
+        4: (f"{adverb} {subject} {verb} {thing}, and then {_pick(rng, _INTRANSITIVE)}", "."),
+        5: (f"have you seen {thing} {preposition} {place}", "?"),
+        6: (f"I think {subject} {verb} {thing} {adverb}", "."),
+        7: (f"look, {subject} {_pick(rng, _INTRANSITIVE)} {preposition} {place}", "!"),
+    }[template]
+    return text[0].upper() + text[1:] + end
+
+
+# --- talkers: eSpeak NG ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Talker:
+    """One synthetic talker: an eSpeak NG voice and variant, pitch (``-p``) and speed (``-s``)."""
+
+    voice: str
+    variant: str
+    pitch: int
+    speed: int
+
+    @property
+    def espeak_voice(self) -> str:
+        return f"{self.voice}+{self.variant}"
+
+
+def draw_talkers(rng: np.random.Generator) -> tuple[Talker, Talker]:
+    """Two talkers with different variants (so different timbres), each with its own pitch and speed."""
+    first, second = rng.choice(len(VARIANTS), size=2, replace=False)
+    return tuple(  # type: ignore[return-value]
+        Talker(
+            voice=_pick(rng, VOICES),
+            variant=VARIANTS[int(variant)],
+            pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
+            speed=int(rng.integers(SPEED[0], SPEED[1] + 1)),
+        )
+        for variant in (first, second)
+    )
+
+
+def _espeak(talker: Talker, text: str) -> np.ndarray:
+    """``text`` read by ``talker`` at 8 kHz, float32 [frames]."""
+    args = ["espeak-ng", "-v", talker.espeak_voice, "-p", str(talker.pitch), "-s", str(talker.speed)]
+    try:
+        done = subprocess.run([*args, "--stdout", text], capture_output=True, timeout=60, check=False)
+    except FileNotFoundError:
+        raise SpeechSynthError(
+            f"espeak-ng is not installed; install the Debian package: apt-get install {ESPEAK_PACKAGE}"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise SpeechSynthError(f"espeak-ng -v {talker.espeak_voice} took over 60 s for one text") from None
+    if done.returncode != 0 or len(done.stdout) <= 44:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+        raise SpeechSynthError(
+            f"espeak-ng -v {talker.espeak_voice} failed (exit {done.returncode}"
+            f"{': ' + reason[-1] if reason else ''})"
+        )
+    # Written to a pipe, the WAV header cannot give the real length; libsndfile reads to the end anyway.
+    audio, rate = sf.read(io.BytesIO(done.stdout), dtype="float32")
+    resample = BlockResampler(rate, SAMPLE_RATE, 1)
+    return np.concatenate([resample(audio[:, None]), resample.flush(1)])[:, 0]
+
+
+def speak(talker: Talker, rng: np.random.Generator, frames: int) -> tuple[np.ndarray, str]:
+    """At least ``frames`` samples (8 kHz) of ``talker`` reading random sentences, cut to ``frames``.
+
+    Returns (speech float32 [frames], the text read).
+    """
+    sentences: list[str] = []
+    words_needed = frames / SAMPLE_RATE * talker.speed / 60 * 1.2 + 3  # espeak's pauses slow it down
+    while True:
+        while sum(len(s.split()) for s in sentences) < words_needed:
+            sentences.append(sentence(rng))
+        text = " ".join(sentences)
+        audio = _espeak(talker, text)
+        if len(audio) >= frames:
+            return audio[:frames], text
+        words_needed *= 1.5  # the talker was slower than the estimate: read more
+
+
+# --- rooms: pyroomacoustics ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Room:
+    """A shoebox room with one receiver and two talkers (metres), and its reverberation time."""
+
+    size: tuple[float, float, float]  # length, width, height
+    t60: float  # seconds
+    receiver: tuple[float, float, float]
+    sources: tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(rng.uniform(*bounds))
+
+
+def draw_room(rng: np.random.Generator) -> Room:
+    """A room, T60 and placement drawn as the U-Mamba-Net paper's Table I."""
+    size = (_uniform(rng, ROOM_LENGTH), _uniform(rng, ROOM_WIDTH), _uniform(rng, ROOM_HEIGHT))
+    t60 = _uniform(rng, T60)
+    receiver = (
+        size[0] / 2 + _uniform(rng, RECEIVER_OFFSET),
+        size[1] / 2 + _uniform(rng, RECEIVER_OFFSET),
+        _uniform(rng, HEIGHT),
+    )
+    sources = []
+    for _ in range(2):
+        height, distance, angle = _uniform(rng, HEIGHT), _uniform(rng, DISTANCE), rng.uniform(0, 2 * math.pi)
+        # The room is at least 5 m wide and the receiver within 0.2 m of its middle, so a talker at most
+        # 2 m away is always inside.
+        sources.append(
+            (receiver[0] + distance * math.cos(angle), receiver[1] + distance * math.sin(angle), height)
+        )
+    return Room(size, t60, receiver, (sources[0], sources[1]))
+
+
+def _pyroomacoustics():
+    try:
+        import pyroomacoustics
+    except ImportError:
+        raise SpeechSynthError(f"simulating rooms needs pyroomacoustics: {PYROOMACOUSTICS_INSTALL}") from None
+    return pyroomacoustics
+
+
+def impulse_responses(room: Room, reflections: bool = True) -> list[np.ndarray]:
+    """The two talkers' impulse responses at the receiver (8 kHz, float64), by the image-source method.
+
+    ``reflections=False`` keeps the direct path only: the same delay and
+    distance loss (and the same fractional-delay filter), no walls.
+    """
+    pra = _pyroomacoustics()
+    absorption, max_order = pra.inverse_sabine(room.t60, list(room.size))
+    shoebox = pra.ShoeBox(
+        list(room.size),
+        fs=SAMPLE_RATE,
+        materials=pra.Material(absorption),
+        max_order=max_order if reflections else 0,
+    )
+    for source in room.sources:
+        shoebox.add_source(list(source))
+    shoebox.add_microphone(list(room.receiver))
+    shoebox.compute_rir()
+    return [np.asarray(rir, dtype=np.float64) for rir in shoebox.rir[0]]
+
+
+def _convolve(audio: np.ndarray, ir: np.ndarray, frames: int) -> np.ndarray:
+    """The first ``frames`` samples of ``audio * ir`` (FFT convolution, float64)."""
+    size = 1 << (len(audio) + len(ir) - 2).bit_length()
+    return np.fft.irfft(np.fft.rfft(audio, size) * np.fft.rfft(ir, size), size)[:frames]
+
+
+# --- noise ----------------------------------------------------------------------------------------
+
+
+def coloured_noise(rng: np.random.Generator, frames: int) -> tuple[np.ndarray, str]:
+    """Background noise: Gaussian noise with a 1/f^slope spectrum (0 white, 1 pink, 2 brown), a resonance
+    (a hum) and a slow amplitude wobble. Returns (float64 [frames] with unit RMS, a description)."""
+    slope = _uniform(rng, (0.0, 2.0))
+    hum_hz, hum_db = _uniform(rng, (60.0, 1500.0)), _uniform(rng, (0.0, 15.0))
+    freqs = np.fft.rfftfreq(frames, 1 / SAMPLE_RATE)
+    shape = np.maximum(freqs, 20.0) ** (-slope / 2)  # amplitude, so power goes as 1/f^slope
+    shape *= 1 + (10 ** (hum_db / 20) - 1) * np.exp(-0.5 * ((freqs - hum_hz) / (0.05 * hum_hz)) ** 2)
+    spectrum = (rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs))) * shape
+    noise = np.fft.irfft(spectrum, frames)
+    wobble_hz, depth = _uniform(rng, (0.1, 2.0)), _uniform(rng, (0.0, 0.5))
+    t = np.arange(frames) / SAMPLE_RATE
+    noise *= 1 + depth * np.sin(2 * math.pi * wobble_hz * t + rng.uniform(0, 2 * math.pi))
+    description = (
+        f"slope {slope:.2f}, hum {hum_hz:.0f} Hz +{hum_db:.1f} dB, wobble {wobble_hz:.2f} Hz x{depth:.2f}"
+    )
+    return noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12), description
+
+
+# --- one mixture ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SpeechMixture:
+    """One generated mixture: float32 [frames] arrays at :data:`SAMPLE_RATE`.
+
+    ``s1``/``s2`` are the talkers' direct sound (the targets), ``s1_reverb``/
+    ``s2_reverb`` what the receiver hears of each; ``mix_clean`` is the sum of
+    those two and ``mix_both`` that plus ``noise``. ``info`` records the draw.
+    """
+
+    s1: np.ndarray
+    s2: np.ndarray
+    s1_reverb: np.ndarray
+    s2_reverb: np.ndarray
+    noise: np.ndarray
+    talkers: tuple[Talker, Talker]
+    room: Room
+    info: dict[str, str]
+    sample_rate: int = SAMPLE_RATE
+
+    @property
+    def mix_clean(self) -> np.ndarray:
+        return self.s1_reverb + self.s2_reverb  # float32 + float32: what the file holds, to the bit
+
+    @property
+    def mix_both(self) -> np.ndarray:
+        return self.mix_clean + self.noise
+
+    def parts(self) -> dict[str, np.ndarray]:
+        """Every file's audio by folder name (:data:`FOLDERS`)."""
+        return {name: getattr(self, name) for name in FOLDERS}
+
+
+def _rms_db(audio: np.ndarray) -> float:
+    return 20 * math.log10(max(float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))), 1e-12))
+
+
+def generate_mixture(seed: int, seconds: float) -> SpeechMixture:
+    """Render one mixture ``round(seconds * 8000)`` samples long; the same arguments give the same arrays."""
+    if seed < 0:
+        raise SpeechSynthError(f"seed must be a non-negative integer, not {seed}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise SpeechSynthError(f"seconds must be positive, not {seconds}")
+    frames = round(seconds * SAMPLE_RATE)
+    # Separate streams for talkers, texts, room and noise: changing one part of the recipe keeps the others.
+    talker_rng, text_rng, room_rng, noise_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    )
+    talkers = draw_talkers(talker_rng)
+    room = draw_room(room_rng)
+    reverberant, direct = impulse_responses(room), impulse_responses(room, reflections=False)
+
+    info: dict[str, str] = {}
+    images, targets = [], []
+    for i, talker in enumerate(talkers):
+        dry, text = speak(talker, text_rng, frames)
+        dry = dry.astype(np.float64)
+        image = _convolve(dry, reverberant[i], frames)
+        gain = 10 ** ((_uniform(room_rng, SPEECH_DB) - _rms_db(image)) / 20)
+        images.append(gain * image)
+        targets.append(gain * _convolve(dry, direct[i], frames))
+        info[f"source_{i + 1}_text"] = text
+    noise, noise_description = coloured_noise(noise_rng, frames)
+    noise *= 10 ** (_uniform(noise_rng, NOISE_DB) / 20)
+    info["noise"] = noise_description
+
+    # One gain for every part, so the sums stay exact: nothing peaks above MAX_AMP.
+    peak = max(float(np.abs(a).max()) for a in (*images, *targets, noise, images[0] + images[1] + noise))
+    scale = min(1.0, MAX_AMP / max(peak, 1e-12))
+    s1, s2, s1_reverb, s2_reverb, noise = ((scale * a).astype(np.float32) for a in (*targets, *images, noise))
+    for i, image in enumerate((s1_reverb, s2_reverb), 1):
+        info[f"source_{i}_dB"] = f"{_rms_db(image):.2f}"
+    info["noise_dB"] = f"{_rms_db(noise):.2f}"
+    return SpeechMixture(s1, s2, s1_reverb, s2_reverb, noise, talkers, room, info)
+
+
+# --- the dataset ---------------------------------------------------------------------------------
+
+
+def mixture_seed(seed: int, split: str, index: int) -> int:
+    """The seed of mixture ``index`` of ``split``: a hash of all three, so splits never share seeds and
+    asking for more mixtures never changes the earlier ones."""
+    entropy = [seed % 2**64, SPLITS.index(split), index, 0x5BEEC4]  # the last: not synth.py's songs
+    low, high = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
+    return int(low) | int(high) << 32  # in Python integers: numpy would round through float64
+
+
+def mixture_id(split: str, index: int) -> str:
+    return f"{ID_PREFIX[split]}-{index:05d}"
+
+
+def check_tools() -> None:
+    """Raise :class:`SpeechSynthError` unless eSpeak NG (with every voice and variant used) and
+    pyroomacoustics are installed. Fast: runs ``espeak-ng --voices`` and imports nothing."""
+    if importlib.util.find_spec("pyroomacoustics") is None:
+        raise SpeechSynthError(f"simulating rooms needs pyroomacoustics: {PYROOMACOUSTICS_INSTALL}")
+    listings = {}
+    for kind in ("en", "variant"):
+        try:
+            done = subprocess.run(
+                ["espeak-ng", f"--voices={kind}"], capture_output=True, text=True, timeout=30, check=False
+            )
+        except FileNotFoundError:
+            raise SpeechSynthError(
+                f"espeak-ng is not installed; install the Debian package: apt-get install {ESPEAK_PACKAGE}"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise SpeechSynthError("espeak-ng --voices did not answer within 30 s") from None
+        # Columns: Pty Language Age/Gender VoiceName File [Other Languages]; "File" is gmw/en-US, !v/m3, ...
+        rows = [line.split() for line in done.stdout.splitlines()[1:]]
+        listings[kind] = {row[1] for row in rows if len(row) > 4} | {
+            row[4].rsplit("/", 1)[-1] for row in rows if len(row) > 4
+        }
+    missing = [v for v in VOICES if v.lower() not in {name.lower() for name in listings["en"]}]
+    missing += [f"+{v}" for v in VARIANTS if v not in listings["variant"]]
+    if missing:
+        raise SpeechSynthError(
+            f"espeak-ng lacks the voices {', '.join(missing)}; install a complete {ESPEAK_PACKAGE} "
+            "(its espeak-ng-data, version 1.50 or later)"
+        )
+
+
+def check_request(
+    out: Path, *, train: int, dev: int, test: int, seconds: float, seed: int, workers: int = 1
+) -> None:
+    """Raise :class:`SpeechSynthError` for a request that :func:`write_dataset` refuses; writes nothing."""
+    for label, count in (("train", train), ("dev", dev), ("test", test)):
+        if count < 0:
+            raise SpeechSynthError(f"the number of {label} mixtures must be 0 or more, not {count}")
+    if train + dev + test == 0:
+        raise SpeechSynthError("nothing to write: ask for at least one mixture")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise SpeechSynthError(f"seconds must be positive, not {seconds}")
+    if seconds > 600:
+        raise SpeechSynthError(f"seconds must be at most 600 (one mixture), not {seconds}")
+    if seed < 0:
+        raise SpeechSynthError(f"seed must be a non-negative integer, not {seed}")
+    if workers < 1:
+        raise SpeechSynthError(f"workers must be 1 or more, not {workers}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SpeechSynthError(
+            f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
+        )
+
+
+def _write_wav(path: Path, audio: np.ndarray) -> None:
+    """A mono 32-bit float WAV, written by hand: libsndfile adds a PEAK chunk holding the time of
+    writing, and then the same seed would not give the same bytes."""
+    data = np.ascontiguousarray(audio, dtype="<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, SAMPLE_RATE, 4 * SAMPLE_RATE, 4, 32)  # 3: IEEE float, 1 channel
+    body = b"".join(
+        [
+            b"WAVE",
+            b"fmt " + struct.pack("<I", len(fmt)) + fmt,
+            b"fact" + struct.pack("<II", 4, len(audio)),  # the frame count, which non-PCM WAVs carry
+            b"data" + struct.pack("<I", len(data)) + data,
+        ]
+    )
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+def _render(job: tuple[Path, str, int, float]) -> dict[str, str]:
+    """Generate one mixture, write its seven files under ``job[0]`` and return its info row."""
+    folder, name, seed, seconds = job
+    mixture = generate_mixture(seed, seconds)
+    for part, audio in mixture.parts().items():
+        _write_wav(folder / part / f"{name}.wav", audio)
+    room = mixture.room
+    row = {
+        "mixture_ID": name,
+        "seed": str(seed),
+        "room_length": f"{room.size[0]:.3f}",
+        "room_width": f"{room.size[1]:.3f}",
+        "room_height": f"{room.size[2]:.3f}",
+        "t60": f"{room.t60:.3f}",
+        "receiver": " ".join(f"{x:.3f}" for x in room.receiver),
+    }
+    for i, (talker, source) in enumerate(zip(mixture.talkers, room.sources, strict=True), 1):
+        row[f"source_{i}_position"] = " ".join(f"{x:.3f}" for x in source)
+        row[f"source_{i}_voice"] = talker.espeak_voice
+        row[f"source_{i}_pitch"] = str(talker.pitch)
+        row[f"source_{i}_speed"] = str(talker.speed)
+    return row | mixture.info
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_dataset(
+    out: Path,
+    *,
+    train: int,
+    dev: int,
+    test: int,
+    seconds: float,
+    seed: int,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Write a Libri2Mix-layout dataset (see the module's docstring) into the new or empty folder ``out``.
+
+    All or nothing: everything is written into a hidden folder inside ``out``
+    and moved into place at the end; on any error (or Ctrl-C) that folder is
+    removed, and so is ``out`` if this call created it. ``progress(done,
+    total)`` is called after each mixture.
+    """
+    out = Path(out)
+    check_request(out, train=train, dev=dev, test=test, seconds=seconds, seed=seed, workers=workers)
+    check_tools()
+    counts = {"train-100": train, "dev": dev, "test": test}
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".synth-speech-{os.getpid()}.partial"
+    final = out.resolve()
+    try:
+        staging.mkdir()
+        jobs, names = [], {}
+        for split, count in counts.items():
+            names[split] = [mixture_id(split, i) for i in range(count)]
+            for folder in FOLDERS if count else ():
+                (staging / split / folder).mkdir(parents=True)
+            jobs += [
+                (staging / split, name, mixture_seed(seed, split, i), seconds)
+                for i, name in enumerate(names[split])
+            ]
+        rows = []
+        if workers == 1:
+            for done, job in enumerate(jobs, 1):
+                rows.append(_render(job))
+                if progress:
+                    progress(done, len(jobs))
+        else:
+            pool = ProcessPoolExecutor(max_workers=workers)
+            try:
+                for done, row in enumerate(pool.map(_render, jobs), 1):
+                    rows.append(row)
+                    if progress:
+                        progress(done, len(jobs))
+            finally:  # on Ctrl-C or an error: drop the queued mixtures, let the running ones end
+                pool.shutdown(wait=True, cancel_futures=True)
+
+        (staging / "metadata").mkdir()
+        frames = str(round(seconds * SAMPLE_RATE))
+        start = 0
+        for split, count in counts.items():
+            if not count:
+                continue
+            split_rows, start = rows[start : start + count], start + count
+            for kind in MIXTURE_KINDS:
+                table = []
+                for name in names[split]:
+                    row = {"mixture_ID": name, "mixture_path": str(final / split / kind / f"{name}.wav")}
+                    row["source_1_path"] = str(final / split / "s1" / f"{name}.wav")
+                    row["source_2_path"] = str(final / split / "s2" / f"{name}.wav")
+                    if kind == "mix_both":
+                        row["noise_path"] = str(final / split / "noise" / f"{name}.wav")
+                    table.append(row | {"length": frames})
+                _write_csv(staging / "metadata" / f"mixture_{split}_{kind}.csv", table)
+            _write_csv(staging / "metadata" / f"speech_{split}_info.csv", split_rows)
+        for entry in sorted(staging.iterdir()):
+            os.rename(entry, out / entry.name)
+        staging.rmdir()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+# --- reading a Libri2Mix-layout folder ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeechTrack:
+    """One two-talker mixture of a Libri2Mix-layout folder: mono files of one length and rate.
+
+    Holds no open files, so it pickles into DataLoader workers.
+    """
+
+    name: str
+    mixture: Path
+    sources: tuple[Path, Path]
+    sample_rate: int
+    frames: int
+
+    def read(self, start: int = 0, frames: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mixture, s1, s2), each float32 [frames], ``frames`` frames from ``start`` (-1: to the end)."""
+        out = []
+        for path in (self.mixture, *self.sources):
+            try:
+                audio, rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+                raise SpeechSynthError(f"{path}: cannot read ({libsndfile_reason(exc)})") from None
+            if rate != self.sample_rate or audio.shape[1] != 1:
+                raise SpeechSynthError(
+                    f"{path}: changed since the dataset was scanned ({rate} Hz, {audio.shape[1]} channels)"
+                )
+            out.append(np.ascontiguousarray(audio[:, 0]))
+        return out[0], out[1], out[2]
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+            columns = set(rows[0]) if rows else set()
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SpeechSynthError(f"{path}: cannot read ({exc})") from None
+    needed = {"mixture_ID", "mixture_path", "source_1_path", "source_2_path"}
+    if not rows:
+        raise SpeechSynthError(f"{path}: lists no mixtures")
+    if not needed <= columns:
+        raise SpeechSynthError(f"{path}: missing the columns {', '.join(sorted(needed - columns))}")
+    return rows
+
+
+def _listed_file(root: Path, split: str, written: str) -> Path:
+    """A path from a metadata CSV: the file of that folder and name under ``root/split`` when it exists
+    (the dataset may have moved since the CSV was written), else the path as written (relative to
+    ``root`` when it is relative)."""
+    path = Path(written)
+    here = root / split / path.parent.name / path.name
+    return here if here.is_file() else root / path
+
+
+def find_speech_mixtures(root: str | Path, split: str, mixture: str = "mix_both") -> list[SpeechTrack]:
+    """The mixtures of ``root/<split>`` (``train-100``, ``train-360``, ``dev``, ``test``), sorted by ID.
+
+    ``mixture`` is the input folder, ``mix_both`` (noisy) or ``mix_clean``; the
+    targets are ``s1`` and ``s2``. The list comes from
+    ``root/metadata/mixture_<split>_<mixture>.csv`` when it exists, else from
+    the files of ``root/<split>/<mixture>/`` that have namesakes in ``s1/`` and
+    ``s2/``. Every file is probed up front (mono, one sample rate and length per
+    mixture), so a broken dataset fails here, naming the file.
+    """
+    root = Path(root)
+    if mixture not in MIXTURE_KINDS:
+        raise SpeechSynthError(f"mixture must be one of {', '.join(MIXTURE_KINDS)}, not {mixture!r}")
+    if not root.is_dir():
+        raise SpeechSynthError(f"{root}: no such folder")
+    table = root / "metadata" / f"mixture_{split}_{mixture}.csv"
+    entries: list[tuple[str, Path, Path, Path, int | None]] = []
+    if table.is_file():
+        for number, row in enumerate(_csv_rows(table), 2):
+            length = row.get("length", "")
+            if length and not length.isdigit():
+                raise SpeechSynthError(f"{table}: line {number}: length {length!r} is not a whole number")
+            entries.append(
+                (
+                    row["mixture_ID"],
+                    *(
+                        _listed_file(root, split, row[c])
+                        for c in ("mixture_path", "source_1_path", "source_2_path")
+                    ),
+                    int(length) if length else None,
+                )
+            )
+    else:
+        folder = root / split / mixture
+        if not folder.is_dir():
+            raise SpeechSynthError(
+                f"{folder}: no such folder, and no {table.name} in {table.parent} "
+                f"(expected the Libri2Mix layout {root}/{split}/{{{mixture},s1,s2}}/<ID>.wav)"
+            )
+        files = sorted(p for p in folder.glob("*.wav") if not p.name.startswith("."))
+        if not files:
+            raise SpeechSynthError(f"{folder}: no .wav files")
+        entries = [
+            (p.stem, p, root / split / "s1" / p.name, root / split / "s2" / p.name, None) for p in files
+        ]
+    return sorted((_probe_entry(*entry) for entry in entries), key=lambda t: t.name)
+
+
+def _probe_entry(name: str, mixture: Path, s1: Path, s2: Path, length: int | None) -> SpeechTrack:
+    infos = []
+    for path in (mixture, s1, s2):
+        if not path.is_file():
+            raise SpeechSynthError(f"{path}: missing (mixture {name} needs it)")
+        try:
+            info = probe(path)
+        except AudioError as exc:
+            raise SpeechSynthError(str(exc)) from None
+        if info.channels != 1:
+            raise SpeechSynthError(f"{path}: has {info.channels} channels; speech mixtures are mono")
+        infos.append(info)
+    rates = {info.sample_rate for info in infos}
+    frames = {info.frames for info in infos}
+    if len(rates) > 1 or len(frames) > 1:
+        listing = ", ".join(f"{p.name} in {p.parent.name}/ {i.frames} frames at {i.sample_rate} Hz"
+                            for p, i in zip((mixture, s1, s2), infos, strict=True))  # fmt: skip
+        raise SpeechSynthError(f"mixture {name}: files differ ({listing})")
+    if length is not None and length != infos[0].frames:
+        raise SpeechSynthError(f"{mixture}: {infos[0].frames} frames, but the metadata says {length}")
+    return SpeechTrack(name, mixture, (s1, s2), infos[0].sample_rate, infos[0].frames)
