@@ -263,3 +263,25 @@ def test_precision_defaults_to_auto(golden_model):
     assert (
         Separator(golden_model, device="cpu").precision == Separator(golden_model, precision="auto").precision
     )
+
+
+@pytest.mark.slow  # inductor compiles C++ for the CPU: minutes on 2 cores
+def test_compiled_network_compiles_once_and_agrees():
+    """--compile: batches padded to one shape (silent windows are skipped: counts vary), one compilation."""
+    from torch._dynamo.utils import counters
+
+    from stemsplit.model import TSBSMamba2
+
+    torch.manual_seed(0)
+    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1).eval()
+    mix = music(4.0)
+    mix[:, RATE : 3 * RATE] = 0  # digital silence: some batches have fewer audible windows
+    events = []
+    settings = {"window": 1.0, "hop": 0.5, "batch_size": 3, "precision": "fp32", "device": "cpu"}
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = Separator(model, compile=True, progress=events.append, **settings).separate(mix, RATE)
+    eager = Separator(model, **settings).separate(mix, RATE)
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    assert [e["event"] for e in events].count("compiled") == 1
+    for name, stem in eager.items():
+        assert np.abs(compiled[name] - stem).max() <= 1e-4 * np.abs(stem).max()

@@ -37,7 +37,8 @@ from rich.table import Table
 
 from .cli_common import EXAMPLES, EXIT_FAILED, EXIT_USAGE, err_console, error_line, one_line
 
-CPU_SECONDS_PER_WINDOW = 15.0  # TS (12 layers, N = 128) per 3 s window on 2 cores; see benchmarks/
+# TS (12 layers, N = 128) per 3 s window on 2 cores, fp32 and bf16 (benchmarks/bench_model.py, AMD EPYC)
+CPU_SECONDS_PER_WINDOW = {"fp32": 6.2, "bf16": 4.5}
 TS_PARAMETERS = 35.5e6  # the paper's TS: the estimate above scales with a model's size
 # Library option names -> the flags that set them (the library names problems, the CLI adds flags).
 FLAGS = {
@@ -46,6 +47,7 @@ FLAGS = {
     "batch_size": "--batch-size",
     "device": "--device",
     "precision": "--precision",
+    "compile": "--compile",
     "stage": "--stage",
     "filename": "--filename",
     "fmt": "--format",
@@ -182,6 +184,8 @@ class Reporter:
                 )
             if self.progress and self.task is not None:
                 self.progress.update(self.task, total=event["windows"])
+        elif event["event"] == "compiled":
+            self.line(f"{self.song}: torch.compile took {_duration(event['seconds'])} (once per run)")
         elif event["event"] == "windows":
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             done, total = event["done"], max(event["total"], event["done"], 1)
@@ -421,6 +425,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
             stage=args["stage"],
             exact=args["exact"],
             light=args["light"],
+            compile=args["compile"],
             progress=reporter.on_event,
             download_progress=not (reporter.quiet or reporter.json_lines),
         )
@@ -582,7 +587,8 @@ def _cpu_seconds_per_window(separator) -> float:
     # A first guess for the ETA until the first windows are timed; any family, by parameter count.
     scale = sum(p.numel() for p in separator.model.parameters()) / TS_PARAMETERS
     seconds = separator.window / separator.sample_rate / 3
-    return CPU_SECONDS_PER_WINDOW * scale * seconds * 2 / max(1, torch.get_num_threads())
+    per_window = CPU_SECONDS_PER_WINDOW[separator.precision]
+    return per_window * scale * seconds * 2 / max(1, torch.get_num_threads())
 
 
 def _common_parent(paths) -> str:
@@ -635,6 +641,9 @@ def separation_command(batch: bool):
             None, help="TS-BSMamba2: 1 = masked stems (sum to the mix), 2 = final output [default: final]."
         ),
         exact: bool = typer.Option(False, "--exact", help="Correct stems to sum exactly to the input."),
+        compile: bool = typer.Option(
+            False, "--compile", help="torch.compile the network (fused kernels; compiles at the first batch)."
+        ),
         fmt: Format = typer.Option(Format.wav, "--format", help="Output format."),
         bit_depth: int = typer.Option(
             None, "--bit-depth", help="16, 24 or 32 [default: float wav, 24-bit flac]."
