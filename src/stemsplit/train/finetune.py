@@ -526,6 +526,7 @@ class FinetuneRun(Run):
         self.schedule.best = score
         if self.ranks.main:
             self._save_teacher(score)
+            save_checkpoint(self.model, self.config.out / "best.safetensors", epoch=0, generation=0)
             record = {"epoch": 0, "global_step": 0, "valid_usdr": score, "best": True, "teacher": 0}
             with open(self.config.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -535,10 +536,10 @@ class FinetuneRun(Run):
         self.save()
 
     def _save_teacher(self, score: float) -> None:
+        """teachers/gen-K.safetensors (the run's own copy; best.safetensors is the export)."""
         self.teacher_dir.mkdir(exist_ok=True)
         extra = {"epoch": self.epoch, "generation": self.generation, "valid_usdr": score}
         save_checkpoint(self.teacher, self.teacher_path(self.generation), **extra)
-        save_checkpoint(self.teacher, self.config.out / "best.safetensors", **extra)
 
     def _load_teacher(self) -> None:
         path = self.teacher_path(self.generation)
@@ -562,6 +563,9 @@ class FinetuneRun(Run):
             self.log(
                 f"teacher generation {self.generation}: the student of epoch {self.epoch} ({score:.2f} dB)"
             )
+
+    def export_metadata(self) -> dict[str, Any]:
+        return {"generation": self.generation}  # best.safetensors: the teacher of this generation
 
     def log_fields(self) -> dict[str, Any]:
         counts = self.epoch_counts.tolist()

@@ -419,6 +419,10 @@ class Run:
         """Extra fields of each epoch's line in log.jsonl."""
         return {}
 
+    def export_metadata(self) -> dict[str, Any]:
+        """Extra metadata of the exported best.safetensors and last.safetensors (besides the epoch)."""
+        return {}
+
     # -- checkpoints --
 
     def _state(self) -> dict[str, Any]:
@@ -610,9 +614,10 @@ class Run:
             self.epoch, self.step = self.epoch + 1, 0
             self.end_epoch(improved, score)
             if self.ranks.main:
+                extra = {"epoch": self.epoch, **self.export_metadata()}
                 if improved:
-                    save_checkpoint(self.model, cfg.out / "best.safetensors", epoch=self.epoch)
-                save_checkpoint(self.model, cfg.out / "last.safetensors", epoch=self.epoch)
+                    save_checkpoint(self.model, cfg.out / "best.safetensors", **extra)
+                save_checkpoint(self.model, cfg.out / "last.safetensors", **extra)
                 record = {
                     "epoch": self.epoch,
                     "global_step": self.global_step,
