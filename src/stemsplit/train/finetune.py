@@ -48,12 +48,13 @@ batch in one no-grad pass), not cached per teacher generation. Why:
 - the teacher changes at every new best epoch (the paper replaces it
   "whenever" the student is better), and a cache would have to re-separate
   all of U at each generation before training goes on: for 1,000 songs of 4
-  minutes that is 67 hours of audio per generation, while an epoch of the
-  paper's recipe (100k-160k crops of 3 s) separates about as much on the fly
-  and the new teacher is used from its first step;
-- a cache of 4 stems of 1,000 songs of 4 minutes, 44.1 kHz stereo, is
-  169 GB per generation as 16-bit PCM (about 100 GB as FLAC), the mixtures
-  another 42 GB; on the fly keeps only the mixtures;
+  minutes, 67 hours of audio per generation (400 hours of windows with the
+  3 s / 0.5 s protocol), while one epoch of 100k examples separates on the
+  fly 100k x 1.8 crops of 3 s (150 hours): the same order, spread over the
+  epoch, and each new teacher is used from its first step;
+- a cache of the 4 stems of 1,000 songs of 4 minutes, 44.1 kHz stereo, is
+  169 GB per generation as 16-bit PCM (roughly 100 GB as FLAC), besides the
+  mixtures; on the fly keeps only the mixtures;
 - the paper's own pipeline is on the fly (Sec. IV-B: "the on-the-fly
   simulation pipeline").
 
@@ -70,8 +71,9 @@ The unlabeled songs are decoded once into ``OUT/unlabeled/`` (any format
 labeled set's channel count, scaled down if a peak exceeds 1, stored as 16-bit
 FLAC so that crops can be read at random offsets; a song's salient segments
 in ``OUT/unlabeled/index.json``). For 1,000 songs of 4 minutes that is 42 GB
-of 16-bit PCM, about 25-30 GB as FLAC, written once and reused by
-``--resume``; the training process holds no audio beyond its batches.
+of 16-bit PCM, about 25-30 GB as FLAC (music usually compresses to 55-70%),
+written once and reused by ``--resume``; the training process holds no audio
+beyond its batches (decoding holds one song at a time: 85 MB for 4 minutes).
 
 Files: ``OUT/teachers/gen-K.safetensors`` is teacher generation K
 (safetensors, loadable by :func:`stemsplit.weights.load_model`; generation 0
@@ -107,7 +109,10 @@ from .loop import Run, TrainError, train
 __all__ = [
     "CLEAN_RESIDUAL",
     "CLEAN_TARGET",
+    "LABELED",
     "PSEUDO",
+    "RESIDUAL",
+    "TARGET",
     "FinetuneDataset",
     "FinetuneRun",
     "UnlabeledSong",
