@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,7 @@ def test_usage_errors_exit_2_before_any_work(material, tmp_path):
         (["--unlabeled-ratio", "1.5"], "--unlabeled-ratio must be between 0 and 1"),
         (["--clean-db", "0"], "--clean-db must be positive"),
         (["--override"], "--override only applies with --resume"),
+        (["--model", "no-such-model"], "--model: no model named 'no-such-model'"),
     ]
     for extra, message in cases:
         result = stemsplit(*finetune_args(material, out, *extra))
@@ -252,3 +254,43 @@ def test_usage_errors_exit_2_before_any_work(material, tmp_path):
     result = stemsplit(*args)
     assert result.returncode == 2 and "nowhere is not a folder" in result.stderr
     assert not out.exists()
+
+
+def test_bsrnn_one_target_model_under_torchrun(material, tmp_path):
+    """BSRNN --target vocals (the paper's setting): target and residual crops; two DDP processes agree."""
+    model = material / "bsrnn-vocals.safetensors"
+    small = {"feature_dim": 8, "num_layers": 1}
+    save_checkpoint(
+        build_model("bsrnn", make_config("bsrnn", overrides=small, stems=("vocals",)), ("vocals",)), model
+    )
+    args = finetune_args(material, tmp_path / "run", "--epochs", "1", "--unlabeled-ratio", "1")
+    args[args.index("--model") + 1] = model
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29541",
+    ]
+    result = subprocess.run(
+        list(map(str, [*torchrun, "-m", "stemsplit", *args])),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "STEMSPLIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = read_log(tmp_path / "run")
+    assert log[-1] == {"event": "finished", "ranks_agree": True, "world": 2}
+    # Ratio 1: each of the 4 examples (2 steps of 2, one per rank) has a target and a residual crop.
+    assert sum(log[1]["unlabeled_targets"].values()) == sum(log[1]["unlabeled_residuals"].values()) == 4
+    assert load_model(tmp_path / "run" / "best.safetensors").stems == ("vocals",)
+
+    args = finetune_args(material, tmp_path / "x", "--stems", "drums,bass")
+    args[args.index("--model") + 1] = model
+    wrong = stemsplit(*args)
+    assert wrong.returncode == 1 and wrong.stderr.strip().splitlines() == [
+        "stemsplit: error: --stems: the model separates vocals, which is not one of drums, bass"
+    ]

@@ -97,10 +97,14 @@ def finetune_command(**given: typing.Any) -> None:
             raise fail(f"--{flag}: {given[flag]} is not a folder", EXIT_USAGE)
     from .cli_separate import UsageError, _model_argument
 
+    from .weights import WeightsError, load_registry
+
     try:
         model = _model_argument(given.pop("model"))
-    except UsageError as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+        if isinstance(model, str):  # a registry name (the registry needs no torch)
+            load_registry().get(model)
+    except (UsageError, WeightsError) as exc:
+        raise fail(f"--model: {exc}" if isinstance(exc, WeightsError) else str(exc), EXIT_USAGE) from None
     stems = given.pop("stems")
     stems = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
     precision = given.pop("precision")
