@@ -96,7 +96,6 @@ def finetune_command(**given: typing.Any) -> None:
         if not given[flag].is_dir():
             raise fail(f"--{flag}: {given[flag]} is not a folder", EXIT_USAGE)
     from .cli_separate import UsageError, _model_argument
-
     from .weights import WeightsError, load_registry
 
     try:
