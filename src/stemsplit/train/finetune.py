@@ -14,9 +14,11 @@ pseudo-label generator (Sec. III-A, Fig. 2), for each target stem s:
   target** (only s plays): the mixture itself is a target signal;
 - otherwise the teacher's target and residual are **pseudo-labels**.
 
-Those signals join the labeled ones and go through the supervised remix
-(gains uniform in ±``gain_db``, each source dropped with ``drop_prob``, sum,
-rescale when a peak exceeds 1). Self-boosting: the student starts from P;
+The decision is taken on the very crop an example uses (the paper speaks of
+"a segment"), so it holds for the signal trained on. Those signals join the
+labeled ones and go through the supervised remix (gains uniform in
+±``gain_db``, each source dropped with ``drop_prob``, sum, rescale when a peak
+exceeds 1). Self-boosting: the student starts from P;
 P's own validation score is the first best, and whenever the student beats the
 best score it becomes the teacher (a new *generation*). Learning rate 1e-4;
 everything else is ``stemsplit train``'s recipe for the model's family (this
@@ -263,7 +265,11 @@ def prepare_unlabeled(
     into.mkdir(parents=True, exist_ok=True)
     entries, songs = [], []
     for k, song in enumerate(found.songs):
-        stat = song.path.stat()
+        try:
+            stat = song.path.stat()
+        except OSError as exc:  # removed since the folder was walked
+            log(f"--unlabeled: skipped {song.path} ({exc.strerror or exc})")
+            continue
         key = hashlib.sha256(
             f"{song.path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
         ).hexdigest()
@@ -276,9 +282,12 @@ def prepare_unlabeled(
                 log(f"--unlabeled: skipped {exc}")
                 continue
             starts = salient_segments(audio, sample_rate, segment_seconds, quantile=quantile)
-            write_atomically(
-                file, lambda temp, a=audio: sf.write(temp, a.T, sample_rate, "PCM_16", format="FLAC")
-            )
+            try:
+                write_atomically(
+                    file, lambda temp, a=audio: sf.write(temp, a.T, sample_rate, "PCM_16", format="FLAC")
+                )
+            except (OSError, sf.LibsndfileError, RuntimeError) as exc:  # a full or read-only disk
+                raise TrainError(f"{file}: cannot write the decoded song ({exc})") from None
             entry = {
                 "key": key,
                 "source": str(song.path),
