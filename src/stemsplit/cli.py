@@ -29,6 +29,7 @@ from rich.table import Table  # noqa: E402
 from . import __version__, audio  # noqa: E402
 from .cli_common import EXAMPLES, EXIT_INTERNAL, EXIT_USAGE, error_line, fail, out_console  # noqa: E402
 from .cli_eval import eval_command  # noqa: E402
+from .cli_finetune import finetune_command  # noqa: E402
 from .cli_models import models_app  # noqa: E402
 from .cli_separate import separation_command  # noqa: E402
 from .cli_train import train_command  # noqa: E402
@@ -64,6 +65,7 @@ app.command("batch", no_args_is_help=True)(separation_command(batch=True))
 app.add_typer(models_app, name="models")
 app.command("eval")(eval_command)
 app.command("train")(train_command)
+app.command("finetune")(finetune_command)
 
 
 @app.command()
@@ -232,7 +234,7 @@ def doctor() -> None:
     out_console.print(table)
 
 
-SUBCOMMANDS = {"separate", "batch", "doctor", "models", "train", "eval", "synth", "synth-speech"}
+SUBCOMMANDS = {"separate", "batch", "doctor", "models", "train", "finetune", "eval", "synth", "synth-speech"}
 GLOBAL_FLAGS = {"--help", "-h", "--version"}
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..card import MUSIC_STEMS
 
-__all__ = ["DEFAULT_ARCH", "RECIPES", "RECIPE_FIELDS", "TrainConfig"]
+__all__ = ["DEFAULT_ARCH", "FINETUNE_FIELDS", "RECIPES", "RECIPE_FIELDS", "FinetuneConfig", "TrainConfig"]
 
 # stemsplit.model.ts_bsmamba2.ARCHITECTURE, spelled out (importing the model would import torch;
 # tests/test_train_loop.py checks that the two agree).
@@ -57,6 +57,9 @@ class TrainConfig:
     valid_tracks: int | None = None  # limit, for quick runs
     resume: bool = False
     override: bool = False  # --resume may change RECIPE_FIELDS
+
+    # The fields --resume refuses to change without --override (RECIPE_FIELDS, below).
+    recipe_fields: ClassVar[tuple[str, ...]]
 
     def to_json(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -116,3 +119,25 @@ RECIPE_FIELDS = (
     "valid_hop",
     "valid_tracks",
 )
+
+TrainConfig.recipe_fields = RECIPE_FIELDS
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """``stemsplit finetune`` (BSRNN Sec. III and IV-B): TrainConfig's recipe, lr 1e-4, and the sampling.
+
+    ``arch``, ``target`` and the network come from ``model`` (a registry name or a
+    checkpoint); ``musdb`` is the labeled set, ``unlabeled`` a folder of songs.
+    """
+
+    model: str = ""  # the pre-trained model P: the student's starting point and the first teacher
+    unlabeled: Path = Path()
+    lr: float = 1e-4  # Sec. IV-B: "the initial learning rate for the finetuning stage to 1e-4"
+    clean_db: float = 30.0  # Sec. III-A: a separated signal this far below the mixture is "absent"
+    unlabeled_ratio: float = 0.5  # probability that a remix source comes from the unlabeled songs
+
+
+# The paper gives clean_db; the ratio of unlabeled to labeled signals is ours (see train/finetune.py).
+FINETUNE_FIELDS = ("model", "unlabeled", "clean_db", "unlabeled_ratio")
+FinetuneConfig.recipe_fields = RECIPE_FIELDS + FINETUNE_FIELDS

@@ -297,12 +297,24 @@ def _flag(name: str, value: Any) -> str:
 
 
 class Run:
-    """One training run: model, optimiser, data, and the files in ``config.out``."""
+    """One training run: model, optimiser, data, and the files in ``config.out``.
+
+    Subclasses (``stemsplit finetune``: :class:`stemsplit.train.finetune.FinetuneRun`)
+    change where the network and the training data come from (:meth:`_model_config`,
+    :meth:`_network`, :meth:`_training_data`), what a batch is (:meth:`train_step`),
+    what happens after each validation (:meth:`end_epoch`) and what ``last.pt``
+    holds besides (:meth:`_state`, :meth:`_resume`).
+    """
 
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
-        from .data import RemixDataset, SalientIndex, find_tracks, split_train_valid, validation_names
+        from .data import SalientIndex, find_tracks, split_train_valid, validation_names
 
         self.config, self.log = config, log
+        self.last_path = config.out / "last.pt"
+        if not config.resume and self.last_path.exists():  # before any work
+            raise TrainError(
+                f"{self.last_path} exists: add --resume to continue that run, or choose another --out"
+            )
         self.ranks, self.device = _setup_distributed(config.device)
         if config.batch_size % self.ranks.world:
             raise TrainError(
@@ -318,10 +330,7 @@ class Run:
         # The model config first: a bad file fails at once, not after the salient-segment index.
         if config.target != "all" and config.target not in config.stems:
             raise TrainError(f"--target {config.target} is not one of --stems ({', '.join(config.stems)})")
-        preset = config.preset or ("l-ts" if config.light and config.arch == TS_BSMAMBA2 else None)
-        if config.light and config.arch != TS_BSMAMBA2:
-            raise TrainError(f"--light is TS-BSMamba2's small preset; {config.arch} has presets: --preset")
-        model_config = load_model_config(config.model_config, config.arch, preset, config.model_stems)
+        model_config = self._model_config()
         self.target_index = [config.stems.index(stem) for stem in config.model_stems]
         tracks = find_tracks(config.musdb, "train", config.stems)
         self.train_tracks, self.valid_tracks = split_train_valid(tracks, validation_names(config.musdb))
@@ -334,16 +343,7 @@ class Run:
         if self.ranks.world > 1:
             dist.barrier()  # rank 0 built the cache; the others read it
             index = index or SalientIndex.build(self.train_tracks, config.stems, **sad)
-        self.dataset = RemixDataset(
-            self.train_tracks,
-            config.stems,
-            config.seconds,
-            config.epoch_size,
-            config.seed,
-            index=index,
-            gain_db=(-config.gain_db, config.gain_db),
-            drop_prob=config.drop_prob,
-        )
+        self.dataset = self._training_data(index)
 
         if self.dataset.sample_rate != model_config.sr:
             where = (
@@ -357,7 +357,7 @@ class Run:
             )
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.model = build_model(config.arch, model_config, config.model_stems).to(self.device)
+        self.model = self._network(model_config).to(self.device)
         if config.checkpoint_activations:
             if not hasattr(self.model, "checkpoint_activations"):
                 raise TrainError(f"--checkpoint-activations: {config.arch} does not support it")
@@ -378,14 +378,50 @@ class Run:
             raise TrainError(f"--lr-schedule: {exc}") from None
         self.epoch, self.step, self.global_step = 0, 0, 0
         config.out.mkdir(parents=True, exist_ok=True)
-        self.last_path = config.out / "last.pt"
         if config.resume:
             self._resume()
-        elif self.last_path.exists():
-            raise TrainError(
-                f"{self.last_path} exists: add --resume to continue that run, or choose another --out"
-            )
         torch.manual_seed(config.seed + 1000 * self.ranks.rank + self.global_step)
+
+    # -- what subclasses change --
+
+    def _model_config(self) -> Any:
+        """The family config to build: the preset (or --light), with --model-config's fields."""
+        config = self.config
+        preset = config.preset or ("l-ts" if config.light and config.arch == TS_BSMAMBA2 else None)
+        if config.light and config.arch != TS_BSMAMBA2:
+            raise TrainError(f"--light is TS-BSMamba2's small preset; {config.arch} has presets: --preset")
+        return load_model_config(config.model_config, config.arch, preset, config.model_stems)
+
+    def _network(self, model_config: Any) -> torch.nn.Module:
+        """The network to train (on the CPU): a new one, initialised from the seed."""
+        return build_model(self.config.arch, model_config, self.config.model_stems)
+
+    def _training_data(self, index: Any) -> torch.utils.data.Dataset:
+        """The dataset of training samples: BSRNN's remix of the training tracks' salient segments."""
+        from .data import RemixDataset
+
+        config = self.config
+        return RemixDataset(
+            self.train_tracks,
+            config.stems,
+            config.seconds,
+            config.epoch_size,
+            config.seed,
+            index=index,
+            gain_db=(-config.gain_db, config.gain_db),
+            drop_prob=config.drop_prob,
+        )
+
+    def end_epoch(self, improved: bool, score: float) -> None:
+        """Called on every rank after each epoch's validation (``improved``: a new best score)."""
+
+    def log_fields(self) -> dict[str, Any]:
+        """Extra fields of each epoch's line in log.jsonl."""
+        return {}
+
+    def export_metadata(self) -> dict[str, Any]:
+        """Extra metadata of the exported best.safetensors and last.safetensors (besides the epoch)."""
+        return {}
 
     # -- checkpoints --
 
@@ -433,19 +469,19 @@ class Run:
         """``--lr 0.001 (was 0.0005)`` for every RECIPE_FIELDS value that differs from the saved run."""
         now = json.loads(json.dumps(self.config.to_json()))  # tuples -> lists, as the saved side
         # A run saved before a field existed ran with that field's default (the TS-BSMamba2 recipe).
-        defaults = json.loads(json.dumps(TrainConfig(musdb=Path()).to_json()))
+        defaults = json.loads(json.dumps(type(self.config)(musdb=Path()).to_json()))
         changes = []
-        for name in RECIPE_FIELDS:
+        for name in self.config.recipe_fields:
             new, old = now.get(name), saved.get(name, defaults[name])
-            if name == "musdb" and old is not None:  # the same folder, however it is spelled
-                same = Path(new).resolve() == Path(old).resolve()
-            else:
-                same = new == old
+            # A folder or checkpoint file: the same path, however it is spelled.
+            is_path = name in ("musdb", "unlabeled") or (name == "model" and Path(str(old)).is_file())
+            same = Path(new).resolve() == Path(old).resolve() if is_path and old and new else new == old
             if not same:
                 changes.append(f"{_flag(name, new)} (was {_flag(name, old).split(' ', 1)[1]})")
         return changes
 
-    def _resume(self) -> None:
+    def _resume(self) -> dict[str, Any]:
+        """Restore the run from ``last.pt``; returns the checkpoint (for what subclasses saved in it)."""
         state = self._load_checkpoint()
         architecture = {"architecture": self.config.arch, **asdict(self.model.config)}
         state["model_config"].setdefault("architecture", TS_BSMAMBA2)  # runs saved before families
@@ -484,6 +520,7 @@ class Run:
         self.log(f"resumed {self.last_path}: epoch {self.epoch}, step {self.step}")
         if self.epoch >= self.config.epochs:
             self.log(f"the run has done its {self.epoch} epochs; raise --epochs to train longer")
+        return state
 
     # -- training --
 
@@ -544,8 +581,8 @@ class Run:
             started, losses = time.perf_counter(), []
             bar = self._progress_bar()
             last_line = time.monotonic()
-            for mixture, targets in self._loader():
-                losses.append(self.train_step(mixture, targets))
+            for batch in self._loader():
+                losses.append(self.train_step(*batch))
                 self.step += 1
                 self.global_step += 1
                 if bar is not None:
@@ -575,10 +612,12 @@ class Run:
             lr = self.optimizer.param_groups[0]["lr"]
             improved = self.schedule.step(score)
             self.epoch, self.step = self.epoch + 1, 0
+            self.end_epoch(improved, score)
             if self.ranks.main:
+                extra = {"epoch": self.epoch, **self.export_metadata()}
                 if improved:
-                    save_checkpoint(self.model, cfg.out / "best.safetensors", epoch=self.epoch)
-                save_checkpoint(self.model, cfg.out / "last.safetensors", epoch=self.epoch)
+                    save_checkpoint(self.model, cfg.out / "best.safetensors", **extra)
+                save_checkpoint(self.model, cfg.out / "last.safetensors", **extra)
                 record = {
                     "epoch": self.epoch,
                     "global_step": self.global_step,
@@ -588,6 +627,7 @@ class Run:
                     "lr": lr,
                     "samples_per_second": len(losses) * cfg.batch_size / max(seconds, 1e-9),
                     "seconds": seconds,
+                    **self.log_fields(),
                 }
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -658,8 +698,15 @@ class Run:
         return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print) -> Path:
-    """Train (or resume) a run; returns the folder with last.pt, best.safetensors and log.jsonl."""
-    run = Run(config, log)
+def train(
+    config: TrainConfig,
+    log: Callable[[str], None] = print,
+    run_type: Callable[[TrainConfig, Callable[[str], None]], Run] = Run,
+) -> Path:
+    """Train (or resume) a run; returns the folder with last.pt, best.safetensors and log.jsonl.
+
+    ``run_type`` makes the run (``stemsplit finetune``: a FinetuneRun).
+    """
+    run = run_type(config, log)
     run.run()
     return config.out

@@ -1,0 +1,130 @@
+"""``stemsplit finetune``: semi-supervised fine-tuning of a trained model (BSRNN Sec. III).
+
+The command takes ``stemsplit train``'s options (one home: :func:`train_command`'s
+signature, less those that name a new network) plus its own (:func:`_own_options`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from pathlib import Path
+
+import typer
+
+from .cli_common import EXIT_USAGE, err_console, fail
+from .cli_train import train_command
+
+# train's options that do not apply: the network is the --model's (family, config, stems it outputs).
+NOT_SHARED = {"arch", "preset", "light", "model_config", "target", "out", "lr"}
+
+
+def _default(name: str) -> str:
+    """``[default: X]`` from FinetuneConfig, the one home of its numbers."""
+    from dataclasses import fields
+
+    from .train.config import FinetuneConfig
+
+    return f"[default: {next(f.default for f in fields(FinetuneConfig) if f.name == name)}]"
+
+
+def _own_options(
+    model: str = typer.Option(
+        ..., help="The trained model: a registry name or a checkpoint (e.g. runs/ts/best.safetensors)."
+    ),
+    musdb: Path = typer.Option(
+        ..., help="The labeled set: ROOT/train/<track>/<stem>.wav (ROOT/valid.txt: validation tracks)."
+    ),
+    unlabeled: Path = typer.Option(
+        ..., help="Folder of unlabeled songs, searched recursively (any format stemsplit reads)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run folder: checkpoints, teachers, decoded songs, log."
+    ),
+    stems: str = typer.Option(
+        None,
+        help="The labeled set's stem files [default: the model's stems; a one-stem model: "
+        "drums,bass,other,vocals].",
+    ),
+    lr: float = typer.Option(None, help="Adam learning rate (BSRNN Sec. IV-B). " + _default("lr")),
+    clean_db: float = typer.Option(
+        None,
+        help="A separated target this far below the mixture makes a clean residual, a residual this "
+        "far below a clean target (dB). " + _default("clean_db"),
+    ),
+    unlabeled_ratio: float = typer.Option(
+        None,
+        help="Probability that a source of an example is from an unlabeled song. "
+        + _default("unlabeled_ratio"),
+    ),
+) -> None:
+    """Only its signature is used: the options finetune adds to train's."""
+
+
+def _signature() -> inspect.Signature:
+    """_own_options' parameters, then train_command's shared ones (annotations resolved, as Typer needs)."""
+    params = []
+    for function, skip in ((_own_options, set()), (train_command, NOT_SHARED | set(_own_parameters()))):
+        hints = typing.get_type_hints(function)
+        for param in inspect.signature(function).parameters.values():
+            if param.name not in skip:
+                params.append(param.replace(annotation=hints[param.name]))
+    return inspect.Signature(params)
+
+
+def _own_parameters() -> list[str]:
+    return list(inspect.signature(_own_options).parameters)
+
+
+def finetune_command(**given: typing.Any) -> None:
+    """Fine-tune a model on labeled plus unlabeled songs: pseudo-labels and self-boosting (BSRNN Sec. III).
+
+    \b
+    stemsplit finetune --model runs/ts/best.safetensors --musdb ~/musdb18hq --unlabeled ~/music -o runs/ft
+    stemsplit finetune --model runs/ts/best.safetensors --musdb ~/musdb18hq --unlabeled ~/music -o runs/ft \\
+        --resume
+    """
+    debug, resume, override = given.pop("debug"), given["resume"], given["override"]
+    if override and not resume:
+        raise fail("--override only applies with --resume", EXIT_USAGE)
+    if given["clean_db"] is not None and not given["clean_db"] > 0:
+        raise fail(f"--clean-db must be positive, not {given['clean_db']:g}", EXIT_USAGE)
+    ratio = given["unlabeled_ratio"]
+    if ratio is not None and not 0 <= ratio <= 1:
+        raise fail(f"--unlabeled-ratio must be between 0 and 1, not {ratio:g}", EXIT_USAGE)
+    for flag in ("musdb", "unlabeled"):
+        if not given[flag].is_dir():
+            raise fail(f"--{flag}: {given[flag]} is not a folder", EXIT_USAGE)
+    from .cli_separate import UsageError, _model_argument
+    from .weights import WeightsError, load_registry
+
+    try:
+        model = _model_argument(given.pop("model"))
+        if isinstance(model, str):  # a registry name (the registry needs no torch)
+            load_registry().get(model)
+    except (UsageError, WeightsError) as exc:
+        raise fail(f"--model: {exc}" if isinstance(exc, WeightsError) else str(exc), EXIT_USAGE) from None
+    stems = given.pop("stems")
+    stems = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
+    precision = given.pop("precision")
+    given["precision"] = precision.value if precision else None
+
+    # Everything above runs without torch: usage errors come back at once.
+    from .train.data import DatasetError
+    from .train.finetune import configure, finetune, load_pretrained
+    from .train.loop import TrainError
+
+    try:
+        pretrained = load_pretrained(model)
+        config = configure(pretrained, str(model), stems, **given)
+        finetune(config, log=lambda text: err_console.print(text), pretrained=pretrained)
+    except (TrainError, DatasetError) as exc:
+        if debug:
+            raise
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; continue with --resume -o {given['out']}", 130) from None
+
+
+finetune_command.__signature__ = _signature()  # type: ignore[attr-defined]
+finetune_command.__annotations__ = {p.name: p.annotation for p in _signature().parameters.values()}
