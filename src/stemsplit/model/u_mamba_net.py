@@ -18,8 +18,18 @@ F = 128 features, win 41 / hop 20 samples (5.1 / 2.5 ms), L = 4, S = 2 (Table II
 
 Choices the paper leaves open, made so that every Table V variant (F 64/128/192,
 R 12/16/20, L 4/8) lands within 5% of its parameter count and 10% of its GMACs
-(``tests/test_u_mamba_net.py`` checks all six; the paper model: 4.42 M
-parameters, 2.50 GMACs for 3 s, against the paper's 4.4 M and 2.5):
+(``tests/test_u_mamba_net.py`` checks all six; the paper model: 4.43 M
+parameters, 2.49 GMACs for 3 s, against the paper's 4.4 M and 2.5)::
+
+    preset   F    R   L   parameters (paper)   GMACs, 3 s (paper)
+    f64      64   16  4   1.30 M (1.3)         0.65 (0.7)
+    r12      128  12  4   3.33 M (3.3)         1.88 (1.9)
+    paper    128  16  4   4.43 M (4.4)         2.49 (2.5)
+    r20      128  20  4   5.52 M (5.5)         3.10 (3.1)
+    l8       128  16  8   4.77 M (4.6)         2.50 (2.5)
+    f192     192  16  4   9.37 M (9.7)         5.54 (5.3)
+
+The choices:
 
 * The U-net's inner width C = ``unet_expand`` * F = 3.75 F (480 for F = 128). The
   U-net opens with its bottleneck conv (Algorithm 1) and, since the Mamba
