@@ -1,9 +1,13 @@
-"""Seconds per 3 s stereo window through TS-BSMamba2 / L-TS-BSMamba2 (both stages), or BSRNN.
+"""Seconds per 3 s window through TS-BSMamba2 / L-TS-BSMamba2 (both stages), BSRNN or U-Mamba-Net.
 
     python benchmarks/bench_model.py                      # TS and L-TS, CPU: 1 and 2 threads, fp32 and bf16
     python benchmarks/bench_model.py --presets l-ts --threads 2 --precisions fp32 --rounds 3
     python benchmarks/bench_model.py --device cuda --batch 16 --precisions bf16
     python benchmarks/bench_model.py --arch bsrnn         # a row per target network (a 4-stem bag: all four)
+    python benchmarks/bench_model.py --arch u-mamba-net --precisions fp32  # 3 s mono at 8 kHz, 2 speakers
+
+The window is stereo at 44.1 kHz for the music families, what the model's card
+says (mono, 8 kHz) for U-Mamba-Net.
 
 Randomly initialised weights: the cost does not depend on their values.
 Prints the machine, then one row per (model, threads, precision): seconds per
@@ -32,6 +36,7 @@ from machine import describe
 
 from stemsplit.model import build_model, make_config
 from stemsplit.model.bsrnn import TARGET_SCHEMES
+from stemsplit.model.u_mamba_net import speaker_names
 from stemsplit.runtime import cpu_bf16_support, tune_cpu_allocator
 
 
@@ -68,12 +73,17 @@ def worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
-    batch = torch.randn(args.batch, 2, round(args.seconds * 44100), device=device) * 0.1
     arch, preset, *target = args.worker.split(":")
-    stems = tuple(target) or ("drums", "bass", "other", "vocals")
-    if arch == "ts-bsmamba2":
+    stems = tuple(target) or (
+        speaker_names(2) if arch == "u-mamba-net" else ("drums", "bass", "other", "vocals")
+    )
+    if arch in ("ts-bsmamba2", "u-mamba-net"):
         os.environ["STEMSPLIT_MAMBA_BACKEND"] = args.backend
     model = build_model(arch, make_config(arch, preset, {}, stems), stems).to(device).eval()
+    card = model.card
+    batch = (
+        torch.randn(args.batch, card.channels, round(args.seconds * card.sample_rate), device=device) * 0.1
+    )
     parameters = sum(p.numel() for p in model.parameters())
     seconds, out = time_model(model, batch, args.precision, args.repeats)
     load = os.getloadavg()[0]
@@ -92,8 +102,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--arch", default="ts-bsmamba2", choices=["ts-bsmamba2", "bsrnn"])
-    parser.add_argument("--presets", nargs="+", default=None, help="[ts-bsmamba2: ts l-ts; bsrnn: paper]")
+    parser.add_argument("--arch", default="ts-bsmamba2", choices=["ts-bsmamba2", "bsrnn", "u-mamba-net"])
+    parser.add_argument(
+        "--presets", nargs="+", default=None, help="[ts-bsmamba2: ts l-ts; bsrnn, u-mamba-net: paper]"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=1, help="windows per forward pass")
     parser.add_argument("--seconds", type=float, default=3.0, help="window length")
@@ -121,9 +133,12 @@ def main() -> None:
     if device.type == "cpu":
         print(f"native bf16: {cpu_bf16_support()[1]}")
     setup = f"batch {args.batch}, {args.backend} backend" + (", oneDNN off" if args.no_onednn else "")
-    print(f"window {args.seconds} s stereo 44.1 kHz, {setup}; best of {args.repeats} x {args.rounds} rounds")
+    audio = "mono 8 kHz" if args.arch == "u-mamba-net" else "stereo 44.1 kHz"
+    print(f"window {args.seconds} s {audio}, {setup}; best of {args.repeats} x {args.rounds} rounds")
     if args.arch == "bsrnn":  # one model per target (other uses vocals' scheme: the same network)
         models = [f"bsrnn:{p}:{t}" for p in args.presets or ["paper"] for t in TARGET_SCHEMES if t != "other"]
+    elif args.arch == "u-mamba-net":
+        models = [f"u-mamba-net:{p}" for p in args.presets or ["paper"]]
     else:
         models = [f"ts-bsmamba2:{p}" for p in args.presets or ["ts", "l-ts"]]
     configs = [(m, t, prec) for m in models for t in threads for prec in args.precisions]

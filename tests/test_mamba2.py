@@ -97,7 +97,7 @@ def test_backend_choice(monkeypatch):
         resolve_backend(None, cpu)
     # An explicit argument beats the environment.
     assert resolve_backend("portable", cpu) == "portable"
-    with pytest.raises(ValueError, match="unknown Mamba-2 backend 'triton'"):
+    with pytest.raises(ValueError, match="unknown Mamba backend 'triton'"):
         resolve_backend("triton", cpu)
 
 

@@ -53,7 +53,8 @@ class ModelCard:
     sample_rate: Hz the network works at; the engine resamples to and from it.
     min_samples: the shortest window the network accepts.
     stages: how many outputs ``model(mixture)`` returns (TS-BSMamba2: 2, the last is final).
-    stft: (n_fft, hop) of the network's spectrogram, used to share a residual exactly.
+    stft: (n_fft, hop) of the network's spectrogram, used to share a residual exactly
+        (a time-domain network, which has none, names the STFT to share it in).
     normalization: one of :data:`NORMALIZATIONS`.
     window, hop: recommended seconds per window and between windows (the paper's protocol).
     channels: channel count the network was trained on (the engine down/up-mixes to it).

@@ -1,8 +1,9 @@
-"""The networks (TS-BSMamba2, BSRNN). Sees tensors only: no files, no audio formats, no CLI.
+"""The networks (TS-BSMamba2, BSRNN, U-Mamba-Net). Sees tensors only: no files, no audio formats, no CLI.
 
 ``families`` is the architecture registry (every family by name); each family
-is one file (``ts_bsmamba2.py``, ``bsrnn.py``); ``state_dict`` checks weights
-against a network; ``bands``, ``mamba2``, ``ssd`` and ``onednn`` are layers and kernels.
+is one file (``ts_bsmamba2.py``, ``bsrnn.py``, ``u_mamba_net.py``); ``state_dict`` checks
+weights against a network; ``bands``, ``mamba1``, ``mamba2``, ``selective_scan``, ``ssd`` and
+``onednn`` are layers and kernels.
 """
 
 from .bsrnn import BSRNN, BSRNNBag, BSRNNConfig

@@ -1,6 +1,6 @@
 """The architecture registry: every network family stemsplit can build, by name.
 
-A family is one model file (``ts_bsmamba2.py``, ``bsrnn.py``) plus one
+A family is one model file (``ts_bsmamba2.py``, ``bsrnn.py``, ``u_mamba_net.py``) plus one
 :class:`Family` entry below. The entry says how to make the family's config
 from a preset and overrides (what ``weights.toml`` and ``train --arch`` give),
 how to build the network for a list of stems, and how to shrink a config for a
@@ -29,6 +29,9 @@ from .bsrnn import BSRNNBag, BSRNNConfig
 from .ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from .ts_bsmamba2 import PRESETS as TS_PRESETS
 from .ts_bsmamba2 import TSBSMamba2, TSBSMamba2Config
+from .u_mamba_net import ARCHITECTURE as U_MAMBA_NET
+from .u_mamba_net import PRESETS as U_MAMBA_PRESETS
+from .u_mamba_net import UMambaNet, UMambaNetConfig
 
 __all__ = [
     "FAMILIES",
@@ -77,6 +80,13 @@ def _build_ts(config: TSBSMamba2Config, stems: tuple[str, ...]) -> TSBSMamba2:
     return model
 
 
+def _build_u_mamba(config: UMambaNetConfig, stems: tuple[str, ...]) -> UMambaNet:
+    model = UMambaNet(config)
+    if stems:
+        model.card = replace(model.card, stems=stems)
+    return model
+
+
 FAMILIES: dict[str, Family] = {
     TS_BSMAMBA2: Family(
         name=TS_BSMAMBA2,
@@ -96,6 +106,16 @@ FAMILIES: dict[str, Family] = {
         default_preset="paper",
         build=lambda config, stems: BSRNNBag.for_targets(stems, config),
         shrink=lambda c: replace(c, feature_dim=8, num_layers=1),
+    ),
+    U_MAMBA_NET: Family(
+        name=U_MAMBA_NET,
+        summary="U-Mamba-Net: U-nets and Mamba-1 in the time domain (APSIPA 2024), speech at 8 kHz",
+        config_type=UMambaNetConfig,
+        presets=U_MAMBA_PRESETS,
+        default_preset="paper",
+        build=_build_u_mamba,
+        shrink=lambda c: replace(c, feature_dim=8, num_blocks=1, depth=min(c.depth, 2), d_state=4),
+        stem_field="num_speakers",
     ),
 }
 

@@ -17,6 +17,8 @@ mamba_ssm imports, else ``portable``. Force one with ``backend=`` or the
 ``STEMSPLIT_MAMBA_BACKEND`` environment variable (``auto``, ``portable``,
 ``cuda``). If mamba_ssm fails to import (missing, or a compiled extension built
 for another torch), the reason is logged once and the portable path is used.
+The Mamba-1 layer (:mod:`.mamba1`) goes through the same :func:`resolve_backend`
+and :func:`cuda_kernels`, needing mamba_ssm's ``selective_scan_fn`` instead.
 """
 
 from __future__ import annotations
@@ -75,29 +77,46 @@ def cuda_kernels() -> SimpleNamespace | None:
             exc,
         )
         fused = False
+    try:  # Mamba-1's scan is a compiled extension of its own (selective_scan_cuda)
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception as exc:
+        log.warning(
+            "stemsplit: mamba_ssm's selective_scan_fn unavailable (%s: %s); Mamba-1 layers use "
+            "the portable PyTorch scan",
+            type(exc).__name__,
+            exc,
+        )
+        selective_scan_fn = None
     return SimpleNamespace(
         fused=fused,
         split_conv1d_scan=mamba_split_conv1d_scan_combined,
         chunk_scan=mamba_chunk_scan_combined,
         rmsnorm=rmsnorm_fn,
+        selective_scan=selective_scan_fn,
     )
 
 
-def resolve_backend(requested: str | None, device: torch.device) -> str:
+def resolve_backend(requested: str | None, device: torch.device, kernel: str = "chunk_scan") -> str:
     """Pick ``portable`` or ``cuda`` for a tensor on ``device``.
 
     ``requested`` overrides the environment variable; ``None`` or ``auto``
-    means: cuda where possible.
+    means: cuda where possible. ``kernel``: the :func:`cuda_kernels` entry the
+    layer needs (Mamba-2: ``chunk_scan``, Mamba-1: ``selective_scan``).
     """
     choice = requested or os.environ.get(BACKEND_ENV, "auto")
     if choice not in BACKENDS:
-        raise ValueError(f"unknown Mamba-2 backend {choice!r}; expected one of {BACKENDS}")
+        raise ValueError(f"unknown Mamba backend {choice!r}; expected one of {BACKENDS}")
     if choice == "portable":
         return "portable"
-    usable = device.type == "cuda" and cuda_kernels() is not None
+    kernels = cuda_kernels() if device.type == "cuda" else None
+    usable = kernels is not None and getattr(kernels, kernel) is not None
     if choice == "cuda" and not usable:
-        why = "input is not on a CUDA device" if device.type != "cuda" else "mamba_ssm not importable"
-        raise RuntimeError(f"Mamba-2 backend 'cuda' was requested but {why}")
+        why = (
+            "input is not on a CUDA device"
+            if device.type != "cuda"
+            else f"mamba_ssm's {kernel} not importable"
+        )
+        raise RuntimeError(f"Mamba backend 'cuda' was requested but {why}")
     return "cuda" if usable else "portable"
 
 
