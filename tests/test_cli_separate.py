@@ -391,3 +391,24 @@ def test_in_process_with_typers_runner(tmp_path, tiny_checkpoint):
     assert files_under(tmp_path / "out") == [f"s/{s}" for s in STEMS]
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_stems_of_a_checkpoint_file_are_checked_before_torch(tmp_path):
+    """A safetensors file that names its stems: '--stems guitar' is a usage error before torch is imported."""
+    from stemsplit.model import TSBSMamba2
+    from stemsplit.weights.checkpoint import save_checkpoint
+
+    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1)
+    save_checkpoint(model, tmp_path / "named.safetensors")
+    song(tmp_path / "s.wav")
+    model_file = str(tmp_path / "named.safetensors")
+    argv = [str(tmp_path / "s.wav"), "-o", str(tmp_path / "out"), "--model", model_file]
+    code = (
+        "import sys\nfrom stemsplit.cli import main\ntry:\n"
+        f"    main({[*argv, '--stems', 'guitar']!r})\n"
+        "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert "--stems: 'guitar' is not a stem of this model" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -292,8 +292,9 @@ def _model_argument(model: str | None) -> str | Path | None:
     return path
 
 
-def _registry_stems(model: str | None, light: bool) -> list[str] | None:
-    """The stems of a registry model, known without loading (or downloading) it; None for files/URLs."""
+def _known_stems(model: str | None, light: bool) -> list[str] | None:
+    """The stems of a model, known without torch or a download: a registry entry's, or those a
+    safetensors file's metadata names; None otherwise (URLs, files that do not say)."""
     from . import weights
 
     try:
@@ -303,7 +304,8 @@ def _registry_stems(model: str | None, light: bool) -> list[str] | None:
         elif model in registry.models:
             entry = registry.models[model]
         else:
-            return None
+            stems = weights.file_stems(model) if os.path.isfile(model) else None
+            return list(stems) if stems else None
     except (weights.WeightsError, KeyError):
         return None  # the model loader will say what is wrong, in its own words
     return list(entry.stems)
@@ -395,7 +397,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
         plan([args["two_stems"], f"no_{args['two_stems']}"])
     else:
         plan(wanted or (["{stem}"] if "{stem}" in options.filename else ["{stem}", "{stem} 2"]))
-    model_stems = _registry_stems(args["model"], args["light"])  # known without loading the model
+    model_stems = _known_stems(args["model"], args["light"])  # known without loading the model
     stems = run = None
     if model_stems is not None:
         try:

@@ -48,6 +48,7 @@ from .errors import (
     UnsafeCheckpointError,
     WeightsError,
 )
+from .metadata import CheckpointInfo, file_stems, read_info
 from .registry import (
     CHECKPOINT_SUFFIXES,
     ModelEntry,
@@ -80,6 +81,7 @@ __all__ = [
     "downloaded_path",
     "entry_config",
     "fetch",
+    "file_stems",
     "has_light_model",
     "is_offline",
     "load_model",
@@ -94,8 +96,6 @@ __all__ = [
 # Loading needs torch, the registry does not: `stemsplit --stems x` is checked against the
 # registry in a blink. These names import their module (and torch) on first use.
 _NEED_TORCH = {
-    "CheckpointInfo": "checkpoint",
-    "read_info": "checkpoint",
     "save_checkpoint": "checkpoint",
     "torch_load_safely": "checkpoint",
     "LoadedModel": "load",

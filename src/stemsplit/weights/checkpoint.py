@@ -4,20 +4,8 @@
 ``.pth``) only with ``torch.load(weights_only=True)``, so a file that needs
 arbitrary pickle code is refused before anything in it runs.
 
-**Metadata**: the one schema :func:`save_checkpoint` writes (``stemsplit train``
-exports with it) and :func:`read_info` reads. Safetensors metadata is strings:
-
-- ``architecture``: the family (:mod:`stemsplit.model.families`); absent in
-  files older than families, which are TS-BSMamba2
-- ``config``: JSON of the family's config; absent: inferred from the weights
-  (TS-BSMamba2 only, whose reference layout allows it)
-- ``stems``: comma-separated, in output order; absent: drums, bass, other,
-  vocals for 4 outputs, else source0, source1, ...
-- ``sample_rate``: Hz; absent: the config's ``sr``, else 44100
-- ``normalization``: ``none`` (default) or ``meanstd``
-- ``stride``: the STFT hop of a TS-BSMamba2 without ``config`` (default 512)
-
-Anything else (``epoch``, ``source``, ``source_sha256``, ...) is information kept in the file.
+**Metadata**: see :mod:`stemsplit.weights.metadata` (torch-free), the one schema
+:func:`save_checkpoint` writes and :func:`read_info` reads.
 """
 
 from __future__ import annotations
@@ -26,7 +14,7 @@ import json
 import pickle
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +23,20 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 from torch import nn
 
-from ..card import NORMALIZATIONS, default_stem_names
+from ..card import default_stem_names
 from ..files import write_atomically
 from ..model import families
 from ..model.state_dict import StateDictMismatch, check_state_dict, unwrap_state_dict
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..model.ts_bsmamba2 import config_from_state_dict
 from .errors import CheckpointError, UnsafeCheckpointError
+from .metadata import CheckpointInfo, _where, read_info
 from .registry import CHECKPOINT_SUFFIXES
 
 __all__ = [
-    "CheckpointInfo",
     "build_network",
     "network_from_file",
     "read_checkpoint",
-    "read_info",
-    "read_metadata",
     "read_safetensors",
     "save_checkpoint",
     "torch_load_safely",
@@ -71,11 +57,6 @@ def _as_state_dict(obj: Any, label: str) -> dict[str, torch.Tensor]:
     if bad:
         raise CheckpointError(f"{label}: not a state dict: {', '.join(bad[:5])} are not tensors")
     return dict(state_dict)
-
-
-def _where(path: Path, label: str | None) -> str:
-    """``label: path``, or just the path when the label is only its name (local files)."""
-    return str(path) if label in (None, path.name, str(path)) else f"{label}: {path}"
 
 
 def _unreadable(path: Path, label: str | None, exc: BaseException) -> CheckpointError:
@@ -124,14 +105,6 @@ def load_pickle(path: Path, label: str) -> dict[str, torch.Tensor]:
     return _as_state_dict(torch_load_safely(path, label), label)
 
 
-def read_metadata(path: Path, label: str) -> dict[str, str]:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return dict(handle.metadata() or {})
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{_where(path, label)}: not a readable safetensors file ({exc})") from None
-
-
 def read_safetensors(path: Path, label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -155,60 +128,6 @@ def read_checkpoint(path: Path, label: str) -> tuple[dict[str, torch.Tensor], di
 
 
 # --- the metadata schema ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What a checkpoint's metadata says about the network in it (see the module docstring)."""
-
-    architecture: str = TS_BSMAMBA2
-    config: Mapping[str, Any] | None = None  # the family config's fields; None: infer from the weights
-    stems: tuple[str, ...] | None = None
-    sample_rate: int | None = None
-    normalization: str = "none"
-    stride: int | None = None  # legacy TS-BSMamba2 files without config
-    extra: Mapping[str, str] = field(default_factory=dict)
-
-
-_SCHEMA = ("architecture", "config", "stems", "sample_rate", "normalization", "stride")
-
-
-def read_info(metadata: Mapping[str, str], label: str) -> CheckpointInfo:
-    """Parse and check the metadata of a checkpoint; one-line :class:`CheckpointError` naming ``label``."""
-
-    def whole_number(key: str) -> int | None:
-        value = metadata.get(key, "").strip()
-        if not value:
-            return None
-        if not value.isdigit() or int(value) == 0:
-            raise CheckpointError(f"{label}: metadata {key}={value!r} is not a positive whole number")
-        return int(value)
-
-    config = None
-    if metadata.get("config", "").strip():
-        try:
-            config = json.loads(metadata["config"])
-        except json.JSONDecodeError:
-            config = None
-        if not isinstance(config, dict):
-            raise CheckpointError(f"{label}: metadata config is not a JSON object")
-    stems = None
-    if metadata.get("stems", "").strip():
-        stems = tuple(s.strip() for s in metadata["stems"].split(","))
-        if not all(stems) or len(set(stems)) != len(stems):
-            raise CheckpointError(f"{label}: metadata stems={metadata['stems']!r} are not distinct names")
-    normalization = metadata.get("normalization", "").strip() or "none"
-    if normalization not in NORMALIZATIONS:
-        raise CheckpointError(f"{label}: metadata normalization={normalization!r} is not none or meanstd")
-    return CheckpointInfo(
-        architecture=metadata.get("architecture", "").strip() or TS_BSMAMBA2,
-        config=config,
-        stems=stems,
-        sample_rate=whole_number("sample_rate"),
-        normalization=normalization,
-        stride=whole_number("stride"),
-        extra={k: v for k, v in metadata.items() if k not in _SCHEMA},
-    )
 
 
 def save_checkpoint(model: nn.Module, path: Path, **extra: Any) -> None:

@@ -29,11 +29,11 @@ from .checkpoint import (
     load_pickle,
     network_from_file,
     read_checkpoint,
-    read_metadata,
     read_safetensors,
 )
 from .download import html_hint, obtain
 from .errors import CheckpointError, ChecksumError, RegistryError, UnsafeCheckpointError
+from .metadata import read_metadata
 from .registry import CHECKPOINT_SUFFIXES, ModelEntry, load_registry
 
 __all__ = ["LoadedModel", "VerifyResult", "entry_config", "fetch", "load_model", "verify"]
