@@ -58,6 +58,8 @@ class ModelCard:
     normalization: one of :data:`NORMALIZATIONS`.
     window, hop: recommended seconds per window and between windows (the paper's protocol).
     channels: channel count the network was trained on (the engine down/up-mixes to it).
+    cpu_bf16: bf16 autocast was measured faster than fp32 on CPUs with native bf16, within
+        5e-3 of it (benchmarks/bench_model.py): then ``precision="auto"`` picks it there.
     """
 
     architecture: str
@@ -70,6 +72,7 @@ class ModelCard:
     window: float = DEFAULT_WINDOW
     hop: float = DEFAULT_HOP
     channels: int = 2
+    cpu_bf16: bool = False
 
     def __post_init__(self) -> None:
         if not self.stems or len(set(self.stems)) != len(self.stems):

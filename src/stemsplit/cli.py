@@ -209,7 +209,11 @@ def doctor() -> None:
     from .runtime import cpu_auto_precision
 
     precision, why = cpu_auto_precision()
-    table.add_row("cpu precision", f"--precision auto gives {precision} on the CPU: {why}")
+    table.add_row(
+        "cpu precision",
+        f"--precision auto gives {precision} on the CPU: {why}"
+        + (" (for models measured faster in bf16: TS-BSMamba2, BSRNN)" if precision == "bf16" else ""),
+    )
     table.add_row("libsndfile", soundfile.__libsndfile_version__)
     table.add_row("formats", ", ".join(sorted(soundfile.available_formats())))
     try:

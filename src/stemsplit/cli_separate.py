@@ -637,7 +637,9 @@ def separation_command(batch: bool):
         hop: float = typer.Option(None, help="Hop between windows in seconds [default: the model's, 0.5]."),
         batch_size: int = typer.Option(None, "--batch-size", help="Windows per forward pass."),
         precision: InferencePrecision = typer.Option(
-            None, help="bf16 or fp32 [default: auto: bf16 on CUDA and on CPUs with native bf16, else fp32]"
+            None,
+            help="bf16 or fp32 [default: auto: bf16 on CUDA, and on CPUs with native bf16 for models "
+            "measured faster in it; else fp32]",
         ),
         stage: int = typer.Option(
             None, help="TS-BSMamba2: 1 = masked stems (sum to the mix), 2 = final output [default: final]."

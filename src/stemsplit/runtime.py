@@ -77,10 +77,16 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(kind if index is None else f"{kind}:{index}")
 
 
-def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """``None`` (bf16 on CUDA, fp32 on the CPU), ``auto`` (bf16 where it is native) or as given."""
+def resolve_precision(precision: str | None, device: torch.device, cpu_bf16: bool = True) -> str:
+    """``None`` (bf16 on CUDA, fp32 on the CPU), ``auto`` or as given.
+
+    ``auto``: bf16 on CUDA; on the CPU bf16 where it is native (:func:`cpu_auto_precision`) and
+    ``cpu_bf16`` (the model card's: bf16 measured faster for this family), else fp32.
+    """
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else cpu_auto_precision()[0]
+        if device.type == "cuda":
+            return "bf16"
+        return cpu_auto_precision()[0] if cpu_bf16 else "fp32"
     return precision or ("bf16" if device.type == "cuda" else "fp32")
 
 

@@ -330,8 +330,9 @@ class Separator:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         window, hop: seconds (default: the model card's, 3 and 0.5 for the paper's protocol).
         batch_size: windows per forward pass (default 1 on CPU; on CUDA sized from free memory).
-        precision: ``fp32``, ``bf16`` or ``auto`` (the default: bf16 on CUDA and on CPUs that compute
-            it natively, fp32 elsewhere; see :func:`stemsplit.runtime.cpu_auto_precision`).
+        precision: ``fp32``, ``bf16`` or ``auto`` (the default: bf16 on CUDA, and on CPUs that compute
+            it natively for models whose card says bf16 pays there; fp32 elsewhere; see
+            :func:`stemsplit.runtime.resolve_precision`).
         stage: which output of a multi-stage model (TS-BSMamba2: 1 = masked stems, which sum
             to the mixture; 2 = the paper's final output); default: the last.
         exact: correct the stems to sum exactly to the input (see :func:`share_residual`).
@@ -423,7 +424,7 @@ class Separator:
         if self.stage > self.card.stages:
             raise SeparationError(f"this model has {self.card.stages} stage(s), not {self.stage}", "stage")
         self.exact = exact
-        self.precision = resolve_precision(precision or "auto", self.device)
+        self.precision = resolve_precision(precision or "auto", self.device, self.card.cpu_bf16)
         self.model = self.model.to(self.device).eval()
         self.batch_size = batch_size or self._default_batch_size()
         if not isinstance(compile, bool):

@@ -448,6 +448,7 @@ class BSRNNBag(nn.Module):
             sample_rate=first.sr,
             min_samples=self.min_samples,
             stft=(first.n_fft, first.hop),
+            cpu_bf16=True,  # 1.4x (TS), 1.5x (BSRNN) faster; stage-2 error 2e-3, 5e-3
         )
 
     @classmethod
