@@ -224,7 +224,7 @@ def test_synth_command_writes_a_dataset(tmp_path):
 def test_synth_command_rejects_bad_values_writing_nothing(tmp_path, extra, message):
     out = tmp_path / "synth"
     result = CliRunner().invoke(app, ["synth", str(out), "--seconds", "1", *extra])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error
     assert result.stderr.startswith("stemsplit: error: ") and result.stderr.count("\n") == 1
     assert message in result.stderr
     assert not out.exists()
@@ -233,7 +233,7 @@ def test_synth_command_rejects_bad_values_writing_nothing(tmp_path, extra, messa
 def test_synth_command_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     result = CliRunner().invoke(app, ["synth", str(tmp_path), "--songs", "1", "--seconds", "1"])
-    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "not an empty folder" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 

@@ -197,7 +197,7 @@ def test_damaged_soundfont_and_too_high_a_rate_are_refused_writing_nothing(tmp_p
     result = CliRunner().invoke(
         app, ["synth", str(out), "--soundfont", "timgm6mb", "--sample-rate", "192000"]
     )
-    assert result.exit_code == 1 and "up to 96000 Hz" in result.stderr and result.stderr.count("\n") == 1
+    assert result.exit_code == 2 and "up to 96000 Hz" in result.stderr and result.stderr.count("\n") == 1
     with pytest.raises(SynthError, match="96000"):
         generate_song(0, 1.0, 192000, soundfont=FONT)
     assert not out.exists()

@@ -104,8 +104,14 @@ def synth(
             if debug:
                 raise
             raise fail(f"--soundfont: {exc}", EXIT_USAGE) from None
-    from .train.synth import SynthError, write_dataset
+    from .train.synth import SynthError, check_dataset, write_dataset
 
+    try:  # what was asked wrong is a usage error, before anything is written
+        check_dataset(out, songs, valid, test, seconds, seed, sample_rate, workers, font)
+    except SynthError as exc:
+        if debug:
+            raise
+        raise fail(str(exc), EXIT_USAGE) from None
     try:
         write_dataset(
             out,

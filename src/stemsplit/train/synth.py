@@ -1159,6 +1159,50 @@ def _write_one(job: tuple[Path, int, float, int, fluidsynth.Soundfont | None]) -
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def check_dataset(
+    out: Path,
+    train: int,
+    valid: int,
+    test: int,
+    seconds: float,
+    seed: int,
+    sample_rate: int,
+    workers: int,
+    soundfont: fluidsynth.Soundfont | None,
+) -> list[tuple]:
+    """Check a :func:`write_dataset` request before anything is written; -> the songs to make.
+
+    Raises :class:`SynthError` (one line) for what the caller asked wrong.
+    """
+    for label, count in (("train", train), ("valid", valid), ("test", test)):
+        if count < 0:
+            raise SynthError(f"the number of {label} songs must be 0 or more, not {count}")
+    if train + valid + test == 0:
+        raise SynthError("nothing to write: ask for at least one song")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise SynthError(f"seconds must be positive, not {seconds}")
+    if seed < 0:
+        raise SynthError(f"seed must be a non-negative integer, not {seed}")
+    _check_sample_rate(sample_rate, soundfont)
+    if workers < 1:
+        raise SynthError(f"workers must be 1 or more, not {workers}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SynthError(
+            f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
+        )
+    jobs = []
+    for subset, count in (("train", train), ("valid", valid), ("test", test)):
+        folder = out / ("test" if subset == "test" else "train")
+        jobs += [
+            (folder / song_name(subset, i), song_seed(seed, subset, i), seconds, sample_rate, soundfont)
+            for i in range(count)
+        ]
+    seeds = [job[1] for job in jobs]
+    if len(set(seeds)) != len(seeds):  # a 64-bit hash collision: astronomically unlikely, but checked
+        raise SynthError(f"seed {seed} gives two songs the same seed; choose another --seed")
+    return jobs
+
+
 def write_dataset(
     out: Path,
     *,
@@ -1181,32 +1225,7 @@ def write_dataset(
     the songs (see :func:`generate_song`).
     """
     out = Path(out)
-    for label, count in (("train", train), ("valid", valid), ("test", test)):
-        if count < 0:
-            raise SynthError(f"the number of {label} songs must be 0 or more, not {count}")
-    if train + valid + test == 0:
-        raise SynthError("nothing to write: ask for at least one song")
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise SynthError(f"seconds must be positive, not {seconds}")
-    _check_sample_rate(sample_rate, soundfont)
-    if workers < 1:
-        raise SynthError(f"workers must be 1 or more, not {workers}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SynthError(
-            f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
-        )
-
-    jobs = []
-    for subset, count in (("train", train), ("valid", valid), ("test", test)):
-        folder = out / ("test" if subset == "test" else "train")
-        jobs += [
-            (folder / song_name(subset, i), song_seed(seed, subset, i), seconds, sample_rate, soundfont)
-            for i in range(count)
-        ]
-    seeds = [job[1] for job in jobs]
-    if len(set(seeds)) != len(seeds):  # a 64-bit hash collision: astronomically unlikely, but checked
-        raise SynthError(f"seed {seed} gives two songs the same seed; choose another --seed")
-
+    jobs = check_dataset(out, train, valid, test, seconds, seed, sample_rate, workers, soundfont)
     (out / "train").mkdir(parents=True, exist_ok=True)
     if test:
         (out / "test").mkdir(exist_ok=True)
