@@ -1,8 +1,7 @@
 import json
 
 import pytest
-import torch
-from helpers import FIXTURES
+from helpers import FIXTURES, tiny_model
 from safetensors.torch import load_file, save_file
 
 
@@ -25,11 +24,8 @@ def golden_model(golden):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """A small random TS-BSMamba2 (N = 16, 1 + 1 layers) saved as safetensors: fast plumbing tests."""
-    from stemsplit.model import TSBSMamba2
-
-    torch.manual_seed(0)
-    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1)
+    """The tiny TS-BSMamba2 (N = 16, 1 + 1 layers) saved as a bare state dict (no metadata): fast
+    plumbing tests."""
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    save_file(model.state_dict(), path)
+    save_file(tiny_model().state_dict(), path)
     return str(path)

@@ -5,8 +5,9 @@ Downloads go to a real HTTP server on 127.0.0.1; cache and registry live in tmp_
 
 import pytest
 import typer
+from helpers import GOLDEN_WEIGHTS
 from typer.testing import CliRunner
-from weights_server import GOLDEN_WEIGHTS, FileServer, golden_ckpt_bytes, tiny_entry, write_registry
+from weights_server import FileServer, golden_ckpt_bytes, tiny_entry, write_registry
 
 from stemsplit.cli_models import models_app
 

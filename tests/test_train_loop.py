@@ -14,15 +14,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import tiny_model, tiny_toml, write_track
 from safetensors import safe_open
 
-from stemsplit.model import TSBSMamba2, TSBSMamba2Config, build_model
 from stemsplit.train import loop
 from stemsplit.train.loop import LrSchedule
 from stemsplit.train.losses import separation_loss
 from stemsplit.weights import load_model, save_checkpoint
 
-TINY = "feature_dim = 16\nnum_repeat_mask = 1\nnum_repeat_map = 1\n"
 RATE = 44100
 
 
@@ -41,8 +40,7 @@ def test_loss_equals_hand_computation():
 
 
 def test_thirty_steps_reduce_the_loss_on_a_fixed_batch():
-    torch.manual_seed(0)
-    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1)
+    model = tiny_model()
     t = torch.arange(RATE // 2) / RATE
     sources = torch.stack([torch.sin(2 * np.pi * f * t) * 0.2 for f in (60, 110, 440, 880)])  # [S, T]
     targets = sources[None, :, None].expand(2, 4, 2, -1).clone()
@@ -75,11 +73,7 @@ def test_lr_decays_after_patience_epochs_without_improvement():
 
 
 def test_exported_safetensors_load_with_metadata(tmp_path):
-    model = build_model(
-        "ts-bsmamba2",
-        TSBSMamba2Config(feature_dim=16, num_repeat_mask=1, num_repeat_map=1, num_output=2),
-        ("vocals", "accompaniment"),
-    )
+    model = tiny_model(stems=("vocals", "accompaniment"))
     save_checkpoint(model, tmp_path / "m.safetensors", epoch=3)
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
         assert f.metadata()["epoch"] == "3" and f.metadata()["architecture"] == "ts-bsmamba2"
@@ -104,8 +98,6 @@ def dataset(tmp_path_factory):
         "Actions - One Minute Smile",
     ]  # the last is a MUSDB validation track
     for k, name in enumerate(names):
-        folder = root / "train" / name
-        folder.mkdir(parents=True)
         t = np.arange(4 * RATE) / RATE
         stems = {
             "drums": (rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 2 * t) > 0.7))[:, None] * 0.2,
@@ -113,17 +105,10 @@ def dataset(tmp_path_factory):
             "other": np.sin(2 * np.pi * (330 + 20 * k) * t)[:, None] * 0.2,
             "vocals": np.sin(2 * np.pi * (660 + 30 * k) * t + np.sin(2 * np.pi * 5 * t))[:, None] * 0.2,
         }
-        for stem, audio in stems.items():
-            sf.write(
-                folder / f"{stem}.wav", np.repeat(audio, 2, axis=1).astype(np.float32), RATE, subtype="FLOAT"
-            )
-        sf.write(
-            folder / "mixture.wav",
-            sum(stems.values()).repeat(2, axis=1).astype(np.float32),
-            RATE,
-            subtype="FLOAT",
+        write_track(
+            root / "train" / name, {stem: np.repeat(mono, 2, axis=1) for stem, mono in stems.items()}, RATE
         )
-    (root / "tiny.toml").write_text(TINY)
+    (root / "tiny.toml").write_text(tiny_toml())
     return root
 
 
@@ -266,7 +251,7 @@ def test_bsrnn_recipe_is_the_papers_and_flags_win():
 
 
 def bsrnn_args(dataset, out, *extra):
-    (dataset / "bsrnn-tiny.toml").write_text("feature_dim = 8\nnum_layers = 1\n")
+    (dataset / "bsrnn-tiny.toml").write_text(tiny_toml("bsrnn"))
     args = train_args(dataset, out, "--arch", "bsrnn", *extra)
     args[args.index("--model-config") + 1] = dataset / "bsrnn-tiny.toml"
     return args

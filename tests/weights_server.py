@@ -21,10 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
-from helpers import FIXTURES
+from helpers import GOLDEN_WEIGHTS
 from safetensors.torch import load_file
 
-GOLDEN_WEIGHTS = FIXTURES / "golden_small_weights.safetensors"
 GOLDEN_CONFIG = {"feature_dim": 32, "num_repeat_mask": 2, "num_repeat_map": 2, "num_output": 4}
 
 
