@@ -1,8 +1,9 @@
 import json
 
 import pytest
-from helpers import FIXTURES, tiny_model
+from helpers import FIXTURES, GOLDEN_WEIGHTS, tiny_model
 from safetensors.torch import load_file, save_file
+from weights_server import FileServer, golden_ckpt_bytes
 
 
 @pytest.fixture(scope="session")
@@ -10,7 +11,7 @@ def golden():
     """The small reference model (feature_dim 32, 2 + 2 layers): config, weights, input and outputs."""
     return {
         "config": json.loads((FIXTURES / "golden_small_config.json").read_text()),
-        "weights": load_file(FIXTURES / "golden_small_weights.safetensors"),
+        "weights": load_file(GOLDEN_WEIGHTS),
         "io": load_file(FIXTURES / "golden_small_io.safetensors"),
     }
 
@@ -29,3 +30,25 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
     save_file(tiny_model().state_dict(), path)
     return str(path)
+
+
+@pytest.fixture
+def server():
+    """A real HTTP server on 127.0.0.1 (weights_server.FileServer) serving the golden model as
+    ``tiny.ckpt`` (a pickled state dict) and ``tiny.safetensors``; tests add files and faults."""
+    server = FileServer()
+    server.files["tiny.ckpt"] = golden_ckpt_bytes()
+    server.files["tiny.safetensors"] = GOLDEN_WEIGHTS.read_bytes()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A private model cache (tmp_path/cache) and registry path (tmp_path/weights.toml), offline
+    switches cleared: nothing touches the network or the home directory. Returns tmp_path."""
+    monkeypatch.setenv("STEMSPLIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STEMSPLIT_REGISTRY", str(tmp_path / "weights.toml"))
+    monkeypatch.delenv("STEMSPLIT_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path

@@ -19,7 +19,7 @@ import pytest
 import torch
 from helpers import GOLDEN_WEIGHTS, ROOT, python, stemsplit
 from safetensors.torch import load_file, save_file
-from weights_server import FileServer, golden_ckpt_bytes, tiny_entry, write_registry
+from weights_server import golden_ckpt_bytes, tiny_entry, write_registry
 
 from stemsplit import weights
 from stemsplit.card import MUSIC_STEMS
@@ -42,26 +42,6 @@ SAFETENSORS = GOLDEN_WEIGHTS.read_bytes()
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def server():
-    server = FileServer()
-    server.files["tiny.ckpt"] = CKPT
-    server.files["tiny.safetensors"] = SAFETENSORS
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A private cache and registry path; offline switches cleared."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("STEMSPLIT_CACHE", str(cache))
-    monkeypatch.setenv("STEMSPLIT_REGISTRY", str(tmp_path / "weights.toml"))
-    monkeypatch.delenv("STEMSPLIT_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return tmp_path
 
 
 def registry(env: Path, **models: dict) -> Path:
