@@ -1,7 +1,8 @@
 import json
 
+import numpy as np
 import pytest
-from helpers import FIXTURES, GOLDEN_WEIGHTS, tiny_model
+from helpers import FIXTURES, GOLDEN_WEIGHTS, RATE, tiny_model, tiny_toml, write_track
 from safetensors.torch import load_file, save_file
 from weights_server import FileServer, golden_ckpt_bytes
 
@@ -52,3 +53,30 @@ def env(tmp_path, monkeypatch):
     monkeypatch.delenv("STEMSPLIT_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_musdb(tmp_path_factory):
+    """A tiny MUSDB18-HQ-layout dataset for training runs (helpers.train_args): 3 training tracks and
+    1 validation track, 4 s each, and ``tiny.toml``, the tiny TS-BSMamba2's --model-config."""
+    root = tmp_path_factory.mktemp("musdb")
+    rng = np.random.default_rng(0)
+    names = [
+        "Song A",
+        "Song B",
+        "Song C",
+        "Actions - One Minute Smile",
+    ]  # the last is a MUSDB validation track
+    for k, name in enumerate(names):
+        t = np.arange(4 * RATE) / RATE
+        stems = {
+            "drums": (rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 2 * t) > 0.7))[:, None] * 0.2,
+            "bass": np.sin(2 * np.pi * (55 + 10 * k) * t)[:, None] * 0.3,
+            "other": np.sin(2 * np.pi * (330 + 20 * k) * t)[:, None] * 0.2,
+            "vocals": np.sin(2 * np.pi * (660 + 30 * k) * t + np.sin(2 * np.pi * 5 * t))[:, None] * 0.2,
+        }
+        write_track(
+            root / "train" / name, {stem: np.repeat(mono, 2, axis=1) for stem, mono in stems.items()}, RATE
+        )
+    (root / "tiny.toml").write_text(tiny_toml())
+    return root

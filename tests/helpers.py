@@ -4,6 +4,7 @@ Fixtures made from these (a tiny checkpoint, the golden model, the loopback serv
 """
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -137,6 +138,27 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+def train_args(musdb: Path, out: Path, *extra) -> list:
+    """``stemsplit train`` arguments for a quick CPU run of the tiny TS-BSMamba2 on ``musdb`` (the
+    tiny_musdb fixture) into ``out``; ``extra`` adds flags."""
+    return [
+        "train", "--musdb", musdb, "-o", out, "--model-config", musdb / "tiny.toml",
+        "--seconds", "1", "--batch-size", "2", "--epoch-size", "8", "--workers", "0",
+        "--valid-hop", "1.5", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def run_train(args: list) -> subprocess.CompletedProcess:
+    """Run ``stemsplit *args`` (from ``train_args``) with its cache beside the run folder."""
+    out = Path(args[args.index("-o") + 1])
+    return stemsplit(*args, env={**os.environ, "STEMSPLIT_CACHE": str(out.parent / "cache")}, timeout=900)
+
+
+def read_log(out: Path) -> list[dict]:
+    """A training run's ``log.jsonl``, one dict a line."""
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 # --- checking -----------------------------------------------------------------------------------
