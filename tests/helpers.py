@@ -51,6 +51,22 @@ def tiny_toml(arch: str = "ts-bsmamba2") -> str:
     return "".join(f"{key} = {value}\n" for key, value in TINY[arch].items())
 
 
+def fit(model: torch.nn.Module, loss, steps: int = 30, lr: float = 1e-3, clip_norm: float | None = None):
+    """Train ``model`` with Adam for ``steps`` steps on one batch; ``loss()`` computes the batch's loss
+    (by calling the model). Returns the loss of every step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        value = loss()
+        optimizer.zero_grad()
+        value.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        optimizer.step()
+        losses.append(value.item())
+    return losses
+
+
 # --- audio --------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import RATE, python, read_log, run, run_train, stemsplit, tiny_model, tiny_toml, train_args
+from helpers import RATE, fit, python, read_log, run, run_train, stemsplit, tiny_model, tiny_toml, train_args
 from safetensors import safe_open
 
 from stemsplit.train import loop
@@ -44,15 +44,7 @@ def test_thirty_steps_reduce_the_loss_on_a_fixed_batch():
     targets = sources[None, :, None].expand(2, 4, 2, -1).clone()
     targets[1] *= 0.5
     mixture = targets.sum(1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(30):
-        loss = separation_loss(model(mixture), targets)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit(model, lambda: separation_loss(model(mixture), targets), lr=1e-3, clip_norm=5.0)
     assert losses[-1] < 0.7 * losses[0]
 
 
