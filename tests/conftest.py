@@ -1,9 +1,10 @@
 import json
 
+import numpy as np
 import pytest
-import torch
-from helpers import FIXTURES
+from helpers import FIXTURES, GOLDEN_WEIGHTS, RATE, tiny_model, tiny_toml, write_track
 from safetensors.torch import load_file, save_file
+from weights_server import FileServer, golden_ckpt_bytes
 
 
 @pytest.fixture(scope="session")
@@ -11,7 +12,7 @@ def golden():
     """The small reference model (feature_dim 32, 2 + 2 layers): config, weights, input and outputs."""
     return {
         "config": json.loads((FIXTURES / "golden_small_config.json").read_text()),
-        "weights": load_file(FIXTURES / "golden_small_weights.safetensors"),
+        "weights": load_file(GOLDEN_WEIGHTS),
         "io": load_file(FIXTURES / "golden_small_io.safetensors"),
     }
 
@@ -25,11 +26,57 @@ def golden_model(golden):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """A small random TS-BSMamba2 (N = 16, 1 + 1 layers) saved as safetensors: fast plumbing tests."""
-    from stemsplit.model import TSBSMamba2
-
-    torch.manual_seed(0)
-    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1)
+    """The tiny TS-BSMamba2 (N = 16, 1 + 1 layers) saved as a bare state dict (no metadata): fast
+    plumbing tests."""
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    save_file(model.state_dict(), path)
+    save_file(tiny_model().state_dict(), path)
     return str(path)
+
+
+@pytest.fixture
+def server():
+    """A real HTTP server on 127.0.0.1 (weights_server.FileServer) serving the golden model as
+    ``tiny.ckpt`` (a pickled state dict) and ``tiny.safetensors``; tests add files and faults."""
+    server = FileServer()
+    server.files["tiny.ckpt"] = golden_ckpt_bytes()
+    server.files["tiny.safetensors"] = GOLDEN_WEIGHTS.read_bytes()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A private model cache (tmp_path/cache) and registry path (tmp_path/weights.toml), offline
+    switches cleared: nothing touches the network or the home directory. Returns tmp_path."""
+    monkeypatch.setenv("STEMSPLIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STEMSPLIT_REGISTRY", str(tmp_path / "weights.toml"))
+    monkeypatch.delenv("STEMSPLIT_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_musdb(tmp_path_factory):
+    """A tiny MUSDB18-HQ-layout dataset for training runs (helpers.train_args): 3 training tracks and
+    1 validation track, 4 s each, and ``tiny.toml``, the tiny TS-BSMamba2's --model-config."""
+    root = tmp_path_factory.mktemp("musdb")
+    rng = np.random.default_rng(0)
+    names = [
+        "Song A",
+        "Song B",
+        "Song C",
+        "Actions - One Minute Smile",
+    ]  # the last is a MUSDB validation track
+    for k, name in enumerate(names):
+        t = np.arange(4 * RATE) / RATE
+        stems = {
+            "drums": (rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 2 * t) > 0.7))[:, None] * 0.2,
+            "bass": np.sin(2 * np.pi * (55 + 10 * k) * t)[:, None] * 0.3,
+            "other": np.sin(2 * np.pi * (330 + 20 * k) * t)[:, None] * 0.2,
+            "vocals": np.sin(2 * np.pi * (660 + 30 * k) * t + np.sin(2 * np.pi * 5 * t))[:, None] * 0.2,
+        }
+        write_track(
+            root / "train" / name, {stem: np.repeat(mono, 2, axis=1) for stem, mono in stems.items()}, RATE
+        )
+    (root / "tiny.toml").write_text(tiny_toml())
+    return root

@@ -1,18 +1,73 @@
-"""Small helpers shared by the tests: fixtures' folder, a real CLI runner, real audio files."""
+"""Small helpers shared by the tests: paths, tiny networks, real audio files, real commands.
 
+Fixtures made from these (a tiny checkpoint, the golden model, the loopback server) are in conftest.py.
+"""
+
+import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from stemsplit.card import MUSIC_STEMS
+
+ROOT = Path(__file__).parents[1]  # the repository
+FIXTURES = ROOT / "tests" / "fixtures"
+GOLDEN_WEIGHTS = FIXTURES / "golden_small_weights.safetensors"  # the small reference model (N = 32, 2 + 2)
 RATE = 44100
 FOUR_STEMS = ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]  # sorted file names of a song's stems
 # Small windows on the CPU: plumbing tests run in seconds with the tiny checkpoint.
 FAST = ["--window", "1", "--hop", "0.5", "--device", "cpu"]
+
+# --- tiny networks ------------------------------------------------------------------------------
+
+# Each family's tiny config: random weights, a few seconds of training, for plumbing tests.
+TINY = {
+    "ts-bsmamba2": {"feature_dim": 16, "num_repeat_mask": 1, "num_repeat_map": 1},
+    "bsrnn": {"feature_dim": 8, "num_layers": 1},
+}
+
+
+def tiny_model(arch: str = "ts-bsmamba2", stems=MUSIC_STEMS, **overrides) -> torch.nn.Module:
+    """Family ``arch``'s tiny network for ``stems`` (``overrides`` change TINY's config), seed 0.
+
+    As ``build_model`` makes it: in train mode.
+    """
+    from stemsplit.model import build_model, make_config
+
+    torch.manual_seed(0)
+    config = make_config(arch, overrides=TINY[arch] | overrides, stems=stems)
+    return build_model(arch, config, stems)
+
+
+def tiny_toml(arch: str = "ts-bsmamba2") -> str:
+    """TINY[arch] as the text of a ``--model-config`` file."""
+    return "".join(f"{key} = {value}\n" for key, value in TINY[arch].items())
+
+
+def fit(model: torch.nn.Module, loss, steps: int = 30, lr: float = 1e-3, clip_norm: float | None = None):
+    """Train ``model`` with Adam for ``steps`` steps on one batch; ``loss()`` computes the batch's loss
+    (by calling the model). Returns the loss of every step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        value = loss()
+        optimizer.zero_grad()
+        value.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        optimizer.step()
+        losses.append(value.item())
+    return losses
+
+
+# --- audio --------------------------------------------------------------------------------------
 
 
 def song(path, seconds=1.3, rate=RATE, channels=2, subtype="FLOAT", scale=0.3, fmt=None):
@@ -24,13 +79,105 @@ def song(path, seconds=1.3, rate=RATE, channels=2, subtype="FLOAT", scale=0.3, f
     return audio
 
 
-def stemsplit(*args, check=None, timeout=300, **kwargs):
-    """Run the installed ``stemsplit`` command; ``check`` asserts its exit status."""
-    exe = shutil.which("stemsplit")
-    result = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
+def music(seconds: float, rate: int = RATE, channels: int = 2) -> np.ndarray:
+    """[frames, channels] float32: a different chord per channel plus low-passed noise (aperiodic, so a
+    wrong alignment or channel order shows)."""
+    t = np.arange(round(seconds * rate)) / rate
+    rng = np.random.default_rng(channels)
+    kernel = np.hanning(2 * (rate // 4000) + 1)  # noise below ~4 kHz: what any codec keeps
+    columns = []
+    for c in range(channels):
+        base = 110.0 * (c + 2)
+        tone = sum(np.sin(2 * np.pi * base * k * t + c) / k for k in (1, 2, 3))
+        noise = np.convolve(rng.standard_normal(len(t)), kernel / kernel.sum(), mode="same")
+        columns.append(0.15 * tone + 0.3 * noise / noise.std())
+    audio = np.stack(columns, axis=1)
+    return (0.7 * audio / np.abs(audio).max()).astype(np.float32)  # room for codecs' overshoot
+
+
+def write_track(folder: Path, stems: dict[str, np.ndarray], rate: int, mixture: bool = True) -> None:
+    """A MUSDB18-HQ-style track folder: ``{stem}.wav`` for each [frames, channels] array (float wav)
+    and, if ``mixture``, their sum as ``mixture.wav``."""
+    folder.mkdir(parents=True)
+    for name, audio in stems.items():
+        sf.write(folder / f"{name}.wav", np.asarray(audio, np.float32), rate, subtype="FLOAT")
+    if mixture:
+        sf.write(folder / "mixture.wav", sum(stems.values()).astype(np.float32), rate, subtype="FLOAT")
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def run(*command, check=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``command`` (paths and numbers are passed as text) capturing its output as text;
+    ``check`` asserts its exit status."""
+    result = subprocess.run(
+        list(map(str, command)), capture_output=True, text=True, timeout=timeout, **kwargs
+    )
     if check is not None:
         assert result.returncode == check, result.stdout + result.stderr
     return result
+
+
+def stemsplit(*args, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed ``stemsplit`` command (see ``run``)."""
+    return run(shutil.which("stemsplit"), *args, **kwargs)
+
+
+def python(*args, **kwargs) -> subprocess.CompletedProcess:
+    """Run this Python on ``args``: a script, ``-c CODE`` or ``-m MODULE`` (see ``run``)."""
+    return run(sys.executable, *args, **kwargs)
+
+
+def run_until_windows(args, **kwargs) -> subprocess.Popen:
+    """Start ``stemsplit *args --json``; return the process once its first window batch is done.
+
+    SIGINT and SIGHUP get their default action back: a test run started in the background (nohup,
+    ``&``) ignores them, and so would the child.
+    """
+    proc = subprocess.Popen(
+        [shutil.which("stemsplit"), *map(str, args), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)],
+        **kwargs,
+    )
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "windows":
+            return proc
+    raise AssertionError(proc.communicate()[1])
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended and been reaped: no process has it (until the kernel reuses it)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def train_args(musdb: Path, out: Path, *extra) -> list:
+    """``stemsplit train`` arguments for a quick CPU run of the tiny TS-BSMamba2 on ``musdb`` (the
+    tiny_musdb fixture) into ``out``; ``extra`` adds flags."""
+    return [
+        "train", "--musdb", musdb, "-o", out, "--model-config", musdb / "tiny.toml",
+        "--seconds", "1", "--batch-size", "2", "--epoch-size", "8", "--workers", "0",
+        "--valid-hop", "1.5", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def run_train(args: list) -> subprocess.CompletedProcess:
+    """Run ``stemsplit *args`` (from ``train_args``) with its cache beside the run folder."""
+    out = Path(args[args.index("-o") + 1])
+    return stemsplit(*args, env={**os.environ, "STEMSPLIT_CACHE": str(out.parent / "cache")}, timeout=900)
+
+
+def read_log(out: Path) -> list[dict]:
+    """A training run's ``log.jsonl``, one dict a line."""
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+# --- checking -----------------------------------------------------------------------------------
 
 
 def files_under(folder, state=True):

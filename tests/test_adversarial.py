@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import FAST, FOUR_STEMS, RATE, files_under, song, stemsplit
+from helpers import FAST, FOUR_STEMS, RATE, dead_pid, files_under, python, run_until_windows, song, stemsplit
 
 # --- 1. usage errors ------------------------------------------------------------------------------
 
@@ -347,10 +346,8 @@ def _die_mid_commit(out, die_at, name="replace"):
     (out / "s").mkdir(parents=True)
     for stem in "abcd":
         (out / "s" / f"{stem}.wav").write_bytes(b"the user's " + stem.encode())
-    child = subprocess.run(
-        [sys.executable, "-c", _DIE_MID_COMMIT, str(out), str(die_at), name], capture_output=True
-    )
-    assert child.returncode == 9, child.stderr.decode()
+    child = python("-c", _DIE_MID_COMMIT, out, die_at, name)
+    assert child.returncode == 9, child.stderr
 
 
 def test_a_commit_cut_short_by_a_power_cut_is_rolled_back_by_the_next_run(tmp_path, tiny_checkpoint):
@@ -382,29 +379,12 @@ def test_a_commit_cut_short_after_its_last_rename_is_rolled_forward(tmp_path):
     assert all(sf.info(str(out / "s" / f"{x}.wav")).frames == 10 for x in "abcd")
 
 
-def _run_until_windows(args, **kwargs):
-    """Start stemsplit with --json; return the process once the first window batch is done."""
-    exe = shutil.which("stemsplit")
-    proc = subprocess.Popen(
-        [exe, *map(str, args), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)],
-        **kwargs,
-    )
-    for line in proc.stdout:
-        if json.loads(line)["event"] == "windows":
-            return proc
-    raise AssertionError(proc.communicate()[1])
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_leave_nothing(signum, code, tmp_path, tiny_checkpoint):
     """Before: SIGTERM left four full-length hidden .partial files."""
     song(tmp_path / "long.wav", seconds=20.0)
     out = tmp_path / "out"
-    proc = _run_until_windows([tmp_path / "long.wav", "-o", out, "--model", tiny_checkpoint, *FAST])
+    proc = run_until_windows([tmp_path / "long.wav", "-o", out, "--model", tiny_checkpoint, *FAST])
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
@@ -455,7 +435,7 @@ def test_temporaries_of_a_killed_run_are_swept_by_the_next(tmp_path, tiny_checkp
     song(tmp_path / "long.wav", seconds=20.0)
     out = tmp_path / "out"
     args = [tmp_path / "long.wav", "-o", out, "--model", tiny_checkpoint, *FAST]
-    proc = _run_until_windows(args)
+    proc = run_until_windows(args)
     proc.kill()  # SIGKILL: no cleanup can run
     proc.communicate(timeout=60)
     left = files_under(out)
@@ -654,9 +634,7 @@ def test_a_dead_processs_claim_is_taken_over(tmp_path, tiny_checkpoint):
     )
     claim = Claim(out, planned)
     claim.path.parent.mkdir(parents=True)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    claim.path.write_text(json.dumps({"host": host_tag(), "pid": dead.pid, "token": "x"}))
+    claim.path.write_text(json.dumps({"host": host_tag(), "pid": dead_pid(), "token": "x"}))
     stemsplit("batch", music, "-o", out, "--model", tiny_checkpoint, *FAST, check=0)
     assert files_under(out, state=False) == [f"a/{s}" for s in FOUR_STEMS]
 

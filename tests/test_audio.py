@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -23,6 +22,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import RATE, music, python, run
 
 from stemsplit.audio import (
     AUDIO_EXTENSIONS,
@@ -33,24 +33,7 @@ from stemsplit.audio import (
     read_blocks,
 )
 
-RATE = 44100
 C = 1 / math.sqrt(2)
-
-
-def music(seconds: float, rate: int = RATE, channels: int = 2) -> np.ndarray:
-    """[frames, channels] float32: a different chord per channel plus low-passed noise (aperiodic, so a
-    wrong alignment or channel order shows)."""
-    t = np.arange(round(seconds * rate)) / rate
-    rng = np.random.default_rng(channels)
-    kernel = np.hanning(2 * (rate // 4000) + 1)  # noise below ~4 kHz: what any codec keeps
-    columns = []
-    for c in range(channels):
-        base = 110.0 * (c + 2)
-        tone = sum(np.sin(2 * np.pi * base * k * t + c) / k for k in (1, 2, 3))
-        noise = np.convolve(rng.standard_normal(len(t)), kernel / kernel.sum(), mode="same")
-        columns.append(0.15 * tone + 0.3 * noise / noise.std())
-    audio = np.stack(columns, axis=1)
-    return (0.7 * audio / np.abs(audio).max()).astype(np.float32)  # room for codecs' overshoot
 
 
 def encode(
@@ -399,7 +382,7 @@ def test_permission_denied(tmp_path):
         if not shutil.which("setpriv"):
             pytest.skip("running as root without setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
         command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
-    child = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    child = run(*command, timeout=60)
     assert child.stdout.strip() == f"{path}: permission denied", child.stdout + child.stderr
 
 
@@ -514,9 +497,7 @@ def test_native_stderr_is_silenced(mode, tmp_path):
     data = bytearray(path.read_bytes())
     data[len(data) // 3 : len(data) // 3 + 3000] = bytes(3000)
     path.write_bytes(bytes(data))
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, str(path)], capture_output=True, text=True, timeout=60
-    )
+    child = python("-c", CHILD, mode, path, timeout=60)
     assert child.returncode == 0, child.stderr
     python_lines = [line for line in child.stderr.splitlines() if "python" in line]
     assert python_lines[0] == "python before" and python_lines[-1] == "python after"

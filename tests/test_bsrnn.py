@@ -222,8 +222,7 @@ def test_gradients_reach_every_parameter():
 
 
 def test_a_tiny_model_learns_to_extract_sines_from_noise():
-    torch.manual_seed(0)
-    model = BSRNN(BSRNNConfig(feature_dim=16, num_layers=1)).train()
+    model = tiny().train()
     t = torch.arange(44100) / 44100
     sines = 0.3 * torch.sin(2 * math.pi * 330 * t) + 0.2 * torch.sin(2 * math.pi * 2500 * t)
     mixture = (sines + noise(44100, seed=5, scale=0.2))[None, None]

@@ -1,16 +1,10 @@
 """The installed ``stemsplit`` command: entry point, version, doctor."""
 
 import shutil
-import subprocess
-import sys
 
-import stemsplit
+from helpers import stemsplit
 
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    exe = shutil.which("stemsplit")
-    command = [exe, *args] if exe else [sys.executable, "-m", "stemsplit", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+from stemsplit import __version__
 
 
 def test_console_script_is_installed():
@@ -18,13 +12,13 @@ def test_console_script_is_installed():
 
 
 def test_version():
-    result = run("--version")
+    result = stemsplit("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"stemsplit {stemsplit.__version__}"
+    assert result.stdout.strip() == f"stemsplit {__version__}"
 
 
 def test_doctor_names_backend_codecs_and_cache():
-    result = run("doctor")
+    result = stemsplit("doctor")
     assert result.returncode == 0, result.stderr
     assert "torch" in result.stdout
     assert "portable (on cpu)" in result.stdout or "(on cuda)" in result.stdout
@@ -33,11 +27,11 @@ def test_doctor_names_backend_codecs_and_cache():
 
 
 def test_unknown_option_is_a_usage_error():
-    result = run("song.wav", "--no-such-flag")
+    result = stemsplit("song.wav", "--no-such-flag")
     assert result.returncode == 2
     assert "No such option" in result.stderr
 
 
 def test_no_arguments_shows_help():
-    result = run()
+    result = stemsplit()
     assert "Usage" in result.stdout + result.stderr

@@ -6,7 +6,7 @@ Downloads go to a real HTTP server on 127.0.0.1; cache and registry live in tmp_
 import pytest
 import typer
 from typer.testing import CliRunner
-from weights_server import GOLDEN_WEIGHTS, FileServer, golden_ckpt_bytes, tiny_entry, write_registry
+from weights_server import tiny_entry, write_registry
 
 from stemsplit.cli_models import models_app
 
@@ -14,29 +14,17 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def server():
-    server = FileServer()
-    server.files["tiny.ckpt"] = golden_ckpt_bytes()
-    server.files["small.safetensors"] = GOLDEN_WEIGHTS.read_bytes()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch, server):
-    monkeypatch.setenv("STEMSPLIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("STEMSPLIT_REGISTRY", str(tmp_path / "weights.toml"))
-    monkeypatch.delenv("STEMSPLIT_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def env(env, server):
+    """conftest's private cache and registry, the registry naming two models on the test server."""
     metrics = {"source": "a test", "sdr_avg": 1.25}
     write_registry(
-        tmp_path / "weights.toml",
+        env / "weights.toml",
         {
             "tiny": tiny_entry(url=server.url("tiny.ckpt"), metrics=metrics, license="CC-BY-4.0"),
-            "small": tiny_entry(url=server.url("small.safetensors"), light=True),
+            "small": tiny_entry(url=server.url("tiny.safetensors"), light=True),
         },
     )
-    return tmp_path
+    return env
 
 
 def test_table_lists_models_with_marks(env):

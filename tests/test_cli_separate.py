@@ -3,15 +3,22 @@
 import json
 import os
 import resource
-import shutil
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import FAST, FIXTURES, FOUR_STEMS, RATE, files_under, song, stemsplit
+from helpers import (
+    FAST,
+    FOUR_STEMS,
+    GOLDEN_WEIGHTS,
+    RATE,
+    files_under,
+    python,
+    run_until_windows,
+    song,
+    stemsplit,
+)
 
 STEMS = FOUR_STEMS
 
@@ -21,10 +28,8 @@ STEMS = FOUR_STEMS
 
 def test_separate_a_song_with_the_golden_checkpoint(tmp_path):
     mix = song(tmp_path / "song.wav", seconds=1.6)
-    model = FIXTURES / "golden_small_weights.safetensors"
-    stemsplit(
-        tmp_path / "song.wav", "-o", tmp_path / "stems", "--model", model, "--stage", "1", *FAST, check=0
-    )
+    golden = ["--model", GOLDEN_WEIGHTS, "--stage", "1", *FAST]
+    stemsplit(tmp_path / "song.wav", "-o", tmp_path / "stems", *golden, check=0)
     assert files_under(tmp_path / "stems") == [f"song/{s}" for s in STEMS]
     stems = [sf.read(tmp_path / "stems" / "song" / s, always_2d=True) for s in STEMS]
     for audio, rate in stems:
@@ -326,20 +331,10 @@ def test_existing_stems_are_kept(tmp_path, tiny_checkpoint):
 
 def test_ctrl_c_mid_song_leaves_nothing(tmp_path, tiny_checkpoint):
     song(tmp_path / "long.wav", seconds=30.0)
-    exe = shutil.which("stemsplit")
-    args = [exe, tmp_path / "long.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, "--json"]
-    proc = subprocess.Popen(
-        list(map(str, args)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # A test run started in the background (nohup, `&`) ignores SIGINT, and so would the child.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    proc = run_until_windows(
+        [tmp_path / "long.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST]
     )
-    for line in proc.stdout:
-        if json.loads(line)["event"] == "windows":
-            proc.send_signal(signal.SIGINT)
-            break
+    proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
@@ -347,7 +342,7 @@ def test_ctrl_c_mid_song_leaves_nothing(tmp_path, tiny_checkpoint):
 
 
 def test_module_entry_point(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "stemsplit", "--version"], capture_output=True, text=True)
+    result = python("-m", "stemsplit", "--version")
     assert result.returncode == 0 and result.stdout.startswith("stemsplit ")
 
 

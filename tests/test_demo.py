@@ -2,23 +2,19 @@
 
 import hashlib
 import importlib.util
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import ROOT, python, run
 
 from stemsplit import weights
 from stemsplit.separate import Separator
 from stemsplit.train.eval import usdr
 from stemsplit.train.synth import generate_song
 
-ROOT = Path(__file__).parent.parent
 STEMS = ("drums", "bass", "other", "vocals")
 # Separation must beat "every stem = the mixture" by this much per stem (uSDR, dB). On the 10 held-out
 # songs of benchmarks/eval_demo.py the smallest gain of any stem on any song was 5.3 dB (mean 11 dB;
@@ -79,9 +75,7 @@ def test_readme_quick_start_separates_the_example_offline(tmp_path, offline):
     np.testing.assert_allclose(shipped.T, song.mixture, atol=2 / 32768)  # the file is that song
 
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    result = subprocess.run(
-        command.split(), cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ)
-    )
+    result = run(*command.split(), cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
     for stem in STEMS:
         estimate, _ = sf.read(tmp_path / "stems" / "demo-song" / f"{stem}.wav", always_2d=True)
@@ -91,16 +85,8 @@ def test_readme_quick_start_separates_the_example_offline(tmp_path, offline):
 
 
 def test_separate_api_example_runs(tmp_path, offline):
-    result = subprocess.run(
-        [
-            sys.executable,
-            ROOT / "examples" / "separate_api.py",
-            ROOT / "examples" / "demo-song.flac",
-            tmp_path,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = python(
+        ROOT / "examples" / "separate_api.py", ROOT / "examples" / "demo-song.flac", tmp_path, timeout=600
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "demo-song").iterdir()) == sorted(f"{s}.flac" for s in STEMS)

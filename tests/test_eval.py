@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import typer
-from helpers import FIXTURES
+from helpers import GOLDEN_WEIGHTS, tiny_model, write_track
 from typer.testing import CliRunner
 
 from stemsplit.cli_eval import eval_command
@@ -54,13 +54,10 @@ def _write_track(folder: Path, seed: int, seconds: float = 2.0) -> None:
         "other": np.sin(2 * np.pi * 440 * t) + 0.2 * rng.standard_normal(t.size),
         "vocals": np.sin(2 * np.pi * (300 + 200 * t) * t) * (t >= 1.0),
     }
-    folder.mkdir(parents=True)
-    mixture = 0
+    stereo = {}
     for name, mono in stems.items():
-        audio = 0.2 * np.stack([mono, rng.uniform(0.5, 1.0) * mono], axis=1).astype(np.float32)
-        sf.write(folder / f"{name}.wav", audio, RATE, subtype="FLOAT")
-        mixture = mixture + audio
-    sf.write(folder / "mixture.wav", mixture, RATE, subtype="FLOAT")
+        stereo[name] = 0.2 * np.stack([mono, rng.uniform(0.5, 1.0) * mono], axis=1).astype(np.float32)
+    write_track(folder, stereo, RATE)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +70,7 @@ def musdb(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def separator() -> Separator:
-    return Separator(str(FIXTURES / "golden_small_weights.safetensors"), device="cpu", window=1.0, hop=0.5)
+    return Separator(str(GOLDEN_WEIGHTS), device="cpu", window=1.0, hop=0.5)
 
 
 def _tracks(root: Path) -> list[WavTrack]:
@@ -201,8 +198,7 @@ def _cli() -> typer.Typer:
 
 def test_eval_command_prints_a_table_and_writes_json(musdb, tmp_path, monkeypatch, find_tracks_available):
     monkeypatch.chdir(tmp_path)
-    weights = FIXTURES / "golden_small_weights.safetensors"
-    args = ["eval", "--musdb", str(musdb), "-m", str(weights), "--window", "1", "--device", "cpu"]
+    args = ["eval", "--musdb", str(musdb), "-m", str(GOLDEN_WEIGHTS), "--window", "1", "--device", "cpu"]
     result = CliRunner().invoke(_cli(), [*args, "--tracks", "1"])
     assert result.exit_code == 0, result.output
     for text in ("cSDR (dB)", "uSDR (dB)", *STEMS, "avg"):
@@ -214,30 +210,24 @@ def test_eval_command_prints_a_table_and_writes_json(musdb, tmp_path, monkeypatc
 
 
 def test_eval_command_errors_are_one_line(musdb, tmp_path, monkeypatch, find_tracks_available):
-    weights = FIXTURES / "golden_small_weights.safetensors"
-    for root, model in ((musdb, tmp_path / "none.safetensors"), (tmp_path / "nothing", weights)):
+    for root, model in ((musdb, tmp_path / "none.safetensors"), (tmp_path / "nothing", GOLDEN_WEIGHTS)):
         result = CliRunner().invoke(_cli(), ["eval", "--musdb", str(root), "-m", str(model)])
         assert result.exit_code == 1
         assert result.stderr.startswith("stemsplit: error: ") and result.stderr.count("\n") == 1
 
     monkeypatch.setitem(sys.modules, "museval", None)  # not installed: said before any separating
-    result = CliRunner().invoke(_cli(), ["eval", "--musdb", str(musdb), "-m", str(weights)])
+    result = CliRunner().invoke(_cli(), ["eval", "--musdb", str(musdb), "-m", str(GOLDEN_WEIGHTS)])
     assert result.exit_code == 1 and "museval" in result.stderr and "--no-csdr" in result.stderr
 
 
 def test_eval_scores_a_bsrnn_bag_and_a_one_target_model(musdb, tmp_path, monkeypatch, find_tracks_available):
     """`stemsplit eval` takes any family: a 4-target BSRNN bag, and a vocals-only BSRNN (scored on vocals)."""
-    import torch
-
-    from stemsplit.model import build_model, make_config
     from stemsplit.weights import save_checkpoint
 
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
     for stems in (STEMS, ("vocals",)):
-        config = make_config("bsrnn", overrides={"feature_dim": 8, "num_layers": 1}, stems=stems)
         path = tmp_path / f"bsrnn-{len(stems)}.safetensors"
-        save_checkpoint(build_model("bsrnn", config, stems), path)
+        save_checkpoint(tiny_model("bsrnn", stems), path)
         args = ["eval", "--musdb", str(musdb), "-m", str(path), "--window", "1", "--device", "cpu"]
         result = CliRunner().invoke(_cli(), [*args, "--tracks", "1", "--no-csdr"])
         assert result.exit_code == 0, result.output

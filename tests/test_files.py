@@ -1,12 +1,10 @@
 """Atomic writes: whole files or nothing, with ordinary permissions."""
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
-import torch
+from helpers import dead_pid, tiny_model
 
 from stemsplit.files import (
     host_tag,
@@ -15,7 +13,6 @@ from stemsplit.files import (
     temporary_sibling,
     write_atomically,
 )
-from stemsplit.model import TSBSMamba2
 from stemsplit.weights import save_checkpoint
 
 
@@ -67,16 +64,10 @@ def test_temporary_names_stay_short_for_the_longest_legal_name(tmp_path):
     os.replace(temp, longest)
 
 
-def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid  # reaped: no process has this pid now (until the kernel reuses it)
-
-
 def test_temporaries_of_dead_processes_are_swept(tmp_path):
     """SIGKILL or a power cut leaves temporaries; the next writer in that folder removes them."""
     mine = temporary_sibling(tmp_path / "x.wav", ".partial")  # this process: alive
-    pid = _dead_pid()
+    pid = dead_pid()
     dead = tmp_path / f".stemsplit-{host_tag()}-{pid}-0123abcd.partial"
     dead.write_bytes(b"half a stem")
     backup = tmp_path / f".stemsplit-{host_tag()}-{pid}-4567abcd.backup"  # a commit cut short by a power cut
@@ -101,7 +92,5 @@ def test_temporaries_of_dead_processes_are_swept(tmp_path):
 
 def test_exported_checkpoints_are_readable_by_others(tmp_path, umask_022):
     """safetensors alone would create 0600 files; an exported model is meant to be shared."""
-    torch.manual_seed(0)
-    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1)
-    save_checkpoint(model, tmp_path / "best.safetensors")
+    save_checkpoint(tiny_model(), tmp_path / "best.safetensors")
     assert (tmp_path / "best.safetensors").stat().st_mode & 0o777 == 0o644

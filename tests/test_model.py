@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FIXTURES, rel_l2
+from helpers import FIXTURES, rel_l2, tiny_model
 
 from stemsplit.model import (
     PRESETS,
@@ -22,12 +22,6 @@ def read_tsv(path: Path) -> list[tuple[str, str, str]]:
 
 def layout(model) -> list[tuple[str, str, str]]:
     return [(k, str(tuple(v.shape)), str(v.dtype)) for k, v in model.state_dict().items()]
-
-
-def small_model(**overrides):
-    torch.manual_seed(0)
-    config = dict(feature_dim=16, num_repeat_mask=1, num_repeat_map=1) | overrides
-    return TSBSMamba2(**config).eval()
 
 
 # --- golden ------------------------------------------------------------------------------
@@ -115,7 +109,7 @@ def test_state_dict_of_other_sample_rate_is_refused(golden):
 
 
 def test_num_output_is_inferred():
-    model = small_model(num_output=2)
+    model = tiny_model(stems=("vocals", "accompaniment"))
     assert config_from_state_dict(model.state_dict()).num_output == 2
 
 
@@ -124,7 +118,7 @@ def test_num_output_is_inferred():
 
 @pytest.mark.parametrize("samples", [1025, 1500, 2048, 4096, 5000, 22050, 22051])
 def test_output_length_equals_input_length(samples):
-    model = small_model()
+    model = tiny_model().eval()
     with torch.no_grad():
         stage1, stage2 = model(torch.randn(1, 2, samples))
     assert stage1.shape == stage2.shape == (1, 4, 2, samples)
@@ -132,7 +126,7 @@ def test_output_length_equals_input_length(samples):
 
 
 def test_too_short_input_is_a_clear_error():
-    model = small_model()
+    model = tiny_model().eval()
     with pytest.raises(ValueError, match=r"1024 samples is too short.*at least 1025"):
         model(torch.randn(1, 2, 1024))
     with pytest.raises(ValueError, match=r"\[batch, channels, samples\]"):
@@ -170,7 +164,7 @@ def test_float64_agrees_with_float32(golden, golden_model):
 
 
 def test_gradients_reach_every_parameter():
-    model = small_model().train()
+    model = tiny_model()
     mixture = torch.randn(2, 2, 4096) * 0.1
     stage1, stage2 = model(mixture)
     (stage1.abs().mean() + stage2.abs().mean()).backward()

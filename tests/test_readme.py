@@ -8,10 +8,10 @@ the code: a renamed subcommand, a removed flag, a script that moved.
 import re
 import shlex
 import sys
-from pathlib import Path
 
 import pytest
 import typer
+from helpers import ROOT
 
 from stemsplit.cli import SUBCOMMANDS, app
 
@@ -20,7 +20,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 
 

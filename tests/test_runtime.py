@@ -1,9 +1,9 @@
 """The CPU allocator setting removes the page faults of large activations in a forward pass."""
 
-import subprocess
 import sys
 
 import pytest
+from helpers import python
 
 PROBE = """
 import resource, sys, torch
@@ -22,7 +22,7 @@ print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def minor_faults(mode: str) -> tuple[bool, int]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+    out = python("-c", PROBE, mode, check=0)
     tuned, faults = out.stdout.split()
     return tuned == "True", int(faults)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import rel_l2
+from helpers import RATE, music, rel_l2
 
 from stemsplit.output import OutputExistsError
 from stemsplit.separate import (
@@ -14,8 +14,6 @@ from stemsplit.separate import (
     song_stats,
     window_count,
 )
-
-RATE = 44100
 
 
 def identity_stems(windows: torch.Tensor) -> torch.Tensor:
@@ -59,19 +57,8 @@ def separator_stage1(golden_model):
     return Separator(golden_model, stage=1, window=1.0, hop=0.5)
 
 
-def music(seconds: float, rate: int = RATE, channels: int = 2, seed: int = 0) -> np.ndarray:
-    """A small test 'song': two tones, a pulse and some noise, [channels, samples]."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    left = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * (np.sin(2 * np.pi * 2 * t) > 0.9) * rng.standard_normal(
-        len(t)
-    )
-    right = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(len(t))
-    return np.stack([left, right][:channels]).astype(np.float32)
-
-
 def test_stage1_stems_sum_to_the_mixture_after_overlap_add(separator_stage1):
-    mix = music(2.3)
+    mix = music(2.3).T
     stems = separator_stage1.separate(mix, RATE)
     assert list(stems) == ["drums", "bass", "other", "vocals"]
     total = sum(stems.values())
@@ -100,14 +87,14 @@ def test_share_residual_makes_stems_sum_exactly_and_keeps_silence():
 
 def test_exact_stage2_stems_sum_to_the_input(golden_model):
     separator = Separator(golden_model, stage=2, exact=True, window=1.0, hop=0.5)
-    mix = music(1.2)
+    mix = music(1.2).T
     stems = separator.separate(mix, RATE)
     assert np.abs(sum(stems.values()) - mix).max() < 1e-5
 
 
 def test_separate_file_writes_stems(tmp_path, separator_stage1):
     mix = music(1.7)
-    sf.write(tmp_path / "my song.flac", mix.T, RATE, subtype="PCM_24")
+    sf.write(tmp_path / "my song.flac", mix, RATE, subtype="PCM_24")
     result = separator_stage1.separate_file(tmp_path / "my song.flac", tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out" / "my song").iterdir()) == [
         "bass.wav",
@@ -117,7 +104,7 @@ def test_separate_file_writes_stems(tmp_path, separator_stage1):
     ]
     read = {k: sf.read(p, always_2d=True) for k, p in result.outputs.items()}
     for audio, rate in read.values():
-        assert rate == RATE and audio.shape == mix.T.shape
+        assert rate == RATE and audio.shape == mix.shape
     assert sf.info(str(result.outputs["bass"])).subtype == "FLOAT"
     decoded_mix = sf.read(tmp_path / "my song.flac", always_2d=True)[0]
     assert np.abs(sum(a for a, _ in read.values()) - decoded_mix).max() < 1e-5
@@ -126,29 +113,29 @@ def test_separate_file_writes_stems(tmp_path, separator_stage1):
 def test_two_stems_and_subsets(tmp_path, golden_model):
     separator = Separator(golden_model, stage=2, window=1.0, hop=0.5)
     mix = music(1.2)
-    sf.write(tmp_path / "a.wav", mix.T, RATE, subtype="FLOAT")
+    sf.write(tmp_path / "a.wav", mix, RATE, subtype="FLOAT")
     result = separator.separate_file(tmp_path / "a.wav", tmp_path / "out", two_stems="vocals")
     assert set(result.outputs) == {"vocals", "no_vocals"}
     vocals, no_vocals = (sf.read(result.outputs[k])[0] for k in ("vocals", "no_vocals"))
-    assert np.abs(vocals + no_vocals - mix.T).max() < 1e-5
+    assert np.abs(vocals + no_vocals - mix).max() < 1e-5
     result = separator.separate_file(tmp_path / "a.wav", tmp_path / "subset", stems=["drums", "bass"])
     assert sorted(p.name for p in (tmp_path / "subset" / "a").iterdir()) == ["bass.wav", "drums.wav"]
 
 
 def test_integer_output_is_rescaled_together(tmp_path, separator_stage1):
-    loud = music(1.2) * 4.0  # peaks well above full scale
-    sf.write(tmp_path / "loud.wav", loud.T, RATE, subtype="FLOAT")
+    loud = music(1.2) * 8.0  # peaks well above full scale, in the stems too
+    sf.write(tmp_path / "loud.wav", loud, RATE, subtype="FLOAT")
     result = separator_stage1.separate_file(tmp_path / "loud.wav", tmp_path / "out", fmt="flac", bit_depth=16)
     assert result.rescaled_by < 1.0
     stems = [sf.read(p)[0] for p in result.outputs.values()]
     assert max(np.abs(s).max() for s in stems) <= 1.0
     assert sf.info(str(result.outputs["drums"])).subtype == "PCM_16"
     # One common factor: the stems still sum to the (scaled) mixture, within 16-bit rounding.
-    assert np.abs(sum(stems) - loud.T * result.rescaled_by).max() < 4 * 2**-15
+    assert np.abs(sum(stems) - loud * result.rescaled_by).max() < 4 * 2**-15
 
 
 def test_existing_outputs_are_not_overwritten(tmp_path, separator_stage1):
-    sf.write(tmp_path / "s.wav", music(1.1).T, RATE, subtype="FLOAT")
+    sf.write(tmp_path / "s.wav", music(1.1), RATE, subtype="FLOAT")
     out = tmp_path / "out" / "s"
     out.mkdir(parents=True)
     (out / "vocals.wav").write_bytes(b"precious")
@@ -169,7 +156,7 @@ def test_failure_mid_song_leaves_nothing(tmp_path, golden_model):
             raise KeyboardInterrupt
 
     separator = Separator(golden_model, stage=1, window=1.0, hop=0.5, progress=explode)
-    sf.write(tmp_path / "s.wav", music(3.0).T, RATE, subtype="FLOAT")
+    sf.write(tmp_path / "s.wav", music(3.0), RATE, subtype="FLOAT")
     with pytest.raises(KeyboardInterrupt):
         separator.separate_file(tmp_path / "s.wav", tmp_path / "out")
     assert not (tmp_path / "out").exists()  # no files, no temporaries, not even the folders it made
@@ -190,7 +177,7 @@ def test_meanstd_checkpoints_are_standardised_and_scaled_back(golden_model):
     try:
         plain = Separator(golden_model, stage=1, window=1.0, hop=0.5)
         standardised = Separator(golden_model, stage=1, window=1.0, hop=0.5, normalization="meanstd")
-        mix = music(1.2) * 0.05 + 0.02
+        mix = music(1.2).T * 0.05 + 0.02
         plain.separate(mix, RATE)
         plain_inputs, seen[:] = torch.cat(seen, dim=-1), []
         stems = standardised.separate(mix, RATE)
@@ -204,7 +191,7 @@ def test_meanstd_checkpoints_are_standardised_and_scaled_back(golden_model):
 
 def test_exact_reports_the_residual_level(tmp_path, golden_model):
     separator = Separator(golden_model, stage=2, exact=True, window=1.0, hop=0.5)
-    sf.write(tmp_path / "a.wav", music(1.2).T, RATE, subtype="FLOAT")
+    sf.write(tmp_path / "a.wav", music(1.2), RATE, subtype="FLOAT")
     result = separator.separate_file(tmp_path / "a.wav", tmp_path / "out")
     assert result.residual_db is not None and -80 < result.residual_db < 20
     assert (
@@ -223,7 +210,7 @@ def test_file_pipeline_streams_output_before_reading_all_input(golden_model):
     def blocks():
         for i in range(40):  # 10 s of song
             read.append(i)
-            yield music(0.25, seed=i).T
+            yield music(0.25)  # [frames, channels], as read_blocks gives them
 
     stream = separator._stream(blocks(), RATE, channels=2, frames=40 * block)
     first = next(stream)
@@ -239,7 +226,7 @@ def test_precision_auto_follows_the_cpu(golden_model):
     auto = Separator(golden_model, stage=2, window=1.0, hop=0.5, precision="auto", device="cpu")
     exact = Separator(golden_model, stage=2, window=1.0, hop=0.5, precision="fp32", device="cpu")
     assert auto.precision == cpu_auto_precision()[0]
-    mix = music(1.2)
+    mix = music(1.2).T
     fast, reference = auto.separate(mix, RATE), exact.separate(mix, RATE)
     errors = [np.linalg.norm(fast[k] - reference[k]) / np.linalg.norm(reference[k]) for k in reference]
     assert max(errors) < (5e-3 if auto.precision == "bf16" else 1e-6)

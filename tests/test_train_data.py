@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import write_track
 
 from stemsplit.train import data
 from stemsplit.train.data import (
@@ -26,20 +27,16 @@ SR = 22050
 VALID = "Actions - One Minute Smile"
 
 
-def write_track(folder, seconds=14.0, amplitude=0.07, seed=0, stems=MUSIC_STEMS, mixture=True, edit=None):
+def noise_track(folder, seconds=14.0, amplitude=0.07, seed=0, stems=MUSIC_STEMS, mixture=True, edit=None):
     """A stereo track of uniform noise per stem (peak ``amplitude``); ``edit(stem, audio)`` alters one."""
-    folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     frames = round(seconds * SR)
-    total = np.zeros((frames, 2), dtype=np.float32)
+    audio = {}
     for stem in stems:
-        audio = rng.uniform(-amplitude, amplitude, (frames, 2)).astype(np.float32)
+        audio[stem] = rng.uniform(-amplitude, amplitude, (frames, 2)).astype(np.float32)
         if edit is not None:
-            audio = edit(stem, audio)
-        sf.write(folder / f"{stem}.wav", audio, SR, subtype="FLOAT")
-        total += audio
-    if mixture:
-        sf.write(folder / "mixture.wav", total, SR, subtype="FLOAT")
+            audio[stem] = edit(stem, audio[stem])
+    write_track(folder, audio, SR, mixture)
 
 
 def silent_start(stem, audio):
@@ -50,10 +47,10 @@ def silent_start(stem, audio):
 
 
 def make_dataset(root, amplitude=0.07):
-    write_track(root / "train" / VALID, amplitude=amplitude, seed=1)
-    write_track(root / "train" / "B - Second", amplitude=amplitude, seed=2, edit=silent_start)
-    write_track(root / "train" / "C - Third", amplitude=amplitude, seed=3, mixture=False)
-    write_track(root / "test" / "D - Test", seconds=4.0, seed=4)
+    noise_track(root / "train" / VALID, amplitude=amplitude, seed=1)
+    noise_track(root / "train" / "B - Second", amplitude=amplitude, seed=2, edit=silent_start)
+    noise_track(root / "train" / "C - Third", amplitude=amplitude, seed=3, mixture=False)
+    noise_track(root / "test" / "D - Test", seconds=4.0, seed=4)
     return root
 
 
@@ -101,7 +98,7 @@ def test_find_tracks_reads_the_musdb_hq_layout(musdb):
 
 
 def test_find_tracks_with_other_stem_names(tmp_path):
-    write_track(tmp_path / "mine" / "train" / "song", seconds=1.0, stems=("guitar", "keys"), mixture=False)
+    noise_track(tmp_path / "mine" / "train" / "song", seconds=1.0, stems=("guitar", "keys"), mixture=False)
     (track,) = find_tracks(tmp_path / "mine", "train", stems=["guitar", "keys"])
     assert track.stems == ("guitar", "keys")
     assert "drums.wav: missing" in error_of(find_tracks, tmp_path / "mine", "train")
@@ -137,7 +134,7 @@ def test_find_tracks_errors_name_the_path(tmp_path, musdb):
 )
 def test_find_tracks_rejects_mismatched_stems(tmp_path, shape, rate, problem):
     folder = tmp_path / "train" / "song"
-    write_track(folder, seconds=1.0, mixture=False)
+    noise_track(folder, seconds=1.0, mixture=False)
     sf.write(folder / "other.wav", np.zeros(shape), rate)
     assert error_of(find_tracks, tmp_path, "train").startswith(f"{folder}: stems have {problem}")
 
@@ -362,7 +359,7 @@ def test_remix_rejects_what_it_cannot_sample(dataset, musdb):
 
 
 def test_tracks_with_another_rate_or_channel_count_are_named(musdb, tmp_path):
-    write_track(musdb / "train" / "E - Mono", seconds=14.0, edit=lambda stem, audio: audio)
+    noise_track(musdb / "train" / "E - Mono", seconds=14.0, edit=lambda stem, audio: audio)
     tracks = find_tracks(musdb, "train")
     index = SalientIndex.build(tracks, MUSIC_STEMS, cache_dir=tmp_path / "cache")
     mono = musdb / "train" / "E - Mono"

@@ -14,16 +14,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import RATE, fit, python, read_log, run, run_train, stemsplit, tiny_model, tiny_toml, train_args
 from safetensors import safe_open
 
-from stemsplit.model import TSBSMamba2, TSBSMamba2Config, build_model
 from stemsplit.train import loop
 from stemsplit.train.loop import LrSchedule
 from stemsplit.train.losses import separation_loss
 from stemsplit.weights import load_model, save_checkpoint
-
-TINY = "feature_dim = 16\nnum_repeat_mask = 1\nnum_repeat_map = 1\n"
-RATE = 44100
 
 
 def test_loss_equals_hand_computation():
@@ -41,22 +38,13 @@ def test_loss_equals_hand_computation():
 
 
 def test_thirty_steps_reduce_the_loss_on_a_fixed_batch():
-    torch.manual_seed(0)
-    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1)
+    model = tiny_model()
     t = torch.arange(RATE // 2) / RATE
     sources = torch.stack([torch.sin(2 * np.pi * f * t) * 0.2 for f in (60, 110, 440, 880)])  # [S, T]
     targets = sources[None, :, None].expand(2, 4, 2, -1).clone()
     targets[1] *= 0.5
     mixture = targets.sum(1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(30):
-        loss = separation_loss(model(mixture), targets)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit(model, lambda: separation_loss(model(mixture), targets), lr=1e-3, clip_norm=5.0)
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -75,11 +63,7 @@ def test_lr_decays_after_patience_epochs_without_improvement():
 
 
 def test_exported_safetensors_load_with_metadata(tmp_path):
-    model = build_model(
-        "ts-bsmamba2",
-        TSBSMamba2Config(feature_dim=16, num_repeat_mask=1, num_repeat_map=1, num_output=2),
-        ("vocals", "accompaniment"),
-    )
+    model = tiny_model(stems=("vocals", "accompaniment"))
     save_checkpoint(model, tmp_path / "m.safetensors", epoch=3)
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
         assert f.metadata()["epoch"] == "3" and f.metadata()["architecture"] == "ts-bsmamba2"
@@ -92,69 +76,19 @@ def test_exported_safetensors_load_with_metadata(tmp_path):
 # --- whole runs through the CLI --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """A tiny MUSDB18-HQ-layout dataset: 3 training tracks and 1 validation track, 4 s each."""
-    root = tmp_path_factory.mktemp("musdb")
-    rng = np.random.default_rng(0)
-    names = [
-        "Song A",
-        "Song B",
-        "Song C",
-        "Actions - One Minute Smile",
-    ]  # the last is a MUSDB validation track
-    for k, name in enumerate(names):
-        folder = root / "train" / name
-        folder.mkdir(parents=True)
-        t = np.arange(4 * RATE) / RATE
-        stems = {
-            "drums": (rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 2 * t) > 0.7))[:, None] * 0.2,
-            "bass": np.sin(2 * np.pi * (55 + 10 * k) * t)[:, None] * 0.3,
-            "other": np.sin(2 * np.pi * (330 + 20 * k) * t)[:, None] * 0.2,
-            "vocals": np.sin(2 * np.pi * (660 + 30 * k) * t + np.sin(2 * np.pi * 5 * t))[:, None] * 0.2,
-        }
-        for stem, audio in stems.items():
-            sf.write(
-                folder / f"{stem}.wav", np.repeat(audio, 2, axis=1).astype(np.float32), RATE, subtype="FLOAT"
-            )
-        sf.write(
-            folder / "mixture.wav",
-            sum(stems.values()).repeat(2, axis=1).astype(np.float32),
-            RATE,
-            subtype="FLOAT",
-        )
-    (root / "tiny.toml").write_text(TINY)
-    return root
-
-
-def train_args(dataset, out, *extra):
-    return [
-        shutil.which("stemsplit"), "train", "--musdb", dataset, "-o", out,
-        "--model-config", dataset / "tiny.toml",
-        "--seconds", "1", "--batch-size", "2", "--epoch-size", "8", "--workers", "0",
-        "--valid-hop", "1.5", "--device", "cpu", *extra,
-    ]  # fmt: skip
-
-
-def run_cli(args):
-    env = {**os.environ, "STEMSPLIT_CACHE": str(Path(args[5]).parent / "cache")}  # beside the run folder
-    return subprocess.run(list(map(str, args)), capture_output=True, text=True, env=env, timeout=900)
-
-
-def read_log(out):
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-
-
-def test_killed_run_resumes_exactly(dataset, tmp_path):
+def test_killed_run_resumes_exactly(tiny_musdb, tmp_path):
     # Reference: 2 epochs without interruption.
     reference = tmp_path / "reference"
-    result = run_cli(train_args(dataset, reference, "--epochs", "2"))
+    result = run_train(train_args(tiny_musdb, reference, "--epochs", "2"))
     assert result.returncode == 0, result.stderr
     assert [r["epoch"] for r in read_log(reference)] == [1, 2]
 
     # The same run, SIGKILLed after its first mid-epoch checkpoint, then resumed.
     killed = tmp_path / "killed"
-    args = train_args(dataset, killed, "--epochs", "2", "--save-every-steps", "5")
+    args = [
+        shutil.which("stemsplit"),
+        *train_args(tiny_musdb, killed, "--epochs", "2", "--save-every-steps", "5"),
+    ]
     env = {**os.environ, "STEMSPLIT_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(list(map(str, args)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
@@ -168,7 +102,7 @@ def test_killed_run_resumes_exactly(dataset, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     torch.load(killed / "last.pt", weights_only=True)  # the checkpoint on disk is whole, and pickle-free
-    resumed = run_cli(train_args(dataset, killed, "--epochs", "2", "--resume"))
+    resumed = run_train(train_args(tiny_musdb, killed, "--epochs", "2", "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stderr
     assert [r["epoch"] for r in read_log(killed)] == [1, 2]
@@ -181,15 +115,15 @@ def test_killed_run_resumes_exactly(dataset, tmp_path):
     assert load_model(killed / "best.safetensors").model.config.feature_dim == 16
 
 
-def test_progress_lines_without_a_terminal(dataset, tmp_path, monkeypatch):
+def test_progress_lines_without_a_terminal(tiny_musdb, tmp_path, monkeypatch):
     """In a log file (no tty) training prints plain progress lines instead of a bar."""
     monkeypatch.setattr(loop, "PROGRESS_LINE_SECONDS", 0.0)
     monkeypatch.setenv("STEMSPLIT_CACHE", str(tmp_path / "cache"))
     lines = []
     config = loop.TrainConfig(
-        musdb=dataset,
+        musdb=tiny_musdb,
         out=tmp_path / "run",
-        model_config=dataset / "tiny.toml",
+        model_config=tiny_musdb / "tiny.toml",
         seconds=1.0,
         batch_size=2,
         epoch_size=6,
@@ -209,16 +143,16 @@ def test_progress_lines_without_a_terminal(dataset, tmp_path, monkeypatch):
     assert any(line.startswith("epoch 1/1: loss") and "valid uSDR" in line for line in lines)
 
 
-def test_existing_run_needs_resume(dataset, tmp_path):
+def test_existing_run_needs_resume(tiny_musdb, tmp_path):
     out = tmp_path / "run"
-    assert run_cli(train_args(dataset, out, "--epochs", "1")).returncode == 0
-    again = run_cli(train_args(dataset, out, "--epochs", "1"))
+    assert run_train(train_args(tiny_musdb, out, "--epochs", "1")).returncode == 0
+    again = run_train(train_args(tiny_musdb, out, "--epochs", "1"))
     assert again.returncode == 1 and "--resume" in again.stderr
 
 
-def test_two_process_ddp_on_cpu(dataset, tmp_path):
+def test_two_process_ddp_on_cpu(tiny_musdb, tmp_path):
     out = tmp_path / "ddp"
-    args = train_args(dataset, out, "--epochs", "1")
+    args = train_args(tiny_musdb, out, "--epochs", "1")
     torchrun = [
         sys.executable,
         "-m",
@@ -228,11 +162,11 @@ def test_two_process_ddp_on_cpu(dataset, tmp_path):
         "--master-port",
         "29517",
     ]
-    command = [*torchrun, "-m", "stemsplit", *args[1:]]
-    result = subprocess.run(
-        list(map(str, command)),
-        capture_output=True,
-        text=True,
+    result = run(
+        *torchrun,
+        "-m",
+        "stemsplit",
+        *args,
         timeout=900,
         env={**os.environ, "STEMSPLIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
     )
@@ -265,18 +199,18 @@ def test_bsrnn_recipe_is_the_papers_and_flags_win():
     assert loop.TrainConfig.for_arch(musdb=Path("m")).lr_schedule == "plateau"  # TS-BSMamba2's
 
 
-def bsrnn_args(dataset, out, *extra):
-    (dataset / "bsrnn-tiny.toml").write_text("feature_dim = 8\nnum_layers = 1\n")
-    args = train_args(dataset, out, "--arch", "bsrnn", *extra)
-    args[args.index("--model-config") + 1] = dataset / "bsrnn-tiny.toml"
+def bsrnn_args(musdb, out, *extra):
+    (musdb / "bsrnn-tiny.toml").write_text(tiny_toml("bsrnn"))
+    args = train_args(musdb, out, "--arch", "bsrnn", *extra)
+    args[args.index("--model-config") + 1] = musdb / "bsrnn-tiny.toml"
     return args
 
 
-def test_bsrnn_trains_resumes_and_separates_as_a_bag(dataset, tmp_path):
+def test_bsrnn_trains_resumes_and_separates_as_a_bag(tiny_musdb, tmp_path):
     out = tmp_path / "bsrnn"
-    first = run_cli(bsrnn_args(dataset, out, "--epochs", "1"))
+    first = run_train(bsrnn_args(tiny_musdb, out, "--epochs", "1"))
     assert first.returncode == 0, first.stderr
-    again = run_cli(bsrnn_args(dataset, out, "--epochs", "2", "--resume"))
+    again = run_train(bsrnn_args(tiny_musdb, out, "--epochs", "2", "--resume"))
     assert again.returncode == 0 and "resumed" in again.stderr, again.stderr
     assert [r["epoch"] for r in read_log(out)] == [1, 2]
     state = torch.load(out / "last.pt", weights_only=True)
@@ -291,12 +225,9 @@ def test_bsrnn_trains_resumes_and_separates_as_a_bag(dataset, tmp_path):
 
     # Separated through the CLI, and loaded by a registry entry naming the same file.
     song = tmp_path / "song.wav"
-    sf.write(song, sf.read(dataset / "train" / "Song A" / "mixture.wav")[0][: 2 * RATE], RATE)
-    result = subprocess.run(
-        [shutil.which("stemsplit"), str(song), "-o", str(tmp_path / "stems"), "--model",
-         str(out / "last.safetensors"), "--window", "1", "--device", "cpu"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    sf.write(song, sf.read(tiny_musdb / "train" / "Song A" / "mixture.wav")[0][: 2 * RATE], RATE)
+    separate = ["--model", out / "last.safetensors", "--window", "1", "--device", "cpu"]
+    result = stemsplit(song, "-o", tmp_path / "stems", *separate, timeout=600)
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in (tmp_path / "stems" / "song").iterdir())
     assert written == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
@@ -313,22 +244,20 @@ def test_bsrnn_trains_resumes_and_separates_as_a_bag(dataset, tmp_path):
     )
     env = {**os.environ, "STEMSPLIT_REGISTRY": str(registry)}
     check = "from stemsplit.weights import load_model; m = load_model('mine', progress=False); print(m.card)"
-    shown = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=300
-    )
+    shown = python("-c", check, env=env)
     assert shown.returncode == 0 and "architecture='bsrnn'" in shown.stdout, shown.stderr
 
 
-def test_bsrnn_one_target_model(dataset, tmp_path):
+def test_bsrnn_one_target_model(tiny_musdb, tmp_path):
     """--target vocals: one network, trained on remixes of all four stems, outputs vocals only."""
     out = tmp_path / "vocals"
-    result = run_cli(bsrnn_args(dataset, out, "--epochs", "1", "--target", "vocals"))
+    result = run_train(bsrnn_args(tiny_musdb, out, "--epochs", "1", "--target", "vocals"))
     assert result.returncode == 0, result.stderr
     loaded = load_model(out / "best.safetensors")
     assert loaded.stems == ("vocals",) and list(loaded.model.targets) == ["vocals"]
-    bad = run_cli(bsrnn_args(dataset, tmp_path / "piano", "--epochs", "1", "--target", "piano"))
+    bad = run_train(bsrnn_args(tiny_musdb, tmp_path / "piano", "--epochs", "1", "--target", "piano"))
     assert bad.returncode == 1 and "--target piano is not one of --stems" in bad.stderr
-    unknown = run_cli(train_args(dataset, tmp_path / "x", "--arch", "transformer"))
+    unknown = run_train(train_args(tiny_musdb, tmp_path / "x", "--arch", "transformer"))
     assert unknown.returncode == 2 and "unknown architecture 'transformer'" in unknown.stderr
 
 
@@ -339,6 +268,4 @@ def test_train_config_is_torch_free_and_names_the_default_family():
 
     assert DEFAULT_ARCH == ARCHITECTURE
     code = "import sys, stemsplit.cli, stemsplit.weights; print('torch' in sys.modules)"
-    assert (
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
-    )
+    assert python("-c", code).stdout.strip() == "False"

@@ -3,20 +3,16 @@
 ``stemsplit: error:`` line naming the file and the problem, and no traceback.
 """
 
-# ruff: noqa: F811 -- tests take the ``dataset`` fixture imported from test_train_loop as an argument
-
 import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_train_loop import RATE, dataset, read_log, run_cli, train_args  # noqa: F401 (dataset: a fixture)
+from helpers import RATE, python, read_log, run_train, train_args
 
 from stemsplit.train.loop import CHECKPOINT_FORMAT, TrainError, load_model_config
 
@@ -31,10 +27,10 @@ def one_error_line(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished_run(dataset, tmp_path_factory):
+def finished_run(tiny_musdb, tmp_path_factory):
     """One real epoch of training, copied by each test that resumes it."""
     out = tmp_path_factory.mktemp("runs") / "finished"
-    result = run_cli(train_args(dataset, out, "--epochs", "1"))
+    result = run_train(train_args(tiny_musdb, out, "--epochs", "1"))
     assert result.returncode == 0, result.stderr
     return out
 
@@ -64,31 +60,27 @@ def malicious_checkpoint(marker) -> bytes:
     return buffer.getvalue()
 
 
-def test_planted_last_pt_is_refused_and_never_run(dataset, tmp_path):
+def test_planted_last_pt_is_refused_and_never_run(tiny_musdb, tmp_path):
     marker = tmp_path / "pwned"
     payload = malicious_checkpoint(marker)
     # Control: the payload is live -- an ordinary unpickler runs it (in a throwaway process).
     control = tmp_path / "control.pt"
     control.write_bytes(payload)
-    subprocess.run(
-        [sys.executable, "-c", f"import torch; torch.load({str(control)!r}, weights_only=False)"],
-        capture_output=True,
-        timeout=120,
-    )
+    python("-c", f"import torch; torch.load({str(control)!r}, weights_only=False)", timeout=120)
     assert marker.exists()
     marker.unlink()
 
     out = tmp_path / "run"
     out.mkdir()
     (out / "last.pt").write_bytes(payload)
-    message = one_error_line(run_cli(train_args(dataset, out, "--epochs", "2", "--resume")))
+    message = one_error_line(run_train(train_args(tiny_musdb, out, "--epochs", "2", "--resume")))
     assert message.startswith(f"--resume: {out / 'last.pt'}: refused: it needs arbitrary pickle code")
     assert "posix.system" in message or "os.system" in message
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "foreign"])
-def test_damaged_last_pt_is_one_line(dataset, finished_run, tmp_path, damage):
+def test_damaged_last_pt_is_one_line(tiny_musdb, finished_run, tmp_path, damage):
     out = copy_run(finished_run, tmp_path)
     last = out / "last.pt"
     if damage == "truncated":
@@ -99,7 +91,7 @@ def test_damaged_last_pt_is_one_line(dataset, finished_run, tmp_path, damage):
         last.write_bytes(b"")
     else:  # a weights-only-loadable pickle that is not one of ours: a plain state dict
         torch.save({"weight": torch.zeros(3)}, last)
-    message = one_error_line(run_cli(train_args(dataset, out, "--epochs", "2", "--resume")))
+    message = one_error_line(run_train(train_args(tiny_musdb, out, "--epochs", "2", "--resume")))
     expected = "not a checkpoint of this version" if damage == "foreign" else "not a readable checkpoint"
     assert message.startswith(f"--resume: {last}: {expected}")
 
@@ -107,13 +99,13 @@ def test_damaged_last_pt_is_one_line(dataset, finished_run, tmp_path, damage):
 # --- resuming with another recipe -------------------------------------------------------------
 
 
-def test_changed_recipe_is_refused_naming_the_flags(dataset, finished_run, tmp_path):
+def test_changed_recipe_is_refused_naming_the_flags(tiny_musdb, finished_run, tmp_path):
     out = copy_run(finished_run, tmp_path)
     before = (out / "last.pt").read_bytes()
-    changed = train_args(dataset, out, "--epochs", "2", "--resume", "--lr", "0.0005", "--seed", "3")
+    changed = train_args(tiny_musdb, out, "--epochs", "2", "--resume", "--lr", "0.0005", "--seed", "3")
     changed[changed.index("--batch-size") + 1] = "4"
     changed[changed.index("--seconds") + 1] = "1.5"
-    message = one_error_line(run_cli(changed))
+    message = one_error_line(run_train(changed))
     assert message.startswith(f"--resume: {out / 'last.pt'} was trained with another recipe: ")
     changes = (
         "--batch-size 4 (was 2)",
@@ -128,10 +120,10 @@ def test_changed_recipe_is_refused_naming_the_flags(dataset, finished_run, tmp_p
 
 
 @pytest.mark.slow  # trains again: kept out of the default run for CI's time budget
-def test_override_continues_with_the_new_recipe(dataset, finished_run, tmp_path):
+def test_override_continues_with_the_new_recipe(tiny_musdb, finished_run, tmp_path):
     out = copy_run(finished_run, tmp_path)
-    args = train_args(dataset, out, "--epochs", "2", "--resume", "--override", "--lr", "0.0005")
-    result = run_cli(args)
+    args = train_args(tiny_musdb, out, "--epochs", "2", "--resume", "--override", "--lr", "0.0005")
+    result = run_train(args)
     assert result.returncode == 0, result.stderr
     assert "--override: continuing with --lr 0.0005 (was 0.001)" in result.stderr
     log = read_log(out)
@@ -140,30 +132,30 @@ def test_override_continues_with_the_new_recipe(dataset, finished_run, tmp_path)
 
 
 @pytest.mark.slow  # trains again: kept out of the default run for CI's time budget
-def test_allowed_changes_need_no_override(dataset, finished_run, tmp_path):
+def test_allowed_changes_need_no_override(tiny_musdb, finished_run, tmp_path):
     """--epochs (to extend), --workers, --device and the save intervals may change on resume."""
     out = copy_run(finished_run, tmp_path)
-    args = train_args(dataset, out, "--epochs", "2", "--resume", "--save-every-steps", "1")
+    args = train_args(tiny_musdb, out, "--epochs", "2", "--resume", "--save-every-steps", "1")
     args[args.index("--workers") + 1] = "1"
-    result = run_cli(args)
+    result = run_train(args)
     assert result.returncode == 0, result.stderr
     assert "--override" not in result.stderr
     assert [r["epoch"] for r in read_log(out)] == [1, 2]
 
 
-def test_another_architecture_is_refused_even_with_override(dataset, finished_run, tmp_path):
+def test_another_architecture_is_refused_even_with_override(tiny_musdb, finished_run, tmp_path):
     out = copy_run(finished_run, tmp_path)
     toml = tmp_path / "wider.toml"
     toml.write_text("feature_dim = 32\nnum_repeat_mask = 1\nnum_repeat_map = 1\n")
-    args = train_args(dataset, out, "--epochs", "2", "--resume", "--override")
+    args = train_args(tiny_musdb, out, "--epochs", "2", "--resume", "--override")
     args[args.index("--model-config") + 1] = toml
-    message = one_error_line(run_cli(args))
+    message = one_error_line(run_train(args))
     expected = f"--resume: {out / 'last.pt'} holds another architecture (feature_dim 32 (was 16))"
     assert message.startswith(expected)
 
 
-def test_override_without_resume_is_a_usage_error(dataset, tmp_path):
-    result = run_cli(train_args(dataset, tmp_path / "run", "--override"))
+def test_override_without_resume_is_a_usage_error(tiny_musdb, tmp_path):
+    result = run_train(train_args(tiny_musdb, tmp_path / "run", "--override"))
     assert result.returncode == 2 and "--override only applies with --resume" in result.stderr
     assert not (tmp_path / "run").exists()
 
@@ -197,33 +189,33 @@ def test_impossible_model_config_is_one_line_naming_file_and_field(tmp_path, tex
     assert "\n" not in str(info.value)
 
 
-def test_impossible_model_config_through_the_cli(dataset, tmp_path):
+def test_impossible_model_config_through_the_cli(tiny_musdb, tmp_path):
     toml = tmp_path / "arch.toml"
     toml.write_text("feature_dim = 24\n")
-    args = train_args(dataset, tmp_path / "run", "--epochs", "1")
+    args = train_args(tiny_musdb, tmp_path / "run", "--epochs", "1")
     args[args.index("--model-config") + 1] = toml
-    message = one_error_line(run_cli(args))
+    message = one_error_line(run_train(args))
     assert message.startswith(f"{toml}: the network cannot be built with feature_dim = 24")
     args[args.index("--model-config") + 1] = tmp_path / "missing.toml"
-    message = one_error_line(run_cli(args))
+    message = one_error_line(run_train(args))
     assert message == f"{tmp_path / 'missing.toml'}: cannot read model config (No such file or directory)"
 
 
-def test_model_rate_must_match_the_dataset(dataset, tmp_path):
+def test_model_rate_must_match_the_dataset(tiny_musdb, tmp_path):
     toml = tmp_path / "arch.toml"
     toml.write_text("sr = 48000\nfeature_dim = 16\nnum_repeat_mask = 1\nnum_repeat_map = 1\n")
-    args = train_args(dataset, tmp_path / "run", "--epochs", "1")
+    args = train_args(tiny_musdb, tmp_path / "run", "--epochs", "1")
     args[args.index("--model-config") + 1] = toml
-    message = one_error_line(run_cli(args))
+    message = one_error_line(run_train(args))
     assert "the tracks are at 44100 Hz but the model works at 48000 Hz" in message
 
 
 # --- a broken dataset -------------------------------------------------------------------------
 
 
-def broken_copy(dataset, tmp_path, damage):
+def broken_copy(tiny_musdb, tmp_path, damage):
     root = tmp_path / "musdb"
-    shutil.copytree(dataset, root)
+    shutil.copytree(tiny_musdb, root)
     folder = root / "train" / "Song B"
     if damage == "missing":
         (folder / "bass.wav").unlink()
@@ -248,13 +240,13 @@ def broken_copy(dataset, tmp_path, damage):
         ("unreadable", "bass.wav: "),  # the wording is audio.probe's
     ],
 )
-def test_dataset_errors_name_the_track_and_file(dataset, tmp_path, damage, problem):
-    root, folder = broken_copy(dataset, tmp_path, damage)
-    message = one_error_line(run_cli(train_args(root, tmp_path / "run", "--epochs", "1")))
+def test_dataset_errors_name_the_track_and_file(tiny_musdb, tmp_path, damage, problem):
+    root, folder = broken_copy(tiny_musdb, tmp_path, damage)
+    message = one_error_line(run_train(train_args(root, tmp_path / "run", "--epochs", "1")))
     assert message.startswith(str(folder)) and problem in message
 
 
-def test_run_saved_before_families_resumes(dataset, finished_run, tmp_path):
+def test_run_saved_before_families_resumes(tiny_musdb, finished_run, tmp_path):
     """A last.pt from before model families (no architecture, no new recipe fields) still resumes."""
     out = copy_run(finished_run, tmp_path)
     state = torch.load(out / "last.pt", weights_only=True)
@@ -267,6 +259,6 @@ def test_run_saved_before_families_resumes(dataset, finished_run, tmp_path):
     state["model_config"] = json.dumps(model_config)
     del state["plateau"]["since_best"], state["plateau"]["epochs"]
     torch.save(state, out / "last.pt")
-    result = run_cli(train_args(dataset, out, "--epochs", "1", "--resume"))
+    result = run_train(train_args(tiny_musdb, out, "--epochs", "1", "--resume"))
     assert result.returncode == 0 and "resumed" in result.stderr, result.stderr
     assert "--override" not in result.stderr

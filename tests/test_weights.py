@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import GOLDEN_WEIGHTS, ROOT, python, stemsplit
 from safetensors.torch import load_file, save_file
-from weights_server import GOLDEN_WEIGHTS, FileServer, golden_ckpt_bytes, tiny_entry, write_registry
+from weights_server import golden_ckpt_bytes, tiny_entry, write_registry
 
 from stemsplit import weights
 from stemsplit.card import MUSIC_STEMS
@@ -35,33 +36,12 @@ from stemsplit.weights import (
     load_registry,
 )
 
-ROOT = Path(__file__).parent.parent
 CKPT = golden_ckpt_bytes()
 SAFETENSORS = GOLDEN_WEIGHTS.read_bytes()
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def server():
-    server = FileServer()
-    server.files["tiny.ckpt"] = CKPT
-    server.files["tiny.safetensors"] = SAFETENSORS
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A private cache and registry path; offline switches cleared."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("STEMSPLIT_CACHE", str(cache))
-    monkeypatch.setenv("STEMSPLIT_REGISTRY", str(tmp_path / "weights.toml"))
-    monkeypatch.delenv("STEMSPLIT_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return tmp_path
 
 
 def registry(env: Path, **models: dict) -> Path:
@@ -108,22 +88,8 @@ def test_wheel_ships_the_registry(tmp_path):
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            tmp_path,
-            source,
-        ],
-        check=True,
-        capture_output=True,
-    )
+    wheel = ("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, source)
+    python("-m", "pip", *wheel, check=0, timeout=600)
     (wheel,) = tmp_path.glob("stemsplit-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("stemsplit/weights.toml") == (ROOT / "weights.toml").read_bytes()
@@ -766,9 +732,7 @@ def test_unusable_cache_setting_is_one_line_naming_the_variable(env, server, mon
     blocker.write_text("")
     cache = blocker if kind == "file" else blocker / "cache"
     monkeypatch.setenv("STEMSPLIT_CACHE", str(cache))
-    result = subprocess.run(
-        [shutil.which("stemsplit"), "models", "download", "tiny"], capture_output=True, text=True, timeout=300
-    )
+    result = stemsplit("models", "download", "tiny")
     assert result.returncode == 1 and result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     if kind == "file":

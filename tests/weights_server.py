@@ -11,6 +11,7 @@ client asked for. HEAD answers carry the headers ``huggingface_hub`` reads
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -21,13 +22,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
-from helpers import FIXTURES
+from helpers import GOLDEN_WEIGHTS
 from safetensors.torch import load_file
 
-GOLDEN_WEIGHTS = FIXTURES / "golden_small_weights.safetensors"
 GOLDEN_CONFIG = {"feature_dim": 32, "num_repeat_mask": 2, "num_repeat_map": 2, "num_output": 4}
 
 
+@functools.cache
 def golden_ckpt_bytes() -> bytes:
     """The golden weights as a Music-Source-Separation-Training ``.ckpt`` (a pickled plain state dict)."""
     buffer = io.BytesIO()
