@@ -168,13 +168,13 @@ def check_outputs(folder: Path, frames: int) -> None:
             raise RuntimeError(f"{path.name}: {sf.info(str(path)).frames} frames, expected {frames}")
 
 
-def base_row(preset: str, precision: str, batch: int) -> dict:
+def base_row(preset: str, precision: str, batch: int, hop: float | None = None) -> dict:
     model = PRESET_NAMES.get(preset, "HTDemucs")
-    return {"model": model, "preset": preset, "precision": precision, "batch": batch}
+    return {"model": model, "preset": preset, "precision": precision, "batch": batch, "hop": hop}
 
 
-def run_stemsplit(args, preset, precision, batch, song, song_info, work, device) -> dict:
-    row = base_row(preset, precision, batch)
+def run_stemsplit(args, preset, precision, batch, hop, song, song_info, work, device) -> dict:
+    row = base_row(preset, precision, batch, hop)
     events: list[str] = []
 
     def progress(event: dict) -> None:
@@ -187,7 +187,7 @@ def run_stemsplit(args, preset, precision, batch, song, song_info, work, device)
         model,
         device=device,
         window=args.window,
-        hop=args.hop,
+        hop=hop,
         batch_size=batch,
         precision=precision,
         stage=args.stage,
@@ -197,7 +197,7 @@ def run_stemsplit(args, preset, precision, batch, song, song_info, work, device)
     row["backend"] = mamba_backend(device).split(" ")[0]
     out = work / "stems"
     # Warm-up: enough windows for two full batches, so the timed run meets no new shape but the last.
-    warm = clip_of(song, max(6.0, 2 * batch * args.hop + args.window), work)
+    warm = clip_of(song, max(6.0, 2 * batch * hop + args.window), work)
     shutil.rmtree(out, ignore_errors=True)
     separator.separate_file(warm, out, overwrite=True)
     walls, result = timed_runs(
@@ -331,14 +331,22 @@ COLUMNS = (
     ("model", "{}", 8),
     ("precision", "{}", 9),
     ("batch", "{}", 5),
+    ("hop", "{:g}", 4),
     ("backend", "{}", 8),
     ("wall_s", "{:.2f}", 8),
     ("windows", "{}", 7),
     ("windows_per_s", "{:.1f}", 9),
     ("realtime", "{:.1f}", 8),
     ("peak_gib", "{:.2f}", 8),
+    ("vs_htdemucs", "{:.1f}x", 9),
 )
-HEADERS = {"wall_s": "wall s", "windows_per_s": "windows/s", "realtime": "x realtime", "peak_gib": "peak GiB"}
+HEADERS = {
+    "wall_s": "wall s",
+    "windows_per_s": "windows/s",
+    "realtime": "x realtime",
+    "peak_gib": "peak GiB",
+    "vs_htdemucs": "/HTDemucs",
+}
 
 
 def cells(row: dict) -> list[str]:
@@ -354,7 +362,7 @@ def cells(row: dict) -> list[str]:
 def aligned(values: list[str]) -> str:
     """Columns padded to their widths (text left, numbers right), the note last."""
     text = [
-        v.rjust(width) if i > 3 else v.ljust(width)
+        v.rjust(width) if i > 4 else v.ljust(width)
         for i, (v, (_, _, width)) in enumerate(zip(values, COLUMNS, strict=False))
     ]
     return " ".join([*text, values[-1]])
@@ -384,7 +392,8 @@ def targets_line(rows: list[dict]) -> str:
 def write_markdown(path: Path, meta: dict, rows: list[dict]) -> None:
     env = meta["environment"]
     driver = f", driver {env['driver']}, CUDA {env['cuda']}" if "driver" in env else ""
-    header = ["model", "precision", "batch", "backend", "wall s", "windows", "windows/s", "x realtime"]
+    hops = ", ".join(f"{h:g}" for h in meta["hops"])
+    header = ["model", "precision", "batch", "hop", "backend", "wall s", "windows", "windows/s", "x realtime"]
     lines = [
         "# End-to-end separation benchmark",
         "",
@@ -397,13 +406,13 @@ def write_markdown(path: Path, meta: dict, rows: list[dict]) -> None:
         ),
         f"- Mamba-2 backend: {env['mamba2_backend']}",
         f"- Song: {meta['song']}",
-        f"- Protocol: window {meta['window']} s, hop {meta['hop']} s, stage {meta['stage']}; "
+        f"- Protocol: window {meta['window']} s, hops {hops} s, stage {meta['stage']}; "
         f"wall time = file in -> stems on disk (float32 wav), best of {meta['repeats']} after a warm-up; "
         + ("random weights" + (" (--tiny models: not a benchmark)" if meta.get("tiny") else "")),
         f"- Command: `{meta['command']}`",
         "",
-        "| " + " | ".join([*header, "peak GiB", "note"]) + " |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| " + " | ".join([*header, "peak GiB", "time / HTDemucs's", "note"]) + " |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
     targets = targets_line(rows)
@@ -436,7 +445,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 16, 32])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--window", type=float, default=3.0)
-    parser.add_argument("--hop", type=float, default=0.5)
+    parser.add_argument("--hops", type=float, nargs="+", default=[0.5], help="seconds between windows")
     parser.add_argument("--stage", type=int, default=2, choices=[1, 2])
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per configuration (best is kept)")
     parser.add_argument(
@@ -485,36 +494,38 @@ def main(argv=None) -> int:
             "environment": env,
             "song": song_desc,
             "window": args.window,
-            "hop": args.hop,
+            "hops": args.hops,
             "stage": args.stage,
             "repeats": args.repeats,
             "tiny": args.tiny,
             "command": " ".join(["python", "benchmarks/bench_separate.py", *(argv or sys.argv[1:])]),
         }
         rows: list[dict] = []
-        print(f"window {args.window} s, hop {args.hop} s, stage {args.stage}; wall: file in -> stems on disk")
+        hops = ", ".join(f"{h:g}" for h in args.hops)
+        print(f"window {args.window} s, hops {hops} s, stage {args.stage}; wall: file in -> stems on disk")
         print_header()
         configs = [
-            (preset, precision, batch)
+            (preset, precision, batch, hop)
             for precision in args.precisions  # precision first: --precisions bf16 fp32 times bf16 first
             for preset in args.presets
+            for hop in args.hops
             for batch in args.batch_sizes
         ]
         reserve = 0.0 if args.skip_demucs else min(DEMUCS_RESERVE_S, 0.25 * (args.time_budget or 0))
         last_cost = {}  # preset -> seconds the last configuration of it took (warm-up included)
-        for preset, precision, batch in configs:
+        for preset, precision, batch, hop in configs:
             elapsed = time.perf_counter() - started
             estimate = last_cost.get(preset, max(last_cost.values(), default=0.0))
             if args.time_budget is not None and elapsed + estimate > args.time_budget - reserve:
-                row = base_row(preset, precision, batch)
+                row = base_row(preset, precision, batch, hop)
                 row["status"] = f"skipped: time budget ({elapsed:.0f} s used of {args.time_budget:.0f} s)"
                 meta["stopped"] = f"time budget of {args.time_budget:.0f} s reached after {elapsed:.0f} s"
             else:
                 begin = time.perf_counter()
                 try:
-                    row = run_stemsplit(args, preset, precision, batch, song, info, work, device)
+                    row = run_stemsplit(args, preset, precision, batch, hop, song, info, work, device)
                 except (SeparationError, RuntimeError) as exc:
-                    row = base_row(preset, precision, batch)
+                    row = base_row(preset, precision, batch, hop)
                     row["status"] = f"error: {type(exc).__name__}: {exc}"[:300]
                     free_memory(device)
                 last_cost[preset] = time.perf_counter() - begin
@@ -537,6 +548,12 @@ def main(argv=None) -> int:
                     row["status"] = f"error: {type(exc).__name__}: {exc}"[:300]
             rows.append(row)
             print_row(row)
+            if row.get("status") == "ok":
+                print("stemsplit's time over HTDemucs's, same file, same run:")
+                for other in rows[:-1]:
+                    if other.get("status") == "ok":
+                        other["vs_htdemucs"] = other["wall_s"] / row["wall_s"]
+                        print(aligned(cells(other)))
             save(args, meta, rows)
 
     targets = targets_line(rows)

@@ -161,7 +161,7 @@ def train_args(musdb: Path, out: Path, *extra) -> list:
     tiny_musdb fixture) into ``out``; ``extra`` adds flags."""
     return [
         "train", "--musdb", musdb, "-o", out, "--model-config", musdb / "tiny.toml",
-        "--seconds", "1", "--batch-size", "2", "--epoch-size", "8", "--workers", "0",
+        "--crop-seconds", "1", "--batch-size", "2", "--epoch-size", "8", "--workers", "0",
         "--valid-hop", "1.5", "--device", "cpu", *extra,
     ]  # fmt: skip
 

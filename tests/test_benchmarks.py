@@ -18,5 +18,5 @@ def test_bench_separate_smoke(tmp_path):
     rows = json.loads(out_json.read_text())["rows"]
     assert [(r["model"], r["status"], r["windows"]) for r in rows] == [("L-TS", "ok", 13)]
     assert rows[0]["wall_s"] > 0
-    assert "| L-TS | fp32 | 2 | portable |" in out_md.read_text()
+    assert "| L-TS | fp32 | 2 | 0.5 | portable |" in out_md.read_text()
     assert "Mamba-2 backend: portable" in result.stdout

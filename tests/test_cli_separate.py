@@ -403,7 +403,7 @@ def test_stems_of_a_checkpoint_file_are_checked_before_torch(tmp_path):
         f"    main({[*argv, '--stems', 'guitar']!r})\n"
         "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = python("-c", code, timeout=60)
     assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
     assert "--stems: 'guitar' is not a stem of this model" in result.stderr
     assert not (tmp_path / "out").exists()

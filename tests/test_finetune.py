@@ -128,7 +128,8 @@ def finetune_args(material, out, *extra):
     return [
         "finetune", "--model", material / "tiny.safetensors", "--musdb", material / "labeled",
         "--unlabeled", material / "unlabeled", "-o", out, "--lr", "1e-3",
-        "--seconds", "1", "--sad-seconds", "2", "--batch-size", "2", "--epoch-size", "4", "--workers", "0",
+        "--crop-seconds", "1", "--sad-seconds", "2", "--batch-size", "2", "--epoch-size", "4",
+        "--workers", "0",
         "--valid-window", "1.5", "--valid-hop", "1.5", "--device", "cpu", *extra,
     ]  # fmt: skip
 

@@ -104,13 +104,13 @@ def test_changed_recipe_is_refused_naming_the_flags(tiny_musdb, finished_run, tm
     before = (out / "last.pt").read_bytes()
     changed = train_args(tiny_musdb, out, "--epochs", "2", "--resume", "--lr", "0.0005", "--seed", "3")
     changed[changed.index("--batch-size") + 1] = "4"
-    changed[changed.index("--seconds") + 1] = "1.5"
+    changed[changed.index("--crop-seconds") + 1] = "1.5"
     message = one_error_line(run_train(changed))
     assert message.startswith(f"--resume: {out / 'last.pt'} was trained with another recipe: ")
     changes = (
         "--batch-size 4 (was 2)",
         "--lr 0.0005 (was 0.001)",
-        "--seconds 1.5 (was 1.0)",
+        "--crop-seconds 1.5 (was 1.0)",
         "--seed 3 (was 0)",
     )
     assert all(change in message for change in changes), message

@@ -56,7 +56,9 @@ def train_command(
         None, min=1, help="Stop after N epochs without a better validation score. " + _default("early_stop")
     ),
     clip_norm: float = typer.Option(None, help="Gradient-norm clipping. " + _default("clip_norm")),
-    seconds: float = typer.Option(None, help="Training crop length (s). " + _default("seconds")),
+    crop_seconds: float = typer.Option(
+        None, "--crop-seconds", "--seconds", help="Training example length (s). " + _default("crop_seconds")
+    ),
     gain_db: float = typer.Option(
         None, help="Remix: each stem's gain uniform in +-this (dB). " + _default("gain_db")
     ),

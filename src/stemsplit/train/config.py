@@ -40,7 +40,7 @@ class TrainConfig:
     lr_every: int = 2
     early_stop: int | None = None  # stop after this many epochs without a better validation score
     clip_norm: float = 5.0
-    seconds: float = 3.0
+    crop_seconds: float = 3.0  # the length of a training example
     gain_db: float = 10.0  # remix: each stem's gain uniform in +-gain_db
     drop_prob: float = 0.1  # remix: each stem silent with this probability
     sad_seconds: float = 6.0  # source activity detection: salient segments of this length ...
@@ -108,7 +108,7 @@ RECIPE_FIELDS = (
     "lr_every",
     "early_stop",
     "clip_norm",
-    "seconds",
+    "crop_seconds",
     "gain_db",
     "drop_prob",
     "sad_seconds",

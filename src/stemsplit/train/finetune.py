@@ -518,7 +518,7 @@ class FinetuneRun(Run):
         return FinetuneDataset(
             self.train_tracks,
             config.stems,
-            config.seconds,
+            config.crop_seconds,
             config.epoch_size,
             config.seed,
             songs=songs,

@@ -293,6 +293,10 @@ def _flag(name: str, value: Any) -> str:
     return f"--{name.replace('_', '-')} {value}"
 
 
+# Config fields saved in last.pt under an older name -> today's.
+RENAMED = {"seconds": "crop_seconds"}
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -404,7 +408,7 @@ class Run:
         return RemixDataset(
             self.train_tracks,
             config.stems,
-            config.seconds,
+            config.crop_seconds,
             config.epoch_size,
             config.seed,
             index=index,
@@ -470,6 +474,7 @@ class Run:
         now = json.loads(json.dumps(self.config.to_json()))  # tuples -> lists, as the saved side
         # A run saved before a field existed ran with that field's default (the TS-BSMamba2 recipe).
         defaults = json.loads(json.dumps(type(self.config)(musdb=Path()).to_json()))
+        saved = {RENAMED.get(k, k): v for k, v in saved.items()}
         changes = []
         for name in self.config.recipe_fields:
             new, old = now.get(name), saved.get(name, defaults[name])
