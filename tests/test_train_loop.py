@@ -188,7 +188,7 @@ def test_step_schedule_and_early_stopping_count():
     assert schedule.step(2.0) and optimizer.param_groups[0]["lr"] == 0.5  # improving, still decayed
     assert not schedule.step(1.0) and not schedule.step(1.5)
     assert optimizer.param_groups[0]["lr"] == 0.25 and schedule.since_best == 2
-    with pytest.raises(ValueError, match="plateau or step"):
+    with pytest.raises(ValueError, match="plateau, step or constant"):
         LrSchedule(optimizer, "cosine")
 
 

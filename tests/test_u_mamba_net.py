@@ -100,6 +100,16 @@ def test_card():
     assert card.stems == ("speaker1", "speaker2")
     assert (card.sample_rate, card.channels, card.stages) == (8000, 1, 1)
     assert card.stft == (256, 64)
+    # A speaker model: `stemsplit speakers` takes it, windows are lined up, fp32 on the CPU.
+    assert (card.task, card.permutation_invariant, card.cpu_bf16) == ("speakers", True, False)
+
+
+def test_train_config_names_this_family_for_speech():
+    """train/config.py spells the speech family's name out (it must not import torch): the same name."""
+    from stemsplit.model.u_mamba_net import ARCHITECTURE
+    from stemsplit.train.config import RECIPES, SPEECH_ARCH
+
+    assert SPEECH_ARCH == ARCHITECTURE and RECIPES[SPEECH_ARCH]["lr"] == 1.5e-4
 
 
 def test_family_builds_from_presets_and_overrides():

@@ -18,6 +18,8 @@ __all__ = [
     "LIGHT_HOP",
     "MUSIC_STEMS",
     "NORMALIZATIONS",
+    "SPEAKER_STEMS",
+    "TASKS",
     "ModelCard",
     "default_stem_names",
 ]
@@ -26,10 +28,17 @@ __all__ = [
 # the training data, the synthesiser and checkpoints without stem names default to them.
 MUSIC_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 
+# The outputs of a two-talker speech model (U-Mamba-Net), and what `stemsplit speakers` names its files.
+SPEAKER_STEMS: tuple[str, ...] = ("speaker1", "speaker2")
+
 # "none": the model sees raw audio; "meanstd": the mono mix's whole-song mean and std are
 # taken out before the windows and put back after (see separate.song_stats).
 NORMALIZATIONS = ("none", "meanstd")
 
+
+# What a network separates: "music" (stems of a song: ``stemsplit separate``) or "speakers" (the talkers
+# of a recording: ``stemsplit speakers``). Each command refuses the other task's models.
+TASKS = ("music", "speakers")
 
 # The paper's chunked protocol (BSRNN IV-C, TS-BSMamba2 likewise): 3 s windows every 0.5 s.
 DEFAULT_WINDOW, DEFAULT_HOP = 3.0, 0.5
@@ -57,7 +66,14 @@ class ModelCard:
         (a time-domain network, which has none, names the STFT to share it in).
     normalization: one of :data:`NORMALIZATIONS`.
     window, hop: recommended seconds per window and between windows (the paper's protocol).
-    channels: channel count the network was trained on (the engine down/up-mixes to it).
+    channels: channel count the network was trained on. 1: the engine averages the input's channels to
+        mono before the network and its outputs are mono (speech); 2: mono and stereo go through as
+        they are (the music families fold channels into the batch).
+    task: one of :data:`TASKS`.
+    permutation_invariant: the network's outputs come in no fixed order (it was trained with a
+        permutation-invariant loss, as speaker separation is). The engine then lines up each
+        window's outputs with the output so far before adding them (see
+        :class:`stemsplit.separate.StreamingOverlapAdd`), so a talker stays in one file.
     cpu_bf16: bf16 autocast was measured faster than fp32 on CPUs with native bf16, within
         5e-3 of it (benchmarks/bench_model.py): then ``precision="auto"`` picks it there.
     """
@@ -72,6 +88,8 @@ class ModelCard:
     window: float = DEFAULT_WINDOW
     hop: float = DEFAULT_HOP
     channels: int = 2
+    task: str = "music"
+    permutation_invariant: bool = False
     cpu_bf16: bool = False
 
     def __post_init__(self) -> None:
@@ -79,3 +97,5 @@ class ModelCard:
             raise ValueError(f"stems must be distinct names, got {self.stems!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")

@@ -31,7 +31,7 @@ from .cli_common import EXAMPLES, EXIT_INTERNAL, EXIT_USAGE, error_line, fail, o
 from .cli_eval import eval_command  # noqa: E402
 from .cli_finetune import finetune_command  # noqa: E402
 from .cli_models import models_app  # noqa: E402
-from .cli_separate import separation_command  # noqa: E402
+from .cli_separate import separation_command, speakers_command  # noqa: E402
 from .cli_train import train_command  # noqa: E402
 
 app = typer.Typer(
@@ -62,6 +62,7 @@ def _main(
 
 app.command("separate", no_args_is_help=True)(separation_command(batch=False))
 app.command("batch", no_args_is_help=True)(separation_command(batch=True))
+app.command("speakers", no_args_is_help=True)(speakers_command)
 app.add_typer(models_app, name="models")
 app.command("eval")(eval_command)
 app.command("train")(train_command)
@@ -244,7 +245,18 @@ def doctor() -> None:
     out_console.print(table)
 
 
-SUBCOMMANDS = {"separate", "batch", "doctor", "models", "train", "finetune", "eval", "synth", "synth-speech"}
+SUBCOMMANDS = {
+    "separate",
+    "batch",
+    "speakers",
+    "doctor",
+    "models",
+    "train",
+    "finetune",
+    "eval",
+    "synth",
+    "synth-speech",
+}
 GLOBAL_FLAGS = {"--help", "-h", "--version"}
 
 

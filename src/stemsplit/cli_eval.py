@@ -1,4 +1,5 @@
-"""``stemsplit eval``: score a model on MUSDB18-HQ (or any folder so laid out) with cSDR and uSDR.
+"""``stemsplit eval``: score a model on MUSDB18-HQ (or any folder so laid out) with cSDR and uSDR,
+or a speaker-separation model on a Libri2Mix-layout folder with SI-SNRi, SDRi (and STOI).
 
 Mounted by ``cli.py`` with ``app.command("eval")(eval_command)``; the work is in
 :mod:`stemsplit.train.eval`, this module only parses and prints.
@@ -13,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .cli_common import err_console, fail, out_console
+from .cli_common import EXIT_USAGE, err_console, fail, out_console
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
@@ -24,12 +25,16 @@ def _db(value: float | None) -> str:
 
 def eval_command(
     musdb: Path = typer.Option(
-        ..., help="MUSDB18-HQ root (test/<track>/<stem>.wav), or any folder so laid out."
+        None, help="MUSDB18-HQ root (test/<track>/<stem>.wav), or any folder so laid out."
     ),
+    libri2mix: Path = typer.Option(
+        None, help="Speaker models: a Libri2Mix-layout root (test/{mix_both,s1,s2}/<ID>.wav)."
+    ),
+    mixture: str = typer.Option("mix_both", help="--libri2mix: the input, mix_both (noisy) or mix_clean."),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Registry name, checkpoint path or URL [default: the default model]."
     ),
-    subset: str = typer.Option("test", help="Subset folder under --musdb."),
+    subset: str = typer.Option("test", help="Subset folder under --musdb or --libri2mix."),
     hop: float = typer.Option(0.5, help="Hop between windows (s); the paper's protocol is 0.5."),
     window: float = typer.Option(3.0, help="Window length (s); the paper's protocol is 3."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -38,23 +43,40 @@ def eval_command(
     json_out: Path | None = typer.Option(
         None, "--json", help="Where the JSON report goes [default: ./eval-<model>-<subset>.json]."
     ),
-    no_csdr: bool = typer.Option(False, "--no-csdr", help="uSDR only (skips BSSEval, which is slow)."),
+    no_csdr: bool = typer.Option(
+        False, "--no-csdr", help="Skip BSSEval, which is slow: uSDR only (speech: no SDRi)."
+    ),
 ) -> None:
-    """Separate a test set and report cSDR and uSDR per stem, as in the paper.
+    """Separate a test set and report cSDR and uSDR per stem (speech: SI-SNRi, SDRi, STOI), as in the papers.
 
     \b
     stemsplit eval --musdb ~/data/musdb18hq
     stemsplit eval --musdb ~/data/musdb18hq -m runs/ts/best.safetensors --hop 0.5
+    stemsplit eval --libri2mix ~/data/Libri2Mix/wav8k/min -m runs/u-mamba-net/best.safetensors
     """
     from .separate import SeparationError, Separator
     from .train.data import DatasetError, find_tracks
     from .train.eval import MUSEVAL_INSTALL, evaluate_tracks, write_report
     from .weights import WeightsError
 
+    if (musdb is None) == (libri2mix is None):
+        raise fail("give one test set: --musdb (music models) or --libri2mix (speaker models)", EXIT_USAGE)
     if not no_csdr and importlib.util.find_spec("museval") is None:  # before hours of separating
-        raise fail(f"cSDR needs museval: {MUSEVAL_INSTALL}; or add --no-csdr for uSDR only")
+        what = "SDRi" if libri2mix else "cSDR"
+        raise fail(f"{what} needs museval: {MUSEVAL_INSTALL}; or add --no-csdr to leave it out")
+    task = "speakers" if libri2mix else "music"
     try:
-        separator = Separator(model, device=device, window=window, hop=hop, batch_size=batch_size)
+        separator = Separator(model, device=device, window=window, hop=hop, batch_size=batch_size, task=task)
+    except SeparationError as exc:
+        flag = "--libri2mix" if libri2mix else "--musdb"
+        message = f"--model: {exc.problem}; {flag} scores {task} models" if exc.option == "task" else str(exc)
+        raise fail(message) from None
+    except WeightsError as exc:
+        raise fail(str(exc)) from None
+    if libri2mix is not None:
+        _eval_speech(separator, libri2mix, subset, mixture, tracks, json_out, no_csdr)
+        return
+    try:
         found = find_tracks(musdb, subset, separator.stems)[:tracks]
         name = separator.name
         if name.endswith(MODEL_SUFFIXES):
@@ -80,5 +102,34 @@ def eval_command(
     table.add_column("uSDR (dB)", justify="right")
     for stem in (*report.stems, "avg"):
         table.add_row(stem, _db(csdr.get(stem)), _db(usdr.get(stem)))
+    out_console.print(table)
+    err_console.print(f"report: {json_out}")
+
+
+def _eval_speech(separator, root: Path, subset: str, mixture: str, limit, json_out, no_sdr: bool) -> None:
+    """``eval --libri2mix``: SI-SNRi, SDRi and (with pystoi) STOI of every mixture of the subset."""
+    from .train.data import DatasetError
+    from .train.eval import evaluate_speech, write_report
+    from .train.speech_synth import SpeechSynthError, find_speech_mixtures
+
+    try:
+        found = find_speech_mixtures(root, subset, mixture)[:limit]
+        name = Path(separator.name).stem if separator.name.endswith(MODEL_SUFFIXES) else separator.name
+        json_out = json_out or Path.cwd() / f"eval-{name}-{subset}.json"
+        report = evaluate_speech(
+            separator, found, progress=lambda line: err_console.print(line), compute_sdr=not no_sdr
+        )
+        report.settings.update(libri2mix=str(root), subset=subset, mixture=mixture)
+        write_report(report, json_out)
+    except (SpeechSynthError, DatasetError) as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{exc.filename or root}: {exc.strerror or exc}") from None
+    names = {"si_snri": "SI-SNRi (dB)", "sdri": "SDRi (dB)", "stoi": "STOI"}
+    table = Table(title=f"{separator.name} on {subset} ({len(report.mixtures)} mixtures)")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    for metric in report.metrics:
+        table.add_row(names[metric], _db(report.mean(metric)))
     out_console.print(table)
     err_console.print(f"report: {json_out}")

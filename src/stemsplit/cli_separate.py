@@ -1,4 +1,10 @@
-"""``stemsplit separate`` (the default command) and ``stemsplit batch``: parsing, planning, printing.
+"""``stemsplit separate`` (the default command), ``stemsplit batch`` and ``stemsplit speakers``: parsing,
+planning, printing.
+
+``speakers`` is the same run for speaker-separation models (``card.task ==
+"speakers"``): the outputs are the model's talkers (``speaker1``, ``speaker2``),
+mono at the input's rate, and with ``--residual`` the mixture minus all of
+them. Each command refuses the other task's models in one line.
 
 A run goes in this order, and nothing is decoded, separated or written before
 step 4:
@@ -36,6 +42,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 
 from .cli_common import EXAMPLES, EXIT_FAILED, EXIT_USAGE, err_console, error_line, one_line
+from .output import DEFAULT_FILENAME
 
 # TS (12 layers, N = 128) per 3 s window on 2 cores, fp32 and bf16 (benchmarks/bench_model.py, AMD EPYC)
 CPU_SECONDS_PER_WINDOW = {"fp32": 6.2, "bf16": 4.5}
@@ -57,7 +64,10 @@ FLAGS = {
     "two_stems": "--two-stems",
     "out": "--out",
     "model": "--model",
+    "residual": "--residual",
 }
+# The command for each task (stemsplit.card.TASKS), for the one-line refusal of the other task's models.
+TASK_COMMANDS = {"music": "separate", "speakers": "speakers"}
 
 
 class Format(str, Enum):
@@ -292,23 +302,37 @@ def _model_argument(model: str | None) -> str | Path | None:
     return path
 
 
-def _known_stems(model: str | None, light: bool) -> list[str] | None:
-    """The stems of a model, known without torch or a download: a registry entry's, or those a
-    safetensors file's metadata names; None otherwise (URLs, files that do not say)."""
+def _registry_entry(model: str | None, light: bool, task: str) -> Any:
+    """The registry entry of a model, known without loading (or downloading) it; None for files/URLs.
+
+    With no ``--model``, the task's default; a registry without one for the task is a usage error.
+    """
     from . import weights
 
     try:
         registry = weights.load_registry()
-        if model is None:
+        if model is None and task != "music":
+            entry = registry.default_for(task)
+            if entry is None:
+                raise UsageError(
+                    f'no {task} model to use: {registry.path} has no entry with task = "{task}"; '
+                    "give a checkpoint with --model"
+                )
+        elif model is None:
             entry = (registry.light_model if light else None) or registry.models[registry.default]
         elif model in registry.models:
             entry = registry.models[model]
         else:
-            stems = weights.file_stems(model) if os.path.isfile(model) else None
-            return list(stems) if stems else None
+            return None
     except (weights.WeightsError, KeyError):
         return None  # the model loader will say what is wrong, in its own words
-    return list(entry.stems)
+    return entry
+
+
+def _wrong_task(problem: str, task: str) -> UsageError:
+    """A model of the other task: the problem, and the command that takes it."""
+    other = next(t for t in TASK_COMMANDS if t != task)
+    return UsageError(f"--model: {problem}; use stemsplit {TASK_COMMANDS[other]} for it")
 
 
 def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> list[Any]:
@@ -350,14 +374,18 @@ def _shard_for_torchrun(songs: list[Any], device: str) -> tuple[list[Any], str]:
     return songs[ranks.rank :: ranks.world], device
 
 
-def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int:
-    """Plan, check and separate; returns the exit status. Raises :class:`UsageError` for exit 2."""
+def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: str = "music") -> int:
+    """Plan, check and separate; returns the exit status. Raises :class:`UsageError` for exit 2.
+
+    ``task``: the models this command takes (``music``: separate and batch; ``speakers``).
+    """
     from .audio import AudioError, probe
     from .card import DEFAULT_WINDOW
     from .output import OutputError, OutputOptions, plan_outputs
-    from .settings import SeparationError, check_settings, choose_stems, parse_device
+    from .settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device, task_mismatch
 
     # 1. settings
+    args["task"] = task
     if not str(args["out"]).strip():  # Path("") is ".": the stems would land in the current folder
         raise UsageError("--out: the folder name is empty; name a folder (-o . for the current one)")
     args["out"] = Path(args["out"])
@@ -393,15 +421,25 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
             raise _usage(exc) from None
         return [Song(outputs) for outputs in planned]
 
+    residual = [RESIDUAL] if args["residual"] else []
     if args["two_stems"] is not None:
         plan([args["two_stems"], f"no_{args['two_stems']}"])
     else:
-        plan(wanted or (["{stem}"] if "{stem}" in options.filename else ["{stem}", "{stem} 2"]))
-    model_stems = _known_stems(args["model"], args["light"])  # known without loading the model
-    stems = run = None
-    if model_stems is not None:
+        plan((wanted or (["{stem}"] if "{stem}" in options.filename else ["{stem}", "{stem} 2"])) + residual)
+    entry = _registry_entry(args["model"], args["light"], task)  # known without loading the model
+    stems = run = known = None
+    if entry is not None:
+        problem = task_mismatch(entry.name, entry.task, entry.stems, task)
+        if problem:
+            raise _wrong_task(problem, task)
+        known = entry.stems
+    elif args["model"] is not None and os.path.isfile(args["model"]):
+        from .weights import file_stems  # torch-free: the stems a safetensors file's metadata names
+
+        known = file_stems(args["model"])
+    if known:
         try:
-            stems = choose_stems(model_stems, wanted, args["two_stems"])
+            stems = choose_stems(known, wanted, args["two_stems"]) + residual
         except SeparationError as exc:
             raise _usage(exc) from None
         run = plan(stems)
@@ -428,15 +466,18 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter) -> int
             exact=args["exact"],
             light=args["light"],
             compile=args["compile"],
+            task=task,
             progress=reporter.on_event,
             download_progress=not (reporter.quiet or reporter.json_lines),
         )
-        chosen = separator.output_stems(wanted, args["two_stems"])
+        chosen = separator.output_stems(wanted, args["two_stems"], args["residual"])
     except UnknownModelError as exc:
         if args["model"] is not None and os.path.isdir(args["model"]):  # a bare name: no such model, a folder
             raise UsageError(f"--model: {args['model']} is a folder, not a checkpoint file") from None
         raise UsageError(f"--model: {exc}") from None
     except SeparationError as exc:
+        if exc.option == "task":  # a model of the other task
+            raise _wrong_task(exc.problem, task) from None
         if exc.option:
             raise _usage(exc) from None
         raise
@@ -534,7 +575,8 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         reporter.error(message, source=str(source))
     else:
         song.status = "done"
-        song.details = f"{len(result.outputs)} stems in {_common_parent(result.outputs.values())}"
+        noun = "stems" if args.get("task", "music") == "music" else "files"
+        song.details = f"{len(result.outputs)} {noun} in {_common_parent(result.outputs.values())}"
         if result.rescaled_by != 1.0:
             gain_db = 20 * math.log10(result.rescaled_by)
             song.details += f"; scaled by {result.rescaled_by:.3f} ({gain_db:.1f} dB) so nothing clips"
@@ -616,9 +658,37 @@ def _summary(run: list[Song], reporter: Reporter, batch: bool) -> None:
 # --- the Typer commands ---------------------------------------------------------------------------
 
 
+def _run_command(batch: bool, args: dict[str, Any], precision: Any, task: str) -> None:
+    """Run a separation command's ``args`` (its options by name) and exit with its status."""
+    args["fmt"], args["clip_mode"] = args["fmt"].value, args["clip_mode"].value
+    args["precision"] = precision.value if precision else None
+    reporter = Reporter(args["json_lines"], args["quiet"])
+    with interrupts_as_exceptions():
+        try:
+            code = run_separation(batch, args, reporter, task)
+        except UsageError as exc:
+            reporter.error(str(exc), exit_code=EXIT_USAGE)
+            raise typer.Exit(EXIT_USAGE) from None
+        except Interrupted as exc:
+            code = 128 + exc.signum
+            reporter.error(f"interrupted ({exc}); nothing is left half-written", exit_code=code)
+            raise typer.Exit(code) from None
+        except KeyboardInterrupt:
+            reporter.error("interrupted; nothing is left half-written", exit_code=130)
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            from .separate import SeparationError
+            from .weights import WeightsError
+
+            if args["debug"] or not isinstance(exc, (WeightsError, SeparationError)):
+                raise
+            reporter.error(str(exc), exit_code=EXIT_FAILED)
+            raise typer.Exit(EXIT_FAILED) from None
+    raise typer.Exit(code)
+
+
 def separation_command(batch: bool):
     """The ``separate`` and ``batch`` commands: same options, files or folders as input."""
-    from .output import DEFAULT_FILENAME
 
     def command(
         inputs: list[Path] = typer.Argument(
@@ -666,32 +736,8 @@ def separation_command(batch: bool):
         ),
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
     ) -> None:
-        args = dict(locals())
-        args["fmt"], args["clip_mode"] = fmt.value, clip_mode.value
-        args["precision"] = precision.value if precision else None
-        reporter = Reporter(json_lines, quiet)
-        with interrupts_as_exceptions():
-            try:
-                code = run_separation(batch, args, reporter)
-            except UsageError as exc:
-                reporter.error(str(exc), exit_code=EXIT_USAGE)
-                raise typer.Exit(EXIT_USAGE) from None
-            except Interrupted as exc:
-                code = 128 + exc.signum
-                reporter.error(f"interrupted ({exc}); nothing is left half-written", exit_code=code)
-                raise typer.Exit(code) from None
-            except KeyboardInterrupt:
-                reporter.error("interrupted; nothing is left half-written", exit_code=130)
-                raise typer.Exit(130) from None
-            except Exception as exc:
-                from .separate import SeparationError
-                from .weights import WeightsError
-
-                if debug or not isinstance(exc, (WeightsError, SeparationError)):
-                    raise
-                reporter.error(str(exc), exit_code=EXIT_FAILED)
-                raise typer.Exit(EXIT_FAILED) from None
-        raise typer.Exit(code)
+        args = dict(locals(), residual=False)
+        _run_command(batch, args, precision, "music")
 
     command.__doc__ = (
         (
@@ -703,3 +749,53 @@ def separation_command(batch: bool):
         + EXAMPLES
     )
     return command
+
+
+SPEAKERS_EXAMPLES = """Examples:
+
+\b
+  stemsplit speakers interview.m4a -o out/             out/interview/speaker1.wav, speaker2.wav
+  stemsplit speakers call.wav --residual -o out/       and residual.wav: the mixture minus both
+  stemsplit speakers --batch recordings/ -o out/       every file under a folder, resumable
+"""
+
+
+def speakers_command(
+    inputs: list[Path] = typer.Argument(
+        ..., help="Audio files (folders with --batch).", show_default=False, readable=False
+    ),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Speaker-separation model: registry name, checkpoint path or URL."
+    ),
+    out: str = typer.Option("speakers", "--out", "-o", help="Output folder."),
+    residual: bool = typer.Option(False, "--residual", help="Also write the mixture minus every talker."),
+    batch: bool = typer.Option(False, "--batch", help="Inputs are folders to walk, as stemsplit batch."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    window: float = typer.Option(None, help="Window length in seconds [default: the model's]."),
+    hop: float = typer.Option(None, help="Hop between windows in seconds [default: the model's]."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Windows per forward pass."),
+    precision: InferencePrecision = typer.Option(
+        None, help="bf16 or fp32 [default: auto: bf16 on CUDA and on CPUs with native bf16, else fp32]"
+    ),
+    fmt: Format = typer.Option(Format.wav, "--format", help="Output format."),
+    bit_depth: int = typer.Option(
+        None, "--bit-depth", help="16, 24 or 32 [default: float wav, 24-bit flac]."
+    ),
+    clip_mode: ClipMode = typer.Option(ClipMode.rescale, "--clip-mode", help="For integer formats."),
+    filename: str = typer.Option(
+        DEFAULT_FILENAME, help="Output path under --out; fields {folder} {track} {stem} {ext}."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages (errors only)."),
+    json_lines: bool = typer.Option(False, "--json", help="Progress and results as JSON lines on stdout."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    args = dict(locals(), light=False, stage=None, exact=False, stems=None, two_stems=None, downmix=False)
+    _run_command(args.pop("batch"), args, precision, "speakers")
+
+
+speakers_command.__doc__ = (
+    "Separate the talkers of recordings: one mono file per speaker, at the input's rate.\n\n"
+    "Windows are lined up on their overlap (the model gives each window's talkers in an order of its own), "
+    "so each talker stays in one file.\n\n" + SPEAKERS_EXAMPLES
+)

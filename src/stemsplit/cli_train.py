@@ -10,23 +10,35 @@ from .cli_common import EXIT_USAGE, Precision, err_console, fail
 
 
 def _default(name: str) -> str:
-    """``[default: X]`` from TrainConfig, the one home of the recipe's numbers (BSRNN's: RECIPES)."""
+    """``[default: X]`` from TrainConfig, the one home of the recipe's numbers (other families': RECIPES)."""
     from dataclasses import fields
 
     from .train.config import RECIPES, TrainConfig
 
     value = next(f.default for f in fields(TrainConfig) if f.name == name)
     shown = "none" if value is None else value
-    bsrnn = RECIPES["bsrnn"].get(name)
-    return f"[default: {shown}" + (f"; bsrnn: {bsrnn}]" if bsrnn is not None else "]")
+    others = "".join(f"; {arch}: {recipe[name]}" for arch, recipe in RECIPES.items() if name in recipe)
+    return f"[default: {shown}{others}]"
 
 
 def train_command(
     musdb: Path = typer.Option(
-        ..., help="MUSDB18-HQ root (train/<track>/<stem>.wav), or any folder so laid out."
+        None, help="Music models: MUSDB18-HQ root (train/<track>/<stem>.wav), or any folder so laid out."
+    ),
+    libri2mix: Path = typer.Option(
+        None,
+        help="Speaker models: a Libri2Mix-layout root (train-100/ and dev/ with mix_both, s1, s2; "
+        "stemsplit synth-speech writes one).",
+    ),
+    mixture: str = typer.Option(
+        None, help="--libri2mix: the input folder, mix_both (noisy) or mix_clean. " + _default("mixture")
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Run folder: checkpoints, logs [default: runs/ARCH]."),
-    arch: str = typer.Option("ts-bsmamba2", help="Network family: ts-bsmamba2 or bsrnn."),
+    arch: str = typer.Option(
+        None,
+        help="Network family: ts-bsmamba2 or bsrnn; u-mamba-net for speakers [default: ts-bsmamba2; "
+        "with --libri2mix: u-mamba-net].",
+    ),
     preset: str = typer.Option(None, help="The family's named config (ts-bsmamba2: ts, l-ts; bsrnn: paper)."),
     light: bool = typer.Option(False, "--light", help="TS-BSMamba2's L-TS preset (4 + 2 layers)."),
     model_config: Path = typer.Option(None, help="TOML overriding the family's config fields."),
@@ -44,7 +56,7 @@ def train_command(
     lr: float = typer.Option(None, help="Adam learning rate. " + _default("lr")),
     lr_schedule: str = typer.Option(
         None,
-        help="plateau (decay after --patience bad epochs) or step (every --lr-every). "
+        help="plateau (decay after --patience bad epochs), step (every --lr-every) or constant. "
         + _default("lr_schedule"),
     ),
     lr_decay: float = typer.Option(None, help="Learning-rate factor at each decay. " + _default("lr_decay")),
@@ -101,7 +113,7 @@ def train_command(
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Train TS-BSMamba2 or BSRNN with its paper's recipe; resumable; scales with torchrun.
+    """Train TS-BSMamba2, BSRNN or (--libri2mix) U-Mamba-Net with its paper's recipe; resumable; torchrun.
 
     \b
     stemsplit train --musdb ~/data/musdb18hq -o runs/ts
@@ -109,6 +121,7 @@ def train_command(
     stemsplit train --musdb ~/data/musdb18hq -o runs/ts --resume --override --lr 5e-4
     stemsplit train --musdb ~/data/musdb18hq --arch bsrnn --target vocals -o runs/bsrnn-vocals
     torchrun --nproc-per-node 8 -m stemsplit train --musdb ~/data/musdb18hq -o runs/ts
+    stemsplit train --libri2mix ~/data/Libri2Mix/wav8k/min --arch u-mamba-net -o runs/u-mamba-net
     """
     given = dict(locals())  # the flags as given: None = the recipe's default (TrainConfig.for_arch)
     from .train.data import DatasetError
@@ -117,7 +130,11 @@ def train_command(
 
     if override and not resume:
         raise fail("--override only applies with --resume", EXIT_USAGE)
+    if (musdb is None) == (libri2mix is None):
+        raise fail("give one dataset: --musdb (music models) or --libri2mix (speaker models)", EXIT_USAGE)
+    from .train.config import DEFAULT_ARCH, SPEECH_ARCH
 
+    arch = arch or (SPEECH_ARCH if libri2mix is not None else DEFAULT_ARCH)
     from .model import FAMILIES
 
     if arch not in FAMILIES:

@@ -12,6 +12,15 @@ Everything streams: :class:`StreamingOverlapAdd` takes the song block by
 block and hands back finished output as soon as no later window can touch it,
 so memory does not grow with the song's length.
 
+Speaker separation (a card with ``permutation_invariant``): a network trained
+with a permutation-invariant loss gives each window's talkers in an order of
+its own, so before a window is added its outputs are reordered to match what
+the earlier windows left on the overlap (the permutation with the largest
+summed inner product with the output so far there, i.e. the least-squares
+match). Without that, talkers would swap files every few seconds. Speech
+networks are mono (``card.channels == 1``): the input's channels are averaged,
+and the talkers come out mono.
+
 Python API::
 
     from stemsplit.separate import Separator
@@ -49,11 +58,13 @@ from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, St
 from .runtime import pick_device, resolve_precision
 from .settings import (
     MAX_CHANNELS,
+    RESIDUAL,
     SeparationError,
     check_sample_rate,
     check_settings,
     choose_stems,
     shown,
+    task_mismatch,
 )
 from .weights import load_model
 
@@ -93,6 +104,12 @@ class StreamingOverlapAdd:
         run_batch: windows [n, channels, window] -> outputs [n, S, channels, window].
         window, hop: in samples (hop <= window).
         batch_size: windows per call of ``run_batch``.
+        align_stems: how many leading outputs come in an arbitrary order per window (a
+            permutation-invariant network's talkers; 0 or 1: none). Each window's first
+            ``align_stems`` outputs are permuted to best match the output accumulated so far on
+            the part of the window that earlier windows covered (largest summed inner product over
+            the ``align_stems!`` permutations) before they are added; the outputs after them (the
+            mixture carried along for a residual) stay where they are.
 
     Feed input with :meth:`push` ([channels, n] tensors) and end with
     :meth:`finish`; both yield finished output [S, channels, m], in order, that
@@ -105,10 +122,15 @@ class StreamingOverlapAdd:
         window: int,
         hop: int,
         batch_size: int = 1,
+        align_stems: int = 0,
     ) -> None:
         if not 0 < hop <= window:
             raise ValueError(f"hop ({hop}) must be in (0, window ({window})]")
         self.run_batch = run_batch
+        # Every order of the talkers, as rows of indices (row 0 is the identity: kept on ties).
+        self._permutations = (
+            torch.tensor(list(itertools.permutations(range(align_stems)))) if align_stems > 1 else None
+        )
         self.window, self.hop, self.batch_size = window, hop, max(1, batch_size)
         self.lead = window - hop  # zeros before the song (and at least as many after)
         self.samples = 0  # real input samples received so far
@@ -177,8 +199,26 @@ class StreamingOverlapAdd:
             self._count = torch.cat([self._count, self._count.new_zeros(grow)])
         for start, out in zip(starts, outputs, strict=True):
             o = start - self._out_start
+            if self._permutations is not None:
+                out = self._aligned(out, o)
             self._sum[..., o : o + self.window] += out
             self._count[o : o + self.window] += 1
+
+    def _aligned(self, out: torch.Tensor, o: int) -> torch.Tensor:
+        """``out`` [S, C, window] with its first stems reordered to match the output so far from ``o`` on.
+
+        Windows come in order, so the part of this window that earlier ones covered is a prefix.
+        """
+        covered = int((self._count[o : o + self.window] > 0).sum())
+        if covered == 0:
+            return out
+        n = self._permutations.shape[1]
+        so_far = (self._sum[:n, ..., o : o + covered] / self._count[o : o + covered]).reshape(n, -1)
+        scores = out[:n, ..., :covered].reshape(n, -1).double() @ so_far.double().T  # [new, so far]
+        # Row p of the permutations puts new output p[j] in place j: its score is sum_j scores[p[j], j].
+        totals = scores[self._permutations, torch.arange(n)].sum(dim=1)
+        best = self._permutations[int(totals.argmax())]
+        return torch.cat([out[best], out[n:]])
 
     def _emit(self, ready: float, final: bool) -> Iterator[torch.Tensor]:
         last_real = self.lead + self.samples  # padded index just past the last real sample
@@ -320,6 +360,15 @@ def prefetch(iterator: Iterable, depth: int = 2) -> Iterator:
                 thread.join(0.05)
 
 
+def _output(part: np.ndarray, index: dict[str, int], name: str) -> np.ndarray:
+    """Output ``name`` [C, n] of a block [S + mixture, C, n]: a stem, ``no_X`` or the residual."""
+    if name in index:
+        return part[index[name]]
+    if name == RESIDUAL:
+        return part[-1] - part[:-1].sum(axis=0)
+    return part[-1] - part[index[name[3:]]]
+
+
 class Separator:
     """Separate songs with any model stemsplit can load (TS-BSMamba2, BSRNN, ...).
 
@@ -343,8 +392,17 @@ class Separator:
             kernels from the portable path, for CUDA without mamba-ssm and for the CPU). Every
             batch is padded to ``batch_size`` windows so that a run compiles once; the first
             batch pays the compile time, reported as a ``compiled`` event.
+        task: ``music`` or ``speakers`` (:data:`stemsplit.card.TASKS`): with no ``model``, the
+            registry's model for it; with one, a model of another task is refused. None: any
+            model, the registry default when none is given.
         progress: called with event dicts while separating.
         download_progress: show a progress bar on stderr while a model downloads.
+
+    Speaker separation::
+
+        sep = Separator("talkers.safetensors", task="speakers")
+        talkers = sep.separate(audio, rate)          # {"speaker1": [1, samples], "speaker2": ...}
+        sep.separate_file("interview.m4a", "out/", residual=True)  # out/interview/speaker1.wav, ...
 
     The model's card (``self.card``) says its stems, sample rate, normalisation
     and shortest window. Every setting is checked here, before anything runs: a
@@ -367,6 +425,7 @@ class Separator:
         stems: Iterable[str] | None = None,
         sample_rate: int | None = None,
         normalization: str | None = None,
+        task: str | None = None,
         progress: ProgressCallback | None = None,
         download_progress: bool = True,
     ) -> None:
@@ -397,9 +456,12 @@ class Separator:
             self.model, self.name = model, "custom"
             light_model = False
         else:
-            loaded = load_model(model, light=light and model is None, progress=download_progress)
+            loaded = load_model(model, light=light and model is None, progress=download_progress, task=task)
             self.model, self.name, self.card = loaded.model, loaded.name, loaded.card
             light_model = loaded.light
+        problem = task and task_mismatch(self.name, self.card.task, self.card.stems, task)
+        if problem:
+            raise SeparationError(problem, "task")
         self.stems, self.sample_rate = self.card.stems, self.card.sample_rate
         self.normalization = self.card.normalization
         window = self.card.window if window is None else window
@@ -573,6 +635,8 @@ class Separator:
         mean, std = stats
         self._residual_energy = self._mix_energy = 0.0
         s = len(self.stems) + with_mixture
+        folded = channels
+        channels = self.output_channels(channels)
         to_model = BlockResampler(rate, self.sample_rate, channels)
         from_model = BlockResampler(self.sample_rate, rate, s * channels)
         frames_read = 0
@@ -583,7 +647,8 @@ class Separator:
                 stems = torch.cat([stems, windows[:, None] * std + mean], dim=1)
             return stems
 
-        ola = StreamingOverlapAdd(run_batch, self.window, self.hop, self.batch_size)
+        align = len(self.stems) if self.card.permutation_invariant else 0
+        ola = StreamingOverlapAdd(run_batch, self.window, self.hop, self.batch_size, align)
         total = ola.windows_for(math.ceil(frames * self.sample_rate / rate))
         self.progress({"event": "start", "windows": total, "seconds": frames / rate})
 
@@ -591,6 +656,8 @@ class Separator:
             nonlocal frames_read
             for block in blocks:
                 frames_read += len(block)
+                if folded != channels:  # a mono network: the channels averaged
+                    block = block.mean(axis=1, keepdims=True, dtype=np.float32)
                 if (mean, std) != (0.0, 1.0):
                     block = ((block - mean) / std).astype(np.float32)
                 resampled = to_model(block)
@@ -623,13 +690,24 @@ class Separator:
 
     # -- songs ---------------------------------------------------------------------------------
 
-    def output_stems(self, stems: Iterable[str] | None = None, two_stems: str | None = None) -> list[str]:
-        """The stems to write (see :func:`choose_stems`)."""
-        return choose_stems(self.stems, stems, two_stems)
+    def output_stems(
+        self, stems: Iterable[str] | None = None, two_stems: str | None = None, residual: bool = False
+    ) -> list[str]:
+        """The stems to write (see :func:`choose_stems`), and with ``residual`` the mixture minus all of
+        them (:data:`~stemsplit.settings.RESIDUAL`)."""
+        chosen = choose_stems(self.stems, stems, two_stems)
+        if residual and RESIDUAL in self.stems:
+            raise SeparationError(f"this model has a stem named {RESIDUAL} already", "residual")
+        return [*chosen, RESIDUAL] if residual else chosen
+
+    def output_channels(self, channels: int) -> int:
+        """Channels of the stems of a ``channels``-channel input: 1 for a mono network, else as many
+        as the input (more than two folded to stereo)."""
+        return 1 if self.card.channels == 1 else min(channels, 2)
 
     def check_input(self, info: AudioInfo, downmix: bool = False) -> None:
         """Refuse a song this separator cannot take (channels, length) before anything runs."""
-        if info.channels > 2 and not downmix:
+        if info.channels > 2 and not downmix and self.card.channels != 1:
             raise SeparationError(
                 f"{info.path}: {info.channels} channels; stemsplit separates mono or stereo "
                 "(downmix folds more channels down)"
@@ -646,7 +724,8 @@ class Separator:
     ) -> Iterator[dict[str, np.ndarray]]:
         """Decode, separate and yield a song block by block: {stem: [frames, channels] float32}.
 
-        ``stems`` are names from :meth:`output_stems` (``no_X`` is the mixture minus X).
+        ``stems`` are names from :meth:`output_stems` (``no_X`` is the mixture minus X,
+        ``residual`` the mixture minus every stem).
         """
         block_frames = round(READ_BLOCK_SECONDS * info.sample_rate)
 
@@ -663,18 +742,14 @@ class Separator:
         for part in self._stream(
             prefetch(blocks()), info.sample_rate, channels, info.frames, with_mixture, stats
         ):
-            # part: [S (+ mixture), C, n]
-            yield {
-                name: (part[index[name]] if name in index else part[-1] - part[index[name[3:]]]).T
-                for name in stems
-            }
+            yield {name: _output(part, index, name).T for name in stems}
 
     def separate_song(
         self, song: SongOutputs, info: AudioInfo, options: OutputOptions, downmix: bool = False
     ) -> SeparationResult:
         """Separate one planned song (see :func:`stemsplit.output.plan_outputs`) into its files."""
         self.check_input(info, downmix)
-        channels = min(info.channels, 2)
+        channels = self.output_channels(info.channels)
         with StemWriter(song, options, info.sample_rate, channels) as writer:
             for stems in self.song_blocks(info, list(song.paths), downmix):
                 writer.write(stems)
@@ -697,6 +772,7 @@ class Separator:
         two_stems: str | None = None,
         overwrite: bool = False,
         downmix: bool = False,
+        residual: bool = False,
     ) -> SeparationResult:
         """Separate one file into ``out_dir`` (layout from ``filename``; see :mod:`stemsplit.output`).
 
@@ -706,7 +782,7 @@ class Separator:
         Progress events: ``start`` (windows, seconds), ``windows`` (done, total).
         """
         options = OutputOptions(filename, fmt, bit_depth, clip_mode, overwrite)
-        wanted = self.output_stems(stems, two_stems)
+        wanted = self.output_stems(stems, two_stems, residual)
         info = probe(path)
         [song] = plan_outputs([SongSource(Path(path))], out_dir, wanted, options)
         return self.separate_song(song, info, options, downmix)

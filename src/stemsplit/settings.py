@@ -18,12 +18,14 @@ __all__ = [
     "MAX_SAMPLE_RATE",
     "MAX_WINDOW_SECONDS",
     "MIN_SAMPLE_RATE",
+    "RESIDUAL",
     "SeparationError",
     "check_sample_rate",
     "check_settings",
     "choose_stems",
     "parse_device",
     "shown",
+    "task_mismatch",
 ]
 
 # Accepted ranges of the engine's settings (beyond them a run cannot work or exhausts memory).
@@ -32,6 +34,8 @@ MAX_BATCH_SIZE = 256
 MAX_CHANNELS = 8  # more "channels" than this in separate(array) is a transposed [samples, channels] array
 # Sample rates taken, from arrays and files alike (a file's header saying 1 Hz is damaged, not audio).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 1_000_000
+# The extra output of speaker separation: the mixture minus every talker (noise, music, the rest).
+RESIDUAL = "residual"
 
 
 class SeparationError(Exception):
@@ -100,6 +104,13 @@ def choose_stems(
     if len(set(wanted)) != len(wanted):
         raise SeparationError(f"a stem is named twice in {', '.join(wanted)}", "stems")
     return wanted
+
+
+def task_mismatch(name: str, task: str, stems: Sequence[str], wanted: str) -> str | None:
+    """Why model ``name`` (separating ``task`` into ``stems``) cannot do ``wanted``; None if it can."""
+    if task == wanted:
+        return None
+    return f"{name} separates {task} ({', '.join(stems)}), not {wanted}"
 
 
 def _number(value: object, option: str) -> float:

@@ -211,6 +211,8 @@ class UMambaNet(nn.Module):
             min_samples=1,
             stft=SHARE_STFT,
             channels=1,
+            task="speakers",
+            permutation_invariant=True,  # trained with PIT: the engine lines windows up
             cpu_bf16=False,  # slower than fp32 on the CPU, and 1.8e-2 off: the scan needs fp32
         )
 

@@ -3,6 +3,10 @@
 Importable without torch, so ``stemsplit --help`` and ``stemsplit train --help`` (which
 shows these defaults) start fast. :data:`RECIPES` holds where a family's paper trains
 differently from TS-BSMamba2's recipe, which the defaults are.
+
+A run trains on one dataset: ``musdb`` (a MUSDB18-HQ-layout folder, for music
+models) or ``libri2mix`` (a Libri2Mix-layout folder, as ``stemsplit synth-speech``
+writes, for speaker-separation models); the model card's task must match it.
 """
 
 from __future__ import annotations
@@ -11,30 +15,43 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..card import MUSIC_STEMS
+from ..card import MUSIC_STEMS, SPEAKER_STEMS
 
-__all__ = ["DEFAULT_ARCH", "FINETUNE_FIELDS", "RECIPES", "RECIPE_FIELDS", "FinetuneConfig", "TrainConfig"]
+__all__ = [
+    "DEFAULT_ARCH",
+    "FINETUNE_FIELDS",
+    "RECIPES",
+    "RECIPE_FIELDS",
+    "SPEECH_ARCH",
+    "FinetuneConfig",
+    "TrainConfig",
+]
 
 # stemsplit.model.ts_bsmamba2.ARCHITECTURE, spelled out (importing the model would import torch;
 # tests/test_train_loop.py checks that the two agree).
 DEFAULT_ARCH = "ts-bsmamba2"
+# The family `train --libri2mix` trains when no --arch is given: U-Mamba-Net (stemsplit.model.u_mamba_net).
+SPEECH_ARCH = "u-mamba-net"
 
 
 @dataclass
 class TrainConfig:
-    musdb: Path
+    musdb: Path | None = None  # MUSDB18-HQ layout: music models
+    libri2mix: Path | None = None  # Libri2Mix layout (train-100/, dev/): speaker-separation models
+    mixture: str = "mix_both"  # libri2mix: the input folder, mix_both (noisy) or mix_clean
     out: Path = Path("runs")
     arch: str = DEFAULT_ARCH  # a family of stemsplit.model.families
     preset: str | None = None  # the family's named config (None: its default; --light: l-ts)
     light: bool = False
     model_config: Path | None = None
-    stems: tuple[str, ...] = MUSIC_STEMS  # the dataset's stems, all mixed into the mixture
+    stems: tuple[str, ...] | None = None  # the dataset's stems (None: MUSIC_STEMS, or SPEAKER_STEMS)
     target: str = "all"  # the stems the model outputs: all, or one (BSRNN: one network per target)
     epochs: int = 100
     epoch_size: int = 100_000
     batch_size: int = 16  # global, over all ranks
     lr: float = 1e-3
-    lr_schedule: str = "plateau"  # plateau: x lr_decay after `patience` bad epochs; step: every lr_every
+    # plateau: x lr_decay after `patience` bad epochs; step: every lr_every; constant: never
+    lr_schedule: str = "plateau"
     lr_decay: float = 0.8
     patience: int = 2
     lr_every: int = 2
@@ -61,6 +78,10 @@ class TrainConfig:
     # The fields --resume refuses to change without --override (RECIPE_FIELDS, below).
     recipe_fields: ClassVar[tuple[str, ...]]
 
+    def __post_init__(self) -> None:
+        if self.stems is None:
+            self.stems = SPEAKER_STEMS if self.libri2mix is not None else MUSIC_STEMS
+
     def to_json(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
@@ -85,6 +106,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         "early_stop": 10,
         "epoch_size": 160_000,
     },
+    # U-Mamba-Net Sec. III-C: batch 4, initial lr 1.5e-4, random 3 s crops, at most 120 epochs,
+    # permutation-invariant SI-SNR (the loss follows the model card's task). The paper names no
+    # schedule and no clipping: the lr stays constant, and gradients are clipped at 5 as in
+    # Conv-TasNet (its ref. [15], whose loss it takes). An epoch is one pass's worth of crops of
+    # Libri2Mix train-100 (13900 mixtures, the paper's training set size).
+    SPEECH_ARCH: {
+        "batch_size": 4,
+        "lr": 1.5e-4,
+        "lr_schedule": "constant",
+        "epochs": 120,
+        "crop_seconds": 3.0,
+        "epoch_size": 13_900,
+    },
 }
 
 
@@ -97,6 +131,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 # it gives is the same. ``precision`` is compared as given (unset = bf16 on CUDA, fp32 on CPU).
 RECIPE_FIELDS = (
     "musdb",
+    "libri2mix",
+    "mixture",
     "stems",
     "target",
     "epoch_size",

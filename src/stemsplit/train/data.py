@@ -1,4 +1,5 @@
-"""Training data: MUSDB18-HQ-layout multitracks, source activity detection and remixing.
+"""Training data: MUSDB18-HQ-layout multitracks, source activity detection and remixing; and crops of
+two-talker speech mixtures (:class:`SpeechCrops`).
 
 The recipe is BSRNN's (Luo & Yu, section III-A), which TS-BSMamba2 trains with:
 
@@ -11,6 +12,10 @@ The recipe is BSRNN's (Luo & Yu, section III-A), which TS-BSMamba2 trains with:
   example comes from its own random track and salient segment, gets a random
   gain in [-10, 10] dB and is dropped with probability 0.1; the mixture is their
   sum, and both are rescaled together when a peak exceeds 1.
+
+Speech (U-Mamba-Net, Sec. III-C): each example is a random 3 s crop of a random
+mixture of a Libri2Mix-layout folder (:func:`stemsplit.train.speech_synth.find_speech_mixtures`
+lists them): the mixture (``mix_both`` or ``mix_clean``) and its two talkers ``s1``, ``s2``.
 
 Samples are a pure function of ``(seed, epoch, index)``, so a resumed run, any
 number of DataLoader workers and every DDP rank see exactly the data they would
@@ -34,12 +39,14 @@ from ..audio import AudioError, libsndfile_reason, probe
 from ..card import MUSIC_STEMS
 from ..files import write_atomically
 from ..weights import cache_dir
+from .speech_synth import SpeechSynthError
 
 __all__ = [
     "MUSIC_STEMS",
     "DatasetError",
     "RemixDataset",
     "SalientIndex",
+    "SpeechCrops",
     "Track",
     "find_tracks",
     "musdb_validation_names",
@@ -447,3 +454,50 @@ class RemixDataset(torch.utils.data.Dataset):
             gain = float(rng.uniform(*self.gain_db))
             draws.append(_Draw(track, start, gain, bool(rng.random() < self.drop_prob)))
         return draws
+
+
+class SpeechCrops(torch.utils.data.Dataset):
+    """Random crops of two-talker mixtures: item -> (mixture [1, frames], talkers [2, 1, frames]).
+
+    ``mixtures`` are :class:`~stemsplit.train.speech_synth.SpeechTrack` s (anything with
+    ``name``, ``sample_rate``, ``frames`` and ``read(start, frames)`` giving mixture, s1, s2).
+    Item ``i`` of an epoch is a random mixture and start from ``rng([seed, epoch, i])``; a
+    mixture shorter than the crop is taken whole and zero-padded at the end.
+    """
+
+    def __init__(self, mixtures: Sequence, seconds: float, epoch_size: int, seed: int = 0) -> None:
+        self.mixtures = list(mixtures)
+        if not self.mixtures:
+            raise DatasetError("no training mixtures")
+        first = self.mixtures[0]
+        for other in self.mixtures[1:]:
+            if other.sample_rate != first.sample_rate:
+                raise DatasetError(
+                    f"{other.mixture}: {other.sample_rate} Hz, but {first.mixture} has "
+                    f"{first.sample_rate} Hz; every training mixture needs the same sample rate"
+                )
+        self.sample_rate = first.sample_rate
+        self.frames = round(seconds * self.sample_rate)
+        self.epoch_size, self.seed, self.epoch = epoch_size, seed, 0
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sample(self.epoch, i)
+
+    def sample(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, epoch, i])
+        mixture = self.mixtures[int(rng.integers(len(self.mixtures)))]
+        start = int(rng.integers(max(mixture.frames - self.frames, 0) + 1))
+        parts = np.zeros((3, self.frames), dtype=np.float32)
+        try:
+            signals = mixture.read(start, self.frames)  # mixture, s1, s2
+        except SpeechSynthError as exc:
+            raise DatasetError(str(exc)) from None
+        for row, audio in zip(parts, signals, strict=True):
+            row[: len(audio)] = audio
+        return torch.from_numpy(parts[:1].copy()), torch.from_numpy(parts[1:, None].copy())

@@ -1,4 +1,5 @@
-"""Scoring separations the way the paper reports them: cSDR and uSDR per stem.
+"""Scoring separations the way the papers report them: cSDR and uSDR per stem (music); SI-SNRi,
+SDRi and STOI per talker (speech).
 
 - **uSDR** (utterance-level SDR, the MDX Challenge 2021 metric): one SNR-style
   number per track and stem over the whole song; the reported figure is the
@@ -8,6 +9,16 @@
   over tracks. Frames where a reference is silent are NaN and ignored, as in
   museval's own aggregation.
 
+Speech (U-Mamba-Net's Tables III-V), per mixture and talker, the outputs matched
+to the talkers in the order of the best mean SI-SNR (as in training), then the
+mean over talkers and mixtures:
+
+- **SI-SNRi**: SI-SNR of the estimate minus SI-SNR of the mixture, both against
+  the talker (:func:`stemsplit.train.losses.si_snr`);
+- **SDRi**: the same with BSSEval's SDR (``museval``, the ``bss_eval_sources``
+  variant of v3 with 512-tap distortion filters, over the whole mixture);
+- **STOI** of the estimate (0-1), when ``pystoi`` is installed.
+
 Songs are separated with the :class:`~stemsplit.separate.Separator` as given
 (the paper's protocol, 3 s windows every 0.5 s, is its default).
 """
@@ -15,6 +26,7 @@ Songs are separated with the :class:`~stemsplit.separate.Separator` as given
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import math
 import sys
@@ -30,12 +42,28 @@ import numpy as np
 from ..files import write_atomically
 from ..separate import Separator
 
-__all__ = ["EvalReport", "TrackScores", "csdr", "evaluate_tracks", "usdr", "write_report"]
+__all__ = [
+    "EvalReport",
+    "SpeechReport",
+    "SpeechScores",
+    "TrackScores",
+    "csdr",
+    "evaluate_speech",
+    "evaluate_tracks",
+    "speech_scores",
+    "usdr",
+    "write_report",
+]
 
 # How the numbers were obtained, recorded in every report.
 CSDR_METHOD = "BSSEval v4 (museval {}) on 1 s frames: median over frames, then over tracks"
 USDR_METHOD = "MDX 2021 SDR of the whole track: mean over tracks"
 MUSEVAL_INSTALL = "pip install museval (or 'stemsplit[train]')"
+SDRI_METHOD = "BSSEval bss_eval_sources (museval {}), whole mixture, 512-tap filters: estimate minus mixture"
+SI_SNRI_METHOD = (
+    "SI-SNR (zero-mean) of the estimate minus that of the mixture; outputs matched by best mean SI-SNR"
+)
+STOI_METHOD = "pystoi {} of the estimate"
 
 
 def usdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-7) -> float:
@@ -213,7 +241,136 @@ def _track_line(index: int, scores: TrackScores) -> str:
     return f"{index}: {scores.name}: uSDR {average(scores.usdr)}, cSDR {average(scores.csdr)}"
 
 
-def write_report(report: EvalReport, path: Path) -> None:
+# --- speech ---------------------------------------------------------------------------------------
+
+
+def _bss_sdr(references: np.ndarray, estimates: np.ndarray) -> np.ndarray:
+    """BSSEval SDR of each estimate [S, samples] against its reference, whole signals -> [S] dB."""
+    sdr, _isr, _sir, _sar, _perm = _museval().metrics.bss_eval(
+        references[..., None].astype(np.float64),
+        estimates[..., None].astype(np.float64),
+        window=np.inf,
+        hop=np.inf,
+        bsseval_sources_version=True,
+    )
+    return sdr[:, 0]
+
+
+def speech_scores(
+    mixture: np.ndarray,
+    references: np.ndarray,
+    estimates: np.ndarray,
+    sample_rate: int,
+    compute_sdr: bool = True,
+    compute_stoi: bool = False,
+) -> dict[str, list[float]]:
+    """Scores of one mixture [samples], its talkers [S, samples] and the outputs [S, samples].
+
+    The outputs are put in the talkers' order first (best mean SI-SNR). Returns metric -> one value
+    per talker: ``si_snri`` (dB), ``sdri`` (dB) with ``compute_sdr``, ``stoi`` with ``compute_stoi``.
+    """
+    import torch
+
+    from .losses import pit_si_snr, si_snr
+
+    refs = torch.from_numpy(np.asarray(references, dtype=np.float64))
+    _best, order = pit_si_snr(torch.from_numpy(np.asarray(estimates, dtype=np.float64))[None], refs[None])
+    estimates = np.asarray(estimates, dtype=np.float64)[order[0].numpy()]
+    mix = np.broadcast_to(np.asarray(mixture, dtype=np.float64), estimates.shape)
+    ests = torch.from_numpy(estimates)
+    gained = si_snr(ests, refs) - si_snr(torch.from_numpy(mix.copy()), refs)
+    scores = {"si_snri": gained.tolist()}
+    if compute_sdr:
+        references = refs.numpy()
+        scores["sdri"] = (_bss_sdr(references, estimates) - _bss_sdr(references, mix)).tolist()
+    if compute_stoi:
+        from pystoi import stoi
+
+        scores["stoi"] = [
+            float(stoi(r, e, sample_rate)) for r, e in zip(refs.numpy(), estimates, strict=True)
+        ]
+    return scores
+
+
+@dataclass
+class SpeechScores:
+    """One mixture's scores: metric -> one value per talker (NaN: not scorable)."""
+
+    name: str
+    scores: dict[str, list[float]]
+
+
+@dataclass
+class SpeechReport:
+    """Per-mixture speech scores and the settings they were obtained with."""
+
+    mixtures: list[SpeechScores]
+    metrics: tuple[str, ...]
+    settings: dict = field(default_factory=dict)
+
+    def mean(self, metric: str) -> float:
+        """The mean over talkers and mixtures (NaN ignored; NaN when nothing was scored)."""
+        return _aggregate((v for m in self.mixtures for v in m.scores.get(metric, [])), np.mean)
+
+    def to_json(self) -> dict:
+        return _finite(
+            {
+                "metrics": {metric: self.mean(metric) for metric in self.metrics},
+                "settings": self.settings,
+                "mixtures": [{"name": m.name, **m.scores} for m in self.mixtures],
+            }
+        )
+
+
+def evaluate_speech(
+    separator: Separator,
+    mixtures: Iterable[Any],
+    progress: Callable[[str], None] | None = None,
+    compute_sdr: bool = True,
+    compute_stoi: bool | None = None,
+) -> SpeechReport:
+    """Separate each two-talker mixture and score it (:func:`speech_scores`).
+
+    ``mixtures`` are :class:`~stemsplit.train.speech_synth.SpeechTrack` s (``name``,
+    ``sample_rate``, ``read()`` -> mixture, s1, s2). ``compute_stoi`` None: when pystoi imports.
+    """
+    progress = progress or (lambda text: None)
+    if compute_stoi is None:
+        compute_stoi = importlib.util.find_spec("pystoi") is not None
+    results = []
+    started = time.perf_counter()
+    for track in mixtures:
+        mixture, *talkers = track.read()
+        separated = separator.separate(mixture, track.sample_rate)  # {speaker: [1, samples]}
+        estimates = np.stack([separated[name][0] for name in separator.stems])
+        if len(estimates) != len(talkers):
+            from .data import DatasetError
+
+            raise DatasetError(
+                f"{track.mixture}: {len(talkers)} talkers, but the model gives {len(estimates)}"
+            )
+        scores = speech_scores(
+            mixture, np.stack(talkers), estimates, track.sample_rate, compute_sdr, compute_stoi
+        )
+        results.append(SpeechScores(track.name, scores))
+        shown = ", ".join(f"{k} {np.mean(v):.2f}" for k, v in scores.items())
+        progress(f"{len(results)}: {track.name}: {shown}")
+    metrics = ("si_snri", *(("sdri",) if compute_sdr else ()), *(("stoi",) if compute_stoi else ()))
+    settings = {
+        "model": separator.name,
+        "window": separator.window / separator.sample_rate,
+        "hop": separator.hop / separator.sample_rate,
+        "precision": separator.precision,
+        "device": str(separator.device),
+        "si_snri": SI_SNRI_METHOD,
+        "sdri": SDRI_METHOD.format(importlib.metadata.version("museval")) if compute_sdr else None,
+        "stoi": STOI_METHOD.format(importlib.metadata.version("pystoi")) if compute_stoi else None,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return SpeechReport(results, metrics, settings)
+
+
+def write_report(report: EvalReport | SpeechReport, path: Path) -> None:
     """Write the report as JSON atomically: a crash never leaves a truncated file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """Training any family with its paper's recipe: TS-BSMamba2 (Bai et al. 2024, Sec. III) and BSRNN
-(Luo & Yu, Sec. IV-A), which share BSRNN's data pipeline and loss.
+(Luo & Yu, Sec. IV-A), which share BSRNN's data pipeline and loss; and speaker-separation
+networks (U-Mamba-Net, Dang et al. Sec. III-C), chosen by the model card's task.
 
 Recipe (every value a field of :class:`TrainConfig` with one default, every field a CLI flag;
 :data:`RECIPES` holds where a family's paper differs from TS-BSMamba2's):
@@ -16,6 +17,12 @@ Recipe (every value a field of :class:`TrainConfig` with one default, every fiel
   batches of 2 on 8 GPUs);
 - validation every epoch: uSDR of whole validation tracks separated with the
   3 s / 0.5 s chunked protocol.
+
+Speaker separation (``card.task == "speakers"``, ``--libri2mix FOLDER``): random
+3 s crops of the Libri2Mix-layout folder's ``train-100`` mixtures
+(:class:`~stemsplit.train.data.SpeechCrops`), the permutation-invariant SI-SNR loss
+(:func:`~stemsplit.train.losses.pit_si_snr_loss`), Adam at a constant 1.5e-4,
+batch 4, up to 120 epochs; validation: mean SI-SNRi of ``dev``'s mixtures.
 
 Runs stop and resume exactly: the checkpoint holds model, optimiser,
 scheduler, epoch, step, RNG state, and the data of sample i of epoch e
@@ -56,7 +63,7 @@ from ..runtime import Ranks, pick_device, resolve_precision, torchrun_ranks
 from ..settings import SeparationError
 from ..weights import WeightsError, save_checkpoint, torch_load_safely
 from .config import RECIPE_FIELDS, RECIPES, TrainConfig
-from .losses import separation_loss
+from .losses import pit_si_snr_loss, separation_loss
 
 __all__ = [
     "RECIPES",
@@ -86,8 +93,9 @@ class LrSchedule:
 
     ``plateau`` (TS-BSMamba2): multiply by ``factor`` after ``patience`` epochs
     without a new best score; ``step`` (BSRNN): multiply by ``factor`` every
-    ``every`` epochs. Either way ``since_best`` counts the epochs since the best
-    score, for early stopping.
+    ``every`` epochs; ``constant`` (U-Mamba-Net, whose paper names no schedule):
+    never. Either way ``since_best`` counts the epochs since the best score, for
+    early stopping.
     """
 
     def __init__(
@@ -98,8 +106,8 @@ class LrSchedule:
         patience: int = 2,
         every: int = 2,
     ) -> None:
-        if mode not in ("plateau", "step"):
-            raise ValueError(f"learning-rate schedule must be plateau or step, not {mode!r}")
+        if mode not in ("plateau", "step", "constant"):
+            raise ValueError(f"learning-rate schedule must be plateau, step or constant, not {mode!r}")
         self.optimizer, self.mode, self.factor, self.patience, self.every = (
             optimizer,
             mode,
@@ -311,8 +319,6 @@ class Run:
     """
 
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
-        from .data import SalientIndex, find_tracks, split_train_valid, validation_names
-
         self.config, self.log = config, log
         self.last_path = config.out / "last.pt"
         if not config.resume and self.last_path.exists():  # before any work
@@ -336,18 +342,15 @@ class Run:
             raise TrainError(f"--target {config.target} is not one of --stems ({', '.join(config.stems)})")
         model_config = self._model_config()
         self.target_index = [config.stems.index(stem) for stem in config.model_stems]
-        tracks = find_tracks(config.musdb, "train", config.stems)
-        self.train_tracks, self.valid_tracks = split_train_valid(tracks, validation_names(config.musdb))
-        if not self.train_tracks:
-            raise TrainError(f"{config.musdb}: no training tracks left after the validation split")
-        if config.valid_tracks is not None:
-            self.valid_tracks = self.valid_tracks[: config.valid_tracks]
-        sad = {"segment_seconds": config.sad_seconds, "quantile": config.sad_quantile}
-        index = SalientIndex.build(self.train_tracks, config.stems, **sad) if self.ranks.main else None
-        if self.ranks.world > 1:
-            dist.barrier()  # rank 0 built the cache; the others read it
-            index = index or SalientIndex.build(self.train_tracks, config.stems, **sad)
-        self.dataset = self._training_data(index)
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.model = self._network(model_config)
+        # What the network separates decides the data, the loss and the validation score.
+        self.task = self.model.card.task
+        self._check_dataset_flags()
+        if self.task == "speakers":
+            self._speech_data()
+        else:
+            self._music_data()
 
         if self.dataset.sample_rate != model_config.sr:
             where = (
@@ -356,12 +359,11 @@ class Run:
                 else (f"give a --model-config with sr = {self.dataset.sample_rate}")
             )
             raise TrainError(
-                f"{self.train_tracks[0].folder}: the tracks are at {self.dataset.sample_rate} Hz but the "
+                f"{self.data_root}: the {'mixtures' if self.task == 'speakers' else 'tracks'} are at "
+                f"{self.dataset.sample_rate} Hz but the "
                 f"model works at {model_config.sr} Hz; resample the dataset or {where}"
             )
-
-        torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.model = self._network(model_config).to(self.device)
+        self.model = self.model.to(self.device)
         if config.checkpoint_activations:
             if not hasattr(self.model, "checkpoint_activations"):
                 raise TrainError(f"--checkpoint-activations: {config.arch} does not support it")
@@ -400,8 +402,43 @@ class Run:
         """The network to train (on the CPU): a new one, initialised from the seed."""
         return build_model(self.config.arch, model_config, self.config.model_stems)
 
+    # -- data --
+
+    def _check_dataset_flags(self) -> None:
+        """One dataset, of the kind the network separates: --musdb for music, --libri2mix for speakers."""
+        config, arch = self.config, self.config.arch
+        if (config.musdb is None) == (config.libri2mix is None):
+            raise TrainError("give one dataset: --musdb (music models) or --libri2mix (speaker models)")
+        if self.task == "speakers" and config.musdb is not None:
+            raise TrainError(
+                f"--musdb: {arch} separates speakers; give a Libri2Mix-layout folder with --libri2mix"
+            )
+        if self.task != "speakers" and config.libri2mix is not None:
+            raise TrainError(
+                f"--libri2mix: {arch} separates {self.task}; give a MUSDB18-HQ-layout folder with --musdb"
+            )
+
+    def _music_data(self) -> None:
+        """MUSDB18-HQ layout: the training tracks' salient segments, uSDR on the validation tracks."""
+        from .data import SalientIndex, find_tracks, split_train_valid, validation_names
+
+        config = self.config
+        self.data_root, self.score_name = config.musdb, "uSDR"
+        tracks = find_tracks(config.musdb, "train", config.stems)
+        self.train_tracks, self.valid_tracks = split_train_valid(tracks, validation_names(config.musdb))
+        if not self.train_tracks:
+            raise TrainError(f"{config.musdb}: no training tracks left after the validation split")
+        if config.valid_tracks is not None:
+            self.valid_tracks = self.valid_tracks[: config.valid_tracks]
+        sad = {"segment_seconds": config.sad_seconds, "quantile": config.sad_quantile}
+        index = SalientIndex.build(self.train_tracks, config.stems, **sad) if self.ranks.main else None
+        if self.ranks.world > 1:
+            dist.barrier()  # rank 0 built the cache; the others read it
+            index = index or SalientIndex.build(self.train_tracks, config.stems, **sad)
+        self.dataset = self._training_data(index)
+
     def _training_data(self, index: Any) -> torch.utils.data.Dataset:
-        """The dataset of training samples: BSRNN's remix of the training tracks' salient segments."""
+        """The music training samples: BSRNN's remix of the training tracks' salient segments."""
         from .data import RemixDataset
 
         config = self.config
@@ -415,6 +452,29 @@ class Run:
             gain_db=(-config.gain_db, config.gain_db),
             drop_prob=config.drop_prob,
         )
+
+    def _speech_data(self) -> None:
+        """Libri2Mix layout: random crops of train-100's mixtures, SI-SNRi on dev's (when it has them)."""
+        from .data import SpeechCrops
+        from .speech_synth import SpeechSynthError, find_speech_mixtures
+
+        config = self.config
+        self.data_root, self.score_name = config.libri2mix, "SI-SNRi"
+        if len(config.stems) != 2:
+            raise TrainError(f"--stems: a Libri2Mix-layout folder has two talkers, not {len(config.stems)}")
+        try:
+            self.train_tracks = find_speech_mixtures(config.libri2mix, "train-100", config.mixture)
+            has_dev = (config.libri2mix / "dev").is_dir() or (
+                config.libri2mix / "metadata" / f"mixture_dev_{config.mixture}.csv"
+            ).is_file()
+            self.valid_tracks = (
+                find_speech_mixtures(config.libri2mix, "dev", config.mixture) if has_dev else []
+            )
+        except SpeechSynthError as exc:
+            raise TrainError(f"--libri2mix: {exc}") from None
+        if config.valid_tracks is not None:
+            self.valid_tracks = self.valid_tracks[: config.valid_tracks]
+        self.dataset = SpeechCrops(self.train_tracks, config.crop_seconds, config.epoch_size, config.seed)
 
     def end_epoch(self, improved: bool, score: float) -> None:
         """Called on every rank after each epoch's validation (``improved``: a new best score)."""
@@ -479,7 +539,8 @@ class Run:
         for name in self.config.recipe_fields:
             new, old = now.get(name), saved.get(name, defaults[name])
             # A folder or checkpoint file: the same path, however it is spelled.
-            is_path = name in ("musdb", "unlabeled") or (name == "model" and Path(str(old)).is_file())
+            paths = ("musdb", "libri2mix", "unlabeled")
+            is_path = name in paths or (name == "model" and old is not None and Path(str(old)).is_file())
             same = Path(new).resolve() == Path(old).resolve() if is_path and old and new else new == old
             if not same:
                 changes.append(f"{_flag(name, new)} (was {_flag(name, old).split(' ', 1)[1]})")
@@ -550,7 +611,10 @@ class Run:
         with autocast:
             outputs = self.ddp(mixture)
         targets = targets[:, self.target_index]  # BSRNN --target: one stem of the remix
-        loss = separation_loss(outputs, targets, *self.model.card.stft)
+        if self.task == "speakers":
+            loss = pit_si_snr_loss(outputs, targets)
+        else:
+            loss = separation_loss(outputs, targets, *self.model.card.stft)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
@@ -558,9 +622,10 @@ class Run:
         return float(loss.detach())
 
     def validate(self) -> float:
-        """Mean uSDR over stems and validation tracks, with the chunked protocol (rank 0)."""
+        """Mean uSDR over stems and validation tracks (speakers: mean SI-SNRi over talkers and dev
+        mixtures), with the chunked protocol (rank 0)."""
         from ..separate import Separator
-        from .eval import evaluate_tracks
+        from .eval import evaluate_speech, evaluate_tracks
 
         if not self.valid_tracks:
             return -self.global_step  # no validation set: never a plateau decision on noise
@@ -572,10 +637,13 @@ class Run:
             precision=self.precision,
         )
         try:
-            report = evaluate_tracks(separator, self.valid_tracks, compute_csdr=False)
+            if self.task == "speakers":
+                return evaluate_speech(
+                    separator, self.valid_tracks, compute_sdr=False, compute_stoi=False
+                ).mean("si_snri")
+            return evaluate_tracks(separator, self.valid_tracks, compute_csdr=False).usdr()["avg"]
         finally:
             self.model.train()
-        return report.usdr()["avg"]
 
     def run(self) -> None:
         cfg = self.config
@@ -627,7 +695,7 @@ class Run:
                     "epoch": self.epoch,
                     "global_step": self.global_step,
                     "loss": mean_loss,
-                    "valid_usdr": score,
+                    "valid_" + self.score_name.lower().replace("-", "_"): score,
                     "best": improved,
                     "lr": lr,
                     "samples_per_second": len(losses) * cfg.batch_size / max(seconds, 1e-9),
@@ -640,7 +708,7 @@ class Run:
                 speed = record["samples_per_second"]
                 self.log(
                     f"epoch {self.epoch}/{cfg.epochs}: loss {mean_loss:.4f}, "
-                    f"valid uSDR {score:.2f} dB{best}, lr {lr:.2e}, {speed:.1f} samples/s"
+                    f"valid {self.score_name} {score:.2f} dB{best}, lr {lr:.2e}, {speed:.1f} samples/s"
                 )
             self.save()
             last_save = time.monotonic()

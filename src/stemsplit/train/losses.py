@@ -1,19 +1,28 @@
 """Training losses, for every family.
 
-BSRNN's objective (Luo & Yu, eq. 1), which TS-BSMamba2 adopts for each of its
-two stages (Bai et al., eq. 3-4): per source, the mean absolute error of the
-real parts and of the imaginary parts of the STFTs plus the mean absolute error
-of the waveforms.
+Music: BSRNN's objective (Luo & Yu, eq. 1), which TS-BSMamba2 adopts for each
+of its two stages (Bai et al., eq. 3-4): per source, the mean absolute error of
+the real parts and of the imaginary parts of the STFTs plus the mean absolute
+error of the waveforms.
+
+Speakers: U-Mamba-Net's objective (Dang et al., eq. 10, from Conv-TasNet):
+the negative SI-SNR averaged over the talkers, for the talkers' order that
+makes it smallest (permutation-invariant training: the network's outputs have
+no fixed order, any one that separates the talkers is right).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch import Tensor
 
 from ..model.stft import stft
 
-__all__ = ["band_split_loss", "separation_loss"]
+__all__ = ["band_split_loss", "pairwise_si_snr", "pit_si_snr", "pit_si_snr_loss", "separation_loss", "si_snr"]
+
+SI_SNR_EPS = 1e-8  # keeps silence finite; far below any audible signal's energy
 
 
 def band_split_loss(estimate: Tensor, target: Tensor, n_fft: int = 2048, hop: int = 512) -> Tensor:
@@ -58,3 +67,57 @@ def separation_loss(
     """
     stages = outputs if isinstance(outputs, tuple) else (outputs,)
     return sum(band_split_loss(stage, targets, n_fft, hop) for stage in stages)
+
+
+def si_snr(estimate: Tensor, target: Tensor, eps: float = SI_SNR_EPS) -> Tensor:
+    """Scale-invariant SNR in dB over the last axis: [..., samples] -> [...].
+
+    Both signals are made zero-mean; the target scaled to best fit the estimate,
+    ``s = <e, t> t / |t|^2``, is the signal, ``e - s`` the noise:
+    ``10 log10(|s|^2 / |e - s|^2)`` (Le Roux et al., "SDR - half-baked or well done?").
+    """
+    estimate = estimate - estimate.mean(dim=-1, keepdim=True)
+    target = target - target.mean(dim=-1, keepdim=True)
+    scale = (estimate * target).sum(-1, keepdim=True) / (target.square().sum(-1, keepdim=True) + eps)
+    signal = scale * target
+    noise = estimate - signal
+    return 10 * torch.log10((signal.square().sum(-1) + eps) / (noise.square().sum(-1) + eps))
+
+
+def pairwise_si_snr(estimate: Tensor, target: Tensor) -> Tensor:
+    """SI-SNR of every output against every talker: [B, S, ...] twice -> [B, S (outputs), S (talkers)].
+
+    A talker's channels and samples are taken as one signal (speech models are mono).
+    """
+    if estimate.shape != target.shape or estimate.dim() < 3:
+        raise ValueError(
+            f"estimate {tuple(estimate.shape)} and target {tuple(target.shape)} differ in shape "
+            "or are not [batch, talkers, (channels,) samples]"
+        )
+    e, t = estimate.flatten(2), target.flatten(2)
+    return si_snr(e[:, :, None], t[:, None, :])
+
+
+def pit_si_snr(estimate: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """The best order of the outputs: (mean SI-SNR over talkers [B], permutation [B, S]).
+
+    ``permutation[b, i]`` is the output that matches talker ``i`` of example ``b``. All S!
+    orders are scored at once from the S x S pairwise SI-SNRs (S is 2 or 3 for speech).
+    """
+    pairs = pairwise_si_snr(estimate, target)  # [B, outputs, talkers]
+    s = pairs.shape[1]
+    orders = torch.tensor(list(itertools.permutations(range(s))), device=pairs.device)  # [P, S]
+    scores = pairs[:, orders, torch.arange(s, device=pairs.device)].mean(dim=-1)  # [B, P]
+    best, index = scores.max(dim=1)
+    return best, orders[index]
+
+
+def pit_si_snr_loss(outputs: Tensor | tuple[Tensor, ...], targets: Tensor) -> Tensor:
+    """Eq. (10) of U-Mamba-Net: -max over orders of the mean SI-SNR, averaged over the batch.
+
+    outputs: [B, S, ch, samples] or a tuple of them (one per stage, each scored, summed);
+    targets: [B, S, ch, samples]. Computed in float32 outside autocast.
+    """
+    stages = outputs if isinstance(outputs, tuple) else (outputs,)
+    with torch.autocast(targets.device.type, enabled=False):
+        return sum(-pit_si_snr(stage.float(), targets.float())[0].mean() for stage in stages)

@@ -32,7 +32,13 @@ from .checkpoint import (
     read_safetensors,
 )
 from .download import html_hint, obtain
-from .errors import CheckpointError, ChecksumError, RegistryError, UnsafeCheckpointError
+from .errors import (
+    CheckpointError,
+    ChecksumError,
+    RegistryError,
+    UnknownModelError,
+    UnsafeCheckpointError,
+)
 from .metadata import read_metadata
 from .registry import CHECKPOINT_SUFFIXES, ModelEntry, load_registry
 
@@ -81,18 +87,32 @@ def _is_url(text: str) -> bool:
 
 
 def load_model(
-    spec: str | os.PathLike | None = None, *, light: bool = False, progress: bool = True
+    spec: str | os.PathLike | None = None,
+    *,
+    light: bool = False,
+    progress: bool = True,
+    task: str | None = None,
 ) -> LoadedModel:
     """Load a model by registry name, local checkpoint path or http(s) URL, verified, on the CPU.
 
     ``None`` is the registry default, or its light model when ``light`` is set
     and the registry has one (see :func:`has_light_model`; without one this
-    returns the default and ``LoadedModel.light`` is False). ``light`` is
-    ignored when ``spec`` is given. Downloads show a progress bar on stderr
+    returns the default and ``LoadedModel.light`` is False); with ``task =
+    "speakers"``, the registry's first speaker-separation model
+    (:class:`UnknownModelError` when it has none). ``light`` and ``task`` do not
+    choose when ``spec`` is given. Downloads show a progress bar on stderr
     unless ``progress`` is False. Every failure raises a :class:`WeightsError`.
     """
     if spec is None:
         registry = load_registry()
+        if task not in (None, "music"):
+            entry = registry.default_for(task)
+            if entry is None:
+                raise UnknownModelError(
+                    f'{registry.path} has no {task} model (an entry with task = "{task}"); '
+                    "name a checkpoint file or URL"
+                )
+            return _load_entry(entry, progress)
         entry = (registry.light_model if light else None) or registry.models[registry.default]
         return _load_entry(entry, progress)
     text = os.fspath(spec)
@@ -118,6 +138,11 @@ def _load_entry(entry: ModelEntry, progress: bool) -> LoadedModel:
     model = build_network(
         state_dict, entry.architecture, config, entry.stems, entry.name, entry.normalization, "the registry"
     )
+    if model.card.task != entry.task:
+        raise RegistryError(
+            f"{entry.where('task')}: [models.{entry.name}] task is {entry.task!r}, "
+            f"but a {entry.architecture} network separates {model.card.task}"
+        )
     return LoadedModel(model, entry.name, entry.light)
 
 

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..card import NORMALIZATIONS
+from ..card import NORMALIZATIONS, TASKS
 from .errors import RegistryError, UnknownModelError
 
 if sys.version_info >= (3, 11):
@@ -69,6 +69,7 @@ class ModelEntry:
     sha256: str  # lower-case hex, "" = trust on first use
     license: str
     light: bool = False
+    task: str = "music"  # what the network separates (stemsplit.card.TASKS); "speakers": stemsplit speakers
     url: str | None = None
     repo_id: str | None = None
     path: Path | None = None  # a checkpoint shipped beside the registry (absolute once parsed)
@@ -112,6 +113,13 @@ class Registry:
         """The first model marked ``light = true``, or None."""
         return next((m for m in self.models.values() if m.light), None)
 
+    def default_for(self, task: str) -> ModelEntry | None:
+        """The model used when none is named: ``default`` for music, the first ``task = "speakers"``
+        entry for speakers (None when the registry has none)."""
+        if task == "music":
+            return self.models[self.default]
+        return next((m for m in self.models.values() if m.task == task), None)
+
 
 _FIELD_TYPES: dict[str, type] = {
     "description": str,
@@ -130,6 +138,7 @@ _FIELD_TYPES: dict[str, type] = {
     "size": int,
     "license": str,
     "light": bool,
+    "task": str,
     "metrics": dict,
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "a table"}
@@ -196,6 +205,13 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
         raise loc.error("missing top-level 'default = \"NAME\"'", None, "default")
     if default not in models:
         raise loc.error(f"default model {default!r} has no [models.{default}] table", None, "default")
+    if models[default].task != "music":
+        raise loc.error(
+            f"default model {default!r} separates {models[default].task}; the default is a music model "
+            '(the first task = "speakers" entry is the speakers command\'s default)',
+            None,
+            "default",
+        )
     return Registry(path=path, default=default, models=models)
 
 
@@ -239,6 +255,8 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
     stems = table["stems"]
     if not stems or not all(isinstance(s, str) and s for s in stems) or len(set(stems)) != len(stems):
         raise fail("stems must be a list of distinct, non-empty names", "stems")
+    if table.get("task", "music") not in TASKS:
+        raise fail(f"task must be one of {', '.join(TASKS)}", "task")
     if table["normalization"] not in NORMALIZATIONS:
         raise fail(f"normalization must be one of {', '.join(NORMALIZATIONS)}", "normalization")
     sha256 = table["sha256"].strip().lower()
@@ -290,6 +308,7 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
         sha256=sha256,
         license=table["license"],
         light=table.get("light", False),
+        task=table.get("task", "music"),
         url=url,
         repo_id=repo_id,
         path=path,
@@ -299,7 +318,7 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
         metrics=dict(table.get("metrics", {})),
         lines={
             key: f"{loc.path}:{loc.line(where, key or None) or '?'}"
-            for key in ("", "architecture", "preset", "config", "stems")
+            for key in ("", "architecture", "preset", "config", "stems", "task")
         },
     )
 

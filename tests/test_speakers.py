@@ -1,0 +1,484 @@
+"""Speaker separation (issue 17): permutation-aligned windows, ``stemsplit speakers``, PIT SI-SNR
+training and speech metrics.
+
+U-Mamba-Net is not needed here: the engine, the CLI, training and eval work through the model
+card, so a small Conv-TasNet-like network defined below (registered as a family for the test)
+and a permuting oracle stand in for any speaker-separation network.
+"""
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from helpers import files_under, song, stemsplit
+from torch import nn
+from torch.nn import functional as F
+
+from stemsplit.card import SPEAKER_STEMS, ModelCard
+from stemsplit.model import families
+from stemsplit.separate import Separator, StreamingOverlapAdd
+from stemsplit.train.eval import speech_scores
+from stemsplit.train.losses import pit_si_snr, pit_si_snr_loss, si_snr
+from stemsplit.weights import save_checkpoint
+
+RATE = 8000
+ARCH = "tiny-tasnet"
+
+
+# --- a small speaker-separation network, as a family ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinyTasNetConfig:
+    sr: int = RATE
+    features: int = 32
+    kernel: int = 16  # encoder window, samples (hop: half of it)
+    num_speakers: int = 2
+
+
+class TinyTasNet(nn.Module):
+    """Conv-TasNet in miniature: mixture [B, C, T] -> talkers [B, S, C, T], channels folded into the batch.
+
+    Encoder Conv1d(1 -> F, kernel, hop kernel/2) + ReLU; three dilated convs make S sigmoid masks
+    [S, F, frames]; a transposed conv decodes each masked representation.
+    """
+
+    def __init__(self, config: TinyTasNetConfig, stems=SPEAKER_STEMS) -> None:
+        super().__init__()
+        f, k, s = config.features, config.kernel, config.num_speakers
+        self.config = config
+        self.encoder = nn.Conv1d(1, f, k, stride=k // 2, bias=False)
+        layers = []
+        for dilation in (1, 2, 4):
+            layers += [nn.Conv1d(f, f, 3, padding=dilation, dilation=dilation), nn.PReLU()]
+        self.masks = nn.Sequential(*layers, nn.Conv1d(f, s * f, 1))
+        self.decoder = nn.ConvTranspose1d(f, 1, k, stride=k // 2, bias=False)
+        self.card = ModelCard(
+            architecture=ARCH,
+            stems=tuple(stems) or SPEAKER_STEMS,
+            sample_rate=config.sr,
+            min_samples=k,
+            stft=(256, 64),
+            channels=1,
+            task="speakers",
+            permutation_invariant=True,
+        )
+
+    def forward(self, mixture: torch.Tensor) -> torch.Tensor:
+        b, c, t = mixture.shape
+        k, s = self.config.kernel, self.config.num_speakers
+        x = mixture.reshape(b * c, 1, t)
+        x = F.pad(x, (0, k - t if t < k else -(t - k) % (k // 2)))  # whole encoder frames
+        w = torch.relu(self.encoder(x))  # [BC, F, frames]
+        masks = torch.sigmoid(self.masks(w)).reshape(b * c, s, *w.shape[1:])
+        out = self.decoder((masks * w[:, None]).flatten(0, 1))[..., :t]  # [BC S, 1, t]
+        return out.reshape(b, c, s, t).transpose(1, 2)
+
+
+FAMILY = families.Family(
+    name=ARCH,
+    summary="a tiny Conv-TasNet for the speaker tests",
+    config_type=TinyTasNetConfig,
+    presets={"tiny": TinyTasNetConfig()},
+    default_preset="tiny",
+    build=lambda config, stems: TinyTasNet(config, stems),
+    shrink=lambda config: config,
+    stem_field="num_speakers",
+)
+
+
+@pytest.fixture
+def tiny_family(monkeypatch):
+    monkeypatch.setitem(families.FAMILIES, ARCH, FAMILY)
+
+
+@pytest.fixture
+def speaker_checkpoint(tmp_path, tiny_family):
+    torch.manual_seed(0)
+    path = tmp_path / "talkers.safetensors"
+    save_checkpoint(TinyTasNet(TinyTasNetConfig()), path)
+    return path
+
+
+def run_cli(capsys, *args):
+    """``stemsplit ARGS`` in this process (the test family is registered here): (status, stdout, stderr)."""
+    from stemsplit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+# --- two known talkers and a permuting oracle -------------------------------------------------
+
+
+def talkers(seconds: float, rate: int = RATE) -> np.ndarray:
+    """Two 'voices' [2, samples]: harmonics of 120 and 210 Hz, each with its own vibrato and syllable rate."""
+    t = np.arange(round(seconds * rate)) / rate
+
+    def voice(f0, vibrato, syllables, phase):
+        pitch = 2 * np.pi * np.cumsum(f0 * (1 + 0.03 * np.sin(2 * np.pi * vibrato * t))) / rate
+        harmonics = sum(np.sin(k * pitch) / k for k in range(1, 6))
+        return 0.1 * (0.55 + 0.45 * np.sin(2 * np.pi * syllables * t + phase)) * harmonics
+
+    return np.stack([voice(120, 5.0, 3.1, 0.0), voice(210, 6.3, 4.3, 1.0)]).astype(np.float32)
+
+
+class PermutingOracle(nn.Module):
+    """A perfect speaker separator that, like a network trained with a permutation-invariant loss,
+    returns each window's talkers in a random order of its own.
+
+    It knows the recording's talkers and follows the engine's windows in order (the engine's
+    padding: ``window - hop`` zeros first); each window is checked to be the mixture there.
+    """
+
+    def __init__(self, sources: np.ndarray, window: int, hop: int, seed: int = 0) -> None:
+        super().__init__()
+        lead = window - hop
+        padded = np.zeros((2, lead + sources.shape[1] + window), np.float32)
+        padded[:, lead : lead + sources.shape[1]] = sources
+        self.padded, self.hop, self.windows = torch.from_numpy(padded), hop, 0
+        self.rng = np.random.default_rng(seed)
+        self.swapped = 0
+        self.card = ModelCard(
+            "oracle",
+            SPEAKER_STEMS,
+            RATE,
+            1,
+            (256, 64),
+            channels=1,
+            task="speakers",
+            permutation_invariant=True,
+        )
+        self.anchor = nn.Parameter(torch.zeros(()))  # something for .to(device) and the fingerprint
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for window in windows:  # [1, W]
+            start = self.windows * self.hop
+            self.windows += 1
+            truth = self.padded[:, start : start + window.shape[-1]]
+            assert torch.allclose(window[0], truth.sum(0), atol=1e-6), "the oracle lost the engine's windows"
+            order = self.rng.permutation(2)
+            self.swapped += int(order[0] == 1)
+            outputs.append(truth[order][:, None])
+        return torch.stack(outputs)
+
+
+def segment_correlations(output: np.ndarray, sources: np.ndarray, seconds: float = 1.0) -> np.ndarray:
+    """Correlation of ``output`` with each source, per segment: [segments, 2]."""
+    n = round(seconds * RATE)
+    rows = []
+    for start in range(0, output.shape[-1] - n + 1, n):
+        out = output[start : start + n]
+        rows.append([np.corrcoef(out, src[start : start + n])[0, 1] for src in sources])
+    return np.array(rows)
+
+
+def test_consecutive_windows_are_aligned_so_talkers_never_swap():
+    sources = talkers(40.0)
+    mixture = sources.sum(0, keepdims=True)
+
+    def separate(aligned: bool):
+        oracle = PermutingOracle(sources, window=3 * RATE, hop=RATE // 2)
+        if not aligned:
+            oracle.card = replace(oracle.card, permutation_invariant=False)
+        separator = Separator(oracle, device="cpu", window=3.0, hop=0.5, precision="fp32")
+        out = separator.separate(mixture, RATE)
+        assert oracle.swapped > 20  # the oracle did shuffle: ~half of its 85 windows
+        return out
+
+    # Without alignment each sample averages windows of either order: speaker1 drifts between talkers.
+    plain = segment_correlations(separate(aligned=False)["speaker1"][0], sources)
+    closer_to_first = plain[:, 0] > plain[:, 1]
+    assert closer_to_first.any() and not closer_to_first.all()
+    assert plain.max(axis=1).min() < 0.9
+
+    out = separate(aligned=True)
+    first = segment_correlations(out["speaker1"][0], sources)
+    second = segment_correlations(out["speaker2"][0], sources)
+    talker = int(first[0].argmax())  # which talker speaker1 got is arbitrary; it must keep it throughout
+    assert first[:, talker].min() > 0.99 and second[:, 1 - talker].min() > 0.99
+    np.testing.assert_allclose(out["speaker1"][0], sources[talker], atol=1e-5)
+
+
+def test_streaming_alignment_leaves_other_outputs_in_place():
+    # A 3-talker oracle run straight through StreamingOverlapAdd, the mixture carried as a 4th output.
+    rng = np.random.default_rng(1)
+    sources = torch.from_numpy(rng.standard_normal((3, 5000)).astype(np.float32))
+    window, hop = 400, 100
+    padded = torch.cat([torch.zeros(3, window - hop), sources, torch.zeros(3, window)], dim=1)
+    starts = iter(range(0, 10**6, hop))
+
+    def run_batch(windows):
+        outs = []
+        for w in windows:
+            start = next(starts)
+            truth = padded[:, start : start + window]
+            outs.append(torch.cat([truth[torch.from_numpy(rng.permutation(3))], w])[:, None])
+        return torch.stack(outs)
+
+    ola = StreamingOverlapAdd(run_batch, window, hop, batch_size=3, align_stems=3)
+    blocks = [sources.sum(0, keepdim=True)[:, i : i + 700] for i in range(0, 5000, 700)]
+    out = torch.cat([o for b in blocks for o in ola.push(b)] + list(ola.finish()), dim=-1)[:, 0]
+    assert out.shape == (4, 5000)
+    torch.testing.assert_close(out[3], sources.sum(0), atol=1e-5, rtol=0)  # the mixture, untouched
+    order = [int(torch.stack([torch.dot(out[i], s) for s in sources]).argmax()) for i in range(3)]
+    assert sorted(order) == [0, 1, 2]
+    torch.testing.assert_close(out[:3], sources[order], atol=1e-5, rtol=0)
+
+
+# --- the loss and the metrics -------------------------------------------------------------------
+
+
+def test_si_snr_by_hand_and_scale_invariant():
+    t = torch.sin(torch.arange(8000.0) * 0.05)
+    noise = torch.sin(torch.arange(8000.0) * 0.31)  # nearly orthogonal to t
+    estimate = t + 0.1 * noise
+    scale = torch.dot(estimate - estimate.mean(), t - t.mean()) / (t - t.mean()).square().sum()
+    signal = scale * (t - t.mean())
+    expected = 10 * torch.log10(
+        signal.square().sum() / ((estimate - estimate.mean()) - signal).square().sum()
+    )
+    torch.testing.assert_close(si_snr(estimate, t), expected)
+    torch.testing.assert_close(si_snr(3 * estimate + 0.2, t), si_snr(estimate, t), rtol=1e-4, atol=1e-4)
+    assert si_snr(estimate, t) > 15
+
+
+@pytest.mark.parametrize("talkers_count", [2, 3])
+def test_pit_loss_is_permutation_invariant_and_is_minus_si_snr_in_the_right_order(talkers_count):
+    torch.manual_seed(0)
+    targets = torch.randn(4, talkers_count, 1, 2000)
+    estimates = targets + 0.3 * torch.randn_like(targets)
+    right = -si_snr(estimates, targets).mean(dim=(1, 2)).mean()
+    torch.testing.assert_close(pit_si_snr_loss(estimates, targets), right)
+    swap = [1, 0, *range(2, talkers_count)]
+    for order in [swap, [2, 0, 1]] if talkers_count == 3 else [swap]:
+        shuffled = estimates[:, order]
+        torch.testing.assert_close(pit_si_snr_loss(shuffled, targets), right)
+        _score, found = pit_si_snr(shuffled, targets)
+        assert (shuffled[torch.arange(4)[:, None], found] == estimates).all()  # it finds the way back
+    # A wrong order costs: each output scored against another talker is far worse.
+    wrong = -si_snr(estimates[:, [1, 0, *range(2, talkers_count)]], targets).mean(dim=(1, 2)).mean()
+    assert wrong > right + 20
+    # Two stages: the sum of both stages' losses.
+    torch.testing.assert_close(
+        pit_si_snr_loss((estimates, estimates[:, [1, 0, *range(2, talkers_count)]]), targets), 2 * right
+    )
+
+
+def test_the_mixture_itself_improves_nothing():
+    sources = talkers(2.0)
+    mixture = sources.sum(0) + 0.01 * np.random.default_rng(0).standard_normal(sources.shape[1])
+    scores = speech_scores(
+        mixture, sources, np.stack([mixture, mixture]), RATE, compute_sdr=True, compute_stoi=False
+    )
+    np.testing.assert_allclose(scores["si_snri"], 0, atol=1e-9)
+    np.testing.assert_allclose(scores["sdri"], 0, atol=1e-6)
+    good = speech_scores(mixture, sources, sources[::-1] + 0.001, RATE, compute_sdr=True)
+    assert min(good["si_snri"]) > 10 and min(good["sdri"]) > 10  # found the order, and gained
+
+
+# --- stemsplit speakers --------------------------------------------------------------------------
+
+
+def test_speakers_writes_mono_talkers_and_residual_at_the_input_rate(tmp_path, capsys, speaker_checkpoint):
+    audio = song(tmp_path / "interview.wav", seconds=2.0, rate=44100, channels=2)
+    out = tmp_path / "out"
+    args = ["speakers", tmp_path / "interview.wav", "-o", out, "--residual", "--model", speaker_checkpoint]
+    code, stdout, stderr = run_cli(
+        capsys, *args, "--window", "1", "--hop", "0.5", "--device", "cpu", "--json"
+    )
+    assert code == 0, stderr
+    assert files_under(out) == ["interview/residual.wav", "interview/speaker1.wav", "interview/speaker2.wav"]
+    assert json.loads(stdout.splitlines()[-1])["event"] == "result"
+    parts = {}
+    for name in ("speaker1", "speaker2", "residual"):
+        parts[name], rate = sf.read(out / "interview" / f"{name}.wav", dtype="float32")
+        assert rate == 44100 and parts[name].shape == (len(audio),)  # mono, every frame of the input
+    assert np.abs(parts["speaker1"]).max() > 1e-3 and np.abs(parts["speaker2"]).max() > 1e-3
+    # The residual is the (mono) mixture minus both talkers: the three add up to the mixture
+    # (through 8 kHz and back, which keeps these tones).
+    total = parts["speaker1"] + parts["speaker2"] + parts["residual"]
+    np.testing.assert_allclose(total[2000:-2000], audio.mean(axis=1)[2000:-2000], atol=2e-3)
+
+    # All or nothing: with speaker2.wav already there, nothing is written and nothing replaced.
+    (out / "interview" / "speaker1.wav").unlink()
+    (out / "interview" / "residual.wav").unlink()
+    code, _, stderr = run_cli(capsys, *args, "--window", "1", "--device", "cpu")
+    assert code == 1 and "speaker2.wav" in stderr and len(stderr.strip().splitlines()) == 1
+    assert files_under(out) == ["interview/speaker2.wav"]
+
+
+def test_speakers_refuses_music_models_and_separate_refuses_speaker_models(
+    tmp_path, capsys, tiny_checkpoint, speaker_checkpoint
+):
+    song(tmp_path / "a.wav")
+    result = stemsplit(
+        "speakers", tmp_path / "a.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, check=2
+    )
+    assert result.stderr.strip() == (
+        "stemsplit: error: --model: tiny.safetensors separates music (drums, bass, other, vocals), "
+        "not speakers; use stemsplit separate for it"
+    )
+    code, _, stderr = run_cli(
+        capsys, tmp_path / "a.wav", "-o", tmp_path / "out", "--model", speaker_checkpoint
+    )
+    assert code == 2
+    assert stderr.strip() == (
+        "stemsplit: error: --model: talkers.safetensors separates speakers (speaker1, speaker2), "
+        "not music; use stemsplit speakers for it"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_speakers_default_model_comes_from_the_registry(tmp_path, capsys, monkeypatch, speaker_checkpoint):
+    song(tmp_path / "a.wav", seconds=1.0)
+    result = stemsplit("speakers", tmp_path / "a.wav", "-o", tmp_path / "out", check=2)
+    assert "no speakers model to use" in result.stderr and "--model" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+    registry = tmp_path / "weights.toml"
+    shutil.copy(speaker_checkpoint, tmp_path / "shipped.safetensors")
+    digest = hashlib.sha256((tmp_path / "shipped.safetensors").read_bytes()).hexdigest()
+    registry.write_text(f"""
+default = "music"
+
+[models.music]
+description = "d"
+architecture = "ts-bsmamba2"
+stems = ["drums", "bass", "other", "vocals"]
+sample_rate = 44100
+normalization = "none"
+url = "https://example.invalid/music.ckpt"
+sha256 = ""
+license = "x"
+
+[models.talkers]
+description = "d"
+architecture = "{ARCH}"
+stems = ["speaker1", "speaker2"]
+sample_rate = 8000
+normalization = "none"
+path = "shipped.safetensors"
+sha256 = "{digest}"
+license = "x"
+task = "speakers"
+""")
+    monkeypatch.setenv("STEMSPLIT_REGISTRY", str(registry))
+    code, _, stderr = run_cli(
+        capsys, "speakers", tmp_path / "a.wav", "-o", tmp_path / "out", "--device", "cpu", "-q"
+    )
+    assert code == 0, stderr
+    assert files_under(tmp_path / "out") == ["a/speaker1.wav", "a/speaker2.wav"]
+    # The music default is refused by name before anything loads.
+    code, _, stderr = run_cli(
+        capsys, "speakers", tmp_path / "a.wav", "-o", tmp_path / "o2", "--model", "music"
+    )
+    assert code == 2 and "music separates music" in stderr and not (tmp_path / "o2").exists()
+
+
+# --- training and evaluation ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def speech_dataset(tmp_path_factory):
+    """Four training, one validation and two test mixtures of 1 s, made by `stemsplit synth-speech`."""
+    if shutil.which("espeak-ng") is None or importlib.util.find_spec("pyroomacoustics") is None:
+        pytest.skip("stemsplit synth-speech needs espeak-ng (Debian package) and pyroomacoustics")
+    root = tmp_path_factory.mktemp("speech") / "data"
+    stemsplit("synth-speech", root, "--train", "4", "--dev", "1", "--test", "2", "--seconds", "1", check=0)
+    return root
+
+
+def test_training_on_libri2mix_layout_drops_the_loss_and_eval_reports(
+    tmp_path, capsys, tiny_family, speech_dataset
+):
+    run = tmp_path / "run"
+    code, _, stderr = run_cli(
+        capsys,
+        "train",
+        "--libri2mix",
+        speech_dataset,
+        "--arch",
+        ARCH,
+        "-o",
+        run,
+        "--epochs",
+        "3",
+        "--epoch-size",
+        "48",
+        "--batch-size",
+        "4",
+        "--crop-seconds",
+        "0.5",
+        "--lr",
+        "3e-3",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--valid-window",
+        "1",
+    )
+    assert code == 0, stderr
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert log[-1]["loss"] < log[0]["loss"] - 1.0  # negative SI-SNR, in dB: at least 1 dB better
+    assert all(np.isfinite(r["valid_si_snri"]) for r in log)
+    assert "valid SI-SNRi" in stderr
+
+    report = tmp_path / "report.json"
+    code, stdout, stderr = run_cli(
+        capsys,
+        "eval",
+        "--libri2mix",
+        speech_dataset,
+        "--model",
+        run / "best.safetensors",
+        "--json",
+        report,
+        "--window",
+        "1",
+        "--device",
+        "cpu",
+    )
+    assert code in (0, None), stderr
+    data = json.loads(report.read_text())
+    assert [m["name"] for m in data["mixtures"]] == ["test-00000", "test-00001"]
+    expected = {"si_snri", "sdri"} | ({"stoi"} if importlib.util.find_spec("pystoi") else set())
+    assert set(data["metrics"]) == expected
+    for mixture in data["mixtures"]:
+        assert len(mixture["si_snri"]) == 2 and len(mixture["sdri"]) == 2
+    assert np.isclose(data["metrics"]["si_snri"], np.mean([m["si_snri"] for m in data["mixtures"]]))
+    assert "SI-SNRi" in stdout
+
+    # A speaker dataset for a music family, and a music model for --libri2mix: one line each.
+    code, _, stderr = run_cli(
+        capsys, "train", "--libri2mix", speech_dataset, "--arch", "bsrnn", "-o", tmp_path / "r2"
+    )
+    assert code == 1 and "--libri2mix: bsrnn separates music" in stderr
+
+
+def test_u_mamba_net_recipe_is_the_papers():
+    from pathlib import Path
+
+    from stemsplit.train.config import TrainConfig
+    from stemsplit.train.loop import LrSchedule
+
+    config = TrainConfig.for_arch("u-mamba-net", libri2mix=Path("data"))
+    assert (config.batch_size, config.lr, config.epochs, config.seconds) == (4, 1.5e-4, 120, 3.0)
+    assert config.stems == SPEAKER_STEMS and config.lr_schedule == "constant" and config.clip_norm == 5.0
+    assert TrainConfig(musdb=Path("m")).stems == ("drums", "bass", "other", "vocals")
+    optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.5e-4)
+    schedule = LrSchedule(optimizer, "constant")
+    for score in (1.0, 0.5, 0.4, 0.3, 0.2):
+        schedule.step(score)
+    assert optimizer.param_groups[0]["lr"] == 1.5e-4 and schedule.since_best == 4
