@@ -44,6 +44,7 @@ from .speech_synth import SpeechSynthError
 __all__ = [
     "MUSIC_STEMS",
     "DatasetError",
+    "EpochDataset",
     "RemixDataset",
     "SalientIndex",
     "SpeechCrops",
@@ -366,7 +367,29 @@ class _Draw:
     dropped: bool
 
 
-class RemixDataset(torch.utils.data.Dataset):
+class EpochDataset(torch.utils.data.Dataset):
+    """``epoch_size`` examples an epoch, item ``i`` of epoch ``e`` drawn from ``rng([seed, e, i])``:
+    the same examples on any number of workers and processes, and again after a resume.
+    Subclasses set ``epoch_size``, ``seed`` and ``epoch`` and define :meth:`sample`."""
+
+    epoch_size: int
+    seed: int
+    epoch: int = 0
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sample(self.epoch, i)
+
+    def sample(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class RemixDataset(EpochDataset):
     """BSRNN's on-the-fly remixing: each item is (mixture [C, T], targets [S, C, T]), float32.
 
     Item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``; :meth:`set_epoch`
@@ -415,15 +438,6 @@ class RemixDataset(torch.utils.data.Dataset):
         self.gain_db, self.drop_prob = gain_db, drop_prob
         self.epoch = 0
 
-    def __len__(self) -> int:
-        return self.epoch_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.sample(self.epoch, i)
-
     def sample(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Item ``i`` of ``epoch``: the stems of :meth:`_draws`, summed, rescaled if a peak exceeds 1."""
         targets = np.zeros((len(self.stems), self.channels, self.frames), dtype=np.float32)
@@ -456,7 +470,7 @@ class RemixDataset(torch.utils.data.Dataset):
         return draws
 
 
-class SpeechCrops(torch.utils.data.Dataset):
+class SpeechCrops(EpochDataset):
     """Random crops of two-talker mixtures: item -> (mixture [1, frames], talkers [2, 1, frames]).
 
     ``mixtures`` are :class:`~stemsplit.train.speech_synth.SpeechTrack` s (anything with
@@ -479,15 +493,6 @@ class SpeechCrops(torch.utils.data.Dataset):
         self.sample_rate = first.sample_rate
         self.frames = round(seconds * self.sample_rate)
         self.epoch_size, self.seed, self.epoch = epoch_size, seed, 0
-
-    def __len__(self) -> int:
-        return self.epoch_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.sample(self.epoch, i)
 
     def sample(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, epoch, i])
