@@ -790,7 +790,16 @@ def speakers_command(
     json_lines: bool = typer.Option(False, "--json", help="Progress and results as JSON lines on stdout."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    args = dict(locals(), light=False, stage=None, exact=False, stems=None, two_stems=None, downmix=False)
+    args = dict(
+        locals(),
+        light=False,
+        stage=None,
+        exact=False,
+        compile=False,
+        stems=None,
+        two_stems=None,
+        downmix=False,
+    )
     _run_command(args.pop("batch"), args, precision, "speakers")
 
 
