@@ -128,6 +128,10 @@ SPEED = (130, 200)  # espeak-ng -s, words per minute (175 is its default)
 SPEECH_DB = (-33.0, -25.0)  # Libri2Mix's speech loudness range, here RMS dBFS of the reverberant talker
 NOISE_DB = (-38.0, -30.0)  # and its noise range (5 dB lower)
 MAX_AMP = 0.9  # no file peaks above this (Libri2Mix's limit)
+# Beyond these a request cannot finish: the job list alone fills memory, or the processes do (a pool
+# starts all its workers at once). Libri2Mix's largest split has 50,800 mixtures.
+MAX_MIXTURES = 1_000_000  # per split
+MAX_WORKERS = 64
 
 # --- Table I of the paper: room, T60, receiver and source placement (metres, seconds, radians) ---
 ROOM_LENGTH = ROOM_WIDTH = (5.0, 10.0)
@@ -501,16 +505,22 @@ def check_request(
     for label, count in (("train", train), ("dev", dev), ("test", test)):
         if count < 0:
             raise SpeechSynthError(f"the number of {label} mixtures must be 0 or more, not {count}")
+        if count > MAX_MIXTURES:
+            raise SpeechSynthError(
+                f"the number of {label} mixtures must be at most {MAX_MIXTURES}, not {count}"
+            )
     if train + dev + test == 0:
         raise SpeechSynthError("nothing to write: ask for at least one mixture")
     if not (seconds > 0 and math.isfinite(seconds)):
         raise SpeechSynthError(f"seconds must be positive, not {seconds}")
+    if round(seconds * SAMPLE_RATE) < 1:
+        raise SpeechSynthError(f"seconds must be at least one sample ({1 / SAMPLE_RATE:g} s), not {seconds}")
     if seconds > 600:
         raise SpeechSynthError(f"seconds must be at most 600 (one mixture), not {seconds}")
     if seed < 0:
         raise SpeechSynthError(f"seed must be a non-negative integer, not {seed}")
-    if workers < 1:
-        raise SpeechSynthError(f"workers must be 1 or more, not {workers}")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise SpeechSynthError(f"workers must be from 1 to {MAX_WORKERS}, not {workers}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SpeechSynthError(
@@ -609,7 +619,7 @@ def write_dataset(
                 if progress:
                     progress(done, len(jobs))
         else:
-            pool = ProcessPoolExecutor(max_workers=workers)
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)))
             try:
                 for done, row in enumerate(pool.map(_render, jobs), 1):
                     rows.append(row)
