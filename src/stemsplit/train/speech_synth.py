@@ -71,6 +71,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio import AudioError, BlockResampler, libsndfile_reason, probe
+from .config import MAX_SYNTH_PER_SPLIT, MAX_SYNTH_WORKERS
 
 __all__ = [
     "FOLDERS",
@@ -128,10 +129,6 @@ SPEED = (130, 200)  # espeak-ng -s, words per minute (175 is its default)
 SPEECH_DB = (-33.0, -25.0)  # Libri2Mix's speech loudness range, here RMS dBFS of the reverberant talker
 NOISE_DB = (-38.0, -30.0)  # and its noise range (5 dB lower)
 MAX_AMP = 0.9  # no file peaks above this (Libri2Mix's limit)
-# Beyond these a request cannot finish: the job list alone fills memory, or the processes do (a pool
-# starts all its workers at once). Libri2Mix's largest split has 50,800 mixtures.
-MAX_MIXTURES = 1_000_000  # per split
-MAX_WORKERS = 64
 
 # --- Table I of the paper: room, T60, receiver and source placement (metres, seconds, radians) ---
 ROOM_LENGTH = ROOM_WIDTH = (5.0, 10.0)
@@ -505,9 +502,9 @@ def check_request(
     for label, count in (("train", train), ("dev", dev), ("test", test)):
         if count < 0:
             raise SpeechSynthError(f"the number of {label} mixtures must be 0 or more, not {count}")
-        if count > MAX_MIXTURES:
+        if count > MAX_SYNTH_PER_SPLIT:
             raise SpeechSynthError(
-                f"the number of {label} mixtures must be at most {MAX_MIXTURES}, not {count}"
+                f"the number of {label} mixtures must be at most {MAX_SYNTH_PER_SPLIT}, not {count}"
             )
     if train + dev + test == 0:
         raise SpeechSynthError("nothing to write: ask for at least one mixture")
@@ -519,8 +516,8 @@ def check_request(
         raise SpeechSynthError(f"seconds must be at most 600 (one mixture), not {seconds}")
     if seed < 0:
         raise SpeechSynthError(f"seed must be a non-negative integer, not {seed}")
-    if not 1 <= workers <= MAX_WORKERS:
-        raise SpeechSynthError(f"workers must be from 1 to {MAX_WORKERS}, not {workers}")
+    if not 1 <= workers <= MAX_SYNTH_WORKERS:
+        raise SpeechSynthError(f"workers must be from 1 to {MAX_SYNTH_WORKERS}, not {workers}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SpeechSynthError(
