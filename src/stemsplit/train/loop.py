@@ -204,9 +204,11 @@ def load_model_config(
             f"{path}: {stem_field} = {overrides[stem_field]}, but --stems names {len(stems)} stems "
             f"(leave {stem_field} out: --stems sets it)"
         )
-    for hop, size in (("stride", "win"), ("hop", "n_fft")):  # the STFT fields of the families
-        if hop in names and overrides.get(hop, getattr(config, hop)) >= overrides.get(
-            size, getattr(config, size)
+    for hop, size in (("stride", "win"), ("hop", "n_fft")):  # the STFT fields of the families (when both are)
+        if (
+            hop in names
+            and size in names
+            and overrides.get(hop, getattr(config, hop)) >= overrides.get(size, getattr(config, size))
         ):
             raise TrainError(f"{path}: {hop} must be smaller than {size} (the STFT could not be inverted)")
 
