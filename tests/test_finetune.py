@@ -258,6 +258,29 @@ def test_usage_errors_exit_2_before_any_work(material, tmp_path):
     assert not out.exists()
 
 
+def test_a_file_as_out_or_a_speaker_model_is_one_line(material, tmp_path):
+    """Before: -o naming a file was an internal error (NotADirectoryError, decoding the unlabeled songs
+    into it), and a speaker model was told to use --libri2mix, which finetune does not have."""
+    from stemsplit.model import families
+
+    out = tmp_path / "run.txt"
+    out.write_text("keep")
+    result = stemsplit(*finetune_args(material, out))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert f"stemsplit: error: --out: {out} is not a folder" in result.stderr
+    assert out.read_text() == "keep"
+
+    family = families.family("u-mamba-net")
+    talkers = family.build(family.shrink(families.make_config("u-mamba-net")), ("speaker1", "speaker2"))
+    save_checkpoint(talkers, tmp_path / "talkers.safetensors")
+    args = finetune_args(material, tmp_path / "run")
+    args[args.index("--model") + 1] = tmp_path / "talkers.safetensors"
+    result = stemsplit(*args)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "separates speakers; finetune takes music models" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_bsrnn_one_target_model_under_torchrun(material, tmp_path):
     """BSRNN --target vocals (the paper's setting): target and residual crops; two DDP processes agree."""
     model = material / "bsrnn-vocals.safetensors"

@@ -144,6 +144,11 @@ def load_pretrained(spec: str | Path) -> LoadedModel:
         loaded = load_model(spec, progress=True)
     except WeightsError as exc:
         raise TrainError(f"--model: {exc}") from None
+    if loaded.card.task != "music":  # train's message would point to --libri2mix, which finetune lacks
+        raise TrainError(
+            f"--model: {loaded.name} separates {loaded.card.task}; finetune takes music models "
+            "(train --libri2mix trains speaker models)"
+        )
     if loaded.normalization != "none":
         raise TrainError(
             f"--model: {loaded.name} standardises its input ({loaded.normalization}); "

@@ -323,6 +323,8 @@ class Run:
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
         self.config, self.log = config, log
         self.last_path = config.out / "last.pt"
+        if config.out.exists() and not config.out.is_dir():  # before any work (finetune decodes into it)
+            raise TrainError(f"--out: {config.out} is not a folder; name a new or existing run folder")
         if not config.resume and self.last_path.exists():  # before any work
             raise TrainError(
                 f"{self.last_path} exists: add --resume to continue that run, or choose another --out"
