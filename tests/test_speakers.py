@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import files_under, song, stemsplit
+from helpers import files_under, python, song, stemsplit, tiny_model
 from torch import nn
 from torch.nn import functional as F
 
@@ -337,6 +337,36 @@ def test_speakers_refuses_music_models_and_separate_refuses_speaker_models(
         "not music; use stemsplit speakers for it"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["speakers", "separate"])
+def test_a_checkpoint_of_the_other_task_is_refused_before_torch(command, tmp_path, speaker_checkpoint):
+    """Before: the model was loaded (torch imported, seconds for a large one) to find its task. Files
+    now carry it in their metadata; a file that says one task and holds the other is refused on load."""
+    song(tmp_path / "a.wav")
+    save_checkpoint(tiny_model(), tmp_path / "music.safetensors")
+    model = tmp_path / "music.safetensors" if command == "speakers" else speaker_checkpoint
+    argv = [command, str(tmp_path / "a.wav"), "-o", str(tmp_path / "out"), "--model", str(model)]
+    code = (
+        "import sys\nfrom stemsplit.cli import main\ntry:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)\n"
+    )
+    result = python("-c", code, timeout=60)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert f"--model: {model.name} separates" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+    from safetensors.torch import load_file, save_file
+
+    from stemsplit.weights import CheckpointError, load_model
+    from stemsplit.weights.metadata import read_metadata
+
+    wrong = "speakers" if command == "speakers" else "music"  # the task this file's network lacks
+    doctored = tmp_path / "doctored.safetensors"
+    save_file(load_file(model), doctored, metadata=read_metadata(model, model.name) | {"task": wrong})
+    with pytest.raises(CheckpointError, match=f"metadata says task='{wrong}', but"):
+        load_model(doctored)
 
 
 def test_speakers_default_model_comes_from_the_registry(tmp_path, capsys, monkeypatch, speaker_checkpoint):

@@ -434,9 +434,14 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             raise _wrong_task(problem, task)
         known = entry.stems
     elif args["model"] is not None and os.path.isfile(args["model"]):
-        from .weights import file_stems  # torch-free: the stems a safetensors file's metadata names
+        from .weights import file_info  # torch-free: what a safetensors file's metadata says
 
-        known = file_stems(args["model"])
+        info = file_info(args["model"])
+        if info and info.task:
+            problem = task_mismatch(Path(args["model"]).name, info.task, info.stems or (), task)
+            if problem:
+                raise _wrong_task(problem, task)
+        known = info and info.stems
     if known:
         try:
             stems = choose_stems(known, wanted, args["two_stems"]) + residual
