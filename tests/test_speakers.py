@@ -518,7 +518,7 @@ def test_u_mamba_net_recipe_is_the_papers():
     from stemsplit.train.loop import LrSchedule
 
     config = TrainConfig.for_arch("u-mamba-net", libri2mix=Path("data"))
-    assert (config.batch_size, config.lr, config.epochs, config.seconds) == (4, 1.5e-4, 120, 3.0)
+    assert (config.batch_size, config.lr, config.epochs, config.crop_seconds) == (4, 1.5e-4, 120, 3.0)
     assert config.stems == SPEAKER_STEMS and config.lr_schedule == "constant" and config.clip_norm == 5.0
     assert TrainConfig(musdb=Path("m")).stems == ("drums", "bass", "other", "vocals")
     optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.5e-4)
