@@ -196,6 +196,7 @@ class Reporter:
                 self.progress.update(self.task, total=event["windows"])
         elif event["event"] == "compiled":
             self.line(f"{self.song}: torch.compile took {_duration(event['seconds'])} (once per run)")
+            self.started += event["seconds"]  # the speed and time left are the windows', not the compiler's
         elif event["event"] == "windows":
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             done, total = event["done"], max(event["total"], event["done"], 1)
