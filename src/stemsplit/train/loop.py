@@ -310,6 +310,10 @@ RENAMED = {"seconds": "crop_seconds"}
 # --- the run ------------------------------------------------------------------------------------
 
 
+# What a run writes into its folder besides last.pt, at the end of an epoch (just before last.pt).
+RUN_FILES = ("best.safetensors", "last.safetensors", "log.jsonl")
+
+
 class Run:
     """One training run: model, optimiser, data, and the files in ``config.out``.
 
@@ -329,6 +333,9 @@ class Run:
             raise TrainError(
                 f"{self.last_path} exists: add --resume to continue that run, or choose another --out"
             )
+        for name in RUN_FILES if not config.resume else ():  # a new run never replaces what is there
+            if (config.out / name).exists():
+                raise TrainError(f"{config.out / name} exists (not this run's); choose another --out")
         self.ranks, self.device = _setup_distributed(config.device)
         if config.batch_size % self.ranks.world:
             raise TrainError(
