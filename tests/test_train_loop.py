@@ -124,7 +124,7 @@ def test_progress_lines_without_a_terminal(tiny_musdb, tmp_path, monkeypatch):
         musdb=tiny_musdb,
         out=tmp_path / "run",
         model_config=tiny_musdb / "tiny.toml",
-        seconds=1.0,
+        crop_seconds=1.0,
         batch_size=2,
         epoch_size=6,
         epochs=1,
@@ -195,7 +195,7 @@ def test_step_schedule_and_early_stopping_count():
 def test_bsrnn_recipe_is_the_papers_and_flags_win():
     config = loop.TrainConfig.for_arch("bsrnn", musdb=Path("m"), lr=None, early_stop=3)
     assert (config.lr_schedule, config.lr_decay, config.lr_every, config.lr) == ("step", 0.98, 2, 1e-3)
-    assert config.early_stop == 3 and config.clip_norm == 5.0 and config.seconds == 3.0
+    assert config.early_stop == 3 and config.clip_norm == 5.0 and config.crop_seconds == 3.0
     assert loop.TrainConfig.for_arch(musdb=Path("m")).lr_schedule == "plateau"  # TS-BSMamba2's
 
 
