@@ -407,3 +407,18 @@ def test_stems_of_a_checkpoint_file_are_checked_before_torch(tmp_path):
     assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
     assert "--stems: 'guitar' is not a stem of this model" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_time_left_after_compiling_leaves_the_compile_time_out(capsys):
+    """Before: after a 5 min torch.compile the first windows 'measured 145.6 s per window; about 7 min
+    left' on a run that then ended at once: the compile time was counted as the windows'."""
+    from stemsplit.cli_separate import Reporter
+
+    reporter = Reporter(json_lines=False, quiet=False)
+    reporter.cpu_seconds_per_window, reporter.song = 1.0, "song.wav"
+    reporter.on_event({"event": "start", "windows": 5, "seconds": 2.0})
+    reporter.started -= 300.0  # as if the first batch had run for 5 minutes, all but 0.1 s compiling
+    reporter.on_event({"event": "compiled", "seconds": 299.9})
+    reporter.on_event({"event": "windows", "done": 1, "total": 5})
+    measured = [line for line in capsys.readouterr().err.splitlines() if "measured" in line]
+    assert len(measured) == 1 and "measured 0.1 s per window; about 0 s left" in measured[0], measured

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import typer
-from helpers import GOLDEN_WEIGHTS, tiny_model, write_track
+from helpers import GOLDEN_WEIGHTS, python, tiny_model, write_track
 from typer.testing import CliRunner
 
 from stemsplit.cli_eval import eval_command
@@ -218,6 +218,31 @@ def test_eval_command_errors_are_one_line(musdb, tmp_path, monkeypatch, find_tra
     monkeypatch.setitem(sys.modules, "museval", None)  # not installed: said before any separating
     result = CliRunner().invoke(_cli(), ["eval", "--musdb", str(musdb), "-m", str(GOLDEN_WEIGHTS)])
     assert result.exit_code == 1 and "museval" in result.stderr and "--no-csdr" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--libri2mix", "data", "--mixture", "mix_noisy"], "--mixture: must be one of mix_both, mix_clean"),
+        (["--libri2mix", "data", "--hop", "nan"], "--hop: must be more than 0"),
+        (["--musdb", "data", "--window", "1000"], "--window: must be more than 0 and at most 60"),
+        (["--musdb", "data", "--device", "tpu"], "--device: must be auto, cpu, cuda or cuda:N"),
+        (["--libri2mix", "data", "--json", "."], "--json: . is a folder"),
+    ],
+)
+def test_eval_flags_are_usage_errors_before_torch(flags, message, tmp_path):
+    """Before: exit 1 after torch and the model loaded (a bad --mixture only after the model), and a
+    --json folder failed only after every track was separated, naming a temporary file."""
+    argv = ["eval", "--model", str(GOLDEN_WEIGHTS), "--no-csdr", *flags]
+    code = (
+        "import sys\nfrom stemsplit.cli import main\ntry:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)\n"
+    )
+    result = python("-c", code, cwd=tmp_path, timeout=60)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert result.stderr.startswith(f"stemsplit: error: {message}") and result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_eval_scores_a_bsrnn_bag_and_a_one_target_model(musdb, tmp_path, monkeypatch, find_tracks_available):

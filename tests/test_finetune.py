@@ -258,6 +258,52 @@ def test_usage_errors_exit_2_before_any_work(material, tmp_path):
     assert not out.exists()
 
 
+def test_decoded_songs_are_cleaned_up_but_never_the_users_own_files(material, tmp_path):
+    """Before: every .flac in OUT/unlabeled that was not a decoded song of this run was deleted as
+    stale: with -o naming a folder that has an 'unlabeled' folder of music, the user's songs were lost."""
+    from stemsplit.train.finetune import prepare_unlabeled
+
+    songs = tmp_path / "songs"
+    shutil.copytree(material / "unlabeled", songs)
+    into = tmp_path / "library" / "unlabeled"
+    into.mkdir(parents=True)
+    shutil.copy(songs / "a" / "b" / "two.flac", into / "mine.flac")
+
+    def prepare():
+        return prepare_unlabeled(songs, into, 44100, 2, 2.0, 0.15, log=lambda text: None)
+
+    assert len(prepare()) == 2
+    decoded = sorted(p.name for p in into.glob("*.flac") if p.name != "mine.flac")
+    assert len(decoded) == 2
+    (songs / "one.wav").unlink()
+    assert len(prepare()) == 1
+    left = sorted(p.name for p in into.glob("*.flac"))
+    assert "mine.flac" in left and len(left) == 2  # the removed song's decoded file went, the user's stayed
+
+
+def test_a_file_as_out_or_a_speaker_model_is_one_line(material, tmp_path):
+    """Before: -o naming a file was an internal error (NotADirectoryError, decoding the unlabeled songs
+    into it), and a speaker model was told to use --libri2mix, which finetune does not have."""
+    from stemsplit.model import families
+
+    out = tmp_path / "run.txt"
+    out.write_text("keep")
+    result = stemsplit(*finetune_args(material, out))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert f"stemsplit: error: --out: {out} is not a folder" in result.stderr
+    assert out.read_text() == "keep"
+
+    family = families.family("u-mamba-net")
+    talkers = family.build(family.shrink(families.make_config("u-mamba-net")), ("speaker1", "speaker2"))
+    save_checkpoint(talkers, tmp_path / "talkers.safetensors")
+    args = finetune_args(material, tmp_path / "run")
+    args[args.index("--model") + 1] = tmp_path / "talkers.safetensors"
+    result = stemsplit(*args)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "separates speakers; finetune takes music models" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_bsrnn_one_target_model_under_torchrun(material, tmp_path):
     """BSRNN --target vocals (the paper's setting): target and residual crops; two DDP processes agree."""
     model = material / "bsrnn-vocals.safetensors"

@@ -413,6 +413,11 @@ def test_synth_speech_command_writes_a_dataset(tmp_path):
         (["--seconds", "nan"], "seconds"),
         (["--seed", "-3"], "seed"),
         (["--workers", "0"], "workers"),
+        # Before: an internal error (ZeroDivisionError) for a length under one sample, and the OOM killer
+        # for a huge count (the job list) or --workers (a pool starts every worker at once).
+        (["--seconds", "0.00001"], "at least one sample"),
+        (["--train", "99999999999999"], "at most 1000000"),
+        (["--workers", "100000"], "from 1 to 64"),
     ],
 )
 def test_synth_speech_command_rejects_bad_values_writing_nothing(tmp_path, extra, message):

@@ -219,6 +219,11 @@ def test_synth_command_writes_a_dataset(tmp_path):
         (["--seconds", "-3"], "seconds"),
         (["--workers", "0"], "workers"),
         (["--sample-rate", "16000"], "at least 22050 Hz"),
+        # Before: an internal error for a song under one sample, and the OOM killer for a huge count (the
+        # job list) or --workers (a pool starts every worker at once).
+        (["--seconds", "0.00001"], "at least one sample"),
+        (["--songs", "99999999999999"], "at most 1000000"),
+        (["--workers", "100000"], "from 1 to 64"),
     ],
 )
 def test_synth_command_rejects_bad_values_writing_nothing(tmp_path, extra, message):
@@ -228,6 +233,14 @@ def test_synth_command_rejects_bad_values_writing_nothing(tmp_path, extra, messa
     assert result.stderr.startswith("stemsplit: error: ") and result.stderr.count("\n") == 1
     assert message in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("seconds", [1 / 44100, 0.01])
+def test_songs_shorter_than_a_level_frame_are_made(seconds):
+    """Before: under 2048 samples (46 ms) the level of a stem was the max of nothing (ValueError)."""
+    song = generate_song(3, seconds)
+    frames = round(seconds * 44100)
+    assert all(audio.shape == (2, frames) and np.isfinite(audio).all() for audio in song.stems.values())
 
 
 def test_synth_command_refuses_a_non_empty_folder(tmp_path):

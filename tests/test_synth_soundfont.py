@@ -6,12 +6,14 @@ errors for a missing program or soundfont are checked either way where they can 
 """
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import stemsplit
 from typer.testing import CliRunner
 
 from stemsplit.cli import app
@@ -184,6 +186,20 @@ def test_a_missing_or_unreadable_soundfont_is_one_line_naming_the_file(tmp_path,
     monkeypatch.setitem(fluidsynth.SOUNDFONTS, "timgm6mb", (tmp_path / "TimGM6mb.sf2", "timgm6mb-soundfont"))
     message = one_error_line(CliRunner().invoke(app, ["synth", str(out), "--soundfont", "timgm6mb"]))
     assert "TimGM6mb.sf2 is missing; install the Debian package timgm6mb-soundfont" in message
+    assert not out.exists()
+
+
+@needs_fluidsynth
+def test_a_fifo_or_a_folder_named_as_a_soundfont_is_refused_at_once(tmp_path):
+    """Before: a FIFO given as --soundfont blocked the usage check forever (open() waits for a writer)."""
+    out = tmp_path / "gm"
+    fifo, folder = tmp_path / "pipe.sf2", tmp_path / "folder.sf2"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    for path, problem in ((fifo, "not a regular file"), (folder, "a folder, not a soundfont file")):
+        result = stemsplit("synth", out, "--soundfont", path, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == f"stemsplit: error: --soundfont: {path}: {problem}\n"
     assert not out.exists()
 
 

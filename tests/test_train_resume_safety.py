@@ -189,6 +189,32 @@ def test_impossible_model_config_is_one_line_naming_file_and_field(tmp_path, tex
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["best.safetensors", "last.safetensors", "log.jsonl"])
+def test_a_new_run_never_replaces_files_in_its_folder(tiny_musdb, tmp_path, name):
+    """Before: only last.pt was looked for; a folder holding another run's exported best.safetensors
+    (or anyone's log.jsonl) had it replaced (or appended to) by a new run."""
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / name).write_bytes(b"mine")
+    message = one_error_line(run_train(train_args(tiny_musdb, out, "--epochs", "1")))
+    assert message == f"{out / name} exists (not this run's); choose another --out"
+    assert [p.name for p in out.iterdir()] == [name] and (out / name).read_bytes() == b"mine"
+
+
+def test_u_mamba_net_model_config_is_read(tmp_path):
+    """Before: every --model-config for U-Mamba-Net was an internal error (its 'hop' was taken for an STFT
+    hop and compared with an 'n_fft' it does not have)."""
+    from stemsplit.card import SPEAKER_STEMS
+
+    path = tmp_path / "small.toml"
+    path.write_text("feature_dim = 8\nnum_blocks = 1\n")
+    config = load_model_config(path, "u-mamba-net", None, SPEAKER_STEMS)
+    assert (config.feature_dim, config.num_blocks, config.hop) == (8, 1, 20)
+    path.write_text("hop = 100\n")
+    with pytest.raises(TrainError, match="the network cannot be built with hop = 100"):
+        load_model_config(path, "u-mamba-net", None, SPEAKER_STEMS)
+
+
 def test_impossible_model_config_through_the_cli(tiny_musdb, tmp_path):
     toml = tmp_path / "arch.toml"
     toml.write_text("feature_dim = 24\n")

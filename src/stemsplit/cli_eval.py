@@ -54,13 +54,15 @@ def eval_command(
     stemsplit eval --musdb ~/data/musdb18hq -m runs/ts/best.safetensors --hop 0.5
     stemsplit eval --libri2mix ~/data/Libri2Mix/wav8k/min -m runs/u-mamba-net/best.safetensors
     """
+    if (musdb is None) == (libri2mix is None):
+        raise fail("give one test set: --musdb (music models) or --libri2mix (speaker models)", EXIT_USAGE)
+    _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out)
+
     from .separate import SeparationError, Separator
     from .train.data import DatasetError, find_tracks
     from .train.eval import MUSEVAL_INSTALL, evaluate_tracks, write_report
     from .weights import WeightsError
 
-    if (musdb is None) == (libri2mix is None):
-        raise fail("give one test set: --musdb (music models) or --libri2mix (speaker models)", EXIT_USAGE)
     if not no_csdr and importlib.util.find_spec("museval") is None:  # before hours of separating
         what = "SDRi" if libri2mix else "cSDR"
         raise fail(f"{what} needs museval: {MUSEVAL_INSTALL}; or add --no-csdr to leave it out")
@@ -104,6 +106,24 @@ def eval_command(
         table.add_row(stem, _db(csdr.get(stem)), _db(usdr.get(stem)))
     out_console.print(table)
     err_console.print(f"report: {json_out}")
+
+
+def _check_usage(
+    libri2mix, mixture: str, window: float, hop: float, batch_size, device: str, json_out
+) -> None:
+    """The flags, checked before torch is imported and anything is separated: exit 2, naming the flag."""
+    from .settings import SeparationError, check_settings, parse_device
+    from .train.speech_synth import MIXTURE_KINDS
+
+    if libri2mix is not None and mixture not in MIXTURE_KINDS:
+        raise fail(f"--mixture: must be one of {', '.join(MIXTURE_KINDS)}, not {mixture!r}", EXIT_USAGE)
+    try:
+        check_settings(window, hop, batch_size, None, None)
+        parse_device(device)
+    except SeparationError as exc:
+        raise fail(f"--{exc.option.replace('_', '-')}: {exc.problem}", EXIT_USAGE) from None
+    if json_out is not None and json_out.is_dir():  # found only after every track was separated, before
+        raise fail(f"--json: {json_out} is a folder; name the report's file", EXIT_USAGE)
 
 
 def _eval_speech(separator, root: Path, subset: str, mixture: str, limit, json_out, no_sdr: bool) -> None:

@@ -196,6 +196,7 @@ class Reporter:
                 self.progress.update(self.task, total=event["windows"])
         elif event["event"] == "compiled":
             self.line(f"{self.song}: torch.compile took {_duration(event['seconds'])} (once per run)")
+            self.started += event["seconds"]  # the speed and time left are the windows', not the compiler's
         elif event["event"] == "windows":
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             done, total = event["done"], max(event["total"], event["done"], 1)
@@ -434,9 +435,14 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             raise _wrong_task(problem, task)
         known = entry.stems
     elif args["model"] is not None and os.path.isfile(args["model"]):
-        from .weights import file_stems  # torch-free: the stems a safetensors file's metadata names
+        from .weights import file_info  # torch-free: what a safetensors file's metadata says
 
-        known = file_stems(args["model"])
+        info = file_info(args["model"])
+        if info and info.task:
+            problem = task_mismatch(Path(args["model"]).name, info.task, info.stems or (), task)
+            if problem:
+                raise _wrong_task(problem, task)
+        known = info and info.stems
     if known:
         try:
             stems = choose_stems(known, wanted, args["two_stems"]) + residual
@@ -795,7 +801,16 @@ def speakers_command(
     json_lines: bool = typer.Option(False, "--json", help="Progress and results as JSON lines on stdout."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    args = dict(locals(), light=False, stage=None, exact=False, stems=None, two_stems=None, downmix=False)
+    args = dict(
+        locals(),
+        light=False,
+        stage=None,
+        exact=False,
+        compile=False,
+        stems=None,
+        two_stems=None,
+        downmix=False,
+    )
     _run_command(args.pop("batch"), args, precision, "speakers")
 
 

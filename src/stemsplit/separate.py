@@ -36,6 +36,7 @@ the output side (:mod:`stemsplit.output`: the plan and the all-or-nothing
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import math
@@ -627,14 +628,16 @@ class Separator:
 
         The output has exactly as many frames as the blocks had; ``frames`` (which
         may be a decoder's estimate) only sizes the progress events. With
-        ``with_mixture`` a last "stem" carries the mixture through the same
-        windowing and resampling (for mixture-minus-stem outputs). ``stats`` is
+        ``with_mixture`` a last "stem" is the input itself at its own rate (channels folded as the
+        network's), frame for frame with the stems, for mixture-minus-stem outputs: carried through
+        the model's rate instead, a residual would lose all above that rate's band (4 kHz for an
+        8 kHz speech model). ``stats`` is
         the (mean, std) the model's input is standardised with (``meanstd``
         checkpoints); stems are scaled back.
         """
         mean, std = stats
         self._residual_energy = self._mix_energy = 0.0
-        s = len(self.stems) + with_mixture
+        s = len(self.stems)
         folded = channels
         channels = self.output_channels(channels)
         to_model = BlockResampler(rate, self.sample_rate, channels)
@@ -642,10 +645,21 @@ class Separator:
         frames_read = 0
 
         def run_batch(windows: torch.Tensor) -> torch.Tensor:
-            stems = self._run_batch(windows) * std + mean / len(self.stems)
-            if with_mixture:
-                stems = torch.cat([stems, windows[:, None] * std + mean], dim=1)
-            return stems
+            return self._run_batch(windows) * std + mean / len(self.stems)
+
+        pending: collections.deque[np.ndarray] = collections.deque()  # input not yet matched by output
+
+        def mixture(frames: int) -> np.ndarray:
+            """The next ``frames`` frames of the input, [1, C, frames] (output never runs ahead of it)."""
+            parts = []
+            while frames:
+                head = pending.popleft()
+                if len(head) > frames:
+                    head, rest = head[:frames], head[frames:]
+                    pending.appendleft(rest)
+                parts.append(head)
+                frames -= len(head)
+            return np.concatenate(parts).T[None] if parts else np.zeros((1, channels, 0), np.float32)
 
         align = len(self.stems) if self.card.permutation_invariant else 0
         ola = StreamingOverlapAdd(run_batch, self.window, self.hop, self.batch_size, align)
@@ -658,6 +672,8 @@ class Separator:
                 frames_read += len(block)
                 if folded != channels:  # a mono network: the channels averaged
                     block = block.mean(axis=1, keepdims=True, dtype=np.float32)
+                if with_mixture:
+                    pending.append(block.astype(np.float32, copy=False))
                 if (mean, std) != (0.0, 1.0):
                     block = ((block - mean) / std).astype(np.float32)
                 resampled = to_model(block)
@@ -684,9 +700,11 @@ class Separator:
             block = block[: max(0, frames_read - produced)]
             produced += len(block)
             if len(block):
-                yield block.T.reshape(s, channels, -1)
+                out = block.T.reshape(s, channels, -1)
+                yield np.concatenate([out, mixture(len(block))]) if with_mixture else out
         if produced < frames_read:
-            yield np.zeros((s, channels, frames_read - produced), np.float32)
+            out = np.zeros((s, channels, frames_read - produced), np.float32)
+            yield np.concatenate([out, mixture(out.shape[-1])]) if with_mixture else out
 
     # -- songs ---------------------------------------------------------------------------------
 

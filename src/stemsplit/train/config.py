@@ -20,6 +20,8 @@ from ..card import MUSIC_STEMS, SPEAKER_STEMS
 __all__ = [
     "DEFAULT_ARCH",
     "FINETUNE_FIELDS",
+    "MAX_SYNTH_PER_SPLIT",
+    "MAX_SYNTH_WORKERS",
     "RECIPES",
     "RECIPE_FIELDS",
     "SPEECH_ARCH",
@@ -32,6 +34,11 @@ __all__ = [
 DEFAULT_ARCH = "ts-bsmamba2"
 # The family `train --libri2mix` trains when no --arch is given: U-Mamba-Net (stemsplit.model.u_mamba_net).
 SPEECH_ARCH = "u-mamba-net"
+# What `synth` and `synth-speech` accept: beyond these a request cannot finish (the job list alone fills
+# memory, or the processes do: a pool starts all its workers at once). Libri2Mix's largest split has
+# 50,800 mixtures.
+MAX_SYNTH_PER_SPLIT = 1_000_000
+MAX_SYNTH_WORKERS = 64
 
 
 @dataclass

@@ -144,6 +144,11 @@ def load_pretrained(spec: str | Path) -> LoadedModel:
         loaded = load_model(spec, progress=True)
     except WeightsError as exc:
         raise TrainError(f"--model: {exc}") from None
+    if loaded.card.task != "music":  # train's message would point to --libri2mix, which finetune lacks
+        raise TrainError(
+            f"--model: {loaded.name} separates {loaded.card.task}; finetune takes music models "
+            "(train --libri2mix trains speaker models)"
+        )
     if loaded.normalization != "none":
         raise TrainError(
             f"--model: {loaded.name} standardises its input ({loaded.normalization}); "
@@ -256,8 +261,10 @@ def prepare_unlabeled(
     }
     index_path = into / "index.json"
     known: dict[str, dict[str, Any]] = {}
+    ours: set[str] = set()  # the files earlier calls decoded (the folder may hold the user's own too)
     try:
         saved = json.loads(index_path.read_text())
+        ours = {f"{entry['key'][:20]}.flac" for entry in saved["songs"]}
         if saved.get("settings") == settings:
             known = {entry["key"]: entry for entry in saved["songs"]}
     except (OSError, ValueError, KeyError, TypeError):
@@ -303,9 +310,8 @@ def prepare_unlabeled(
     text = json.dumps({"settings": settings, "songs": entries})
     write_atomically(index_path, lambda temp: temp.write_text(text))
     wanted = {f"{e['key'][:20]}.flac" for e in entries}
-    for stale in into.glob("*.flac"):  # songs removed from the folder, or changed since
-        if stale.name not in wanted:
-            stale.unlink(missing_ok=True)
+    for stale in ours - wanted:  # decoded earlier, for songs removed from the folder or changed since
+        (into / stale).unlink(missing_ok=True)
     if not songs:
         raise TrainError(
             f"--unlabeled: {folder}: no usable songs (audio files with at least one salient "

@@ -88,6 +88,10 @@ def find_soundfont(spec: str | os.PathLike[str]) -> Soundfont:
             f"{path}: no such soundfont; give an .sf2 or .sf3 file, or install one (Debian packages "
             f"{PACKAGES}) and give its name ({', '.join(SOUNDFONTS)})"
         )
+    if path.is_dir():
+        raise FluidSynthError(f"{path}: a folder, not a soundfont file")
+    if not path.is_file():  # a FIFO would block the check (open() waits for a writer), a device worse
+        raise FluidSynthError(f"{path}: not a regular file")
     presets = read_presets(path)
     missing = [p for p in range(128) if (0, p) not in presets]
     if missing or (DRUM_BANK, 0) not in presets:

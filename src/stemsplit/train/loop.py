@@ -204,9 +204,11 @@ def load_model_config(
             f"{path}: {stem_field} = {overrides[stem_field]}, but --stems names {len(stems)} stems "
             f"(leave {stem_field} out: --stems sets it)"
         )
-    for hop, size in (("stride", "win"), ("hop", "n_fft")):  # the STFT fields of the families
-        if hop in names and overrides.get(hop, getattr(config, hop)) >= overrides.get(
-            size, getattr(config, size)
+    for hop, size in (("stride", "win"), ("hop", "n_fft")):  # the STFT fields of the families (when both are)
+        if (
+            hop in names
+            and size in names
+            and overrides.get(hop, getattr(config, hop)) >= overrides.get(size, getattr(config, size))
         ):
             raise TrainError(f"{path}: {hop} must be smaller than {size} (the STFT could not be inverted)")
 
@@ -308,6 +310,10 @@ RENAMED = {"seconds": "crop_seconds"}
 # --- the run ------------------------------------------------------------------------------------
 
 
+# What a run writes into its folder besides last.pt, at the end of an epoch (just before last.pt).
+RUN_FILES = ("best.safetensors", "last.safetensors", "log.jsonl")
+
+
 class Run:
     """One training run: model, optimiser, data, and the files in ``config.out``.
 
@@ -321,10 +327,15 @@ class Run:
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
         self.config, self.log = config, log
         self.last_path = config.out / "last.pt"
+        if config.out.exists() and not config.out.is_dir():  # before any work (finetune decodes into it)
+            raise TrainError(f"--out: {config.out} is not a folder; name a new or existing run folder")
         if not config.resume and self.last_path.exists():  # before any work
             raise TrainError(
                 f"{self.last_path} exists: add --resume to continue that run, or choose another --out"
             )
+        for name in RUN_FILES if not config.resume else ():  # a new run never replaces what is there
+            if (config.out / name).exists():
+                raise TrainError(f"{config.out / name} exists (not this run's); choose another --out")
         self.ranks, self.device = _setup_distributed(config.device)
         if config.batch_size % self.ranks.world:
             raise TrainError(

@@ -59,6 +59,7 @@ from scipy import signal
 
 from ..card import MUSIC_STEMS
 from . import fluidsynth
+from .config import MAX_SYNTH_PER_SPLIT, MAX_SYNTH_WORKERS
 
 __all__ = ["STEMS", "Song", "SynthError", "generate_song", "song_seed", "write_dataset", "write_song"]
 
@@ -809,7 +810,7 @@ REVERB_SEND = {"drums": (0.05, 0.25), "bass": (0.0, 0.08), "other": (0.1, 0.4), 
 def _active_rms(audio: np.ndarray, frame: int = 2048) -> float:
     """RMS over the frames where the stem plays (silent sections do not dilute its level)."""
     mono = audio.mean(axis=0)
-    usable = mono[: len(mono) // frame * frame].reshape(-1, frame)
+    usable = mono[: len(mono) // frame * frame].reshape(-1, frame) if len(mono) >= frame else mono[None]
     energy = np.mean(usable**2, axis=1)
     loud = energy[energy > 1e-3 * energy.max()] if energy.max() > 0 else energy
     return float(np.sqrt(loud.mean())) if loud.size else 0.0
@@ -1177,6 +1178,10 @@ def check_dataset(
     for label, count in (("train", train), ("valid", valid), ("test", test)):
         if count < 0:
             raise SynthError(f"the number of {label} songs must be 0 or more, not {count}")
+        if count > MAX_SYNTH_PER_SPLIT:
+            raise SynthError(
+                f"the number of {label} songs must be at most {MAX_SYNTH_PER_SPLIT}, not {count}"
+            )
     if train + valid + test == 0:
         raise SynthError("nothing to write: ask for at least one song")
     if not (seconds > 0 and math.isfinite(seconds)):
@@ -1184,8 +1189,10 @@ def check_dataset(
     if seed < 0:
         raise SynthError(f"seed must be a non-negative integer, not {seed}")
     _check_sample_rate(sample_rate, soundfont)
-    if workers < 1:
-        raise SynthError(f"workers must be 1 or more, not {workers}")
+    if round(seconds * sample_rate) < 1:
+        raise SynthError(f"seconds must be at least one sample ({1 / sample_rate:g} s), not {seconds}")
+    if not 1 <= workers <= MAX_SYNTH_WORKERS:
+        raise SynthError(f"workers must be from 1 to {MAX_SYNTH_WORKERS}, not {workers}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SynthError(
             f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
@@ -1236,7 +1243,7 @@ def write_dataset(
             if progress:
                 progress(done, len(jobs))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
             for done, _ in enumerate(pool.map(_write_one, jobs), 1):
                 if progress:
                     progress(done, len(jobs))

@@ -48,7 +48,7 @@ from .errors import (
     UnsafeCheckpointError,
     WeightsError,
 )
-from .metadata import CheckpointInfo, file_stems, read_info
+from .metadata import CheckpointInfo, file_info, file_stems, read_info
 from .registry import (
     CHECKPOINT_SUFFIXES,
     ModelEntry,
@@ -81,6 +81,7 @@ __all__ = [
     "downloaded_path",
     "entry_config",
     "fetch",
+    "file_info",
     "file_stems",
     "has_light_model",
     "is_offline",

@@ -143,6 +143,7 @@ def save_checkpoint(model: nn.Module, path: Path, **extra: Any) -> None:
         "stems": ",".join(card.stems),
         "sample_rate": str(card.sample_rate),
         "normalization": card.normalization,
+        "task": card.task,
         **{k: str(v) for k, v in extra.items()},
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -234,4 +235,10 @@ def network_from_file(
         raise CheckpointError(
             f"{label}: metadata names {len(stems)} stems but the network has {outputs} outputs"
         )
-    return build_network(state_dict, info.architecture, config, stems, label, info.normalization)
+    model = build_network(state_dict, info.architecture, config, stems, label, info.normalization)
+    if info.task is not None and info.task != model.card.task:  # what the CLI checked before loading
+        raise CheckpointError(
+            f"{label}: metadata says task={info.task!r}, but a {info.architecture} network separates "
+            f"{model.card.task}"
+        )
+    return model

@@ -12,6 +12,8 @@ exports with it) and :func:`read_info` reads. Safetensors metadata is strings:
 - ``sample_rate``: Hz; absent: the config's ``sr``, else 44100
 - ``normalization``: ``none`` (default) or ``meanstd``
 - ``stride``: the STFT hop of a TS-BSMamba2 without ``config`` (default 512)
+- ``task``: what the network separates (:data:`~stemsplit.card.TASKS`), so that a command can refuse
+  another task's model before torch loads; absent in older files (the network's card then decides)
 
 Anything else (``epoch``, ``source``, ``source_sha256``, ...) is information kept in the file.
 """
@@ -26,10 +28,10 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
-from ..card import NORMALIZATIONS
+from ..card import NORMALIZATIONS, TASKS
 from .errors import CheckpointError
 
-__all__ = ["LEGACY_ARCHITECTURE", "CheckpointInfo", "file_stems", "read_info", "read_metadata"]
+__all__ = ["LEGACY_ARCHITECTURE", "CheckpointInfo", "file_info", "file_stems", "read_info", "read_metadata"]
 
 # What a file without ``architecture`` holds: every checkpoint before model families was one.
 LEGACY_ARCHITECTURE = "ts-bsmamba2"
@@ -58,10 +60,11 @@ class CheckpointInfo:
     sample_rate: int | None = None
     normalization: str = "none"
     stride: int | None = None  # legacy TS-BSMamba2 files without config
+    task: str | None = None  # None: not said (older files)
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
-_SCHEMA = ("architecture", "config", "stems", "sample_rate", "normalization", "stride")
+_SCHEMA = ("architecture", "config", "stems", "sample_rate", "normalization", "stride", "task")
 
 
 def read_info(metadata: Mapping[str, str], label: str) -> CheckpointInfo:
@@ -91,6 +94,9 @@ def read_info(metadata: Mapping[str, str], label: str) -> CheckpointInfo:
     normalization = metadata.get("normalization", "").strip() or "none"
     if normalization not in NORMALIZATIONS:
         raise CheckpointError(f"{label}: metadata normalization={normalization!r} is not none or meanstd")
+    task = metadata.get("task", "").strip() or None
+    if task is not None and task not in TASKS:
+        raise CheckpointError(f"{label}: metadata task={task!r} is not one of {', '.join(TASKS)}")
     return CheckpointInfo(
         architecture=metadata.get("architecture", "").strip() or LEGACY_ARCHITECTURE,
         config=config,
@@ -98,20 +104,28 @@ def read_info(metadata: Mapping[str, str], label: str) -> CheckpointInfo:
         sample_rate=whole_number("sample_rate"),
         normalization=normalization,
         stride=whole_number("stride"),
+        task=task,
         extra={k: v for k, v in metadata.items() if k not in _SCHEMA},
     )
 
 
-def file_stems(path: str | Path) -> tuple[str, ...] | None:
-    """The stems a checkpoint file's metadata names, without torch; None when it names none or cannot be read.
+def file_info(path: str | Path) -> CheckpointInfo | None:
+    """What a checkpoint file's metadata says, without torch; None when it cannot be read.
 
-    For usage checks before anything loads (``stemsplit --stems x --model file``): a file whose
-    stems are only known from its weights, or which is broken, is left to the loader to judge.
+    For usage checks before anything loads (``stemsplit --stems x --model file``, a speaker model
+    given to ``separate``): what the metadata leaves out (stems only known from the weights, the task
+    of an older file), or a broken file, is left to the loader to judge.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         return None
     try:
-        return read_info(read_metadata(path, path.name), path.name).stems
+        return read_info(read_metadata(path, path.name), path.name)
     except CheckpointError:
         return None
+
+
+def file_stems(path: str | Path) -> tuple[str, ...] | None:
+    """The stems a checkpoint file's metadata names (see :func:`file_info`); None when it names none."""
+    info = file_info(path)
+    return info.stems if info else None
