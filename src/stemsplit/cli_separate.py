@@ -806,7 +806,6 @@ def speakers_command(
         light=False,
         stage=None,
         exact=False,
-        compile=False,
         stems=None,
         two_stems=None,
         downmix=False,
