@@ -208,6 +208,22 @@ def test_eval_command_prints_a_table_and_writes_json(musdb, tmp_path, monkeypatc
     assert set(data["csdr"]) == set(data["usdr"]) == {*STEMS, "avg"}
     assert data["settings"]["subset"] == "test" and data["settings"]["window"] == 1.0
 
+    # Nothing a user had is overwritten: a second run writes -2; an existing --json needs --overwrite.
+    first = (tmp_path / "eval-golden_small_weights-test.json").read_bytes()
+    assert CliRunner().invoke(_cli(), [*args, "--tracks", "1", "--no-csdr"]).exit_code == 0
+    assert (tmp_path / "eval-golden_small_weights-test.json").read_bytes() == first
+    second = json.loads((tmp_path / "eval-golden_small_weights-test-2.json").read_text())
+    assert second["tracks"][0]["csdr"] == {}  # the --no-csdr run's report
+    mine = tmp_path / "mine.json"
+    mine.write_text("my notes")
+    refused = CliRunner().invoke(_cli(), [*args, "--tracks", "1", "--json", str(mine)])
+    assert refused.exit_code == 2 and "--json: " in refused.stderr and "--overwrite" in refused.stderr
+    assert mine.read_text() == "my notes"
+    replaced = CliRunner().invoke(
+        _cli(), [*args, "--tracks", "1", "--no-csdr", "--json", str(mine), "--overwrite"]
+    )
+    assert replaced.exit_code == 0 and json.loads(mine.read_text())["tracks"][0]["name"] == "Artist A - Song"
+
 
 def test_eval_command_errors_are_one_line(musdb, tmp_path, monkeypatch, find_tracks_available):
     for root, model in ((musdb, tmp_path / "none.safetensors"), (tmp_path / "nothing", GOLDEN_WEIGHTS)):

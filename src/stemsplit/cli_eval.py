@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 import typer
@@ -41,8 +42,12 @@ def eval_command(
     batch_size: int | None = typer.Option(None, min=1, help="Windows per forward pass [default: auto]."),
     tracks: int | None = typer.Option(None, min=1, help="Score only the first N tracks (quick checks)."),
     json_out: Path | None = typer.Option(
-        None, "--json", help="Where the JSON report goes [default: ./eval-<model>-<subset>.json]."
+        None,
+        "--json",
+        help="Where the JSON report goes [default: ./eval-<model>-<subset>.json, or -2, -3, ... "
+        "when that exists].",
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json report."),
     no_csdr: bool = typer.Option(
         False, "--no-csdr", help="Skip BSSEval, which is slow: uSDR only (speech: no SDRi)."
     ),
@@ -56,7 +61,7 @@ def eval_command(
     """
     if (musdb is None) == (libri2mix is None):
         raise fail("give one test set: --musdb (music models) or --libri2mix (speaker models)", EXIT_USAGE)
-    _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out)
+    _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
 
     from .separate import SeparationError, Separator
     from .train.data import DatasetError, find_tracks
@@ -80,10 +85,7 @@ def eval_command(
         return
     try:
         found = find_tracks(musdb, subset, separator.stems)[:tracks]
-        name = separator.name
-        if name.endswith(MODEL_SUFFIXES):
-            name = Path(name).stem
-        json_out = json_out or Path.cwd() / f"eval-{name}-{subset}.json"
+        json_out = json_out or _default_report(separator.name, subset)
         report = evaluate_tracks(
             separator,
             found,
@@ -109,7 +111,7 @@ def eval_command(
 
 
 def _check_usage(
-    libri2mix, mixture: str, window: float, hop: float, batch_size, device: str, json_out
+    libri2mix, mixture: str, window: float, hop: float, batch_size, device: str, json_out, overwrite: bool
 ) -> None:
     """The flags, checked before torch is imported and anything is separated: exit 2, naming the flag."""
     from .settings import SeparationError, check_settings, parse_device
@@ -124,6 +126,19 @@ def _check_usage(
         raise fail(f"--{exc.option.replace('_', '-')}: {exc.problem}", EXIT_USAGE) from None
     if json_out is not None and json_out.is_dir():  # found only after every track was separated, before
         raise fail(f"--json: {json_out} is a folder; name the report's file", EXIT_USAGE)
+    if json_out is not None and os.path.lexists(json_out) and not overwrite:  # a report the user has
+        raise fail(f"--json: {json_out} exists; add --overwrite to replace it", EXIT_USAGE)
+
+
+def _default_report(name: str, subset: str) -> Path:
+    """./eval-<model>-<subset>.json, or the first of -2, -3, ... that does not exist: no report is lost."""
+    if name.endswith(MODEL_SUFFIXES):
+        name = Path(name).stem
+    path, n = Path.cwd() / f"eval-{name}-{subset}.json", 1
+    while os.path.lexists(path):
+        n += 1
+        path = Path.cwd() / f"eval-{name}-{subset}-{n}.json"
+    return path
 
 
 def _eval_speech(separator, root: Path, subset: str, mixture: str, limit, json_out, no_sdr: bool) -> None:
@@ -134,8 +149,7 @@ def _eval_speech(separator, root: Path, subset: str, mixture: str, limit, json_o
 
     try:
         found = find_speech_mixtures(root, subset, mixture)[:limit]
-        name = Path(separator.name).stem if separator.name.endswith(MODEL_SUFFIXES) else separator.name
-        json_out = json_out or Path.cwd() / f"eval-{name}-{subset}.json"
+        json_out = json_out or _default_report(separator.name, subset)
         report = evaluate_speech(
             separator, found, progress=lambda line: err_console.print(line), compute_sdr=not no_sdr
         )
