@@ -11,6 +11,7 @@ writes, for speaker-separation models); the model card's task must match it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +28,7 @@ __all__ = [
     "SPEECH_ARCH",
     "FinetuneConfig",
     "TrainConfig",
+    "synth_request_problem",
 ]
 
 # stemsplit.model.ts_bsmamba2.ARCHITECTURE, spelled out (importing the model would import torch;
@@ -39,6 +41,40 @@ SPEECH_ARCH = "u-mamba-net"
 # 50,800 mixtures.
 MAX_SYNTH_PER_SPLIT = 1_000_000
 MAX_SYNTH_WORKERS = 64
+
+
+def synth_request_problem(
+    out: Path,
+    counts: dict[str, int],
+    noun: str,
+    seconds: float,
+    sample_rate: int,
+    seed: int,
+    workers: int,
+    max_seconds: float | None = None,
+) -> str | None:
+    """What is wrong with a ``synth``/``synth-speech`` request (``counts``: items per split, ``noun``
+    their name), in one line, or None: the checks the two generators share, before anything is written."""
+    for label, count in counts.items():
+        if count < 0:
+            return f"the number of {label} {noun} must be 0 or more, not {count}"
+        if count > MAX_SYNTH_PER_SPLIT:
+            return f"the number of {label} {noun} must be at most {MAX_SYNTH_PER_SPLIT}, not {count}"
+    if sum(counts.values()) == 0:
+        return f"nothing to write: ask for at least one {noun.removesuffix('s')}"
+    if not (seconds > 0 and math.isfinite(seconds)):
+        return f"seconds must be positive, not {seconds}"
+    if round(seconds * sample_rate) < 1:
+        return f"seconds must be at least one sample ({1 / sample_rate:g} s), not {seconds}"
+    if max_seconds is not None and seconds > max_seconds:
+        return f"seconds must be at most {max_seconds:g} (one {noun.removesuffix('s')}), not {seconds}"
+    if seed < 0:
+        return f"seed must be a non-negative integer, not {seed}"
+    if not 1 <= workers <= MAX_SYNTH_WORKERS:
+        return f"workers must be from 1 to {MAX_SYNTH_WORKERS}, not {workers}"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        return f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
+    return None
 
 
 @dataclass

@@ -71,7 +71,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio import AudioError, BlockResampler, libsndfile_reason, probe
-from .config import MAX_SYNTH_PER_SPLIT, MAX_SYNTH_WORKERS
+from .config import synth_request_problem
 
 __all__ = [
     "FOLDERS",
@@ -499,30 +499,10 @@ def check_request(
     out: Path, *, train: int, dev: int, test: int, seconds: float, seed: int, workers: int = 1
 ) -> None:
     """Raise :class:`SpeechSynthError` for a request that :func:`write_dataset` refuses; writes nothing."""
-    for label, count in (("train", train), ("dev", dev), ("test", test)):
-        if count < 0:
-            raise SpeechSynthError(f"the number of {label} mixtures must be 0 or more, not {count}")
-        if count > MAX_SYNTH_PER_SPLIT:
-            raise SpeechSynthError(
-                f"the number of {label} mixtures must be at most {MAX_SYNTH_PER_SPLIT}, not {count}"
-            )
-    if train + dev + test == 0:
-        raise SpeechSynthError("nothing to write: ask for at least one mixture")
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise SpeechSynthError(f"seconds must be positive, not {seconds}")
-    if round(seconds * SAMPLE_RATE) < 1:
-        raise SpeechSynthError(f"seconds must be at least one sample ({1 / SAMPLE_RATE:g} s), not {seconds}")
-    if seconds > 600:
-        raise SpeechSynthError(f"seconds must be at most 600 (one mixture), not {seconds}")
-    if seed < 0:
-        raise SpeechSynthError(f"seed must be a non-negative integer, not {seed}")
-    if not 1 <= workers <= MAX_SYNTH_WORKERS:
-        raise SpeechSynthError(f"workers must be from 1 to {MAX_SYNTH_WORKERS}, not {workers}")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SpeechSynthError(
-            f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
-        )
+    counts = {"train": train, "dev": dev, "test": test}
+    problem = synth_request_problem(Path(out), counts, "mixtures", seconds, SAMPLE_RATE, seed, workers, 600)
+    if problem:
+        raise SpeechSynthError(problem)
 
 
 def _write_wav(path: Path, audio: np.ndarray) -> None:

@@ -59,7 +59,7 @@ from scipy import signal
 
 from ..card import MUSIC_STEMS
 from . import fluidsynth
-from .config import MAX_SYNTH_PER_SPLIT, MAX_SYNTH_WORKERS
+from .config import synth_request_problem
 
 __all__ = ["STEMS", "Song", "SynthError", "generate_song", "song_seed", "write_dataset", "write_song"]
 
@@ -1175,28 +1175,11 @@ def check_dataset(
 
     Raises :class:`SynthError` (one line) for what the caller asked wrong.
     """
-    for label, count in (("train", train), ("valid", valid), ("test", test)):
-        if count < 0:
-            raise SynthError(f"the number of {label} songs must be 0 or more, not {count}")
-        if count > MAX_SYNTH_PER_SPLIT:
-            raise SynthError(
-                f"the number of {label} songs must be at most {MAX_SYNTH_PER_SPLIT}, not {count}"
-            )
-    if train + valid + test == 0:
-        raise SynthError("nothing to write: ask for at least one song")
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise SynthError(f"seconds must be positive, not {seconds}")
-    if seed < 0:
-        raise SynthError(f"seed must be a non-negative integer, not {seed}")
     _check_sample_rate(sample_rate, soundfont)
-    if round(seconds * sample_rate) < 1:
-        raise SynthError(f"seconds must be at least one sample ({1 / sample_rate:g} s), not {seconds}")
-    if not 1 <= workers <= MAX_SYNTH_WORKERS:
-        raise SynthError(f"workers must be from 1 to {MAX_SYNTH_WORKERS}, not {workers}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SynthError(
-            f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
-        )
+    counts = {"train": train, "valid": valid, "test": test}
+    problem = synth_request_problem(Path(out), counts, "songs", seconds, sample_rate, seed, workers)
+    if problem:
+        raise SynthError(problem)
     jobs = []
     for subset, count in (("train", train), ("valid", valid), ("test", test)):
         folder = out / ("test" if subset == "test" else "train")
