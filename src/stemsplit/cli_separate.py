@@ -693,6 +693,29 @@ def _run_command(batch: bool, args: dict[str, Any], precision: Any, task: str) -
     raise typer.Exit(code)
 
 
+# Options `separate`, `batch` and `speakers` share, defined once.
+DEVICE_OPTION = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
+BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", help="Windows per forward pass.")
+COMPILE_OPTION = typer.Option(
+    False, "--compile", help="torch.compile the network (fused kernels; compiles at the first batch)."
+)
+CLIP_MODE_OPTION = typer.Option(ClipMode.rescale, "--clip-mode", help="For integer formats.")
+OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace existing outputs.")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress or messages (errors only).")
+DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks.")
+PRECISION_OPTION = typer.Option(
+    None,
+    help="bf16 or fp32 [default: auto: bf16 on CUDA, and on CPUs with native bf16 for models "
+    "measured faster in it; else fp32]",
+)
+FORMAT_OPTION = typer.Option(Format.wav, "--format", help="Output format.")
+BIT_DEPTH_OPTION = typer.Option(None, "--bit-depth", help="16, 24 or 32 [default: float wav, 24-bit flac].")
+JSON_OPTION = typer.Option(False, "--json", help="Progress and results as JSON lines on stdout.")
+FILENAME_OPTION = typer.Option(
+    DEFAULT_FILENAME, help="Output path under --out; fields {folder} {track} {stem} {ext}."
+)
+
+
 def separation_command(batch: bool):
     """The ``separate`` and ``batch`` commands: same options, files or folders as input."""
 
@@ -705,42 +728,30 @@ def separation_command(batch: bool):
         ),
         model: str = typer.Option(None, "--model", "-m", help="Registry name, checkpoint path or URL."),
         out: str = typer.Option("stems", "--out", "-o", help="Output folder."),  # str: "" is not "."
-        device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+        device: str = DEVICE_OPTION,
         light: bool = typer.Option(
             False, "--light", help="Fast mode: the registry's light model (L-TS-BSMamba2), else a 1.5 s hop."
         ),
         window: float = typer.Option(None, help="Window length in seconds [default: the model's, 3]."),
         hop: float = typer.Option(None, help="Hop between windows in seconds [default: the model's, 0.5]."),
-        batch_size: int = typer.Option(None, "--batch-size", help="Windows per forward pass."),
-        precision: InferencePrecision = typer.Option(
-            None,
-            help="bf16 or fp32 [default: auto: bf16 on CUDA, and on CPUs with native bf16 for models "
-            "measured faster in it; else fp32]",
-        ),
+        batch_size: int = BATCH_SIZE_OPTION,
+        precision: InferencePrecision = PRECISION_OPTION,
         stage: int = typer.Option(
             None, help="TS-BSMamba2: 1 = masked stems (sum to the mix), 2 = final output [default: final]."
         ),
         exact: bool = typer.Option(False, "--exact", help="Correct stems to sum exactly to the input."),
-        compile: bool = typer.Option(
-            False, "--compile", help="torch.compile the network (fused kernels; compiles at the first batch)."
-        ),
-        fmt: Format = typer.Option(Format.wav, "--format", help="Output format."),
-        bit_depth: int = typer.Option(
-            None, "--bit-depth", help="16, 24 or 32 [default: float wav, 24-bit flac]."
-        ),
-        clip_mode: ClipMode = typer.Option(ClipMode.rescale, "--clip-mode", help="For integer formats."),
+        compile: bool = COMPILE_OPTION,
+        fmt: Format = FORMAT_OPTION,
+        bit_depth: int = BIT_DEPTH_OPTION,
+        clip_mode: ClipMode = CLIP_MODE_OPTION,
         stems: str = typer.Option(None, "--stems", help="Comma-separated subset, e.g. vocals,drums."),
         two_stems: str = typer.Option(None, "--two-stems", help="Write STEM and no_STEM (mix minus STEM)."),
-        filename: str = typer.Option(
-            DEFAULT_FILENAME, help="Output path under --out; fields {folder} {track} {stem} {ext}."
-        ),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+        filename: str = FILENAME_OPTION,
+        overwrite: bool = OVERWRITE_OPTION,
         downmix: bool = typer.Option(False, "--downmix", help="Fold more than two channels down to stereo."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages (errors only)."),
-        json_lines: bool = typer.Option(
-            False, "--json", help="Progress and results as JSON lines on stdout."
-        ),
-        debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+        quiet: bool = QUIET_OPTION,
+        json_lines: bool = JSON_OPTION,
+        debug: bool = DEBUG_OPTION,
     ) -> None:
         args = dict(locals(), residual=False)
         _run_command(batch, args, precision, "music")
@@ -776,30 +787,20 @@ def speakers_command(
     out: str = typer.Option("speakers", "--out", "-o", help="Output folder."),
     residual: bool = typer.Option(False, "--residual", help="Also write the mixture minus every talker."),
     batch: bool = typer.Option(False, "--batch", help="Inputs are folders to walk, as stemsplit batch."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = DEVICE_OPTION,
     window: float = typer.Option(None, help="Window length in seconds [default: the model's]."),
     hop: float = typer.Option(None, help="Hop between windows in seconds [default: the model's]."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Windows per forward pass."),
-    precision: InferencePrecision = typer.Option(
-        None,
-        help="bf16 or fp32 [default: auto: bf16 on CUDA, and on CPUs with native bf16 for models "
-        "measured faster in it; else fp32]",
-    ),
-    compile: bool = typer.Option(
-        False, "--compile", help="torch.compile the network (fused kernels; compiles at the first batch)."
-    ),
-    fmt: Format = typer.Option(Format.wav, "--format", help="Output format."),
-    bit_depth: int = typer.Option(
-        None, "--bit-depth", help="16, 24 or 32 [default: float wav, 24-bit flac]."
-    ),
-    clip_mode: ClipMode = typer.Option(ClipMode.rescale, "--clip-mode", help="For integer formats."),
-    filename: str = typer.Option(
-        DEFAULT_FILENAME, help="Output path under --out; fields {folder} {track} {stem} {ext}."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages (errors only)."),
-    json_lines: bool = typer.Option(False, "--json", help="Progress and results as JSON lines on stdout."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    batch_size: int = BATCH_SIZE_OPTION,
+    precision: InferencePrecision = PRECISION_OPTION,
+    compile: bool = COMPILE_OPTION,
+    fmt: Format = FORMAT_OPTION,
+    bit_depth: int = BIT_DEPTH_OPTION,
+    clip_mode: ClipMode = CLIP_MODE_OPTION,
+    filename: str = FILENAME_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
+    quiet: bool = QUIET_OPTION,
+    json_lines: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
 ) -> None:
     args = dict(
         locals(),
