@@ -281,6 +281,24 @@ def test_voices_differ_within_and_across_mixtures(dataset):
     assert len({row["t60"] for row in rows}) == len(rows)
 
 
+def test_each_split_draws_talkers_from_its_own_pool(dataset):
+    pools = [set(speech.SPLIT_VARIANTS[split]) for split in speech.SPLITS]
+    assert set().union(*pools) == set(speech.VARIANTS)
+    assert sum(len(pool) for pool in pools) == len(speech.VARIANTS)  # disjoint: no talker in two splits
+    for split in speech.SPLITS:
+        for row in read_csv(dataset / "metadata" / f"speech_{split}_info.csv"):
+            for key in ("source_1_voice", "source_2_voice"):
+                assert row[key].split("+")[1] in speech.SPLIT_VARIANTS[split], (split, row[key])
+
+
+def test_draw_talkers_follows_the_split_and_refuses_an_unknown_one():
+    rng = np.random.default_rng(0)
+    drawn = {t.variant for _ in range(200) for t in speech.draw_talkers(rng, "test")}
+    assert drawn == set(speech.SPLIT_VARIANTS["test"])
+    with pytest.raises(SpeechSynthError, match="split must be one of"):
+        generate_mixture(1, 1.0, split="train-360")
+
+
 def test_same_seed_same_bytes_and_more_mixtures_keep_the_earlier_ones(dataset, tmp_path):
     write_dataset(tmp_path / "more", train=3, dev=1, test=0, seconds=SECONDS, seed=5)
     first, more = digests(dataset), digests(tmp_path / "more")

@@ -10,7 +10,10 @@ module makes a stand-in from what Debian and PyPI provide:
   (:data:`VOICES`) and voice variants (:data:`VARIANTS`), at a random pitch
   (``-p``) and speed (``-s``). Its amplitude (``-a``) stays at the default:
   levels are set afterwards, as Libri2Mix does. The two talkers of a mixture
-  always have different variants. The 22.05 kHz speech is resampled to 8 kHz
+  always have different variants. As in Libri2Mix, whose train, dev and test
+  speakers never meet, each split draws from its own variants
+  (:data:`SPLIT_VARIANTS`): dev and test talkers are timbres the model never
+  trained on. The 22.05 kHz speech is resampled to 8 kHz
   with soxr (:class:`stemsplit.audio.BlockResampler`).
 - **Room**: a shoebox drawn as the paper's Table I (:func:`draw_room`): length
   and width U(5, 10) m, height U(3, 4) m, T60 U(0.2, 0.6) s; the receiver near
@@ -77,6 +80,7 @@ __all__ = [
     "FOLDERS",
     "SAMPLE_RATE",
     "SPLITS",
+    "SPLIT_VARIANTS",
     "Room",
     "SpeechMixture",
     "SpeechSynthError",
@@ -124,6 +128,13 @@ VARIANTS = (
     "travis",
     "victor",
 )
+# Disjoint talker pools, as Libri2Mix's splits have disjoint speakers: two male and two female
+# timbres are held out for dev and for test each; training draws from the other 16.
+HELD_OUT_VARIANTS = {"dev": ("m5", "Denis", "f5", "steph"), "test": ("m3", "Gene", "f3", "linda")}
+SPLIT_VARIANTS = {
+    "train-100": tuple(v for v in VARIANTS if not any(v in held for held in HELD_OUT_VARIANTS.values())),
+    **HELD_OUT_VARIANTS,
+}
 PITCH = (25, 75)  # espeak-ng -p, 0-99 around the variant's own pitch (50 = unchanged)
 SPEED = (130, 200)  # espeak-ng -s, words per minute (175 is its default)
 SPEECH_DB = (-33.0, -25.0)  # Libri2Mix's speech loudness range, here RMS dBFS of the reverberant talker
@@ -223,13 +234,15 @@ class Talker:
         return f"{self.voice}+{self.variant}"
 
 
-def draw_talkers(rng: np.random.Generator) -> tuple[Talker, Talker]:
-    """Two talkers with different variants (so different timbres), each with its own pitch and speed."""
-    first, second = rng.choice(len(VARIANTS), size=2, replace=False)
+def draw_talkers(rng: np.random.Generator, split: str = "train-100") -> tuple[Talker, Talker]:
+    """Two talkers of ``split``'s pool with different variants (so different timbres), each with its own
+    pitch and speed."""
+    pool = SPLIT_VARIANTS[split]
+    first, second = rng.choice(len(pool), size=2, replace=False)
     return tuple(  # type: ignore[return-value]
         Talker(
             voice=_pick(rng, VOICES),
-            variant=VARIANTS[int(variant)],
+            variant=pool[int(variant)],
             pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
             speed=int(rng.integers(SPEED[0], SPEED[1] + 1)),
         )
@@ -410,8 +423,11 @@ def _rms_db(audio: np.ndarray) -> float:
     return 20 * math.log10(max(float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))), 1e-12))
 
 
-def generate_mixture(seed: int, seconds: float) -> SpeechMixture:
-    """Render one mixture ``round(seconds * 8000)`` samples long; the same arguments give the same arrays."""
+def generate_mixture(seed: int, seconds: float, split: str = "train-100") -> SpeechMixture:
+    """Render one mixture ``round(seconds * 8000)`` samples long, its talkers from ``split``'s pool; the
+    same arguments give the same arrays."""
+    if split not in SPLIT_VARIANTS:
+        raise SpeechSynthError(f"split must be one of {', '.join(SPLIT_VARIANTS)}, not {split!r}")
     if seed < 0:
         raise SpeechSynthError(f"seed must be a non-negative integer, not {seed}")
     if not (seconds > 0 and math.isfinite(seconds)):
@@ -421,7 +437,7 @@ def generate_mixture(seed: int, seconds: float) -> SpeechMixture:
     talker_rng, text_rng, room_rng, noise_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
     )
-    talkers = draw_talkers(talker_rng)
+    talkers = draw_talkers(talker_rng, split)
     room = draw_room(room_rng)
     reverberant, direct = impulse_responses(room), impulse_responses(room, reflections=False)
 
@@ -524,7 +540,7 @@ def _write_wav(path: Path, audio: np.ndarray) -> None:
 def _render(job: tuple[Path, str, int, float]) -> dict[str, str]:
     """Generate one mixture, write its seven files under ``job[0]`` and return its info row."""
     folder, name, seed, seconds = job
-    mixture = generate_mixture(seed, seconds)
+    mixture = generate_mixture(seed, seconds, split=folder.name)
     for part, audio in mixture.parts().items():
         _write_wav(folder / part / f"{name}.wav", audio)
     room = mixture.room
