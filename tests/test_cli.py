@@ -35,3 +35,14 @@ def test_unknown_option_is_a_usage_error():
 def test_no_arguments_shows_help():
     result = stemsplit()
     assert "Usage" in result.stdout + result.stderr
+
+
+def test_train_help_names_every_preset_of_every_family():
+    import inspect
+
+    from stemsplit.cli_train import train_command
+    from stemsplit.model.families import FAMILIES
+
+    text = inspect.signature(train_command).parameters["preset"].default.help
+    for name, family in FAMILIES.items():
+        assert f"{name}: {', '.join(family.presets)}" in text, name
