@@ -40,7 +40,7 @@ IRM_HOP = 64  # 8 ms
 
 
 def ideal_ratio_mask(mixture: np.ndarray, talkers: np.ndarray) -> np.ndarray:
-    """mixture [samples], talkers [S, samples] -> each talker as the ideal ratio mask keeps it [S, samples]."""
+    """mixture [samples], talkers [S, samples] -> the talkers kept by their ideal ratio masks [S, samples]."""
     window = torch.hann_window(IRM_FFT, dtype=torch.float64)
 
     def stft(x: np.ndarray) -> torch.Tensor:

@@ -41,7 +41,8 @@ def train_command(
     ),
     preset: str = typer.Option(
         None,
-        help="The family's named config (ts-bsmamba2: ts, l-ts; bsrnn: paper; u-mamba-net: paper, f64, f192, r12, r20, l8).",
+        help="The family's named config (ts-bsmamba2: ts, l-ts; bsrnn: paper; "
+        "u-mamba-net: paper, f64, f192, r12, r20, l8).",
     ),
     light: bool = typer.Option(False, "--light", help="TS-BSMamba2's L-TS preset (4 + 2 layers)."),
     model_config: Path = typer.Option(None, help="TOML overriding the family's config fields."),
