@@ -316,6 +316,36 @@ def test_speakers_writes_mono_talkers_and_residual_at_the_input_rate(tmp_path, c
     assert files_under(out) == ["interview/speaker2.wav"]
 
 
+def test_surround_input_is_folded_as_the_command_folds_it(tmp_path, capsys, speaker_checkpoint):
+    """A mono network averages the channels anyway: the API folds 6 channels down as the CLI does a
+    5.1 file (ITU-R BS.775, then averaged), instead of refusing them; the summary says so."""
+    from stemsplit.audio import downmix_to_stereo
+    from stemsplit.separate import Separator
+
+    rng = np.random.default_rng(3)
+    surround = (0.1 * rng.standard_normal((6, 8000))).astype(np.float32)
+    separator = Separator(speaker_checkpoint, task="speakers", device="cpu", window=1.0, hop=0.5)
+    folded = separator.separate(surround, 8000)
+    stereo = separator.separate(downmix_to_stereo(surround.T).T, 8000)
+    for name in ("speaker1", "speaker2"):
+        assert folded[name].shape == (1, 8000)
+        np.testing.assert_array_equal(folded[name], stereo[name])
+
+    sf.write(tmp_path / "surround.wav", surround.T, 8000, subtype="FLOAT")
+    code, stdout, stderr = run_cli(
+        capsys,
+        "speakers",
+        tmp_path / "surround.wav",
+        "-o",
+        tmp_path / "out",
+        "--model",
+        speaker_checkpoint,
+        *("--window", "1", "--hop", "0.5", "--device", "cpu"),
+    )
+    assert code == 0, stderr
+    assert "folded to stereo" in stdout + stderr and "then averaged to mono" in stdout + stderr
+
+
 def test_the_residual_keeps_what_is_above_the_models_band(tmp_path, capsys, speaker_checkpoint):
     """Before: the mixture went through 8 kHz and back, so residual.wav of a 44.1 kHz recording lost
     everything above 4 kHz (music, hiss): talkers plus residual missed 85% of white noise's peak."""

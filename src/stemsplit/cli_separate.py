@@ -590,6 +590,8 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
             song.details += f"; residual {result.residual_db:.1f} dB shared among stems"
         if song.info.channels > 2:
             song.details += "; " + describe_downmix(song.info.channels, song.info.layout)
+            if separator.output_channels(song.info.channels) == 1:
+                song.details += ", then averaged to mono for the network"
         rate = options.sample_rate(song.info.sample_rate)
         if rate != song.info.sample_rate:
             song.details += f"; written at {rate} Hz ({options.fmt} cannot carry {song.info.sample_rate} Hz)"

@@ -292,12 +292,15 @@ def song_stats(blocks: Iterable[np.ndarray]) -> tuple[float, float]:
     return float(mean), float(std) if std > 0 else 1.0
 
 
-def as_audio_array(audio: np.ndarray | torch.Tensor) -> np.ndarray:
+def as_audio_array(audio: np.ndarray | torch.Tensor, fold_surround: bool = False) -> np.ndarray:
     """Audio from the Python API -> float32 [channels, samples], or :class:`SeparationError`.
 
     1-D is mono. Integer PCM is scaled by its type (int16 by 1/32768, uint8
     around 128, ...) to [-1, 1]. An array with more than :data:`MAX_CHANNELS`
     rows but few columns is taken for [samples, channels] and refused with a hint.
+    More than two channels are refused, or with ``fold_surround`` (a mono
+    network, which averages the channels anyway) folded to stereo as
+    ``stemsplit speakers`` folds a file (:func:`.audio.downmix_to_stereo`).
     """
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
@@ -318,7 +321,9 @@ def as_audio_array(audio: np.ndarray | torch.Tensor) -> np.ndarray:
         raise SeparationError(
             f"audio of shape {audio.shape} has {channels} channels: expected [channels, samples]{hint}"
         )
-    if channels > 2:
+    if channels > 2 and fold_surround:
+        audio = downmix_to_stereo(audio.T.astype(np.float32)).T
+    elif channels > 2:
         raise SeparationError(
             f"{channels} channels; stemsplit separates mono or stereo (fold down first, e.g. with "
             "stemsplit.audio.downmix_to_stereo(audio.T).T)"
@@ -605,7 +610,7 @@ class Separator:
                 raise SeparationError(f"audio: a {kind} holds no samples stemsplit can take")
             if audio.is_floating_point() and audio.dtype != torch.float64:
                 audio = audio.detach().float()  # bf16, fp16: numpy has no such type
-        audio = as_audio_array(audio)
+        audio = as_audio_array(audio, fold_surround=self.card.channels == 1)
         problem = unplayable_sample(audio.T)
         if problem is not None:
             raise SeparationError(f"audio: sample {problem[0]} {problem[1]}")
