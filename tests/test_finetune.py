@@ -342,3 +342,25 @@ def test_bsrnn_one_target_model_under_torchrun(material, tmp_path):
     assert wrong.returncode == 1 and wrong.stderr.strip().splitlines() == [
         "stemsplit: error: --stems: the model separates vocals, which is not one of drums, bass"
     ]
+
+
+def test_without_validation_tracks_the_teacher_stays_the_pretrained_model(material, tmp_path):
+    labeled = tmp_path / "labeled"
+    shutil.copytree(material / "labeled", labeled)
+    (labeled / "valid.txt").unlink()
+    shutil.rmtree(labeled / "train" / "valid-00000")
+    out = tmp_path / "run"
+    args = finetune_args(material, out, "--epochs", "2")
+    args[args.index("--musdb") + 1] = labeled
+    done = stemsplit(*args, env_dir=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "no validation tracks: the teacher stays the pre-trained model" in done.stderr + done.stdout
+    log = read_log(out)
+    assert [(r["epoch"], r["valid_usdr"], r["teacher"]) for r in log] == [
+        (0, None, 0),
+        (1, None, 0),
+        (2, None, 0),
+    ]
+    assert sorted(p.name for p in (out / "teachers").iterdir()) == ["gen-0.safetensors"]
+    for key, value in weights(out / "best.safetensors").items():  # the export is still the given model
+        assert torch.equal(weights(material / "tiny.safetensors")[key], value), key

@@ -143,6 +143,25 @@ def test_progress_lines_without_a_terminal(tiny_musdb, tmp_path, monkeypatch):
     assert any(line.startswith("epoch 1/1: loss") and "valid uSDR" in line for line in lines)
 
 
+def test_without_a_validation_set_no_score_is_logged(tiny_musdb, tmp_path, monkeypatch):
+    """The schedule ranks epochs by -global_step then (the latest is best); that is not a score to show."""
+    monkeypatch.setenv("STEMSPLIT_CACHE", str(tmp_path / "cache"))
+    musdb = tmp_path / "musdb"
+    for name in ("Song A", "Song B", "Song C"):  # not the MUSDB validation track
+        shutil.copytree(tiny_musdb / "train" / name, musdb / "train" / name)
+    lines = []
+    config = loop.TrainConfig(
+        musdb=musdb, out=tmp_path / "run", model_config=tiny_musdb / "tiny.toml", crop_seconds=1.0,
+        batch_size=2, epoch_size=2, epochs=2, workers=0, device="cpu",
+    )  # fmt: skip
+    loop.train(config, log=lines.append)
+    epochs = [line for line in lines if ": loss " in line]
+    assert len(epochs) == 2 and all("no validation set" in line and "dB" not in line for line in epochs)
+    log = read_log(tmp_path / "run")
+    assert [(r["valid_usdr"], r["best"]) for r in log if "epoch" in r] == [(None, True), (None, True)]
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
 def test_existing_run_needs_resume(tiny_musdb, tmp_path):
     out = tmp_path / "run"
     assert run_train(train_args(tiny_musdb, out, "--epochs", "1")).returncode == 0

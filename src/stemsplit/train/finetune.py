@@ -547,11 +547,13 @@ class FinetuneRun(Run):
         if self.ranks.main:
             self._save_teacher(score)
             save_checkpoint(self.model, self.config.out / "best.safetensors", epoch=0, generation=0)
-            record = {"epoch": 0, "global_step": 0, "valid_usdr": score, "best": True, "teacher": 0}
+            valid = score if self.valid_tracks else None
+            record = {"epoch": 0, "global_step": 0, "valid_usdr": valid, "best": True, "teacher": 0}
             with open(self.config.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            self.log(f"pre-trained model {self.pretrained.name}: valid uSDR {score:.2f} dB (teacher 0)")
-            if not self.valid_tracks:
+            if self.valid_tracks:
+                self.log(f"pre-trained model {self.pretrained.name}: valid uSDR {score:.2f} dB (teacher 0)")
+            else:
                 self.log("no validation tracks: the teacher stays the pre-trained model")
         self.save()
 
@@ -569,6 +571,11 @@ class FinetuneRun(Run):
         except (WeightsError, RuntimeError) as exc:
             raise TrainError(f"--resume: teacher generation {self.generation}: {exc}") from None
         self.log(f"teacher generation {self.generation} from {path}")
+
+    def validate(self) -> float:
+        """As train's, but with no validation set every epoch counts as worse than the pre-trained model:
+        no evidence, no new teacher (and best.safetensors stays the pre-trained model)."""
+        return super().validate() if self.valid_tracks else -float(self.global_step)
 
     def end_epoch(self, improved: bool, score: float) -> None:
         if self.ranks.world > 1:

@@ -639,7 +639,9 @@ class Run:
         from .eval import evaluate_speech, evaluate_tracks
 
         if not self.valid_tracks:
-            return -self.global_step  # no validation set: never a plateau decision on noise
+            # No validation set: each epoch counts as better than the last, so best.safetensors is the
+            # latest and neither the plateau schedule nor early stopping acts without evidence.
+            return float(self.global_step)
         separator = Separator(
             self.model,
             device=self.device,
@@ -702,11 +704,12 @@ class Run:
                 if improved:
                     save_checkpoint(self.model, cfg.out / "best.safetensors", **extra)
                 save_checkpoint(self.model, cfg.out / "last.safetensors", **extra)
+                validated = bool(self.valid_tracks)  # without a validation set, score is global_step
                 record = {
                     "epoch": self.epoch,
                     "global_step": self.global_step,
                     "loss": mean_loss,
-                    "valid_" + self.score_name.lower().replace("-", "_"): score,
+                    "valid_" + self.score_name.lower().replace("-", "_"): score if validated else None,
                     "best": improved,
                     "lr": lr,
                     "samples_per_second": len(losses) * cfg.batch_size / max(seconds, 1e-9),
@@ -717,9 +720,10 @@ class Run:
                     f.write(json.dumps(record) + "\n")
                 best = " (best)" if improved else ""
                 speed = record["samples_per_second"]
+                valid = f"valid {self.score_name} {score:.2f} dB{best}" if validated else "no validation set"
                 self.log(
                     f"epoch {self.epoch}/{cfg.epochs}: loss {mean_loss:.4f}, "
-                    f"valid {self.score_name} {score:.2f} dB{best}, lr {lr:.2e}, {speed:.1f} samples/s"
+                    f"{valid}, lr {lr:.2e}, {speed:.1f} samples/s"
                 )
             self.save()
             last_save = time.monotonic()
