@@ -91,7 +91,7 @@ def main() -> None:
     elapsed = time.perf_counter() - started
 
     metrics = list(rows["model"][0])
-    print(f"{describe()}")
+    print(f"machine: {describe(separator.device)}")
     print(
         f"model {args.model}: {args.mixtures} test mixtures of synth-speech seed {args.seed}, "
         f"{args.seconds:g} s each, {elapsed:.0f} s in all; mixture SI-SNR {np.mean(input_si_snr):.2f} dB"
