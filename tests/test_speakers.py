@@ -9,6 +9,7 @@ and a permuting oracle stand in for any speaker-separation network.
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 from dataclasses import dataclass, replace
 
@@ -415,14 +416,7 @@ def test_a_checkpoint_of_the_other_task_is_refused_before_torch(command, tmp_pat
 
 def test_speakers_default_model_comes_from_the_registry(tmp_path, capsys, monkeypatch, speaker_checkpoint):
     song(tmp_path / "a.wav", seconds=1.0)
-    result = stemsplit("speakers", tmp_path / "a.wav", "-o", tmp_path / "out", check=2)
-    assert "no speakers model to use" in result.stderr and "--model" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
-
-    registry = tmp_path / "weights.toml"
-    shutil.copy(speaker_checkpoint, tmp_path / "shipped.safetensors")
-    digest = hashlib.sha256((tmp_path / "shipped.safetensors").read_bytes()).hexdigest()
-    registry.write_text(f"""
+    music = """
 default = "music"
 
 [models.music]
@@ -434,7 +428,20 @@ normalization = "none"
 url = "https://example.invalid/music.ckpt"
 sha256 = ""
 license = "x"
+"""
+    music_only = tmp_path / "music.toml"
+    music_only.write_text(music)
+    env = {**os.environ, "STEMSPLIT_REGISTRY": str(music_only)}
+    result = stemsplit("speakers", tmp_path / "a.wav", "-o", tmp_path / "out", check=2, env=env)
+    assert "no speakers model to use" in result.stderr and "--model" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
+    registry = tmp_path / "weights.toml"
+    shutil.copy(speaker_checkpoint, tmp_path / "shipped.safetensors")
+    digest = hashlib.sha256((tmp_path / "shipped.safetensors").read_bytes()).hexdigest()
+    registry.write_text(
+        music
+        + f"""
 [models.talkers]
 description = "d"
 architecture = "{ARCH}"
@@ -445,7 +452,8 @@ path = "shipped.safetensors"
 sha256 = "{digest}"
 license = "x"
 task = "speakers"
-""")
+"""
+    )
     monkeypatch.setenv("STEMSPLIT_REGISTRY", str(registry))
     code, _, stderr = run_cli(
         capsys, "speakers", tmp_path / "a.wav", "-o", tmp_path / "out", "--device", "cpu", "-q"
