@@ -129,6 +129,17 @@ def python(*args, **kwargs) -> subprocess.CompletedProcess:
     return run(sys.executable, *args, **kwargs)
 
 
+def stemsplit_without_torch(*argv, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``stemsplit.cli.main(argv)`` in a fresh Python whose stdout ends with its exit status and
+    whether torch was imported: ``"2 False"`` is a usage error found before torch (see ``run``)."""
+    code = (
+        "import sys\nfrom stemsplit.cli import main\ntry:\n"
+        f"    main({list(map(str, argv))!r})\n"
+        "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)\n"
+    )
+    return python("-c", code, **{"timeout": 60, **kwargs})
+
+
 def run_until_windows(args, **kwargs) -> subprocess.Popen:
     """Start ``stemsplit *args --json``; return the process once its first window batch is done.
 

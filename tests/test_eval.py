@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import typer
-from helpers import GOLDEN_WEIGHTS, python, tiny_model, write_track
+from helpers import GOLDEN_WEIGHTS, stemsplit_without_torch, tiny_model, write_track
 from typer.testing import CliRunner
 
 from stemsplit.cli_eval import eval_command
@@ -249,13 +249,7 @@ def test_eval_command_errors_are_one_line(musdb, tmp_path, monkeypatch, find_tra
 def test_eval_flags_are_usage_errors_before_torch(flags, message, tmp_path):
     """Before: exit 1 after torch and the model loaded (a bad --mixture only after the model), and a
     --json folder failed only after every track was separated, naming a temporary file."""
-    argv = ["eval", "--model", str(GOLDEN_WEIGHTS), "--no-csdr", *flags]
-    code = (
-        "import sys\nfrom stemsplit.cli import main\ntry:\n"
-        f"    main({argv!r})\n"
-        "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)\n"
-    )
-    result = python("-c", code, cwd=tmp_path, timeout=60)
+    result = stemsplit_without_torch("eval", "--model", GOLDEN_WEIGHTS, "--no-csdr", *flags, cwd=tmp_path)
     assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
     assert result.stderr.startswith(f"stemsplit: error: {message}") and result.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import files_under, python, song, stemsplit, tiny_model
+from helpers import files_under, song, stemsplit, stemsplit_without_torch, tiny_model
 from torch import nn
 from torch.nn import functional as F
 
@@ -391,13 +391,7 @@ def test_a_checkpoint_of_the_other_task_is_refused_before_torch(command, tmp_pat
     song(tmp_path / "a.wav")
     save_checkpoint(tiny_model(), tmp_path / "music.safetensors")
     model = tmp_path / "music.safetensors" if command == "speakers" else speaker_checkpoint
-    argv = [command, str(tmp_path / "a.wav"), "-o", str(tmp_path / "out"), "--model", str(model)]
-    code = (
-        "import sys\nfrom stemsplit.cli import main\ntry:\n"
-        f"    main({argv!r})\n"
-        "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)\n"
-    )
-    result = python("-c", code, timeout=60)
+    result = stemsplit_without_torch(command, tmp_path / "a.wav", "-o", tmp_path / "out", "--model", model)
     assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
     assert f"--model: {model.name} separates" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
