@@ -480,6 +480,49 @@ def test_batch_separates_again_what_changed_and_skips_what_did_not(tmp_path, tin
     assert results("--stage", "1") == []
 
 
+def test_batch_with_other_stems_replaces_its_own_stems_and_never_skips_on_a_stale_record(
+    tmp_path, tiny_checkpoint
+):
+    """Before: a second run with --stems needed --overwrite for stems stemsplit itself had written; and
+    with it, the first run's record still said 'done' for the stems the second run had replaced, so a
+    third run with the first run's settings skipped the song and kept stage-1 drums as stage-2 ones."""
+    music, out = tmp_path / "music", tmp_path / "out"
+    music.mkdir()
+    song(music / "a.wav")
+    m = ["--model", tiny_checkpoint, *FAST, "--json"]
+
+    def batch(*extra):
+        run = stemsplit("batch", music, "-o", out, *m, *extra, check=0)
+        events = [json.loads(line) for line in run.stdout.splitlines()]
+        return [e["event"] for e in events if e["event"] in ("result", "skipped", "error")]
+
+    def drums():
+        return sf.read(out / "a" / "drums.wav")[0]
+
+    assert batch() == ["result"]
+    stage2 = drums()
+    assert batch("--stems", "drums,vocals", "--stage", "1") == ["result"]  # no --overwrite: ours
+    assert files_under(out, state=False) == [f"a/{s}" for s in FOUR_STEMS]
+    stage1 = drums()
+    assert not np.allclose(stage1, stage2)
+    assert batch() == ["result"]  # the first run's record no longer describes drums.wav
+    np.testing.assert_array_equal(drums(), stage2)
+    assert batch() == ["skipped"]
+    assert batch("--stems", "drums,vocals", "--stage", "1") == ["result"]
+    assert batch("--stems", "drums,vocals", "--stage", "1") == ["skipped"]
+
+
+def test_batch_still_refuses_files_it_did_not_write(tmp_path, tiny_checkpoint):
+    music, out = tmp_path / "music", tmp_path / "out"
+    music.mkdir()
+    song(music / "a.wav")
+    stemsplit("batch", music, "-o", out, "--model", tiny_checkpoint, *FAST, check=0)
+    (out / "a" / "no_vocals.wav").write_bytes(b"the user's own file")
+    run = stemsplit("batch", music, "-o", out, "--model", tiny_checkpoint, *FAST, "--two-stems", "vocals")
+    assert run.returncode == 1 and "no_vocals.wav" in run.stderr and "--overwrite" in run.stderr
+    assert (out / "a" / "no_vocals.wav").read_bytes() == b"the user's own file"
+
+
 def test_batch_notices_swapped_files_with_the_same_size_and_mtime(tmp_path, tiny_checkpoint):
     """Unpacked from an archive, two songs have the same size and mtime; swapping them must not go unseen."""
     music, out = tmp_path / "music", tmp_path / "out"

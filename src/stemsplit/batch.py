@@ -9,7 +9,11 @@
   size, mtime, SHA-256 of its bytes), and the settings that
   change the stems (model fingerprint, window, hop, stage, format, ...). A
   song counts as done only if its manifest matches the source and the
-  settings; anything else is separated again, never skipped.
+  settings; anything else is separated again, never skipped. Runs with other
+  stems or formats write other manifests for the same song; when one replaces
+  files another lists, that other is marked unfinished, so it can never call
+  the song done with someone else's stems, and it still vouches that the files
+  it lists are stemsplit's own (replaced without ``--overwrite``).
 - ``claims/<slot>.claim``: created with ``O_EXCL`` before a song is separated,
   so several ``batch`` processes (on one machine, or on several hosts over a
   shared folder) each separate a song exactly once. A claim whose process died
@@ -175,12 +179,28 @@ class DoneRecords:
         # Touched but perhaps not changed (copied, restored from a backup): the bytes decide.
         return st.st_size == record.get("size") and sha256_of(song.source.path) == record.get("sha256")
 
-    def owns_outputs(self, song: SongOutputs) -> bool:
-        """True if a record (finished or not) says the files at this song's paths are stemsplit's own."""
-        return self.read(song) is not None
+    def foreign_outputs(self, song: SongOutputs) -> list[Path]:
+        """The files at this song's paths that no record (finished or not) says are stemsplit's own.
+
+        The song's own record vouches for all its paths; another run's record (other stems, another
+        format) for the paths it lists, so a run with other stems replaces our files but no one else's.
+        """
+        if self.read(song) is not None:
+            return []
+        listed: set[str] = set()
+        for _, outputs in self._others(song):
+            listed |= outputs
+        return [p for rel, p in self._relative(song).items() if rel not in listed and os.path.lexists(p)]
 
     def write(self, song: SongOutputs, complete: bool) -> None:
-        """Record the song: ``complete=False`` before its stems are committed, True after."""
+        """Record the song: ``complete=False`` before its stems are committed, True after.
+
+        Before the commit, every other record that lists one of the song's paths is marked unfinished:
+        those files are about to be replaced, so that record may no longer call its song done.
+        """
+        if not complete:
+            for path, _ in self._others(song):
+                self._mark_unfinished(path)
         st = os.stat(song.source.path)
         record = {
             "source": os.path.realpath(song.source.path),
@@ -194,6 +214,46 @@ class DoneRecords:
         self.folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps(record, indent=1)
         write_atomically(self._path(song), lambda temp: temp.write_text(text))
+
+    @staticmethod
+    def _relative(song: SongOutputs) -> dict[str, Path]:
+        return {str(p.relative_to(song.out_dir)): p for p in song.paths.values()}
+
+    def _others(self, song: SongOutputs) -> list[tuple[Path, set[str]]]:
+        """The other records that list one of this song's output paths, with the paths each lists.
+
+        A scan of the manifests folder: it holds one small file per song and output set, and a song is
+        looked at here only when it is not done (seconds of separation follow).
+        """
+        mine, own = set(self._relative(song)), self._path(song)
+        found = []
+        try:
+            entries = [e for e in os.scandir(self.folder) if e.name.endswith(".json")]
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            path = Path(entry.path)
+            if path == own:
+                continue
+            try:
+                record = json.loads(path.read_text())
+                outputs = {str(rel) for rel in record["outputs"].values()}
+            except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+                continue  # unreadable or not a manifest: vouches for nothing
+            if outputs & mine:
+                found.append((path, outputs))
+        return found
+
+    @staticmethod
+    def _mark_unfinished(path: Path) -> None:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
+            return
+        if isinstance(record, dict) and record.get("complete"):
+            record["complete"] = False
+            text = json.dumps(record, indent=1)
+            write_atomically(path, lambda temp: temp.write_text(text))
 
 
 # --- sharing the work ---------------------------------------------------------------------------

@@ -95,6 +95,11 @@ class OutputExistsError(OutputError):
     """A stem file is already there and overwriting was not asked for."""
 
 
+def exists_error(path: Path) -> OutputExistsError:
+    """The refusal to replace ``path``, in the words of every such refusal."""
+    return OutputExistsError(f"{path} already exists; not overwriting it")
+
+
 # --- options and the plan -----------------------------------------------------------------------
 
 
@@ -401,7 +406,7 @@ class StemWriter:
             if os.path.isdir(path):
                 raise OutputError(f"{path} is a folder; cannot write a stem there")
             if os.path.lexists(path) and not self.options.overwrite:
-                raise OutputExistsError(f"{path} already exists; not overwriting it")
+                raise exists_error(path)
 
     def _make_folder(self, folder: Path) -> None:
         missing = []
