@@ -513,14 +513,58 @@ def test_batch_with_other_stems_replaces_its_own_stems_and_never_skips_on_a_stal
 
 
 def test_batch_still_refuses_files_it_did_not_write(tmp_path, tiny_checkpoint):
+    """A file of the user's at a stem's path, or a stem the user edited, is named and left as it was."""
     music, out = tmp_path / "music", tmp_path / "out"
     music.mkdir()
     song(music / "a.wav")
-    stemsplit("batch", music, "-o", out, "--model", tiny_checkpoint, *FAST, check=0)
+    m = ["--model", tiny_checkpoint, *FAST]
+    stemsplit("batch", music, "-o", out, *m, check=0)
+    stems = {name: (out / "a" / name).read_bytes() for name in FOUR_STEMS}
     (out / "a" / "no_vocals.wav").write_bytes(b"the user's own file")
-    run = stemsplit("batch", music, "-o", out, "--model", tiny_checkpoint, *FAST, "--two-stems", "vocals")
-    assert run.returncode == 1 and "no_vocals.wav" in run.stderr and "--overwrite" in run.stderr
+    run = stemsplit("batch", music, "-o", out, *m, "--two-stems", "vocals")
+    assert run.returncode == 1 and "--overwrite" in run.stderr
+    assert run.stderr.count("\n") == 1 and "no_vocals.wav already exists" in run.stderr
     assert (out / "a" / "no_vocals.wav").read_bytes() == b"the user's own file"
+    assert "skipped: done earlier" in stemsplit("batch", music, "-o", out, *m, check=0).stderr  # still done
+
+    edited = out / "a" / "drums.wav"
+    edited.write_bytes(stems["drums.wav"][:-4] + b"\0\0\0\1")  # the user's edit of a stem
+    run = stemsplit("batch", music, "-o", out, *m, "--stage", "1")  # other settings: separated again
+    assert run.returncode == 1 and "drums.wav already exists" in run.stderr, run.stderr
+    assert edited.read_bytes().endswith(b"\0\0\0\1")
+    assert (out / "a" / "bass.wav").read_bytes() == stems["bass.wav"]  # nothing of the song was written
+
+    shutil.copy2(out / "a" / "bass.wav", tmp_path / "bass.wav")  # copied away and back: the same bytes
+    os.replace(tmp_path / "bass.wav", out / "a" / "bass.wav")
+    edited.write_bytes(stems["drums.wav"])
+    stemsplit("batch", music, "-o", out, *m, "--stage", "1", check=0)
+    assert (out / "a" / "bass.wav").read_bytes() != stems["bass.wav"]
+
+
+@pytest.mark.parametrize("junk", ["fifo", "folder", "huge", "list", "state is a file"])
+def test_batch_survives_junk_among_its_manifests(tmp_path, tiny_checkpoint, junk):
+    music, out = tmp_path / "music", tmp_path / "out"
+    music.mkdir()
+    song(music / "a.wav")
+    m = ["--model", tiny_checkpoint, *FAST]
+    stemsplit("batch", music, "-o", out, *m, check=0)
+    done = out / ".stemsplit" / "done"
+    if junk == "state is a file":
+        shutil.rmtree(done)
+        done.write_text("not a folder")
+    elif junk == "fifo":
+        os.mkfifo(done / "zz.json")
+    elif junk == "folder":
+        (done / "zz.json").mkdir()
+    elif junk == "huge":
+        (done / "zz.json").write_text('{"outputs": {"drums": "a/drums.wav"}, "pad": "' + "x" * 2**21 + '"}')
+    else:
+        (done / "zz.json").write_text('["a/drums.wav"]')
+    run = stemsplit("batch", music, "-o", out, *m, "--stems", "drums", timeout=120)
+    if junk == "state is a file":  # one line naming the problem, no traceback
+        assert run.returncode == 1 and "Traceback" not in run.stderr and ".stemsplit" in run.stderr
+    else:  # junk vouches for nothing and hangs nothing: drums.wav is the first run's, so it is replaced
+        assert run.returncode == 0, run.stderr
 
 
 def test_batch_notices_swapped_files_with_the_same_size_and_mtime(tmp_path, tiny_checkpoint):

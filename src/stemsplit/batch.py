@@ -9,11 +9,13 @@
   size, mtime, SHA-256 of its bytes), and the settings that
   change the stems (model fingerprint, window, hop, stage, format, ...). A
   song counts as done only if its manifest matches the source and the
-  settings; anything else is separated again, never skipped. Runs with other
-  stems or formats write other manifests for the same song; when one replaces
-  files another lists, that other is marked unfinished, so it can never call
-  the song done with someone else's stems, and it still vouches that the files
-  it lists are stemsplit's own (replaced without ``--overwrite``).
+  settings; anything else is separated again, never skipped. A finished
+  manifest also lists the files it committed (size, mtime, inode, SHA-256):
+  while a file is that file, it is stemsplit's own and is replaced without
+  ``--overwrite``; a file nobody's manifest shows (the user's, or a stem the
+  user edited) is not. Runs with other stems or formats write other manifests
+  for the same song; when one replaces files another lists, the other is
+  marked unfinished, so it never calls the song done with another run's stems.
 - ``claims/<slot>.claim``: created with ``O_EXCL`` before a song is separated,
   so several ``batch`` processes (on one machine, or on several hosts over a
   shared folder) each separate a song exactly once. A claim whose process died
@@ -38,6 +40,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -145,19 +148,13 @@ class DoneRecords:
     def __init__(self, out_dir: Path, settings: Mapping[str, Any]) -> None:
         self.folder = Path(out_dir) / STATE_FOLDER / "done"
         self.settings = json.loads(json.dumps(dict(settings)))  # as it will read back from JSON
+        self._listed: dict[str, frozenset[str]] = {}  # manifest file name -> the paths it lists
 
     def _path(self, song: SongOutputs) -> Path:
         return self.folder / f"{song_key(song)}.json"
 
     def read(self, song: SongOutputs) -> dict[str, Any] | None:
-        path = self._path(song)
-        try:
-            if not path.is_file():  # a folder or a FIFO someone put there: no record (and no hang)
-                return None
-            record = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError):
-            return None
-        return record if isinstance(record, dict) else None
+        return _load_manifest(self._path(song))
 
     def is_done(self, song: SongOutputs) -> bool:
         """True if the song's stems are there and were made from this very source with these settings."""
@@ -180,27 +177,36 @@ class DoneRecords:
         return st.st_size == record.get("size") and sha256_of(song.source.path) == record.get("sha256")
 
     def foreign_outputs(self, song: SongOutputs) -> list[Path]:
-        """The files at this song's paths that no record (finished or not) says are stemsplit's own.
+        """The files at this song's paths that no record shows to be stemsplit's own, untouched since.
 
-        The song's own record vouches for all its paths; another run's record (other stems, another
-        format) for the paths it lists, so a run with other stems replaces our files but no one else's.
+        A finished record lists each file it committed (size, mtime, inode, SHA-256): the file at that
+        path is ours while it is that file. The song's own unfinished record (a run stopped during its
+        commit) vouches for all its paths: its run found nothing of anyone else's there.
         """
-        if self.read(song) is not None:
+        present = {rel: p for rel, p in _relative(song).items() if os.path.lexists(p)}
+        if not present:
             return []
-        listed: set[str] = set()
-        for _, outputs in self._others(song):
-            listed |= outputs
-        return [p for rel, p in self._relative(song).items() if rel not in listed and os.path.lexists(p)]
+        own = self.read(song)
+        others = [record for _, record in self._others(song)]
+        return [
+            p
+            for rel, p in present.items()
+            if not (own is not None and _vouches(own, rel, p, own=True))
+            and not any(_vouches(record, rel, p, own=False) for record in others)
+        ]
 
     def write(self, song: SongOutputs, complete: bool) -> None:
         """Record the song: ``complete=False`` before its stems are committed, True after.
 
         Before the commit, every other record that lists one of the song's paths is marked unfinished:
-        those files are about to be replaced, so that record may no longer call its song done.
+        those files are about to be replaced, so that record may no longer call its song done (if this
+        song then fails, the other is separated again when its settings come back: work, never harm).
         """
         if not complete:
-            for path, _ in self._others(song):
-                self._mark_unfinished(path)
+            for path, record in self._others(song):
+                if record.get("complete"):
+                    record["complete"] = False
+                    self._write_record(path, record)
         st = os.stat(song.source.path)
         record = {
             "source": os.path.realpath(song.source.path),
@@ -211,49 +217,95 @@ class DoneRecords:
             "outputs": {stem: str(p.relative_to(song.out_dir)) for stem, p in song.paths.items()},
             "complete": complete,
         }
+        if complete:
+            record["files"] = {rel: _file_identity(p, hashed=True) for rel, p in _relative(song).items()}
+        self._write_record(self._path(song), record)
+
+    def _write_record(self, path: Path, record: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps(record, indent=1)
-        write_atomically(self._path(song), lambda temp: temp.write_text(text))
+        write_atomically(path, lambda temp: temp.write_text(text))
 
-    @staticmethod
-    def _relative(song: SongOutputs) -> dict[str, Path]:
-        return {str(p.relative_to(song.out_dir)): p for p in song.paths.values()}
+    def _others(self, song: SongOutputs) -> list[tuple[Path, dict[str, Any]]]:
+        """The other records that list one of this song's output paths (another run's stems or format).
 
-    def _others(self, song: SongOutputs) -> list[tuple[Path, set[str]]]:
-        """The other records that list one of this song's output paths, with the paths each lists.
-
-        A scan of the manifests folder: it holds one small file per song and output set, and a song is
-        looked at here only when it is not done (seconds of separation follow).
+        The folder holds a manifest per song and output set; which paths a manifest lists never changes
+        (its name is their hash), so each is parsed once per process and a song costs one listing.
         """
-        mine, own = set(self._relative(song)), self._path(song)
-        found = []
+        mine, own = set(_relative(song)), self._path(song).name
         try:
-            entries = [e for e in os.scandir(self.folder) if e.name.endswith(".json")]
+            names = [e.name for e in os.scandir(self.folder) if e.name.endswith(".json") and e.name != own]
         except FileNotFoundError:
             return []
-        for entry in entries:
-            path = Path(entry.path)
-            if path == own:
-                continue
-            try:
-                record = json.loads(path.read_text())
-                outputs = {str(rel) for rel in record["outputs"].values()}
-            except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
-                continue  # unreadable or not a manifest: vouches for nothing
-            if outputs & mine:
-                found.append((path, outputs))
+        found = []
+        for name in names:
+            if name not in self._listed:
+                record = _load_manifest(self.folder / name)
+                self._listed[name] = frozenset(_listed_paths(record))
+            if self._listed[name] & mine:
+                record = _load_manifest(self.folder / name)  # afresh: another process may have changed it
+                if record is not None:
+                    found.append((self.folder / name, record))
         return found
 
-    @staticmethod
-    def _mark_unfinished(path: Path) -> None:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError):
-            return
-        if isinstance(record, dict) and record.get("complete"):
-            record["complete"] = False
-            text = json.dumps(record, indent=1)
-            write_atomically(path, lambda temp: temp.write_text(text))
+
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few hundred bytes; anything far larger is not one
+
+
+def _load_manifest(path: Path) -> dict[str, Any] | None:
+    """A manifest's record, or None for anything else there (missing, a folder, a FIFO, junk)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MANIFEST_BYTES:  # no hang on a FIFO
+            return None
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _listed_paths(record: dict[str, Any] | None) -> set[str]:
+    outputs = record.get("outputs") if record else None
+    return {rel for rel in outputs.values() if isinstance(rel, str)} if isinstance(outputs, dict) else set()
+
+
+def _relative(song: SongOutputs) -> dict[str, Path]:
+    """The song's output paths by their names relative to the output folder (as manifests list them)."""
+    return {str(p.relative_to(song.out_dir)): p for p in song.paths.values()}
+
+
+def _file_identity(path: Path, hashed: bool) -> dict[str, Any] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    identity: dict[str, Any] = {"stat": [st.st_size, st.st_mtime_ns, st.st_ino]}
+    if hashed:
+        identity["sha256"] = sha256_of(path)
+    return identity
+
+
+def _vouches(record: dict[str, Any], rel: str, path: Path, own: bool) -> bool:
+    """Whether ``record`` shows the file at ``path`` (``rel`` under the output folder) to be ours."""
+    if rel not in _listed_paths(record):
+        return False
+    files = record.get("files")
+    if not isinstance(files, dict):  # unfinished, or written before manifests listed their files
+        return own
+    committed = files.get(rel)
+    if not isinstance(committed, dict):
+        return False
+    now = _file_identity(path, hashed=False)
+    if now is None:
+        return False
+    if now["stat"] == committed.get("stat"):
+        return True
+    if now["stat"][0] != (committed.get("stat") or [None])[0]:
+        return False
+    try:  # the same size but touched, copied or restored: the bytes decide
+        return sha256_of(path) == committed.get("sha256")
+    except OSError:
+        return False
 
 
 # --- sharing the work ---------------------------------------------------------------------------

@@ -531,7 +531,6 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
     source = song.outputs.source.path
     claim = None
     song_options = options
-    foreign: list[Path] = []
     if records is not None:
         if records.is_done(song.outputs):
             song.status, song.details = "skipped", "done earlier with the same source and settings"
@@ -560,17 +559,16 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
             claim.release()
             song.status, song.details = "skipped", "done by another process"
             return
-        # Stale stems of ours (an older source, other settings or stems) are replaced; a file of anyone
-        # else's only with --overwrite, and it is named, not some stem of ours beside it.
-        foreign = records.foreign_outputs(song.outputs)
-        if not foreign:
-            song_options = dataclasses.replace(options, overwrite=True)
         reporter.heartbeat = claim.heartbeat
     reporter.begin_song(source)
     try:
-        if foreign and not options.overwrite:
-            raise exists_error(foreign[0])
         if records is not None:
+            # Stale stems of ours (an older source, other settings or stems) are replaced; a file of
+            # anyone else's only with --overwrite, and it is the one named.
+            foreign = records.foreign_outputs(song.outputs)
+            if foreign and not options.overwrite:
+                raise exists_error(foreign[0], others=len(foreign) - 1)
+            song_options = dataclasses.replace(options, overwrite=True)
             records.write(song.outputs, complete=False)
         result = separator.separate_song(song.outputs, song.info, song_options, args["downmix"])
         if records is not None:

@@ -95,9 +95,10 @@ class OutputExistsError(OutputError):
     """A stem file is already there and overwriting was not asked for."""
 
 
-def exists_error(path: Path) -> OutputExistsError:
-    """The refusal to replace ``path``, in the words of every such refusal."""
-    return OutputExistsError(f"{path} already exists; not overwriting it")
+def exists_error(path: Path, others: int = 0) -> OutputExistsError:
+    """The refusal to replace ``path`` (and ``others`` more files), in the words of every such refusal."""
+    more = f" (and {others} more of the song's outputs)" if others else ""
+    return OutputExistsError(f"{path} already exists{more}; not overwriting it")
 
 
 # --- options and the plan -----------------------------------------------------------------------
