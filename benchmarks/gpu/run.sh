@@ -2,7 +2,8 @@
 # The whole GPU measurement of issue 8 in one unattended command (see benchmarks/gpu/README.md):
 #   device run, carry [".whl"], timeout_s 600, command: bash benchmarks/gpu/run.sh
 # Steps, each with its own timeout, all output tee'd to $OUT/*.log (8 files at most come back):
-#   (a) CUDA tests  (b) golden errors fp32/bf16  (c) bench_model  (d) bench_train  (e) bench_separate
+#   (a) CUDA tests  (b) golden errors fp32/bf16  (c) bench_model (TS, then U-Mamba-Net)  (d) bench_train
+#   (e) bench_separate
 # STEMSPLIT_GPU_DRYRUN=1 runs the same steps on the CPU with tiny settings (a check of this script here).
 # RUN_TOTAL_S (default 540) is the time the whole script aims to end within.
 set -uo pipefail
@@ -74,14 +75,17 @@ PYEOF
 if [ "$DRY" = 1 ]; then
     step a_tests 60 $PY -m pytest tests/test_mamba2.py -q -k "backend or layout" -p no:cacheprovider
     step b_golden 60 $PY benchmarks/gpu/check_golden.py --device cpu --skip-ts
-    step c_bench_model 60 $PY benchmarks/bench_model.py --device cpu --presets l-ts --seconds 0.05 --repeats 1
+    step c_bench_model 60 bash -c "$PY benchmarks/bench_model.py --device cpu --presets l-ts --seconds 0.05 \
+        --repeats 1 && $PY benchmarks/bench_model.py --device cpu --arch u-mamba-net --seconds 0.05 --repeats 1"
     step d_bench_train 60 $PY benchmarks/bench_train.py --device cpu --presets l-ts --seconds 0.05 --steps 1
     step e_bench_separate 90 $PY benchmarks/bench_separate.py --device cpu --tiny --seconds 4 --presets l-ts \
         --precisions fp32 --batch-sizes 2 --time-budget 60 --json "$OUT/separate.json" --markdown "$OUT/RESULTS.md"
 else
     step a_tests 100 $PY -m pytest tests/test_model.py tests/test_mamba2.py -q -ra -p no:cacheprovider
     step b_golden 60 $PY benchmarks/gpu/check_golden.py
-    step c_bench_model 60 $PY benchmarks/bench_model.py --device cuda --batch 16 --precision bf16 --repeats 3
+    # U-Mamba-Net (speakers) after TS, in the same log: the 8 files that come back are all spoken for.
+    step c_bench_model 75 bash -c "$PY benchmarks/bench_model.py --device cuda --batch 16 --precision bf16 \
+        --repeats 3; $PY benchmarks/bench_model.py --device cuda --arch u-mamba-net --batch 16 --repeats 3"
     # Target: TS at batch 4 x 3 s in bf16 <= 0.6 s per step; batch 16 for the memory check.
     step d_bench_train 90 bash -c "$PY benchmarks/bench_train.py --device cuda --presets ts --batch 4 \
         --precision bf16 --steps 3; $PY benchmarks/bench_train.py --device cuda --presets ts --batch 16 \
