@@ -17,7 +17,7 @@ from stemsplit.train.synth import generate_song
 
 STEMS = ("drums", "bass", "other", "vocals")
 # Separation must beat "every stem = the mixture" by this much per stem (uSDR, dB). On the 10 held-out
-# songs of benchmarks/eval_demo.py the smallest gain of any stem on any song was 5.3 dB (mean 11 dB;
+# songs of benchmarks/eval_demo.py the smallest gain of any stem on any song was 4.2 dB (mean 11 dB;
 # src/stemsplit/checkpoints/demo.md); 3 dB leaves room for shorter songs.
 MARGIN_DB = 3.0
 
