@@ -738,6 +738,22 @@ def test_a_live_claim_is_respected(tmp_path):
     assert second.acquire()
 
 
+def test_templates_that_give_the_same_paths_share_the_claim(tmp_path):
+    """Before: '{folder}/{track}/...' (a song with no folder) and '{track}/...' wrote the same files under
+    two claims, so two runs could write them at once."""
+    from stemsplit.batch import Claim
+    from stemsplit.output import OutputOptions, SongSource, plan_outputs
+
+    out, claims = tmp_path / "out", []
+    for template in ("{folder}/{track}/{stem}.{ext}", "{track}/{stem}.{ext}"):
+        options = OutputOptions(filename=template)
+        [planned] = plan_outputs([SongSource(tmp_path / "a.wav")], out, ["x"], options)
+        claims.append((planned, Claim(out, planned, template)))
+    assert claims[0][0].paths == claims[1][0].paths
+    assert claims[0][1].acquire() and not claims[1][1].acquire()
+    claims[0][1].release()
+
+
 def test_a_batch_with_other_settings_does_not_mix_its_stems_into_a_running_one(tmp_path, tiny_checkpoint):
     """Before: a wav run skipped a song that a flac run held ('being separated'), exit 0; and a run with
     other --stems claimed another slot and wrote the same vocals file beside the other run."""

@@ -136,9 +136,12 @@ def song_key(song: SongOutputs) -> str:
 def song_slot(song: SongOutputs, template: str = DEFAULT_FILENAME) -> str:
     """A name for a song's place under the output folder, whatever its stems and format.
 
-    A hash of ``template`` filled with the song's {folder} and {track}, {stem} and {ext} left open.
+    A hash of ``template`` filled with the song's {folder} and {track}, {stem} and {ext} left open, its
+    empty path parts dropped as :func:`~stemsplit.output.render` drops them: templates that give the same
+    paths (``{folder}/{track}/...`` for a song with no folder, ``{track}/...``) share the claim.
     """
     text = template.format(folder=song.source.folder, track=song.track, stem="\0stem", ext="\0ext")
+    text = "/".join(part for part in text.split("/") if part)
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
