@@ -183,6 +183,11 @@ def run_train(args: list) -> subprocess.CompletedProcess:
     return stemsplit(*args, env={**os.environ, "STEMSPLIT_CACHE": str(out.parent / "cache")}, timeout=900)
 
 
+def json_events(result: subprocess.CompletedProcess) -> list[dict]:
+    """The events a ``--json`` run printed, one dict a line."""
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
 def read_log(out: Path) -> list[dict]:
     """A training run's ``log.jsonl``, one dict a line."""
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

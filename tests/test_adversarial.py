@@ -20,7 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import FAST, FOUR_STEMS, RATE, dead_pid, files_under, python, run_until_windows, song, stemsplit
+from helpers import (
+    FAST,
+    FOUR_STEMS,
+    RATE,
+    dead_pid,
+    files_under,
+    json_events,
+    python,
+    run_until_windows,
+    song,
+    stemsplit,
+)
 
 # --- 1. usage errors ------------------------------------------------------------------------------
 
@@ -467,7 +478,7 @@ def test_batch_separates_again_what_changed_and_skips_what_did_not(tmp_path, tin
 
     def results(*extra):
         run = stemsplit("batch", music, "-o", out, *m, *extra, check=0)
-        events = [json.loads(line) for line in run.stdout.splitlines()]
+        events = json_events(run)
         return sorted(os.path.basename(e["source"]) for e in events if e["event"] == "result")
 
     assert results() == ["a.wav", "b.wav"]
@@ -493,7 +504,7 @@ def test_batch_with_other_stems_replaces_its_own_stems_and_never_skips_on_a_stal
 
     def batch(*extra):
         run = stemsplit("batch", music, "-o", out, *m, *extra, check=0)
-        events = [json.loads(line) for line in run.stdout.splitlines()]
+        events = json_events(run)
         return [e["event"] for e in events if e["event"] in ("result", "skipped", "error")]
 
     def drums():
@@ -581,7 +592,7 @@ def test_batch_notices_swapped_files_with_the_same_size_and_mtime(tmp_path, tiny
     os.rename(music / "b.wav", music / "a.wav")
     os.rename(music / "t.wav", music / "b.wav")
     run = stemsplit("batch", music, "-o", out, *m, check=0)
-    events = [json.loads(line) for line in run.stdout.splitlines()]
+    events = json_events(run)
     done = sorted(os.path.basename(e["source"]) for e in events if e["event"] == "result")
     assert done == ["a.wav", "b.wav"]
     loud, _ = sf.read(out / "b" / "vocals.wav")  # b is the loud song now
@@ -924,7 +935,7 @@ def test_json_has_one_result_per_song_and_an_error_event(tmp_path, tiny_checkpoi
         tmp_path / "good.wav", tmp_path / "bad.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint,
         *FAST, "--json",
     )  # fmt: skip
-    events = [json.loads(line) for line in result.stdout.splitlines()]
+    events = json_events(result)
     kinds = [e["event"] for e in events]
     assert result.returncode == 1
     assert kinds.count("result") == 1 and "done" not in kinds

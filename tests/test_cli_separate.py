@@ -14,6 +14,7 @@ from helpers import (
     GOLDEN_WEIGHTS,
     RATE,
     files_under,
+    json_events,
     python,
     run_until_windows,
     song,
@@ -119,7 +120,7 @@ def test_json_events(tmp_path, tiny_checkpoint):
     result = stemsplit(
         tmp_path / "s.wav", "-o", tmp_path / "o", "--model", tiny_checkpoint, *FAST, "--json", check=0
     )
-    events = [json.loads(line) for line in result.stdout.splitlines()]
+    events = json_events(result)
     kinds = [e["event"] for e in events]
     assert kinds[0] == "song" and "start" in kinds and kinds[-1] == "result"
     assert events[-1]["outputs"]["vocals"].endswith("vocals.wav")
@@ -157,7 +158,7 @@ def test_batch_walks_resumes_and_reports_failures(tmp_path, tiny_checkpoint):
 
     before = {p: (tmp_path / "out" / p).stat().st_mtime_ns for p in files_under(tmp_path / "out")}
     second = stemsplit("batch", music, "-o", tmp_path / "out", *m, "--json")
-    events = [json.loads(line) for line in second.stdout.splitlines()]
+    events = json_events(second)
     assert sorted(e["source"].split("/")[-1] for e in events if e["event"] == "skipped") == [
         "one.wav",
         "two.flac",

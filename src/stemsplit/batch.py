@@ -49,7 +49,7 @@ from typing import Any
 
 from .audio import AUDIO_EXTENSIONS
 from .files import host_tag, process_alive, sha256_of, write_atomically
-from .output import DEFAULT_FILENAME, SongOutputs, SongSource
+from .output import DEFAULT_FILENAME, SongOutputs, SongSource, exists_error, path_parts
 
 __all__ = ["BatchError", "Claim", "DoneRecords", "find_songs", "song_key", "song_slot"]
 
@@ -129,7 +129,7 @@ def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
 
 def song_key(song: SongOutputs) -> str:
     """A name for one output slot: a hash of the song's output paths relative to the output folder."""
-    relative = sorted(str(p.relative_to(song.out_dir)) for p in song.paths.values())
+    relative = sorted(_relative(song))
     return hashlib.sha256("\0".join(relative).encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
@@ -137,11 +137,12 @@ def song_slot(song: SongOutputs, template: str = DEFAULT_FILENAME) -> str:
     """A name for a song's place under the output folder, whatever its stems and format.
 
     A hash of ``template`` filled with the song's {folder} and {track}, {stem} and {ext} left open, its
-    empty path parts dropped as :func:`~stemsplit.output.render` drops them: templates that give the same
-    paths (``{folder}/{track}/...`` for a song with no folder, ``{track}/...``) share the claim.
+    empty path parts dropped as the output paths drop them (:func:`~stemsplit.output.path_parts`):
+    templates that give the same paths (``{folder}/{track}/...`` for a song with no folder,
+    ``{track}/...``) share the claim.
     """
     text = template.format(folder=song.source.folder, track=song.track, stem="\0stem", ext="\0ext")
-    text = "/".join(part for part in text.split("/") if part)
+    text = "/".join(path_parts(text))
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
@@ -179,18 +180,35 @@ class DoneRecords:
         # Touched but perhaps not changed (copied, restored from a backup): the bytes decide.
         return st.st_size == record.get("size") and sha256_of(song.source.path) == record.get("sha256")
 
-    def foreign_outputs(self, song: SongOutputs) -> list[Path]:
-        """The files at this song's paths that no record shows to be stemsplit's own, untouched since.
+    def begin(self, song: SongOutputs, overwrite: bool) -> None:
+        """Before a song's stems are committed: check its paths, retire the records they replace, record it.
+
+        A file at one of its paths that no record shows to be stemsplit's own, untouched since, is refused
+        (:class:`~stemsplit.output.OutputExistsError` naming it) unless ``overwrite``. Then every other
+        record that lists one of the song's paths is marked unfinished: those files are about to be
+        replaced, so that record may no longer call its song done (if this song then fails, the other is
+        separated again when its settings come back: work, never harm). Last, the song's own record,
+        unfinished until :meth:`write` with ``complete=True``.
+        """
+        others = self._others(song)
+        foreign = self._foreign(song, [record for _, record in others])
+        if foreign and not overwrite:
+            raise exists_error(foreign[0], others=len(foreign) - 1)
+        for path, record in others:
+            if record.get("complete"):
+                record["complete"] = False
+                self._write_record(path, record)
+        self.write(song, complete=False)
+
+    def _foreign(self, song: SongOutputs, others: list[dict[str, Any]]) -> list[Path]:
+        """The files at this song's paths that no record vouches for.
 
         A finished record lists each file it committed (size, mtime, inode, SHA-256): the file at that
         path is ours while it is that file. The song's own unfinished record (a run stopped during its
         commit) vouches for all its paths: its run found nothing of anyone else's there.
         """
         present = {rel: p for rel, p in _relative(song).items() if os.path.lexists(p)}
-        if not present:
-            return []
-        own = self.read(song)
-        others = [record for _, record in self._others(song)]
+        own = self.read(song) if present else None
         return [
             p
             for rel, p in present.items()
@@ -199,17 +217,7 @@ class DoneRecords:
         ]
 
     def write(self, song: SongOutputs, complete: bool) -> None:
-        """Record the song: ``complete=False`` before its stems are committed, True after.
-
-        Before the commit, every other record that lists one of the song's paths is marked unfinished:
-        those files are about to be replaced, so that record may no longer call its song done (if this
-        song then fails, the other is separated again when its settings come back: work, never harm).
-        """
-        if not complete:
-            for path, record in self._others(song):
-                if record.get("complete"):
-                    record["complete"] = False
-                    self._write_record(path, record)
+        """Record the song: ``complete=False`` before its stems are committed (:meth:`begin`), True after."""
         st = os.stat(song.source.path)
         record = {
             "source": os.path.realpath(song.source.path),
@@ -242,11 +250,13 @@ class DoneRecords:
             return []
         found = []
         for name in names:
+            record = None
             if name not in self._listed:
                 record = _load_manifest(self.folder / name)
                 self._listed[name] = frozenset(_listed_paths(record))
             if self._listed[name] & mine:
-                record = _load_manifest(self.folder / name)  # afresh: another process may have changed it
+                # A manifest parsed earlier is read again: another process may have marked it since.
+                record = record or _load_manifest(self.folder / name)
                 if record is not None:
                     found.append((self.folder / name, record))
         return found

@@ -525,7 +525,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
 def _separate_one(separator, song: Song, options, args, records, reporter: Reporter, out: Path) -> None:
     from .audio import AudioError, describe_downmix
     from .batch import Claim
-    from .output import OutputError, OutputExistsError, exists_error
+    from .output import OutputError, OutputExistsError
     from .separate import SeparationError
 
     source = song.outputs.source.path
@@ -565,11 +565,8 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         if records is not None:
             # Stale stems of ours (an older source, other settings or stems) are replaced; a file of
             # anyone else's only with --overwrite, and it is the one named.
-            foreign = records.foreign_outputs(song.outputs)
-            if foreign and not options.overwrite:
-                raise exists_error(foreign[0], others=len(foreign) - 1)
+            records.begin(song.outputs, options.overwrite)
             song_options = dataclasses.replace(options, overwrite=True)
-            records.write(song.outputs, complete=False)
         result = separator.separate_song(song.outputs, song.info, song_options, args["downmix"])
         if records is not None:
             records.write(song.outputs, complete=True)

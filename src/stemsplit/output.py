@@ -190,10 +190,15 @@ class SongOutputs:
         return [p for p in self.paths.values() if os.path.lexists(p)]
 
 
+def path_parts(text: str) -> list[str]:
+    """The parts of a filled-in template, empty ones dropped (a leading "/", "a//b", an empty {folder})."""
+    return [p for p in text.split("/") if p]
+
+
 def render(template: str, out_dir: Path, folder: str, track: str, stem: str, ext: str) -> Path:
     """``out_dir / template`` with its fields filled; refuses anything that would leave ``out_dir``."""
     text = template.format(folder=folder, track=track, stem=stem, ext=ext)
-    parts = [p for p in text.split("/") if p]
+    parts = path_parts(text)
     if not parts:
         raise OutputError(f"{template!r} gives an empty path for {track!r}", "filename")
     for part in parts:
