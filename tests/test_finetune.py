@@ -245,6 +245,12 @@ def test_usage_errors_exit_2_before_any_work(material, tmp_path):
     cases = [
         (["--unlabeled-ratio", "1.5"], "--unlabeled-ratio must be between 0 and 1"),
         (["--clean-db", "0"], "--clean-db must be positive"),
+        # before: an internal error, after decoding every unlabeled song into -o
+        (["--lr", "-1"], "--lr must be a finite number above 0, not -1"),
+        (
+            ["--crop-seconds", "2", "--sad-seconds", "1"],
+            "--crop-seconds 2 is longer than the --sad-seconds 1",
+        ),
         (["--override"], "--override only applies with --resume"),
         (["--model", "no-such-model"], "--model: no model named 'no-such-model'"),
     ]
@@ -289,7 +295,7 @@ def test_a_file_as_out_or_a_speaker_model_is_one_line(material, tmp_path):
     out = tmp_path / "run.txt"
     out.write_text("keep")
     result = stemsplit(*finetune_args(material, out))
-    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr  # a usage error
     assert f"stemsplit: error: --out: {out} is not a folder" in result.stderr
     assert out.read_text() == "keep"
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -275,7 +276,7 @@ def test_bsrnn_one_target_model(tiny_musdb, tmp_path):
     loaded = load_model(out / "best.safetensors")
     assert loaded.stems == ("vocals",) and list(loaded.model.targets) == ["vocals"]
     bad = run_train(bsrnn_args(tiny_musdb, tmp_path / "piano", "--epochs", "1", "--target", "piano"))
-    assert bad.returncode == 1 and "--target piano is not one of --stems" in bad.stderr
+    assert bad.returncode == 2 and "--target must be all or one of --stems" in bad.stderr
     unknown = run_train(train_args(tiny_musdb, tmp_path / "x", "--arch", "transformer"))
     assert unknown.returncode == 2 and "unknown architecture 'transformer'" in unknown.stderr
 
@@ -288,3 +289,76 @@ def test_train_config_is_torch_free_and_names_the_default_family():
     assert DEFAULT_ARCH == ARCHITECTURE
     code = "import sys, stemsplit.cli, stemsplit.weights; print('torch' in sys.modules)"
     assert python("-c", code).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"lr": -1.0}, "--lr must be a finite number above 0, not -1"),
+        ({"lr": math.nan}, "--lr must be a finite number above 0, not nan"),
+        ({"lr": math.inf}, "--lr must be a finite number above 0, not inf"),
+        ({"lr_decay": 0.0}, "--lr-decay must be a finite number above 0 and at most 1"),
+        ({"clip_norm": -1.0}, "--clip-norm must be above 0, not -1"),
+        ({"crop_seconds": 0.0}, "--crop-seconds must be a finite number above 0"),
+        ({"crop_seconds": math.inf}, "--crop-seconds must be a finite number above 0"),
+        ({"gain_db": math.nan}, "--gain-db must be a finite number at least 0"),
+        ({"drop_prob": 1.0}, "--drop-prob must be a finite number at least 0 and below 1, not 1"),
+        ({"sad_quantile": 5.0}, "--sad-quantile must be a finite number at least 0 and at most 1, not 5"),
+        (
+            {"valid_window": 1.0, "valid_hop": 5.0},
+            "--valid-hop must be a finite number above 0 and at most 1",
+        ),
+        ({"save_every_minutes": -1.0}, "--save-every-minutes must be above 0"),
+        ({"seed": -1}, "--seed must be from 0 to 4294967295, not -1"),
+        ({"valid_tracks": -1}, "--valid-tracks must be at least 1, not -1"),
+        ({"save_every_steps": -5}, "--save-every-steps must be at least 1, not -5"),
+        ({"lr_schedule": "foo"}, "--lr-schedule must be plateau, step or constant, not 'foo'"),
+        (
+            {"target": "piano"},
+            "--target must be all or one of --stems (drums, bass, other, vocals), not 'piano'",
+        ),
+        ({"crop_seconds": 1.0, "sad_seconds": 0.5}, "--crop-seconds 1 is longer than the --sad-seconds 0.5"),
+    ],
+)
+def test_recipe_problems_are_named_before_a_run_starts(fields, message, tmp_path):
+    """Before: these failed after startup (or after an epoch) with an internal error, or trained silently
+    wrong (a negative --clip-norm flips every gradient; --drop-prob 2 drops every stem)."""
+    from stemsplit.train.config import FinetuneConfig, TrainConfig
+
+    assert message in str(TrainConfig(musdb=tmp_path, **fields).problem())
+    assert message in str(FinetuneConfig(musdb=tmp_path, **fields).problem())
+    with pytest.raises(loop.TrainError) as raised:  # the library checks too, before it makes anything
+        loop.Run(TrainConfig(musdb=tmp_path, out=tmp_path / "run", **fields))
+    assert message in str(raised.value) and not (tmp_path / "run").exists()
+
+
+def test_every_recipe_passes_its_own_checks():
+    from stemsplit.train.config import RECIPES, FinetuneConfig, TrainConfig
+
+    for arch in ("ts-bsmamba2", *RECIPES):
+        assert TrainConfig.for_arch(arch, musdb=Path("m")).problem() is None, arch
+    assert FinetuneConfig(musdb=Path("m")).problem() is None
+    assert FinetuneConfig(clean_db=0).problem() == "--clean-db must be positive, not 0"
+
+
+def test_train_usage_errors_exit_2_in_one_line_before_any_work(tiny_musdb, tmp_path):
+    out = tmp_path / "run"
+    (tmp_path / "bad.toml").write_text("feature_dim = [")
+    cases = [
+        (["--lr", "nan"], "--lr must be a finite number above 0, not nan"),
+        (["--valid-hop", "5", "--valid-window", "1"], "--valid-hop must be"),
+        (["--preset", "foo"], "no preset 'foo'"),
+        (["--model-config", tmp_path / "bad.toml"], "bad.toml: not a valid TOML model config"),
+        (["--model-config", tmp_path / "missing.toml"], "missing.toml: cannot read model config"),
+    ]
+    for extra, message in cases:
+        result = run_train(train_args(tiny_musdb, out, *extra))
+        assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
+        assert result.stderr.count("\n") == 1, result.stderr
+    assert not out.exists()
+    short = run_train(train_args(tiny_musdb, out, "--crop-seconds", "0.001"))  # needs the network: exit 1
+    assert short.returncode == 1 and "--crop-seconds 0.001 s is shorter than the network's" in short.stderr
+    assert not out.exists()
+    out.write_text("mine")
+    result = run_train(train_args(tiny_musdb, out))
+    assert result.returncode == 2 and "is not a folder" in result.stderr and out.read_text() == "mine"

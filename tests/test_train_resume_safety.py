@@ -6,6 +6,7 @@
 import io
 import json
 import os
+import pickle
 import shutil
 
 import numpy as np
@@ -17,9 +18,9 @@ from helpers import RATE, python, read_log, run_train, train_args
 from stemsplit.train.loop import CHECKPOINT_FORMAT, TrainError, load_model_config
 
 
-def one_error_line(result) -> str:
-    """The run failed with exit status 1 and said why in one line; return that line."""
-    assert result.returncode == 1, result.stderr
+def one_error_line(result, status: int = 1) -> str:
+    """The run failed with exit ``status`` and said why in one line; return that line."""
+    assert result.returncode == status, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("stemsplit: error: "), result.stderr
     assert "Traceback" not in result.stderr
@@ -79,20 +80,30 @@ def test_planted_last_pt_is_refused_and_never_run(tiny_musdb, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "foreign"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "garbage", "empty", "foreign", "plain pickle", "config", "epoch", "step"]
+)
 def test_damaged_last_pt_is_one_line(tiny_musdb, finished_run, tmp_path, damage):
     out = copy_run(finished_run, tmp_path)
     last = out / "last.pt"
+    expected = "not a readable checkpoint"
     if damage == "truncated":
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     elif damage == "garbage":
         last.write_bytes(b"this is not a checkpoint\n" * 10)
     elif damage == "empty":
         last.write_bytes(b"")
-    else:  # a weights-only-loadable pickle that is not one of ours: a plain state dict
+    elif damage == "plain pickle":  # before: torch's warning about it came first, 3 lines in all
+        last.write_bytes(pickle.dumps({"a": 1}))
+    elif damage == "foreign":  # a weights-only-loadable pickle that is not one of ours: a plain state dict
         torch.save({"weight": torch.zeros(3)}, last)
+        expected = "not a checkpoint of this version"
+    else:  # one of ours, edited by hand; before: an internal error (AttributeError, TypeError)
+        state = torch.load(last, weights_only=True)
+        state.update({"config": "[1]"} if damage == "config" else {damage: "x" if damage == "epoch" else -1})
+        torch.save(state, last)
+        expected = "damaged checkpoint"
     message = one_error_line(run_train(train_args(tiny_musdb, out, "--epochs", "2", "--resume")))
-    expected = "not a checkpoint of this version" if damage == "foreign" else "not a readable checkpoint"
     assert message.startswith(f"--resume: {last}: {expected}")
 
 
@@ -220,10 +231,10 @@ def test_impossible_model_config_through_the_cli(tiny_musdb, tmp_path):
     toml.write_text("feature_dim = 24\n")
     args = train_args(tiny_musdb, tmp_path / "run", "--epochs", "1")
     args[args.index("--model-config") + 1] = toml
-    message = one_error_line(run_train(args))
+    message = one_error_line(run_train(args), status=2)  # a usage error, found before any work
     assert message.startswith(f"{toml}: the network cannot be built with feature_dim = 24")
     args[args.index("--model-config") + 1] = tmp_path / "missing.toml"
-    message = one_error_line(run_train(args))
+    message = one_error_line(run_train(args), status=2)
     assert message == f"{tmp_path / 'missing.toml'}: cannot read model config (No such file or directory)"
 
 

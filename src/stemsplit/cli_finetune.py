@@ -87,14 +87,21 @@ def finetune_command(**given: typing.Any) -> None:
     debug, resume, override = given.pop("debug"), given["resume"], given["override"]
     if override and not resume:
         raise fail("--override only applies with --resume", EXIT_USAGE)
-    if given["clean_db"] is not None and not given["clean_db"] > 0:
-        raise fail(f"--clean-db must be positive, not {given['clean_db']:g}", EXIT_USAGE)
-    ratio = given["unlabeled_ratio"]
-    if ratio is not None and not 0 <= ratio <= 1:
-        raise fail(f"--unlabeled-ratio must be between 0 and 1, not {ratio:g}", EXIT_USAGE)
+    from dataclasses import fields
+
+    from .train.config import FinetuneConfig
+
+    # The numbers first (the stems and target come with the model; their checks come with it).
+    numbers = {f.name: given[f.name] for f in fields(FinetuneConfig) if given.get(f.name) is not None}
+    problem = FinetuneConfig(**numbers).problem()
     for flag in ("musdb", "unlabeled"):
         if not given[flag].is_dir():
-            raise fail(f"--{flag}: {given[flag]} is not a folder", EXIT_USAGE)
+            problem = problem or f"--{flag}: {given[flag]} is not a folder"
+    out = given["out"]
+    if out.exists() and not out.is_dir():
+        problem = problem or f"--out: {out} is not a folder; name a new or existing run folder"
+    if problem:
+        raise fail(problem, EXIT_USAGE)
     from .cli_separate import UsageError, _model_argument
     from .weights import WeightsError, load_registry
 

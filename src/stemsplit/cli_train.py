@@ -129,7 +129,7 @@ def train_command(
     """
     given = dict(locals())  # the flags as given: None = the recipe's default (TrainConfig.for_arch)
     from .train.data import DatasetError
-    from .train.loop import TrainConfig, TrainError
+    from .train.loop import TrainConfig, TrainError, model_config_for
     from .train.loop import train as run_training
 
     if override and not resume:
@@ -149,6 +149,15 @@ def train_command(
     given["stems"] = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
     given["precision"] = precision.value if precision else None
     config = TrainConfig.for_arch(arch, **given)
+    problem = config.problem()
+    if config.out.exists() and not config.out.is_dir():
+        problem = problem or f"--out: {config.out} is not a folder; name a new or existing run folder"
+    if problem:
+        raise fail(problem, EXIT_USAGE)
+    try:
+        model_config_for(config)  # a bad --preset or --model-config file is a usage error: before any work
+    except TrainError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
     try:
         run_training(config, log=lambda text: err_console.print(text))
     except (TrainError, DatasetError) as exc:

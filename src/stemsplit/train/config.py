@@ -21,6 +21,7 @@ from ..card import MUSIC_STEMS, SPEAKER_STEMS
 __all__ = [
     "DEFAULT_ARCH",
     "FINETUNE_FIELDS",
+    "LR_SCHEDULES",
     "MAX_SYNTH_PER_SPLIT",
     "MAX_SYNTH_WORKERS",
     "RECIPES",
@@ -28,6 +29,8 @@ __all__ = [
     "SPEECH_ARCH",
     "FinetuneConfig",
     "TrainConfig",
+    "either",
+    "flag_name",
     "synth_request_problem",
 ]
 
@@ -41,6 +44,10 @@ SPEECH_ARCH = "u-mamba-net"
 # 50,800 mixtures.
 MAX_SYNTH_PER_SPLIT = 1_000_000
 MAX_SYNTH_WORKERS = 64
+# The learning-rate schedules train/loop.py's LrSchedule implements.
+LR_SCHEDULES = ("plateau", "step", "constant")
+# Seeds go to numpy and torch generators; numpy's legacy ones take 32 bits.
+MAX_SEED = 2**32 - 1
 
 
 def synth_request_problem(
@@ -128,6 +135,65 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
+    def problem(self) -> str | None:
+        """What is wrong with the recipe's numbers and names, in one line naming the flag, or None.
+
+        Checked before a run builds anything (no torch needed): a NaN learning rate or a hop
+        longer than its window would otherwise fail after an epoch, and a negative clipping
+        norm or a drop probability of 1 would train silently wrong.
+        """
+
+        def number(
+            name: str,
+            low: float,
+            high: float = math.inf,
+            *,
+            least: bool = False,
+            most: bool = True,
+            finite: bool = True,
+        ) -> str | None:
+            """None if low < value (<= with ``least``) and value <= high (< without ``most``)."""
+            value = getattr(self, name)
+            fits = (value >= low if least else value > low) and (value <= high if most else value < high)
+            if fits and (math.isfinite(value) or not finite):  # NaN never fits
+                return None
+            bound = f"{'at least' if least else 'above'} {low:g}"
+            if high < math.inf:
+                bound += f" and {'at most' if most else 'below'} {high:g}"
+            return f"{flag_name(name)} must be {'a finite number ' if finite else ''}{bound}, not {value:g}"
+
+        checks = [
+            number("lr", 0),  # an infinite rate gives NaN weights at the first step
+            number("lr_decay", 0, 1),
+            number("clip_norm", 0, finite=False),  # inf: no clipping; a negative norm flips the gradients
+            number("crop_seconds", 0),
+            number("gain_db", 0, least=True),
+            number("drop_prob", 0, 1, least=True, most=False),  # 1 would drop every stem of every example
+            number("sad_seconds", 0),
+            number("sad_quantile", 0, 1, least=True),
+            number("valid_window", 0),
+            number("valid_hop", 0, self.valid_window),
+            number("save_every_minutes", 0, finite=False),  # inf: only at the end of each epoch
+        ]
+        if not 0 <= self.seed <= MAX_SEED:
+            checks.append(f"--seed must be from 0 to {MAX_SEED}, not {self.seed}")
+        counts = ("epochs", "epoch_size", "batch_size", "patience", "lr_every", "early_stop")
+        for name in (*counts, "save_every_steps", "valid_tracks", "workers"):
+            value, least = getattr(self, name), 0 if name == "workers" else 1
+            if value is not None and value < least:
+                checks.append(f"{flag_name(name)} must be at least {least}, not {value}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            checks.append(f"--lr-schedule must be {either(LR_SCHEDULES)}, not {self.lr_schedule!r}")
+        if self.target != "all" and self.target not in (self.stems or ()):
+            stems = ", ".join(self.stems or ())
+            checks.append(f"--target must be all or one of --stems ({stems}), not {self.target!r}")
+        if self.musdb is not None and self.crop_seconds > self.sad_seconds:
+            checks.append(
+                f"--crop-seconds {self.crop_seconds:g} is longer than the --sad-seconds {self.sad_seconds:g} "
+                "salient segments the crops are cut from"
+            )
+        return next((c for c in checks if c), None)
+
     @classmethod
     def for_arch(cls, arch: str = DEFAULT_ARCH, **given: Any) -> TrainConfig:
         """The recipe of ``arch``'s paper, with the fields in ``given`` (None: not given) changed."""
@@ -138,6 +204,16 @@ class TrainConfig:
     def model_stems(self) -> tuple[str, ...]:
         """The stems the model outputs: every dataset stem, or the one ``target``."""
         return self.stems if self.target == "all" else (self.target,)
+
+
+def either(names: tuple[str, ...]) -> str:
+    """``a, b or c``: the names a value may take, for a message."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a config field: crop_seconds -> --crop-seconds."""
+    return "--" + field.replace("_", "-")
 
 
 # Where a family's paper trains differently from TS-BSMamba2 (the TrainConfig defaults): BSRNN Sec. IV-A.
@@ -215,6 +291,14 @@ class FinetuneConfig(TrainConfig):
     lr: float = 1e-4  # Sec. IV-B: "the initial learning rate for the finetuning stage to 1e-4"
     clean_db: float = 30.0  # Sec. III-A: a separated signal this far below the mixture is "absent"
     unlabeled_ratio: float = 0.5  # probability that a remix source comes from the unlabeled songs
+
+    def problem(self) -> str | None:
+        """TrainConfig's checks, and the sampling's."""
+        if not self.clean_db > 0:
+            return f"--clean-db must be positive, not {self.clean_db:g}"
+        if not 0 <= self.unlabeled_ratio <= 1:
+            return f"--unlabeled-ratio must be between 0 and 1, not {self.unlabeled_ratio:g}"
+        return super().problem()
 
 
 # The paper gives clean_db; the ratio of unlabeled to labeled signals is ours (see train/finetune.py).

@@ -62,7 +62,7 @@ from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..runtime import Ranks, pick_device, resolve_precision, torchrun_ranks
 from ..settings import SeparationError
 from ..weights import WeightsError, save_checkpoint, torch_load_safely
-from .config import RECIPE_FIELDS, RECIPES, TrainConfig
+from .config import LR_SCHEDULES, RECIPE_FIELDS, RECIPES, TrainConfig, either, flag_name
 from .losses import pit_si_snr_loss, separation_loss
 
 __all__ = [
@@ -72,6 +72,7 @@ __all__ = [
     "TrainConfig",
     "TrainError",
     "load_model_config",
+    "model_config_for",
     "separation_loss",
     "train",
 ]
@@ -106,8 +107,8 @@ class LrSchedule:
         patience: int = 2,
         every: int = 2,
     ) -> None:
-        if mode not in ("plateau", "step", "constant"):
-            raise ValueError(f"learning-rate schedule must be plateau, step or constant, not {mode!r}")
+        if mode not in LR_SCHEDULES:
+            raise ValueError(f"learning-rate schedule must be {either(LR_SCHEDULES)}, not {mode!r}")
         self.optimizer, self.mode, self.factor, self.patience, self.every = (
             optimizer,
             mode,
@@ -229,6 +230,14 @@ def load_model_config(
 # --- distributed --------------------------------------------------------------------------------
 
 
+def model_config_for(config: TrainConfig) -> Any:
+    """The family config a new run builds: the preset (or --light), with --model-config's fields."""
+    preset = config.preset or ("l-ts" if config.light and config.arch == TS_BSMAMBA2 else None)
+    if config.light and config.arch != TS_BSMAMBA2:
+        raise TrainError(f"--light is TS-BSMamba2's small preset; {config.arch} has presets: --preset")
+    return load_model_config(config.model_config, config.arch, preset, config.model_stems)
+
+
 def _setup_distributed(device: str) -> tuple[Ranks, torch.device]:
     ranks = torchrun_ranks()
     try:
@@ -300,7 +309,7 @@ def _flag(name: str, value: Any) -> str:
         value = ",".join(map(str, value))
     elif value is None:
         value = "(unset)"
-    return f"--{name.replace('_', '-')} {value}"
+    return f"{flag_name(name)} {value}"
 
 
 # Config fields saved in last.pt under an older name -> today's.
@@ -327,6 +336,9 @@ class Run:
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
         self.config, self.log = config, log
         self.last_path = config.out / "last.pt"
+        problem = config.problem()
+        if problem:
+            raise TrainError(problem)
         if config.out.exists() and not config.out.is_dir():  # before any work (finetune decodes into it)
             raise TrainError(f"--out: {config.out} is not a folder; name a new or existing run folder")
         if not config.resume and self.last_path.exists():  # before any work
@@ -349,12 +361,17 @@ class Run:
             )
 
         # The model config first: a bad file fails at once, not after the salient-segment index.
-        if config.target != "all" and config.target not in config.stems:
-            raise TrainError(f"--target {config.target} is not one of --stems ({', '.join(config.stems)})")
         model_config = self._model_config()
         self.target_index = [config.stems.index(stem) for stem in config.model_stems]
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = self._network(model_config)
+        shortest = self.model.card.min_samples / self.model.card.sample_rate
+        for name in ("crop_seconds", "valid_window"):
+            if getattr(config, name) < shortest:
+                raise TrainError(
+                    f"{_flag(name, getattr(config, name))} s is shorter than the network's shortest input "
+                    f"({shortest * 1000:.1f} ms)"
+                )
         # What the network separates decides the data, the loss and the validation score.
         self.task = self.model.card.task
         self._check_dataset_flags()
@@ -402,12 +419,8 @@ class Run:
     # -- what subclasses change --
 
     def _model_config(self) -> Any:
-        """The family config to build: the preset (or --light), with --model-config's fields."""
-        config = self.config
-        preset = config.preset or ("l-ts" if config.light and config.arch == TS_BSMAMBA2 else None)
-        if config.light and config.arch != TS_BSMAMBA2:
-            raise TrainError(f"--light is TS-BSMamba2's small preset; {config.arch} has presets: --preset")
-        return load_model_config(config.model_config, config.arch, preset, config.model_stems)
+        """The family config to build: :func:`model_config_for` the run's config."""
+        return model_config_for(self.config)
 
     def _network(self, model_config: Any) -> torch.nn.Module:
         """The network to train (on the CPU): a new one, initialised from the seed."""
@@ -536,6 +549,12 @@ class Run:
         try:
             state["config"] = json.loads(state["config"])
             state["model_config"] = json.loads(state["model_config"])
+            for key in ("config", "model_config"):
+                if not isinstance(state[key], dict):
+                    raise ValueError(f"{key} is not a table")
+            for key in ("epoch", "step", "global_step"):
+                if type(state[key]) is not int or state[key] < 0:
+                    raise ValueError(f"{key} is not a count")
         except (KeyError, TypeError, ValueError) as exc:
             raise TrainError(f"--resume: {self.last_path}: damaged checkpoint ({exc})") from None
         return state
