@@ -861,6 +861,26 @@ def test_control_characters_in_names_are_escaped_not_printed(tmp_path, tiny_chec
     assert "a\\nb \\x1b[2J.wav" in result.stderr
 
 
+def test_a_file_name_that_is_not_utf8_is_separated_and_named(tmp_path, tiny_checkpoint):
+    """Before: 'internal error: UnicodeEncodeError' (soundfile encodes names strictly), and batch stopped
+    there, leaving the folder's other songs undone."""
+    music = tmp_path / "music"
+    music.mkdir()
+    odd = os.fsdecode(b"Caf\xe9 (latin-1).wav")  # Python holds the byte 0xe9 as the surrogate \udce9
+    song(music / "ok.wav")
+    shutil.copy(music / "ok.wav", music / odd)
+    result = stemsplit(music / odd, "-o", tmp_path / "one", "--model", tiny_checkpoint, *FAST)
+    assert result.returncode == 0, result.stderr
+    assert files_under(tmp_path / "one") == [f"{Path(odd).stem}/{s}" for s in FOUR_STEMS]
+    assert "Caf\\udce9 (latin-1).wav: done" in result.stderr  # escaped, as other unprintable names
+    result = stemsplit("batch", music, "-o", tmp_path / "all", "--model", tiny_checkpoint, *FAST, "--json")
+    assert result.returncode == 0, result.stderr
+    done = sorted(e["source"] for e in json_events(result) if e["event"] == "result")
+    assert done == sorted(str(music / name) for name in (odd, "ok.wav"))
+    for name in (Path(odd).stem, "ok"):
+        assert sorted(p.name for p in (tmp_path / "all" / name).iterdir()) == FOUR_STEMS
+
+
 def test_messages_with_brackets_print_as_they_are(capsys):
     """Before: pip install 'stemsplit[train]' printed as pip install 'stemsplit' (rich ate the tag)."""
     from stemsplit.cli_common import error_line

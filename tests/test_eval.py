@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -253,6 +254,33 @@ def test_eval_flags_are_usage_errors_before_torch(flags, message, tmp_path):
     assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
     assert result.stderr.startswith(f"stemsplit: error: {message}") and result.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["mixture", "vocals"])
+def test_eval_names_the_file_with_a_nan_sample(musdb, tmp_path, monkeypatch, where):
+    """Before: 'audio contains NaN or infinite samples', no file named (a NaN in a stem: a NaN score)."""
+    root = tmp_path / "set"
+    shutil.copytree(musdb, root)
+    path = root / "test" / "Artist A - Song" / f"{where}.wav"
+    audio, rate = sf.read(path, dtype="float32")
+    audio[rate // 2, 1] = np.nan
+    sf.write(path, audio, rate, subtype="FLOAT")
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "--musdb", str(root), "-m", str(GOLDEN_WEIGHTS), "--window", "1", "--device", "cpu"]
+    result = CliRunner().invoke(_cli(), [*args, "--no-csdr"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"stemsplit: error: {path}: sample {rate // 2} (0.50 s) is NaN or infinite\n"
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_eval_refuses_a_report_path_under_a_file_before_separating(tmp_path):
+    """Before: every track was separated, then 'afile: File exists', exit 1."""
+    (tmp_path / "afile").write_text("mine")
+    flags = ["--musdb", "data", "--json", "afile/report.json"]
+    result = stemsplit_without_torch("eval", "--model", GOLDEN_WEIGHTS, "--no-csdr", *flags, cwd=tmp_path)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert result.stderr == "stemsplit: error: --json: afile is not a folder; the report cannot go under it\n"
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 def test_eval_scores_a_bsrnn_bag_and_a_one_target_model(musdb, tmp_path, monkeypatch, find_tracks_available):

@@ -55,6 +55,8 @@ __all__ = [
     "probe",
     "read_blocks",
     "redirect_native_stderr",
+    "sf_name",
+    "unplayable_problem",
     "unplayable_sample",
 ]
 
@@ -136,7 +138,7 @@ def probe(path: str | os.PathLike) -> AudioInfo:
         raise AudioError(f"{path}: not an audio file ({what})")
     info = None
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(sf_name(path)) as f:
             info = _probe_libsndfile(path, f)
     except (sf.LibsndfileError, RuntimeError):  # not a format libsndfile reads: try FFmpeg
         pass
@@ -328,7 +330,7 @@ def _libsndfile_count(path: Path) -> tuple[int, str]:
     """Decode ``path`` from the start: (frames read before it ends or fails, the failure or "")."""
     read = 0
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(sf_name(path)) as f:
             while n := len(f.read(_PIECE_FRAMES, dtype="float32")):
                 read += n
     except (sf.LibsndfileError, RuntimeError):
@@ -572,10 +574,9 @@ def read_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
     source = _libsndfile_pieces(info) if info.decoder == "libsndfile" else _ffmpeg_pieces(info)
     try:
         for piece in source:
-            problem = unplayable_sample(piece)
+            problem = unplayable_problem(info.path, piece, position + buffered, info.sample_rate)
             if problem is not None:
-                bad = position + buffered + problem[0]
-                raise AudioError(f"{info.path}: sample {bad} ({bad / info.sample_rate:.2f} s) {problem[1]}")
+                raise AudioError(problem)
             pieces.append(piece)
             buffered += len(piece)
             while buffered >= block_frames:
@@ -614,11 +615,21 @@ def unplayable_sample(block: np.ndarray) -> tuple[int, str] | None:
     return frame, f"is {value:.3g}, beyond ±{MAX_SAMPLE:.0e}: not audio"
 
 
+def unplayable_problem(path: Path, block: np.ndarray, first_frame: int, sample_rate: int) -> str | None:
+    """``PATH: sample N (T s) is NaN or infinite`` (or beyond ±MAX_SAMPLE) for the first such sample of
+    ``block`` ([frames, channels], frame ``first_frame`` of the file onwards); None when all are audio."""
+    problem = unplayable_sample(block)
+    if problem is None:
+        return None
+    frame = first_frame + problem[0]
+    return f"{path}: sample {frame} ({frame / sample_rate:.2f} s) {problem[1]}"
+
+
 def _libsndfile_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
     """Decode with libsndfile in short pieces of [n, channels] float32; ``_DecodeFailed`` on errors."""
     read = 0
     try:
-        with sf.SoundFile(str(info.path)) as f:
+        with sf.SoundFile(sf_name(info.path)) as f:
             while len(piece := f.read(_PIECE_FRAMES, dtype="float32", always_2d=True)):
                 read += len(piece)
                 yield piece
@@ -730,6 +741,12 @@ class BlockResampler:
         if self.identity:
             return np.zeros((0, channels), np.float32)
         return self._stream.resample_chunk(np.zeros((0, channels), np.float32), last=True)
+
+
+def sf_name(path: Path | str) -> bytes:
+    """``path`` as soundfile should get it: bytes, so a name that is not UTF-8 opens too (soundfile
+    encodes a str strictly and fails on such a name, which Python holds with surrogate escapes)."""
+    return os.fsencode(path)
 
 
 def libsndfile_reason(exc: Exception) -> str:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import BlockResampler, libsndfile_reason
+from .audio import BlockResampler, libsndfile_reason, sf_name
 from .files import (
     host_tag,
     is_temporary,
@@ -299,7 +299,12 @@ class _FloatTemp:
         self.path = temporary_sibling(destination, ".partial")
         try:
             self._file = sf.SoundFile(
-                self.path, "w", samplerate=sample_rate, channels=channels, format="WAV", subtype="FLOAT"
+                sf_name(self.path),
+                "w",
+                samplerate=sample_rate,
+                channels=channels,
+                format="WAV",
+                subtype="FLOAT",
             )
         except BaseException:
             self.path.unlink(missing_ok=True)
@@ -432,10 +437,10 @@ class StemWriter:
         clamp = self.options.clip_mode == "clamp"
         target = temporary_sibling(destination, ".partial")
         try:
-            with sf.SoundFile(str(source)) as src:
+            with sf.SoundFile(sf_name(source)) as src:
                 resample = BlockResampler(src.samplerate, rate, src.channels)
                 with sf.SoundFile(
-                    target,
+                    sf_name(target),
                     "w",
                     samplerate=rate,
                     channels=src.channels,

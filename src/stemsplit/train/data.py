@@ -35,7 +35,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..audio import AudioError, libsndfile_reason, probe
+from ..audio import AudioError, libsndfile_reason, probe, sf_name, unplayable_problem
 from ..card import MUSIC_STEMS
 from ..files import write_atomically
 from ..weights import cache_dir
@@ -102,7 +102,7 @@ class Track:
         """
         path = self.stem_path(stem)
         try:
-            audio, rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
+            audio, rate = sf.read(sf_name(path), start=start, frames=frames, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
             raise DatasetError(f"{path}: cannot read ({libsndfile_reason(exc)})") from None
         if rate != self.sample_rate or audio.shape[1] != self.channels:
@@ -110,6 +110,9 @@ class Track:
                 f"{path}: changed since the dataset was scanned ({rate} Hz, {audio.shape[1]} channels; "
                 f"was {self.sample_rate} Hz, {self.channels} channels)"
             )
+        problem = unplayable_problem(path, audio, start, rate)  # a NaN would poison a run or a score
+        if problem is not None:
+            raise DatasetError(problem)
         return np.ascontiguousarray(audio.T)
 
     def read_mixture(self) -> np.ndarray:

@@ -73,7 +73,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..audio import AudioError, BlockResampler, libsndfile_reason, probe
+from ..audio import AudioError, BlockResampler, libsndfile_reason, probe, sf_name, unplayable_problem
 from .config import synth_request_problem
 
 __all__ = [
@@ -670,13 +670,18 @@ class SpeechTrack:
         out = []
         for path in (self.mixture, *self.sources):
             try:
-                audio, rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
+                audio, rate = sf.read(
+                    sf_name(path), start=start, frames=frames, dtype="float32", always_2d=True
+                )
             except (sf.LibsndfileError, RuntimeError, OSError) as exc:
                 raise SpeechSynthError(f"{path}: cannot read ({libsndfile_reason(exc)})") from None
             if rate != self.sample_rate or audio.shape[1] != 1:
                 raise SpeechSynthError(
                     f"{path}: changed since the dataset was scanned ({rate} Hz, {audio.shape[1]} channels)"
                 )
+            problem = unplayable_problem(path, audio, start, rate)
+            if problem is not None:
+                raise SpeechSynthError(problem)
             out.append(np.ascontiguousarray(audio[:, 0]))
         return out[0], out[1], out[2]
 
