@@ -628,6 +628,37 @@ def test_batch_separates_songs_that_share_a_name_in_one_folder(tmp_path, tiny_ch
     assert folders == {"a", "a (2)", "b"}
 
 
+def test_batch_never_plans_a_stem_file_where_another_song_needs_a_folder(tmp_path, tiny_checkpoint):
+    """a.wav writes out/a/drums.wav; a/drums.wav.wav writes into the folder out/a/drums.wav. Before: the
+    second song failed after the first was done, telling the user to add --overwrite (which failed too)."""
+    music = tmp_path / "music"
+    (music / "a").mkdir(parents=True)
+    song(music / "a.wav")
+    song(music / "a" / "drums.wav.wav")
+    result = stemsplit("batch", music, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST)
+    assert result.returncode == 0, result.stderr
+    assert files_under(tmp_path / "out", state=False) == sorted(
+        [*(f"a (2)/{s}" for s in FOUR_STEMS), *(f"a/drums.wav/{s}" for s in FOUR_STEMS)]
+    )
+
+
+def test_a_stem_file_where_another_song_needs_a_folder_is_named_when_names_cannot_change(tmp_path):
+    from stemsplit.output import OutputError, OutputOptions, SongSource, plan_outputs
+
+    songs = [SongSource(tmp_path / "a.wav"), SongSource(tmp_path / "a" / "drums.wav.wav", "a")]
+    out = tmp_path / "out"
+    for order in (songs, songs[::-1]):  # a file where a folder goes, and a folder where a file goes
+        with pytest.raises(OutputError, match=r"would both use .*/out/a/drums\.wav; put \{track\}"):
+            plan_outputs(order, out, ["drums", "bass"], OutputOptions(), rename_duplicates=False)
+    renamed = plan_outputs(songs, out, ["drums", "bass"], OutputOptions())  # the later song is renamed
+    assert [p.track for p in renamed] == ["a", "drums.wav (2)"]
+    assert renamed[1].paths["drums"] == out / "a" / "drums.wav (2)" / "drums.wav"
+    assert [p.track for p in plan_outputs(songs[::-1], out, ["drums"], OutputOptions())] == [
+        "drums.wav",
+        "a (2)",
+    ]
+
+
 def test_batch_does_not_walk_its_own_output_or_hidden_files(tmp_path, tiny_checkpoint):
     """Before: -o inside the input folder was separated again on every run, and the tree grew."""
     music = tmp_path / "music"

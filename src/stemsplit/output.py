@@ -37,7 +37,7 @@ import math
 import os
 import secrets
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,7 +231,8 @@ def plan_outputs(
     stems = list(stems)
     if len(set(stems)) != len(stems):
         raise OutputError(f"a stem is named twice: {', '.join(stems)}", "stems")
-    taken: dict[Path, SongSource] = {}
+    taken: dict[Path, SongSource] = {}  # every song's stem files
+    folders: dict[Path, SongSource] = {}  # the folders they go in, below out_dir
     plans = []
     for song in songs:
         base = track_name(song.path)
@@ -242,12 +243,14 @@ def plan_outputs(
                 raise OutputError(
                     f"{options.filename!r} gives one file for several stems; put {{stem}} in it", "filename"
                 )
-            clash = next((p for p in paths.values() if p in taken), None)
+            clash = _first_clash(paths.values(), out_dir, taken, folders)
             if clash is None:
                 break
             if not (rename_duplicates and "{track}" in options.filename):
+                path, other = clash
+                how = "write" if path in taken and path in paths.values() else "use"  # use: file and folder
                 raise OutputError(
-                    f"{taken[clash].path} and {song.path} would both write {clash}; "
+                    f"{other.path} and {song.path} would both {how} {path}; "
                     "put {track} (and {folder} for batch) in the template",
                     "filename",
                 )
@@ -255,8 +258,29 @@ def plan_outputs(
             raise OutputError(f"cannot find a free name for {song.path}", "filename")
         _check_no_symlink_escape(out_dir, paths.values())
         taken.update(dict.fromkeys(paths.values(), song))
+        folders.update((folder, song) for path in paths.values() for folder in _folders_below(path, out_dir))
         plans.append(SongOutputs(song, track, out_dir, paths))
     return plans
+
+
+def _folders_below(path: Path, out_dir: Path) -> list[Path]:
+    """The folders ``path`` (inside ``out_dir``) is in, below ``out_dir``: out/a/b/x.wav -> out/a/b, out/a."""
+    return [out_dir / folder for folder in path.relative_to(out_dir).parents[:-1]]
+
+
+def _first_clash(
+    paths: Iterable[Path], out_dir: Path, files: Mapping[Path, SongSource], folders: Mapping[Path, SongSource]
+) -> tuple[Path, SongSource] | None:
+    """The first path where ``paths`` meet another song's: the same file, a file where the other needs
+    a folder (out/a/drums.wav for a.wav, and out/a/drums.wav/vocals.wav for a/drums.wav.wav), or the
+    reverse; with that song. None: no clash."""
+    for path in paths:
+        if path in files or path in folders:
+            return path, files.get(path) or folders[path]
+        for folder in _folders_below(path, out_dir):
+            if folder in files:
+                return folder, files[folder]
+    return None
 
 
 def _nearest_existing(path: Path, stop: Path | None = None) -> Path:
