@@ -318,6 +318,7 @@ def test_train_config_is_torch_free_and_names_the_default_family():
             "--target must be all or one of --stems (drums, bass, other, vocals), not 'piano'",
         ),
         ({"crop_seconds": 1.0, "sad_seconds": 0.5}, "--crop-seconds 1 is longer than the --sad-seconds 0.5"),
+        ({"stems": ("drums", "a/b")}, "--stems: 'a/b' is not a stem name"),
     ],
 )
 def test_recipe_problems_are_named_before_a_run_starts(fields, message, tmp_path):

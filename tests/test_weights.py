@@ -7,6 +7,7 @@ the home directory.
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -515,6 +516,13 @@ def test_local_checkpoints_with_wrappers_and_metadata(tmp_path):
     save_file(golden, tagged, metadata={"stems": "a,b"})
     with pytest.raises(CheckpointError, match="metadata names 2 stems but the network has 4 outputs"):
         load_model(tagged)
+    # Each name becomes a file name: before, 'dr\nums' and 'a/b' were written as such (a subfolder).
+    for bad in ("dr\nums", "a/b", "..", ".hidden"):
+        save_file(golden, tagged, metadata={"stems": f"{bad},b,c,d"})
+        with pytest.raises(
+            CheckpointError, match=f"metadata stems: {re.escape(repr(bad))} is not a stem name"
+        ):
+            load_model(tagged)
 
 
 # --- trust on first use ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ checkpoint with other stems needs no change to the engine.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "TASKS",
     "ModelCard",
     "default_stem_names",
+    "stem_name_problem",
 ]
 
 # The four stems of MUSDB18 in the order the published TS-BSMamba2 checkpoints use;
@@ -30,6 +32,19 @@ MUSIC_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 
 # The outputs of a two-talker speech model (U-Mamba-Net), and what `stemsplit speakers` names its files.
 SPEAKER_STEMS: tuple[str, ...] = ("speaker1", "speaker2")
+
+# A stem's name becomes a file name (vocals.wav) and a --stems word: letters, digits, and inner spaces,
+# dots, '_', '+' and '-'; no '/', no control characters, no leading dot.
+_STEM_NAME = re.compile(r"\w(?:[\w .+-]{0,62}[\w+-])?")
+
+
+def stem_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a stem's name (one line), or None."""
+    if _STEM_NAME.fullmatch(name):
+        return None
+    allowed = "letters, digits, and inner spaces, '.', '_', '+', '-'; 1-64 characters"
+    return f"{name!r} is not a stem name ({allowed})"
+
 
 # "none": the model sees raw audio; "meanstd": the mono mix's whole-song mean and std are
 # taken out before the windows and put back after (see separate.song_stats).

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..card import MUSIC_STEMS, SPEAKER_STEMS
+from ..card import MUSIC_STEMS, SPEAKER_STEMS, stem_name_problem
 
 __all__ = [
     "DEFAULT_ARCH",
@@ -182,6 +182,7 @@ class TrainConfig:
             value, least = getattr(self, name), 0 if name == "workers" else 1
             if value is not None and value < least:
                 checks.append(f"{flag_name(name)} must be at least {least}, not {value}")
+        checks += [f"--stems: {problem}" for problem in map(stem_name_problem, self.stems or ()) if problem]
         if self.lr_schedule not in LR_SCHEDULES:
             checks.append(f"--lr-schedule must be {either(LR_SCHEDULES)}, not {self.lr_schedule!r}")
         if self.target != "all" and self.target not in (self.stems or ()):

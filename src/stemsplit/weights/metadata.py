@@ -28,7 +28,7 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
-from ..card import NORMALIZATIONS, TASKS
+from ..card import NORMALIZATIONS, TASKS, stem_name_problem
 from .errors import CheckpointError
 
 __all__ = ["LEGACY_ARCHITECTURE", "CheckpointInfo", "file_info", "file_stems", "read_info", "read_metadata"]
@@ -91,6 +91,9 @@ def read_info(metadata: Mapping[str, str], label: str) -> CheckpointInfo:
         stems = tuple(s.strip() for s in metadata["stems"].split(","))
         if not all(stems) or len(set(stems)) != len(stems):
             raise CheckpointError(f"{label}: metadata stems={metadata['stems']!r} are not distinct names")
+        problem = next(filter(None, map(stem_name_problem, stems)), None)  # each becomes a file name
+        if problem:
+            raise CheckpointError(f"{label}: metadata stems: {problem}")
     normalization = metadata.get("normalization", "").strip() or "none"
     if normalization not in NORMALIZATIONS:
         raise CheckpointError(f"{label}: metadata normalization={normalization!r} is not none or meanstd")
