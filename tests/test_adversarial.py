@@ -657,6 +657,12 @@ def test_a_stem_file_where_another_song_needs_a_folder_is_named_when_names_canno
         "drums.wav",
         "a (2)",
     ]
+    # The clash in {folder}: no new {track} helps; both songs are named (before: 'cannot find a free name')
+    deep = [SongSource(tmp_path / "a.wav"), SongSource(tmp_path / "a/drums.wav/y.wav", "a/drums.wav")]
+    with pytest.raises(
+        OutputError, match=r"a\.wav and .*/y\.wav would both use .*/out/a/drums\.wav; rename one"
+    ):
+        plan_outputs(deep, out, ["drums", "bass"], OutputOptions())
 
 
 def test_batch_does_not_walk_its_own_output_or_hidden_files(tmp_path, tiny_checkpoint):

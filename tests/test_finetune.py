@@ -253,6 +253,8 @@ def test_usage_errors_exit_2_before_any_work(material, tmp_path):
         ),
         (["--override"], "--override only applies with --resume"),
         (["--model", "no-such-model"], "--model: no model named 'no-such-model'"),
+        # the stems pass their check (they were once checked as the letters of "drums,bass")
+        (["--model", "no-such-model", "--stems", "drums,bass"], "--model: no model named 'no-such-model'"),
     ]
     for extra, message in cases:
         result = stemsplit(*finetune_args(material, out, *extra))

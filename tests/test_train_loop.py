@@ -306,12 +306,14 @@ def test_train_config_is_torch_free_and_names_the_default_family():
         ({"sad_quantile": 5.0}, "--sad-quantile must be a finite number at least 0 and at most 1, not 5"),
         (
             {"valid_window": 1.0, "valid_hop": 5.0},
-            "--valid-hop must be a finite number above 0 and at most 1",
+            "--valid-hop: must be more than 0 and at most the window (1 s), not 5",
         ),
         ({"save_every_minutes": -1.0}, "--save-every-minutes must be above 0"),
-        ({"seed": -1}, "--seed must be from 0 to 4294967295, not -1"),
-        ({"valid_tracks": -1}, "--valid-tracks must be at least 1, not -1"),
-        ({"save_every_steps": -5}, "--save-every-steps must be at least 1, not -5"),
+        ({"seed": -1}, "--seed must be from 0 to 9223372036854775807, not -1"),
+        ({"valid_window": 100.0}, "--valid-window: must be more than 0 and at most 60 seconds, not 100"),
+        ({"device": "tpu"}, "--device: must be auto, cpu, cuda or cuda:N, not 'tpu'"),
+        ({"valid_tracks": -1}, "--valid-tracks must be at least 0, not -1"),
+        ({"save_every_steps": -5}, "--save-every-steps must be at least 0, not -5"),
         ({"lr_schedule": "foo"}, "--lr-schedule must be plateau, step or constant, not 'foo'"),
         (
             {"target": "piano"},
@@ -339,6 +341,8 @@ def test_every_recipe_passes_its_own_checks():
     for arch in ("ts-bsmamba2", *RECIPES):
         assert TrainConfig.for_arch(arch, musdb=Path("m")).problem() is None, arch
     assert FinetuneConfig(musdb=Path("m")).problem() is None
+    # 0 means none or never: no validation tracks, no step-based saves, loading in the main process
+    assert TrainConfig(valid_tracks=0, save_every_steps=0, workers=0, seed=2**40).problem() is None
     assert FinetuneConfig(clean_db=0).problem() == "--clean-db must be positive, not 0"
 
 
@@ -347,7 +351,7 @@ def test_train_usage_errors_exit_2_in_one_line_before_any_work(tiny_musdb, tmp_p
     (tmp_path / "bad.toml").write_text("feature_dim = [")
     cases = [
         (["--lr", "nan"], "--lr must be a finite number above 0, not nan"),
-        (["--valid-hop", "5", "--valid-window", "1"], "--valid-hop must be"),
+        (["--valid-hop", "5", "--valid-window", "1"], "--valid-hop: must be more than 0"),
         (["--preset", "foo"], "no preset 'foo'"),
         (["--model-config", tmp_path / "bad.toml"], "bad.toml: not a valid TOML model config"),
         (["--model-config", tmp_path / "missing.toml"], "missing.toml: cannot read model config"),

@@ -81,7 +81,8 @@ def test_planted_last_pt_is_refused_and_never_run(tiny_musdb, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "damage", ["truncated", "garbage", "empty", "foreign", "plain pickle", "config", "epoch", "step"]
+    "damage",
+    ["truncated", "garbage", "empty", "foreign", "plain pickle", "config", "epoch", "step", "batch_size"],
 )
 def test_damaged_last_pt_is_one_line(tiny_musdb, finished_run, tmp_path, damage):
     out = copy_run(finished_run, tmp_path)
@@ -100,7 +101,12 @@ def test_damaged_last_pt_is_one_line(tiny_musdb, finished_run, tmp_path, damage)
         expected = "not a checkpoint of this version"
     else:  # one of ours, edited by hand; before: an internal error (AttributeError, TypeError)
         state = torch.load(last, weights_only=True)
-        state.update({"config": "[1]"} if damage == "config" else {damage: "x" if damage == "epoch" else -1})
+        if damage == "batch_size":  # before: ZeroDivisionError with --override
+            state["config"] = json.dumps({**json.loads(state["config"]), "batch_size": 0})
+        else:
+            state.update(
+                {"config": "[1]"} if damage == "config" else {damage: "x" if damage == "epoch" else -1}
+            )
         torch.save(state, last)
         expected = "damaged checkpoint"
     message = one_error_line(run_train(train_args(tiny_musdb, out, "--epochs", "2", "--resume")))

@@ -123,6 +123,7 @@ def test_registry_field_typo_names_line_and_suggests(env):
         ("sha256", "abc", "sha256 must be 64 hex digits"),
         ("sample_rate", "44100", "field 'sample_rate' must be an integer, not str"),
         ("stems", ["a", "a"], "stems must be a list of distinct, non-empty names"),
+        ("stems", ["a", "b/c", "d", "e"], "stems: 'b/c' is not a stem name"),
     ],
 )
 def test_registry_bad_value_names_line(env, field, value, message):

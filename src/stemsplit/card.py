@@ -10,7 +10,6 @@ checkpoint with other stems needs no change to the engine.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -33,17 +32,22 @@ MUSIC_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 # The outputs of a two-talker speech model (U-Mamba-Net), and what `stemsplit speakers` names its files.
 SPEAKER_STEMS: tuple[str, ...] = ("speaker1", "speaker2")
 
-# A stem's name becomes a file name (vocals.wav) and a --stems word: letters, digits, and inner spaces,
-# dots, '_', '+' and '-'; no '/', no control characters, no leading dot.
-_STEM_NAME = re.compile(r"\w(?:[\w .+-]{0,62}[\w+-])?")
+# A stem's name becomes a file name (vocals.wav) and a word of a comma-separated --stems list.
+MAX_STEM_NAME = 64
 
 
 def stem_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a stem's name (one line), or None."""
-    if _STEM_NAME.fullmatch(name):
+    if (
+        0 < len(name) <= MAX_STEM_NAME
+        and name.isprintable()  # no newline, no escape sequence, no undecodable byte
+        and not {"/", "\\", ","} & set(name)  # no subfolder, no second stem
+        and name == name.strip()
+        and not name.startswith(".")  # no hidden file, no '..'
+    ):
         return None
-    allowed = "letters, digits, and inner spaces, '.', '_', '+', '-'; 1-64 characters"
-    return f"{name!r} is not a stem name ({allowed})"
+    rule = f"1-{MAX_STEM_NAME} printable characters, no '/', '\\' or ',', no leading '.' or space"
+    return f"{name!r} is not a stem name ({rule})"
 
 
 # "none": the model sees raw audio; "meanstd": the mono mix's whole-song mean and std are

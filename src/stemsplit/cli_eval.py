@@ -128,12 +128,13 @@ def _check_usage(
         raise fail(f"--json: {json_out} is a folder; name the report's file", EXIT_USAGE)
     if json_out is not None and os.path.lexists(json_out) and not overwrite:  # a report the user has
         raise fail(f"--json: {json_out} exists; add --overwrite to replace it", EXIT_USAGE)
-    if json_out is not None:  # the folders the report goes into: made at the end, so checked now
-        nearest = next(p for p in json_out.parents if os.path.lexists(p))
-        if not nearest.is_dir():
-            raise fail(f"--json: {nearest} is not a folder; the report cannot go under it", EXIT_USAGE)
-        if not os.access(nearest, os.W_OK | os.X_OK):
-            raise fail(f"--json: cannot write into {nearest} (permission denied)", EXIT_USAGE)
+    # The folders the report goes into are made at the end, after every track: checked now.
+    nearest = next(p for p in json_out.parents if os.path.lexists(p)) if json_out else Path.cwd()
+    if not nearest.is_dir():
+        raise fail(f"--json: {nearest} is not a folder; the report cannot go under it", EXIT_USAGE)
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        where = "" if json_out else "; name a report file elsewhere with --json"
+        raise fail(f"--json: cannot write into {nearest} (permission denied){where}", EXIT_USAGE)
 
 
 def _default_report(name: str, subset: str) -> Path:

@@ -89,17 +89,18 @@ def finetune_command(**given: typing.Any) -> None:
         raise fail("--override only applies with --resume", EXIT_USAGE)
     from dataclasses import fields
 
-    from .train.config import FinetuneConfig
+    from .train.config import FinetuneConfig, out_problem
 
-    # The numbers first (the stems and target come with the model; their checks come with it).
-    numbers = {f.name: given[f.name] for f in fields(FinetuneConfig) if given.get(f.name) is not None}
-    problem = FinetuneConfig(**numbers).problem()
+    stems = given.pop("stems")
+    stems = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
+    precision = given.pop("precision")
+    given["precision"] = precision.value if precision else None
+    # The recipe's numbers and names first (the target comes with the model: it is checked with it).
+    known = {f.name: given[f.name] for f in fields(FinetuneConfig) if given.get(f.name) is not None}
+    problem = FinetuneConfig(**known, stems=stems).problem() or out_problem(given["out"])
     for flag in ("musdb", "unlabeled"):
         if not given[flag].is_dir():
             problem = problem or f"--{flag}: {given[flag]} is not a folder"
-    out = given["out"]
-    if out.exists() and not out.is_dir():
-        problem = problem or f"--out: {out} is not a folder; name a new or existing run folder"
     if problem:
         raise fail(problem, EXIT_USAGE)
     from .cli_separate import UsageError, _model_argument
@@ -111,10 +112,6 @@ def finetune_command(**given: typing.Any) -> None:
             load_registry().get(model)
     except (UsageError, WeightsError) as exc:
         raise fail(f"--model: {exc}" if isinstance(exc, WeightsError) else str(exc), EXIT_USAGE) from None
-    stems = given.pop("stems")
-    stems = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
-    precision = given.pop("precision")
-    given["precision"] = precision.value if precision else None
 
     # Everything above runs without torch: usage errors come back at once.
     from .train.data import DatasetError

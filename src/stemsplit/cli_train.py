@@ -136,7 +136,7 @@ def train_command(
         raise fail("--override only applies with --resume", EXIT_USAGE)
     if (musdb is None) == (libri2mix is None):
         raise fail("give one dataset: --musdb (music models) or --libri2mix (speaker models)", EXIT_USAGE)
-    from .train.config import DEFAULT_ARCH, SPEECH_ARCH
+    from .train.config import DEFAULT_ARCH, SPEECH_ARCH, out_problem
 
     arch = arch or (SPEECH_ARCH if libri2mix is not None else DEFAULT_ARCH)
     from .model import FAMILIES
@@ -149,9 +149,7 @@ def train_command(
     given["stems"] = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
     given["precision"] = precision.value if precision else None
     config = TrainConfig.for_arch(arch, **given)
-    problem = config.problem()
-    if config.out.exists() and not config.out.is_dir():
-        problem = problem or f"--out: {config.out} is not a folder; name a new or existing run folder"
+    problem = config.problem() or out_problem(config.out)
     if problem:
         raise fail(problem, EXIT_USAGE)
     try:

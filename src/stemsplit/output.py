@@ -246,16 +246,17 @@ def plan_outputs(
             clash = _first_clash(paths.values(), out_dir, taken, folders)
             if clash is None:
                 break
-            if not (rename_duplicates and "{track}" in options.filename):
-                path, other = clash
-                how = "write" if path in taken and path in paths.values() else "use"  # use: file and folder
-                raise OutputError(
-                    f"{other.path} and {song.path} would both {how} {path}; "
-                    "put {track} (and {folder} for batch) in the template",
-                    "filename",
-                )
-        else:  # unreachable with {track} in the template; a guard against looping forever
-            raise OutputError(f"cannot find a free name for {song.path}", "filename")
+            renamable = rename_duplicates and "{track}" in options.filename
+            if not renamable:
+                break
+        if clash is not None:  # not renamable, or renaming {track} cannot help (a clash in {folder})
+            path, other = clash
+            how = "write" if path in taken and path in paths.values() else "use"  # use: file and folder
+            hint = "rename one of them" if renamable else "put {track} (and {folder} for batch) in it"
+            raise OutputError(
+                f"{other.path} and {song.path} would both {how} {path}; {hint} or choose another template",
+                "filename",
+            )
         _check_no_symlink_escape(out_dir, paths.values())
         taken.update(dict.fromkeys(paths.values(), song))
         folders.update((folder, song) for path in paths.values() for folder in _folders_below(path, out_dir))

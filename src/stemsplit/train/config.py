@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..card import MUSIC_STEMS, SPEAKER_STEMS, stem_name_problem
+from ..settings import SeparationError, check_settings, parse_device
 
 __all__ = [
     "DEFAULT_ARCH",
@@ -31,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "either",
     "flag_name",
+    "out_problem",
     "synth_request_problem",
 ]
 
@@ -46,8 +48,8 @@ MAX_SYNTH_PER_SPLIT = 1_000_000
 MAX_SYNTH_WORKERS = 64
 # The learning-rate schedules train/loop.py's LrSchedule implements.
 LR_SCHEDULES = ("plateau", "step", "constant")
-# Seeds go to numpy and torch generators; numpy's legacy ones take 32 bits.
-MAX_SEED = 2**32 - 1
+# torch.manual_seed takes 64 bits; a run adds offsets per rank and step to its seed.
+MAX_SEED = 2**63 - 1
 
 
 def synth_request_problem(
@@ -171,15 +173,21 @@ class TrainConfig:
             number("drop_prob", 0, 1, least=True, most=False),  # 1 would drop every stem of every example
             number("sad_seconds", 0),
             number("sad_quantile", 0, 1, least=True),
-            number("valid_window", 0),
-            number("valid_hop", 0, self.valid_window),
             number("save_every_minutes", 0, finite=False),  # inf: only at the end of each epoch
         ]
+        try:  # the validation protocol runs the separation engine: its limits, its words
+            check_settings(self.valid_window, self.valid_hop, None, None, None)
+            parse_device(self.device)
+        except SeparationError as exc:
+            checks.append(
+                f"--{'valid-' if exc.option in ('window', 'hop') else ''}{exc.option}: {exc.problem}"
+            )
         if not 0 <= self.seed <= MAX_SEED:
             checks.append(f"--seed must be from 0 to {MAX_SEED}, not {self.seed}")
         counts = ("epochs", "epoch_size", "batch_size", "patience", "lr_every", "early_stop")
         for name in (*counts, "save_every_steps", "valid_tracks", "workers"):
-            value, least = getattr(self, name), 0 if name == "workers" else 1
+            # 0 workers: load in the main process; 0 validation tracks: none; every 0 steps: never
+            value, least = getattr(self, name), 1 if name in counts else 0
             if value is not None and value < least:
                 checks.append(f"{flag_name(name)} must be at least {least}, not {value}")
         checks += [f"--stems: {problem}" for problem in map(stem_name_problem, self.stems or ()) if problem]
@@ -205,6 +213,13 @@ class TrainConfig:
     def model_stems(self) -> tuple[str, ...]:
         """The stems the model outputs: every dataset stem, or the one ``target``."""
         return self.stems if self.target == "all" else (self.target,)
+
+
+def out_problem(out: Path) -> str | None:
+    """Why ``out`` cannot be a run folder (it exists and is not a folder), or None."""
+    if out.exists() and not out.is_dir():
+        return f"--out: {out} is not a folder; name a new or existing run folder"
+    return None
 
 
 def either(names: tuple[str, ...]) -> str:

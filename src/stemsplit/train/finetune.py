@@ -100,7 +100,7 @@ import soundfile as sf
 import torch
 import torch.distributed as dist
 
-from ..audio import AudioError, BlockResampler, downmix_to_stereo, probe, read_blocks
+from ..audio import AudioError, BlockResampler, downmix_to_stereo, probe, read_blocks, sf_name
 from ..card import MUSIC_STEMS
 from ..files import write_atomically
 from ..weights import LoadedModel, WeightsError, load_model, save_checkpoint
@@ -198,7 +198,9 @@ class UnlabeledSong:
     def read(self, start: int, frames: int) -> np.ndarray:
         """``frames`` frames from ``start``, float32 [channels, frames] (zero-padded past the end)."""
         try:
-            audio, _ = sf.read(self.file, start=start, frames=frames, dtype="float32", always_2d=True)
+            audio, _ = sf.read(
+                sf_name(self.file), start=start, frames=frames, dtype="float32", always_2d=True
+            )
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
             raise DatasetError(
                 f"{self.file}: cannot read ({exc}); delete the folder to decode again"
@@ -291,7 +293,8 @@ def prepare_unlabeled(
             starts = salient_segments(audio, sample_rate, segment_seconds, quantile=quantile)
             try:
                 write_atomically(
-                    file, lambda temp, a=audio: sf.write(temp, a.T, sample_rate, "PCM_16", format="FLAC")
+                    file,
+                    lambda temp, a=audio: sf.write(sf_name(temp), a.T, sample_rate, "PCM_16", format="FLAC"),
                 )
             except (OSError, sf.LibsndfileError, RuntimeError) as exc:  # a full or read-only disk
                 raise TrainError(f"{file}: cannot write the decoded song ({exc})") from None

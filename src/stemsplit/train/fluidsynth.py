@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..audio import sf_name
+
 __all__ = [
     "FluidSynthError",
     "Soundfont",
@@ -226,7 +228,7 @@ def render(
         if done.returncode != 0 or not wav.is_file():
             said = (done.stderr or done.stdout).strip().splitlines() or ["no message"]
             raise FluidSynthError(f"fluidsynth failed on {font.path} (exit {done.returncode}): {said[-1]}")
-        audio = sf.read(wav, dtype="float32", always_2d=True)[0].T
+        audio = sf.read(sf_name(wav), dtype="float32", always_2d=True)[0].T
     out = np.zeros((2, frames), dtype=np.float32)
     out[:, : min(frames, audio.shape[-1])] = audio[:2, :frames]
     return out

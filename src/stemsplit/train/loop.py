@@ -62,7 +62,7 @@ from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..runtime import Ranks, pick_device, resolve_precision, torchrun_ranks
 from ..settings import SeparationError
 from ..weights import WeightsError, save_checkpoint, torch_load_safely
-from .config import LR_SCHEDULES, RECIPE_FIELDS, RECIPES, TrainConfig, either, flag_name
+from .config import LR_SCHEDULES, RECIPE_FIELDS, RECIPES, TrainConfig, either, flag_name, out_problem
 from .losses import pit_si_snr_loss, separation_loss
 
 __all__ = [
@@ -336,11 +336,9 @@ class Run:
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
         self.config, self.log = config, log
         self.last_path = config.out / "last.pt"
-        problem = config.problem()
+        problem = config.problem() or out_problem(config.out)  # before any work (finetune decodes into out)
         if problem:
             raise TrainError(problem)
-        if config.out.exists() and not config.out.is_dir():  # before any work (finetune decodes into it)
-            raise TrainError(f"--out: {config.out} is not a folder; name a new or existing run folder")
         if not config.resume and self.last_path.exists():  # before any work
             raise TrainError(
                 f"{self.last_path} exists: add --resume to continue that run, or choose another --out"
@@ -555,22 +553,29 @@ class Run:
             for key in ("epoch", "step", "global_step"):
                 if type(state[key]) is not int or state[key] < 0:
                     raise ValueError(f"{key} is not a count")
+            batch_size, lr = state["config"].get("batch_size", 1), state["config"].get("lr", 1.0)
+            if type(batch_size) is not int or batch_size < 1 or type(lr) not in (int, float):
+                raise ValueError("config batch_size or lr is not a number")
         except (KeyError, TypeError, ValueError) as exc:
             raise TrainError(f"--resume: {self.last_path}: damaged checkpoint ({exc})") from None
         return state
 
+    def _saved_recipe(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """The saved run's config under today's names; a field saved before it existed has its default
+        (the TS-BSMamba2 recipe), as the run had."""
+        defaults = json.loads(json.dumps(type(self.config)(musdb=Path()).to_json()))
+        return {**defaults, **{RENAMED.get(k, k): v for k, v in saved.items()}}
+
     def _recipe_changes(self, saved: dict[str, Any]) -> list[str]:
         """``--lr 0.001 (was 0.0005)`` for every RECIPE_FIELDS value that differs from the saved run."""
         now = json.loads(json.dumps(self.config.to_json()))  # tuples -> lists, as the saved side
-        # A run saved before a field existed ran with that field's default (the TS-BSMamba2 recipe).
-        defaults = json.loads(json.dumps(type(self.config)(musdb=Path()).to_json()))
-        saved = {RENAMED.get(k, k): v for k, v in saved.items()}
         changes = []
         for name in self.config.recipe_fields:
-            new, old = now.get(name), saved.get(name, defaults[name])
+            new, old = now.get(name), saved.get(name)
             # A folder or checkpoint file: the same path, however it is spelled.
             paths = ("musdb", "libri2mix", "unlabeled")
-            is_path = name in paths or (name == "model" and old is not None and Path(str(old)).is_file())
+            is_path = name in paths or (name == "model" and isinstance(old, str) and Path(old).is_file())
+            is_path = is_path and isinstance(old, str) and isinstance(new, str)
             same = Path(new).resolve() == Path(old).resolve() if is_path and old and new else new == old
             if not same:
                 changes.append(f"{_flag(name, new)} (was {_flag(name, old).split(' ', 1)[1]})")
@@ -581,7 +586,8 @@ class Run:
         state = self._load_checkpoint()
         architecture = {"architecture": self.config.arch, **asdict(self.model.config)}
         state["model_config"].setdefault("architecture", TS_BSMAMBA2)  # runs saved before families
-        changes = self._recipe_changes(state["config"])
+        saved = self._saved_recipe(state["config"])
+        changes = self._recipe_changes(saved)
         if changes and not self.config.override:
             raise TrainError(
                 f"--resume: {self.last_path} was trained with another recipe: {', '.join(changes)}; "
@@ -606,7 +612,6 @@ class Run:
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise TrainError(f"--resume: {self.last_path}: damaged checkpoint ({_first_line(exc)})") from None
         if changes:
-            saved = state["config"]
             if self.config.lr != saved["lr"]:  # the optimiser state holds the old (decayed) rate
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.config.lr

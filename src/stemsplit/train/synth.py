@@ -57,6 +57,7 @@ import soundfile as sf
 from scipy import fft as sp_fft
 from scipy import signal
 
+from ..audio import sf_name
 from ..card import MUSIC_STEMS
 from . import fluidsynth
 from .config import synth_request_problem
@@ -1131,9 +1132,9 @@ def write_song(song: Song, folder: Path) -> None:
     """Write ``mixture.wav`` and ``<stem>.wav`` (16-bit PCM) into ``folder`` (created if missing)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sf.write(folder / "mixture.wav", song.mixture.T, song.sample_rate, subtype="PCM_16")
+    sf.write(sf_name(folder / "mixture.wav"), song.mixture.T, song.sample_rate, subtype="PCM_16")
     for name in STEMS:
-        sf.write(folder / f"{name}.wav", song.stems[name].T, song.sample_rate, subtype="PCM_16")
+        sf.write(sf_name(folder / f"{name}.wav"), song.stems[name].T, song.sample_rate, subtype="PCM_16")
 
 
 def song_seed(seed: int, subset: str, index: int) -> int:

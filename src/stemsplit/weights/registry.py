@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..card import NORMALIZATIONS, TASKS
+from ..card import NORMALIZATIONS, TASKS, stem_name_problem
 from .errors import RegistryError, UnknownModelError
 
 if sys.version_info >= (3, 11):
@@ -255,6 +255,9 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
     stems = table["stems"]
     if not stems or not all(isinstance(s, str) and s for s in stems) or len(set(stems)) != len(stems):
         raise fail("stems must be a list of distinct, non-empty names", "stems")
+    problem = next(filter(None, map(stem_name_problem, stems)), None)  # each becomes a file name
+    if problem:
+        raise fail(f"stems: {problem}", "stems")
     if table.get("task", "music") not in TASKS:
         raise fail(f"task must be one of {', '.join(TASKS)}", "task")
     if table["normalization"] not in NORMALIZATIONS:
