@@ -251,6 +251,19 @@ def test_synth_command_refuses_a_non_empty_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
+def test_synth_commands_refuse_a_folder_under_a_file(tmp_path):
+    """Before: 'internal error: NotADirectoryError' (exit 70) once the first song was written."""
+    (tmp_path / "afile").write_text("x")
+    for args in (
+        ["synth", str(tmp_path / "afile" / "sub"), "--songs", "1", "--seconds", "1"],
+        ["synth-speech", str(tmp_path / "afile" / "sub"), "--train", "1", "--dev", "0", "--test", "0"],
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert f"sub: cannot be made: {tmp_path / 'afile'} is not a folder" in result.stderr
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 def test_synth_is_a_subcommand_not_a_file_to_separate():
     from stemsplit.cli import SUBCOMMANDS
 

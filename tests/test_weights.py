@@ -109,6 +109,15 @@ def test_registry_syntax_error_names_file_and_line(env):
         load_registry()
 
 
+def test_registry_that_is_not_utf8_names_file_and_line(env):
+    """Before: 'internal error: UnicodeDecodeError' from every command, doctor included."""
+    path = registry(env, tiny=tiny_entry(url="http://127.0.0.1:1/tiny.ckpt"))
+    path.write_bytes(path.read_bytes() + "# caf\xe9\n".encode("latin-1"))
+    line = path.read_bytes().count(b"\n")
+    with pytest.raises(RegistryError, match=rf"weights\.toml:{line}: not UTF-8 text \(byte 0xe9\)"):
+        load_registry()
+
+
 def test_registry_field_typo_names_line_and_suggests(env):
     path = registry(env, tiny=tiny_entry(url="http://127.0.0.1:1/tiny.ckpt", stmes=["a"]))
     line = path.read_text().splitlines().index('stmes = ["a"]') + 1

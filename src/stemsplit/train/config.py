@@ -12,6 +12,7 @@ writes, for speaker-separation models); the model card's task must match it.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -83,6 +84,11 @@ def synth_request_problem(
         return f"workers must be from 1 to {MAX_SYNTH_WORKERS}, not {workers}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         return f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
+    nearest = next(p for p in (out, *out.parents) if os.path.lexists(p))  # where out will be made
+    if not nearest.is_dir():
+        return f"{out}: cannot be made: {nearest} is not a folder"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return f"{out}: cannot be made: cannot write into {nearest} (permission denied)"
     return None
 
 

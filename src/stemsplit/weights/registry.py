@@ -184,6 +184,9 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RegistryError(f"{path}: cannot read the model registry ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise RegistryError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
