@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from .cli_common import EXIT_USAGE, err_console, fail, out_console
+from .files import nearest_existing
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
@@ -129,7 +130,7 @@ def _check_usage(
     if json_out is not None and os.path.lexists(json_out) and not overwrite:  # a report the user has
         raise fail(f"--json: {json_out} exists; add --overwrite to replace it", EXIT_USAGE)
     # The folders the report goes into are made at the end, after every track: checked now.
-    nearest = next(p for p in json_out.parents if os.path.lexists(p)) if json_out else Path.cwd()
+    nearest = nearest_existing(json_out.parent) if json_out else Path.cwd()
     if not nearest.is_dir():
         raise fail(f"--json: {nearest} is not a folder; the report cannot go under it", EXIT_USAGE)
     if not os.access(nearest, os.W_OK | os.X_OK):

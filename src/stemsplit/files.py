@@ -29,6 +29,7 @@ from pathlib import Path
 __all__ = [
     "host_tag",
     "is_temporary",
+    "nearest_existing",
     "process_alive",
     "sha256_of",
     "sweep_stale_temporaries",
@@ -42,6 +43,14 @@ PREFIX = ".stemsplit-"
 # whether its process lives). Writers touch their files at least every few minutes.
 FOREIGN_STALE_SECONDS = 24 * 3600
 _NAME = re.compile(r"^\.stemsplit-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>\.[a-z]+)$")
+
+
+def nearest_existing(path: Path, stop: Path | None = None) -> Path:
+    """``path`` or its nearest ancestor that exists (not climbing above ``stop``): where a folder that
+    is not there yet would be made."""
+    while not os.path.lexists(path) and path != path.parent and path != stop:
+        path = path.parent
+    return path
 
 
 def host_tag() -> str:

@@ -48,6 +48,7 @@ from .audio import BlockResampler, libsndfile_reason, sf_name
 from .files import (
     host_tag,
     is_temporary,
+    nearest_existing,
     sweep_stale_temporaries,
     temporary_sibling,
     write_atomically,
@@ -284,16 +285,9 @@ def _first_clash(
     return None
 
 
-def _nearest_existing(path: Path, stop: Path | None = None) -> Path:
-    """``path`` or its nearest ancestor that exists (not climbing above ``stop``)."""
-    while not os.path.lexists(path) and path != path.parent and path != stop:
-        path = path.parent
-    return path
-
-
 def _check_out_dir(out_dir: Path) -> None:
     """The output folder, or its nearest existing ancestor, must be a writable folder."""
-    probe = _nearest_existing(out_dir)
+    probe = nearest_existing(out_dir)
     if probe == out_dir and not out_dir.is_dir():
         raise OutputError(f"{out_dir} exists and is not a folder", "out")
     if not probe.is_dir():
@@ -306,7 +300,7 @@ def _check_no_symlink_escape(out_dir: Path, paths: object) -> None:
     """A symbolic link inside the output folder must not carry stems out of it."""
     root = os.path.realpath(out_dir)
     for path in paths:
-        parent = _nearest_existing(path.parent, stop=out_dir)
+        parent = nearest_existing(path.parent, stop=out_dir)
         real = os.path.realpath(parent)
         if os.path.commonpath([root, real]) != root:
             raise OutputError(f"{parent} is a link to {real}, outside the output folder", "out")
@@ -551,7 +545,7 @@ class StemWriter:
 
 def _disk_is_full(folder: Path) -> bool:
     try:
-        st = os.statvfs(_nearest_existing(folder))
+        st = os.statvfs(nearest_existing(folder))
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < 1 << 20  # under 1 MB left: that is why a stem could not be written

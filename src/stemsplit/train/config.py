@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..card import MUSIC_STEMS, SPEAKER_STEMS, stem_name_problem
+from ..files import nearest_existing
 from ..settings import SeparationError, check_settings, parse_device
 
 __all__ = [
@@ -84,7 +85,7 @@ def synth_request_problem(
         return f"workers must be from 1 to {MAX_SYNTH_WORKERS}, not {workers}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         return f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
-    nearest = next(p for p in (out, *out.parents) if os.path.lexists(p))  # where out will be made
+    nearest = nearest_existing(out)  # where out will be made
     if not nearest.is_dir():
         return f"{out}: cannot be made: {nearest} is not a folder"
     if not os.access(nearest, os.W_OK | os.X_OK):

@@ -574,8 +574,8 @@ class Run:
             new, old = now.get(name), saved.get(name)
             # A folder or checkpoint file: the same path, however it is spelled.
             paths = ("musdb", "libri2mix", "unlabeled")
-            is_path = name in paths or (name == "model" and isinstance(old, str) and Path(old).is_file())
-            is_path = is_path and isinstance(old, str) and isinstance(new, str)
+            is_path = isinstance(old, str) and isinstance(new, str)
+            is_path = is_path and (name in paths or (name == "model" and Path(old).is_file()))
             same = Path(new).resolve() == Path(old).resolve() if is_path and old and new else new == old
             if not same:
                 changes.append(f"{_flag(name, new)} (was {_flag(name, old).split(' ', 1)[1]})")
