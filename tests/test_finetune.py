@@ -372,3 +372,75 @@ def test_without_validation_tracks_the_teacher_stays_the_pretrained_model(materi
     assert sorted(p.name for p in (out / "teachers").iterdir()) == ["gen-0.safetensors"]
     for key, value in weights(out / "best.safetensors").items():  # the export is still the given model
         assert torch.equal(weights(material / "tiny.safetensors")[key], value), key
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [
+        ("teachers/gen-0.safetensors", "teachers exists (not this run's)"),
+        ("unlabeled/index.json", "unlabeled/index.json exists (not this run's)"),
+        ("best.safetensors", "best.safetensors exists (not this run's)"),
+        ("last.pt", "last.pt exists: add --resume"),
+    ],
+)
+def test_a_new_run_never_replaces_the_users_files_in_its_folder(material, tmp_path, name, refused):
+    """Before: a new run wrote teachers/gen-0.safetensors and unlabeled/index.json over a user's files of
+    those names (and then deleted every other teachers/gen-*.safetensors); only best, last and the log
+    were looked for."""
+    out = tmp_path / "run"
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
+    (out / name).write_bytes(b"mine")
+    result = stemsplit(*finetune_args(material, out))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr  # before any work
+    assert f"{out}/{refused}" in result.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [name]
+    assert (out / name).read_bytes() == b"mine"
+
+
+def test_resume_with_no_run_and_unlabeled_with_no_songs_are_usage_errors(material, tmp_path):
+    """Before: an --unlabeled folder with no audio failed after the model was loaded and validated, having
+    written OUT/unlabeled/index.json; --resume of nothing failed after the model was built (exit 1)."""
+    out = tmp_path / "run"
+    empty = tmp_path / "no-songs"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("not audio")
+    args = finetune_args(material, out)
+    args[args.index("--unlabeled") + 1] = empty
+    result = stemsplit(*args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"--unlabeled: {empty}: no audio files in it or below it" in result.stderr
+    result = stemsplit(*finetune_args(material, out, "--resume"))
+    assert result.returncode == 2 and f"--resume: no checkpoint at {out / 'last.pt'}" in result.stderr
+    assert not out.exists()
+
+
+def test_an_interrupted_decoding_keeps_the_songs_it_decoded(material, tmp_path, monkeypatch):
+    """With 1,000 songs to decode, Ctrl-C (or a crash) half way once meant decoding all of them again."""
+    from stemsplit.train import finetune
+
+    decoded = []
+
+    def decode(path, *args):
+        if len(decoded) == 1:
+            raise KeyboardInterrupt
+        decoded.append(path.name)
+        return real_decode(path, *args)
+
+    real_decode = finetune.decode
+    monkeypatch.setattr(finetune, "decode", decode)
+    monkeypatch.setattr(finetune, "INDEX_SAVE_SECONDS", 0.0)
+    into = tmp_path / "run" / "unlabeled"
+
+    def prepare():
+        return finetune.prepare_unlabeled(material / "unlabeled", into, 44100, 2, 2.0, 0.15, log=print)
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare()
+    assert decoded == ["two.flac"]  # a/b/two.flac comes first (sorted walk), a/broken.wav next
+    monkeypatch.setattr(finetune, "decode", real_decode)
+    first = set(into.glob("*.flac"))
+    assert len(first) == 1
+    stamp = next(iter(first)).stat().st_mtime_ns
+    assert len(prepare()) == 2
+    assert next(iter(first)).stat().st_mtime_ns == stamp  # not decoded again
+    assert len(list(into.glob("*.flac"))) == 2

@@ -103,7 +103,7 @@ def test_backend_choice(monkeypatch):
 
 def test_forcing_cuda_backend_on_cpu_tensor_fails_clearly():
     layer = Mamba2(32, expand=4, backend="cuda")
-    with pytest.raises(RuntimeError, match="not on a CUDA device"):
+    with pytest.raises(RuntimeError, match="not a CUDA device"):
         layer(torch.randn(1, 5, 32))
 
 

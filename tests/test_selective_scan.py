@@ -159,7 +159,7 @@ def test_portable_layer_float32_fast_path_close_to_float64():
 
 def test_forcing_cuda_backend_on_cpu_tensor_fails_clearly():
     layer = Mamba(16, backend="cuda")
-    with pytest.raises(RuntimeError, match="not on a CUDA device"):
+    with pytest.raises(RuntimeError, match="not a CUDA device"):
         layer(torch.randn(1, 5, 16))
 
 

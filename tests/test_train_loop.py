@@ -167,7 +167,13 @@ def test_existing_run_needs_resume(tiny_musdb, tmp_path):
     out = tmp_path / "run"
     assert run_train(train_args(tiny_musdb, out, "--epochs", "1")).returncode == 0
     again = run_train(train_args(tiny_musdb, out, "--epochs", "1"))
-    assert again.returncode == 1 and "--resume" in again.stderr
+    assert again.returncode == 2 and "--resume" in again.stderr  # a usage error, before any work
+    resume = run_train(train_args(tiny_musdb, tmp_path / "none", "--epochs", "1", "--resume"))
+    assert (
+        resume.returncode == 2
+        and f"--resume: no checkpoint at {tmp_path / 'none' / 'last.pt'}" in resume.stderr
+    )
+    assert not (tmp_path / "none").exists()
 
 
 def test_two_process_ddp_on_cpu(tiny_musdb, tmp_path):

@@ -213,7 +213,7 @@ def test_a_new_run_never_replaces_files_in_its_folder(tiny_musdb, tmp_path, name
     out = tmp_path / "models"
     out.mkdir()
     (out / name).write_bytes(b"mine")
-    message = one_error_line(run_train(train_args(tiny_musdb, out, "--epochs", "1")))
+    message = one_error_line(run_train(train_args(tiny_musdb, out, "--epochs", "1")), status=2)  # usage
     assert message == f"{out / name} exists (not this run's); choose another --out"
     assert [p.name for p in out.iterdir()] == [name] and (out / name).read_bytes() == b"mine"
 

@@ -73,6 +73,12 @@ def eval_command(
         what = "SDRi" if libri2mix else "cSDR"
         raise fail(f"{what} needs museval: {MUSEVAL_INSTALL}; or add --no-csdr to leave it out")
     task = "speakers" if libri2mix else "music"
+    from .runtime import pick_device
+
+    try:  # a device not here (or a Mamba backend that cannot run on it) is a usage error
+        pick_device(device)
+    except SeparationError as exc:
+        raise fail(f"--device: {exc.problem}" if exc.option else str(exc), EXIT_USAGE) from None
     try:
         separator = Separator(model, device=device, window=window, hop=hop, batch_size=batch_size, task=task)
     except SeparationError as exc:

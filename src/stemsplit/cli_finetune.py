@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from .cli_common import EXIT_USAGE, err_console, fail
-from .cli_train import train_command
+from .cli_train import interrupted_advice, train_command
 
 # train's options that do not apply: the network is the --model's (family, config, stems it outputs).
 NOT_SHARED = {"arch", "preset", "light", "model_config", "target", "out", "lr"}
@@ -89,7 +89,8 @@ def finetune_command(**given: typing.Any) -> None:
         raise fail("--override only applies with --resume", EXIT_USAGE)
     from dataclasses import fields
 
-    from .train.config import FinetuneConfig, out_problem
+    from .batch import find_songs
+    from .train.config import FinetuneConfig
 
     stems = given.pop("stems")
     stems = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
@@ -97,10 +98,13 @@ def finetune_command(**given: typing.Any) -> None:
     given["precision"] = precision.value if precision else None
     # The recipe's numbers and names first (the target comes with the model: it is checked with it).
     known = {f.name: given[f.name] for f in fields(FinetuneConfig) if given.get(f.name) is not None}
-    problem = FinetuneConfig(**known, stems=stems).problem() or out_problem(given["out"])
+    config = FinetuneConfig(**known, stems=stems)
+    problem = config.problem() or config.folder_problem()
     for flag in ("musdb", "unlabeled"):
         if not given[flag].is_dir():
             problem = problem or f"--{flag}: {given[flag]} is not a folder"
+    if not problem and not find_songs([given["unlabeled"]], given["out"]).songs:
+        problem = f"--unlabeled: {given['unlabeled']}: no audio files in it or below it"
     if problem:
         raise fail(problem, EXIT_USAGE)
     from .cli_separate import UsageError, _model_argument
@@ -116,7 +120,12 @@ def finetune_command(**given: typing.Any) -> None:
     # Everything above runs without torch: usage errors come back at once.
     from .train.data import DatasetError
     from .train.finetune import configure, finetune, load_pretrained
-    from .train.loop import TrainError
+    from .train.loop import TrainError, device_for
+
+    try:
+        device_for(config.device)
+    except TrainError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
 
     try:
         pretrained = load_pretrained(model)
@@ -127,7 +136,7 @@ def finetune_command(**given: typing.Any) -> None:
             raise
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
-        raise fail(f"interrupted; continue with --resume -o {given['out']}", 130) from None
+        raise fail(interrupted_advice(given["out"]), 130) from None
 
 
 finetune_command.__signature__ = _signature()  # type: ignore[attr-defined]

@@ -129,14 +129,14 @@ def train_command(
     """
     given = dict(locals())  # the flags as given: None = the recipe's default (TrainConfig.for_arch)
     from .train.data import DatasetError
-    from .train.loop import TrainConfig, TrainError, model_config_for
+    from .train.loop import TrainConfig, TrainError, device_for, model_config_for
     from .train.loop import train as run_training
 
     if override and not resume:
         raise fail("--override only applies with --resume", EXIT_USAGE)
     if (musdb is None) == (libri2mix is None):
         raise fail("give one dataset: --musdb (music models) or --libri2mix (speaker models)", EXIT_USAGE)
-    from .train.config import DEFAULT_ARCH, SPEECH_ARCH, out_problem
+    from .train.config import DEFAULT_ARCH, SPEECH_ARCH
 
     arch = arch or (SPEECH_ARCH if libri2mix is not None else DEFAULT_ARCH)
     from .model import FAMILIES
@@ -149,11 +149,12 @@ def train_command(
     given["stems"] = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
     given["precision"] = precision.value if precision else None
     config = TrainConfig.for_arch(arch, **given)
-    problem = config.problem() or out_problem(config.out)
+    problem = config.problem() or config.folder_problem()
     if problem:
         raise fail(problem, EXIT_USAGE)
-    try:
-        model_config_for(config)  # a bad --preset or --model-config file is a usage error: before any work
+    try:  # a bad --preset or --model-config file, or a device not here, is a usage error: before any work
+        model_config_for(config)
+        device_for(config.device)
     except TrainError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     try:
@@ -163,4 +164,11 @@ def train_command(
             raise
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
-        raise fail(f"interrupted; continue with --resume -o {config.out}", 130) from None
+        raise fail(interrupted_advice(config.out), 130) from None
+
+
+def interrupted_advice(out: Path) -> str:
+    """What to do after Ctrl-C: resume from last.pt, or (stopped before the first one) start again."""
+    if (out / "last.pt").is_file():
+        return f"interrupted; continue with --resume -o {out}"
+    return f"interrupted before the first checkpoint; run the same command again (-o {out})"

@@ -63,9 +63,11 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     kind, index = parse_device(device)
     if kind == "auto":
         if not torch.cuda.is_available():
-            return torch.device("cpu")
-        ranks = torchrun_ranks()
-        return torch.device(f"cuda:{ranks.local}" if ranks.world > 1 else "cuda")
+            chosen = torch.device("cpu")
+        else:
+            ranks = torchrun_ranks()
+            chosen = torch.device(f"cuda:{ranks.local}" if ranks.world > 1 else "cuda")
+        return _with_mamba_backend(chosen)
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise SeparationError("CUDA is not available here (no NVIDIA GPU, or a CPU-only torch)", "device")
@@ -74,7 +76,22 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
             raise SeparationError(
                 f"there is no cuda:{index}: this machine has {count} CUDA device(s)", "device"
             )
-    return torch.device(kind if index is None else f"{kind}:{index}")
+    return _with_mamba_backend(torch.device(kind if index is None else f"{kind}:{index}"))
+
+
+def _with_mamba_backend(device: torch.device) -> torch.device:
+    """``device``, once the Mamba backend that STEMSPLIT_MAMBA_BACKEND asks for is known to run on it.
+
+    Checked with the device, before any model is built: a misspelt value, or ``cuda`` on a CPU,
+    otherwise fails at the first window.
+    """
+    from .model.mamba2 import BACKEND_ENV, resolve_backend
+
+    try:
+        resolve_backend(None, device)
+    except (ValueError, RuntimeError) as exc:
+        raise SeparationError(f"{BACKEND_ENV}={os.environ.get(BACKEND_ENV)}: {exc}") from None
+    return device
 
 
 def resolve_precision(precision: str | None, device: torch.device, cpu_bf16: bool = True) -> str:

@@ -105,18 +105,20 @@ def resolve_backend(requested: str | None, device: torch.device, kernel: str = "
     """
     choice = requested or os.environ.get(BACKEND_ENV, "auto")
     if choice not in BACKENDS:
-        raise ValueError(f"unknown Mamba backend {choice!r}; expected one of {BACKENDS}")
+        raise ValueError(
+            f"unknown Mamba backend {choice!r} (expected {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]})"
+        )
     if choice == "portable":
         return "portable"
     kernels = cuda_kernels() if device.type == "cuda" else None
     usable = kernels is not None and getattr(kernels, kernel) is not None
     if choice == "cuda" and not usable:
         why = (
-            "input is not on a CUDA device"
+            f"this runs on {device.type}, not a CUDA device"
             if device.type != "cuda"
-            else f"mamba_ssm's {kernel} not importable"
+            else f"mamba_ssm's {kernel} kernel is not importable (stemsplit doctor says why)"
         )
-        raise RuntimeError(f"Mamba backend 'cuda' was requested but {why}")
+        raise RuntimeError(f"Mamba backend 'cuda' was requested, but {why}")
     return "cuda" if usable else "portable"
 
 

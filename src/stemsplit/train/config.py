@@ -11,6 +11,7 @@ writes, for speaker-separation models); the model card's task must match it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -26,9 +27,11 @@ __all__ = [
     "FINETUNE_FIELDS",
     "LR_SCHEDULES",
     "MAX_SYNTH_PER_SPLIT",
+    "MAX_SYNTH_SECONDS",
     "MAX_SYNTH_WORKERS",
     "RECIPES",
     "RECIPE_FIELDS",
+    "RUN_FILES",
     "SPEECH_ARCH",
     "FinetuneConfig",
     "TrainConfig",
@@ -48,6 +51,9 @@ SPEECH_ARCH = "u-mamba-net"
 # 50,800 mixtures.
 MAX_SYNTH_PER_SPLIT = 1_000_000
 MAX_SYNTH_WORKERS = 64
+# The longest song or mixture they make (MUSDB18's longest songs are about 10 minutes). A synth song
+# takes about 9 MB of memory per second while it is made: 5.4 GB at this length, per worker.
+MAX_SYNTH_SECONDS = 600.0
 # The learning-rate schedules train/loop.py's LrSchedule implements.
 LR_SCHEDULES = ("plateau", "step", "constant")
 # torch.manual_seed takes 64 bits; a run adds offsets per rank and step to its seed.
@@ -62,7 +68,6 @@ def synth_request_problem(
     sample_rate: int,
     seed: int,
     workers: int,
-    max_seconds: float | None = None,
 ) -> str | None:
     """What is wrong with a ``synth``/``synth-speech`` request (``counts``: items per split, ``noun``
     their name), in one line, or None: the checks the two generators share, before anything is written."""
@@ -77,8 +82,10 @@ def synth_request_problem(
         return f"seconds must be positive, not {seconds}"
     if round(seconds * sample_rate) < 1:
         return f"seconds must be at least one sample ({1 / sample_rate:g} s), not {seconds}"
-    if max_seconds is not None and seconds > max_seconds:
-        return f"seconds must be at most {max_seconds:g} (one {noun.removesuffix('s')}), not {seconds}"
+    if seconds > MAX_SYNTH_SECONDS:
+        return (
+            f"seconds must be at most {MAX_SYNTH_SECONDS:g} (one {noun.removesuffix('s')}), not {seconds:g}"
+        )
     if seed < 0:
         return f"seed must be a non-negative integer, not {seed}"
     if not 1 <= workers <= MAX_SYNTH_WORKERS:
@@ -210,6 +217,10 @@ class TrainConfig:
             )
         return next((c for c in checks if c), None)
 
+    def folder_problem(self) -> str | None:
+        """What is wrong with ``out`` for this run (:func:`out_problem`), or None. Checked before any work."""
+        return out_problem(self.out, self.resume)
+
     @classmethod
     def for_arch(cls, arch: str = DEFAULT_ARCH, **given: Any) -> TrainConfig:
         """The recipe of ``arch``'s paper, with the fields in ``given`` (None: not given) changed."""
@@ -222,10 +233,23 @@ class TrainConfig:
         return self.stems if self.target == "all" else (self.target,)
 
 
-def out_problem(out: Path) -> str | None:
-    """Why ``out`` cannot be a run folder (it exists and is not a folder), or None."""
+# What a run writes into its folder besides last.pt (a new run never replaces any of them).
+RUN_FILES = ("best.safetensors", "last.safetensors", "log.jsonl")
+
+
+def out_problem(out: Path, resume: bool = False, run_files: tuple[str, ...] = RUN_FILES) -> str | None:
+    """Why ``out`` cannot be this run's folder, or None: it is a file; a new run would replace what is
+    there (``last.pt`` or one of ``run_files``); ``--resume`` finds no ``last.pt``."""
     if out.exists() and not out.is_dir():
         return f"--out: {out} is not a folder; name a new or existing run folder"
+    last = out / "last.pt"
+    if resume:
+        return None if last.is_file() else f"--resume: no checkpoint at {last}"
+    if last.exists():
+        return f"{last} exists: add --resume to continue that run, or choose another --out"
+    for name in run_files:
+        if (out / name).exists():
+            return f"{out / name} exists (not this run's); choose another --out"
     return None
 
 
@@ -322,6 +346,28 @@ class FinetuneConfig(TrainConfig):
         if not 0 <= self.unlabeled_ratio <= 1:
             return f"--unlabeled-ratio must be between 0 and 1, not {self.unlabeled_ratio:g}"
         return super().problem()
+
+    def folder_problem(self) -> str | None:
+        """TrainConfig's, and the finetune run's own: ``teachers/`` (a new run would replace and delete
+        ``gen-*.safetensors`` there) and ``unlabeled/index.json`` (reused only when a finetune wrote it)."""
+        problem = out_problem(self.out, self.resume, (*RUN_FILES, "teachers"))
+        pool, index = self.out / "unlabeled", self.out / "unlabeled" / "index.json"
+        if problem or not pool.exists():
+            return problem
+        if not pool.is_dir():
+            return f"{pool} is not a folder (the run decodes the unlabeled songs there); choose another --out"
+        if index.exists() and not is_pool_index(index):
+            return f"{index} exists (not this run's); choose another --out"
+        return None
+
+
+def is_pool_index(path: Path) -> bool:
+    """Whether ``path`` is an index ``stemsplit finetune`` wrote (train/finetune.py: prepare_unlabeled)."""
+    try:
+        saved = json.loads(path.read_bytes())
+        return isinstance(saved["settings"]["version"], int) and isinstance(saved["songs"], list)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 # The paper gives clean_db; the ratio of unlabeled to labeled signals is ours (see train/finetune.py).

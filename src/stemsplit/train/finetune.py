@@ -90,6 +90,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,7 @@ CLASS_NAMES = ("pseudo", "clean_target", "clean_residual")
 # What a slot of an example takes from its unlabeled crop: nothing (labeled), the target, the residual.
 LABELED, TARGET, RESIDUAL = 0, 1, 2
 POOL_VERSION = 1
+INDEX_SAVE_SECONDS = 60.0  # while decoding, the index is saved this often (a restart skips what is done)
 
 
 # --- the pre-trained model and the config ---------------------------------------------------------
@@ -254,6 +256,8 @@ def prepare_unlabeled(
         raise TrainError(f"--unlabeled: {exc}") from None
     for note in found.notes:
         log(f"--unlabeled: {note}")
+    if not found.songs:  # before anything is written into the run folder
+        raise TrainError(f"--unlabeled: {folder}: no audio files in it or below it")
     settings = {
         "version": POOL_VERSION,
         "sample_rate": sample_rate,
@@ -266,14 +270,25 @@ def prepare_unlabeled(
     ours: set[str] = set()  # the files earlier calls decoded (the folder may hold the user's own too)
     try:
         saved = json.loads(index_path.read_text())
-        ours = {f"{entry['key'][:20]}.flac" for entry in saved["songs"]}
+        ours = set(saved.get("files", [])) | {f"{entry['key'][:20]}.flac" for entry in saved["songs"]}
         if saved.get("settings") == settings:
             known = {entry["key"]: entry for entry in saved["songs"]}
     except (OSError, ValueError, KeyError, TypeError):
         pass  # none yet, or unreadable: decode again
     into.mkdir(parents=True, exist_ok=True)
-    entries, songs = [], []
+    entries: list[dict[str, Any]] = []
+    songs = []
+
+    def save_index(listed: list[dict[str, Any]], files: set[str]) -> None:
+        text = json.dumps({"settings": settings, "songs": listed, "files": sorted(files)})
+        write_atomically(index_path, lambda temp: temp.write_text(text))
+
+    saved_at = time.monotonic()
     for k, song in enumerate(found.songs):
+        if time.monotonic() - saved_at > INDEX_SAVE_SECONDS:  # an interrupted call keeps what it decoded
+            done = {e["key"] for e in entries}
+            save_index(entries + [e for key, e in known.items() if key not in done], ours)
+            saved_at = time.monotonic()
         try:
             stat = song.path.stat()
         except OSError as exc:  # removed since the folder was walked
@@ -291,6 +306,7 @@ def prepare_unlabeled(
                 log(f"--unlabeled: skipped {exc}")
                 continue
             starts = salient_segments(audio, sample_rate, segment_seconds, quantile=quantile)
+            ours.add(file.name)  # before writing: a half-written file is ours to remove too
             try:
                 write_atomically(
                     file,
@@ -310,9 +326,8 @@ def prepare_unlabeled(
             songs.append(UnlabeledSong(entry["source"], file, entry["frames"], np.asarray(entry["starts"])))
         else:
             log(f"--unlabeled: skipped {song.path} (no salient {segment_seconds:g} s segment)")
-    text = json.dumps({"settings": settings, "songs": entries})
-    write_atomically(index_path, lambda temp: temp.write_text(text))
     wanted = {f"{e['key'][:20]}.flac" for e in entries}
+    save_index(entries, wanted)
     for stale in ours - wanted:  # decoded earlier, for songs removed from the folder or changed since
         (into / stale).unlink(missing_ok=True)
     if not songs:

@@ -62,7 +62,7 @@ from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..runtime import Ranks, pick_device, resolve_precision, torchrun_ranks
 from ..settings import SeparationError
 from ..weights import WeightsError, save_checkpoint, torch_load_safely
-from .config import LR_SCHEDULES, RECIPE_FIELDS, RECIPES, TrainConfig, either, flag_name, out_problem
+from .config import LR_SCHEDULES, RECIPE_FIELDS, RECIPES, TrainConfig, either, flag_name
 from .losses import pit_si_snr_loss, separation_loss
 
 __all__ = [
@@ -238,12 +238,18 @@ def model_config_for(config: TrainConfig) -> Any:
     return load_model_config(config.model_config, config.arch, preset, config.model_stems)
 
 
+def device_for(device: str) -> torch.device:
+    """``--device`` (with the Mamba backend STEMSPLIT_MAMBA_BACKEND asks for) as a torch device, or
+    TrainError."""
+    try:
+        return pick_device(device)
+    except SeparationError as exc:
+        raise TrainError(f"--device: {exc.problem}" if exc.option else str(exc)) from None
+
+
 def _setup_distributed(device: str) -> tuple[Ranks, torch.device]:
     ranks = torchrun_ranks()
-    try:
-        chosen = pick_device(device)
-    except SeparationError as exc:
-        raise TrainError(f"--device: {exc}") from None
+    chosen = device_for(device)
     if ranks.world > 1:
         if chosen.type == "cuda":
             chosen = torch.device(f"cuda:{ranks.local}")  # one GPU per process
@@ -319,10 +325,6 @@ RENAMED = {"seconds": "crop_seconds"}
 # --- the run ------------------------------------------------------------------------------------
 
 
-# What a run writes into its folder besides last.pt, at the end of an epoch (just before last.pt).
-RUN_FILES = ("best.safetensors", "last.safetensors", "log.jsonl")
-
-
 class Run:
     """One training run: model, optimiser, data, and the files in ``config.out``.
 
@@ -336,16 +338,9 @@ class Run:
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
         self.config, self.log = config, log
         self.last_path = config.out / "last.pt"
-        problem = config.problem() or out_problem(config.out)  # before any work (finetune decodes into out)
+        problem = config.problem() or config.folder_problem()  # before any work (finetune decodes into out)
         if problem:
             raise TrainError(problem)
-        if not config.resume and self.last_path.exists():  # before any work
-            raise TrainError(
-                f"{self.last_path} exists: add --resume to continue that run, or choose another --out"
-            )
-        for name in RUN_FILES if not config.resume else ():  # a new run never replaces what is there
-            if (config.out / name).exists():
-                raise TrainError(f"{config.out / name} exists (not this run's); choose another --out")
         self.ranks, self.device = _setup_distributed(config.device)
         if config.batch_size % self.ranks.world:
             raise TrainError(

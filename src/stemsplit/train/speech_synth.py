@@ -516,7 +516,7 @@ def check_request(
 ) -> None:
     """Raise :class:`SpeechSynthError` for a request that :func:`write_dataset` refuses; writes nothing."""
     counts = {"train": train, "dev": dev, "test": test}
-    problem = synth_request_problem(Path(out), counts, "mixtures", seconds, SAMPLE_RATE, seed, workers, 600)
+    problem = synth_request_problem(Path(out), counts, "mixtures", seconds, SAMPLE_RATE, seed, workers)
     if problem:
         raise SpeechSynthError(problem)
 
