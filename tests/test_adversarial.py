@@ -175,11 +175,86 @@ def test_usage_errors_as_json(a_song, tmp_path):
     assert result.returncode == 2 and event["event"] == "error" and "--window" in event["message"]
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--format", "ogg"], "'--format'"),
+        (["--bit-depth", "abc"], "'--bit-depth'"),
+        (["--colour", "red"], "No such option: --colour"),
+    ],
+)
+def test_parser_errors_are_json_events_too(a_song, tmp_path, flags, expected):
+    """Before: with --json, an error click finds (an unknown flag, a value of the wrong kind) printed no
+    event: a program reading stdout saw nothing at all, only the exit status."""
+    for command in ([a_song], ["batch", a_song.parent], ["speakers", a_song]):
+        result = stemsplit(*command, "--json", "-o", tmp_path / "out", *flags)
+        assert result.returncode == 2, result.stderr
+        (event,) = json_events(result)
+        assert event == {"event": "error", "message": event["message"], "exit_code": 2}
+        assert expected in event["message"] and result.stderr == f"stemsplit: error: {event['message']}\n"
+    assert os.listdir(tmp_path) == []
+
+
 def test_output_folder_that_is_a_file(a_song, tmp_path):
     (tmp_path / "out").write_text("a file, not a folder")
     result = stemsplit(a_song, "-o", tmp_path / "out")
     assert result.returncode == 2 and "not a folder" in result.stderr
     assert (tmp_path / "out").read_text() == "a file, not a folder"
+
+
+BACKENDS_REFUSED = {"bogus": "unknown Mamba backend 'bogus' (expected auto, portable or cuda)"}
+if not shutil.which("nvidia-smi"):
+    BACKENDS_REFUSED["cuda"] = "Mamba backend 'cuda' was requested, but this runs on cpu, not a CUDA device"
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS_REFUSED))
+def test_a_mamba_backend_that_cannot_run_is_refused_before_any_work(backend, a_song, tmp_path):
+    """Before: STEMSPLIT_MAMBA_BACKEND=bogus (or cuda on a CPU) was an internal error (exit 70) once the
+    first windows ran, in every command, doctor included; train said '--device: device: ...' for a GPU
+    it did not have."""
+    env = {**os.environ, "STEMSPLIT_MAMBA_BACKEND": backend}
+    out = tmp_path / "out"
+    (tmp_path / "set").mkdir()
+    shutil.copy(a_song, tmp_path / "set" / "song.wav")
+    commands = [
+        [a_song, "-o", out],
+        ["batch", tmp_path / "set", "-o", out],
+        ["speakers", a_song, "-o", out],
+        ["eval", "--musdb", tmp_path / "set", "--no-csdr", "--json", out / "r.json"],
+        ["train", "--musdb", tmp_path / "set", "-o", out],
+        [
+            "finetune",
+            "--model",
+            "demo",
+            "--musdb",
+            tmp_path / "set",
+            "--unlabeled",
+            tmp_path / "set",
+            "-o",
+            out,
+        ],
+    ]
+    for args in commands:
+        result = stemsplit(*args, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert (
+            result.stderr
+            == f"stemsplit: error: STEMSPLIT_MAMBA_BACKEND={backend}: {BACKENDS_REFUSED[backend]}\n"
+        )
+        assert not out.exists()
+    doctor = stemsplit("doctor", env={**env, "COLUMNS": "300"})
+    assert doctor.returncode == 0, doctor.stderr
+    assert f"mamba-2 backend  STEMSPLIT_MAMBA_BACKEND={backend}: {BACKENDS_REFUSED[backend]}" in doctor.stdout
+
+
+def test_a_missing_song_is_named_before_the_model_is_fetched(tmp_path):
+    """Before: `stemsplit typo.wav` fetched the default model (a 140 MB download on first use) and only
+    then said that typo.wav does not exist; offline, it failed on the model instead."""
+    env = {**os.environ, "STEMSPLIT_CACHE": str(tmp_path / "cache"), "STEMSPLIT_OFFLINE": "1"}
+    result = stemsplit(tmp_path / "typo.wav", "-o", tmp_path / "out", env=env)
+    assert result.returncode == 1
+    assert result.stderr == f"stemsplit: error: {tmp_path / 'typo.wav'}: no such file\n"
+    assert os.listdir(tmp_path) == []  # no cache, no output folder
 
 
 # --- 2. nothing outside -o ------------------------------------------------------------------------
@@ -250,6 +325,23 @@ def test_mp3_output_of_a_96_khz_song_is_written_at_48_khz(tmp_path, tiny_checkpo
     info = sf.info(str(tmp_path / "out" / "hi" / "vocals.mp3"))
     assert info.samplerate == 48000 and abs(info.duration - 1.2) < 0.1
     assert "written at 48000 Hz" in result.stderr
+
+
+def test_a_stem_is_never_written_over_an_input_song(tmp_path, a_song):
+    """Before: `speakers x/speaker1.wav -o . --filename 'x/{stem}.{ext}' --overwrite` replaced the song it
+    was reading with its own speaker1 stem (the song was lost, and the stem was made of a half-read file);
+    a hard link to the song is the song too."""
+    (tmp_path / "x").mkdir()
+    shutil.copy(a_song, tmp_path / "x" / "speaker1.wav")
+    os.link(tmp_path / "x" / "speaker1.wav", tmp_path / "x" / "drums.wav")
+    before = (tmp_path / "x" / "speaker1.wav").read_bytes()
+    for command in (["speakers", "x/speaker1.wav"], ["x/drums.wav"]):
+        result = stemsplit(*command, "-o", ".", "--filename", "x/{stem}.{ext}", "--overwrite", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("stemsplit: error: --filename: x/") and result.stderr.count("\n") == 1
+        assert f"is the input {command[-1]}: its " in result.stderr
+    assert sorted(os.listdir(tmp_path / "x")) == ["drums.wav", "speaker1.wav"]
+    assert (tmp_path / "x" / "speaker1.wav").read_bytes() == before
 
 
 # --- 3. all stems or none -------------------------------------------------------------------------
@@ -887,6 +979,18 @@ def test_file_names_are_never_read_as_markup(tmp_path, tiny_checkpoint):
     result = stemsplit(bad, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and "a[/b] [bold]x.wav" in result.stderr
+
+
+@pytest.mark.parametrize("columns", ["0", "1"])
+def test_a_tiny_terminal_width_still_shows_every_message(tmp_path, tiny_checkpoint, columns):
+    """Before: COLUMNS=0 (a misconfigured shell) silenced every message, errors included: rich printed
+    nothing at width 0."""
+    env = {**os.environ, "COLUMNS": columns}
+    result = stemsplit(tmp_path / "typo.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, env=env)
+    assert result.returncode == 1
+    assert result.stderr == f"stemsplit: error: {tmp_path / 'typo.wav'}: no such file\n"
+    listing = stemsplit("models", env=env)
+    assert listing.returncode == 0 and "demo" in listing.stdout
 
 
 def test_control_characters_in_names_are_escaped_not_printed(tmp_path, tiny_checkpoint):

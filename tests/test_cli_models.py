@@ -56,8 +56,20 @@ def test_download_then_path(env, server):
 
 def test_path_of_missing_model_says_how_to_get_it(env):
     result = runner.invoke(models_app, ["path", "tiny"])
-    assert result.exit_code == 1
+    assert result.exit_code == 1 and result.output.startswith("stemsplit: error: tiny is not downloaded")
     assert "not downloaded yet; run `stemsplit models download tiny`" in result.output
+
+
+@pytest.mark.parametrize("command", ["path", "verify", "download"])
+@pytest.mark.parametrize("name", ["tinyy", "runs/x/best.safetensors"])
+def test_a_name_not_in_the_registry_is_a_usage_error(env, command, name):
+    """Before: exit 1, and the advice that a checkpoint file or URL works too, which `models` commands
+    do not take."""
+    result = runner.invoke(models_app, [command, name])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"stemsplit: error: no model named {name!r} in ")
+    assert "works too" not in result.output and result.output.count("\n") == 1
+    assert ("did you mean 'tiny'?" in result.output) == (name == "tinyy")
 
 
 def test_verify_detects_tampering(env):
@@ -86,7 +98,7 @@ def test_errors_are_one_line_messages(env, monkeypatch):
 
     monkeypatch.delenv("STEMSPLIT_OFFLINE")
     result = runner.invoke(models_app, ["download", "nope"])
-    assert result.exit_code == 1 and "no model named 'nope'" in result.output
+    assert result.exit_code == 2 and "no model named 'nope'" in result.output  # a usage error
 
     (env / "weights.toml").write_text('default = "tiny"\n[models.tiny\n')
     result = runner.invoke(models_app, [])

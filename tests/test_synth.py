@@ -2,6 +2,10 @@
 
 import hashlib
 import itertools
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +228,8 @@ def test_synth_command_writes_a_dataset(tmp_path):
         (["--seconds", "0.00001"], "at least one sample"),
         (["--songs", "99999999999999"], "at most 1000000"),
         (["--workers", "100000"], "from 1 to 64"),
+        # Before: no limit; 1e7 s would have needed 90 TB of memory (about 9 MB a second)
+        (["--seconds", "1e7"], "seconds must be at most 600 (one song), not 1e+07"),
     ],
 )
 def test_synth_command_rejects_bad_values_writing_nothing(tmp_path, extra, message):
@@ -268,3 +274,31 @@ def test_synth_is_a_subcommand_not_a_file_to_separate():
     from stemsplit.cli import SUBCOMMANDS
 
     assert "synth" in SUBCOMMANDS
+
+
+def test_a_terminated_synth_says_so_and_leaves_only_finished_songs(tmp_path):
+    """Before: SIGTERM (a closed terminal sends SIGHUP) killed synth where it stood: no message, and the
+    song being made left its hidden temporary folder in the dataset."""
+    out = tmp_path / "synth"
+    process = subprocess.Popen(
+        [shutil.which("stemsplit"), "synth", str(out), "--songs", "40", "--valid", "0", "--test", "0",
+         "--seconds", "8"],
+        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list((out / "train").glob("song-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert (
+        stderr
+        == f"stemsplit: error: interrupted; the finished songs are in {out}, delete it to start again\n"
+    )
+    made = sorted(p.name for p in (out / "train").iterdir())
+    assert made and len(made) < 40 and all(name.startswith("song-") for name in made)  # no hidden leftovers
+    for name in made:
+        assert {p.name for p in (out / "train" / name).iterdir()} == {
+            *(f"{s}.wav" for s in STEMS),
+            "mixture.wav",
+        }

@@ -19,6 +19,7 @@ _sigint_before = signal.getsignal(signal.SIGINT)
 if _sigint_before is signal.default_int_handler:
     signal.signal(signal.SIGINT, _interrupted_while_starting)
 
+import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -27,7 +28,17 @@ import typer  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from . import __version__, audio  # noqa: E402
-from .cli_common import EXAMPLES, EXIT_INTERNAL, EXIT_USAGE, error_line, fail, out_console  # noqa: E402
+from .cli_common import (  # noqa: E402
+    EXAMPLES,
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    error_line,
+    fail,
+    interrupted_status,
+    interrupts_as_exceptions,
+    one_line,
+    out_console,
+)
 from .cli_eval import eval_command  # noqa: E402
 from .cli_finetune import finetune_command  # noqa: E402
 from .cli_models import models_app  # noqa: E402
@@ -114,23 +125,25 @@ def synth(
             raise
         raise fail(str(exc), EXIT_USAGE) from None
     try:
-        write_dataset(
-            out,
-            train=songs,
-            valid=valid,
-            test=test,
-            seconds=seconds,
-            seed=seed,
-            sample_rate=sample_rate,
-            workers=workers,
-            soundfont=font,
-        )
+        with interrupts_as_exceptions():  # SIGTERM and SIGHUP too: the song being made is removed
+            write_dataset(
+                out,
+                train=songs,
+                valid=valid,
+                test=test,
+                seconds=seconds,
+                seed=seed,
+                sample_rate=sample_rate,
+                workers=workers,
+                soundfont=font,
+            )
     except (SynthError, FluidSynthError) as exc:
         if debug:
             raise
         raise fail(str(exc)) from None
-    except KeyboardInterrupt:
-        raise fail(f"interrupted; the finished songs are in {out}, delete it to start again", 130) from None
+    except KeyboardInterrupt as exc:
+        message = f"interrupted; the finished songs are in {out}, delete it to start again"
+        raise fail(message, interrupted_status(exc)) from None
     out_console.print(
         f"wrote {songs} training, {valid} validation and {test} test songs "
         f"({seconds:g} s, {sample_rate} Hz, seed {seed}{f', {font.path.name}' if font else ''}) to {out}",
@@ -172,13 +185,14 @@ def synth_speech(
             raise
         raise fail(str(exc), EXIT_USAGE) from None
     try:
-        write_dataset(out, seconds=seconds, seed=seed, workers=workers, **counts)
+        with interrupts_as_exceptions():  # SIGTERM and SIGHUP too: nothing is left behind
+            write_dataset(out, seconds=seconds, seed=seed, workers=workers, **counts)
     except SpeechSynthError as exc:
         if debug:
             raise
         raise fail(f"{exc}; nothing was written") from None
-    except KeyboardInterrupt:
-        raise fail("interrupted; nothing was written", 130) from None
+    except KeyboardInterrupt as exc:
+        raise fail("interrupted; nothing was written", interrupted_status(exc)) from None
     out_console.print(
         f"wrote {train} training, {dev} validation and {test} test mixtures "
         f"({seconds:g} s, 8000 Hz, seed {seed}) to {out}",
@@ -195,7 +209,7 @@ def doctor() -> None:
     import soxr
     import torch
 
-    from .model.mamba2 import cuda_kernels, resolve_backend
+    from .model.mamba2 import BACKEND_ENV, cuda_kernels, resolve_backend
 
     table = Table(show_header=False, box=None)
     table.add_row("stemsplit", __version__)
@@ -212,7 +226,11 @@ def doctor() -> None:
             kernels_text = "mamba_ssm fused" if kernels.fused else "mamba_ssm unfused (no causal_conv1d)"
         table.add_row("cuda kernels", kernels_text)
     device = torch.device("cuda" if cuda else "cpu")
-    table.add_row("mamba-2 backend", f"{resolve_backend(None, device)} (on {device.type})")
+    try:
+        backend = f"{resolve_backend(None, device)} (on {device.type})"
+    except (ValueError, RuntimeError) as exc:  # STEMSPLIT_MAMBA_BACKEND asks for what cannot run here
+        backend = f"{BACKEND_ENV}={os.environ.get(BACKEND_ENV)}: {exc}"
+    table.add_row("mamba-2 backend", backend)
     from .runtime import cpu_auto_precision
 
     precision, why = cpu_auto_precision()
@@ -282,24 +300,35 @@ def main(argv: list[str] | None = None) -> None:
             audio.redirect_native_stderr()  # C libraries' own messages ("Duh...") never reach the user
         code = app(args=args, prog_name="stemsplit", standalone_mode=False)
     except KeyboardInterrupt:
-        error_line("interrupted")
-        code = 130
+        code = _error(args, "interrupted", 130)
     except Exception as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `stemsplit batch` alone: its help, as help
             out_console.print(exc.format_message(), soft_wrap=True)
             code = exc.exit_code
         elif _is_click_error(exc):  # click's usage errors (Typer's copy or click's own): one line, exit 2
-            error_line(exc.format_message())
-            code = exc.exit_code
+            code = _error(args, exc.format_message(), exc.exit_code)
         elif type(exc).__name__ == "Abort":  # Ctrl-C at a prompt
-            error_line("interrupted")
-            code = 130
+            code = _error(args, "interrupted", 130)
         elif debug:
             raise
         else:
-            error_line(f"internal error: {type(exc).__name__}: {exc} (run again with --debug and report it)")
-            code = EXIT_INTERNAL
+            message = f"internal error: {type(exc).__name__}: {exc} (run again with --debug and report it)"
+            code = _error(args, message, EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# The commands whose --json prints events on stdout (cli_separate.Reporter).
+JSON_COMMANDS = {"separate", "batch", "speakers"}
+
+
+def _error(args: list[str], message: str, code: int) -> int:
+    """The error line; with --json, also the ``error`` event the command's own errors print (a program
+    reading stdout sees every failure, a misspelt flag and a bug included). Returns ``code``."""
+    error_line(message)
+    flags = args[1 : args.index("--")] if "--" in args else args[1:]
+    if args and args[0] in JSON_COMMANDS and "--json" in flags:
+        print(json.dumps({"event": "error", "message": one_line(message), "exit_code": code}), flush=True)
+    return code
 
 
 if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:  # loaded: KeyboardInterrupt again

@@ -6,13 +6,25 @@ both consoles have markup off, so ``a[/b].wav`` prints as it is.
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 
 import typer
 from rich.console import Console
 
-err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
-out_console = Console(markup=False, highlight=False)
+
+def _width() -> int | None:
+    """The consoles' width: rich's own choice (COLUMNS, else the terminal), unless COLUMNS is below 20
+    (0 from a misconfigured shell made rich print nothing at all, errors included): then 80."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    return 80 if columns.isdigit() and int(columns) < 20 else None
+
+
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True, width=_width())
+out_console = Console(markup=False, highlight=False, width=_width())
 
 # "\b" keeps click from re-wrapping the paragraph in --help.
 EXAMPLES = """Examples:
@@ -52,3 +64,37 @@ def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP: the song in progress is discarded, and the exit status is 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def interrupts_as_exceptions() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Interrupted` like Ctrl-C, so cleanup runs for all three."""
+
+    def handler(signum: int, frame: object) -> None:
+        for s in wanted:  # a second Ctrl-C must not cut the cleanup of the first short
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {s: signal.getsignal(s) for s in wanted}
+    for s in wanted:
+        if previous[s] is not signal.SIG_IGN:  # nohup'd or backgrounded: keep ignoring
+            signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    """The exit status after an interruption: 128 + the signal's number (Ctrl-C: 130)."""
+    return 128 + exc.signum if isinstance(exc, Interrupted) else 130

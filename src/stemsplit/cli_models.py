@@ -10,8 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .cli_common import err_console as errors
-from .cli_common import fail
+from .cli_common import EXIT_FAILED, EXIT_USAGE, fail
 from .cli_common import out_console as console
 
 models_app = typer.Typer(
@@ -22,7 +21,12 @@ models_app = typer.Typer(
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    return fail(str(exc))
+    """A registry name that is not there is a usage error (exit 2); the rest exit 1."""
+    from .weights import UnknownModelError
+
+    if isinstance(exc, UnknownModelError):
+        return fail(exc.names_only, EXIT_USAGE)
+    return fail(str(exc), EXIT_FAILED)
 
 
 def _size_text(entry) -> str:  # a weights.ModelEntry
@@ -90,6 +94,7 @@ def download(
 
     try:
         name = name or weights.default_model_name()
+        weights.load_registry().get(name)  # a registry name, not a file or URL (load_model takes those)
         weights.load_model(name, progress=not quiet)
         path = weights.cached_path(name)
     except weights.WeightsError as exc:
@@ -108,8 +113,7 @@ def path(name: str | None = typer.Argument(None, help="Registry name (default: t
     except weights.WeightsError as exc:
         raise _fail(exc) from None
     if found is None:
-        errors.print(f"{name} is not downloaded yet; run `stemsplit models download {name}`", highlight=False)
-        raise typer.Exit(1)
+        raise fail(f"{name} is not downloaded yet; run `stemsplit models download {name}`")
     console.print(str(found), highlight=False, soft_wrap=True)
 
 

@@ -27,11 +27,9 @@ import json
 import math
 import os
 import re
-import signal
 import stat
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -41,7 +39,17 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli_common import EXAMPLES, EXIT_FAILED, EXIT_USAGE, err_console, error_line, one_line
+from .cli_common import (
+    EXAMPLES,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Interrupted,
+    err_console,
+    error_line,
+    interrupted_status,
+    interrupts_as_exceptions,
+    one_line,
+)
 from .output import DEFAULT_FILENAME
 
 # TS (12 layers, N = 128) per 3 s window on 2 cores, fp32 and bf16 (benchmarks/bench_model.py, AMD EPYC)
@@ -90,35 +98,6 @@ class ClipMode(str, Enum):
 
 class UsageError(Exception):
     """A bad flag or argument, found before anything ran: exit 2."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT, SIGTERM or SIGHUP: the song in progress is discarded, and the exit status is 128 + signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextmanager
-def interrupts_as_exceptions() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into :class:`Interrupted` like Ctrl-C, so cleanup runs for all three."""
-
-    def handler(signum: int, frame: object) -> None:
-        for s in wanted:  # a second Ctrl-C must not cut the cleanup of the first short
-            signal.signal(s, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    previous = {s: signal.getsignal(s) for s in wanted}
-    for s in wanted:
-        if previous[s] is not signal.SIG_IGN:  # nohup'd or backgrounded: keep ignoring
-            signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
 
 
 # --- output: rich progress, plain lines or JSON lines --------------------------------------------
@@ -424,9 +403,12 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
 
     residual = [RESIDUAL] if args["residual"] else []
     if args["two_stems"] is not None:
-        plan([args["two_stems"], f"no_{args['two_stems']}"])
+        checked = plan([args["two_stems"], f"no_{args['two_stems']}"])
     else:
-        plan((wanted or (["{stem}"] if "{stem}" in options.filename else ["{stem}", "{stem} 2"])) + residual)
+        checked = plan(
+            (wanted or (["{stem}"] if "{stem}" in options.filename else ["{stem}", "{stem} 2"])) + residual
+        )
+
     entry = _registry_entry(args["model"], args["light"], task)  # known without loading the model
     stems = run = known = None
     if entry is not None:
@@ -450,15 +432,33 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             raise _usage(exc) from None
         run = plan(stems)
 
-    # 4. the model (importing torch takes seconds: everything above must not need it)
+    # 3a. the device (this imports torch; a device or Mamba backend that is not here is a usage error)
     from .runtime import pick_device
-    from .separate import Separator
-    from .weights import UnknownModelError
 
     try:
         pick_device(device)
     except SeparationError as exc:
         raise _usage(exc) from None
+
+    # 3b. probe every input: a missing or unreadable file fails alone, and before the model loads (a typo
+    # would otherwise wait for the default model's download)
+    probed: dict[int, Any] = {}  # id(song source) -> AudioInfo, or the AudioError
+    for song in run or checked:
+        try:
+            probed[id(song.outputs.source)] = probe(song.outputs.source.path)
+        except AudioError as exc:
+            if args["debug"]:
+                raise
+            probed[id(song.outputs.source)] = exc
+    if all(isinstance(found, AudioError) for found in probed.values()):  # nothing to separate
+        for song in run or checked:
+            song.status, song.details = "failed", str(probed[id(song.outputs.source)])
+        _report(run or checked, reporter, batch, lambda song: None)
+        return EXIT_FAILED
+
+    # 4. the model (importing torch takes seconds: everything above must not need it)
+    from .separate import Separator
+    from .weights import UnknownModelError
 
     try:
         separator = Separator(
@@ -492,10 +492,13 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if separator.light_note:
         reporter.line("--" + separator.light_note)
 
-    # 3b. probe every input: a bad file fails alone, before anything runs
+    # 4b. what the model takes (channels, rate): a file it cannot take fails alone, before anything runs
     for song in run:
+        found = probed[id(song.outputs.source)]
         try:
-            song.info = probe(song.outputs.source.path)
+            if isinstance(found, AudioError):
+                raise found
+            song.info = found
             separator.check_input(song.info, args["downmix"])
         except (AudioError, SeparationError) as exc:
             if args["debug"]:
@@ -509,17 +512,27 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         from .batch import DoneRecords
 
         records = DoneRecords(out, _settings(separator, options, args, chosen))
+    _report(
+        run,
+        reporter,
+        batch,
+        lambda song: _separate_one(separator, song, options, args, records, reporter, out),
+    )
+    if any(song.status == "failed" for song in run):
+        return EXIT_FAILED
+    return 0
+
+
+def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable[[Song], None]) -> None:
+    """Each song: its error if it failed a check, else ``separate(song)``; then the summary."""
     with reporter:
         reporter.begin_all(len(run))
         for song in run:
             if song.status == "failed":
                 reporter.error(song.details, source=str(song.outputs.source.path))
                 continue
-            _separate_one(separator, song, options, args, records, reporter, out)
+            separate(song)
     _summary(run, reporter, batch)
-    if any(song.status == "failed" for song in run):
-        return EXIT_FAILED
-    return 0
 
 
 def _separate_one(separator, song: Song, options, args, records, reporter: Reporter, out: Path) -> None:
@@ -679,7 +692,7 @@ def _run_command(batch: bool, args: dict[str, Any], precision: Any, task: str) -
             reporter.error(str(exc), exit_code=EXIT_USAGE)
             raise typer.Exit(EXIT_USAGE) from None
         except Interrupted as exc:
-            code = 128 + exc.signum
+            code = interrupted_status(exc)
             reporter.error(f"interrupted ({exc}); nothing is left half-written", exit_code=code)
             raise typer.Exit(code) from None
         except KeyboardInterrupt:

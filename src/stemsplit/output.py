@@ -232,6 +232,7 @@ def plan_outputs(
     stems = list(stems)
     if len(set(stems)) != len(stems):
         raise OutputError(f"a stem is named twice: {', '.join(stems)}", "stems")
+    inputs = _identities(songs)
     taken: dict[Path, SongSource] = {}  # every song's stem files
     folders: dict[Path, SongSource] = {}  # the folders they go in, below out_dir
     plans = []
@@ -259,10 +260,39 @@ def plan_outputs(
                 "filename",
             )
         _check_no_symlink_escape(out_dir, paths.values())
+        _check_not_an_input(paths, inputs)
         taken.update(dict.fromkeys(paths.values(), song))
         folders.update((folder, song) for path in paths.values() for folder in _folders_below(path, out_dir))
         plans.append(SongOutputs(song, track, out_dir, paths))
     return plans
+
+
+def _identities(songs: Sequence[SongSource]) -> dict[tuple[int, int], SongSource]:
+    """The input files that exist, by (device, inode): a path reaching one by another name is found too."""
+    found = {}
+    for song in songs:
+        try:
+            st = os.stat(song.path)
+        except (OSError, ValueError):  # missing (that song fails when probed) or an impossible name
+            continue
+        found[(st.st_dev, st.st_ino)] = song
+    return found
+
+
+def _check_not_an_input(paths: Mapping[str, Path], inputs: Mapping[tuple[int, int], SongSource]) -> None:
+    """No stem may be written over a song of the run (even with --overwrite: it is being read)."""
+    for stem, path in paths.items():
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            continue
+        song = inputs.get((st.st_dev, st.st_ino))
+        if song is not None:
+            raise OutputError(
+                f"{path} is the input {song.path}: its {stem} stem would replace it; choose another "
+                "template or output folder",
+                "filename",
+            )
 
 
 def _folders_below(path: Path, out_dir: Path) -> list[Path]:

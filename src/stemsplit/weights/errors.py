@@ -24,7 +24,12 @@ class RegistryError(WeightsError):
 
 
 class UnknownModelError(WeightsError):
-    """No registry model, file or URL by that name."""
+    """No registry model, file or URL by that name. ``names_only``: the message for commands that take
+    registry names only (``stemsplit models``), without the hint that a file or URL works too."""
+
+    def __init__(self, message: str, names_only: str | None = None) -> None:
+        super().__init__(message)
+        self.names_only = names_only or message
 
 
 class DownloadError(WeightsError):

@@ -102,10 +102,8 @@ class Registry:
         if name not in self.models:
             close = difflib.get_close_matches(name, list(self.models), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UnknownModelError(
-                f"no model named {name!r} in {self.path}{hint}; known: {', '.join(self.models)} "
-                "(a checkpoint file or an http(s) URL works too)"
-            )
+            message = f"no model named {name!r} in {self.path}{hint}; known: {', '.join(self.models)}"
+            raise UnknownModelError(f"{message} (a checkpoint file or an http(s) URL works too)", message)
         return self.models[name]
 
     @property
