@@ -561,6 +561,32 @@ def test_batch_mirrors_the_tree_so_songs_never_share_stems(tmp_path, tiny_checkp
         assert sf.info(str(tmp_path / "out" / album / "01 Intro" / "vocals.wav")).channels == channels
 
 
+@pytest.mark.parametrize("change", ["replaced", "removed"])
+def test_a_song_that_changes_while_it_is_separated_is_separated_again(tmp_path, tiny_checkpoint, change):
+    """Before: a song replaced while batch read it was recorded as done with the new file's identity, so
+    the next run skipped it and its stems stayed those of the old file; a removed one said 'No such file
+    (batch's records)'."""
+    music, out = tmp_path / "music", tmp_path / "out"
+    music.mkdir()
+    song(music / "s.wav", seconds=20.0)
+    song(tmp_path / "new.wav", seconds=20.0, scale=0.1)
+    args = ["batch", music, "-o", out, "--model", tiny_checkpoint, *FAST]
+    proc = run_until_windows(args)
+    if change == "replaced":
+        os.replace(tmp_path / "new.wav", music / "s.wav")
+    else:
+        os.unlink(music / "s.wav")
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    (error,) = [json.loads(line) for line in stdout.splitlines() if json.loads(line)["event"] == "error"]
+    said = "changed while it was being separated" if change == "replaced" else "removed while it was"
+    assert error["message"].startswith(f"{music / 's.wav'}: {said}")
+    if change == "replaced":
+        again = stemsplit(*args, "--json", check=0)  # separated again: not skipped, not refused
+        assert [e["event"] for e in json_events(again)].count("result") == 1
+        assert stemsplit(*args, "--json", check=0).stdout.count('"skipped"') == 1  # now it is done
+
+
 def test_batch_separates_again_what_changed_and_skips_what_did_not(tmp_path, tiny_checkpoint):
     music, out = tmp_path / "music", tmp_path / "out"
     music.mkdir()

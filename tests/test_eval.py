@@ -19,10 +19,13 @@ from stemsplit.cli_eval import eval_command
 from stemsplit.separate import Separator
 from stemsplit.train.eval import (
     EvalReport,
+    SpeechReport,
+    SpeechScores,
     TrackScores,
     _museval,
     csdr,
     evaluate_tracks,
+    speech_scores,
     usdr,
     write_report,
 )
@@ -296,3 +299,77 @@ def test_eval_scores_a_bsrnn_bag_and_a_one_target_model(musdb, tmp_path, monkeyp
         assert result.exit_code == 0, result.output
         data = json.loads((tmp_path / f"eval-bsrnn-{len(stems)}-test.json").read_text())
         assert set(data["usdr"]) == {*stems, "avg"} and all(math.isfinite(v) for v in data["usdr"].values())
+
+
+@pytest.mark.parametrize(
+    ("report", "overwrite", "message"),
+    [
+        ("data/test/Artist A - Song/mixture.wav", True, "is inside --musdb data"),
+        ("data/test/../new.json", False, "is inside --musdb data"),
+        ("model.safetensors", True, "is the --model checkpoint"),
+    ],
+)
+def test_eval_refuses_a_report_path_among_its_inputs(musdb, tmp_path, report, overwrite, message):
+    """Before: the mixture (or the checkpoint) was replaced by the JSON report, exit 0; a new report
+    went among the test set's files."""
+    shutil.copytree(musdb, tmp_path / "data")
+    shutil.copy(GOLDEN_WEIGHTS, tmp_path / "model.safetensors")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    flags = ["--musdb", "data", "--json", report, *(["--overwrite"] if overwrite else [])]
+    result = stemsplit_without_torch("eval", "-m", "model.safetensors", "--no-csdr", *flags, cwd=tmp_path)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert result.stderr.startswith(f"stemsplit: error: --json: {report} {message}")
+    assert result.stderr.count("\n") == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_eval_scores_a_track_with_a_silent_stem(musdb, tmp_path, monkeypatch, find_tracks_available):
+    """Before: museval raised 'All the reference sources should be non-silent' on an instrumental
+    (vocals all zeros), exit 70 and no report; SDRi raised the same on a silent talker."""
+    root = tmp_path / "set"
+    audio = {s: sf.read(musdb / "test" / "Artist A - Song" / f"{s}.wav", dtype="float32")[0] for s in STEMS}
+    write_track(root / "test" / "Artist C - Instrumental", {**audio, "vocals": 0 * audio["vocals"]}, RATE)
+    monkeypatch.chdir(tmp_path)
+    with_csdr = importlib.util.find_spec("museval") is not None  # else uSDR alone is checked
+    args = ["eval", "--musdb", str(root), "-m", str(GOLDEN_WEIGHTS), "--window", "1", "--device", "cpu"]
+    args += ["--json", "report.json", *([] if with_csdr else ["--no-csdr"])]
+    result = CliRunner().invoke(_cli(), args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "report.json").read_text())
+    [track] = data["tracks"]
+    assert all(math.isfinite(v) for v in track["usdr"].values())  # eps: a silent stem still scores
+    if with_csdr:
+        others = [track["csdr"][s] for s in STEMS if s != "vocals"]
+        assert track["csdr"]["vocals"] is None and all(math.isfinite(v) for v in others)  # as a silent frame
+        assert data["csdr"]["vocals"] is None and data["csdr"]["avg"] == pytest.approx(np.mean(others))
+
+    # SDRi: a mixture with a silent talker has none, and the mean is over the others.
+    rng = np.random.default_rng(0)
+    t = np.arange(RATE) / RATE
+    talkers = np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t) * (t > 0.3)])
+    outputs = talkers + 0.1 * rng.standard_normal(talkers.shape)
+    scores = [speech_scores(talkers.sum(0), talkers, outputs, RATE, compute_sdr=with_csdr)]
+    talkers[1] = 0
+    scores.append(speech_scores(talkers.sum(0), talkers, outputs, RATE, compute_sdr=with_csdr))
+    assert all(math.isfinite(v) for s in scores for v in s["si_snri"])
+    if with_csdr:
+        assert all(math.isfinite(v) for v in scores[0]["sdri"]) and np.isnan(scores[1]["sdri"]).all()
+        report = SpeechReport([SpeechScores("a", scores[0]), SpeechScores("b", scores[1])], ("sdri",))
+        assert report.mean("sdri") == pytest.approx(np.mean(scores[0]["sdri"]))
+        assert report.left_out("sdri") == 1
+
+
+@pytest.mark.parametrize("subset", ["test/", "../x/test", "test//", "..", ""])
+def test_eval_subset_must_be_a_folder_name(musdb, tmp_path, subset):
+    """Before: --subset test/ wrote the report as eval-<model>-test/.json (a new folder, a hidden file),
+    and ../x/test named a report outside the working folder; the others failed after loading the model."""
+    flags = ["--musdb", musdb, "--subset", subset, "--tracks", "1", "--window", "1", "--device", "cpu"]
+    result = stemsplit_without_torch("eval", "--model", GOLDEN_WEIGHTS, "--no-csdr", *flags, cwd=tmp_path)
+    if subset == "test/":  # tab completion's '/': the folder test
+        assert result.stdout.split()[-2:] == ["0", "True"], result.stdout + result.stderr
+        assert [p.name for p in tmp_path.iterdir()] == ["eval-golden_small_weights-test.json"]
+        return
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    message = f"--subset: must be a folder name under --musdb, not {subset!r}"
+    assert result.stderr == f"stemsplit: error: {message}\n"
+    assert list(tmp_path.iterdir()) == []

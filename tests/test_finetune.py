@@ -444,3 +444,20 @@ def test_an_interrupted_decoding_keeps_the_songs_it_decoded(material, tmp_path, 
     assert len(prepare()) == 2
     assert next(iter(first)).stat().st_mtime_ns == stamp  # not decoded again
     assert len(list(into.glob("*.flac"))) == 2
+
+
+def test_a_labeled_set_of_mixed_rates_is_refused_before_decoding_unlabeled_songs(material, tmp_path):
+    """Before: every unlabeled song was decoded into OUT/unlabeled first (hours, for a real library), and
+    only then was the labeled track at another sample rate named."""
+    labeled = tmp_path / "labeled"
+    shutil.copytree(material / "labeled", labeled)
+    track = sorted((labeled / "train").iterdir())[0]
+    for path in track.glob("*.wav"):
+        audio, _ = sf.read(path)
+        sf.write(path, audio[::2], 22050, subtype="FLOAT")
+    args = finetune_args(material, tmp_path / "run", "--epochs", "1")
+    args[args.index("--musdb") + 1] = labeled
+    result = stemsplit(*args)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "22050" in result.stderr and "44100" in result.stderr
+    assert not (tmp_path / "run" / "unlabeled").exists()

@@ -16,6 +16,7 @@ from stemsplit.train.data import (
     DatasetError,
     RemixDataset,
     SalientIndex,
+    dataset_split,
     find_tracks,
     musdb_validation_names,
     salient_segments,
@@ -182,6 +183,32 @@ def test_validation_names_from_valid_txt_else_musdb(musdb):
     (musdb / "valid.txt").write_bytes(b"\xff\xfe bad")
     with pytest.raises(DatasetError, match=r"valid\.txt: cannot read"):
         validation_names(musdb)
+
+
+def test_a_valid_txt_naming_missing_tracks_or_a_folder_is_an_error(musdb):
+    """Before: a misspelt name in valid.txt was dropped without a word (the track it meant was trained on,
+    and with no other name the run had no validation set); a valid.txt folder meant MUSDB18's 14 names."""
+    tracks = find_tracks(musdb, "train")
+    (musdb / "valid.txt").write_text("C - Thrid\nB - Second\n")
+    message = error_of(dataset_split, musdb, tracks)
+    assert message == f"{musdb / 'valid.txt'}: names tracks that are not in {musdb / 'train'}: C - Thrid"
+    (musdb / "valid.txt").write_text("C - Third\n")
+    assert [t.name for t in dataset_split(musdb, tracks)[1]] == ["C - Third"]
+    (musdb / "valid.txt").unlink()
+    assert [t.name for t in dataset_split(musdb, tracks)[1]] == [VALID]  # MUSDB18's names: no file, no check
+    (musdb / "valid.txt").mkdir()
+    assert error_of(dataset_split, musdb, tracks).startswith(f"{musdb / 'valid.txt'}: not a file")
+
+
+def test_stems_of_more_than_two_channels_are_refused_naming_the_file(tmp_path):
+    """Before: a 6-channel dataset trained a whole epoch, then failed validation with exit 70 (eval named no
+    file and gave a Python hint)."""
+    folder = tmp_path / "train" / "song"
+    noise_track(folder, seconds=1.0, mixture=False)
+    for stem in MUSIC_STEMS:
+        sf.write(folder / f"{stem}.wav", np.zeros((SR, 6)), SR)
+    message = error_of(find_tracks, tmp_path, "train")
+    assert message == f"{folder / 'drums.wav'}: 6 channels; training and evaluation take mono or stereo stems"
 
 
 # --- source activity detection ------------------------------------------------------------------

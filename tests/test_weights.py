@@ -6,6 +6,7 @@ the home directory.
 """
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -816,3 +817,34 @@ def test_progress_false_prints_nothing(env, server, progress):
         assert b"tiny" in output and b"%" in output  # the control: with progress on, bars do show here
     else:
         assert output == b""
+
+
+def test_metadata_that_does_not_fit_the_weights_is_named_before_any_memory_is_taken(tmp_path):
+    """Before: the network of the metadata's config was built before its shapes were compared with the
+    weights: a checkpoint whose config was edited to feature_dim 8192 asked for about 100 GB (exit 70 under a
+    memory limit, the OOM killer without one)."""
+    from safetensors import safe_open
+
+    demo = ROOT / "src" / "stemsplit" / "checkpoints" / "demo.safetensors"
+    with safe_open(str(demo), "pt") as f:
+        metadata = f.metadata()
+    config = json.loads(metadata["config"])
+    config.update(feature_dim=8192, num_repeat_mask=64)
+    save_file(
+        load_file(demo), tmp_path / "huge.safetensors", metadata={**metadata, "config": json.dumps(config)}
+    )
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+        "from stemsplit.weights import CheckpointError, load_model\n"
+        "try:\n"
+        f"    load_model({str(tmp_path / 'huge.safetensors')!r}, progress=False)\n"
+        "except CheckpointError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = python("-c", code, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "architecture differs from the checkpoint's metadata: the checkpoint has feature_dim 32"
+        in result.stdout
+    )

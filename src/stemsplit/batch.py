@@ -51,7 +51,7 @@ from .audio import AUDIO_EXTENSIONS
 from .files import host_tag, process_alive, sha256_of, write_atomically
 from .output import DEFAULT_FILENAME, SongOutputs, SongSource, exists_error, path_parts
 
-__all__ = ["BatchError", "Claim", "DoneRecords", "find_songs", "song_key", "song_slot"]
+__all__ = ["BatchError", "Claim", "DoneRecords", "SourceChangedError", "find_songs", "song_key", "song_slot"]
 
 STATE_FOLDER = ".stemsplit"
 HEARTBEAT_SECONDS = 30.0
@@ -61,6 +61,10 @@ _TAKEOVER_STALE_SECONDS = 60.0  # a takeover lock lives for milliseconds; older 
 
 class BatchError(Exception):
     """A folder cannot be walked, or the run's state folder cannot be used."""
+
+
+class SourceChangedError(BatchError):
+    """A song changed or went while it was being separated: its stems are not known to be of its bytes."""
 
 
 # --- finding songs ------------------------------------------------------------------------------
@@ -217,8 +221,25 @@ class DoneRecords:
         ]
 
     def write(self, song: SongOutputs, complete: bool) -> None:
-        """Record the song: ``complete=False`` before its stems are committed (:meth:`begin`), True after."""
-        st = os.stat(song.source.path)
+        """Record the song: ``complete=False`` before its stems are committed (:meth:`begin`), True after.
+
+        ``complete=True`` raises :class:`SourceChangedError` (the record stays unfinished, so the next run
+        separates the song again) if the source is not the file :meth:`begin` recorded, untouched.
+        """
+        path = song.source.path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if not complete:
+                raise
+            raise SourceChangedError(f"{path}: removed while it was being separated") from None
+        if complete:
+            started = (self.read(song) or {}).get("identity")
+            if started != [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]:
+                raise SourceChangedError(
+                    f"{path}: changed while it was being separated; its stems are not marked done, so the "
+                    "next run separates it again"
+                )
         record = {
             "source": os.path.realpath(song.source.path),
             "size": st.st_size,

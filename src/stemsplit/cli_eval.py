@@ -62,6 +62,9 @@ def eval_command(
     """
     if (musdb is None) == (libri2mix is None):
         raise fail("give one test set: --musdb (music models) or --libri2mix (speaker models)", EXIT_USAGE)
+    flag = "--libri2mix" if libri2mix else "--musdb"
+    subset = _subset_name(subset, flag)
+    _check_report_is_no_input(json_out, flag, musdb or libri2mix, model)
     _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
 
     from .separate import SeparationError, Separator
@@ -82,7 +85,6 @@ def eval_command(
     try:
         separator = Separator(model, device=device, window=window, hop=hop, batch_size=batch_size, task=task)
     except SeparationError as exc:
-        flag = "--libri2mix" if libri2mix else "--musdb"
         message = f"--model: {exc.problem}; {flag} scores {task} models" if exc.option == "task" else str(exc)
         raise fail(message) from None
     except WeightsError as exc:
@@ -144,6 +146,27 @@ def _check_usage(
         raise fail(f"--json: cannot write into {nearest} (permission denied){where}", EXIT_USAGE)
 
 
+def _subset_name(subset: str, flag: str) -> str:
+    """--subset as a plain folder name: it also names the default report, which must stay in ./ as
+    one file. A single trailing '/' (tab completion adds it) is dropped."""
+    name = subset[:-1] if subset.endswith("/") else subset
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise fail(f"--subset: must be a folder name under {flag}, not {subset!r}", EXIT_USAGE)
+    return name
+
+
+def _check_report_is_no_input(json_out: Path | None, flag: str, root: Path, model: str | None) -> None:
+    """Refuse a --json among the test set's files or on the checkpoint: --overwrite replaces a report,
+    never an input. Real paths, so a link or '..' cannot hide it; the report need not exist yet."""
+    if json_out is None:
+        return
+    report, data = Path(os.path.realpath(json_out)), Path(os.path.realpath(root))
+    if report.is_relative_to(data):
+        raise fail(f"--json: {json_out} is inside {flag} {root}; name a report file outside it", EXIT_USAGE)
+    if model and os.path.exists(model) and os.path.exists(json_out) and os.path.samefile(model, json_out):
+        raise fail(f"--json: {json_out} is the --model checkpoint; name another report file", EXIT_USAGE)
+
+
 def _default_report(name: str, subset: str) -> Path:
     """./eval-<model>-<subset>.json, or the first of -2, -3, ... that does not exist: no report is lost."""
     if name.endswith(MODEL_SUFFIXES):
@@ -179,5 +202,9 @@ def _eval_speech(separator, root: Path, subset: str, mixture: str, limit, json_o
     table.add_column("mean", justify="right")
     for metric in report.metrics:
         table.add_row(names[metric], _db(report.mean(metric)))
+    left_out = {names[m].split()[0]: n for m in report.metrics if (n := report.left_out(m))}
+    if left_out:  # the mean is over fewer mixtures than the title says
+        counts = ", ".join(f"{name} {n} of {len(report.mixtures)}" for name, n in left_out.items())
+        table.caption = f"mixtures left out of the mean (a silent talker or output): {counts}"
     out_console.print(table)
     err_console.print(f"report: {json_out}")

@@ -537,7 +537,7 @@ def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable
 
 def _separate_one(separator, song: Song, options, args, records, reporter: Reporter, out: Path) -> None:
     from .audio import AudioError, describe_downmix
-    from .batch import Claim
+    from .batch import Claim, SourceChangedError
     from .output import OutputError, OutputExistsError
     from .separate import SeparationError
 
@@ -583,7 +583,7 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         result = separator.separate_song(song.outputs, song.info, song_options, args["downmix"])
         if records is not None:
             records.write(song.outputs, complete=True)
-    except (AudioError, SeparationError, OutputError, OSError) as exc:
+    except (AudioError, SeparationError, OutputError, OSError, SourceChangedError) as exc:
         if args["debug"]:
             raise
         message = str(exc)

@@ -49,6 +49,8 @@ __all__ = [
     "SalientIndex",
     "SpeechCrops",
     "Track",
+    "common_format",
+    "dataset_split",
     "find_tracks",
     "musdb_validation_names",
     "salient_segments",
@@ -171,6 +173,11 @@ def _read_track(folder: Path, stems: tuple[str, ...]) -> Track:
             listing = ", ".join(f"{stem}.wav {value}{unit}" for stem, value in values.items())
             raise DatasetError(f"{folder}: stems have different {label} ({listing})")
     first = infos[stems[0]]
+    if first.channels not in (1, 2):
+        raise DatasetError(
+            f"{folder / f'{stems[0]}.wav'}: {first.channels} channels; training and evaluation take mono or "
+            "stereo stems"
+        )
     return Track(folder.name, folder, stems, first.sample_rate, first.frames, first.channels)
 
 
@@ -203,8 +210,10 @@ def validation_names(root: str | Path) -> list[str]:
     MUSDB18-HQ, such as ``stemsplit synth`` output, name their own validation split.
     """
     listing = Path(root) / VALID_LIST
-    if not listing.is_file():
+    if not listing.exists():
         return musdb_validation_names()
+    if not listing.is_file():
+        raise DatasetError(f"{listing}: not a file (it lists the validation tracks, one name a line)")
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -218,6 +227,39 @@ def split_train_valid(
     """(train, valid): the tracks named in ``valid_names`` (default: MUSDB18's 14) are the validation set."""
     names = set(musdb_validation_names() if valid_names is None else valid_names)
     return [t for t in tracks if t.name not in names], [t for t in tracks if t.name in names]
+
+
+def dataset_split(root: str | Path, tracks: list[Track]) -> tuple[list[Track], list[Track]]:
+    """(train, valid) of ``ROOT/train``'s tracks by :func:`validation_names`. A ``valid.txt`` naming a
+    track that is not there is an error: a misspelt name would train on the track meant for validation."""
+    names = validation_names(root)
+    missing = sorted(set(names) - {track.name for track in tracks})
+    if missing and (Path(root) / VALID_LIST).is_file():
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DatasetError(
+            f"{Path(root) / VALID_LIST}: names tracks that are not in {Path(root) / 'train'}: {shown}"
+        )
+    return split_train_valid(tracks, names)
+
+
+def common_format(tracks: Sequence[Track]) -> tuple[int, int]:
+    """The (sample rate, channel count) every track shares, or a DatasetError naming two that differ."""
+    if not tracks:
+        raise DatasetError("no training tracks")
+    first = tracks[0]
+    for label, attribute, unit in (
+        ("sample rate", "sample_rate", " Hz"),
+        ("channel count", "channels", ""),
+    ):
+        for track in tracks[1:]:
+            value, expected = getattr(track, attribute), getattr(first, attribute)
+            if value != expected:
+                stem = track.stem_path(track.stems[0])
+                raise DatasetError(
+                    f"{stem}: {label} {value}{unit}, but {first.stem_path(first.stems[0])} has "
+                    f"{expected}{unit}; every training track needs the same {label}"
+                )
+    return first.sample_rate, first.channels
 
 
 # --- source activity detection ------------------------------------------------------------------
@@ -412,22 +454,7 @@ class RemixDataset(EpochDataset):
         drop_prob: float = 0.1,
     ) -> None:
         self.tracks, self.stems = list(tracks), tuple(stems)
-        if not self.tracks:
-            raise DatasetError("no training tracks")
-        first = self.tracks[0]
-        for label, attribute, unit in (
-            ("sample rate", "sample_rate", " Hz"),
-            ("channel count", "channels", ""),
-        ):
-            for track in self.tracks[1:]:
-                value, expected = getattr(track, attribute), getattr(first, attribute)
-                if value != expected:
-                    stem = track.stem_path(track.stems[0])
-                    raise DatasetError(
-                        f"{stem}: {label} {value}{unit}, but {first.stem_path(first.stems[0])} has "
-                        f"{expected}{unit}; every training track needs the same {label}"
-                    )
-        self.sample_rate, self.channels = self.tracks[0].sample_rate, self.tracks[0].channels
+        self.sample_rate, self.channels = common_format(self.tracks)
         self.frames = round(seconds * self.sample_rate)
         self.index = index if index is not None else SalientIndex.build(self.tracks, self.stems)
         if self.index.names != [t.name for t in self.tracks] or not self.index.has(self.stems):

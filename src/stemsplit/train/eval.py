@@ -69,7 +69,7 @@ STOI_METHOD = "pystoi {} of the estimate"
 def usdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-7) -> float:
     """Utterance-level SDR in dB over all channels and samples (MDX 2021).
 
-    ``eps`` keeps a perfect estimate finite and a silent stem at 0 dB.
+    ``eps`` keeps a perfect estimate finite, and a silent stem finite (0 dB when estimated as silence).
     """
     reference = np.asarray(reference, dtype=np.float64)
     error = reference - np.asarray(estimate, dtype=np.float64)
@@ -101,15 +101,26 @@ def _museval() -> types.ModuleType:
     return museval
 
 
+def _silent(sources: np.ndarray) -> np.ndarray:
+    """Per source [S, samples, ...]: silent throughout, by museval's own test (which then refuses)."""
+    return np.all(np.sum(sources, axis=tuple(range(2, sources.ndim))) == 0, axis=1)
+
+
 def csdr(references: np.ndarray, estimates: np.ndarray, sample_rate: int) -> np.ndarray:
     """Chunk-level SDR per stem of one track: references, estimates [S, samples, channels] -> [S] dB.
 
     museval's BSSEval v4 on 1 s frames, then per stem the median over frames
-    that are not NaN (NaN where no frame is scorable).
+    that are not NaN (NaN where no frame is scorable). museval refuses a track
+    with a stem silent throughout (an instrumental's vocals): that stem is NaN,
+    as its silent frames would be, and the others are scored without it (a
+    stem's SDR involves only its own reference and estimate).
     """
-    sdr, _isr, _sir, _sar = _museval().evaluate(references, estimates, win=sample_rate, hop=sample_rate)
-    scores = np.full(len(sdr), np.nan)
-    for i, frames in enumerate(sdr):
+    scores = np.full(len(references), np.nan)
+    kept = ~(_silent(references) | _silent(estimates))
+    if not kept.any():
+        return scores
+    sdr = _museval().evaluate(references[kept], estimates[kept], win=sample_rate, hop=sample_rate)[0]
+    for i, frames in zip(np.flatnonzero(kept), sdr, strict=True):
         frames = frames[~np.isnan(frames)]
         if len(frames):
             scores[i] = np.median(frames)
@@ -245,7 +256,10 @@ def _track_line(index: int, scores: TrackScores) -> str:
 
 
 def _bss_sdr(references: np.ndarray, estimates: np.ndarray) -> np.ndarray:
-    """BSSEval SDR of each estimate [S, samples] against its reference, whole signals -> [S] dB."""
+    """BSSEval SDR of each estimate [S, samples] against its reference, whole signals -> [S] dB;
+    all NaN where a talker or an output is silent throughout (museval refuses those)."""
+    if _silent(references[..., None]).any() or _silent(estimates[..., None]).any():
+        return np.full(len(references), np.nan)
     sdr, _isr, _sir, _sar, _perm = _museval().metrics.bss_eval(
         references[..., None].astype(np.float64),
         estimates[..., None].astype(np.float64),
@@ -267,7 +281,8 @@ def speech_scores(
     """Scores of one mixture [samples], its talkers [S, samples] and the outputs [S, samples].
 
     The outputs are put in the talkers' order first (best mean SI-SNR). Returns metric -> one value
-    per talker: ``si_snri`` (dB), ``sdri`` (dB) with ``compute_sdr``, ``stoi`` with ``compute_stoi``.
+    per talker: ``si_snri`` (dB), ``sdri`` (dB, NaN with a silent talker) with ``compute_sdr``,
+    ``stoi`` with ``compute_stoi``.
     """
     import torch
 
@@ -312,10 +327,15 @@ class SpeechReport:
         """The mean over talkers and mixtures (NaN ignored; NaN when nothing was scored)."""
         return _aggregate((v for m in self.mixtures for v in m.scores.get(metric, [])), np.mean)
 
+    def left_out(self, metric: str) -> int:
+        """How many mixtures have no score for ``metric`` (SDRi with a silent talker)."""
+        return sum(1 for m in self.mixtures if metric in m.scores and np.isnan(m.scores[metric]).all())
+
     def to_json(self) -> dict:
         return _finite(
             {
                 "metrics": {metric: self.mean(metric) for metric in self.metrics},
+                "left_out": {metric: self.left_out(metric) for metric in self.metrics},
                 "settings": self.settings,
                 "mixtures": [{"name": m.name, **m.scores} for m in self.mixtures],
             }

@@ -370,20 +370,9 @@ class Run:
         self._check_dataset_flags()
         if self.task == "speakers":
             self._speech_data()
+            self._check_sample_rate(self.dataset.sample_rate)
         else:
             self._music_data()
-
-        if self.dataset.sample_rate != model_config.sr:
-            where = (
-                f"set sr = {self.dataset.sample_rate} in --model-config"
-                if config.model_config
-                else (f"give a --model-config with sr = {self.dataset.sample_rate}")
-            )
-            raise TrainError(
-                f"{self.data_root}: the {'mixtures' if self.task == 'speakers' else 'tracks'} are at "
-                f"{self.dataset.sample_rate} Hz but the "
-                f"model works at {model_config.sr} Hz; resample the dataset or {where}"
-            )
         self.model = self.model.to(self.device)
         if config.checkpoint_activations:
             if not hasattr(self.model, "checkpoint_activations"):
@@ -437,14 +426,16 @@ class Run:
 
     def _music_data(self) -> None:
         """MUSDB18-HQ layout: the training tracks' salient segments, uSDR on the validation tracks."""
-        from .data import SalientIndex, find_tracks, split_train_valid, validation_names
+        from .data import SalientIndex, common_format, dataset_split, find_tracks
 
         config = self.config
         self.data_root, self.score_name = config.musdb, "uSDR"
         tracks = find_tracks(config.musdb, "train", config.stems)
-        self.train_tracks, self.valid_tracks = split_train_valid(tracks, validation_names(config.musdb))
+        self.train_tracks, self.valid_tracks = dataset_split(config.musdb, tracks)
         if not self.train_tracks:
             raise TrainError(f"{config.musdb}: no training tracks left after the validation split")
+        # Before any audio is read (the salient-segment index, finetune's unlabeled songs): one format.
+        self._check_sample_rate(common_format(self.train_tracks)[0])
         if config.valid_tracks is not None:
             self.valid_tracks = self.valid_tracks[: config.valid_tracks]
         sad = {"segment_seconds": config.sad_seconds, "quantile": config.sad_quantile}
@@ -453,6 +444,20 @@ class Run:
             dist.barrier()  # rank 0 built the cache; the others read it
             index = index or SalientIndex.build(self.train_tracks, config.stems, **sad)
         self.dataset = self._training_data(index)
+
+    def _check_sample_rate(self, rate: int) -> None:
+        """The dataset's sample rate must be the network's."""
+        network = self.model.card.sample_rate
+        if rate != network:
+            where = (
+                f"set sr = {rate} in --model-config"
+                if self.config.model_config
+                else f"give a --model-config with sr = {rate}"
+            )
+            raise TrainError(
+                f"{self.data_root}: the {'mixtures' if self.task == 'speakers' else 'tracks'} are at "
+                f"{rate} Hz but the model works at {network} Hz; resample the dataset or {where}"
+            )
 
     def _training_data(self, index: Any) -> torch.utils.data.Dataset:
         """The music training samples: BSRNN's remix of the training tracks' salient segments."""

@@ -193,15 +193,17 @@ def build_network(
     for TS-BSMamba2, which config fields the weights have instead).
     """
     try:
-        model = families.build_model(architecture, config, stems)
+        with torch.device("meta"):  # shapes only: a config that does not fit the weights (say, one edited
+            shapes = families.build_model(architecture, config, stems)  # to 100 GB) is named first
     except (families.FamilyError, ValueError) as exc:
         raise CheckpointError(f"{label}: {exc}") from None
     try:
-        check_state_dict(model, state_dict)
+        check_state_dict(shapes, state_dict)
     except StateDictMismatch as exc:
         raise CheckpointError(
-            f"{label}: architecture differs from {expected_by}: {_found(state_dict, model)}{exc}"
+            f"{label}: architecture differs from {expected_by}: {_found(state_dict, shapes)}{exc}"
         ) from None
+    model = families.build_model(architecture, config, stems)
     model.load_state_dict(state_dict, strict=True)
     model.card = replace(model.card, stems=stems, normalization=normalization)
     return model.eval()
