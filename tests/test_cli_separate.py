@@ -198,8 +198,8 @@ def write_bad(kind, folder):
         path.write_bytes(data[: len(data) // 3])
         return path, "truncated at 0.67 s (the file says 2.00 s)"
     if kind == "too_short":
-        sf.write(path, np.zeros((200, 2), np.float32) + 0.1, RATE)
-        return path, "too short"
+        sf.write(path, np.zeros((2, 2), np.float32) + 0.1, RATE)  # was "0.0 ms" (one decimal)
+        return path, f"too short (2 samples, {2000 / RATE:.3g} ms; the model needs at least"
     if kind == "nan":
         audio = song(path)
         audio[30000, 1] = np.nan

@@ -229,6 +229,22 @@ def test_eval_command_prints_a_table_and_writes_json(musdb, tmp_path, monkeypatc
     assert replaced.exit_code == 0 and json.loads(mine.read_text())["tracks"][0]["name"] == "Artist A - Song"
 
 
+def test_eval_tracks_n_reads_only_the_first_n_tracks(musdb, tmp_path, monkeypatch, find_tracks_available):
+    """Before: --tracks 1 still probed every track, so a broken second track failed a quick check."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "set"
+    shutil.copytree(musdb, root)
+    (root / "test" / "Artist B - Song" / "vocals.wav").write_bytes(b"RIFF broken")
+    args = ["eval", "--musdb", str(root), "-m", str(GOLDEN_WEIGHTS), "--window", "1", "--device", "cpu"]
+    result = CliRunner().invoke(
+        _cli(), [*args, "--no-csdr", "--tracks", "1", "--json", str(tmp_path / "r.json")]
+    )
+    assert result.exit_code == 0, result.output
+    assert [t["name"] for t in json.loads((tmp_path / "r.json").read_text())["tracks"]] == ["Artist A - Song"]
+    result = CliRunner().invoke(_cli(), [*args, "--no-csdr", "--json", str(tmp_path / "all.json")])
+    assert result.exit_code == 1 and "Artist B - Song/vocals.wav" in result.stderr
+
+
 def test_eval_command_errors_are_one_line(musdb, tmp_path, monkeypatch, find_tracks_available):
     for root, model in ((musdb, tmp_path / "none.safetensors"), (tmp_path / "nothing", GOLDEN_WEIGHTS)):
         result = CliRunner().invoke(_cli(), ["eval", "--musdb", str(root), "-m", str(model)])

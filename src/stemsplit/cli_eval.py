@@ -93,7 +93,7 @@ def eval_command(
         _eval_speech(separator, libri2mix, subset, mixture, tracks, json_out, no_csdr)
         return
     try:
-        found = find_tracks(musdb, subset, separator.stems)[:tracks]
+        found = find_tracks(musdb, subset, separator.stems, limit=tracks)  # --tracks 1: one track read
         json_out = json_out or _default_report(separator.name, subset)
         report = evaluate_tracks(
             separator,

@@ -738,8 +738,8 @@ class Separator:
         shortest = self.card.min_samples / self.sample_rate
         if info.seconds < shortest:
             raise SeparationError(
-                f"{info.path}: too short ({info.seconds * 1000:.1f} ms; the model needs at least "
-                f"{shortest * 1000:.1f} ms)"
+                f"{info.path}: too short ({info.frames} samples, {info.seconds * 1000:.3g} ms; the model "
+                f"needs at least {shortest * 1000:.3g} ms)"
             )
 
     def song_blocks(

@@ -127,10 +127,12 @@ class Track:
         return mixture
 
 
-def find_tracks(root: str | Path, subset: str, stems: Sequence[str] = MUSIC_STEMS) -> list[Track]:
-    """The tracks of ``ROOT/<subset>/<track>/{mixture,<stem>}.wav``, sorted by name.
+def find_tracks(
+    root: str | Path, subset: str, stems: Sequence[str] = MUSIC_STEMS, limit: int | None = None
+) -> list[Track]:
+    """The tracks of ``ROOT/<subset>/<track>/{mixture,<stem>}.wav``, sorted by name (the first ``limit``).
 
-    Every stem file is probed up front, so a broken dataset fails here with the
+    Every stem file of them is probed up front, so a broken dataset fails here with the
     offending path rather than hours into training.
     """
     root, stems = Path(root), tuple(stems)
@@ -148,7 +150,7 @@ def find_tracks(root: str | Path, subset: str, stems: Sequence[str] = MUSIC_STEM
     folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DatasetError(f"{folder}: no track folders (expected {folder}/<track>/<stem>.wav)")
-    return [_read_track(path, stems) for path in folders]
+    return [_read_track(path, stems) for path in folders[:limit]]
 
 
 def _read_track(folder: Path, stems: tuple[str, ...]) -> Track:
