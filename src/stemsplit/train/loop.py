@@ -759,6 +759,10 @@ class Run:
                         json.dumps({"event": "finished", "ranks_agree": agree, "world": self.ranks.world})
                         + "\n"
                     )
+            # gloo's worker thread may still be releasing the all_gather's tensors, which needs the GIL;
+            # destroying the group joins that thread while holding the GIL: a deadlock seen under load.
+            # The barrier is queued behind that release and waits without the GIL.
+            dist.barrier()
             dist.destroy_process_group()
 
     def _stopped_early(self) -> bool:
