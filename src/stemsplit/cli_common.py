@@ -55,6 +55,34 @@ def error_line(message: str) -> None:
     err_console.print(f"stemsplit: error: {one_line(message)}")
 
 
+# Library option names -> the flags that set them (the library names problems, the CLI adds flags).
+FLAGS = {
+    "window": "--window",
+    "hop": "--hop",
+    "batch_size": "--batch-size",
+    "device": "--device",
+    "precision": "--precision",
+    "compile": "--compile",
+    "stage": "--stage",
+    "filename": "--filename",
+    "fmt": "--format",
+    "bit_depth": "--bit-depth",
+    "clip_mode": "--clip-mode",
+    "stems": "--stems",
+    "two_stems": "--two-stems",
+    "out": "--out",
+    "model": "--model",
+    "residual": "--residual",
+}
+
+
+def flag_problem(exc: Exception) -> str:
+    """A library error about a setting (its ``option`` and ``problem``) as one line naming the flag."""
+    option = getattr(exc, "option", None)
+    problem = getattr(exc, "problem", str(exc))
+    return f"{FLAGS.get(option, option)}: {problem}" if option else problem
+
+
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
     """Print the error line and return the ``typer.Exit`` to raise."""
     error_line(message)

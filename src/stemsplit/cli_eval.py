@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .cli_common import EXIT_USAGE, err_console, fail, out_console
+from .cli_common import EXIT_USAGE, err_console, fail, flag_problem, out_console
 from .files import nearest_existing
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
@@ -81,7 +81,7 @@ def eval_command(
     try:  # a device not here (or a Mamba backend that cannot run on it) is a usage error
         pick_device(device)
     except SeparationError as exc:
-        raise fail(f"--device: {exc.problem}" if exc.option else str(exc), EXIT_USAGE) from None
+        raise fail(flag_problem(exc), EXIT_USAGE) from None
     try:
         separator = Separator(model, device=device, window=window, hop=hop, batch_size=batch_size, task=task)
     except SeparationError as exc:
@@ -132,7 +132,7 @@ def _check_usage(
         check_settings(window, hop, batch_size, None, None)
         parse_device(device)
     except SeparationError as exc:
-        raise fail(f"--{exc.option.replace('_', '-')}: {exc.problem}", EXIT_USAGE) from None
+        raise fail(flag_problem(exc), EXIT_USAGE) from None
     if json_out is not None and json_out.is_dir():  # found only after every track was separated, before
         raise fail(f"--json: {json_out} is a folder; name the report's file", EXIT_USAGE)
     if json_out is not None and os.path.lexists(json_out) and not overwrite:  # a report the user has

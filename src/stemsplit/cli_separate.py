@@ -46,6 +46,7 @@ from .cli_common import (
     Interrupted,
     err_console,
     error_line,
+    flag_problem,
     interrupted_status,
     interrupts_as_exceptions,
     one_line,
@@ -55,25 +56,6 @@ from .output import DEFAULT_FILENAME
 # TS (12 layers, N = 128) per 3 s window on 2 cores, fp32 and bf16 (benchmarks/bench_model.py, AMD EPYC)
 CPU_SECONDS_PER_WINDOW = {"fp32": 6.2, "bf16": 4.5}
 TS_PARAMETERS = 35.5e6  # the paper's TS: the estimate above scales with a model's size
-# Library option names -> the flags that set them (the library names problems, the CLI adds flags).
-FLAGS = {
-    "window": "--window",
-    "hop": "--hop",
-    "batch_size": "--batch-size",
-    "device": "--device",
-    "precision": "--precision",
-    "compile": "--compile",
-    "stage": "--stage",
-    "filename": "--filename",
-    "fmt": "--format",
-    "bit_depth": "--bit-depth",
-    "clip_mode": "--clip-mode",
-    "stems": "--stems",
-    "two_stems": "--two-stems",
-    "out": "--out",
-    "model": "--model",
-    "residual": "--residual",
-}
 # The command for each task (stemsplit.card.TASKS), for the one-line refusal of the other task's models.
 TASK_COMMANDS = {"music": "separate", "speakers": "speakers"}
 
@@ -219,9 +201,7 @@ class Song:
 
 def _usage(exc: Exception) -> UsageError:
     """A library error about a setting -> a usage error naming the flag."""
-    option = getattr(exc, "option", None)
-    problem = getattr(exc, "problem", str(exc))
-    return UsageError(f"{FLAGS.get(option, option)}: {problem}" if option else problem)
+    return UsageError(flag_problem(exc))
 
 
 def _wanted_stems(stems: str | None, two_stems: str | None) -> list[str] | None:
@@ -495,12 +475,13 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     # 4b. what the model takes (channels, rate): a file it cannot take fails alone, before anything runs
     for song in run:
         found = probed[id(song.outputs.source)]
+        if isinstance(found, AudioError):  # (with --debug it was raised when probed)
+            song.status, song.details = "failed", str(found)
+            continue
+        song.info = found
         try:
-            if isinstance(found, AudioError):
-                raise found
-            song.info = found
             separator.check_input(song.info, args["downmix"])
-        except (AudioError, SeparationError) as exc:
+        except SeparationError as exc:
             if args["debug"]:
                 raise
             song.status, song.details = "failed", str(exc)

@@ -370,7 +370,6 @@ class Run:
         self._check_dataset_flags()
         if self.task == "speakers":
             self._speech_data()
-            self._check_sample_rate(self.dataset.sample_rate)
         else:
             self._music_data()
         self.model = self.model.to(self.device)
@@ -497,6 +496,7 @@ class Run:
         if config.valid_tracks is not None:
             self.valid_tracks = self.valid_tracks[: config.valid_tracks]
         self.dataset = SpeechCrops(self.train_tracks, config.crop_seconds, config.epoch_size, config.seed)
+        self._check_sample_rate(self.dataset.sample_rate)
 
     def end_epoch(self, improved: bool, score: float) -> None:
         """Called on every rank after each epoch's validation (``improved``: a new best score)."""
