@@ -202,6 +202,28 @@ def test_output_folder_that_is_a_file(a_song, tmp_path):
     assert (tmp_path / "out").read_text() == "a file, not a folder"
 
 
+# /proc takes no new files, yet os.access says root may write there: eval's report failed at the end,
+# after every track was separated, naming a temporary file. Every command asks the folder itself now.
+NO_NEW_FILES = {
+    "separate": ["{song}", "-o", "/proc/stemsplit-test/stems"],
+    "eval": ["eval", "--musdb", "{tmp}", "--no-csdr", "--json", "/proc/stemsplit-test.json"],
+    "train": ["train", "--musdb", "{tmp}", "-o", "/proc/stemsplit-test-run"],
+    "synth": ["synth", "/proc/stemsplit-test-songs", "--songs", "1"],
+}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+@pytest.mark.parametrize("command", list(NO_NEW_FILES))
+def test_a_folder_that_takes_no_files_is_a_usage_error_before_any_work(command, a_song, tmp_path):
+    args = [a.format(song=a_song, tmp=tmp_path) for a in NO_NEW_FILES[command]]
+    result = stemsplit(*args, timeout=60)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("stemsplit: error: "), lines
+    assert "cannot write into /proc (it takes no new files)" in lines[0], lines
+    assert os.listdir(tmp_path) == []
+
+
 BACKENDS_REFUSED = {"bogus": "unknown Mamba backend 'bogus' (expected auto, portable or cuda)"}
 if not shutil.which("nvidia-smi"):
     BACKENDS_REFUSED["cuda"] = "Mamba backend 'cuda' was requested, but this runs on cpu, not a CUDA device"

@@ -2,6 +2,7 @@
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 from helpers import dead_pid, tiny_model
@@ -12,6 +13,7 @@ from stemsplit.files import (
     sweep_stale_temporaries,
     temporary_sibling,
     write_atomically,
+    write_problem,
 )
 from stemsplit.weights import save_checkpoint
 
@@ -94,3 +96,12 @@ def test_exported_checkpoints_are_readable_by_others(tmp_path, umask_022):
     """safetensors alone would create 0600 files; an exported model is meant to be shared."""
     save_checkpoint(tiny_model(), tmp_path / "best.safetensors")
     assert (tmp_path / "best.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_write_problem_asks_the_folder_and_leaves_nothing(tmp_path):
+    (tmp_path / "kept").write_text("the user's")
+    assert write_problem(tmp_path) is None
+    assert os.listdir(tmp_path) == ["kept"]
+    if os.path.isdir("/proc/self"):  # os.access says yes to root here; creating a file says no
+        assert write_problem(Path("/proc")) == "it takes no new files"
+    assert write_problem(tmp_path / "kept") is not None  # a file is no folder: "not a directory"

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from .cli_common import EXIT_USAGE, err_console, fail, flag_problem, out_console
-from .files import nearest_existing
+from .files import nearest_existing, write_problem
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
@@ -141,9 +141,9 @@ def _check_usage(
     nearest = nearest_existing(json_out.parent) if json_out else Path.cwd()
     if not nearest.is_dir():
         raise fail(f"--json: {nearest} is not a folder; the report cannot go under it", EXIT_USAGE)
-    if not os.access(nearest, os.W_OK | os.X_OK):
+    if problem := write_problem(nearest):
         where = "" if json_out else "; name a report file elsewhere with --json"
-        raise fail(f"--json: cannot write into {nearest} (permission denied){where}", EXIT_USAGE)
+        raise fail(f"--json: cannot write into {nearest} ({problem}){where}", EXIT_USAGE)
 
 
 def _subset_name(subset: str, flag: str) -> str:

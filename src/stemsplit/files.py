@@ -17,6 +17,7 @@ writes into that folder removes them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -35,6 +36,7 @@ __all__ = [
     "sweep_stale_temporaries",
     "temporary_sibling",
     "write_atomically",
+    "write_problem",
     "writer_gone",
 ]
 
@@ -51,6 +53,24 @@ def nearest_existing(path: Path, stop: Path | None = None) -> Path:
     while not os.path.lexists(path) and path != path.parent and path != stop:
         path = path.parent
     return path
+
+
+def write_problem(folder: Path) -> str | None:
+    """Why no file can be made in the existing ``folder``, in a few words, or None: one can.
+
+    It asks the system itself, by making and removing an empty temporary
+    (:func:`temporary_sibling`): ``os.access`` answers yes to root everywhere,
+    /proc and read-only mounts included, and that was found only at the end of a
+    run, when the first file went in.
+    """
+    try:
+        temporary_sibling(Path(folder) / "probe").unlink()
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:  # /proc, /sys: the folder is there but takes no new files
+            return "it takes no new files"
+        reason = exc.strerror or type(exc).__name__
+        return reason[:1].lower() + reason[1:]
+    return None
 
 
 def host_tag() -> str:

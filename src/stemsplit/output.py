@@ -52,6 +52,7 @@ from .files import (
     sweep_stale_temporaries,
     temporary_sibling,
     write_atomically,
+    write_problem,
     writer_gone,
 )
 
@@ -322,8 +323,8 @@ def _check_out_dir(out_dir: Path) -> None:
         raise OutputError(f"{out_dir} exists and is not a folder", "out")
     if not probe.is_dir():
         raise OutputError(f"cannot create {out_dir}: {probe} is not a folder", "out")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write into {probe} (permission denied)", "out")
+    if problem := write_problem(probe):
+        raise OutputError(f"cannot write into {probe} ({problem})", "out")
 
 
 def _check_no_symlink_escape(out_dir: Path, paths: object) -> None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..card import MUSIC_STEMS, SPEAKER_STEMS, stem_name_problem
-from ..files import nearest_existing
+from ..files import nearest_existing, write_problem
 from ..settings import SeparationError, check_settings, parse_device
 
 __all__ = [
@@ -95,8 +94,8 @@ def synth_request_problem(
     nearest = nearest_existing(out)  # where out will be made
     if not nearest.is_dir():
         return f"{out}: cannot be made: {nearest} is not a folder"
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        return f"{out}: cannot be made: cannot write into {nearest} (permission denied)"
+    if problem := write_problem(nearest):
+        return f"{out}: cannot be made: cannot write into {nearest} ({problem})"
     return None
 
 
@@ -242,6 +241,11 @@ def out_problem(out: Path, resume: bool = False, run_files: tuple[str, ...] = RU
     there (``last.pt`` or one of ``run_files``); ``--resume`` finds no ``last.pt``."""
     if out.exists() and not out.is_dir():
         return f"--out: {out} is not a folder; name a new or existing run folder"
+    nearest = nearest_existing(out)  # where the run folder is, or will be made
+    if not nearest.is_dir():
+        return f"--out: {out} cannot be made: {nearest} is not a folder"
+    if problem := write_problem(nearest):
+        return f"--out: cannot write into {nearest} ({problem})"
     last = out / "last.pt"
     if resume:
         return None if last.is_file() else f"--resume: no checkpoint at {last}"

@@ -391,8 +391,13 @@ def evaluate_speech(
 
 
 def write_report(report: EvalReport | SpeechReport, path: Path) -> None:
-    """Write the report as JSON atomically: a crash never leaves a truncated file behind."""
+    """Write the report as JSON atomically: a crash never leaves a truncated file behind.
+
+    An OSError names ``path`` (not the temporary it was being written to)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n"
-    write_atomically(path, lambda temp: temp.write_text(text))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda temp: temp.write_text(text))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
