@@ -246,10 +246,18 @@ def test_eval_tracks_n_reads_only_the_first_n_tracks(musdb, tmp_path, monkeypatc
 
 
 def test_eval_command_errors_are_one_line(musdb, tmp_path, monkeypatch, find_tracks_available):
+    # a missing checkpoint or test set: usage errors, before anything loads (were exit 1 after the model)
     for root, model in ((musdb, tmp_path / "none.safetensors"), (tmp_path / "nothing", GOLDEN_WEIGHTS)):
         result = CliRunner().invoke(_cli(), ["eval", "--musdb", str(root), "-m", str(model)])
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert result.stderr.startswith("stemsplit: error: ") and result.stderr.count("\n") == 1
+    (musdb / "test" / "Artist A - Song" / "bass.wav").rename(tmp_path / "bass.wav")
+    try:  # a missing stem is found once the model says which stems it has: a file failed, exit 1
+        args = ["eval", "--musdb", str(musdb), "-m", str(GOLDEN_WEIGHTS), "--no-csdr"]
+        result = CliRunner().invoke(_cli(), args)
+    finally:
+        (tmp_path / "bass.wav").rename(musdb / "test" / "Artist A - Song" / "bass.wav")
+    assert result.exit_code == 1 and "bass.wav: missing" in result.stderr
 
     monkeypatch.setitem(sys.modules, "museval", None)  # not installed: said before any separating
     result = CliRunner().invoke(_cli(), ["eval", "--musdb", str(musdb), "-m", str(GOLDEN_WEIGHTS)])
@@ -264,6 +272,9 @@ def test_eval_command_errors_are_one_line(musdb, tmp_path, monkeypatch, find_tra
         (["--musdb", "data", "--window", "1000"], "--window: must be more than 0 and at most 60"),
         (["--musdb", "data", "--device", "tpu"], "--device: must be auto, cpu, cuda or cuda:N"),
         (["--libri2mix", "data", "--json", "."], "--json: . is a folder"),
+        # the test set's layout, before the model (was exit 1 once it had loaded)
+        (["--musdb", "data"], "--musdb: data: no such folder"),
+        (["--musdb", "."], "--musdb: test: no such folder (expected the layout"),
     ],
 )
 def test_eval_flags_are_usage_errors_before_torch(flags, message, tmp_path):

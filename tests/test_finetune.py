@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import stemsplit_without_torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -263,6 +264,14 @@ def test_usage_errors_exit_2_before_any_work(material, tmp_path):
     args[args.index("--unlabeled") + 1] = tmp_path / "nowhere"
     result = stemsplit(*args)
     assert result.returncode == 2 and "nowhere is not a folder" in result.stderr
+    typo = tmp_path / "labeled"  # a valid.txt naming a missing track: before, exit 1 after the model loaded
+    shutil.copytree(material / "labeled", typo)
+    (typo / "valid.txt").write_text("valid-00007\n")
+    args = finetune_args(material, out)
+    args[args.index("--musdb") + 1] = typo
+    result = stemsplit_without_torch(*args)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert f"--musdb: {typo / 'valid.txt'}: names tracks that are not in" in result.stderr
     assert not out.exists()
 
 

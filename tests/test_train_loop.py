@@ -367,6 +367,17 @@ def test_train_usage_errors_exit_2_in_one_line_before_any_work(tiny_musdb, tmp_p
         assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
         assert result.stderr.count("\n") == 1, result.stderr
     assert not out.exists()
+    # the dataset's layout, by name (before: exit 1, found after torch and the model were up)
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    result = run_train(train_args(empty, out))
+    assert result.returncode == 2 and f"--musdb: {empty / 'train'}: no track folders" in result.stderr
+    typo = tmp_path / "typo"
+    shutil.copytree(tiny_musdb, typo)
+    (typo / "valid.txt").write_text("Song Z\n")
+    result = run_train(train_args(typo, out))
+    assert result.returncode == 2 and f"{typo / 'valid.txt'}: names tracks that are not in" in result.stderr
+    assert not out.exists()
     short = run_train(train_args(tiny_musdb, out, "--crop-seconds", "0.001"))  # needs the network: exit 1
     assert short.returncode == 1 and "--crop-seconds 0.001 s is shorter than the network's" in short.stderr
     assert not out.exists()

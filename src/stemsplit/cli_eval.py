@@ -66,9 +66,18 @@ def eval_command(
     subset = _subset_name(subset, flag)
     _check_report_is_no_input(json_out, flag, musdb or libri2mix, model)
     _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
+    from .cli_separate import checked_model
+    from .train.layout import DatasetError, track_folders
+
+    model = checked_model(model)
+    if musdb is not None:
+        try:  # a wrong folder, before torch and the model load
+            track_folders(musdb, subset, limit=tracks)
+        except DatasetError as exc:
+            raise fail(f"--musdb: {exc}", EXIT_USAGE) from None
 
     from .separate import SeparationError, Separator
-    from .train.data import DatasetError, find_tracks
+    from .train.data import find_tracks
     from .train.eval import MUSEVAL_INSTALL, evaluate_tracks, write_report
     from .weights import WeightsError
 

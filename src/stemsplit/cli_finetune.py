@@ -107,18 +107,17 @@ def finetune_command(**given: typing.Any) -> None:
         problem = f"--unlabeled: {given['unlabeled']}: no audio files in it or below it"
     if problem:
         raise fail(problem, EXIT_USAGE)
-    from .cli_separate import UsageError, _model_argument
-    from .weights import WeightsError, load_registry
+    from .train.layout import DatasetError, check_training_layout
 
     try:
-        model = _model_argument(given.pop("model"))
-        if isinstance(model, str):  # a registry name (the registry needs no torch)
-            load_registry().get(model)
-    except (UsageError, WeightsError) as exc:
-        raise fail(f"--model: {exc}" if isinstance(exc, WeightsError) else str(exc), EXIT_USAGE) from None
+        check_training_layout(given["musdb"])
+    except DatasetError as exc:
+        raise fail(f"--musdb: {exc}", EXIT_USAGE) from None
+    from .cli_separate import checked_model
+
+    model = checked_model(given.pop("model"))
 
     # Everything above runs without torch: usage errors come back at once.
-    from .train.data import DatasetError
     from .train.finetune import configure, finetune, load_pretrained
     from .train.loop import TrainError, device_for
 

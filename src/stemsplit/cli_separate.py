@@ -46,6 +46,7 @@ from .cli_common import (
     Interrupted,
     err_console,
     error_line,
+    fail,
     flag_problem,
     interrupted_status,
     interrupts_as_exceptions,
@@ -260,6 +261,22 @@ def _model_argument(model: str | None) -> str | Path | None:
     if not stat.S_ISREG(st.st_mode):
         raise UsageError(f"--model: {model} is not a regular file")
     return path
+
+
+def checked_model(model: str | None) -> str | Path | None:
+    """:func:`_model_argument` for the commands that load one model (eval, finetune), with a registry
+    name looked up too (the registry needs no torch): a usage error (exit 2) before anything loads."""
+    from .weights import WeightsError, load_registry
+
+    try:
+        checked = _model_argument(model)
+        if isinstance(checked, str) and not checked.startswith(("http://", "https://")):
+            load_registry().get(checked)
+    except UsageError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    except WeightsError as exc:
+        raise fail(f"--model: {exc}", EXIT_USAGE) from None
+    return checked
 
 
 def _registry_entry(model: str | None, light: bool, task: str) -> Any:

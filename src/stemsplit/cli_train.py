@@ -128,16 +128,13 @@ def train_command(
     stemsplit train --libri2mix ~/data/Libri2Mix/wav8k/min --arch u-mamba-net -o runs/u-mamba-net
     """
     given = dict(locals())  # the flags as given: None = the recipe's default (TrainConfig.for_arch)
-    from .train.data import DatasetError
-    from .train.loop import TrainConfig, TrainError, device_for, model_config_for
-    from .train.loop import train as run_training
+    from .train.config import DEFAULT_ARCH, SPEECH_ARCH, TrainConfig
+    from .train.layout import DatasetError, check_training_layout
 
     if override and not resume:
         raise fail("--override only applies with --resume", EXIT_USAGE)
     if (musdb is None) == (libri2mix is None):
         raise fail("give one dataset: --musdb (music models) or --libri2mix (speaker models)", EXIT_USAGE)
-    from .train.config import DEFAULT_ARCH, SPEECH_ARCH
-
     arch = arch or (SPEECH_ARCH if libri2mix is not None else DEFAULT_ARCH)
     from .model import FAMILIES
 
@@ -152,6 +149,15 @@ def train_command(
     problem = config.problem() or config.folder_problem()
     if problem:
         raise fail(problem, EXIT_USAGE)
+    try:  # by folder and file names only: before torch loads
+        if musdb is not None:
+            check_training_layout(musdb)
+    except DatasetError as exc:
+        raise fail(f"--musdb: {exc}", EXIT_USAGE) from None
+
+    from .train.loop import TrainError, device_for, model_config_for
+    from .train.loop import train as run_training
+
     try:  # a bad --preset or --model-config file, or a device not here, is a usage error: before any work
         model_config_for(config)
         device_for(config.device)

@@ -25,7 +25,6 @@ have seen in one uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +38,13 @@ from ..audio import AudioError, libsndfile_reason, probe, sf_name, unplayable_pr
 from ..card import MUSIC_STEMS
 from ..files import write_atomically
 from ..weights import cache_dir
+from .layout import (
+    DatasetError,
+    checked_validation_names,
+    musdb_validation_names,
+    track_folders,
+    validation_names,
+)
 from .speech_synth import SpeechSynthError
 
 __all__ = [
@@ -58,22 +64,7 @@ __all__ = [
     "validation_names",
 ]
 
-HQ_URL = "https://zenodo.org/records/3338373"
-VALID_LIST = "valid.txt"  # optional: the dataset's own validation track names
 _CACHE_VERSION = 1
-
-
-class DatasetError(Exception):
-    """The dataset cannot be used as given; the one-line message names the path and the problem."""
-
-    def __init__(self, message: str = "") -> None:
-        # An error in a DataLoader worker comes back re-raised as DatasetError("Caught DatasetError in
-        # DataLoader worker process 0.\nOriginal Traceback ...\n<module>.DatasetError: MESSAGE"):
-        # keep the worker's own one-line MESSAGE, which is what the user needs.
-        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
-            last = message.rstrip().splitlines()[-1]
-            message = last.split(": ", 1)[1] if ": " in last else last
-        super().__init__(message)
 
 
 # --- tracks -------------------------------------------------------------------------------------
@@ -135,22 +126,7 @@ def find_tracks(
     Every stem file of them is probed up front, so a broken dataset fails here with the
     offending path rather than hours into training.
     """
-    root, stems = Path(root), tuple(stems)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: no such folder")
-    folder = root / subset
-    for place in (root, folder):
-        if place.is_dir() and next(place.glob("*.stem.mp4"), None) is not None:
-            raise DatasetError(
-                f"{place}: holds .stem.mp4 files, the compressed MUSDB18; stemsplit reads MUSDB18-HQ, "
-                f"the uncompressed wav version ({HQ_URL})"
-            )
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: no such folder (expected the layout ROOT/{subset}/<track>/<stem>.wav)")
-    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DatasetError(f"{folder}: no track folders (expected {folder}/<track>/<stem>.wav)")
-    return [_read_track(path, stems) for path in folders[:limit]]
+    return [_read_track(path, tuple(stems)) for path in track_folders(root, subset, limit)]
 
 
 def _read_track(folder: Path, stems: tuple[str, ...]) -> Track:
@@ -183,46 +159,6 @@ def _read_track(folder: Path, stems: tuple[str, ...]) -> Track:
     return Track(folder.name, folder, stems, first.sample_rate, first.frames, first.channels)
 
 
-def musdb_validation_names() -> list[str]:
-    """The 14 MUSDB18 validation tracks, from the ``musdb`` package's own config.
-
-    The file is parsed directly because importing ``musdb`` pulls in stempeg and ffmpeg.
-    """
-    spec = importlib.util.find_spec("musdb")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetError(
-            "the MUSDB18 validation split needs the musdb package: pip install 'stemsplit[train]'"
-        )
-    try:
-        import yaml
-    except ImportError:
-        raise DatasetError("reading the musdb config needs PyYAML: pip install 'stemsplit[train]'") from None
-    path = Path(next(iter(spec.submodule_search_locations))) / "configs" / "mus.yaml"
-    try:
-        names = yaml.safe_load(path.read_text())["validation_tracks"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{path}: no validation_tracks list ({exc})") from None
-    return [str(name) for name in names]
-
-
-def validation_names(root: str | Path) -> list[str]:
-    """The validation tracks of a dataset: listed in ``ROOT/valid.txt`` if there, else MUSDB18's 14.
-
-    ``valid.txt`` (one track name per line, ``#`` comments) lets datasets other than
-    MUSDB18-HQ, such as ``stemsplit synth`` output, name their own validation split.
-    """
-    listing = Path(root) / VALID_LIST
-    if not listing.exists():
-        return musdb_validation_names()
-    if not listing.is_file():
-        raise DatasetError(f"{listing}: not a file (it lists the validation tracks, one name a line)")
-    try:
-        lines = listing.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{listing}: cannot read ({exc})") from None
-    return [name for line in lines if (name := line.split("#", 1)[0].strip())]
-
-
 def split_train_valid(
     tracks: list[Track], valid_names: Sequence[str] | None = None
 ) -> tuple[list[Track], list[Track]]:
@@ -234,13 +170,7 @@ def split_train_valid(
 def dataset_split(root: str | Path, tracks: list[Track]) -> tuple[list[Track], list[Track]]:
     """(train, valid) of ``ROOT/train``'s tracks by :func:`validation_names`. A ``valid.txt`` naming a
     track that is not there is an error: a misspelt name would train on the track meant for validation."""
-    names = validation_names(root)
-    missing = sorted(set(names) - {track.name for track in tracks})
-    if missing and (Path(root) / VALID_LIST).is_file():
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DatasetError(
-            f"{Path(root) / VALID_LIST}: names tracks that are not in {Path(root) / 'train'}: {shown}"
-        )
+    names = checked_validation_names(root, [track.name for track in tracks])
     return split_train_valid(tracks, names)
 
 
