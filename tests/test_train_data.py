@@ -110,6 +110,12 @@ def test_find_tracks_errors_name_the_path(tmp_path, musdb):
     assert error_of(find_tracks, musdb, "valid").startswith(f"{musdb / 'valid'}: no such folder")
     (tmp_path / "empty" / "train").mkdir(parents=True)
     assert "no track folders" in error_of(find_tracks, tmp_path / "empty", "train")
+    (tmp_path / "afile").write_text("")
+    assert error_of(find_tracks, tmp_path / "afile", "train") == f"{tmp_path / 'afile'}: not a folder"
+    (tmp_path / "empty" / "test").write_text("")
+    assert error_of(find_tracks, tmp_path / "empty", "test").startswith(
+        f"{tmp_path / 'empty' / 'test'}: not a folder"
+    )
 
     (musdb / "train" / "B - Second" / "bass.wav").unlink()
     assert error_of(find_tracks, musdb, "train").startswith(

@@ -50,7 +50,7 @@ def track_folders(root: str | Path, subset: str, limit: int | None = None) -> li
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: no such folder")
+        raise DatasetError(f"{root}: {'not a folder' if root.exists() else 'no such folder'}")
     folder = root / subset
     for place in (root, folder):
         if place.is_dir() and next(place.glob("*.stem.mp4"), None) is not None:
@@ -59,7 +59,8 @@ def track_folders(root: str | Path, subset: str, limit: int | None = None) -> li
                 f"the uncompressed wav version ({HQ_URL})"
             )
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: no such folder (expected the layout ROOT/{subset}/<track>/<stem>.wav)")
+        what = "not a folder" if folder.exists() else "no such folder"
+        raise DatasetError(f"{folder}: {what} (expected the layout ROOT/{subset}/<track>/<stem>.wav)")
     folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DatasetError(f"{folder}: no track folders (expected {folder}/<track>/<stem>.wav)")
