@@ -275,6 +275,7 @@ def test_eval_command_errors_are_one_line(musdb, tmp_path, monkeypatch, find_tra
         # the test set's layout, before the model (was exit 1 once it had loaded)
         (["--musdb", "data"], "--musdb: data: no such folder"),
         (["--musdb", "."], "--musdb: test: no such folder (expected the layout"),
+        (["--libri2mix", "data"], "--libri2mix: data: no such folder"),
     ],
 )
 def test_eval_flags_are_usage_errors_before_torch(flags, message, tmp_path):

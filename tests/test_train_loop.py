@@ -377,6 +377,10 @@ def test_train_usage_errors_exit_2_in_one_line_before_any_work(tiny_musdb, tmp_p
     (typo / "valid.txt").write_text("Song Z\n")
     result = run_train(train_args(typo, out))
     assert result.returncode == 2 and f"{typo / 'valid.txt'}: names tracks that are not in" in result.stderr
+    (tmp_path / "speech" / "dev").mkdir(parents=True)  # no train-100 split: nothing to train on
+    result = run_train(["train", "--libri2mix", tmp_path / "speech", "-o", out])
+    assert result.returncode == 2 and "--libri2mix: " in result.stderr, result.stderr
+    assert f"{tmp_path / 'speech' / 'train-100' / 'mix_both'}: no such folder" in result.stderr
     assert not out.exists()
     short = run_train(train_args(tiny_musdb, out, "--crop-seconds", "0.001"))  # needs the network: exit 1
     assert short.returncode == 1 and "--crop-seconds 0.001 s is shorter than the network's" in short.stderr

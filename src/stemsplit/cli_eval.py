@@ -68,13 +68,16 @@ def eval_command(
     _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
     from .cli_separate import checked_model
     from .train.layout import DatasetError, track_folders
+    from .train.speech_synth import SpeechSynthError, check_speech_layout
 
     model = checked_model(model)
-    if musdb is not None:
-        try:  # a wrong folder, before torch and the model load
+    try:  # a wrong folder, by name, before torch and the model load
+        if musdb is not None:
             track_folders(musdb, subset, limit=tracks)
-        except DatasetError as exc:
-            raise fail(f"--musdb: {exc}", EXIT_USAGE) from None
+        else:
+            check_speech_layout(libri2mix, subset, mixture)
+    except (DatasetError, SpeechSynthError) as exc:
+        raise fail(f"{flag}: {exc}", EXIT_USAGE) from None
 
     from .separate import SeparationError, Separator
     from .train.data import find_tracks

@@ -130,6 +130,7 @@ def train_command(
     given = dict(locals())  # the flags as given: None = the recipe's default (TrainConfig.for_arch)
     from .train.config import DEFAULT_ARCH, SPEECH_ARCH, TrainConfig
     from .train.layout import DatasetError, check_training_layout
+    from .train.speech_synth import SpeechSynthError, check_speech_layout
 
     if override and not resume:
         raise fail("--override only applies with --resume", EXIT_USAGE)
@@ -152,8 +153,10 @@ def train_command(
     try:  # by folder and file names only: before torch loads
         if musdb is not None:
             check_training_layout(musdb)
-    except DatasetError as exc:
-        raise fail(f"--musdb: {exc}", EXIT_USAGE) from None
+        else:
+            check_speech_layout(libri2mix, "train-100", config.mixture)
+    except (DatasetError, SpeechSynthError) as exc:
+        raise fail(f"{'--musdb' if musdb is not None else '--libri2mix'}: {exc}", EXIT_USAGE) from None
 
     from .train.loop import TrainError, device_for, model_config_for
     from .train.loop import train as run_training

@@ -122,5 +122,8 @@ def checked_validation_names(root: str | Path, train_names: Iterable[str]) -> li
 
 def check_training_layout(root: str | Path) -> None:
     """What a training run on ``root`` reads first, by name only: ``ROOT/train``'s track folders and the
-    validation list (a :class:`DatasetError` if either is wrong)."""
-    checked_validation_names(root, [folder.name for folder in track_folders(root, "train")])
+    ``valid.txt`` if there is one (a :class:`DatasetError` if either is wrong). Without one, MUSDB18's
+    names come from the musdb package later: a missing package is the install's problem, not the folder's."""
+    folders = track_folders(root, "train")
+    if (Path(root) / VALID_LIST).exists():
+        checked_validation_names(root, [folder.name for folder in folders])

@@ -710,6 +710,23 @@ def _listed_file(root: Path, split: str, written: str) -> Path:
     return here if here.is_file() else root / path
 
 
+def check_speech_layout(root: str | Path, split: str, mixture: str = "mix_both") -> None:
+    """What :func:`find_speech_mixtures` needs first, by name only (no file read, no torch): the root, and
+    ``root/<split>/<mixture>/`` or the split's metadata table. A :class:`SpeechSynthError` if not."""
+    root = Path(root)
+    if mixture not in MIXTURE_KINDS:
+        raise SpeechSynthError(f"mixture must be one of {', '.join(MIXTURE_KINDS)}, not {mixture!r}")
+    if not root.is_dir():
+        raise SpeechSynthError(f"{root}: {'not a folder' if root.exists() else 'no such folder'}")
+    table = root / "metadata" / f"mixture_{split}_{mixture}.csv"
+    folder = root / split / mixture
+    if not table.is_file() and not folder.is_dir():
+        raise SpeechSynthError(
+            f"{folder}: no such folder, and no {table.name} in {table.parent} "
+            f"(expected the Libri2Mix layout {root}/{split}/{{{mixture},s1,s2}}/<ID>.wav)"
+        )
+
+
 def find_speech_mixtures(root: str | Path, split: str, mixture: str = "mix_both") -> list[SpeechTrack]:
     """The mixtures of ``root/<split>`` (``train-100``, ``train-360``, ``dev``, ``test``), sorted by ID.
 
@@ -721,10 +738,7 @@ def find_speech_mixtures(root: str | Path, split: str, mixture: str = "mix_both"
     mixture), so a broken dataset fails here, naming the file.
     """
     root = Path(root)
-    if mixture not in MIXTURE_KINDS:
-        raise SpeechSynthError(f"mixture must be one of {', '.join(MIXTURE_KINDS)}, not {mixture!r}")
-    if not root.is_dir():
-        raise SpeechSynthError(f"{root}: no such folder")
+    check_speech_layout(root, split, mixture)
     table = root / "metadata" / f"mixture_{split}_{mixture}.csv"
     entries: list[tuple[str, Path, Path, Path, int | None]] = []
     if table.is_file():
@@ -744,11 +758,6 @@ def find_speech_mixtures(root: str | Path, split: str, mixture: str = "mix_both"
             )
     else:
         folder = root / split / mixture
-        if not folder.is_dir():
-            raise SpeechSynthError(
-                f"{folder}: no such folder, and no {table.name} in {table.parent} "
-                f"(expected the Libri2Mix layout {root}/{split}/{{{mixture},s1,s2}}/<ID>.wav)"
-            )
         files = sorted(p for p in folder.glob("*.wav") if not p.name.startswith("."))
         if not files:
             raise SpeechSynthError(f"{folder}: no .wav files")
