@@ -384,6 +384,23 @@ def test_speakers_refuses_music_models_and_separate_refuses_speaker_models(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag", ["--musdb", "--libri2mix"])
+def test_eval_refuses_a_model_of_the_other_task_before_torch(flag, tmp_path, speaker_checkpoint):
+    """Before: exit 1 once torch and the model had loaded."""
+    (tmp_path / "set" / "test" / "mix_both").mkdir(parents=True)  # each layout, by name
+    (tmp_path / "set" / "test" / "track").mkdir()
+    save_checkpoint(tiny_model(), tmp_path / "music.safetensors")
+    model, task = (
+        (speaker_checkpoint, "music") if flag == "--musdb" else (tmp_path / "music.safetensors", "speakers")
+    )
+    result = stemsplit_without_torch(
+        "eval", flag, tmp_path / "set", "--model", model, "--no-csdr", cwd=tmp_path
+    )
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert f"--model: {model.name} separates" in result.stderr and result.stderr.count("\n") == 1
+    assert f"not {task}; {flag} scores {task} models" in result.stderr
+
+
 @pytest.mark.parametrize("command", ["speakers", "separate"])
 def test_a_checkpoint_of_the_other_task_is_refused_before_torch(command, tmp_path, speaker_checkpoint):
     """Before: the model was loaded (torch imported, seconds for a large one) to find its task. Files

@@ -66,11 +66,18 @@ def eval_command(
     subset = _subset_name(subset, flag)
     _check_report_is_no_input(json_out, flag, musdb or libri2mix, model)
     _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
-    from .cli_separate import checked_model
+    from .cli_separate import UsageError, checked_model, known_model
     from .train.layout import DatasetError, track_folders
     from .train.speech_synth import SpeechSynthError, check_speech_layout
 
     model = checked_model(model)
+    task = "speakers" if libri2mix else "music"
+    try:  # a model of the other task, when the registry or the file's metadata says so
+        problem = known_model(model, False, task)[0]
+    except UsageError as exc:  # no model named, and the registry has none for this task
+        raise fail(str(exc), EXIT_USAGE) from None
+    if problem:
+        raise fail(f"--model: {problem}; {flag} scores {task} models", EXIT_USAGE)
     try:  # a wrong folder, by name, before torch and the model load
         if musdb is not None:
             track_folders(musdb, subset, limit=tracks)
@@ -87,7 +94,6 @@ def eval_command(
     if not no_csdr and importlib.util.find_spec("museval") is None:  # before hours of separating
         what = "SDRi" if libri2mix else "cSDR"
         raise fail(f"{what} needs museval: {MUSEVAL_INSTALL}; or add --no-csdr to leave it out")
-    task = "speakers" if libri2mix else "music"
     from .runtime import pick_device
 
     try:  # a device not here (or a Mamba backend that cannot run on it) is a usage error

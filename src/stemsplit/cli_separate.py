@@ -306,6 +306,27 @@ def _registry_entry(model: str | None, light: bool, task: str) -> Any:
     return entry
 
 
+def known_model(
+    model: str | Path | None, light: bool, task: str
+) -> tuple[str | None, tuple[str, ...] | None]:
+    """What the registry entry or the checkpoint file's metadata says of a model, without torch:
+    (the problem when it separates another task than ``task``, its stems; each None when not known)."""
+    from .settings import task_mismatch
+
+    entry = _registry_entry(model, light, task)
+    if entry is not None:
+        return task_mismatch(entry.name, entry.task, entry.stems, task), tuple(entry.stems)
+    if model is None or not os.path.isfile(model):
+        return None, None
+    from .weights import file_info  # torch-free: what a safetensors file's metadata says
+
+    info = file_info(model)
+    if not info:
+        return None, None
+    problem = task_mismatch(Path(model).name, info.task, info.stems or (), task) if info.task else None
+    return problem, tuple(info.stems) if info.stems else None
+
+
 def _wrong_task(problem: str, task: str) -> UsageError:
     """A model of the other task: the problem, and the command that takes it."""
     other = next(t for t in TASK_COMMANDS if t != task)
@@ -359,7 +380,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     from .audio import AudioError, probe
     from .card import DEFAULT_WINDOW
     from .output import OutputError, OutputOptions, plan_outputs
-    from .settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device, task_mismatch
+    from .settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device
 
     # 1. settings
     args["task"] = task
@@ -406,22 +427,10 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             (wanted or (["{stem}"] if "{stem}" in options.filename else ["{stem}", "{stem} 2"])) + residual
         )
 
-    entry = _registry_entry(args["model"], args["light"], task)  # known without loading the model
-    stems = run = known = None
-    if entry is not None:
-        problem = task_mismatch(entry.name, entry.task, entry.stems, task)
-        if problem:
-            raise _wrong_task(problem, task)
-        known = entry.stems
-    elif args["model"] is not None and os.path.isfile(args["model"]):
-        from .weights import file_info  # torch-free: what a safetensors file's metadata says
-
-        info = file_info(args["model"])
-        if info and info.task:
-            problem = task_mismatch(Path(args["model"]).name, info.task, info.stems or (), task)
-            if problem:
-                raise _wrong_task(problem, task)
-        known = info and info.stems
+    problem, known = known_model(args["model"], args["light"], task)  # without loading the model
+    if problem:
+        raise _wrong_task(problem, task)
+    stems = run = None
     if known:
         try:
             stems = choose_stems(known, wanted, args["two_stems"]) + residual
