@@ -1,8 +1,9 @@
-"""benchmarks/bench_separate.py runs end to end (CPU, tiny model, a 4 s song) and writes its tables."""
+"""The benchmark scripts run end to end on small real inputs and report what they measure."""
 
 import json
 
-from helpers import ROOT, python
+import numpy as np
+from helpers import ROOT, python, write_track
 
 
 def test_bench_separate_smoke(tmp_path):
@@ -20,3 +21,37 @@ def test_bench_separate_smoke(tmp_path):
     assert rows[0]["wall_s"] > 0
     assert "| L-TS | fp32 | 2 | 0.5 | portable |" in out_md.read_text()
     assert "Mamba-2 backend: portable" in result.stdout
+
+
+def test_clean_segments_counts_the_crops_where_a_stem_is_truly_absent(tmp_path):
+    """A 12 s song whose vocals stop after 6 s: crops (1.5 s, inside 6 s salient segments every 3 s)
+    lie wholly in the silent half about 4 times in 9; the other stems never stop, and none plays alone."""
+    rate = 44100
+    t = np.arange(12 * rate) / rate
+    rng = np.random.default_rng(0)
+    tone = lambda f: 0.1 * np.sin(2 * np.pi * f * t)  # noqa: E731
+    stems = {
+        "drums": 0.05 * rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 2 * t) > 0),
+        "bass": tone(55.0),
+        "other": tone(330.0),
+        "vocals": tone(440.0) * (t < 6),
+    }
+    stereo = {name: np.stack([mono, mono], 1) for name, mono in stems.items()}
+    write_track(tmp_path / "songs" / "train" / "song", stereo, rate)
+    result = python(
+        ROOT / "benchmarks" / "clean_segments.py",
+        *("--musdb", tmp_path / "songs", "--model", "demo", "--crops-per-song", "36"),
+        *("--clean-db", "30", "20", "--json", tmp_path / "clean.json"),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("machine: ")
+    figures = json.loads((tmp_path / "clean.json").read_text())
+    assert figures["crops"] == 36 and figures["songs"] == 1
+    truly = {(r["clean_db"], r["case"], r["stem"]): r["truly"] for r in figures["rows"]}
+    for db in (30.0, 20.0):
+        assert 0.2 < truly[db, "absent", "vocals"] < 0.7, truly
+        assert all(truly[db, "absent", stem] == 0 for stem in ("drums", "bass", "other"))
+        assert all(truly[db, "alone", stem] == 0 for stem in stems)
+    for row in figures["rows"]:
+        assert 0 <= row["called"] <= 36 and (row["recall"] is None) == (row["truly"] == 0)
