@@ -15,19 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import (
-    RATE,
-    fit,
-    python,
-    read_log,
-    run,
-    run_train,
-    stemsplit,
-    stemsplit_without_torch,
-    tiny_model,
-    tiny_toml,
-    train_args,
-)
+from helpers import RATE, fit, python, read_log, run, run_train, stemsplit, tiny_model, tiny_toml, train_args
 from safetensors import safe_open
 
 from stemsplit.train import loop
@@ -307,21 +295,6 @@ def test_train_config_is_torch_free_and_names_the_default_family():
     assert DEFAULT_ARCH == ARCHITECTURE
     code = "import sys, stemsplit.cli, stemsplit.weights; print('torch' in sys.modules)"
     assert python("-c", code).stdout.strip() == "False"
-
-
-def test_train_usage_errors_come_before_torch(tiny_musdb, tmp_path):
-    """Before: the --arch check imported the model package, so every usage error of train took torch's
-    start-up (1.3 s on the CI machine). config.ARCHS names the families without it."""
-    from stemsplit.model import FAMILIES
-    from stemsplit.train.config import ARCHS
-
-    assert sorted(ARCHS) == sorted(FAMILIES)
-    cases = ((["--arch", "nope"], "--arch: unknown architecture 'nope'"), (["--lr", "0"], "--lr"))
-    for extra, message in cases:
-        result = stemsplit_without_torch(*train_args(tiny_musdb, tmp_path / "run", *extra))
-        assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
-        assert result.stderr.startswith(f"stemsplit: error: {message}") and result.stderr.count("\n") == 1
-    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

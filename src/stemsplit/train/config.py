@@ -22,7 +22,6 @@ from ..files import nearest_existing, write_problem
 from ..settings import SeparationError, check_settings, parse_device
 
 __all__ = [
-    "ARCHS",
     "DEFAULT_ARCH",
     "FINETUNE_FIELDS",
     "LR_SCHEDULES",
@@ -291,10 +290,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epoch_size": 13_900,
     },
 }
-
-# Every family by name, without importing torch (train's usage errors come back at once): the default and
-# those with a recipe of their own. tests/test_train_loop.py keeps it equal to stemsplit.model.FAMILIES.
-ARCHS: tuple[str, ...] = (DEFAULT_ARCH, *RECIPES)
 
 
 # Fields that change what a run computes: ``--resume`` refuses to change them without ``--override``
