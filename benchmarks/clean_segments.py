@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from machine import describe
 
-from stemsplit.train.data import find_tracks, salient_segments
+from stemsplit.train.data import DatasetError, find_tracks, salient_segments
 from stemsplit.train.finetune import CLEAN_RESIDUAL, CLEAN_TARGET, classify
-from stemsplit.weights import load_model
+from stemsplit.weights import WeightsError, load_model
 
 
 def _below_db(mixture: np.ndarray, part: np.ndarray) -> float:
@@ -53,10 +53,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.crops_per_song < 1 or not 0 < args.crop_seconds <= args.sad_seconds:
+        parser.error(
+            "--crops-per-song must be 1 or more, and --crop-seconds above 0 and at most --sad-seconds"
+        )
 
-    loaded = load_model(args.model)
+    try:
+        loaded = load_model(args.model)
+        tracks = find_tracks(args.musdb, args.subset, loaded.stems)
+    except (WeightsError, DatasetError) as exc:
+        parser.error(str(exc))
     teacher, stems = loaded.model, loaded.stems
-    tracks = find_tracks(args.musdb, args.subset, stems)
+    if tracks[0].sample_rate != loaded.card.sample_rate:  # the teacher would hear every crop wrong
+        parser.error(
+            f"{args.musdb}: songs at {tracks[0].sample_rate} Hz, the model at {loaded.card.sample_rate} Hz"
+        )
     print(f"machine: {describe(torch.device('cpu'))}")
     rng = np.random.default_rng(args.seed)
     segment = round(args.sad_seconds * tracks[0].sample_rate)
@@ -79,6 +90,10 @@ def main() -> None:
             mixtures = torch.from_numpy(crop).expand(len(stems), *crop.shape)
             for threshold in args.clean_db:  # finetune's own test
                 calls[threshold].append(classify(mixtures, guess.float(), threshold).numpy())
+    if not stem_db:
+        parser.error(
+            f"{args.musdb}: no song is longer than one --sad-seconds segment ({args.sad_seconds:g} s)"
+        )
     stem_db, rest_db = np.array(stem_db), np.array(rest_db)
     print(f"teacher {loaded.name}; {len(stem_db)} crops of {args.crop_seconds:g} s from {len(tracks)} songs")
     figures: dict = {"crops": len(stem_db), "songs": len(tracks), "rows": []}

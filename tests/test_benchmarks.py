@@ -5,6 +5,8 @@ import json
 import numpy as np
 from helpers import ROOT, python, write_track
 
+from stemsplit.card import MUSIC_STEMS as STEMS
+
 
 def test_bench_separate_smoke(tmp_path):
     out_json, out_md = tmp_path / "separate.json", tmp_path / "RESULTS.md"
@@ -55,3 +57,23 @@ def test_clean_segments_counts_the_crops_where_a_stem_is_truly_absent(tmp_path):
         assert all(truly[db, "alone", stem] == 0 for stem in stems)
     for row in figures["rows"]:
         assert 0 <= row["called"] <= 36 and (row["recall"] is None) == (row["truly"] == 0)
+
+
+def test_clean_segments_refuses_songs_the_teacher_cannot_hear(tmp_path):
+    """Songs at another rate than the model's would be classified wrongly without a word; too short
+    ones gave no crops and a traceback."""
+    t = np.arange(8 * 22050) / 22050
+    stems = {
+        name: np.stack([np.sin(2 * np.pi * f * t)] * 2, 1)
+        for name, f in zip(STEMS, (60, 120, 240, 480), strict=True)
+    }
+    write_track(tmp_path / "slow" / "train" / "song", stems, 22050)
+    short = {name: audio[: 2 * 44100] for name, audio in stems.items()}  # 2 s at 44.1 kHz: under 6 s
+    write_track(tmp_path / "short" / "train" / "song", short, 44100)
+    for folder, message in (
+        ("slow", "songs at 22050 Hz, the model at 44100 Hz"),
+        ("short", "no song is longer"),
+    ):
+        result = python(ROOT / "benchmarks" / "clean_segments.py", "--musdb", tmp_path / folder, timeout=120)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
