@@ -128,7 +128,7 @@ def train_command(
     stemsplit train --libri2mix ~/data/Libri2Mix/wav8k/min --arch u-mamba-net -o runs/u-mamba-net
     """
     given = dict(locals())  # the flags as given: None = the recipe's default (TrainConfig.for_arch)
-    from .train.config import DEFAULT_ARCH, SPEECH_ARCH, TrainConfig
+    from .train.config import DEFAULT_ARCH, SPEECH_ARCH, TrainConfig, family_names
     from .train.layout import DatasetError, check_training_layout
     from .train.speech_synth import SpeechSynthError, check_speech_layout
 
@@ -137,10 +137,8 @@ def train_command(
     if (musdb is None) == (libri2mix is None):
         raise fail("give one dataset: --musdb (music models) or --libri2mix (speaker models)", EXIT_USAGE)
     arch = arch or (SPEECH_ARCH if libri2mix is not None else DEFAULT_ARCH)
-    from .model import FAMILIES
-
-    if arch not in FAMILIES:
-        raise fail(f"--arch: unknown architecture {arch!r} (known: {', '.join(FAMILIES)})", EXIT_USAGE)
+    if arch not in (known := family_names()):
+        raise fail(f"--arch: unknown architecture {arch!r} (known: {', '.join(known)})", EXIT_USAGE)
     for flag in ("debug", "arch", "stems", "precision"):
         given.pop(flag)
     given["out"] = out or Path("runs") / (arch if not target or target == "all" else f"{arch}-{target}")

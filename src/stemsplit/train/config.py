@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,6 +36,7 @@ __all__ = [
     "FinetuneConfig",
     "TrainConfig",
     "either",
+    "family_names",
     "flag_name",
     "out_problem",
     "synth_request_problem",
@@ -290,6 +292,21 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epoch_size": 13_900,
     },
 }
+
+# The built-in families by name, without importing torch: the default and those with a recipe of their own
+# (tests/test_train_loop.py keeps it equal to stemsplit.model.FAMILIES as the package ships it).
+BUILTIN_ARCHS: tuple[str, ...] = (DEFAULT_ARCH, *RECIPES)
+
+
+def family_names() -> tuple[str, ...]:
+    """Every family ``train --arch`` can build, by name, without importing torch when it need not.
+
+    A family registered at run time is an entry added to ``stemsplit.model.families.FAMILIES``, so it
+    exists only once that module is imported: then its registry answers; until then the built-in names
+    are the whole registry, and train's usage errors come back before torch's start-up.
+    """
+    registry = sys.modules.get("stemsplit.model.families")
+    return tuple(registry.FAMILIES) if registry is not None else BUILTIN_ARCHS
 
 
 # Fields that change what a run computes: ``--resume`` refuses to change them without ``--override``
