@@ -31,7 +31,9 @@ from stemsplit.train.finetune import (
     TARGET,
     FinetuneDataset,
     UnlabeledSong,
+    teacher_estimates,
     teacher_sources,
+    view_offsets,
 )
 from stemsplit.weights import load_model, save_checkpoint
 
@@ -92,6 +94,44 @@ def test_stem_only_is_clean_target_silent_target_is_clean_residual():
 
     # The threshold is a flag: other 20 dB under bass is a pseudo-label at 30 dB, a clean bass at 15.
     assert teacher_sources(teacher, crops[3:], bass_out[3:], targets[3:], 15.0)[1].tolist() == [CLEAN_TARGET]
+
+    # With context around each crop (the same tones going on, 0.25 s each side) and three teacher
+    # views, the decision and the signals are the crop's: the same classes, crop-length signals.
+    context = RATE // 4
+    longer = torch.arange(RATE + 2 * context) / RATE
+    bass = 0.3 * torch.sin(2 * np.pi * 110 * longer) + 0.2 * torch.sin(2 * np.pi * 220 * longer)
+    other = 0.2 * torch.sin(2 * np.pi * 3000 * longer) + 0.1 * torch.sin(2 * np.pi * 4400 * longer)
+    regions = torch.stack([stereo(bass), stereo(other), stereo(bass + other), stereo(bass + 0.1 * other)])
+    signals, classes = teacher_sources(teacher, regions, bass_out, targets, context=context, views=3)
+    assert classes.tolist() == [CLEAN_TARGET, CLEAN_RESIDUAL, PSEUDO, PSEUDO]
+    assert torch.equal(signals[0], regions[0, :, context:-context]) and signals.shape == crops.shape
+
+
+class Ramp(torch.nn.Module):
+    """A 'teacher' whose stem k is its window times k + 1 times a ramp from 0 to 1 over the window:
+    where a crop sits in each window shows in its estimate."""
+
+    def forward(self, mixture: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(0, 1, mixture.shape[-1])
+        return torch.stack([mixture * ramp, 2 * mixture * ramp], dim=1)
+
+
+def test_the_teacher_averages_windows_that_each_hold_the_whole_crop():
+    frames, context = 50, 20
+    assert view_offsets(context, 3) == [0, 10, 20]  # the crop at the window's end, middle, start
+    assert view_offsets(context, 1) == [10] and view_offsets(0, 5) == [0]  # centred; no context: the crop
+    regions = torch.randn(3, 2, frames + 2 * context)
+    outputs = torch.tensor([0, 1, 0])
+    ramp = torch.linspace(0, 1, frames + context)
+    seen = torch.stack([ramp[context - o : context - o + frames] for o in (0, 10, 20)]).mean(0)
+    crop = regions[..., context : context + frames]
+    expected = crop * seen * torch.tensor([1.0, 2.0, 1.0])[:, None, None]
+    estimate = teacher_estimates(Ramp(), regions, outputs, context, views=3, batch=2)
+    assert torch.allclose(estimate, expected, atol=1e-6)
+    alone = teacher_estimates(Ramp(), regions[..., context:-context], outputs)  # no context: one pass
+    assert torch.allclose(
+        alone, crop * torch.linspace(0, 1, frames) * torch.tensor([1.0, 2.0, 1.0])[:, None, None]
+    )
 
 
 # --- data and a real tiny model ---------------------------------------------------------------------
@@ -180,6 +220,8 @@ def test_finetune_swaps_the_teacher_resumes_and_exports(material, resumed_run):
     index = json.loads((out / "unlabeled" / "index.json").read_text())
     assert sorted(Path(s["source"]).name for s in index["songs"]) == ["one.wav", "two.flac"]
     assert "skipped" in first["stderr"] and "broken.wav" in first["stderr"]
+    # The default teacher windows: the model card's 3 s, three of them around each 1 s crop.
+    assert "through 3 windows of 3 s, its estimates averaged" in first["stderr"]
     assert len(list((out / "unlabeled").glob("*.flac"))) == 2
 
     # --resume: the same teacher generation and best score; a teacher swap only with a better score.
@@ -240,12 +282,26 @@ def test_examples_take_unlabeled_sources_as_the_ratio_says(material):
     labeled, crops, kinds, _ = item(1.0, "vocals")
     assert kinds.tolist() == [RESIDUAL, LABELED, LABELED, TARGET] and not labeled.any()
 
+    # The teacher's context: the same crops with 0.5 s of their song on each side, zeros before the
+    # song's start (a read before frame 0 is zero-padded, not wrapped to the end).
+    context = RATE // 2
+    _, crops, _, _ = item(1.0)
+    _, wider, _, _ = FinetuneDataset(
+        tracks, stems, 1.0, 10, 0, songs=[song], ratio=1.0, index=index, drop_prob=0.0, context=context
+    ).sample(0, 3)
+    assert wider.shape[-1] == crops.shape[-1] + 2 * context
+    assert torch.equal(wider[..., context:-context], crops)
+    before = song.read(-100, 300)
+    assert not before[:, :100].any() and np.array_equal(before[:, 100:], song.read(0, 200))
+
 
 def test_usage_errors_exit_2_before_any_work(material, tmp_path):
     out = tmp_path / "run"
     cases = [
         (["--unlabeled-ratio", "1.5"], "--unlabeled-ratio must be between 0 and 1"),
         (["--clean-db", "0"], "--clean-db must be positive"),
+        (["--teacher-window", "0.5"], "--teacher-window 0.5 is shorter than the --crop-seconds 1"),
+        (["--teacher-views", "0"], "--teacher-views must be from 1 to 16, not 0"),
         # before: an internal error, after decoding every unlabeled song into -o
         (["--lr", "-1"], "--lr must be a finite number above 0, not -1"),
         (

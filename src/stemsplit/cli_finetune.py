@@ -57,6 +57,16 @@ def _own_options(
         help="Probability that a source of an example is from an unlabeled song. "
         + _default("unlabeled_ratio"),
     ),
+    teacher_window: float = typer.Option(
+        None,
+        help="Seconds of song the teacher sees around each unlabeled crop to label it; 0: the model's "
+        "window (or the crop, if longer). " + _default("teacher_window"),
+    ),
+    teacher_views: int = typer.Option(
+        None,
+        help="Windows the teacher labels each crop through, shifted across that context; their "
+        "estimates are averaged (each one a teacher pass). " + _default("teacher_views"),
+    ),
 ) -> None:
     """Only its signature is used: the options finetune adds to train's."""
 

@@ -29,6 +29,7 @@ __all__ = [
     "MAX_SYNTH_PER_SPLIT",
     "MAX_SYNTH_SECONDS",
     "MAX_SYNTH_WORKERS",
+    "MAX_TEACHER_VIEWS",
     "RECIPES",
     "RECIPE_FIELDS",
     "RUN_FILES",
@@ -346,6 +347,9 @@ RECIPE_FIELDS = (
 TrainConfig.recipe_fields = RECIPE_FIELDS
 
 
+MAX_TEACHER_VIEWS = 16  # each view is one more teacher pass per unlabeled crop
+
+
 @dataclass
 class FinetuneConfig(TrainConfig):
     """``stemsplit finetune`` (BSRNN Sec. III and IV-B): TrainConfig's recipe, lr 1e-4, and the sampling.
@@ -359,6 +363,11 @@ class FinetuneConfig(TrainConfig):
     lr: float = 1e-4  # Sec. IV-B: "the initial learning rate for the finetuning stage to 1e-4"
     clean_db: float = 30.0  # Sec. III-A: a separated signal this far below the mixture is "absent"
     unlabeled_ratio: float = 0.5  # probability that a remix source comes from the unlabeled songs
+    # How the teacher labels a crop (ours; train/finetune.py says why): through teacher_views windows of
+    # teacher_window seconds that each contain the crop, their estimates averaged. 0: the model card's
+    # window, or the crop when that is longer (the paper's 3 s crops and windows: the crop itself).
+    teacher_window: float = 0.0
+    teacher_views: int = 3
 
     def problem(self) -> str | None:
         """TrainConfig's checks, and the sampling's."""
@@ -366,6 +375,15 @@ class FinetuneConfig(TrainConfig):
             return f"--clean-db must be positive, not {self.clean_db:g}"
         if not 0 <= self.unlabeled_ratio <= 1:
             return f"--unlabeled-ratio must be between 0 and 1, not {self.unlabeled_ratio:g}"
+        if not (math.isfinite(self.teacher_window) and self.teacher_window >= 0):
+            return f"--teacher-window must be a finite number at least 0, not {self.teacher_window:g}"
+        if 0 < self.teacher_window < self.crop_seconds:
+            return (
+                f"--teacher-window {self.teacher_window:g} is shorter than the --crop-seconds "
+                f"{self.crop_seconds:g} (the teacher sees the whole crop, and more)"
+            )
+        if not 1 <= self.teacher_views <= MAX_TEACHER_VIEWS:
+            return f"--teacher-views must be from 1 to {MAX_TEACHER_VIEWS}, not {self.teacher_views}"
         return super().problem()
 
     def folder_problem(self) -> str | None:
@@ -391,6 +409,7 @@ def is_pool_index(path: Path) -> bool:
         return False
 
 
-# The paper gives clean_db; the ratio of unlabeled to labeled signals is ours (see train/finetune.py).
-FINETUNE_FIELDS = ("model", "unlabeled", "clean_db", "unlabeled_ratio")
+# The paper gives clean_db; the ratio of unlabeled to labeled signals and the teacher's windows are ours
+# (see train/finetune.py).
+FINETUNE_FIELDS = ("model", "unlabeled", "clean_db", "unlabeled_ratio", "teacher_window", "teacher_views")
 FinetuneConfig.recipe_fields = RECIPE_FIELDS + FINETUNE_FIELDS

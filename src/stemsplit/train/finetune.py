@@ -125,7 +125,9 @@ __all__ = [
     "load_pretrained",
     "prepare_unlabeled",
     "sources_from",
+    "teacher_estimates",
     "teacher_sources",
+    "view_offsets",
 ]
 
 # What the teacher made of an unlabeled crop, for one target stem (Sec. III-A).
@@ -198,17 +200,23 @@ class UnlabeledSong:
     starts: np.ndarray  # start frames of the salient segments
 
     def read(self, start: int, frames: int) -> np.ndarray:
-        """``frames`` frames from ``start``, float32 [channels, frames] (zero-padded past the end)."""
+        """``frames`` frames from ``start``, float32 [channels, frames], zero-padded outside the song
+        (``start`` may be negative: the teacher's context before a crop at the song's start)."""
+        before = min(max(-start, 0), frames)
         try:
             audio, _ = sf.read(
-                sf_name(self.file), start=start, frames=frames, dtype="float32", always_2d=True
+                sf_name(self.file),
+                start=start + before,
+                frames=frames - before,
+                dtype="float32",
+                always_2d=True,
             )
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
             raise DatasetError(
                 f"{self.file}: cannot read ({exc}); delete the folder to decode again"
             ) from None
         out = np.zeros((audio.shape[1], frames), np.float32)
-        out[:, : len(audio)] = audio.T
+        out[:, before : before + len(audio)] = audio.T
         return out
 
 
@@ -348,7 +356,8 @@ class FinetuneDataset(RemixDataset):
     :class:`RemixDataset`) is four tensors, S being the labeled set's stems:
 
     - ``stems`` [S, C, T]: the labeled stems, gain applied (zero where dropped or unlabeled);
-    - ``crops`` [S, C, T]: the unlabeled mixture crop of each unlabeled slot (else zero);
+    - ``crops`` [S, C, T + 2 * context]: the unlabeled mixture crop of each unlabeled slot with
+      ``context`` frames of its song on each side, for the teacher (else zero);
     - ``kinds`` [S] int64: LABELED, TARGET (the slot takes the crop's target) or RESIDUAL;
     - ``gains`` [S] float32: the linear gain of each unlabeled slot (its crop is not yet scaled).
 
@@ -368,12 +377,13 @@ class FinetuneDataset(RemixDataset):
         songs: Sequence[UnlabeledSong],
         target: str = "all",
         ratio: float = 0.5,
+        context: int = 0,
         **remix: Any,
     ) -> None:
         super().__init__(tracks, stems, seconds, epoch_size, seed, **remix)
         if not songs:
             raise DatasetError("no unlabeled songs")
-        self.songs, self.ratio = list(songs), ratio
+        self.songs, self.ratio, self.context = list(songs), ratio, context
         if target == "all":
             self.target_slots, self.residual_slot = list(range(len(self.stems))), None
         else:
@@ -383,7 +393,10 @@ class FinetuneDataset(RemixDataset):
 
     def sample(self, epoch: int, i: int) -> tuple[torch.Tensor, ...]:
         size = (len(self.stems), self.channels, self.frames)
-        stems, crops = np.zeros(size, np.float32), np.zeros(size, np.float32)
+        stems, crops = (
+            np.zeros(size, np.float32),
+            np.zeros((*size[:2], self.frames + 2 * self.context), np.float32),
+        )
         kinds, gains = np.zeros(len(self.stems), np.int64), np.zeros(len(self.stems), np.float32)
         # The unlabeled choices have their own random stream, so the labeled ones are train's.
         rng = np.random.default_rng([self.seed, epoch, i, 1])
@@ -398,7 +411,7 @@ class FinetuneDataset(RemixDataset):
                 gain = float(rng.uniform(*self.gain_db))
                 if rng.random() >= self.drop_prob:
                     crops[k], kinds[k], gains[k] = (
-                        song.read(start, self.frames),
+                        song.read(start - self.context, self.frames + 2 * self.context),
                         unlabeled[k],
                         10 ** (gain / 20),
                     )
@@ -444,27 +457,65 @@ def sources_from(
     return torch.where((classes == CLEAN_RESIDUAL)[:, None, None], silent, out)
 
 
+def view_offsets(context: int, views: int) -> list[int]:
+    """Where each of ``views`` teacher windows starts in a crop's region (the crop with ``context``
+    frames each side; a window is the crop plus ``context``): spread evenly from the crop at a
+    window's end to the crop at its start; one view is centred. No context: one view, the crop."""
+    if context == 0 or views == 1:
+        return [context // 2]
+    return [round(k * context / (views - 1)) for k in range(views)]
+
+
+def teacher_estimates(
+    teacher: torch.nn.Module,
+    regions: torch.Tensor,
+    outputs: torch.Tensor,
+    context: int = 0,
+    views: int = 1,
+    batch: int = 16,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """The teacher's estimate of the middle of N regions [N, C, T + 2 * context]: [N, C, T].
+
+    Each region is a crop with ``context`` frames of its song on each side. The teacher separates
+    :func:`view_offsets`' windows of T + context frames (``batch`` at a time, no gradients, its last
+    stage) and the crop's part of each is averaged; region n's estimate is its output ``outputs[n]``.
+    """
+    frames = regions.shape[-1] - 2 * context
+    rows = torch.arange(len(regions), device=regions.device)
+    total = torch.zeros(len(regions), regions.shape[1], frames, device=regions.device)
+    offsets = view_offsets(context, views)
+    with torch.no_grad(), torch.autocast(regions.device.type, dtype=torch.bfloat16, enabled=bf16):
+        for offset in offsets:
+            windows = regions[..., offset : offset + frames + context]
+            estimates = []
+            for chunk in windows.split(max(1, batch)):
+                out = teacher(chunk)
+                estimates.append((out[-1] if isinstance(out, tuple) else out).float())
+            crop_at = context - offset  # where the crop lies in this window
+            total += torch.cat(estimates)[rows, outputs][..., crop_at : crop_at + frames]
+    return total / len(offsets)
+
+
 def teacher_sources(
     teacher: torch.nn.Module,
-    crops: torch.Tensor,
+    regions: torch.Tensor,
     outputs: torch.Tensor,
     kinds: torch.Tensor,
     clean_db: float = 30.0,
+    context: int = 0,
+    views: int = 1,
     batch: int = 16,
     bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fig. 2 for N unlabeled crops [N, C, T]: (the signal each gives its slot [N, C, T], its class [N]).
+    """Fig. 2 for N unlabeled crops: (the signal each gives its slot [N, C, T], its class [N]).
 
-    The teacher separates the crops (``batch`` at a time, no gradients; its last
-    stage); crop n's estimate is the teacher's output ``outputs[n]``; ``kinds[n]``
-    says whether its slot wants the TARGET or the RESIDUAL (see :func:`sources_from`).
+    regions [N, C, T + 2 * context]: each crop with its context (see :func:`teacher_estimates`);
+    crop n's estimate is the teacher's output ``outputs[n]``; ``kinds[n]`` says whether its slot
+    wants the TARGET or the RESIDUAL (see :func:`sources_from`).
     """
-    estimates = []
-    with torch.no_grad(), torch.autocast(crops.device.type, dtype=torch.bfloat16, enabled=bf16):
-        for chunk in crops.split(max(1, batch)):
-            out = teacher(chunk)
-            estimates.append((out[-1] if isinstance(out, tuple) else out).float())
-    estimate = torch.cat(estimates)[torch.arange(len(crops), device=crops.device), outputs]
+    estimate = teacher_estimates(teacher, regions, outputs, context, views, batch, bf16)
+    crops = regions[..., context : regions.shape[-1] - context]
     classes = classify(crops, estimate, clean_db)
     return sources_from(crops, estimate, kinds, classes), classes
 
@@ -501,6 +552,11 @@ class FinetuneRun(Run):
         self.counts = torch.zeros(2, 3, dtype=torch.int64)  # [TARGET/RESIDUAL slot, class] this epoch
         self.epoch_counts = self.counts.clone()
         self.resumed = False
+        # The teacher's windows (a crop plus teacher_context frames), needed by _training_data.
+        rate, crop = self.pretrained.sample_rate, config.crop_seconds
+        teacher_window = config.teacher_window or max(self.pretrained.card.window, crop)
+        self.teacher_context = round(teacher_window * rate) - round(crop * rate)
+        self.teacher_views = len(view_offsets(self.teacher_context, config.teacher_views))
         super().__init__(config, log)
         self.teacher_dir = config.out / "teachers"
         self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -508,6 +564,13 @@ class FinetuneRun(Run):
         self.teacher_index = torch.tensor(
             [model_stems.index(s) if s in model_stems else 0 for s in config.stems], device=self.device
         )
+        if self.ranks.main:
+            views = self.teacher_views
+            self.log(
+                f"the teacher labels each unlabeled crop of {config.crop_seconds:g} s through {views} "
+                f"window{'s' if views > 1 else ''} of {teacher_window:g} s"
+                + (", its estimates averaged" if views > 1 else "")
+            )
         if self.resumed:
             self._load_teacher()
         else:
@@ -548,6 +611,7 @@ class FinetuneRun(Run):
             songs=songs,
             target=config.target,
             ratio=config.unlabeled_ratio,
+            context=self.teacher_context,
             index=index,
             gain_db=(-config.gain_db, config.gain_db),
             drop_prob=config.drop_prob,
@@ -661,6 +725,8 @@ class FinetuneRun(Run):
                 self.teacher_index[where[1]],
                 kinds[where],
                 self.config.clean_db,
+                self.teacher_context,
+                self.teacher_views,
                 batch=len(stems),  # never more at once than a training batch
                 bf16=self.precision == "bf16",
             )
