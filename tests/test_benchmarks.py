@@ -25,7 +25,7 @@ def test_bench_separate_smoke(tmp_path):
     assert "Mamba-2 backend: portable" in result.stdout
 
 
-def test_clean_segments_counts_the_crops_where_a_stem_is_truly_absent(tmp_path):
+def test_teacher_labels_counts_the_crops_where_a_stem_is_truly_absent(tmp_path):
     """A 12 s song whose vocals stop after 6 s: crops (1.5 s, inside 6 s salient segments every 3 s)
     lie wholly in the silent half about 4 times in 9; the other stems never stop, and none plays alone."""
     rate = 44100
@@ -41,7 +41,7 @@ def test_clean_segments_counts_the_crops_where_a_stem_is_truly_absent(tmp_path):
     stereo = {name: np.stack([mono, mono], 1) for name, mono in stems.items()}
     write_track(tmp_path / "songs" / "train" / "song", stereo, rate)
     result = python(
-        ROOT / "benchmarks" / "clean_segments.py",
+        ROOT / "benchmarks" / "teacher_labels.py",
         *("--musdb", tmp_path / "songs", "--model", "demo", "--crops-per-song", "36"),
         *("--clean-db", "30", "20", "--json", tmp_path / "clean.json"),
         timeout=300,
@@ -57,9 +57,26 @@ def test_clean_segments_counts_the_crops_where_a_stem_is_truly_absent(tmp_path):
         assert all(truly[db, "alone", stem] == 0 for stem in stems)
     for row in figures["rows"]:
         assert 0 <= row["called"] <= 36 and (row["recall"] is None) == (row["truly"] == 0)
+    # The labels as finetune makes them by default: the teacher hears the crop alone.
+    assert (figures["teacher_window"], figures["teacher_views"]) == (1.5, 1)
+    assert set(figures["label_usdr"]) == {*stems, "mean"} and "label uSDR (dB): drums" in result.stdout
+
+    # Three views of the demo's 3 s window around each crop: the same crops, labelled otherwise.
+    views = python(
+        ROOT / "benchmarks" / "teacher_labels.py",
+        *("--musdb", tmp_path / "songs", "--model", "demo", "--crops-per-song", "36", "--clean-db", "30"),
+        *("--teacher-window", "3", "--teacher-views", "3", "--json", tmp_path / "views.json"),
+        timeout=300,
+    )
+    assert views.returncode == 0, views.stdout + views.stderr
+    averaged = json.loads((tmp_path / "views.json").read_text())
+    assert averaged["teacher_views"] == 3 and averaged["label_usdr"] != figures["label_usdr"]
+    assert [r["truly"] for r in averaged["rows"]] == [
+        r["truly"] for r in figures["rows"] if r["clean_db"] == 30
+    ]
 
 
-def test_clean_segments_refuses_songs_the_teacher_cannot_hear(tmp_path):
+def test_teacher_labels_refuses_songs_the_teacher_cannot_hear(tmp_path):
     """Songs at another rate than the model's would be classified wrongly without a word; too short
     ones gave no crops and a traceback."""
     t = np.arange(8 * 22050) / 22050
@@ -74,6 +91,6 @@ def test_clean_segments_refuses_songs_the_teacher_cannot_hear(tmp_path):
         ("slow", "songs at 22050 Hz, the model at 44100 Hz"),
         ("short", "no song is longer"),
     ):
-        result = python(ROOT / "benchmarks" / "clean_segments.py", "--musdb", tmp_path / folder, timeout=120)
+        result = python(ROOT / "benchmarks" / "teacher_labels.py", "--musdb", tmp_path / folder, timeout=120)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr

@@ -183,11 +183,14 @@ def weights(path):
     return load_file(path)
 
 
+WINDOWS = ("--teacher-window", "2", "--teacher-views", "2")  # each 1 s crop labelled through two 2 s windows
+
+
 @pytest.fixture(scope="module")
 def resumed_run(material):
     """One epoch, then --resume for a second; what the first left behind is kept for the checks."""
     out = material / "run"
-    first = stemsplit(*finetune_args(material, out, "--epochs", "1"), env_dir=material)
+    first = stemsplit(*finetune_args(material, out, "--epochs", "1", *WINDOWS), env_dir=material)
     assert first.returncode == 0, first.stderr
     after_first = {
         "log": read_log(out),
@@ -196,7 +199,7 @@ def resumed_run(material):
         "stderr": first.stderr,
     }
     after_first["teacher"] = weights(out / "teachers" / after_first["teachers"][-1])
-    second = stemsplit(*finetune_args(material, out, "--epochs", "2", "--resume"), env_dir=material)
+    second = stemsplit(*finetune_args(material, out, "--epochs", "2", "--resume", *WINDOWS), env_dir=material)
     assert second.returncode == 0, second.stderr
     return out, after_first, second.stderr
 
@@ -220,8 +223,10 @@ def test_finetune_swaps_the_teacher_resumes_and_exports(material, resumed_run):
     index = json.loads((out / "unlabeled" / "index.json").read_text())
     assert sorted(Path(s["source"]).name for s in index["songs"]) == ["one.wav", "two.flac"]
     assert "skipped" in first["stderr"] and "broken.wav" in first["stderr"]
-    # The default teacher windows: the model card's 3 s, three of them around each 1 s crop.
-    assert "through 3 windows of 3 s, its estimates averaged" in first["stderr"]
+    assert (
+        "labels each unlabeled crop of 1 s through 2 windows of 2 s, its estimates averaged"
+        in first["stderr"]
+    )
     assert len(list((out / "unlabeled").glob("*.flac"))) == 2
 
     # --resume: the same teacher generation and best score; a teacher swap only with a better score.
@@ -251,7 +256,7 @@ def test_resumed_finetune_equals_an_uninterrupted_one(material, resumed_run):
     """The teacher and the unlabeled draws are restored exactly: the same weights as two epochs in one go."""
     out, _, _ = resumed_run
     reference = material / "reference"
-    result = stemsplit(*finetune_args(material, reference, "--epochs", "2"), env_dir=material)
+    result = stemsplit(*finetune_args(material, reference, "--epochs", "2", *WINDOWS), env_dir=material)
     assert result.returncode == 0, result.stderr
     resumed = torch.load(out / "last.pt", weights_only=True)["model"]
     for key, value in torch.load(reference / "last.pt", weights_only=True)["model"].items():

@@ -59,13 +59,14 @@ def _own_options(
     ),
     teacher_window: float = typer.Option(
         None,
-        help="Seconds of song the teacher sees around each unlabeled crop to label it; 0: the model's "
-        "window (or the crop, if longer). " + _default("teacher_window"),
+        help="Seconds of song the teacher sees around each unlabeled crop to label it (at least "
+        "--crop-seconds; 0: the crop itself, as in the paper). " + _default("teacher_window"),
     ),
     teacher_views: int = typer.Option(
         None,
-        help="Windows the teacher labels each crop through, shifted across that context; their "
-        "estimates are averaged (each one a teacher pass). " + _default("teacher_views"),
+        help="Windows of --teacher-window the teacher labels each crop through, shifted so that each "
+        "holds the crop; their estimates are averaged (each one a teacher pass). "
+        + _default("teacher_views"),
     ),
 ) -> None:
     """Only its signature is used: the options finetune adds to train's."""

@@ -363,11 +363,11 @@ class FinetuneConfig(TrainConfig):
     lr: float = 1e-4  # Sec. IV-B: "the initial learning rate for the finetuning stage to 1e-4"
     clean_db: float = 30.0  # Sec. III-A: a separated signal this far below the mixture is "absent"
     unlabeled_ratio: float = 0.5  # probability that a remix source comes from the unlabeled songs
-    # How the teacher labels a crop (ours; train/finetune.py says why): through teacher_views windows of
-    # teacher_window seconds that each contain the crop, their estimates averaged. 0: the model card's
-    # window, or the crop when that is longer (the paper's 3 s crops and windows: the crop itself).
+    # How the teacher labels a crop (ours; train/finetune.py has the measurements): through teacher_views
+    # windows of teacher_window seconds that each hold the whole crop, their estimates averaged.
+    # 0: the crop itself, as in the paper.
     teacher_window: float = 0.0
-    teacher_views: int = 3
+    teacher_views: int = 1
 
     def problem(self) -> str | None:
         """TrainConfig's checks, and the sampling's."""

@@ -469,7 +469,7 @@ def view_offsets(context: int, views: int) -> list[int]:
 def teacher_estimates(
     teacher: torch.nn.Module,
     regions: torch.Tensor,
-    outputs: torch.Tensor,
+    outputs: torch.Tensor | None = None,
     context: int = 0,
     views: int = 1,
     batch: int = 16,
@@ -479,11 +479,11 @@ def teacher_estimates(
 
     Each region is a crop with ``context`` frames of its song on each side. The teacher separates
     :func:`view_offsets`' windows of T + context frames (``batch`` at a time, no gradients, its last
-    stage) and the crop's part of each is averaged; region n's estimate is its output ``outputs[n]``.
+    stage) and the crop's part of each is averaged; region n's estimate is its output ``outputs[n]``
+    (None: every output, [N, S, C, T]).
     """
     frames = regions.shape[-1] - 2 * context
-    rows = torch.arange(len(regions), device=regions.device)
-    total = torch.zeros(len(regions), regions.shape[1], frames, device=regions.device)
+    total: torch.Tensor | float = 0.0
     offsets = view_offsets(context, views)
     with torch.no_grad(), torch.autocast(regions.device.type, dtype=torch.bfloat16, enabled=bf16):
         for offset in offsets:
@@ -493,8 +493,11 @@ def teacher_estimates(
                 out = teacher(chunk)
                 estimates.append((out[-1] if isinstance(out, tuple) else out).float())
             crop_at = context - offset  # where the crop lies in this window
-            total += torch.cat(estimates)[rows, outputs][..., crop_at : crop_at + frames]
-    return total / len(offsets)
+            total = total + torch.cat(estimates)[..., crop_at : crop_at + frames]
+    estimate = total / len(offsets)
+    return (
+        estimate if outputs is None else estimate[torch.arange(len(regions), device=regions.device), outputs]
+    )
 
 
 def teacher_sources(
@@ -554,7 +557,7 @@ class FinetuneRun(Run):
         self.resumed = False
         # The teacher's windows (a crop plus teacher_context frames), needed by _training_data.
         rate, crop = self.pretrained.sample_rate, config.crop_seconds
-        teacher_window = config.teacher_window or max(self.pretrained.card.window, crop)
+        teacher_window = config.teacher_window or crop
         self.teacher_context = round(teacher_window * rate) - round(crop * rate)
         self.teacher_views = len(view_offsets(self.teacher_context, config.teacher_views))
         super().__init__(config, log)
@@ -564,7 +567,7 @@ class FinetuneRun(Run):
         self.teacher_index = torch.tensor(
             [model_stems.index(s) if s in model_stems else 0 for s in config.stems], device=self.device
         )
-        if self.ranks.main:
+        if self.ranks.main and self.teacher_context:
             views = self.teacher_views
             self.log(
                 f"the teacher labels each unlabeled crop of {config.crop_seconds:g} s through {views} "

@@ -1,17 +1,24 @@
-"""How well a teacher finds BSRNN's clean segments (Sec. III-A) on songs whose stems are known.
+"""How good a teacher's labels are (BSRNN Sec. III-A, as ``stemsplit finetune`` makes them) on songs
+whose stems are known: the pseudo-labels' uSDR and the clean-segment calls.
 
-    python benchmarks/clean_segments.py --musdb data/fr3 --model demo
-    python benchmarks/clean_segments.py --musdb data/fr3 --model runs/ft/best.safetensors --clean-db 30 20 15
+    python benchmarks/teacher_labels.py --musdb data/fr3 --model demo
+    python benchmarks/teacher_labels.py --musdb data/fr3 --model demo --teacher-window 1.5 --teacher-views 1
+    python benchmarks/teacher_labels.py --musdb data/fr3 --model runs/ft/best.safetensors --clean-db 30 20 15
 
-``stemsplit finetune`` calls an unlabeled crop a *clean residual* for a stem
-when the teacher's estimate of that stem is more than ``--clean-db`` below the
-mixture, and a *clean target* when the rest is; it never sees the real stems.
-Here the songs have them (a MUSDB18-HQ-layout folder, ``<subset>/<track>/<stem>.wav``),
+``stemsplit finetune`` labels an unlabeled crop with its teacher's estimate of
+each stem (through ``--teacher-views`` windows of ``--teacher-window`` seconds
+around the crop, averaged: finetune's own :func:`~stemsplit.train.finetune.teacher_estimates`;
+the second command above is the crop alone), calls the crop a *clean residual*
+for a stem when that estimate is more than ``--clean-db`` below the mixture,
+and a *clean target* when the rest is; it never sees the real stems. Here the
+songs have them (a MUSDB18-HQ-layout folder, ``<subset>/<track>/<stem>.wav``),
 so each crop, drawn as finetune draws them (a salient segment of the mixture,
-then a uniform offset inside it), is classified twice: by the real stems (how
-often the case exists) and by the teacher (:func:`stemsplit.train.finetune.classify`,
-the very test finetune runs). Per stem and threshold it prints how often the
-case truly occurs, how many crops the teacher calls so, how many of those are
+then a uniform offset inside it; the same crops for the same ``--seed``), is
+scored: the uSDR of each stem's label against the real stem (mean over
+crops), and each crop classified twice, by the real stems (how often the case
+exists) and by the teacher (:func:`~stemsplit.train.finetune.classify`, the
+very test finetune runs). Per stem and threshold it prints how often the case
+truly occurs, how many crops the teacher calls so, how many of those are
 right (precision) and how many true ones it finds (recall), and the loudest
 stem the teacher called absent: a present stem called absent is trained as silence.
 """
@@ -26,8 +33,10 @@ import numpy as np
 import torch
 from machine import describe
 
+from stemsplit.train.config import MAX_TEACHER_VIEWS, FinetuneConfig
 from stemsplit.train.data import DatasetError, find_tracks, salient_segments
-from stemsplit.train.finetune import CLEAN_RESIDUAL, CLEAN_TARGET, classify
+from stemsplit.train.eval import usdr
+from stemsplit.train.finetune import CLEAN_RESIDUAL, CLEAN_TARGET, classify, teacher_estimates, view_offsets
 from stemsplit.weights import WeightsError, load_model
 
 
@@ -48,8 +57,15 @@ def main() -> None:
     parser.add_argument("--clean-db", type=float, nargs="+", default=[30.0], help="thresholds to try")
     parser.add_argument("--crops-per-song", type=int, default=40)
     parser.add_argument("--crop-seconds", type=float, default=1.5)
-    parser.add_argument("--sad-seconds", type=float, default=6.0, help="finetune's --sad-seconds")
-    parser.add_argument("--sad-quantile", type=float, default=0.15, help="finetune's --sad-quantile")
+    parser.add_argument(
+        "--teacher-window",
+        type=float,
+        default=FinetuneConfig.teacher_window,
+        help="finetune's (0: the crop itself)",
+    )
+    parser.add_argument("--teacher-views", type=int, default=FinetuneConfig.teacher_views)
+    parser.add_argument("--sad-seconds", type=float, default=FinetuneConfig.sad_seconds)
+    parser.add_argument("--sad-quantile", type=float, default=FinetuneConfig.sad_quantile)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -57,6 +73,10 @@ def main() -> None:
         parser.error(
             "--crops-per-song must be 1 or more, and --crop-seconds above 0 and at most --sad-seconds"
         )
+    if not (args.teacher_window == 0 or args.teacher_window >= args.crop_seconds):
+        parser.error("--teacher-window must be 0 (the crop itself) or at least --crop-seconds")
+    if not 1 <= args.teacher_views <= MAX_TEACHER_VIEWS:
+        parser.error(f"--teacher-views must be from 1 to {MAX_TEACHER_VIEWS}")
 
     try:
         loaded = load_model(args.model)
@@ -70,33 +90,56 @@ def main() -> None:
         )
     print(f"machine: {describe(torch.device('cpu'))}")
     rng = np.random.default_rng(args.seed)
-    segment = round(args.sad_seconds * tracks[0].sample_rate)
-    frames = round(args.crop_seconds * tracks[0].sample_rate)
-    # Per crop and stem: dB below the mixture of the real stem and of the real rest; the teacher's class.
-    stem_db, rest_db, calls = [], [], {threshold: [] for threshold in args.clean_db}
+    rate = tracks[0].sample_rate
+    segment, frames = round(args.sad_seconds * rate), round(args.crop_seconds * rate)
+    window = args.teacher_window or args.crop_seconds  # as finetune resolves it
+    context = round(window * rate) - frames
+    views = len(view_offsets(context, args.teacher_views))
+    # Per crop and stem: dB below the mixture of the real stem and of the real rest; the label's uSDR;
+    # the teacher's class.
+    stem_db, rest_db, label_usdr, calls = [], [], [], {threshold: [] for threshold in args.clean_db}
     for track in tracks:
         audio = {stem: track.read(stem) for stem in stems}
         mixture = sum(audio.values())
-        starts = salient_segments(mixture, track.sample_rate, args.sad_seconds, quantile=args.sad_quantile)
+        starts = salient_segments(mixture, rate, args.sad_seconds, quantile=args.sad_quantile)
+        # The crop's context may reach past the song's ends: zeros there, as finetune reads it.
+        padded = np.pad(mixture, ((0, 0), (context, context + frames)))
         for _ in range(args.crops_per_song if len(starts) else 0):
             start = int(rng.choice(starts)) + int(rng.integers(max(segment - frames, 0) + 1))
-            crop = np.ascontiguousarray(mixture[:, start : start + frames])
+            region = np.ascontiguousarray(padded[:, start : start + frames + 2 * context])
+            crop = region[:, context : context + frames]
             parts = [audio[stem][:, start : start + frames] for stem in stems]
+            parts = [np.pad(p, ((0, 0), (0, frames - p.shape[1]))) for p in parts]  # past the end: silence
             stem_db.append([_below_db(crop, part) for part in parts])
             rest_db.append([_below_db(crop, crop - part) for part in parts])
-            with torch.no_grad():
-                out = teacher(torch.from_numpy(crop)[None])
-            guess = (out[-1] if isinstance(out, tuple) else out)[0]  # [stems, channels, frames]
+            guess = teacher_estimates(teacher, torch.from_numpy(region)[None], None, context, views)[0]
+            label_usdr.append([usdr(part, guess[k].numpy()) for k, part in enumerate(parts)])
             mixtures = torch.from_numpy(crop).expand(len(stems), *crop.shape)
             for threshold in args.clean_db:  # finetune's own test
-                calls[threshold].append(classify(mixtures, guess.float(), threshold).numpy())
+                calls[threshold].append(classify(mixtures, guess, threshold).numpy())
     if not stem_db:
         parser.error(
             f"{args.musdb}: no song is longer than one --sad-seconds segment ({args.sad_seconds:g} s)"
         )
-    stem_db, rest_db = np.array(stem_db), np.array(rest_db)
-    print(f"teacher {loaded.name}; {len(stem_db)} crops of {args.crop_seconds:g} s from {len(tracks)} songs")
-    figures: dict = {"crops": len(stem_db), "songs": len(tracks), "rows": []}
+    stem_db, rest_db, label_usdr = np.array(stem_db), np.array(rest_db), np.array(label_usdr)
+    print(
+        f"teacher {loaded.name}; {len(stem_db)} crops of {args.crop_seconds:g} s from {len(tracks)} songs; "
+        f"labels through {views} window{'s' if views > 1 else ''} of {window:g} s"
+    )
+    labels = dict(zip(stems, label_usdr.mean(axis=0).tolist(), strict=True))
+    print(
+        "label uSDR (dB): "
+        + "  ".join(f"{s} {v:.2f}" for s, v in labels.items())
+        + f"  mean {label_usdr.mean():.2f}"
+    )
+    figures: dict = {
+        "crops": len(stem_db),
+        "songs": len(tracks),
+        "teacher_window": window,
+        "teacher_views": views,
+        "label_usdr": {**labels, "mean": float(label_usdr.mean())},
+        "rows": [],
+    }
     for threshold in args.clean_db:
         classes = np.array(calls[threshold])
         for case, real, label in (("absent", stem_db, CLEAN_RESIDUAL), ("alone", rest_db, CLEAN_TARGET)):
