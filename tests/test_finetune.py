@@ -324,7 +324,15 @@ def test_usage_errors_exit_2_before_any_work(material, tmp_path):
     args = finetune_args(material, out)
     args[args.index("--unlabeled") + 1] = tmp_path / "nowhere"
     result = stemsplit(*args)
-    assert result.returncode == 2 and "nowhere is not a folder" in result.stderr
+    assert result.returncode == 2 and f"--unlabeled: {tmp_path / 'nowhere'}: no such folder" in result.stderr
+    args[args.index("--unlabeled") + 1] = material / "labeled" / "valid.txt"
+    result = stemsplit(*args)
+    assert result.returncode == 2 and "valid.txt: not a folder" in result.stderr
+    args = finetune_args(material, out)
+    args[args.index("--musdb") + 1] = tmp_path / "nowhere"
+    result = stemsplit_without_torch(*args)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert f"--musdb: {tmp_path / 'nowhere'}: no such folder" in result.stderr
     typo = tmp_path / "labeled"  # a valid.txt naming a missing track: before, exit 1 after the model loaded
     shutil.copytree(material / "labeled", typo)
     (typo / "valid.txt").write_text("valid-00007\n")

@@ -111,10 +111,10 @@ def finetune_command(**given: typing.Any) -> None:
     known = {f.name: given[f.name] for f in fields(FinetuneConfig) if given.get(f.name) is not None}
     config = FinetuneConfig(**known, stems=stems)
     problem = config.problem() or config.folder_problem()
-    for flag in ("musdb", "unlabeled"):
-        if not given[flag].is_dir():
-            problem = problem or f"--{flag}: {given[flag]} is not a folder"
-    if not problem and not find_songs([given["unlabeled"]], given["out"]).songs:
+    unlabeled = given["unlabeled"]  # --musdb: check_training_layout below
+    if not problem and not unlabeled.is_dir():
+        problem = f"--unlabeled: {unlabeled}: {'not a folder' if unlabeled.exists() else 'no such folder'}"
+    if not problem and not find_songs([unlabeled], given["out"]).songs:
         problem = f"--unlabeled: {given['unlabeled']}: no audio files in it or below it"
     if problem:
         raise fail(problem, EXIT_USAGE)
