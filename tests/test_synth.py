@@ -266,7 +266,10 @@ def test_synth_commands_refuse_a_folder_under_a_file(tmp_path):
     ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
-        assert f"sub: cannot be made: {tmp_path / 'afile'} is not a folder" in result.stderr
+        assert (
+            f"cannot create {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is not a folder"
+            in result.stderr
+        )
     assert (tmp_path / "afile").read_text() == "x"
 
 

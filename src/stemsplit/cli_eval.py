@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from .cli_common import EXIT_USAGE, err_console, fail, flag_problem, out_console
-from .files import nearest_existing, write_problem
+from .files import creation_problem
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
@@ -156,12 +156,9 @@ def _check_usage(
     if json_out is not None and os.path.lexists(json_out) and not overwrite:  # a report the user has
         raise fail(f"--json: {json_out} exists; add --overwrite to replace it", EXIT_USAGE)
     # The folders the report goes into are made at the end, after every track: checked now.
-    nearest = nearest_existing(json_out.parent) if json_out else Path.cwd()
-    if not nearest.is_dir():
-        raise fail(f"--json: {nearest} is not a folder; the report cannot go under it", EXIT_USAGE)
-    if problem := write_problem(nearest):
+    if problem := creation_problem(json_out.parent if json_out else Path.cwd(), named=json_out):
         where = "" if json_out else "; name a report file elsewhere with --json"
-        raise fail(f"--json: cannot write into {nearest} ({problem}){where}", EXIT_USAGE)
+        raise fail(f"--json: {problem}{where}", EXIT_USAGE)
 
 
 def _subset_name(subset: str, flag: str) -> str:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
+    "creation_problem",
     "host_tag",
     "is_temporary",
     "nearest_existing",
@@ -73,6 +74,21 @@ def write_problem(folder: Path) -> str | None:
         return reason[:1].lower() + reason[1:]
     with contextlib.suppress(OSError):  # it could be made: that answers; one left is a hidden temporary
         probe.unlink()
+    return None
+
+
+def creation_problem(folder: Path, named: Path | None = None) -> str | None:
+    """Why files cannot go into ``folder`` (made first where it is missing), in one line, or None.
+
+    The nearest existing folder on its path (:func:`nearest_existing`) must be a
+    folder that takes new files (:func:`write_problem`). ``named``: what the
+    message says cannot be created (default ``folder``; a report file, say).
+    """
+    nearest = nearest_existing(folder)
+    if not nearest.is_dir():
+        return f"cannot create {named or folder}: {nearest} is not a folder"
+    if problem := write_problem(nearest):
+        return f"cannot write into {nearest} ({problem})"
     return None
 
 

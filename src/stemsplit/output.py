@@ -46,13 +46,13 @@ import soundfile as sf
 
 from .audio import BlockResampler, libsndfile_reason, sf_name
 from .files import (
+    creation_problem,
     host_tag,
     is_temporary,
     nearest_existing,
     sweep_stale_temporaries,
     temporary_sibling,
     write_atomically,
-    write_problem,
     writer_gone,
 )
 
@@ -318,13 +318,10 @@ def _first_clash(
 
 def _check_out_dir(out_dir: Path) -> None:
     """The output folder, or its nearest existing ancestor, must be a writable folder."""
-    probe = nearest_existing(out_dir)
-    if probe == out_dir and not out_dir.is_dir():
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
         raise OutputError(f"{out_dir} exists and is not a folder", "out")
-    if not probe.is_dir():
-        raise OutputError(f"cannot create {out_dir}: {probe} is not a folder", "out")
-    if problem := write_problem(probe):
-        raise OutputError(f"cannot write into {probe} ({problem})", "out")
+    if problem := creation_problem(out_dir):
+        raise OutputError(problem, "out")
 
 
 def _check_no_symlink_escape(out_dir: Path, paths: object) -> None:

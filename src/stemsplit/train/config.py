@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..card import MUSIC_STEMS, SPEAKER_STEMS, stem_name_problem
-from ..files import nearest_existing, write_problem
+from ..files import creation_problem
 from ..settings import SeparationError, check_settings, parse_device
 
 __all__ = [
@@ -94,12 +94,7 @@ def synth_request_problem(
         return f"workers must be from 1 to {MAX_SYNTH_WORKERS}, not {workers}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         return f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
-    nearest = nearest_existing(out)  # where out will be made
-    if not nearest.is_dir():
-        return f"{out}: cannot be made: {nearest} is not a folder"
-    if problem := write_problem(nearest):
-        return f"{out}: cannot be made: cannot write into {nearest} ({problem})"
-    return None
+    return creation_problem(out)
 
 
 @dataclass
@@ -244,11 +239,8 @@ def out_problem(out: Path, resume: bool = False, run_files: tuple[str, ...] = RU
     there (``last.pt`` or one of ``run_files``); ``--resume`` finds no ``last.pt``."""
     if out.exists() and not out.is_dir():
         return f"--out: {out} is not a folder; name a new or existing run folder"
-    nearest = nearest_existing(out)  # where the run folder is, or will be made
-    if not nearest.is_dir():
-        return f"--out: {out} cannot be made: {nearest} is not a folder"
-    if problem := write_problem(nearest):
-        return f"--out: cannot write into {nearest} ({problem})"
+    if problem := creation_problem(out):
+        return f"--out: {problem}"
     last = out / "last.pt"
     if resume:
         return None if last.is_file() else f"--resume: no checkpoint at {last}"
