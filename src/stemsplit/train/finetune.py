@@ -70,11 +70,12 @@ whole crop (shifted from the crop at a window's end to the crop at its start),
 their estimates of the crop averaged. Measured on 400 crops of 1.5 s from 20
 FluidR3 songs with the shipped demo as teacher (``benchmarks/teacher_labels.py``;
 label uSDR against the real stems, mean of 4 stems and of crops): the crop alone
-1.64 dB; one 3 s window 1.74; two of 2.25 s 1.97; two of 3 s {w32}; three of 3 s
-{w33}; for comparison, the song separated whole with the 3 s / 0.5 s protocol and cut
+1.64 dB; one 3 s window 1.74; two of 2.25 s 1.97; two of 3 s 1.99; three of 3 s
+2.08; for comparison, the song separated whole with the 3 s / 0.5 s protocol and cut
 at the crop: 1.93 against 1.38 for the crop alone on 240 other crops. Each view
-is one more teacher pass on a longer window: three 3 s views made a demo
-fine-tuning step about 3 times slower on a CPU, and whether the student gains
+is one more teacher pass on a longer window: with three 3 s views a demo
+fine-tuning run made 0.1-0.2 examples a second on a shared 2-core CPU against
+0.5 for the same run without unlabeled crops, and whether the student gains
 from the better labels is not yet measured, so the default stays the paper's.
 
 The cost: one teacher forward pass (inference only, about a third of a
