@@ -77,6 +77,8 @@ def main() -> None:
         parser.error("--teacher-window must be 0 (the crop itself) or at least --crop-seconds")
     if not 1 <= args.teacher_views <= MAX_TEACHER_VIEWS:
         parser.error(f"--teacher-views must be from 1 to {MAX_TEACHER_VIEWS}")
+    if args.teacher_views > 1 and not args.teacher_window > args.crop_seconds:
+        parser.error("--teacher-views above 1 needs a --teacher-window longer than --crop-seconds")
 
     try:
         loaded = load_model(args.model)

@@ -307,6 +307,10 @@ def test_usage_errors_exit_2_before_any_work(material, tmp_path):
         (["--clean-db", "0"], "--clean-db must be positive"),
         (["--teacher-window", "0.5"], "--teacher-window 0.5 is shorter than the --crop-seconds 1"),
         (["--teacher-views", "0"], "--teacher-views must be from 1 to 16, not 0"),
+        (
+            ["--teacher-views", "3"],
+            "--teacher-views 3 needs a --teacher-window longer than the --crop-seconds 1",
+        ),
         # before: an internal error, after decoding every unlabeled song into -o
         (["--lr", "-1"], "--lr must be a finite number above 0, not -1"),
         (

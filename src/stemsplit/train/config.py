@@ -376,6 +376,11 @@ class FinetuneConfig(TrainConfig):
             )
         if not 1 <= self.teacher_views <= MAX_TEACHER_VIEWS:
             return f"--teacher-views must be from 1 to {MAX_TEACHER_VIEWS}, not {self.teacher_views}"
+        if self.teacher_views > 1 and not self.teacher_window > self.crop_seconds:
+            return (
+                f"--teacher-views {self.teacher_views} needs a --teacher-window longer than the "
+                f"--crop-seconds {self.crop_seconds:g}: each view would be the crop itself"
+            )
         return super().problem()
 
     def folder_problem(self) -> str | None:
