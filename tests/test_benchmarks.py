@@ -3,7 +3,11 @@
 import json
 
 import numpy as np
-from helpers import ROOT, python, write_track
+import pytest
+import torch
+from helpers import ROOT, python, stemsplit, write_track
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from stemsplit.card import MUSIC_STEMS as STEMS
 
@@ -94,3 +98,43 @@ def test_teacher_labels_refuses_songs_the_teacher_cannot_hear(tmp_path):
         result = python(ROOT / "benchmarks" / "teacher_labels.py", "--musdb", tmp_path / folder, timeout=120)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_compare_evals_pairs_two_models_song_by_song(tmp_path):
+    """Two real eval reports (the demo, and the demo with its weights nudged) of the same two synth songs:
+    the paired difference is the mean over songs of each song's stem mean, recomputed here from the
+    reports; a model against itself is 0 on every song; another hop or a file that is no report is refused."""
+    songs = tmp_path / "songs"
+    stemsplit("synth", songs, *("--songs", "1", "--valid", "0", "--test", "2", "--seconds", "5"), check=0)
+    nudged = tmp_path / "nudged.safetensors"
+    generator = torch.Generator().manual_seed(0)
+    with safe_open(ROOT / "src" / "stemsplit" / "checkpoints" / "demo.safetensors", "pt") as f:
+        weights = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+        noise = {k: 0.05 * w.std() * torch.randn(w.shape, generator=generator) for k, w in weights.items()}
+        save_file({k: w + noise[k] if w.numel() > 1 else w for k, w in weights.items()}, nudged, f.metadata())
+    reports = {}
+    for name, model, hop in (("demo", "demo", "1.5"), ("nudged", nudged, "1.5"), ("hop1", "demo", "1")):
+        reports[name] = tmp_path / f"{name}.json"
+        protocol = ("--no-csdr", "--window", "3", "--hop", hop, "--device", "cpu")
+        stemsplit("eval", "--musdb", songs, "-m", model, *protocol, "--json", reports[name], check=0)
+
+    script = ROOT / "benchmarks" / "compare_evals.py"
+    out = tmp_path / "compare.json"
+    result = python(script, reports["demo"], reports["nudged"], reports["demo"], "--json", out, check=0)
+    rows = json.loads(out.read_text())["rows"]
+    base, new = (json.loads(reports[n].read_text()) for n in ("demo", "nudged"))
+    mean_of = lambda report, song: np.mean(list(report["tracks"][song]["usdr"].values()))  # noqa: E731
+    diffs = [mean_of(new, k) - mean_of(base, k) for k in range(2)]
+    assert rows[1]["paired"]["difference"] == pytest.approx(np.mean(diffs))
+    assert rows[1]["paired"]["standard_error"] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(2))
+    assert rows[1]["paired"]["better"] == sum(d > 0 for d in diffs) and abs(np.mean(diffs)) > 1e-3
+    assert rows[0]["mean"] == pytest.approx(base["usdr"]["avg"])
+    itself = {"difference": 0.0, "standard_error": 0.0, "better": 0, "worse": 0, "songs": 2}
+    assert rows[2]["paired"] == itself
+    assert f"better on {rows[1]['paired']['better']} of 2 songs" in result.stdout
+
+    refused = python(script, reports["demo"], reports["hop1"], check=2)
+    assert refused.stderr.count("\n") == 1 and "hop 1.0 differs from 1.5" in refused.stderr
+    (tmp_path / "notes.json").write_text('{"stems": ["drums"]}')
+    refused = python(script, reports["demo"], tmp_path / "notes.json", check=2)
+    assert f"{tmp_path / 'notes.json'}: not a stemsplit eval report" in refused.stderr
