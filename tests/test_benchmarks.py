@@ -138,3 +138,19 @@ def test_compare_evals_pairs_two_models_song_by_song(tmp_path):
     (tmp_path / "notes.json").write_text('{"stems": ["drums"]}')
     refused = python(script, reports["demo"], tmp_path / "notes.json", check=2)
     assert f"{tmp_path / 'notes.json'}: not a stemsplit eval report" in refused.stderr
+    other_set = json.loads(reports["demo"].read_text())
+    other_set["settings"]["musdb"] = str(tmp_path / "other-songs")  # the same song names, another set
+    (tmp_path / "other-set.json").write_text(json.dumps(other_set))
+    refused = python(script, reports["demo"], tmp_path / "other-set.json", check=2)
+    assert "test set ('other-songs', 'test') differs from ('songs', 'test')" in refused.stderr
+    refused = python(script, reports["demo"], reports["nudged"], "--json", reports["nudged"], check=2)
+    assert "is one of the reports compared" in refused.stderr
+    assert json.loads(reports["nudged"].read_text()) == new
+
+    # A stem eval could not score (null: an all-silent reference) is left out of that song's mean.
+    new["tracks"][0]["usdr"]["vocals"] = None
+    (tmp_path / "silent.json").write_text(json.dumps(new))
+    python(script, reports["demo"], tmp_path / "silent.json", "--json", out, check=0)
+    first = np.mean([v for v in new["tracks"][0]["usdr"].values() if v is not None]) - mean_of(base, 0)
+    paired = json.loads(out.read_text())["rows"][1]["paired"]
+    assert paired["difference"] == pytest.approx(np.mean([first, diffs[1]])) and paired["songs"] == 2

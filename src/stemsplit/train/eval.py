@@ -172,6 +172,21 @@ class EvalReport:
         """Per stem the mean over tracks (MDX 2021), plus ``avg``."""
         return self._per_stem("usdr", np.mean)
 
+    def track_averages(self, metric: str) -> dict[str, float]:
+        """Each track's mean over its stems for ``metric`` ("usdr" or "csdr"; NaN ignored): name -> dB."""
+        return {t.name: _aggregate(getattr(t, metric).values(), np.mean) for t in self.tracks}
+
+    @classmethod
+    def from_json(cls, data: dict) -> EvalReport:
+        """The report :meth:`to_json` made (null back to NaN); KeyError, TypeError, ValueError or
+        AttributeError when ``data`` is not one."""
+
+        def scores(values: dict) -> dict[str, float]:
+            return {stem: math.nan if v is None else float(v) for stem, v in values.items()}
+
+        tracks = [TrackScores(str(t["name"]), scores(t["csdr"]), scores(t["usdr"])) for t in data["tracks"]]
+        return cls(tracks, tuple(data["stems"]), dict(data["settings"]))
+
     def to_json(self) -> dict:
         """Everything as plain JSON types; NaN (not scorable) becomes null."""
         return _finite(
