@@ -95,6 +95,9 @@ class ModelCard:
         :class:`stemsplit.separate.StreamingOverlapAdd`), so a talker stays in one file.
     cpu_bf16: bf16 autocast was measured faster than fp32 on CPUs with native bf16, within
         5e-3 of it (benchmarks/bench_model.py): then ``precision="auto"`` picks it there.
+    rest_stem: the last stem, when the network does not estimate it: the mixture minus the
+        others (a single-target RoFormer's ``other``, as MSST makes it); None when every
+        stem is the network's own.
     """
 
     architecture: str
@@ -110,11 +113,14 @@ class ModelCard:
     task: str = "music"
     permutation_invariant: bool = False
     cpu_bf16: bool = False
+    rest_stem: str | None = None
 
     def __post_init__(self) -> None:
         if not self.stems or len(set(self.stems)) != len(self.stems):
             raise ValueError(f"stems must be distinct names, got {self.stems!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}")
+        if self.rest_stem is not None and self.rest_stem != self.stems[-1]:
+            raise ValueError(f"rest_stem {self.rest_stem!r} must be the last stem, {self.stems[-1]!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")

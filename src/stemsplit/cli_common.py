@@ -72,6 +72,7 @@ FLAGS = {
     "two_stems": "--two-stems",
     "out": "--out",
     "model": "--model",
+    "model_config": "--model-config",
     "residual": "--residual",
 }
 

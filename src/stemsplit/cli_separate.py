@@ -263,6 +263,36 @@ def _model_argument(model: str | None) -> str | Path | None:
     return path
 
 
+def _msst_config(path: Path | None, model: str | Path | None) -> Any:
+    """--model-config read before anything loads (torch-free); None without one."""
+    if path is None:
+        return None
+    if not isinstance(model, Path) and not (
+        isinstance(model, str) and model.startswith(("http://", "https://"))
+    ):
+        raise UsageError(
+            "--model-config: goes with a checkpoint file or URL given with --model "
+            "(a registry model carries its own config)"
+        )
+    from .weights.msst import ModelConfigError, read_msst_config
+
+    try:
+        return read_msst_config(path)
+    except ModelConfigError as exc:
+        raise UsageError(f"--model-config: {exc}") from None
+
+
+def _check_msst_network(msst: Any) -> None:
+    """The YAML's model: section against its family (imports torch): an option the family lacks, or
+    a value it cannot take, is a usage error before the checkpoint is read."""
+    from .model import families
+
+    try:
+        families.make_config(msst.architecture, overrides=msst.config, stems=msst.stems)
+    except families.FamilyError as exc:
+        raise UsageError(f"--model-config: {msst.path}: {exc}") from None
+
+
 def checked_model(model: str | None) -> str | Path | None:
     """:func:`_model_argument` for the commands that load one model (eval, finetune), with a registry
     name looked up too (the registry needs no torch): a usage error (exit 2) before anything loads."""
@@ -392,14 +422,17 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         options = OutputOptions(
             args["filename"], args["fmt"], args["bit_depth"], args["clip_mode"], args["overwrite"]
         )
-        # Before the model is known, its window is taken to be the usual one (both families' cards say 3 s).
+        # Before the model is known, its window is taken to be the usual one (most cards say 3 s).
         window = args["window"] if args["window"] is not None else DEFAULT_WINDOW
+        if args["hop"] is not None and args["window"] is None:
+            window = max(window, args["hop"])  # a model with longer windows (RoFormers: 8 s) takes it
         check_settings(window, hop, args["batch_size"], args["precision"], args["stage"])
         parse_device(args["device"])
     except (OutputError, SeparationError) as exc:
         raise _usage(exc) from None
     wanted = _wanted_stems(args["stems"], args["two_stems"])
     args["model"] = _model_argument(args["model"])
+    msst = _msst_config(args.get("model_config"), args["model"])
 
     # 2. inputs
     out = args["out"]
@@ -428,6 +461,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         )
 
     problem, known = known_model(args["model"], args["light"], task)  # without loading the model
+    if msst is not None:  # the YAML names the stems; what the file's metadata says does not count
+        problem, known = None, msst.stems
     if problem:
         raise _wrong_task(problem, task)
     stems = run = None
@@ -445,6 +480,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         pick_device(device)
     except SeparationError as exc:
         raise _usage(exc) from None
+    if msst is not None:
+        _check_msst_network(msst)
 
     # 3b. probe every input: a missing or unreadable file fails alone, and before the model loads (a typo
     # would otherwise wait for the default model's download)
@@ -481,6 +518,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             task=task,
             progress=reporter.on_event,
             download_progress=not (reporter.quiet or reporter.json_lines),
+            model_config=msst,
         )
         chosen = separator.output_stems(wanted, args["two_stems"], args["residual"])
     except UnknownModelError as exc:
@@ -750,6 +788,13 @@ def separation_command(batch: bool):
             readable=False,  # an unreadable file fails alone, with the others done
         ),
         model: str = typer.Option(None, "--model", "-m", help="Registry name, checkpoint path or URL."),
+        model_config: Path = typer.Option(
+            None,
+            "--model-config",
+            help="The MSST YAML of a --model checkpoint (BS-/Mel-Band RoFormer, TS-BSMamba2): its network, "
+            "stems, window and hop.",
+            show_default=False,
+        ),
         out: str = typer.Option("stems", "--out", "-o", help="Output folder."),  # str: "" is not "."
         device: str = DEVICE_OPTION,
         light: bool = typer.Option(

@@ -68,6 +68,7 @@ from .settings import (
     task_mismatch,
 )
 from .weights import load_model
+from .weights.msst import MSSTConfig
 
 __all__ = [
     "SeparationError",
@@ -403,6 +404,9 @@ class Separator:
             model, the registry default when none is given.
         progress: called with event dicts while separating.
         download_progress: show a progress bar on stderr while a model downloads.
+        model_config: the Music-Source-Separation-Training YAML of a checkpoint file or URL
+            ``model`` (BS-RoFormer, Mel-Band RoFormer, TS-BSMamba2): it builds the network and
+            gives the stems and the default window and hop (see :mod:`stemsplit.weights.msst`).
 
     Speaker separation::
 
@@ -434,6 +438,7 @@ class Separator:
         task: str | None = None,
         progress: ProgressCallback | None = None,
         download_progress: bool = True,
+        model_config: str | os.PathLike | None = None,
     ) -> None:
         check_settings(window, hop, batch_size, precision, stage, exact)
         if not (model is None or isinstance(model, (str, os.PathLike, torch.nn.Module))):
@@ -448,7 +453,13 @@ class Separator:
         if normalization is not None and normalization not in NORMALIZATIONS:
             raise SeparationError(f"must be none or meanstd, not {shown(normalization)}", "normalization")
         self.device = pick_device(device)
+        if model_config is not None and not isinstance(model_config, (str, os.PathLike, MSSTConfig)):
+            raise SeparationError(
+                f"must be the path of an MSST YAML, not {shown(model_config)}", "model_config"
+            )
         if isinstance(model, torch.nn.Module):
+            if model_config is not None:
+                raise SeparationError("goes with a checkpoint file or URL, not a network", "model_config")
             card = getattr(model, "card", None)
             if not isinstance(card, ModelCard):
                 raise SeparationError("a network given to Separator needs a ModelCard as .card", "model")
@@ -462,7 +473,13 @@ class Separator:
             self.model, self.name = model, "custom"
             light_model = False
         else:
-            loaded = load_model(model, light=light and model is None, progress=download_progress, task=task)
+            loaded = load_model(
+                model,
+                light=light and model is None,
+                progress=download_progress,
+                task=task,
+                model_config=model_config,
+            )
             self.model, self.name, self.card = loaded.model, loaded.name, loaded.card
             light_model = loaded.light
         problem = task and task_mismatch(self.name, self.card.task, self.card.stems, task)

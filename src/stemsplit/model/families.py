@@ -1,14 +1,15 @@
 """The architecture registry: every network family stemsplit can build, by name.
 
-A family is one model file (``ts_bsmamba2.py``, ``bsrnn.py``, ``u_mamba_net.py``) plus one
-:class:`Family` entry below. The entry says how to make the family's config
-from a preset and overrides (what ``weights.toml`` and ``train --arch`` give),
-how to build the network for a list of stems, and how to shrink a config for a
-quick trial run. Everything else (the engine, the loader, training, eval)
-works through ``model.card`` and ``model.config`` and never names a family.
+A family is one model file (``ts_bsmamba2.py``, ``bsrnn.py``, ``u_mamba_net.py``,
+``bs_roformer.py``, ``mel_band_roformer.py``) plus one :class:`Family` entry below.
+The entry says how to make the family's config from a preset and overrides
+(what ``weights.toml`` and ``train --arch`` give), how to build the network
+for a list of stems, and how to shrink a config for a quick trial run.
+Everything else (the engine, the loader, training, eval) works through
+``model.card`` and ``model.config`` and never names a family.
 
 Adding a family: write ``model/NAME.py`` with a frozen config dataclass
-(integer/float/string fields, ``sr`` among them) and an ``nn.Module`` that
+(integer/float/string/bool fields or tuples of integers, ``sr`` among them) and an ``nn.Module`` that
 takes it, carries ``config`` and ``card`` and maps a mixture
 [B, channels, samples] to stems [B, S, channels, samples] (or a tuple of such,
 one per stage, the last final); then add a :class:`Family` to ``FAMILIES``.
@@ -17,15 +18,22 @@ one per stage, the last final); then add a :class:`Family` to ``FAMILIES``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from .bs_roformer import ARCHITECTURE as BS_ROFORMER
+from .bs_roformer import PRESETS as BS_ROFORMER_PRESETS
+from .bs_roformer import BSRoformer, BSRoformerConfig
 from .bsrnn import ARCHITECTURE as BSRNN
 from .bsrnn import PRESETS as BSRNN_PRESETS
 from .bsrnn import BSRNNBag, BSRNNConfig
+from .mel_band_roformer import ARCHITECTURE as MEL_BAND_ROFORMER
+from .mel_band_roformer import PRESETS as MEL_PRESETS
+from .mel_band_roformer import MelBandRoformer, MelBandRoformerConfig
+from .roformer import MAY_BE_ZERO, Roformer, RoformerConfig
 from .ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from .ts_bsmamba2 import PRESETS as TS_PRESETS
 from .ts_bsmamba2 import TSBSMamba2, TSBSMamba2Config
@@ -59,6 +67,10 @@ class Family:
     build: (config, stems) -> the network, its ``card.stems`` set to ``stems``.
     stem_field: the config field that must equal the number of stems (or None).
     shrink: config -> a tiny one with the same spectrogram and outputs (for quick checks).
+    rest_stem: the stems may name one more than ``stem_field`` says: the last is then the
+        mixture minus the others (``card.rest_stem``).
+    may_be_zero: number fields that may be 0 (all others must be positive).
+    aliases: other names of config fields (upstream's), e.g. ``sample_rate`` for ``sr``.
     """
 
     name: str
@@ -69,6 +81,9 @@ class Family:
     build: Callable[[Any, tuple[str, ...]], nn.Module]
     shrink: Callable[[Any], Any]
     stem_field: str | None = None
+    rest_stem: bool = False
+    may_be_zero: frozenset[str] = frozenset()
+    aliases: Mapping[str, str] = field(default_factory=dict)
 
     def field_names(self) -> list[str]:
         return [f.name for f in fields(self.config_type)]
@@ -86,6 +101,39 @@ def _build_u_mamba(config: UMambaNetConfig, stems: tuple[str, ...]) -> UMambaNet
         model.card = replace(model.card, stems=stems)
     return model
 
+
+def _build_roformer(network: type[Roformer]) -> Callable[[RoformerConfig, tuple[str, ...]], Roformer]:
+    def build(config: RoformerConfig, stems: tuple[str, ...]) -> Roformer:
+        model = network(config)
+        if stems:
+            rest = stems[-1] if len(stems) == config.num_stems + 1 else None
+            model.card = replace(model.card, stems=stems, rest_stem=rest)
+        return model
+
+    return build
+
+
+def _shrink_roformer(c: RoformerConfig) -> RoformerConfig:
+    return replace(
+        c,
+        dim=8,
+        depth=1,
+        heads=1,
+        dim_head=8,
+        time_transformer_depth=1,
+        freq_transformer_depth=1,
+        linear_transformer_depth=min(c.linear_transformer_depth, 1),
+        mask_estimator_depth=1,
+        mlp_expansion_factor=1,
+    )
+
+
+_ROFORMER_OPTIONS = dict(
+    shrink=_shrink_roformer,
+    stem_field="num_stems",
+    rest_stem=True,
+    may_be_zero=MAY_BE_ZERO,
+)
 
 FAMILIES: dict[str, Family] = {
     TS_BSMAMBA2: Family(
@@ -117,6 +165,25 @@ FAMILIES: dict[str, Family] = {
         shrink=lambda c: replace(c, feature_dim=8, num_blocks=1, depth=min(c.depth, 2), d_state=4),
         stem_field="num_speakers",
     ),
+    BS_ROFORMER: Family(
+        name=BS_ROFORMER,
+        summary="BS-RoFormer: band-split RoPE transformer (arXiv 2309.02612), MSST's checkpoints",
+        config_type=BSRoformerConfig,
+        presets=BS_ROFORMER_PRESETS,
+        default_preset="paper",
+        build=_build_roformer(BSRoformer),
+        **_ROFORMER_OPTIONS,
+    ),
+    MEL_BAND_ROFORMER: Family(
+        name=MEL_BAND_ROFORMER,
+        summary="Mel-Band RoFormer: RoPE transformer on mel bands (arXiv 2310.01809), MSST's checkpoints",
+        config_type=MelBandRoformerConfig,
+        presets=MEL_PRESETS,
+        default_preset="paper",
+        build=_build_roformer(MelBandRoformer),
+        aliases={"sample_rate": "sr"},
+        **_ROFORMER_OPTIONS,
+    ),
 }
 
 
@@ -143,24 +210,58 @@ def make_config(
     if preset not in fam.presets:
         raise FamilyError(f"{name} has no preset {preset!r} (presets: {', '.join(fam.presets)})")
     base = fam.presets[preset]
-    overrides = dict(overrides or {})
+    overrides = _unaliased(fam, overrides or {})
     known = fam.field_names()
     for key, value in overrides.items():
         if key not in known:
             raise FamilyError(f"{name} config has no field {key!r} (fields: {', '.join(known)})")
-        wanted = type(getattr(base, key))
-        if wanted is float and isinstance(value, int) and not isinstance(value, bool):
-            value = overrides[key] = float(value)
-        if not isinstance(value, wanted) or isinstance(value, bool) != (wanted is bool):
-            raise FamilyError(f"{name} config field {key} must be {wanted.__name__}, not {value!r}")
-        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-            raise FamilyError(f"{name} config field {key} must be positive, not {value!r}")
+        overrides[key] = _checked_value(fam, key, value, getattr(base, key))
     if stems and fam.stem_field:
         count = overrides.get(fam.stem_field, len(stems))
-        if count != len(stems):
+        if count != len(stems) and not (fam.rest_stem and count + 1 == len(stems)):
             raise FamilyError(f"{fam.stem_field} = {count}, but {len(stems)} stems are named")
-        overrides[fam.stem_field] = len(stems)
+        overrides[fam.stem_field] = count
+    problem = _problem_of(base, overrides)
+    if problem:
+        raise FamilyError(f"{name} config: {problem}")
     return replace(base, **overrides)
+
+
+def _unaliased(fam: Family, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` with upstream names turned into the family's; both names given must agree."""
+    result = {k: v for k, v in overrides.items() if k not in fam.aliases}
+    for alias, key in fam.aliases.items():
+        if alias in overrides:
+            if key in result and result[key] != overrides[alias]:
+                raise FamilyError(f"{alias} = {overrides[alias]!r} differs from {key} = {result[key]!r}")
+            result[key] = overrides[alias]
+    return result
+
+
+def _checked_value(fam: Family, key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of the field's ``default``; :class:`FamilyError` if it is not one."""
+    wanted = type(default)
+    if wanted is tuple:  # tuples of positive integers (JSON and TOML give lists)
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+        ):
+            raise FamilyError(f"{fam.name} config field {key} must be a list of positive integers: {value!r}")
+        return tuple(value)
+    if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, wanted) or isinstance(value, bool) != (wanted is bool):
+        raise FamilyError(f"{fam.name} config field {key} must be {wanted.__name__}, not {value!r}")
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and (value < 0 or (value == 0 and key not in fam.may_be_zero)):
+        least = "0 or more" if key in fam.may_be_zero else "positive"
+        raise FamilyError(f"{fam.name} config field {key} must be {least}, not {value!r}")
+    return value
+
+
+def _problem_of(base: Any, overrides: Mapping[str, Any]) -> str | None:
+    """What the config says of itself (``problem()``, where the config type has one)."""
+    check = getattr(base, "problem", None)
+    return replace(base, **overrides).problem() if check is not None else None
 
 
 def config_problem(name: str, config: Any, stems: Sequence[str]) -> str | None:

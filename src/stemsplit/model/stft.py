@@ -12,26 +12,54 @@ from torch import Tensor
 __all__ = ["check_mixture", "istft", "stft"]
 
 
-def stft(audio: Tensor, n_fft: int, hop: int, window: Tensor) -> Tensor:
-    """[b, samples] -> [b, n_fft // 2 + 1, frames] complex."""
+def stft(
+    audio: Tensor,
+    n_fft: int,
+    hop: int,
+    window: Tensor,
+    win_length: int | None = None,
+    normalized: bool = False,
+) -> Tensor:
+    """[b, samples] -> [b, n_fft // 2 + 1, frames] complex.
+
+    ``window`` has ``win_length`` samples (default n_fft; a shorter one is centred in each frame);
+    ``normalized`` scales by 1 / sqrt(n_fft) (and :func:`istft` undoes it).
+    """
     with torch.autocast(audio.device.type, enabled=False):
         audio = audio.to(torch.promote_types(audio.dtype, torch.float32))
         return torch.stft(
             audio,
             n_fft,
             hop,
+            win_length,
             window=window.to(audio.device, audio.dtype),
             center=True,
             pad_mode="reflect",
+            normalized=normalized,
             return_complex=True,
         )
 
 
-def istft(spec: Tensor, n_fft: int, hop: int, window: Tensor, samples: int) -> Tensor:
-    """[b, n_fft // 2 + 1, frames] complex -> [b, samples]."""
+def istft(
+    spec: Tensor,
+    n_fft: int,
+    hop: int,
+    window: Tensor,
+    samples: int,
+    win_length: int | None = None,
+    normalized: bool = False,
+) -> Tensor:
+    """[b, n_fft // 2 + 1, frames] complex -> [b, samples]: :func:`stft` undone (the same settings)."""
     with torch.autocast(spec.device.type, enabled=False):
         return torch.istft(
-            spec, n_fft, hop, window=window.to(spec.device, spec.real.dtype), center=True, length=samples
+            spec,
+            n_fft,
+            hop,
+            win_length,
+            window=window.to(spec.device, spec.real.dtype),
+            center=True,
+            normalized=normalized,
+            length=samples,
         )
 
 

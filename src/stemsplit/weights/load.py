@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -40,6 +40,7 @@ from .errors import (
     UnsafeCheckpointError,
 )
 from .metadata import read_metadata
+from .msst import ModelConfigError, MSSTConfig, read_msst_config
 from .registry import CHECKPOINT_SUFFIXES, ModelEntry, load_registry
 
 __all__ = ["LoadedModel", "VerifyResult", "entry_config", "fetch", "load_model", "verify"]
@@ -92,6 +93,7 @@ def load_model(
     light: bool = False,
     progress: bool = True,
     task: str | None = None,
+    model_config: str | os.PathLike | MSSTConfig | None = None,
 ) -> LoadedModel:
     """Load a model by registry name, local checkpoint path or http(s) URL, verified, on the CPU.
 
@@ -101,8 +103,13 @@ def load_model(
     "speakers"``, the registry's first speaker-separation model
     (:class:`UnknownModelError` when it has none). ``light`` and ``task`` do not
     choose when ``spec`` is given. Downloads show a progress bar on stderr
-    unless ``progress`` is False. Every failure raises a :class:`WeightsError`.
+    unless ``progress`` is False. ``model_config``: the MSST YAML (a path, or
+    read by :func:`read_msst_config`) that builds a checkpoint file's or URL's
+    network and gives its stems, window and hop (:mod:`stemsplit.weights.msst`).
+    Every failure raises a :class:`WeightsError`.
     """
+    if model_config is not None:
+        return _load_with_msst_config(spec, model_config, progress)
     if spec is None:
         registry = load_registry()
         if task not in (None, "music"):
@@ -131,12 +138,44 @@ def load_model(
     return _load_entry(load_registry().get(text), progress)
 
 
+def _load_with_msst_config(
+    spec: str | os.PathLike | None, model_config: str | os.PathLike | MSSTConfig, progress: bool
+) -> LoadedModel:
+    msst = model_config if isinstance(model_config, MSSTConfig) else read_msst_config(model_config)
+    text = "" if spec is None else os.fspath(spec)
+    if _is_url(text):
+        source = source_of_url(text)
+        state_dict, _ = read_safetensors(_fetch_source(source, progress), source.label)
+        label = source.label
+    elif spec is not None and (isinstance(spec, os.PathLike) or Path(text).expanduser().is_file()):
+        path = Path(text).expanduser()
+        state_dict, _ = read_checkpoint(path, path.name)
+        label = path.name
+    else:
+        what = "no model" if spec is None else f"{text!r}, not a checkpoint file or URL,"
+        raise ModelConfigError(
+            f"{msst.path}: an MSST config goes with a checkpoint file or URL; {what} was given"
+        )
+    try:
+        config = families.make_config(msst.architecture, overrides=msst.config, stems=msst.stems)
+    except families.FamilyError as exc:
+        raise ModelConfigError(f"{msst.path}: {exc}") from None
+    model = build_network(
+        state_dict, msst.architecture, config, msst.stems, label, msst.normalization, msst.path.name
+    )
+    model.card = replace(model.card, window=msst.window, hop=msst.hop)
+    return LoadedModel(model, label)
+
+
 def _load_entry(entry: ModelEntry, progress: bool) -> LoadedModel:
     config = entry_config(entry)  # before any download: a bad entry costs no bandwidth
     path = _fetch_source(source_of(entry), progress)
     state_dict, _ = read_safetensors(path, entry.name)
     model = build_network(
         state_dict, entry.architecture, config, entry.stems, entry.name, entry.normalization, "the registry"
+    )
+    model.card = replace(
+        model.card, window=entry.window or model.card.window, hop=entry.hop or model.card.hop
     )
     if model.card.task != entry.task:
         raise RegistryError(

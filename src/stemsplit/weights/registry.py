@@ -62,7 +62,8 @@ class ModelEntry:
     description: str
     architecture: str  # a family of the architecture registry (stemsplit.model.families), as written
     preset: str | None  # a named config of that family; None: the family's default
-    config: Mapping[str, int | float | str]  # fields that differ from the preset (sr = sample_rate added)
+    # fields that differ from the preset (sr = sample_rate added): numbers, strings, true/false, integer lists
+    config: Mapping[str, int | float | str | bool | tuple[int, ...]]
     stems: tuple[str, ...]
     sample_rate: int
     normalization: str
@@ -77,6 +78,8 @@ class ModelEntry:
     revision: str | None = None
     size: int | None = None
     metrics: Mapping[str, Any] | None = None
+    window: float | None = None  # seconds per window and between windows; None: the family's card
+    hop: float | None = None
     lines: Mapping[str, str] = field(default_factory=dict)  # key -> "file:line", for later errors
 
     def where(self, key: str) -> str:
@@ -138,8 +141,17 @@ _FIELD_TYPES: dict[str, type] = {
     "light": bool,
     "task": str,
     "metrics": dict,
+    "window": (int, float),
+    "hop": (int, float),
 }
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "a table"}
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    list: "a list",
+    dict: "a table",
+    (int, float): "a number",
+}
 _REQUIRED = ("description", "architecture", "stems", "sample_rate", "normalization", "sha256", "license")
 
 
@@ -232,7 +244,7 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise fail(f"unknown field {key!r}{hint}", key)
         expected = _FIELD_TYPES[key]
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        if not isinstance(value, expected) or (expected in (int, (int, float)) and isinstance(value, bool)):
             raise fail(f"field {key!r} must be {_TYPE_NAMES[expected]}, not {type(value).__name__}", key)
     for key in _REQUIRED:
         if key not in table:
@@ -243,10 +255,14 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
     architecture, preset = table["architecture"], table.get("preset")
     if architecture in LEGACY_ARCHITECTURES:  # registries written before there were families
         architecture, preset = LEGACY_ARCHITECTURES[architecture], preset or architecture
-    overrides = table.get("config", {})
+    overrides = dict(table.get("config", {}))
     for key, value in overrides.items():
-        if not isinstance(value, int | float | str) or isinstance(value, bool):
-            raise fail(f"config.{key} must be a number or a string", "config")
+        if isinstance(value, list):  # (RoFormer band widths); the family checks each number
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise fail(f"config.{key} must be a list of integers", "config")
+            overrides[key] = tuple(value)
+        elif not isinstance(value, int | float | str):  # bool is an int
+            raise fail(f"config.{key} must be a number, a string, true/false or a list of integers", "config")
     sample_rate = table["sample_rate"]
     if overrides.get("sr", sample_rate) != sample_rate:
         raise fail(f"sample_rate {sample_rate} differs from config.sr {overrides['sr']}", "sample_rate")
@@ -296,6 +312,11 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
             raise fail("a Hugging Face source needs filename", "repo_id")
     if not filename.endswith(CHECKPOINT_SUFFIXES):
         raise fail(f"checkpoint file {filename!r} must end in {', '.join(CHECKPOINT_SUFFIXES)}", "url")
+    for key in ("window", "hop"):
+        if key in table and table[key] <= 0:
+            raise fail(f"{key} must be a positive number of seconds", key)
+    if "window" in table and "hop" in table and table["hop"] > table["window"]:
+        raise fail(f"hop {table['hop']} is longer than window {table['window']}", "hop")
     for key, value in table.get("metrics", {}).items():
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise fail(f"metrics.{key} must be a number or a string", "metrics")
@@ -320,6 +341,8 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
         revision=table.get("revision"),
         size=table.get("size"),
         metrics=dict(table.get("metrics", {})),
+        window=float(table["window"]) if "window" in table else None,
+        hop=float(table["hop"]) if "hop" in table else None,
         lines={
             key: f"{loc.path}:{loc.line(where, key or None) or '?'}"
             for key in ("", "architecture", "preset", "config", "stems", "task")
