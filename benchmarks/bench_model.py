@@ -1,13 +1,20 @@
-"""Seconds per 3 s window through TS-BSMamba2 / L-TS-BSMamba2 (both stages), BSRNN or U-Mamba-Net.
+"""Seconds per window, and per minute of audio, through any family or registry model (random weights).
 
     python benchmarks/bench_model.py                      # TS and L-TS, CPU: 1 and 2 threads, fp32 and bf16
     python benchmarks/bench_model.py --presets l-ts --threads 2 --precisions fp32 --rounds 3
     python benchmarks/bench_model.py --device cuda --batch 16 --precisions bf16
     python benchmarks/bench_model.py --arch bsrnn         # a row per target network (a 4-stem bag: all four)
     python benchmarks/bench_model.py --arch u-mamba-net --precisions fp32  # 3 s mono at 8 kHz, 2 speakers
+    python benchmarks/bench_model.py --arch bs-roformer   # the paper's BS-RoFormer (L 12, D 384), 8 s windows
+    python benchmarks/bench_model.py --arch mel-band-roformer --threads 2 --precisions fp32 bf16
+    python benchmarks/bench_model.py --registry --threads 2 --precisions fp32 --repeats 1
+        # every registry model at its own window and hop: the s/min that `stemsplit models` shows
 
-The window is stereo at 44.1 kHz for the music families, what the model's card
-says (mono, 8 kHz) for U-Mamba-Net.
+The window is what the model's card says (3 s for TS-BSMamba2 and BSRNN, 8 s for
+the RoFormers, a registry entry's own window), stereo at 44.1 kHz for the music
+families, mono at 8 kHz for U-Mamba-Net; --seconds sets another. "s/min" is
+seconds per minute of audio: seconds per window times the windows a minute takes
+at the card's (or entry's) hop.
 
 Randomly initialised weights: the cost does not depend on their values.
 Prints the machine, then one row per (model, threads, precision): seconds per
@@ -34,10 +41,13 @@ import time
 import torch
 from machine import describe
 
-from stemsplit.model import build_model, make_config
+from stemsplit.card import MUSIC_STEMS
+from stemsplit.model import FAMILIES, build_model, make_config
 from stemsplit.model.bsrnn import TARGET_SCHEMES
 from stemsplit.model.u_mamba_net import speaker_names
 from stemsplit.runtime import cpu_bf16_support, tune_cpu_allocator
+from stemsplit.weights import load_registry
+from stemsplit.weights.load import entry_config
 
 
 def sync(device: torch.device) -> None:
@@ -65,6 +75,18 @@ def time_model(model, batch: torch.Tensor, precision: str, repeats: int) -> tupl
     return best, out
 
 
+def build(spec: str) -> tuple[torch.nn.Module, float, float]:
+    """The network ``spec`` names (``family:preset[:target]`` or ``entry:NAME``), its window and hop."""
+    kind, name, *target = spec.split(":")
+    if kind == "entry":
+        entry = load_registry().get(name)
+        model = build_model(entry.architecture, entry_config(entry), entry.stems)
+        return model, entry.window or model.card.window, entry.hop or model.card.hop
+    stems = tuple(target) or (speaker_names(2) if kind == "u-mamba-net" else MUSIC_STEMS)
+    model = build_model(kind, make_config(kind, name, {}, stems), stems)
+    return model, model.card.window, model.card.hop
+
+
 def worker(args: argparse.Namespace) -> None:
     """One configuration, in this process: prints one JSON line."""
     device = torch.device(args.device)
@@ -73,17 +95,12 @@ def worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
-    arch, preset, *target = args.worker.split(":")
-    stems = tuple(target) or (
-        speaker_names(2) if arch == "u-mamba-net" else ("drums", "bass", "other", "vocals")
-    )
-    if arch in ("ts-bsmamba2", "u-mamba-net"):
-        os.environ["STEMSPLIT_MAMBA_BACKEND"] = args.backend
-    model = build_model(arch, make_config(arch, preset, {}, stems), stems).to(device).eval()
+    os.environ["STEMSPLIT_MAMBA_BACKEND"] = args.backend
+    model, window, hop = build(args.worker)
+    model = model.to(device).eval()
     card = model.card
-    batch = (
-        torch.randn(args.batch, card.channels, round(args.seconds * card.sample_rate), device=device) * 0.1
-    )
+    window = args.seconds or window
+    batch = torch.randn(args.batch, card.channels, round(window * card.sample_rate), device=device) * 0.1
     parameters = sum(p.numel() for p in model.parameters())
     seconds, out = time_model(model, batch, args.precision, args.repeats)
     load = os.getloadavg()[0]
@@ -93,7 +110,9 @@ def worker(args: argparse.Namespace) -> None:
         reference = run_model(model, batch, "fp32")
         error = ((out.float() - reference).norm() / reference.norm()).item()
     print(
-        json.dumps(dict(seconds=seconds, error=error, peak_mb=peak_mb, load=load, params=parameters)),
+        json.dumps(
+            dict(seconds=seconds, error=error, peak_mb=peak_mb, load=load, params=parameters, hop=hop)
+        ),
         flush=True,
     )
 
@@ -102,13 +121,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--arch", default="ts-bsmamba2", choices=["ts-bsmamba2", "bsrnn", "u-mamba-net"])
+    parser.add_argument("--arch", default="ts-bsmamba2", choices=list(FAMILIES))
     parser.add_argument(
-        "--presets", nargs="+", default=None, help="[ts-bsmamba2: ts l-ts; bsrnn, u-mamba-net: paper]"
+        "--registry", nargs="*", metavar="NAME", help="registry models at their own window and hop [all]"
+    )
+    parser.add_argument(
+        "--presets", nargs="+", default=None, help="[ts-bsmamba2: ts l-ts; the other families: paper]"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=1, help="windows per forward pass")
-    parser.add_argument("--seconds", type=float, default=3.0, help="window length")
+    parser.add_argument("--seconds", type=float, default=None, help="window length [the model's]")
     parser.add_argument("--threads", type=int, nargs="+", default=None, help="CPU threads [1 and all cores]")
     parser.add_argument(
         "--precisions", "--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"]
@@ -134,13 +156,19 @@ def main() -> None:
         print(f"native bf16: {cpu_bf16_support()[1]}")
     setup = f"batch {args.batch}, {args.backend} backend" + (", oneDNN off" if args.no_onednn else "")
     audio = "mono 8 kHz" if args.arch == "u-mamba-net" else "stereo 44.1 kHz"
-    print(f"window {args.seconds} s {audio}, {setup}; best of {args.repeats} x {args.rounds} rounds")
-    if args.arch == "bsrnn":  # one model per target (other uses vocals' scheme: the same network)
+    audio = "the model's audio" if args.registry is not None else audio
+    window = f"{args.seconds} s" if args.seconds else "the model's window"
+    print(f"{window}, {audio}, {setup}; best of {args.repeats} x {args.rounds} rounds")
+    if args.registry is not None:
+        models = [f"entry:{name}" for name in args.registry or load_registry().models]
+    elif args.arch == "bsrnn":  # one model per target (other uses vocals' scheme: the same network)
         models = [f"bsrnn:{p}:{t}" for p in args.presets or ["paper"] for t in TARGET_SCHEMES if t != "other"]
     elif args.arch == "u-mamba-net":
         models = [f"u-mamba-net:{p}" for p in args.presets or ["paper"]]
-    else:
+    elif args.arch == "ts-bsmamba2":
         models = [f"ts-bsmamba2:{p}" for p in args.presets or ["ts", "l-ts"]]
+    else:
+        models = [f"{args.arch}:{p}" for p in args.presets or FAMILIES[args.arch].presets]
     configs = [(m, t, prec) for m in models for t in threads for prec in args.precisions]
     best: dict[tuple, dict] = {}
     env = dict(os.environ, **({"STEMSPLIT_ONEDNN": "0"} if args.no_onednn else {}))
@@ -148,7 +176,7 @@ def main() -> None:
         for preset, n_threads, precision in configs:
             command = [sys.executable, __file__, "--worker", preset, "--threads-one", str(n_threads)]
             command += ["--worker-precision", precision, "--device", args.device, "--batch", str(args.batch)]
-            command += ["--seconds", str(args.seconds), "--backend", args.backend]
+            command += ["--seconds", str(args.seconds or 0), "--backend", args.backend]
             command += ["--repeats", str(args.repeats)]
             run = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
             result = json.loads(run.stdout)
@@ -156,15 +184,16 @@ def main() -> None:
             if key not in best or result["seconds"] < best[key]["seconds"]:
                 best[key] = result
     print(
-        f"{'model':28} {'params':>7} {'s/batch':>9} {'s/window':>9} {'windows/s':>10} {'threads':>7} "
+        f"{'model':36} {'params':>7} {'s/batch':>9} {'s/window':>9} {'s/min':>7} {'threads':>7} "
         f"{'prec':>5} {'bf16 err':>9} {'peak RSS':>9} {'load':>5}"
     )
     for (preset, n_threads, precision), r in best.items():
         per_window = r["seconds"] / args.batch
         error = "-" if r["error"] is None else f"{r['error']:.1e}"
+        per_minute = per_window * 60 / r["hop"]  # windows start every hop
         print(
-            f"{preset:28} {r['params'] / 1e6:6.1f}M {r['seconds']:9.2f} {per_window:9.2f} "
-            f"{1 / per_window:10.2f} {n_threads:7d} {precision:>5} {error:>9} {r['peak_mb']:7.0f}MB "
+            f"{preset:36} {r['params'] / 1e6:6.1f}M {r['seconds']:9.2f} {per_window:9.2f} "
+            f"{per_minute:7.0f} {n_threads:7d} {precision:>5} {error:>9} {r['peak_mb']:7.0f}MB "
             f"{r['load']:5.2f}",
             flush=True,
         )

@@ -3,11 +3,14 @@
 Downloads go to a real HTTP server on 127.0.0.1; cache and registry live in tmp_path.
 """
 
+import json
+
 import pytest
 import typer
 from typer.testing import CliRunner
 from weights_server import tiny_entry, write_registry
 
+from stemsplit.card import MUSIC_STEMS
 from stemsplit.cli_models import models_app
 
 runner = CliRunner()
@@ -27,20 +30,39 @@ def env(env, server):
     return env
 
 
+def _rows(output: str) -> dict[str, str]:
+    """The table's rows by model name (a row starts with the name)."""
+    return {
+        line.split()[0]: line for line in output.splitlines() if line.split()[:1] in (["tiny"], ["small"])
+    }
+
+
 def test_table_lists_models_with_marks(env):
-    result = runner.invoke(models_app, [])
+    result = runner.invoke(models_app, [], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    rows = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│ ")}
-    assert set(rows) >= {"tiny", "small"}
-    assert "default" in rows["tiny"] and "1.25 dB" in rows["tiny"] and "CC-BY" in rows["tiny"]
-    assert "light" in rows["small"] and "~11 MB" in rows["small"]  # size estimated from the architecture
-    assert " no " in rows["tiny"] and " no " in rows["small"]
+    rows = _rows(result.output)
+    assert set(rows) == {"tiny", "small"}
+    assert max(len(line) for line in result.output.splitlines()) <= 80  # nothing cut at 80 columns
+    assert "1.25 avg ?" in rows["tiny"] and "ts-bsmamba2" in rows["tiny"]  # no test set named: "?"
+    assert "~11 MB" in rows["small"]  # size estimated from the architecture
+    assert "default: tiny; light: small" in result.output and "cached" not in result.output
 
     assert runner.invoke(models_app, ["download", "small", "-q"]).exit_code == 0
-    rows = {
-        line.split()[1]: line for line in runner.invoke(models_app, []).output.splitlines() if "│ s" in line
-    }
-    assert " yes " in rows["small"] and "11 MB" in rows["small"]
+    output = runner.invoke(models_app, []).output
+    assert " 11 MB" in _rows(output)["small"] and "cached: small" in output
+
+
+def test_one_model_in_full_and_json(env):
+    result = runner.invoke(models_app, ["show", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert "golden small test model" in result.output and "CC-BY-4.0" in result.output
+    assert "SDR avg 1.25 dB" in result.output and "trust on first use" in result.output
+    assert runner.invoke(models_app, ["show", "nope"]).exit_code == 2
+    listed = json.loads(runner.invoke(models_app, ["--json"]).output)
+    assert [m["name"] for m in listed["models"]] == ["tiny", "small"]
+    one = json.loads(runner.invoke(models_app, ["show", "tiny", "--json"]).output)
+    assert one == listed["models"][0]
+    assert one["metrics"] == {"source": "a test", "sdr_avg": 1.25} and one["stems"] == list(MUSIC_STEMS)
 
 
 def test_download_then_path(env, server):
@@ -118,3 +140,14 @@ def test_mounted_under_the_main_app(env):
     assert result.exit_code == 0, result.output
     assert "tiny" in result.output and "default" in result.output
     assert runner.invoke(app, ["models", "path", "tiny"]).exit_code == 1
+
+
+def test_models_name_is_the_full_view_through_the_main_entry(env, capsys):
+    """`stemsplit models NAME` (cli.main inserts the hidden `show`); subcommands keep their names."""
+    from stemsplit.cli import main
+
+    for argv, expected in ((["models", "tiny"], "golden small test model"), (["models", "path", "tiny"], "")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        out, err = capsys.readouterr()
+        assert expected in out and (exit_.value.code == 0) == bool(expected), err

@@ -276,6 +276,7 @@ SUBCOMMANDS = {
     "synth-speech",
 }
 GLOBAL_FLAGS = {"--help", "-h", "--version"}
+MODELS_SUBCOMMANDS = {"download", "path", "verify", "show"}
 
 
 def _is_click_error(exc: Exception) -> bool:
@@ -294,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] not in SUBCOMMANDS and args[0] not in GLOBAL_FLAGS:
         args.insert(0, "separate")
+    if args[:1] == ["models"] and len(args) > 1 and args[1] not in MODELS_SUBCOMMANDS and args[1][0] != "-":
+        args.insert(1, "show")  # `stemsplit models NAME`: one model in full
     debug = "--debug" in args
     try:
         if not debug:

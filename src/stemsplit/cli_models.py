@@ -2,9 +2,12 @@
 
 Mounted by ``cli.py`` with ``app.add_typer(models_app, name="models")``; all the
 work is in :mod:`stemsplit.weights`, this module only parses and prints.
+``stemsplit models NAME`` is the hidden ``show`` command (``cli.main`` inserts it).
 """
 
 from __future__ import annotations
+
+import json
 
 import typer
 from rich.table import Table
@@ -49,9 +52,75 @@ def _size_text(entry) -> str:  # a weights.ModelEntry
     return f"~{estimate / 1e6:.0f} MB"
 
 
+# Published scores come from different test sets; the table marks each so that none is read against
+# another (a MUSDB18-HQ figure and a multisong one are not comparable).
+TEST_SETS = {"MUSDB18-HQ test": "M", "MVSEP multisong": "S"}
+
+
+def _score_text(entry) -> str:
+    score = entry.headline_score
+    if score is None:
+        return "-"
+    what, value = score
+    test_set = (entry.metrics or {}).get("test_set")
+    mark = TEST_SETS.get(test_set, "?") if test_set else "?"
+    return f"{value:.2f} {what[:3]} {mark}"
+
+
+def _notes(entry, registry, cached: bool) -> list[str]:
+    notes = [note for note, on in (("default", entry.name == registry.default), ("light", entry.light)) if on]
+    if entry.task != "music":
+        notes.append(entry.task)
+    notes.append("bundled" if entry.path else "cached" if cached else "")
+    return [n for n in notes if n]
+
+
+def _describe(entry, registry) -> dict:
+    """Everything the registry says of one model, for `stemsplit models NAME` and --json."""
+    from . import weights
+
+    cached = weights.cached_path(entry.name)
+    source = entry.url or (f"hf://{entry.repo_id}/{entry.filename}" if entry.repo_id else str(entry.path))
+    return {
+        "name": entry.name,
+        "description": entry.description,
+        "family": entry.architecture,
+        "preset": entry.preset,
+        "task": entry.task,
+        "stems": list(entry.stems),
+        "rest_stem": _rest_stem(entry),
+        "sample_rate": entry.sample_rate,
+        "window": entry.window,
+        "hop": entry.hop,
+        "normalization": entry.normalization,
+        "source": source,
+        "revision": entry.revision,
+        "size": _size_text(entry),
+        "sha256": entry.sha256 or None,
+        "license": entry.license,
+        "metrics": dict(entry.metrics or {}),
+        "cpu_s_per_min": entry.cpu_s_per_min,
+        "default": entry.name == registry.default,
+        "light": entry.light,
+        "cached": str(cached) if cached else None,
+    }
+
+
+def _rest_stem(entry) -> str | None:
+    """A single-target RoFormer's second stem (the mixture minus the target), known from its config."""
+    outputs = entry.config.get("num_stems")
+    return entry.stems[-1] if isinstance(outputs, int) and len(entry.stems) == outputs + 1 else None
+
+
 @models_app.callback(invoke_without_command=True)
-def list_models(ctx: typer.Context) -> None:
-    """Show the models stemsplit knows: architecture, stems, size, cached or not, published SDR, license."""
+def list_models(
+    ctx: typer.Context,
+    json_output: bool = typer.Option(False, "--json", help="Every model in full, as JSON."),
+) -> None:
+    """The models stemsplit knows, to choose from: family, stems, size, published SDR, CPU speed.
+
+    `stemsplit models NAME` shows one in full.
+    """
     from . import weights
 
     if ctx.invoked_subcommand is not None:
@@ -60,28 +129,102 @@ def list_models(ctx: typer.Context) -> None:
         registry = weights.load_registry()
     except weights.WeightsError as exc:
         raise _fail(exc) from None
-    light = registry.light_model
-    table = Table(title=f"Models in {registry.path}", title_justify="left")
+    if json_output:
+        models = [_describe(entry, registry) for entry in registry.models.values()]
+        typer.echo(json.dumps({"registry": str(registry.path), "models": models}, indent=2))
+        return
+    # One line a model, in 80 columns: the marks (default, light, cached, ...) go below the table.
+    table = Table(box=None, padding=(0, 1), collapse_padding=True, pad_edge=False, title_justify="left")
+    table.title = f"Models in {registry.path}"
     table.add_column("name", no_wrap=True)
-    for column in ("architecture", "stems", "size", "cached", "SDR", "license", ""):
-        table.add_column(column)
+    table.add_column("family", no_wrap=True)
+    table.add_column("stems", justify="right", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("SDR dB", no_wrap=True)
+    table.add_column("s/min", justify="right", no_wrap=True)
+    marks: dict[str, list[str]] = {}
     for entry in registry.models.values():
-        flags = {"default": entry.name == registry.default, "light": entry is light}
-        marks = [mark for mark, on in flags.items() if on]
-        sdr = entry.sdr
-        table.add_row(
-            entry.name,
-            f"{entry.architecture} ({entry.preset})" if entry.preset else entry.architecture,
-            ", ".join(entry.stems),
-            _size_text(entry),
-            "bundled" if entry.path else "yes" if weights.cached_path(entry.name) else "no",
-            f"{sdr:.2f} dB" if sdr is not None else "-",
-            entry.license,
-            ", ".join(marks),
-        )
+        cached = not entry.path and weights.cached_path(entry.name) is not None
+        for note in _notes(entry, registry, cached):
+            marks.setdefault(note, []).append(entry.name)
+        speed = f"{entry.cpu_s_per_min:.0f}" if entry.cpu_s_per_min else "-"
+        stems = f"{len(entry.stems)}" + ("*" if _rest_stem(entry) else "")
+        table.add_row(entry.name, entry.architecture, stems, _size_text(entry), _score_text(entry), speed)
     console.print(table)
+    console.print("; ".join(f"{note}: {', '.join(names)}" for note, names in marks.items()), highlight=False)
+    console.print(LEGEND, style="dim", highlight=False)
     if weights.is_offline():
         console.print("offline mode is on (STEMSPLIT_OFFLINE / HF_HUB_OFFLINE): only cached models load")
+
+
+LEGEND = (
+    "SDR: as published, on M = MUSDB18-HQ test or S = MVSEP multisong (not comparable with each other); "
+    "avg: the mean over the stems, else the one stem scored. stems *: the last is the mixture minus the "
+    "others. s/min: CPU seconds per minute of audio at the model's window and hop "
+    "(benchmarks/bench_model.py --registry). `stemsplit models NAME`: one model in full; --json: all."
+)
+
+
+@models_app.command("show", hidden=True)
+def show(
+    name: str = typer.Argument(..., help="Registry name."),
+    json_output: bool = typer.Option(False, "--json", help="As JSON."),
+) -> None:
+    """One model in full (`stemsplit models NAME`)."""
+    from . import weights
+
+    try:
+        registry = weights.load_registry()
+        entry = registry.get(name)
+    except weights.WeightsError as exc:
+        raise _fail(exc) from None
+    facts = _describe(entry, registry)
+    if json_output:
+        typer.echo(json.dumps(facts, indent=2))
+        return
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    stems = ", ".join(entry.stems)
+    if facts["rest_stem"]:
+        stems += f" ({facts['rest_stem']} = the mixture minus the others: the network does not estimate it)"
+    rows = {
+        "model": entry.name
+        + "".join(f" ({note})" for note in _notes(entry, registry, facts["cached"] is not None)),
+        "about": entry.description,
+        "family": entry.architecture + (f" (preset {entry.preset})" if entry.preset else ""),
+        "task": entry.task,
+        "stems": stems,
+        "audio": f"{entry.sample_rate} Hz, normalization {entry.normalization}",
+        "windows": _windows_text(entry),
+        "published": _metrics_text(entry.metrics or {}),
+        "CPU speed": f"{entry.cpu_s_per_min:.0f} s per minute of audio"
+        if entry.cpu_s_per_min
+        else "not measured",
+        "source": facts["source"] + (f" (revision {entry.revision})" if entry.revision else ""),
+        "size": facts["size"],
+        "sha256": entry.sha256 or "not published: recorded on the first download (trust on first use)",
+        "license": entry.license,
+        "cached": facts["cached"] or "no: `stemsplit models download " + entry.name + "`",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _windows_text(entry) -> str:
+    if entry.window is None:
+        return "the family's (see its model card)"
+    return f"{entry.window:g} s every {entry.hop or entry.window:g} s"
+
+
+def _metrics_text(metrics: dict) -> str:
+    scores = ", ".join(f"{k[4:]} {v}" for k, v in metrics.items() if k.startswith("sdr_"))
+    if not scores:
+        return "no scores"
+    where = ", ".join(str(metrics[k]) for k in ("test_set", "metric") if k in metrics)
+    source = f"; {metrics['source']}" if "source" in metrics else ""
+    return f"SDR {scores} dB" + (f" on {where}" if where else "") + source
 
 
 @models_app.command()

@@ -80,6 +80,7 @@ class ModelEntry:
     metrics: Mapping[str, Any] | None = None
     window: float | None = None  # seconds per window and between windows; None: the family's card
     hop: float | None = None
+    cpu_s_per_min: float | None = None  # measured: seconds per minute of audio on a CPU (benchmarks/)
     lines: Mapping[str, str] = field(default_factory=dict)  # key -> "file:line", for later errors
 
     def where(self, key: str) -> str:
@@ -91,6 +92,14 @@ class ModelEntry:
         """Published average SDR (dB), if the registry has one."""
         value = (self.metrics or {}).get("sdr_avg")
         return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def headline_score(self) -> tuple[str, float] | None:
+        """(what, dB) to show first: the average over the stems, else the first stem's published SDR."""
+        metrics = self.metrics or {}
+        scores = [(k[4:], v) for k, v in metrics.items() if k.startswith("sdr_") and not isinstance(v, str)]
+        scores.sort(key=lambda item: item[0] != "avg")  # stable: else the first, as the registry lists them
+        return (scores[0][0], float(scores[0][1])) if scores else None
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,7 @@ _FIELD_TYPES: dict[str, type] = {
     "metrics": dict,
     "window": (int, float),
     "hop": (int, float),
+    "cpu_s_per_min": (int, float),
 }
 _TYPE_NAMES = {
     str: "a string",
@@ -312,7 +322,7 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
             raise fail("a Hugging Face source needs filename", "repo_id")
     if not filename.endswith(CHECKPOINT_SUFFIXES):
         raise fail(f"checkpoint file {filename!r} must end in {', '.join(CHECKPOINT_SUFFIXES)}", "url")
-    for key in ("window", "hop"):
+    for key in ("window", "hop", "cpu_s_per_min"):
         if key in table and table[key] <= 0:
             raise fail(f"{key} must be a positive number of seconds", key)
     if "window" in table and "hop" in table and table["hop"] > table["window"]:
@@ -343,6 +353,7 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
         metrics=dict(table.get("metrics", {})),
         window=float(table["window"]) if "window" in table else None,
         hop=float(table["hop"]) if "hop" in table else None,
+        cpu_s_per_min=float(table["cpu_s_per_min"]) if "cpu_s_per_min" in table else None,
         lines={
             key: f"{loc.path}:{loc.line(where, key or None) or '?'}"
             for key in ("", "architecture", "preset", "config", "stems", "task")
