@@ -13,7 +13,7 @@ import pytest
 import typer
 from helpers import ROOT
 
-from stemsplit.cli import SUBCOMMANDS, app
+from stemsplit.cli import app, expand_shorthands
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,8 +54,7 @@ def stemsplit_commands() -> list[list[str]]:
 def resolve(args: list[str]):
     """The (click) command ``stemsplit ARGS`` runs (default: separate) and its remaining args."""
     command = typer.main.get_command(app)
-    if not args or args[0] not in SUBCOMMANDS:
-        args = ["separate", *args]
+    args = expand_shorthands(args) if args else ["separate"]
     while hasattr(command, "commands") and args and args[0] in command.commands:
         command, args = command.commands[args[0]], args[1:]
     return command, args

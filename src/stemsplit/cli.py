@@ -284,6 +284,16 @@ def _is_click_error(exc: Exception) -> bool:
     return callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int)
 
 
+def expand_shorthands(args: list[str]) -> list[str]:
+    """``stemsplit FILE ...`` is ``stemsplit separate FILE ...``; ``stemsplit models NAME`` is the
+    hidden ``stemsplit models show NAME``."""
+    if args and args[0] not in SUBCOMMANDS and args[0] not in GLOBAL_FLAGS:
+        args = ["separate", *args]
+    if args[:1] == ["models"] and len(args) > 1 and args[1] not in MODELS_SUBCOMMANDS and args[1][0] != "-":
+        args = ["models", "show", *args[1:]]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``stemsplit FILE ...`` means ``stemsplit separate FILE ...``.
 
@@ -292,11 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     exception (a bug) prints one ``internal error`` line and exits 70, unless
     ``--debug`` asks for the traceback.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] not in SUBCOMMANDS and args[0] not in GLOBAL_FLAGS:
-        args.insert(0, "separate")
-    if args[:1] == ["models"] and len(args) > 1 and args[1] not in MODELS_SUBCOMMANDS and args[1][0] != "-":
-        args.insert(1, "show")  # `stemsplit models NAME`: one model in full
+    args = expand_shorthands(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     try:
         if not debug:
