@@ -9,6 +9,7 @@ configs as upstream builds them.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,18 @@ def test_registry_entry_is_its_published_yaml_and_layout(name):
     assert _shapes(model) == _layout(REGISTERED[name])
     metrics = entry.metrics or {}
     assert metrics.get("test_set") in ("MUSDB18-HQ test", "MVSEP multisong") and metrics.get("metric")
+
+
+def test_a_saved_single_target_roformer_loads_with_its_rest_stem(tmp_path):
+    """save_checkpoint's metadata (config as JSON: tuples become lists) rebuilds the same network."""
+    from stemsplit.weights import load_model
+    from stemsplit.weights.checkpoint import save_checkpoint
+
+    model, mixture, _ = _golden("bs_stereo_1stem")
+    model.card = replace(model.card, stems=("vocals", "other"), rest_stem="other")
+    save_checkpoint(model, tmp_path / "vocals.safetensors")
+    loaded = load_model(tmp_path / "vocals.safetensors").model
+    assert loaded.card.stems == ("vocals", "other") and loaded.card.rest_stem == "other"
+    assert loaded.config == model.config
+    with torch.no_grad():
+        assert torch.equal(loaded(mixture), model(mixture))

@@ -16,9 +16,10 @@ One layer of :class:`AxialLayers` on band features x [B, T frames, K bands, D]::
 
 A transformer block is ``x + attention(x)``, then ``x + feedforward(x)``, each
 starting with an RMSNorm. Attention is gated per head (``to_gates``) and uses
-rotary positions; the time transformers of all layers share one rotary
-embedding and the freq transformers another, as upstream (its ``freqs`` then
-appears in the state dict once per attention layer, always the same values).
+rotary positions, whose fixed ``freqs`` appear in the state dict once per
+attention layer (upstream shares one rotary module among the layers of an
+axis; here each layer has its own copy of the same values, so that a state
+dict has no shared tensors, which safetensors cannot save).
 """
 
 from __future__ import annotations
@@ -160,10 +161,10 @@ class RotaryEmbedding(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with rotary positions and a sigmoid gate per head: [b, n, dim] -> same."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, rotary_embed: RotaryEmbedding) -> None:
+    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
         super().__init__()
         self.heads = heads
-        self.rotary_embed = rotary_embed  # shared with the other layers of the same axis
+        self.rotary_embed = RotaryEmbedding(dim_head)
         self.norm = RMSNorm(dim)
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_gates = nn.Linear(dim, heads)
@@ -216,28 +217,19 @@ class FeedForward(nn.Module):
 
 
 class Transformer(nn.Module):
-    """``depth`` pre-norm blocks over [b, n, dim]; an RMSNorm at the end when ``norm_output``."""
+    """``depth`` pre-norm blocks over [b, n, dim]; an RMSNorm at the end when ``norm_output``.
+
+    ``linear``: cross-covariance attention without positions (a linear transformer), else
+    rotary self-attention.
+    """
 
     def __init__(
-        self,
-        dim: int,
-        depth: int,
-        heads: int,
-        dim_head: int,
-        rotary_embed: RotaryEmbedding | None,
-        norm_output: bool,
+        self, dim: int, depth: int, heads: int, dim_head: int, linear: bool, norm_output: bool
     ) -> None:
         super().__init__()
+        attention = LinearAttention if linear else Attention
         self.layers = nn.ModuleList(
-            nn.ModuleList(
-                [
-                    Attention(dim, heads, dim_head, rotary_embed)
-                    if rotary_embed is not None
-                    else LinearAttention(dim, heads, dim_head),
-                    FeedForward(dim),
-                ]
-            )
-            for _ in range(depth)
+            nn.ModuleList([attention(dim, heads, dim_head), FeedForward(dim)]) for _ in range(depth)
         )
         self.norm = RMSNorm(dim) if norm_output else nn.Identity()
 
@@ -257,16 +249,16 @@ class AxialLayers(nn.ModuleList):
 
     def __init__(self, config: RoformerConfig, norm_output: bool) -> None:
         c = config
-        time_rotary, freq_rotary = RotaryEmbedding(c.dim_head), RotaryEmbedding(c.dim_head)
 
-        def transformer(depth: int, rotary: RotaryEmbedding | None) -> Transformer:
-            return Transformer(c.dim, depth, c.heads, c.dim_head, rotary, norm_output)
+        def transformer(depth: int, linear: bool = False) -> Transformer:
+            return Transformer(c.dim, depth, c.heads, c.dim_head, linear, norm_output)
 
         layers = []
         for _ in range(c.depth):
-            layer = [transformer(c.linear_transformer_depth, None)] if c.linear_transformer_depth else []
-            layer += [transformer(c.time_transformer_depth, time_rotary)]
-            layer += [transformer(c.freq_transformer_depth, freq_rotary)]
+            layer = (
+                [transformer(c.linear_transformer_depth, linear=True)] if c.linear_transformer_depth else []
+            )
+            layer += [transformer(c.time_transformer_depth), transformer(c.freq_transformer_depth)]
             layers.append(nn.ModuleList(layer))
         super().__init__(layers)
         self.skip_connection = c.skip_connection

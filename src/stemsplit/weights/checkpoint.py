@@ -232,11 +232,13 @@ def network_from_file(
     """A checkpoint without a registry entry: everything from its metadata (and, if old, its weights)."""
     info = read_info(metadata, label)
     config = _config_of(info, state_dict, label)
-    outputs = getattr(config, families.family(info.architecture).stem_field or "", None)
+    family = families.family(info.architecture)
+    outputs = getattr(config, family.stem_field or "", None)
     if info.stems is None and outputs is None:
         raise CheckpointError(f"{label}: a {info.architecture} checkpoint needs its stems in the metadata")
     stems = info.stems or default_stem_names(outputs)
-    if outputs is not None and len(stems) != outputs:
+    rest = family.rest_stem and outputs is not None and len(stems) == outputs + 1  # mixture minus the others
+    if outputs is not None and len(stems) != outputs and not rest:
         raise CheckpointError(
             f"{label}: metadata names {len(stems)} stems but the network has {outputs} outputs"
         )
