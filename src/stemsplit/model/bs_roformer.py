@@ -34,8 +34,7 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor
 
-from ..card import ModelCard, default_stem_names
-from .roformer import HOP, WINDOW, RMSNorm, Roformer, RoformerConfig
+from .roformer import RMSNorm, Roformer, RoformerConfig
 
 __all__ = ["ARCHITECTURE", "PRESETS", "BSRoformer", "BSRoformerConfig"]
 
@@ -69,17 +68,8 @@ class BSRoformer(Roformer):
     def __init__(self, config: BSRoformerConfig | None = None, **fields: object) -> None:
         c = replace(config or BSRoformerConfig(), **fields)
         widths = [2 * f * c.audio_channels for f in c.freqs_per_bands]
-        super().__init__(c, widths, norm_output=False, mask_layers=c.mask_estimator_depth)
+        super().__init__(ARCHITECTURE, c, widths, norm_output=False, mask_layers=c.mask_estimator_depth)
         self.final_norm = RMSNorm(c.dim)
-        self.card = ModelCard(
-            architecture=ARCHITECTURE,
-            stems=default_stem_names(c.num_stems),
-            sample_rate=c.sr,
-            min_samples=self.min_samples,
-            stft=(c.stft_n_fft, c.stft_hop_length),
-            window=WINDOW,
-            hop=HOP,
-        )
 
     def features(self, x: Tensor) -> Tensor:
         return self.final_norm(self.layers(x))

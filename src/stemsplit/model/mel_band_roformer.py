@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..card import ModelCard, default_stem_names
-from .roformer import HOP, WINDOW, Roformer, RoformerConfig
+from .roformer import Roformer, RoformerConfig
 
 __all__ = ["ARCHITECTURE", "PRESETS", "MelBandRoformer", "MelBandRoformerConfig", "mel_band_members"]
 
@@ -82,6 +81,7 @@ class MelBandRoformer(Roformer):
         bins_of_bands = np.nonzero(members)[1]  # band by band, ascending bins
         rows = (bins_of_bands[:, None] * ch + np.arange(ch)).reshape(-1)
         super().__init__(
+            ARCHITECTURE,
             c,
             [2 * ch * int(n) for n in members.sum(axis=1)],
             norm_output=True,
@@ -91,15 +91,6 @@ class MelBandRoformer(Roformer):
         bands_per_row = np.repeat(members.sum(axis=0), ch)
         self.register_buffer(
             "bands_per_row", torch.as_tensor(bands_per_row, dtype=torch.float32), persistent=False
-        )
-        self.card = ModelCard(
-            architecture=ARCHITECTURE,
-            stems=default_stem_names(c.num_stems),
-            sample_rate=c.sr,
-            min_samples=self.min_samples,
-            stft=(c.stft_n_fft, c.stft_hop_length),
-            window=WINDOW,
-            hop=HOP,
         )
 
     def band_rows(self, spec: Tensor) -> Tensor:

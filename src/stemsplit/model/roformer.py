@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..card import ModelCard
+from ..card import ModelCard, default_stem_names
 from .stft import check_mixture, istft, stft
 
 __all__ = [
@@ -336,7 +336,12 @@ class Roformer(nn.Module):
     card: ModelCard
 
     def __init__(
-        self, config: RoformerConfig, widths: Sequence[int], norm_output: bool, mask_layers: int
+        self,
+        architecture: str,
+        config: RoformerConfig,
+        widths: Sequence[int],
+        norm_output: bool,
+        mask_layers: int,
     ) -> None:
         super().__init__()
         c = config
@@ -351,6 +356,15 @@ class Roformer(nn.Module):
             MaskEstimator(c.dim, self.widths, mask_layers, c.mlp_expansion_factor) for _ in range(c.num_stems)
         )
         self.register_buffer("window", torch.hann_window(c.stft_win_length), persistent=False)
+        self.card = ModelCard(
+            architecture=architecture,
+            stems=default_stem_names(c.num_stems),
+            sample_rate=c.sr,
+            min_samples=self.min_samples,
+            stft=(c.stft_n_fft, c.stft_hop_length),
+            window=WINDOW,
+            hop=HOP,
+        )
 
     @property
     def min_samples(self) -> int:
