@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -110,15 +110,6 @@ WINDOW, HOP = 8.0, 4.0
 MAY_BE_ZERO = frozenset(
     {"linear_transformer_depth", "attn_dropout", "ff_dropout", "multi_stft_resolution_loss_weight"}
 )
-
-
-def config_fields(config_type: type) -> list[str]:
-    return [f.name for f in fields(config_type)]
-
-
-def upstream_options(config: Any) -> dict[str, Any]:
-    """A config as MSST's ``model:`` section would write it (``sr`` is the audio section's)."""
-    return {name: getattr(config, name) for name in config_fields(type(config)) if name != "sr"}
 
 
 # --- layers ------------------------------------------------------------------------------------
