@@ -74,6 +74,7 @@ __all__ = [
     "SeparationError",
     "SeparationResult",
     "Separator",
+    "SongSeparator",
     "StreamingOverlapAdd",
     "as_audio_array",
     "check_sample_rate",
@@ -376,7 +377,156 @@ def _output(part: np.ndarray, index: dict[str, int], name: str) -> np.ndarray:
     return part[-1] - part[index[name[3:]]]
 
 
-class Separator:
+class SongSeparator:
+    """What :class:`Separator` and :class:`stemsplit.ensemble.Ensemble` share: audio in memory or a
+    song's file in, its stems out.
+
+    A subclass sets ``stems`` (output order), ``mono`` (its networks take one channel: the stems are
+    mono) and ``progress``, and implements :meth:`_stream` (the input's blocks in, stem blocks out,
+    frame for frame), :meth:`windows_for`, :meth:`check_input`, :meth:`residual_db` and
+    :meth:`_needs_stats`.
+    """
+
+    stems: tuple[str, ...]
+    mono: bool
+    progress: ProgressCallback
+    owner = "this model"  # what messages call it
+
+    def _stream(
+        self,
+        blocks: Iterable[np.ndarray],
+        rate: int,
+        channels: int,
+        frames: int,
+        with_mixture: bool = False,
+        stats: tuple[float, float] = (0.0, 1.0),
+    ) -> Iterator[np.ndarray]:
+        """[n, C] blocks at ``rate`` -> [S (+ 1 with ``with_mixture``: the input), C, n] float32 blocks."""
+        raise NotImplementedError
+
+    def windows_for(self, frames: int, rate: int) -> int:
+        """Windows that separating ``frames`` frames at ``rate`` Hz runs (the progress events' total)."""
+        raise NotImplementedError
+
+    def check_input(self, info: AudioInfo, downmix: bool = False) -> None:
+        raise NotImplementedError
+
+    def residual_db(self) -> float | None:
+        raise NotImplementedError
+
+    def _needs_stats(self) -> bool:
+        """Whether the song's mean and std are needed (a ``meanstd`` network): one more pass over it."""
+        raise NotImplementedError
+
+    # -- in-memory API -------------------------------------------------------------------------
+
+    def separate(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> dict[str, np.ndarray]:
+        """audio [channels, samples] at ``sample_rate`` -> {stem: [channels, samples]} at the same rate.
+
+        Float samples are taken as they are; integer PCM is scaled to [-1, 1] by its type.
+        """
+        rate = check_sample_rate(sample_rate)
+        if isinstance(audio, torch.Tensor):
+            if audio.device.type == "meta" or audio.is_complex() or audio.dtype == torch.bool:
+                kind = f"{audio.dtype} tensor on {audio.device.type}"
+                raise SeparationError(f"audio: a {kind} holds no samples stemsplit can take")
+            if audio.is_floating_point() and audio.dtype != torch.float64:
+                audio = audio.detach().float()  # bf16, fp16: numpy has no such type
+        audio = as_audio_array(audio, fold_surround=self.mono)
+        problem = unplayable_sample(audio.T)
+        if problem is not None:
+            raise SeparationError(f"audio: sample {problem[0]} {problem[1]}")
+        blocks = [audio.T]
+        stats = song_stats(blocks) if self._needs_stats() else (0.0, 1.0)
+        parts = list(self._stream(blocks, rate, audio.shape[0], audio.shape[1], stats=stats))
+        out = np.concatenate(parts, axis=-1)
+        return {name: out[i] for i, name in enumerate(self.stems)}
+
+    # -- songs ---------------------------------------------------------------------------------
+
+    def output_stems(
+        self, stems: Iterable[str] | None = None, two_stems: str | None = None, residual: bool = False
+    ) -> list[str]:
+        """The stems to write (see :func:`choose_stems`), and with ``residual`` the mixture minus all of
+        them (:data:`~stemsplit.settings.RESIDUAL`)."""
+        chosen = choose_stems(self.stems, stems, two_stems, self.owner)
+        if residual and RESIDUAL in self.stems:
+            raise SeparationError(f"{self.owner} has a stem named {RESIDUAL} already", "residual")
+        return [*chosen, RESIDUAL] if residual else chosen
+
+    def output_channels(self, channels: int) -> int:
+        """Channels of the stems of a ``channels``-channel input: 1 for a mono network, else as many
+        as the input (more than two folded to stereo)."""
+        return 1 if self.mono else min(channels, 2)
+
+    def song_blocks(
+        self, info: AudioInfo, stems: Sequence[str], downmix: bool = False
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Decode, separate and yield a song block by block: {stem: [frames, channels] float32}.
+
+        ``stems`` are names from :meth:`output_stems` (``no_X`` is the mixture minus X,
+        ``residual`` the mixture minus every stem).
+        """
+        block_frames = round(READ_BLOCK_SECONDS * info.sample_rate)
+
+        def blocks() -> Iterator[np.ndarray]:
+            for block in read_blocks(info, block_frames):
+                if block.shape[1] != info.channels:  # replaced on disk since it was probed
+                    raise SeparationError(f"{info.path}: changed while being separated; run again")
+                yield downmix_to_stereo(block, info.layout) if info.channels > 2 else block
+
+        stats = song_stats(blocks()) if self._needs_stats() else (0.0, 1.0)  # a first pass
+        index = {name: i for i, name in enumerate(self.stems)}
+        with_mixture = any(name not in index for name in stems)
+        channels = min(info.channels, 2)
+        for part in self._stream(
+            prefetch(blocks()), info.sample_rate, channels, info.frames, with_mixture, stats
+        ):
+            yield {name: _output(part, index, name).T for name in stems}
+
+    def separate_song(
+        self, song: SongOutputs, info: AudioInfo, options: OutputOptions, downmix: bool = False
+    ) -> SeparationResult:
+        """Separate one planned song (see :func:`stemsplit.output.plan_outputs`) into its files."""
+        self.check_input(info, downmix)
+        channels = self.output_channels(info.channels)
+        with StemWriter(song, options, info.sample_rate, channels) as writer:
+            for stems in self.song_blocks(info, list(song.paths), downmix):
+                writer.write(stems)
+            gain = writer.commit()
+        windows = self.windows_for(info.frames, info.sample_rate)
+        return SeparationResult(info.path, dict(song.paths), info.seconds, windows, gain, self.residual_db())
+
+    def separate_file(
+        self,
+        path: str | os.PathLike,
+        out_dir: str | os.PathLike,
+        *,
+        filename: str = DEFAULT_FILENAME,
+        fmt: str = "wav",
+        bit_depth: int | None = None,
+        clip_mode: str = "rescale",
+        stems: Iterable[str] | None = None,
+        two_stems: str | None = None,
+        overwrite: bool = False,
+        downmix: bool = False,
+        residual: bool = False,
+    ) -> SeparationResult:
+        """Separate one file into ``out_dir`` (layout from ``filename``; see :mod:`stemsplit.output`).
+
+        Everything is checked before the first window runs; the stems appear
+        all together or not at all; existing files raise
+        :class:`~stemsplit.output.OutputExistsError` unless ``overwrite``.
+        Progress events: ``start`` (windows, seconds), ``windows`` (done, total).
+        """
+        options = OutputOptions(filename, fmt, bit_depth, clip_mode, overwrite)
+        wanted = self.output_stems(stems, two_stems, residual)
+        info = probe(path)
+        [song] = plan_outputs([SongSource(Path(path))], out_dir, wanted, options)
+        return self.separate_song(song, info, options, downmix)
+
+
+class Separator(SongSeparator):
     """Separate songs with any model stemsplit can load (TS-BSMamba2, BSRNN, ...).
 
     Args:
@@ -487,6 +637,7 @@ class Separator:
             raise SeparationError(problem, "task")
         self.stems, self.sample_rate = self.card.stems, self.card.sample_rate
         self.normalization = self.card.normalization
+        self.mono = self.card.channels == 1
         window = self.card.window if window is None else window
         self.light_note = None
         if light and light_model:
@@ -613,30 +764,6 @@ class Separator:
                 self.progress({"event": "batch_size_reduced", "batch_size": size})
         return torch.cat(outputs)
 
-    # -- in-memory API -------------------------------------------------------------------------
-
-    def separate(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> dict[str, np.ndarray]:
-        """audio [channels, samples] at ``sample_rate`` -> {stem: [channels, samples]} at the same rate.
-
-        Float samples are taken as they are; integer PCM is scaled to [-1, 1] by its type.
-        """
-        rate = check_sample_rate(sample_rate)
-        if isinstance(audio, torch.Tensor):
-            if audio.device.type == "meta" or audio.is_complex() or audio.dtype == torch.bool:
-                kind = f"{audio.dtype} tensor on {audio.device.type}"
-                raise SeparationError(f"audio: a {kind} holds no samples stemsplit can take")
-            if audio.is_floating_point() and audio.dtype != torch.float64:
-                audio = audio.detach().float()  # bf16, fp16: numpy has no such type
-        audio = as_audio_array(audio, fold_surround=self.card.channels == 1)
-        problem = unplayable_sample(audio.T)
-        if problem is not None:
-            raise SeparationError(f"audio: sample {problem[0]} {problem[1]}")
-        blocks = [audio.T]
-        stats = song_stats(blocks) if self.normalization == "meanstd" else (0.0, 1.0)
-        parts = list(self._stream(blocks, rate, audio.shape[0], audio.shape[1], stats=stats))
-        out = np.concatenate(parts, axis=-1)
-        return {name: out[i] for i, name in enumerate(self.stems)}
-
     def _stream(
         self,
         blocks: Iterable[np.ndarray],
@@ -685,7 +812,7 @@ class Separator:
 
         align = len(self.stems) if self.card.permutation_invariant else 0
         ola = StreamingOverlapAdd(run_batch, self.window, self.hop, self.batch_size, align)
-        total = ola.windows_for(math.ceil(frames * self.sample_rate / rate))
+        total = self.windows_for(frames, rate)
         self.progress({"event": "start", "windows": total, "seconds": frames / rate})
 
         def model_rate_input() -> Iterator[torch.Tensor]:
@@ -728,26 +855,24 @@ class Separator:
             out = np.zeros((s, channels, frames_read - produced), np.float32)
             yield np.concatenate([out, mixture(out.shape[-1])]) if with_mixture else out
 
-    # -- songs ---------------------------------------------------------------------------------
+    def windows_for(self, frames: int, rate: int) -> int:
+        """Windows that separating ``frames`` frames at ``rate`` Hz runs (at the model's rate)."""
+        return window_count(math.ceil(frames * self.sample_rate / rate), self.window, self.hop)
 
-    def output_stems(
-        self, stems: Iterable[str] | None = None, two_stems: str | None = None, residual: bool = False
-    ) -> list[str]:
-        """The stems to write (see :func:`choose_stems`), and with ``residual`` the mixture minus all of
-        them (:data:`~stemsplit.settings.RESIDUAL`)."""
-        chosen = choose_stems(self.stems, stems, two_stems)
-        if residual and RESIDUAL in self.stems:
-            raise SeparationError(f"this model has a stem named {RESIDUAL} already", "residual")
-        return [*chosen, RESIDUAL] if residual else chosen
+    @property
+    def window_seconds(self) -> float:
+        return self.window / self.sample_rate
 
-    def output_channels(self, channels: int) -> int:
-        """Channels of the stems of a ``channels``-channel input: 1 for a mono network, else as many
-        as the input (more than two folded to stereo)."""
-        return 1 if self.card.channels == 1 else min(channels, 2)
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop / self.sample_rate
+
+    def _needs_stats(self) -> bool:
+        return self.normalization == "meanstd"
 
     def check_input(self, info: AudioInfo, downmix: bool = False) -> None:
         """Refuse a song this separator cannot take (channels, length) before anything runs."""
-        if info.channels > 2 and not downmix and self.card.channels != 1:
+        if info.channels > 2 and not downmix and not self.mono:
             raise SeparationError(
                 f"{info.path}: {info.channels} channels; stemsplit separates mono or stereo "
                 "(downmix folds more channels down)"
@@ -758,71 +883,3 @@ class Separator:
                 f"{info.path}: too short ({info.frames} samples, {info.seconds * 1000:.3g} ms; the model "
                 f"needs at least {shortest * 1000:.3g} ms)"
             )
-
-    def song_blocks(
-        self, info: AudioInfo, stems: Sequence[str], downmix: bool = False
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """Decode, separate and yield a song block by block: {stem: [frames, channels] float32}.
-
-        ``stems`` are names from :meth:`output_stems` (``no_X`` is the mixture minus X,
-        ``residual`` the mixture minus every stem).
-        """
-        block_frames = round(READ_BLOCK_SECONDS * info.sample_rate)
-
-        def blocks() -> Iterator[np.ndarray]:
-            for block in read_blocks(info, block_frames):
-                if block.shape[1] != info.channels:  # replaced on disk since it was probed
-                    raise SeparationError(f"{info.path}: changed while being separated; run again")
-                yield downmix_to_stereo(block, info.layout) if info.channels > 2 else block
-
-        stats = song_stats(blocks()) if self.normalization == "meanstd" else (0.0, 1.0)  # a first pass
-        index = {name: i for i, name in enumerate(self.stems)}
-        with_mixture = any(name not in index for name in stems)
-        channels = min(info.channels, 2)
-        for part in self._stream(
-            prefetch(blocks()), info.sample_rate, channels, info.frames, with_mixture, stats
-        ):
-            yield {name: _output(part, index, name).T for name in stems}
-
-    def separate_song(
-        self, song: SongOutputs, info: AudioInfo, options: OutputOptions, downmix: bool = False
-    ) -> SeparationResult:
-        """Separate one planned song (see :func:`stemsplit.output.plan_outputs`) into its files."""
-        self.check_input(info, downmix)
-        channels = self.output_channels(info.channels)
-        with StemWriter(song, options, info.sample_rate, channels) as writer:
-            for stems in self.song_blocks(info, list(song.paths), downmix):
-                writer.write(stems)
-            gain = writer.commit()
-        windows = window_count(
-            math.ceil(info.frames * self.sample_rate / info.sample_rate), self.window, self.hop
-        )
-        return SeparationResult(info.path, dict(song.paths), info.seconds, windows, gain, self.residual_db())
-
-    def separate_file(
-        self,
-        path: str | os.PathLike,
-        out_dir: str | os.PathLike,
-        *,
-        filename: str = DEFAULT_FILENAME,
-        fmt: str = "wav",
-        bit_depth: int | None = None,
-        clip_mode: str = "rescale",
-        stems: Iterable[str] | None = None,
-        two_stems: str | None = None,
-        overwrite: bool = False,
-        downmix: bool = False,
-        residual: bool = False,
-    ) -> SeparationResult:
-        """Separate one file into ``out_dir`` (layout from ``filename``; see :mod:`stemsplit.output`).
-
-        Everything is checked before the first window runs; the stems appear
-        all together or not at all; existing files raise
-        :class:`~stemsplit.output.OutputExistsError` unless ``overwrite``.
-        Progress events: ``start`` (windows, seconds), ``windows`` (done, total).
-        """
-        options = OutputOptions(filename, fmt, bit_depth, clip_mode, overwrite)
-        wanted = self.output_stems(stems, two_stems, residual)
-        info = probe(path)
-        [song] = plan_outputs([SongSource(Path(path))], out_dir, wanted, options)
-        return self.separate_song(song, info, options, downmix)

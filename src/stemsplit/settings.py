@@ -86,21 +86,25 @@ def parse_device(device: object) -> tuple[str, int | None]:
 
 
 def choose_stems(
-    model_stems: Sequence[str], stems: Iterable[str] | None = None, two_stems: str | None = None
+    model_stems: Sequence[str],
+    stems: Iterable[str] | None = None,
+    two_stems: str | None = None,
+    owner: str = "this model",
 ) -> list[str]:
     """The stems to write: ``stems`` (default: all the model's), or with ``two_stems=X`` the pair
-    ``[X, no_X]`` (no_X is the mixture minus X). Unknown names raise :class:`SeparationError`."""
+    ``[X, no_X]`` (no_X is the mixture minus X). Unknown names raise :class:`SeparationError`
+    (saying they are not stems of ``owner``: "this model", "this ensemble")."""
     if two_stems is not None:
         if two_stems not in model_stems:
             raise SeparationError(
-                f"{two_stems!r} is not a stem of this model ({', '.join(model_stems)})", "two_stems"
+                f"{two_stems!r} is not a stem of {owner} ({', '.join(model_stems)})", "two_stems"
             )
         return [two_stems, f"no_{two_stems}"]
     wanted = list(stems) if stems else list(model_stems)
     unknown = [s for s in wanted if s not in model_stems]
     if unknown:
         known = ", ".join(model_stems)
-        raise SeparationError(f"{unknown[0]!r} is not a stem of this model ({known})", "stems")
+        raise SeparationError(f"{unknown[0]!r} is not a stem of {owner} ({known})", "stems")
     if len(set(wanted)) != len(wanted):
         raise SeparationError(f"a stem is named twice in {', '.join(wanted)}", "stems")
     return wanted
