@@ -33,6 +33,7 @@ EXAMPLES = """Examples:
   stemsplit song.wav -o stems/                separate one song (stems/song/vocals.wav, ...)
   stemsplit a.mp3 b.flac --light -o stems/    fast mode, several files
   stemsplit song.wav --two-stems vocals       vocals and no_vocals only
+  stemsplit song.wav -m demo,mine.ckpt:2      an ensemble: the stems of both, averaged 1:2
   stemsplit batch music/ -o stems/            a whole folder, resumable
   stemsplit doctor                            what runs here (paste into bug reports)
 """

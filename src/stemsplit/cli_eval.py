@@ -34,7 +34,11 @@ def eval_command(
     ),
     mixture: str = typer.Option("mix_both", help="--libri2mix: the input, mix_both (noisy) or mix_clean."),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Registry name, checkpoint path or URL [default: the default model]."
+        None,
+        "--model",
+        "-m",
+        help="Registry name, checkpoint path or URL [default: the default model]; or an ensemble, as "
+        "separate takes it (a,b  a:2,b:1  vocals=a,drums=b,...).",
     ),
     subset: str = typer.Option("test", help="Subset folder under --musdb or --libri2mix."),
     hop: float = typer.Option(0.5, help="Hop between windows (s); the paper's protocol is 0.5."),
@@ -66,18 +70,21 @@ def eval_command(
     subset = _subset_name(subset, flag)
     _check_report_is_no_input(json_out, flag, musdb or libri2mix, model)
     _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
-    from .cli_separate import UsageError, checked_model, known_model
+    from .cli_separate import UsageError, checked_models, known_model
     from .train.layout import DatasetError, track_folders
     from .train.speech_synth import SpeechSynthError, check_speech_layout
 
-    model = checked_model(model)
     task = "speakers" if libri2mix else "music"
-    try:  # a model of the other task, when the registry or the file's metadata says so
-        problem = known_model(model, False, task)[0]
-    except UsageError as exc:  # no model named, and the registry has none for this task
-        raise fail(str(exc), EXIT_USAGE) from None
-    if problem:
-        raise fail(f"--model: {problem}; {flag} scores {task} models", EXIT_USAGE)
+    model, ensemble = checked_models(model, task)  # an ensemble: --model a,b (music only)
+    for member in [model] if ensemble is None else ensemble.models:
+        if ensemble is not None:
+            _check_report_is_no_input(json_out, flag, musdb or libri2mix, member)
+        try:  # a model of the other task, when the registry or the file's metadata says so
+            problem = known_model(member, False, task)[0]
+        except UsageError as exc:  # no model named, and the registry has none for this task
+            raise fail(str(exc), EXIT_USAGE) from None
+        if problem:
+            raise fail(f"--model: {problem}; {flag} scores {task} models", EXIT_USAGE)
     try:  # a wrong folder, by name, before torch and the model load
         if musdb is not None:
             track_folders(musdb, subset, limit=tracks)
@@ -100,8 +107,17 @@ def eval_command(
         pick_device(device)
     except SeparationError as exc:
         raise fail(flag_problem(exc), EXIT_USAGE) from None
+    settings = dict(device=device, window=window, hop=hop, batch_size=batch_size, task=task)
     try:
-        separator = Separator(model, device=device, window=window, hop=hop, batch_size=batch_size, task=task)
+        if ensemble is None:
+            separator = Separator(model, **settings)
+        else:
+            from .ensemble import Ensemble
+
+            separator = Ensemble(
+                list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **settings
+            )
+            err_console.print(f"--model: an ensemble of {len(separator.members)} models: {separator.note}")
     except SeparationError as exc:
         message = f"--model: {exc.problem}; {flag} scores {task} models" if exc.option == "task" else str(exc)
         raise fail(message) from None

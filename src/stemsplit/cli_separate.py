@@ -293,6 +293,61 @@ def _check_msst_network(msst: Any) -> None:
         raise UsageError(f"--model-config: {msst.path}: {exc}") from None
 
 
+def _ensemble_argument(args: dict[str, Any], task: str) -> Any:
+    """--model checked before anything loads: one model (then ``args["model"]`` is what the loader
+    gets, see :func:`_model_argument`, and this returns None) or an ensemble (see
+    :mod:`stemsplit.ensemble_spec`): its :class:`EnsembleSpec`, each model checked as one is."""
+    from .ensemble_spec import parse_models
+    from .settings import SeparationError
+
+    text = args["model"]
+    try:
+        spec = None if text is None else parse_models(text)
+    except SeparationError as exc:
+        raise _usage(exc) from None
+    if spec is not None and len(spec.models) == 1:  # "a:2", "vocals=a": that model alone
+        text, spec = spec.models[0], None
+    if spec is None:
+        args["model"] = _model_argument(text)
+        return None
+    if task != "music":
+        raise UsageError(
+            f"--model: {text}: ensembles are for music (speaker models give their talkers in an order "
+            "of their own, so they cannot be averaged)"
+        )
+    if args.get("model_config") is not None:
+        raise UsageError("--model-config: goes with one checkpoint, not an ensemble of models")
+    models = [_model_argument(model) for model in spec.models]
+    files: dict[str, Any] = {}
+    for model in models:
+        if isinstance(model, Path):
+            same = files.setdefault(os.path.realpath(model), model)
+            if same is not model:
+                raise UsageError(f"--model: {same} and {model} are the same file; give each model once")
+    return dataclasses.replace(spec, models=tuple(models))
+
+
+def _ensemble_stems(spec: Any, light: bool, task: str) -> tuple[str, ...] | None:
+    """An ensemble's stems, when the registry or the files' metadata say every member's (torch-free);
+    a model of another task, or a stem choice its model cannot give, is a usage error."""
+    from .ensemble_spec import plan_stems
+    from .settings import SeparationError
+
+    member_stems = []
+    for model in spec.models:
+        problem, stems = known_model(model, light, task)
+        if problem:
+            raise _wrong_task(problem, task)
+        member_stems.append(stems)
+    if not all(member_stems):
+        return None
+    try:
+        plan = plan_stems(member_stems, spec.weights, spec.choice, [os.fspath(m) for m in spec.models])
+    except SeparationError as exc:
+        raise _usage(exc) from None
+    return tuple(plan)
+
+
 def checked_model(model: str | None) -> str | Path | None:
     """:func:`_model_argument` for the commands that load one model (eval, finetune), with a registry
     name looked up too (the registry needs no torch): a usage error (exit 2) before anything loads."""
@@ -307,6 +362,29 @@ def checked_model(model: str | None) -> str | Path | None:
     except WeightsError as exc:
         raise fail(f"--model: {exc}", EXIT_USAGE) from None
     return checked
+
+
+def checked_models(model: str | None, task: str) -> tuple[str | Path | None, Any]:
+    """--model of a command that scores models (eval): (the model, None) for one, checked as
+    :func:`checked_model` checks it; or (None, the ensemble's spec) with each member so checked, and
+    the stem choices checked where the registry or the files' metadata say the members' stems.
+    Usage errors exit 2 before anything loads."""
+    from .weights import WeightsError, load_registry
+
+    args = {"model": model}
+    try:
+        spec = _ensemble_argument(args, task)
+        if spec is None:
+            return checked_model(None if args["model"] is None else os.fspath(args["model"])), None
+        for member in spec.models:
+            if isinstance(member, str) and not member.startswith(("http://", "https://")):
+                load_registry().get(member)
+        _ensemble_stems(spec, False, task)
+    except UsageError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    except WeightsError as exc:
+        raise fail(f"--model: {exc}", EXIT_USAGE) from None
+    return None, spec
 
 
 def _registry_entry(model: str | None, light: bool, task: str) -> Any:
@@ -431,7 +509,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     except (OutputError, SeparationError) as exc:
         raise _usage(exc) from None
     wanted = _wanted_stems(args["stems"], args["two_stems"])
-    args["model"] = _model_argument(args["model"])
+    ensemble = _ensemble_argument(args, task)  # None: one model, args["model"]
     msst = _msst_config(args.get("model_config"), args["model"])
 
     # 2. inputs
@@ -460,15 +538,19 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             (wanted or (["{stem}"] if "{stem}" in options.filename else ["{stem}", "{stem} 2"])) + residual
         )
 
-    problem, known = known_model(args["model"], args["light"], task)  # without loading the model
-    if msst is not None:  # the YAML names the stems; what the file's metadata says does not count
-        problem, known = None, msst.stems
-    if problem:
-        raise _wrong_task(problem, task)
+    if ensemble is None:
+        problem, known = known_model(args["model"], args["light"], task)  # without loading the model
+        if msst is not None:  # the YAML names the stems; what the file's metadata says does not count
+            problem, known = None, msst.stems
+        if problem:
+            raise _wrong_task(problem, task)
+    else:
+        known = _ensemble_stems(ensemble, args["light"], task)
     stems = run = None
     if known:
         try:
-            stems = choose_stems(known, wanted, args["two_stems"]) + residual
+            owner = "this model" if ensemble is None else "this ensemble"
+            stems = choose_stems(known, wanted, args["two_stems"], owner) + residual
         except SeparationError as exc:
             raise _usage(exc) from None
         run = plan(stems)
@@ -503,27 +585,34 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     from .separate import Separator
     from .weights import UnknownModelError
 
+    settings = dict(
+        device=device,
+        window=args["window"],
+        hop=hop,
+        batch_size=args["batch_size"],
+        precision=args["precision"],
+        stage=args["stage"],
+        exact=args["exact"],
+        light=args["light"],
+        compile=args["compile"],
+        task=task,
+        progress=reporter.on_event,
+        download_progress=not (reporter.quiet or reporter.json_lines),
+    )
     try:
-        separator = Separator(
-            args["model"],
-            device=device,
-            window=args["window"],
-            hop=hop,
-            batch_size=args["batch_size"],
-            precision=args["precision"],
-            stage=args["stage"],
-            exact=args["exact"],
-            light=args["light"],
-            compile=args["compile"],
-            task=task,
-            progress=reporter.on_event,
-            download_progress=not (reporter.quiet or reporter.json_lines),
-            model_config=msst,
-        )
+        if ensemble is None:
+            separator = Separator(args["model"], model_config=msst, **settings)
+        else:
+            from .ensemble import Ensemble
+
+            separator = Ensemble(
+                list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **settings
+            )
         chosen = separator.output_stems(wanted, args["two_stems"], args["residual"])
     except UnknownModelError as exc:
-        if args["model"] is not None and os.path.isdir(args["model"]):  # a bare name: no such model, a folder
-            raise UsageError(f"--model: {args['model']} is a folder, not a checkpoint file") from None
+        for model in [args["model"]] if ensemble is None else ensemble.models:
+            if model is not None and os.path.isdir(model):  # a bare name: no such model, but a folder
+                raise UsageError(f"--model: {model} is a folder, not a checkpoint file") from None
         raise UsageError(f"--model: {exc}") from None
     except SeparationError as exc:
         if exc.option == "task":  # a model of the other task
@@ -535,6 +624,18 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         run = plan(chosen)
     if separator.light_note:
         reporter.line("--" + separator.light_note)
+    if ensemble is not None:
+        reporter.line(f"--model: an ensemble of {len(separator.members)} models: {separator.note}")
+        reporter.emit(
+            {
+                "event": "ensemble",
+                "models": separator.labels,
+                "stems": {
+                    stem: {separator.labels[i]: weight for i, weight in sources}
+                    for stem, sources in separator.plan.items()
+                },
+            }
+        )
 
     # 4b. what the model takes (channels, rate): a file it cannot take fails alone, before anything runs
     for song in run:
@@ -675,14 +776,22 @@ def _records_problem(exc: OSError, out: Path) -> str:
 
 
 def _settings(separator, options, args: dict[str, Any], stems: list[str]) -> dict[str, Any]:
-    """What changes a song's stems: a batch re-separates a song when any of it differs."""
+    """What changes a song's stems: a batch re-separates a song when any of it differs.
+
+    An ensemble's fingerprint covers its members, their weights and which stem comes from which;
+    its window, hop, stage and precision are each member's, in a list."""
+    members = getattr(separator, "members", None)
+
+    def each(name: str) -> Any:
+        return getattr(separator, name) if members is None else [getattr(m, name) for m in members]
+
     return {
         "model": separator.fingerprint(),
-        "window": separator.window,
-        "hop": separator.hop,
-        "stage": separator.stage,
+        "window": each("window"),
+        "hop": each("hop"),
+        "stage": each("stage"),
         "exact": separator.exact,
-        "precision": separator.precision,
+        "precision": each("precision"),
         "downmix": args["downmix"],
         "stems": stems,
         "format": options.fmt,
@@ -693,13 +802,18 @@ def _settings(separator, options, args: dict[str, Any], stems: list[str]) -> dic
 
 
 def _cpu_seconds_per_window(separator) -> float:
+    """A first guess for the ETA until the first windows are timed; any family, by parameter count
+    (an ensemble's: its members' average)."""
     import torch
 
-    # A first guess for the ETA until the first windows are timed; any family, by parameter count.
-    scale = sum(p.numel() for p in separator.model.parameters()) / TS_PARAMETERS
-    seconds = separator.window / separator.sample_rate / 3
-    per_window = CPU_SECONDS_PER_WINDOW[separator.precision]
-    return per_window * scale * seconds * 2 / max(1, torch.get_num_threads())
+    members = getattr(separator, "members", [separator])
+    guesses = []
+    for member in members:
+        scale = sum(p.numel() for p in member.model.parameters()) / TS_PARAMETERS
+        seconds = member.window / member.sample_rate / 3
+        per_window = CPU_SECONDS_PER_WINDOW[member.precision]
+        guesses.append(per_window * scale * seconds * 2 / max(1, torch.get_num_threads()))
+    return sum(guesses) / len(guesses)
 
 
 def _common_parent(paths) -> str:
@@ -787,7 +901,13 @@ def separation_command(batch: bool):
             show_default=False,
             readable=False,  # an unreadable file fails alone, with the others done
         ),
-        model: str = typer.Option(None, "--model", "-m", help="Registry name, checkpoint path or URL."),
+        model: str = typer.Option(
+            None,
+            "--model",
+            "-m",
+            help="Registry name, checkpoint path or URL; or an ensemble, whose stems are averaged: "
+            "a,b (equal weights), a:2,b:1 (weights), vocals=a,drums=b,... (a stem from one model alone).",
+        ),
         model_config: Path = typer.Option(
             None,
             "--model-config",

@@ -248,8 +248,8 @@ def evaluate_tracks(
         progress(_track_line(len(scores), result))
     settings = {
         "model": separator.name,
-        "window": separator.window / separator.sample_rate,
-        "hop": separator.hop / separator.sample_rate,
+        "window": separator.window_seconds,  # an ensemble's: one value if its members share it, else a list
+        "hop": separator.hop_seconds,
         "stage": separator.stage,
         "precision": separator.precision,
         "device": str(separator.device),
