@@ -30,6 +30,12 @@ from .bs_roformer import BSRoformer, BSRoformerConfig
 from .bsrnn import ARCHITECTURE as BSRNN
 from .bsrnn import PRESETS as BSRNN_PRESETS
 from .bsrnn import BSRNNBag, BSRNNConfig
+from .htdemucs import ARCHITECTURE as HTDEMUCS
+from .htdemucs import MAY_BE_ZERO as HTDEMUCS_MAY_BE_ZERO
+from .htdemucs import PRESETS as HTDEMUCS_PRESETS
+from .htdemucs import HTDemucsConfig
+from .htdemucs import build as build_htdemucs
+from .htdemucs import shrink as shrink_htdemucs
 from .mel_band_roformer import ARCHITECTURE as MEL_BAND_ROFORMER
 from .mel_band_roformer import PRESETS as MEL_PRESETS
 from .mel_band_roformer import MelBandRoformer, MelBandRoformerConfig
@@ -183,6 +189,18 @@ FAMILIES: dict[str, Family] = {
         build=_build_roformer(MelBandRoformer),
         aliases={"sample_rate": "sr"},
         **_ROFORMER_OPTIONS,
+    ),
+    HTDEMUCS: Family(
+        name=HTDEMUCS,
+        summary="HTDemucs: hybrid transformer Demucs v4 (arXiv 2211.08553), Demucs' htdemucs and htdemucs_6s",
+        config_type=HTDemucsConfig,
+        presets=HTDEMUCS_PRESETS,
+        default_preset="htdemucs",
+        build=build_htdemucs,
+        shrink=shrink_htdemucs,
+        stem_field="num_sources",
+        may_be_zero=HTDEMUCS_MAY_BE_ZERO,
+        aliases={"samplerate": "sr"},
     ),
 }
 
