@@ -286,9 +286,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
-# The built-in families by name, without importing torch: the default and those with a recipe of their own
-# (tests/test_train_loop.py keeps it equal to stemsplit.model.FAMILIES as the package ships it).
-BUILTIN_ARCHS: tuple[str, ...] = (DEFAULT_ARCH, *RECIPES)
+# The built-in families by name, without importing torch: the default, those with a recipe of their own,
+# and those trained with the default recipe (tests/test_train_loop.py keeps it equal to
+# stemsplit.model.FAMILIES as the package ships it).
+BUILTIN_ARCHS: tuple[str, ...] = (DEFAULT_ARCH, *RECIPES, "bs-roformer", "mel-band-roformer", "htdemucs")
 
 
 def family_names() -> tuple[str, ...]:
