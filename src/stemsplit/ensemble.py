@@ -10,11 +10,11 @@ Python API::
     ens.separate_file("song.flac", "stems/")         # as Separator.separate_file
 
 Each member is a :class:`~stemsplit.separate.Separator` and runs its own windows at its own
-window, hop and sample rate. The song is read once: every member reads the same blocks (a
-:func:`itertools.tee`, which holds a block until the last member has read it), and each gives
-back its stems at the song's rate, exactly as long as the song, in pieces of its own sizes.
-Those pieces are lined up frame for frame (a small queue per member: only what one member has
-given ahead of another) and averaged as they come, so memory does not grow with the song.
+window, hop and sample rate. The song is read once: every member reads the same blocks (each
+block is let go once every member has read it), and each gives back its stems at the song's
+rate, exactly as long as the song, in pieces of its own sizes. Those pieces are lined up frame
+for frame (a small queue per member: only what one member has given ahead of another) and
+averaged as they come, so memory does not grow with the song.
 
 Stems (see :func:`~stemsplit.ensemble_spec.plan_stems`): every stem any member gives, in the
 first member's order, then the others' new ones; each is the weighted average of the members
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import itertools
 import json
 import math
 import numbers
@@ -268,7 +267,7 @@ class Ensemble(SongSeparator):
                 stats=stats if member._needs_stats() else (0.0, 1.0),
             )
             for i, (member, copy) in enumerate(
-                zip(self.members, itertools.tee(blocks, len(self.members)), strict=True)
+                zip(self.members, _fan_out(blocks, len(self.members)), strict=True)
             )
         ]
         try:
@@ -325,6 +324,28 @@ class Ensemble(SongSeparator):
                 yield out.numpy()
         for out in ola.finish():
             yield out.numpy()
+
+
+def _fan_out(blocks: Iterable[np.ndarray], count: int) -> list[Iterator[np.ndarray]]:
+    """``count`` iterators over the same blocks, each block let go as soon as every one has read it.
+
+    (:func:`itertools.tee` keeps its items in links of 57 and frees a link only once every copy is
+    past all of it: 57 blocks of 10 s, nearly ten minutes of song, held whatever the members' lag.)
+    """
+    source = iter(blocks)
+    queues: list[collections.deque[np.ndarray]] = [collections.deque() for _ in range(count)]
+
+    def reader(queue: collections.deque[np.ndarray]) -> Iterator[np.ndarray]:
+        while True:
+            if not queue:
+                block = next(source, None)
+                if block is None:
+                    return
+                for each in queues:
+                    each.append(block)
+            yield queue.popleft()
+
+    return [reader(queue) for queue in queues]
 
 
 def _take(queue: collections.deque[np.ndarray], frames: int) -> np.ndarray:
