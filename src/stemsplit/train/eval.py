@@ -248,8 +248,7 @@ def evaluate_tracks(
         progress(_track_line(len(scores), result))
     settings = {
         "model": separator.name,
-        "window": separator.window_seconds,  # an ensemble's: one value if its members share it, else a list
-        "hop": separator.hop_seconds,
+        **_window_and_hop(separator),
         "stage": separator.stage,
         "precision": separator.precision,
         "device": str(separator.device),
@@ -258,6 +257,14 @@ def evaluate_tracks(
         "seconds": round(time.perf_counter() - started, 3),
     }
     return EvalReport(scores, tuple(separator.stems), settings)
+
+
+def _window_and_hop(separator: Any) -> dict[str, Any]:
+    """The report's window and hop in seconds: a Separator's (or any stand-in's with window, hop and
+    sample_rate), or an ensemble's (one value when its members share it, else each member's)."""
+    if hasattr(separator, "window_seconds"):
+        return {"window": separator.window_seconds, "hop": separator.hop_seconds}
+    return {"window": separator.window / separator.sample_rate, "hop": separator.hop / separator.sample_rate}
 
 
 def _track_line(index: int, scores: TrackScores) -> str:
