@@ -155,3 +155,30 @@ def test_registry_roformer_downloads_from_loopback_and_separates(tmp_path, capsy
         np.testing.assert_array_equal(ours, theirs)
     vocals, _ = sf.read(tmp_path / "registry" / "song" / "vocals.wav", dtype="float32")
     assert vocals.shape == mix.shape and np.abs(vocals).max() > 1e-3
+
+
+def test_a_hop_is_checked_against_the_registry_entrys_window(tmp_path, capsys, env, server):
+    """A RoFormer entry's own window (here 4 s, not the usual 3): --hop up to it runs; beyond it is a
+    usage error before anything downloads."""
+    server.files["roformer.ckpt"] = ckpt_bytes()
+    entry = tiny_entry(
+        architecture="mel-band-roformer",
+        config=OPTIONS,
+        stems=["vocals", "other"],
+        url=server.url("roformer.ckpt"),
+        window=4.0,
+        hop=2.0,
+    )
+    write_registry(env / "weights.toml", {"tiny-roformer": entry})
+    sf.write(tmp_path / "song.wav", music(0.5), RATE, subtype="FLOAT")
+    status, _, err = run_cli(
+        capsys, tmp_path / "song.wav", "--model", "tiny-roformer", "--hop", "5", "-o", tmp_path / "o"
+    )
+    assert status == 2 and "--hop: must be more than 0 and at most the window (4 s)" in err
+    assert server.requests_for("roformer.ckpt") == []
+    out = tmp_path / "out"
+    status, _, err = run_cli(
+        capsys, tmp_path / "song.wav", "--model", "tiny-roformer", "--hop", "3.5", "-o", out
+    )
+    assert status == 0, err
+    assert (out / "song" / "vocals.wav").is_file()

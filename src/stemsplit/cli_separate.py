@@ -282,6 +282,20 @@ def _msst_config(path: Path | None, model: str | Path | None) -> Any:
         raise UsageError(f"--model-config: {exc}") from None
 
 
+def _window_before_loading(args: dict[str, Any], msst: Any, task: str) -> float | None:
+    """The window (seconds) one model will use, as far as it is known before it loads: its MSST
+    YAML's, its registry entry's, or the usual card's 3 s for an entry that names none; None for a
+    checkpoint file or URL (the model's card says once it is loaded)."""
+    from .card import DEFAULT_WINDOW
+
+    if msst is not None:
+        return msst.window
+    entry = _registry_entry(args["model"], args["light"], task)
+    if entry is None:
+        return None
+    return entry.window or DEFAULT_WINDOW
+
+
 def _check_msst_network(msst: Any) -> None:
     """The YAML's model: section against its family (imports torch): an option the family lacks, or
     a value it cannot take, is a usage error before the checkpoint is read."""
@@ -486,7 +500,6 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     ``task``: the models this command takes (``music``: separate and batch; ``speakers``).
     """
     from .audio import AudioError, probe
-    from .card import DEFAULT_WINDOW
     from .output import OutputError, OutputOptions, plan_outputs
     from .settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device
 
@@ -495,22 +508,23 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if not str(args["out"]).strip():  # Path("") is ".": the stems would land in the current folder
         raise UsageError("--out: the folder name is empty; name a folder (-o . for the current one)")
     args["out"] = Path(args["out"])
-    hop = args["hop"]  # None: the model card's (0.5 s for both families)
+    hop = args["hop"]  # None: the model card's
     try:
         options = OutputOptions(
             args["filename"], args["fmt"], args["bit_depth"], args["clip_mode"], args["overwrite"]
         )
-        # Before the model is known, its window is taken to be the usual one (most cards say 3 s).
-        window = args["window"] if args["window"] is not None else DEFAULT_WINDOW
-        if args["hop"] is not None and args["window"] is None:
-            window = max(window, args["hop"])  # a model with longer windows (RoFormers: 8 s) takes it
-        check_settings(window, hop, args["batch_size"], args["precision"], args["stage"])
+        check_settings(args["window"], hop, args["batch_size"], args["precision"], args["stage"])
         parse_device(args["device"])
     except (OutputError, SeparationError) as exc:
         raise _usage(exc) from None
     wanted = _wanted_stems(args["stems"], args["two_stems"])
     ensemble = _ensemble_argument(args, task)  # None: one model, args["model"]
     msst = _msst_config(args.get("model_config"), args["model"])
+    if args["window"] is None and hop is not None and ensemble is None:  # the hop must fit the window
+        try:
+            check_settings(_window_before_loading(args, msst, task), hop, None, None, None)
+        except SeparationError as exc:
+            raise _usage(exc) from None
 
     # 2. inputs
     out = args["out"]
