@@ -3,12 +3,15 @@
 Fixtures made from these (a tiny checkpoint, the golden model, the loopback server) are in conftest.py.
 """
 
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import traceback
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +125,77 @@ def run(*command, check=None, timeout=300, **kwargs) -> subprocess.CompletedProc
 def stemsplit(*args, **kwargs) -> subprocess.CompletedProcess:
     """Run the installed ``stemsplit`` command (see ``run``)."""
     return run(shutil.which("stemsplit"), *args, **kwargs)
+
+
+# Where a fresh process is the point (torch not imported, signals, umask and rlimits, fd 2, COLUMNS read at
+# start-up, racing processes, torchrun), tests run the real command with ``stemsplit``; everything else
+# calls the same entry point in this process with ``cli``: the same argv, the same exit status and
+# output, without a Python start-up and torch import per call.
+
+_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+
+
+@contextmanager
+def _process_state(cwd=None, env=None):
+    """Run the body with ``env`` as the whole environment and ``cwd`` as the working folder (as a child
+    process would have them); put both back afterwards."""
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update({str(k): str(v) for k, v in env.items()})
+        if cwd is not None:
+            os.chdir(cwd)
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def _captured(stream) -> io.TextIOWrapper:
+    """A text stream like a child's stdout or stderr on a pipe: UTF-8, the same error handler, no tty."""
+    return io.TextIOWrapper(
+        io.BytesIO(), encoding="utf-8", errors=getattr(stream, "errors", None) or "strict", write_through=True
+    )
+
+
+def cli(*args, check=None, cwd=None, env=None, timeout=None) -> subprocess.CompletedProcess:
+    """Run ``stemsplit ARGS`` in this process: ``stemsplit.cli.main(argv)``, as the console script does.
+
+    Returns what ``stemsplit(...)`` returns (``returncode``, ``stdout``, ``stderr`` as text); ``check``
+    asserts the exit status. ``env`` is the whole environment and ``cwd`` the working folder for the
+    call, as for a child process; ``timeout`` is accepted and ignored. An exception escaping ``main``
+    (only ``--debug`` lets one out) prints its traceback and exits 1, as the interpreter does. The call
+    must leave the process as it found it: signal handlers, torch's thread count.
+    """
+    import torch
+
+    from stemsplit.cli import main
+
+    argv = list(map(str, args))
+    out, err = _captured(sys.__stdout__), _captured(sys.__stderr__)
+    handlers = [signal.getsignal(s) for s in _SIGNALS]
+    threads = torch.get_num_threads()
+    with _process_state(cwd, env), redirect_stdout(out), redirect_stderr(err):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            if not isinstance(exit_.code, int | None):
+                print(exit_.code, file=sys.stderr)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    assert [signal.getsignal(s) for s in _SIGNALS] == handlers, "stemsplit left a signal handler behind"
+    assert torch.get_num_threads() == threads, "stemsplit changed torch's thread count"
+    result = subprocess.CompletedProcess(
+        ["stemsplit", *argv], code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode()
+    )
+    if check is not None:
+        assert result.returncode == check, result.stdout + result.stderr
+    return result
 
 
 def python(*args, **kwargs) -> subprocess.CompletedProcess:
