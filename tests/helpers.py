@@ -12,13 +12,14 @@ import subprocess
 import sys
 import traceback
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from stemsplit.card import MUSIC_STEMS
+from stemsplit.card import MUSIC_STEMS, ModelCard, default_stem_names
 
 ROOT = Path(__file__).parents[1]  # the repository
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -47,6 +48,60 @@ def tiny_model(arch: str = "ts-bsmamba2", stems=MUSIC_STEMS, **overrides) -> tor
     torch.manual_seed(0)
     config = make_config(arch, overrides=TINY[arch] | overrides, stems=stems)
     return build_model(arch, config, stems)
+
+
+# A stand-in music network for the plumbing of the CLI and the engine (files, names, formats, batch's
+# records, messages), which any network proves as well as TS-BSMamba2 does: it is a registered family
+# with a real ModelCard (what the engine and the loader read), costs nothing to run, and its checkpoint
+# names its stems in the metadata as save_checkpoint writes it. The conftest's stub_checkpoint fixture
+# registers it for one test: a process without it cannot load the file (use tiny_checkpoint there).
+STUB_ARCH = "stub-music"
+
+
+@dataclass(frozen=True)
+class StubConfig:
+    sr: int = RATE
+    num_output: int = 4
+
+
+class StubNet(torch.nn.Module):
+    """mixture [B, ch, T] -> (stage 1, stage 2), each [B, S, ch, T]: stage 1 gives each stem a fixed share
+    of the mixture (the shares sum to 1: stage 1 sums to the mixture, as TS-BSMamba2's does), stage 2
+    scales each stem by its own gain (the stages differ)."""
+
+    def __init__(self, config: StubConfig, stems=()) -> None:
+        super().__init__()
+        self.config = config
+        self.share = torch.nn.Parameter(torch.linspace(-1.0, 1.0, config.num_output))
+        self.gain = torch.nn.Parameter(torch.linspace(0.5, 1.5, config.num_output))
+        self.card = ModelCard(
+            architecture=STUB_ARCH,
+            stems=tuple(stems) or default_stem_names(config.num_output),
+            sample_rate=config.sr,
+            min_samples=1025,
+            stft=(2048, 512),
+            stages=2,
+        )
+
+    def forward(self, mixture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stage1 = torch.softmax(self.share, 0)[None, :, None, None] * mixture[:, None]
+        return stage1, stage1 * self.gain[None, :, None, None]
+
+
+def stub_family():
+    """StubNet as an architecture-registry entry."""
+    from stemsplit.model import families
+
+    return families.Family(
+        name=STUB_ARCH,
+        summary="a stand-in music network for the plumbing tests",
+        config_type=StubConfig,
+        presets={"stub": StubConfig()},
+        default_preset="stub",
+        build=lambda config, stems: StubNet(config, stems),
+        shrink=lambda config: config,
+        stem_field="num_output",
+    )
 
 
 def tiny_toml(arch: str = "ts-bsmamba2") -> str:
