@@ -222,7 +222,8 @@ def cli(*args, check=None, cwd=None, env=None, timeout=None) -> subprocess.Compl
     asserts the exit status. ``env`` is the whole environment and ``cwd`` the working folder for the
     call, as for a child process; ``timeout`` is accepted and ignored. An exception escaping ``main``
     (only ``--debug`` lets one out) prints its traceback and exits 1, as the interpreter does. The call
-    must leave the process as it found it: signal handlers, torch's thread count.
+    must leave the process as it found it: signal handlers, torch's thread count (both checked) and
+    torch's random generator (put back).
     """
     import torch
 
@@ -232,6 +233,7 @@ def cli(*args, check=None, cwd=None, env=None, timeout=None) -> subprocess.Compl
     out, err = _captured(sys.__stdout__), _captured(sys.__stderr__)
     handlers = [signal.getsignal(s) for s in _SIGNALS]
     threads = torch.get_num_threads()
+    rng = torch.get_rng_state()  # training seeds torch's generator: a child's would not be this one
     with _process_state(cwd, env), redirect_stdout(out), redirect_stderr(err):
         try:
             main(argv)
@@ -243,6 +245,7 @@ def cli(*args, check=None, cwd=None, env=None, timeout=None) -> subprocess.Compl
         except Exception:
             traceback.print_exc()
             code = 1
+    torch.set_rng_state(rng)
     assert [signal.getsignal(s) for s in _SIGNALS] == handlers, "stemsplit left a signal handler behind"
     assert torch.get_num_threads() == threads, "stemsplit changed torch's thread count"
     result = subprocess.CompletedProcess(
@@ -307,9 +310,10 @@ def train_args(musdb: Path, out: Path, *extra) -> list:
 
 
 def run_train(args: list) -> subprocess.CompletedProcess:
-    """Run ``stemsplit *args`` (from ``train_args``) with its cache beside the run folder."""
+    """Run ``stemsplit *args`` (from ``train_args``) in this process (``cli``) with its cache beside the
+    run folder."""
     out = Path(args[args.index("-o") + 1])
-    return stemsplit(*args, env={**os.environ, "STEMSPLIT_CACHE": str(out.parent / "cache")}, timeout=900)
+    return cli(*args, env={**os.environ, "STEMSPLIT_CACHE": str(out.parent / "cache")})
 
 
 def json_events(result: subprocess.CompletedProcess) -> list[dict]:
