@@ -2,7 +2,18 @@ import json
 
 import numpy as np
 import pytest
-from helpers import FIXTURES, GOLDEN_WEIGHTS, RATE, tiny_model, tiny_toml, write_track
+from helpers import (
+    FIXTURES,
+    GOLDEN_WEIGHTS,
+    RATE,
+    STUB_ARCH,
+    StubConfig,
+    StubNet,
+    stub_family,
+    tiny_model,
+    tiny_toml,
+    write_track,
+)
 from safetensors.torch import load_file, save_file
 from weights_server import FileServer, golden_ckpt_bytes
 
@@ -31,6 +42,26 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
     save_file(tiny_model().state_dict(), path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def stub_file(tmp_path_factory):
+    """helpers.StubNet saved by save_checkpoint (architecture, config and stems in its metadata)."""
+    from stemsplit.weights import save_checkpoint
+
+    path = tmp_path_factory.mktemp("models") / "stub.safetensors"
+    save_checkpoint(StubNet(StubConfig()), path)
+    return str(path)
+
+
+@pytest.fixture
+def stub_checkpoint(stub_file, monkeypatch):
+    """The stand-in music network's checkpoint, its family registered for this test only: plumbing tests
+    through ``helpers.cli`` (in this process) without the cost of a real network."""
+    from stemsplit.model import families
+
+    monkeypatch.setitem(families.FAMILIES, STUB_ARCH, stub_family())
+    return stub_file
 
 
 @pytest.fixture

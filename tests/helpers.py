@@ -3,19 +3,23 @@
 Fixtures made from these (a tiny checkpoint, the golden model, the loopback server) are in conftest.py.
 """
 
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import traceback
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from stemsplit.card import MUSIC_STEMS
+from stemsplit.card import MUSIC_STEMS, ModelCard, default_stem_names
 
 ROOT = Path(__file__).parents[1]  # the repository
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -44,6 +48,60 @@ def tiny_model(arch: str = "ts-bsmamba2", stems=MUSIC_STEMS, **overrides) -> tor
     torch.manual_seed(0)
     config = make_config(arch, overrides=TINY[arch] | overrides, stems=stems)
     return build_model(arch, config, stems)
+
+
+# A stand-in music network for the plumbing of the CLI and the engine (files, names, formats, batch's
+# records, messages), which any network proves as well as TS-BSMamba2 does: it is a registered family
+# with a real ModelCard (what the engine and the loader read), costs nothing to run, and its checkpoint
+# names its stems in the metadata as save_checkpoint writes it. The conftest's stub_checkpoint fixture
+# registers it for one test: a process without it cannot load the file (use tiny_checkpoint there).
+STUB_ARCH = "stub-music"
+
+
+@dataclass(frozen=True)
+class StubConfig:
+    sr: int = RATE
+    num_output: int = 4
+
+
+class StubNet(torch.nn.Module):
+    """mixture [B, ch, T] -> (stage 1, stage 2), each [B, S, ch, T]: stage 1 gives each stem a fixed share
+    of the mixture (the shares sum to 1: stage 1 sums to the mixture, as TS-BSMamba2's does), stage 2
+    scales each stem by its own gain (the stages differ)."""
+
+    def __init__(self, config: StubConfig, stems=()) -> None:
+        super().__init__()
+        self.config = config
+        self.share = torch.nn.Parameter(torch.linspace(-1.0, 1.0, config.num_output))
+        self.gain = torch.nn.Parameter(torch.linspace(0.5, 1.5, config.num_output))
+        self.card = ModelCard(
+            architecture=STUB_ARCH,
+            stems=tuple(stems) or default_stem_names(config.num_output),
+            sample_rate=config.sr,
+            min_samples=1025,
+            stft=(2048, 512),
+            stages=2,
+        )
+
+    def forward(self, mixture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stage1 = torch.softmax(self.share, 0)[None, :, None, None] * mixture[:, None]
+        return stage1, stage1 * self.gain[None, :, None, None]
+
+
+def stub_family():
+    """StubNet as an architecture-registry entry."""
+    from stemsplit.model import families
+
+    return families.Family(
+        name=STUB_ARCH,
+        summary="a stand-in music network for the plumbing tests",
+        config_type=StubConfig,
+        presets={"stub": StubConfig()},
+        default_preset="stub",
+        build=lambda config, stems: StubNet(config, stems),
+        shrink=lambda config: config,
+        stem_field="num_output",
+    )
 
 
 def tiny_toml(arch: str = "ts-bsmamba2") -> str:
@@ -124,6 +182,80 @@ def stemsplit(*args, **kwargs) -> subprocess.CompletedProcess:
     return run(shutil.which("stemsplit"), *args, **kwargs)
 
 
+# Where a fresh process is the point (torch not imported, signals, umask and rlimits, fd 2, COLUMNS read at
+# start-up, racing processes, torchrun), tests run the real command with ``stemsplit``; everything else
+# calls the same entry point in this process with ``cli``: the same argv, the same exit status and
+# output, without a Python start-up and torch import per call.
+
+_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+
+
+@contextmanager
+def _process_state(cwd=None, env=None):
+    """Run the body with ``env`` as the whole environment and ``cwd`` as the working folder (as a child
+    process would have them); put both back afterwards."""
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update({str(k): str(v) for k, v in env.items()})
+        if cwd is not None:
+            os.chdir(cwd)
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def _captured(stream) -> io.TextIOWrapper:
+    """A text stream like a child's stdout or stderr on a pipe: UTF-8, the same error handler, no tty."""
+    return io.TextIOWrapper(
+        io.BytesIO(), encoding="utf-8", errors=getattr(stream, "errors", None) or "strict", write_through=True
+    )
+
+
+def cli(*args, check=None, cwd=None, env=None, timeout=None) -> subprocess.CompletedProcess:
+    """Run ``stemsplit ARGS`` in this process: ``stemsplit.cli.main(argv)``, as the console script does.
+
+    Returns what ``stemsplit(...)`` returns (``returncode``, ``stdout``, ``stderr`` as text); ``check``
+    asserts the exit status. ``env`` is the whole environment and ``cwd`` the working folder for the
+    call, as for a child process; ``timeout`` is accepted and ignored. An exception escaping ``main``
+    (only ``--debug`` lets one out) prints its traceback and exits 1, as the interpreter does. The call
+    must leave the process as it found it: signal handlers, torch's thread count (both checked) and
+    torch's random generator (put back).
+    """
+    import torch
+
+    from stemsplit.cli import main
+
+    argv = list(map(str, args))
+    out, err = _captured(sys.__stdout__), _captured(sys.__stderr__)
+    handlers = [signal.getsignal(s) for s in _SIGNALS]
+    threads = torch.get_num_threads()
+    rng = torch.get_rng_state()  # training seeds torch's generator: a child's would not be this one
+    with _process_state(cwd, env), redirect_stdout(out), redirect_stderr(err):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            if not isinstance(exit_.code, int | None):
+                print(exit_.code, file=sys.stderr)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    torch.set_rng_state(rng)
+    assert [signal.getsignal(s) for s in _SIGNALS] == handlers, "stemsplit left a signal handler behind"
+    assert torch.get_num_threads() == threads, "stemsplit changed torch's thread count"
+    result = subprocess.CompletedProcess(
+        ["stemsplit", *argv], code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode()
+    )
+    if check is not None:
+        assert result.returncode == check, result.stdout + result.stderr
+    return result
+
+
 def python(*args, **kwargs) -> subprocess.CompletedProcess:
     """Run this Python on ``args``: a script, ``-c CODE`` or ``-m MODULE`` (see ``run``)."""
     return run(sys.executable, *args, **kwargs)
@@ -178,9 +310,10 @@ def train_args(musdb: Path, out: Path, *extra) -> list:
 
 
 def run_train(args: list) -> subprocess.CompletedProcess:
-    """Run ``stemsplit *args`` (from ``train_args``) with its cache beside the run folder."""
+    """Run ``stemsplit *args`` (from ``train_args``) in this process (``cli``) with its cache beside the
+    run folder."""
     out = Path(args[args.index("-o") + 1])
-    return stemsplit(*args, env={**os.environ, "STEMSPLIT_CACHE": str(out.parent / "cache")}, timeout=900)
+    return cli(*args, env={**os.environ, "STEMSPLIT_CACHE": str(out.parent / "cache")})
 
 
 def json_events(result: subprocess.CompletedProcess) -> list[dict]:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, python, stemsplit, write_track
+from helpers import ROOT, cli, python, write_track
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -105,7 +105,7 @@ def test_compare_evals_pairs_two_models_song_by_song(tmp_path):
     the paired difference is the mean over songs of each song's stem mean, recomputed here from the
     reports; a model against itself is 0 on every song; another hop or a file that is no report is refused."""
     songs = tmp_path / "songs"
-    stemsplit("synth", songs, *("--songs", "1", "--valid", "0", "--test", "2", "--seconds", "5"), check=0)
+    cli("synth", songs, *("--songs", "1", "--valid", "0", "--test", "2", "--seconds", "5"), check=0)
     nudged = tmp_path / "nudged.safetensors"
     generator = torch.Generator().manual_seed(0)
     with safe_open(ROOT / "src" / "stemsplit" / "checkpoints" / "demo.safetensors", "pt") as f:
@@ -116,7 +116,7 @@ def test_compare_evals_pairs_two_models_song_by_song(tmp_path):
     for name, model, hop in (("demo", "demo", "1.5"), ("nudged", nudged, "1.5"), ("hop1", "demo", "1")):
         reports[name] = tmp_path / f"{name}.json"
         protocol = ("--no-csdr", "--window", "3", "--hop", hop, "--device", "cpu")
-        stemsplit("eval", "--musdb", songs, "-m", model, *protocol, "--json", reports[name], check=0)
+        cli("eval", "--musdb", songs, "-m", model, *protocol, "--json", reports[name], check=0)
 
     script = ROOT / "benchmarks" / "compare_evals.py"
     out = tmp_path / "compare.json"

@@ -1,8 +1,9 @@
-"""The installed ``stemsplit`` command: entry point, version, doctor."""
+"""The installed ``stemsplit`` command (a real process: entry point, version), doctor and usage (in this
+process)."""
 
 import shutil
 
-from helpers import stemsplit
+from helpers import cli, stemsplit
 
 from stemsplit import __version__
 
@@ -18,7 +19,7 @@ def test_version():
 
 
 def test_doctor_names_backend_codecs_and_cache():
-    result = stemsplit("doctor")
+    result = cli("doctor")
     assert result.returncode == 0, result.stderr
     assert "torch" in result.stdout
     assert "portable (on cpu)" in result.stdout or "(on cuda)" in result.stdout
@@ -27,13 +28,13 @@ def test_doctor_names_backend_codecs_and_cache():
 
 
 def test_unknown_option_is_a_usage_error():
-    result = stemsplit("song.wav", "--no-such-flag")
+    result = cli("song.wav", "--no-such-flag")
     assert result.returncode == 2
     assert "No such option" in result.stderr
 
 
 def test_no_arguments_shows_help():
-    result = stemsplit()
+    result = cli()
     assert "Usage" in result.stdout + result.stderr
 
 

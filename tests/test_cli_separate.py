@@ -1,4 +1,10 @@
-"""End to end through the real ``stemsplit`` command, on real audio files."""
+"""Through the ``stemsplit`` command line, on real audio files: in this process (``cli``), and as a
+real process (``stemsplit``) where that is the point (umask, rlimits, signals, ``python -m``, torch not
+imported).
+
+The plumbing (files, names, formats, messages) runs the stand-in network (``stub_checkpoint``); the
+golden model and the tiny TS-BSMamba2 (a bare state dict) run where the network is part of what is shown.
+"""
 
 import json
 import os
@@ -13,6 +19,7 @@ from helpers import (
     FOUR_STEMS,
     GOLDEN_WEIGHTS,
     RATE,
+    cli,
     files_under,
     json_events,
     python,
@@ -31,7 +38,7 @@ STEMS = FOUR_STEMS
 def test_separate_a_song_with_the_golden_checkpoint(tmp_path):
     mix = song(tmp_path / "song.wav", seconds=1.6)
     golden = ["--model", GOLDEN_WEIGHTS, "--stage", "1", *FAST]
-    stemsplit(tmp_path / "song.wav", "-o", tmp_path / "stems", *golden, check=0)
+    cli(tmp_path / "song.wav", "-o", tmp_path / "stems", *golden, check=0)
     assert files_under(tmp_path / "stems") == [f"song/{s}" for s in STEMS]
     stems = [sf.read(tmp_path / "stems" / "song" / s, always_2d=True) for s in STEMS]
     for audio, rate in stems:
@@ -53,34 +60,34 @@ def test_stems_get_the_permissions_of_ordinary_files(tmp_path, tiny_checkpoint, 
             assert path.stat().st_mode & 0o777 == mode, path
 
 
-def test_options_before_or_after_files_and_separate_alias(tmp_path, tiny_checkpoint):
+def test_options_before_or_after_files_and_separate_alias(tmp_path, stub_checkpoint):
     song(tmp_path / "a.wav")
     song(tmp_path / "b b.flac", channels=1, subtype="PCM_16")
-    m = ["--model", tiny_checkpoint, *FAST]
-    stemsplit(*m, "--light", tmp_path / "a.wav", "-o", tmp_path / "one", check=0)
-    stemsplit(tmp_path / "a.wav", tmp_path / "b b.flac", "-o", tmp_path / "two", *m, "--light", check=0)
-    stemsplit("separate", tmp_path / "a.wav", "-o", tmp_path / "three", *m, check=0)
+    m = ["--model", stub_checkpoint, *FAST]
+    cli(*m, "--light", tmp_path / "a.wav", "-o", tmp_path / "one", check=0)
+    cli(tmp_path / "a.wav", tmp_path / "b b.flac", "-o", tmp_path / "two", *m, "--light", check=0)
+    cli("separate", tmp_path / "a.wav", "-o", tmp_path / "three", *m, check=0)
     assert files_under(tmp_path / "one") == [f"a/{s}" for s in STEMS]
     assert files_under(tmp_path / "two") == sorted([f"a/{s}" for s in STEMS] + [f"b b/{s}" for s in STEMS])
     assert sf.info(str(tmp_path / "two" / "b b" / "vocals.wav")).channels == 1  # mono in, mono out
     assert files_under(tmp_path / "three") == [f"a/{s}" for s in STEMS]
 
 
-def test_file_named_like_a_subcommand(tmp_path, tiny_checkpoint):
+def test_file_named_like_a_subcommand(tmp_path, stub_checkpoint):
     song(tmp_path / "batch", fmt="WAV")  # a wav file called "batch"
-    result = stemsplit("./batch", "-o", "out", "--model", tiny_checkpoint, *FAST, cwd=tmp_path, check=0)
+    result = cli("./batch", "-o", "out", "--model", stub_checkpoint, *FAST, cwd=tmp_path, check=0)
     assert files_under(tmp_path / "out") == [f"batch/{s}" for s in STEMS], result.stderr
 
 
-def test_formats_bit_depths_subsets_and_templates(tmp_path, tiny_checkpoint):
+def test_formats_bit_depths_subsets_and_templates(tmp_path, stub_checkpoint, tiny_checkpoint):
     song(tmp_path / "s.wav", rate=48000)
-    m = ["--model", tiny_checkpoint, *FAST]
-    stemsplit(tmp_path / "s.wav", "-o", tmp_path / "o", *m, "--format", "flac", "--bit-depth", "16", check=0)
+    m = ["--model", stub_checkpoint, *FAST]
+    cli(tmp_path / "s.wav", "-o", tmp_path / "o", *m, "--format", "flac", "--bit-depth", "16", check=0)
     info = sf.info(str(tmp_path / "o" / "s" / "drums.flac"))
     assert (info.format, info.subtype, info.samplerate) == ("FLAC", "PCM_16", 48000)
-    stemsplit(tmp_path / "s.wav", "-o", tmp_path / "p", *m, "--format", "mp3", "--stems", "vocals", check=0)
+    cli(tmp_path / "s.wav", "-o", tmp_path / "p", *m, "--format", "mp3", "--stems", "vocals", check=0)
     assert files_under(tmp_path / "p") == ["s/vocals.mp3"]
-    stemsplit(
+    cli(
         tmp_path / "s.wav",
         "-o",
         tmp_path / "q",
@@ -92,21 +99,26 @@ def test_formats_bit_depths_subsets_and_templates(tmp_path, tiny_checkpoint):
         check=0,
     )
     assert files_under(tmp_path / "q") == ["no_vocals-s.wav", "vocals-s.wav"]
-    result = stemsplit(tmp_path / "s.wav", "-o", tmp_path / "r", *m, "--stems", "guitar")
+    result = cli(tmp_path / "s.wav", "-o", tmp_path / "r", *m, "--stems", "guitar")
+    assert result.returncode == 2 and "--stems: 'guitar' is not a stem of this model" in result.stderr
+    # A bare state dict names no stems: the same check, once the network is loaded.
+    result = cli(
+        tmp_path / "s.wav", "-o", tmp_path / "r", "--model", tiny_checkpoint, *FAST, "--stems", "guitar"
+    )
     assert result.returncode == 2 and "--stems: 'guitar' is not a stem of this model" in result.stderr
 
 
-def test_same_track_name_from_two_folders_does_not_collide(tmp_path, tiny_checkpoint):
+def test_same_track_name_from_two_folders_does_not_collide(tmp_path, stub_checkpoint):
     (tmp_path / "x").mkdir(), (tmp_path / "y").mkdir()
     song(tmp_path / "x" / "take.wav")
     song(tmp_path / "y" / "take.wav", channels=1)
-    stemsplit(
+    cli(
         tmp_path / "x" / "take.wav",
         tmp_path / "y" / "take.wav",
         "-o",
         tmp_path / "o",
         "--model",
-        tiny_checkpoint,
+        stub_checkpoint,
         *FAST,
         check=0,
     )
@@ -115,10 +127,10 @@ def test_same_track_name_from_two_folders_does_not_collide(tmp_path, tiny_checkp
     )
 
 
-def test_json_events(tmp_path, tiny_checkpoint):
+def test_json_events(tmp_path, stub_checkpoint):
     song(tmp_path / "s.wav")
-    result = stemsplit(
-        tmp_path / "s.wav", "-o", tmp_path / "o", "--model", tiny_checkpoint, *FAST, "--json", check=0
+    result = cli(
+        tmp_path / "s.wav", "-o", tmp_path / "o", "--model", stub_checkpoint, *FAST, "--json", check=0
     )
     events = json_events(result)
     kinds = [e["event"] for e in events]
@@ -129,26 +141,26 @@ def test_json_events(tmp_path, tiny_checkpoint):
 
 
 def test_help_shows_examples_and_usage_errors_exit_2():
-    result = stemsplit("--help", check=0)
+    result = cli("--help", check=0)
     assert "stemsplit song.wav -o stems/" in result.stdout
-    assert "stemsplit song.wav -o stems/" in stemsplit("batch", "--help", check=0).stdout
-    assert stemsplit("song.wav", "--stage", "3").returncode == 2
-    assert stemsplit("song.wav", "--format", "ogg").returncode == 2
+    assert "stemsplit song.wav -o stems/" in cli("batch", "--help", check=0).stdout
+    assert cli("song.wav", "--stage", "3").returncode == 2
+    assert cli("song.wav", "--format", "ogg").returncode == 2
 
 
 # --- batch ------------------------------------------------------------------------------------
 
 
-def test_batch_walks_resumes_and_reports_failures(tmp_path, tiny_checkpoint):
+def test_batch_walks_resumes_and_reports_failures(tmp_path, stub_checkpoint):
     music = tmp_path / "music"
     (music / "album").mkdir(parents=True)
     song(music / "one.wav")
     song(music / "album" / "two.flac", subtype="PCM_24")
     (music / "album" / "broken.wav").write_bytes(b"RIFF not really a wave file")
     (music / "notes.txt").write_text("not audio")
-    m = ["--model", tiny_checkpoint, *FAST]
+    m = ["--model", stub_checkpoint, *FAST]
 
-    first = stemsplit("batch", music, "-o", tmp_path / "out", *m)
+    first = cli("batch", music, "-o", tmp_path / "out", *m)
     assert first.returncode == 1  # one file failed
     assert "broken.wav" in first.stderr and "not an audio file" in first.stderr
     assert files_under(tmp_path / "out", state=False) == sorted(
@@ -157,7 +169,7 @@ def test_batch_walks_resumes_and_reports_failures(tmp_path, tiny_checkpoint):
     assert "failed" in first.stderr and "done" in first.stderr
 
     before = {p: (tmp_path / "out" / p).stat().st_mtime_ns for p in files_under(tmp_path / "out")}
-    second = stemsplit("batch", music, "-o", tmp_path / "out", *m, "--json")
+    second = cli("batch", music, "-o", tmp_path / "out", *m, "--json")
     events = json_events(second)
     assert sorted(e["source"].split("/")[-1] for e in events if e["event"] == "skipped") == [
         "one.wav",
@@ -168,7 +180,7 @@ def test_batch_walks_resumes_and_reports_failures(tmp_path, tiny_checkpoint):
 
 def test_batch_of_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = stemsplit("batch", tmp_path / "empty", "-o", tmp_path / "out")
+    result = cli("batch", tmp_path / "empty", "-o", tmp_path / "out")
     assert result.returncode == 1 and "no audio files found" in result.stderr
 
 
@@ -235,10 +247,10 @@ def write_bad(kind, folder):
         "six_channels",
     ],
 )
-def test_bad_input_is_one_clear_line(kind, tmp_path, tiny_checkpoint):
+def test_bad_input_is_one_clear_line(kind, tmp_path, stub_checkpoint):
     path, expected = write_bad(kind, tmp_path)
     out = tmp_path / "out"
-    result = stemsplit(path, "-o", out, "--model", tiny_checkpoint, *FAST, "--quiet")
+    result = cli(path, "-o", out, "--model", stub_checkpoint, *FAST, "--quiet")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -247,55 +259,55 @@ def test_bad_input_is_one_clear_line(kind, tmp_path, tiny_checkpoint):
     assert files_under(out) == []
 
 
-def test_six_channels_with_downmix(tmp_path, tiny_checkpoint):
+def test_six_channels_with_downmix(tmp_path, stub_checkpoint):
     path, _ = write_bad("six_channels", tmp_path)
-    stemsplit(path, "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, "--downmix", check=0)
+    cli(path, "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST, "--downmix", check=0)
     assert sf.info(str(tmp_path / "out" / "six_channels" / "drums.wav")).channels == 2
 
 
-def test_silence_gives_silent_stems(tmp_path, tiny_checkpoint):
+def test_silence_gives_silent_stems(tmp_path, stub_checkpoint):
     sf.write(tmp_path / "quiet.wav", np.zeros((RATE * 2, 2), np.float32), RATE)
-    stemsplit(tmp_path / "quiet.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, check=0)
+    cli(tmp_path / "quiet.wav", "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST, check=0)
     for stem in STEMS:
         audio, _ = sf.read(tmp_path / "out" / "quiet" / stem)
         assert np.isfinite(audio).all() and np.abs(audio).max() == 0
 
 
 @pytest.mark.parametrize("rate", [8000, 192000])
-def test_unusual_sample_rates(rate, tmp_path, tiny_checkpoint):
+def test_unusual_sample_rates(rate, tmp_path, stub_checkpoint):
     song(tmp_path / "s.wav", seconds=1.1, rate=rate)
-    stemsplit(tmp_path / "s.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, check=0)
+    cli(tmp_path / "s.wav", "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST, check=0)
     info = sf.info(str(tmp_path / "out" / "s" / "bass.wav"))
     assert info.samplerate == rate and info.frames == int(1.1 * rate)
 
 
-def test_non_ascii_names(tmp_path, tiny_checkpoint):
+def test_non_ascii_names(tmp_path, stub_checkpoint):
     song(tmp_path / "Björk – Jóga (live).wav")
-    stemsplit(
+    cli(
         tmp_path / "Björk – Jóga (live).wav",
         "-o",
         tmp_path / "öut",
         "--model",
-        tiny_checkpoint,
+        stub_checkpoint,
         *FAST,
         check=0,
     )
     assert files_under(tmp_path / "öut") == [f"Björk – Jóga (live)/{s}" for s in STEMS]
 
 
-def test_output_folder_that_cannot_be_created(tmp_path, tiny_checkpoint):
+def test_output_folder_that_cannot_be_created(tmp_path, stub_checkpoint):
     song(tmp_path / "s.wav")
     (tmp_path / "file").write_text("I am a file")
-    result = stemsplit(tmp_path / "s.wav", "-o", tmp_path / "file" / "out", "--model", tiny_checkpoint, *FAST)
+    result = cli(tmp_path / "s.wav", "-o", tmp_path / "file" / "out", "--model", stub_checkpoint, *FAST)
     assert result.returncode == 2 and "cannot create" in result.stderr and "is not a folder" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_output_folder(tmp_path, tiny_checkpoint):
+def test_read_only_output_folder(tmp_path, stub_checkpoint):
     song(tmp_path / "s.wav")
     (tmp_path / "ro").mkdir(mode=0o555)
-    result = stemsplit(tmp_path / "s.wav", "-o", tmp_path / "ro", "--model", tiny_checkpoint, *FAST)
+    result = cli(tmp_path / "s.wav", "-o", tmp_path / "ro", "--model", stub_checkpoint, *FAST)
     assert result.returncode == 1 and "not writable" in result.stderr
 
 
@@ -321,11 +333,11 @@ def test_disk_full_while_writing(tmp_path, tiny_checkpoint):
     assert not (tmp_path / "out").exists()  # no stems, no temporaries, no empty folders
 
 
-def test_existing_stems_are_kept(tmp_path, tiny_checkpoint):
+def test_existing_stems_are_kept(tmp_path, stub_checkpoint):
     song(tmp_path / "s.wav")
     (tmp_path / "out" / "s").mkdir(parents=True)
     (tmp_path / "out" / "s" / "bass.wav").write_bytes(b"mine")
-    result = stemsplit(tmp_path / "s.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST)
+    result = cli(tmp_path / "s.wav", "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST)
     assert result.returncode == 1 and "--overwrite" in result.stderr
     assert files_under(tmp_path / "out") == ["s/bass.wav"]
     assert (tmp_path / "out" / "s" / "bass.wav").read_bytes() == b"mine"
@@ -348,26 +360,22 @@ def test_module_entry_point(tmp_path):
     assert result.returncode == 0 and result.stdout.startswith("stemsplit ")
 
 
-def test_batch_shards_files_across_torchrun_ranks(tmp_path, tiny_checkpoint):
+def test_batch_shards_files_across_torchrun_ranks(tmp_path, stub_checkpoint):
     (tmp_path / "in").mkdir()
     for name in ("a", "b", "c"):
         song(tmp_path / "in" / f"{name}.wav")
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "0"}
-    stemsplit(
-        "batch", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST, env=env, check=0
-    )
+    cli("batch", tmp_path / "in", "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST, env=env, check=0)
     # rank 1 of 2 takes every second file
     assert files_under(tmp_path / "out", state=False) == [f"b/{s}" for s in STEMS]
 
 
-def test_debug_shows_the_traceback(tmp_path, tiny_checkpoint):
-    result = stemsplit(
-        tmp_path / "missing.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, "--debug"
-    )
+def test_debug_shows_the_traceback(tmp_path, stub_checkpoint):
+    result = cli(tmp_path / "missing.wav", "-o", tmp_path / "out", "--model", stub_checkpoint, "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr and "no such file" in result.stderr
 
 
-def test_in_process_with_typers_runner(tmp_path, tiny_checkpoint):
+def test_in_process_with_typers_runner(tmp_path, stub_checkpoint):
     from typer.testing import CliRunner
 
     from stemsplit.cli import app
@@ -379,7 +387,7 @@ def test_in_process_with_typers_runner(tmp_path, tiny_checkpoint):
         "-o",
         str(tmp_path / "out"),
         "--model",
-        tiny_checkpoint,
+        stub_checkpoint,
         *FAST,
     ]
     result = CliRunner().invoke(app, [*args, "--json"])

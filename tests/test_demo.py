@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import ROOT, python, run, stemsplit
+from helpers import ROOT, cli, python, run
 
 from stemsplit import weights
 from stemsplit.separate import Separator
@@ -127,7 +127,7 @@ def test_speakers_demo_separates_held_out_talkers_offline(tmp_path, offline):
     for index in range(2):
         mixture = generate_mixture(mixture_seed(777, "test", index), 4.0, split="test")
         sf.write(tmp_path / f"call{index}.wav", mixture.mix_both, SAMPLE_RATE, subtype="FLOAT")
-        result = stemsplit("speakers", tmp_path / f"call{index}.wav", "-o", tmp_path / "out", timeout=300)
+        result = cli("speakers", tmp_path / f"call{index}.wav", "-o", tmp_path / "out")
         assert result.returncode == 0, result.stderr
         estimates = [
             sf.read(tmp_path / "out" / f"call{index}" / f"speaker{k}.wav", dtype="float64")[0] for k in (1, 2)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import stemsplit_without_torch
+from helpers import cli, stemsplit_without_torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -138,9 +138,9 @@ def test_the_teacher_averages_windows_that_each_hold_the_whole_crop():
 
 
 def stemsplit(*args, cwd=None, env_dir=None):
+    """``stemsplit ARGS`` in this process (helpers.cli); ``env_dir`` holds the model cache."""
     env = {**os.environ, "STEMSPLIT_CACHE": str(env_dir / "cache")} if env_dir else None
-    command = [shutil.which("stemsplit"), *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=cwd)
+    return cli(*args, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import files_under, song, stemsplit, stemsplit_without_torch, tiny_model
+from helpers import cli, files_under, song, stemsplit_without_torch, tiny_model
 from torch import nn
 from torch.nn import functional as F
 
@@ -366,9 +366,7 @@ def test_speakers_refuses_music_models_and_separate_refuses_speaker_models(
     tmp_path, capsys, tiny_checkpoint, speaker_checkpoint
 ):
     song(tmp_path / "a.wav")
-    result = stemsplit(
-        "speakers", tmp_path / "a.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, check=2
-    )
+    result = cli("speakers", tmp_path / "a.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, check=2)
     assert result.stderr.strip() == (
         "stemsplit: error: --model: tiny.safetensors separates music (drums, bass, other, vocals), "
         "not speakers; use stemsplit separate for it"
@@ -443,7 +441,7 @@ license = "x"
     music_only = tmp_path / "music.toml"
     music_only.write_text(music)
     env = {**os.environ, "STEMSPLIT_REGISTRY": str(music_only)}
-    result = stemsplit("speakers", tmp_path / "a.wav", "-o", tmp_path / "out", check=2, env=env)
+    result = cli("speakers", tmp_path / "a.wav", "-o", tmp_path / "out", check=2, env=env)
     assert "no speakers model to use" in result.stderr and "--model" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
@@ -487,7 +485,7 @@ def speech_dataset(tmp_path_factory):
     if shutil.which("espeak-ng") is None or importlib.util.find_spec("pyroomacoustics") is None:
         pytest.skip("stemsplit synth-speech needs espeak-ng (Debian package) and pyroomacoustics")
     root = tmp_path_factory.mktemp("speech") / "data"
-    stemsplit("synth-speech", root, "--train", "4", "--dev", "1", "--test", "2", "--seconds", "1", check=0)
+    cli("synth-speech", root, "--train", "4", "--dev", "1", "--test", "2", "--seconds", "1", check=0)
     return root
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import stemsplit, stemsplit_without_torch
+from helpers import cli, stemsplit_without_torch
 from typer.testing import CliRunner
 
 from stemsplit.cli import app
@@ -459,7 +459,7 @@ def test_without_espeak_ng_one_line_names_the_debian_package(tmp_path):
     env = {**os.environ, "PATH": str(bin_dir)}
     if shutil.which("espeak-ng", path=env["PATH"]):
         pytest.skip("espeak-ng is installed next to python")
-    result = stemsplit("synth-speech", tmp_path / "out", "--train", "1", env=env, check=2)
+    result = cli("synth-speech", tmp_path / "out", "--train", "1", env=env, check=2)
     assert result.stderr.count("\n") == 1 and "apt-get install espeak-ng" in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import GOLDEN_WEIGHTS, ROOT, python, stemsplit
+from helpers import GOLDEN_WEIGHTS, ROOT, cli, python
 from safetensors.torch import load_file, save_file
 from weights_server import golden_ckpt_bytes, tiny_entry, write_registry
 
@@ -751,7 +751,7 @@ def test_unusable_cache_setting_is_one_line_naming_the_variable(env, server, mon
     blocker.write_text("")
     cache = blocker if kind == "file" else blocker / "cache"
     monkeypatch.setenv("STEMSPLIT_CACHE", str(cache))
-    result = stemsplit("models", "download", "tiny")
+    result = cli("models", "download", "tiny")
     assert result.returncode == 1 and result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     if kind == "file":
