@@ -157,8 +157,8 @@ def main() -> None:
     setup = f"batch {args.batch}, {args.backend} backend" + (", oneDNN off" if args.no_onednn else "")
     audio = "mono 8 kHz" if args.arch == "u-mamba-net" else "stereo 44.1 kHz"
     audio = "the model's audio" if args.registry is not None else audio
-    window = f"{args.seconds} s" if args.seconds else "the model's window"
-    print(f"{window}, {audio}, {setup}; best of {args.repeats} x {args.rounds} rounds")
+    window = f"window {args.seconds} s" if args.seconds else "the model's window,"
+    print(f"{window} {audio}, {setup}; best of {args.repeats} x {args.rounds} rounds")
     if args.registry is not None:
         models = [f"entry:{name}" for name in args.registry or load_registry().models]
     elif args.arch == "bsrnn":  # one model per target (other uses vocals' scheme: the same network)
