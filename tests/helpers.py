@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -213,6 +214,17 @@ def _captured(stream) -> io.TextIOWrapper:
     return io.TextIOWrapper(
         io.BytesIO(), encoding="utf-8", errors=getattr(stream, "errors", None) or "strict", write_through=True
     )
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """``stemsplit ARGS`` in this process, for a test that registers its own family or registry:
+    (status, stdout, stderr), as pytest's ``capsys`` captured them."""
+    from stemsplit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
 
 
 def cli(*args, check=None, cwd=None, env=None, timeout=None) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import ROOT, files_under, music, python, stemsplit_without_torch, write_track
+from helpers import ROOT, files_under, music, python, run_cli, stemsplit_without_torch, write_track
 from torch import nn
 
 from stemsplit.card import MUSIC_STEMS, ModelCard
@@ -97,16 +97,6 @@ def mix(tmp_path):
     audio = music(3.3, RATE)
     sf.write(tmp_path / "song.wav", audio, RATE, subtype="FLOAT")
     return audio
-
-
-def run_cli(capsys, *args):
-    """``stemsplit ARGS`` in this process (the test family is registered here): (status, stdout, stderr)."""
-    from stemsplit.cli import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
 
 
 def separate(capsys, tmp_path, model, *extra):

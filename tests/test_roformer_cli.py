@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from helpers import RATE, music
+from helpers import RATE, music, run_cli
 from safetensors.torch import load_file
 from weights_server import tiny_entry, write_registry
 
@@ -22,15 +22,6 @@ from stemsplit.separate import Separator
 FIXTURES = Path(__file__).parent / "fixtures" / "roformer"
 OPTIONS = json.loads((FIXTURES / "mel_stereo_1stem.json").read_text())
 CHUNK = 11025  # 0.25 s windows, every 0.125 s (num_overlap 2)
-
-
-def run_cli(capsys, *args):
-    from stemsplit.cli import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
 
 
 def ckpt_bytes() -> bytes:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import cli, files_under, song, stemsplit_without_torch, tiny_model
+from helpers import cli, files_under, run_cli, song, stemsplit_without_torch, tiny_model
 from torch import nn
 from torch.nn import functional as F
 
@@ -105,16 +105,6 @@ def speaker_checkpoint(tmp_path, tiny_family):
     path = tmp_path / "talkers.safetensors"
     save_checkpoint(TinyTasNet(TinyTasNetConfig()), path)
     return path
-
-
-def run_cli(capsys, *args):
-    """``stemsplit ARGS`` in this process (the test family is registered here): (status, stdout, stderr)."""
-    from stemsplit.cli import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
 
 
 # --- two known talkers and a permuting oracle -------------------------------------------------
