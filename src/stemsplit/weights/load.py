@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from safetensors.torch import save_file
-from torch import nn
+from torch import Tensor, nn
 
 from ..card import ModelCard
 from ..files import sha256_of, write_atomically
@@ -122,40 +122,43 @@ def load_model(
             return _load_entry(entry, progress)
         entry = (registry.light_model if light else None) or registry.models[registry.default]
         return _load_entry(entry, progress)
+    found = _read_file_or_url(spec, progress)
+    if found is None:
+        return _load_entry(load_registry().get(os.fspath(spec)), progress)
+    state_dict, metadata, label = found
+    return LoadedModel(network_from_file(state_dict, metadata, label), label)
+
+
+def _read_file_or_url(
+    spec: str | os.PathLike, progress: bool
+) -> tuple[dict[str, Tensor], dict[str, str], str] | None:
+    """(state dict, metadata, label) of a checkpoint file or URL; None when ``spec`` is a registry name."""
     text = os.fspath(spec)
     if _is_url(text):
         source = source_of_url(text)
-        path = _fetch_source(source, progress)
-        state_dict, metadata = read_safetensors(path, source.label)
-        return LoadedModel(network_from_file(state_dict, metadata, source.label), source.label)
+        state_dict, metadata = read_safetensors(_fetch_source(source, progress), source.label)
+        return state_dict, metadata, source.label
     path = Path(text).expanduser()
     looks_like_path = path.suffix in CHECKPOINT_SUFFIXES or os.sep in text or path.is_file()
-    if isinstance(spec, os.PathLike) or looks_like_path:
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint file")
-        state_dict, metadata = read_checkpoint(path, path.name)
-        return LoadedModel(network_from_file(state_dict, metadata, path.name), path.name)
-    return _load_entry(load_registry().get(text), progress)
+    if not (isinstance(spec, os.PathLike) or looks_like_path):
+        return None
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    state_dict, metadata = read_checkpoint(path, path.name)
+    return state_dict, metadata, path.name
 
 
 def _load_with_msst_config(
     spec: str | os.PathLike | None, model_config: str | os.PathLike | MSSTConfig, progress: bool
 ) -> LoadedModel:
     msst = model_config if isinstance(model_config, MSSTConfig) else read_msst_config(model_config)
-    text = "" if spec is None else os.fspath(spec)
-    if _is_url(text):
-        source = source_of_url(text)
-        state_dict, _ = read_safetensors(_fetch_source(source, progress), source.label)
-        label = source.label
-    elif spec is not None and (isinstance(spec, os.PathLike) or Path(text).expanduser().is_file()):
-        path = Path(text).expanduser()
-        state_dict, _ = read_checkpoint(path, path.name)
-        label = path.name
-    else:
-        what = "no model" if spec is None else f"{text!r}, not a checkpoint file or URL,"
+    found = None if spec is None else _read_file_or_url(spec, progress)
+    if found is None:
+        what = "no model" if spec is None else f"{os.fspath(spec)!r}, not a checkpoint file or URL,"
         raise ModelConfigError(
             f"{msst.path}: an MSST config goes with a checkpoint file or URL; {what} was given"
         )
+    state_dict, _, label = found  # the YAML, not the file's metadata, says what the network is
     try:
         config = families.make_config(msst.architecture, overrides=msst.config, stems=msst.stems)
     except families.FamilyError as exc:
