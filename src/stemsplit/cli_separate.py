@@ -217,7 +217,7 @@ def _wanted_stems(stems: str | None, two_stems: str | None) -> list[str] | None:
 
 
 # weights.CHECKPOINT_SUFFIXES (importing weights imports torch, which takes seconds; a test keeps them equal).
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".th")
 
 
 def _model_argument(model: str | None) -> str | Path | None:

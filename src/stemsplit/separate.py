@@ -782,7 +782,9 @@ class Separator(SongSeparator):
         the model's rate instead, a residual would lose all above that rate's band (4 kHz for an
         8 kHz speech model). ``stats`` is
         the (mean, std) the model's input is standardised with (``meanstd``
-        checkpoints); stems are scaled back.
+        checkpoints); stems are scaled back, each as upstream does it (Demucs's ``apply``, MSST's
+        ``demix``): ``stem * std + mean``, so a song's DC offset is in every stem, as in the
+        standardised song each network output was made from.
         """
         mean, std = stats
         self._residual_energy = self._mix_energy = 0.0
@@ -794,7 +796,7 @@ class Separator(SongSeparator):
         frames_read = 0
 
         def run_batch(windows: torch.Tensor) -> torch.Tensor:
-            return self._run_batch(windows) * std + mean / len(self.stems)
+            return self._run_batch(windows) * std + mean
 
         pending: collections.deque[np.ndarray] = collections.deque()  # input not yet matched by output
 

@@ -1,8 +1,9 @@
 """Checkpoint files: safe reading, one metadata schema, and the network they hold.
 
 **Safe loading**: safetensors directly; pickled checkpoints (``.ckpt``, ``.pt``,
-``.pth``) only with ``torch.load(weights_only=True)``, so a file that needs
-arbitrary pickle code is refused before anything in it runs.
+``.pth``, Demucs's ``.th``) only with ``torch.load(weights_only=True)``, so a file that needs
+arbitrary pickle code is refused before anything in it runs (a Demucs package may name its
+model class and a Fraction, and nothing more: :mod:`stemsplit.weights.demucs`).
 
 **Metadata**: see :mod:`stemsplit.weights.metadata` (torch-free), the one schema
 :func:`save_checkpoint` writes and :func:`read_info` reads.
@@ -27,9 +28,11 @@ from torch import nn
 from ..card import default_stem_names
 from ..files import write_atomically
 from ..model import families
+from ..model.htdemucs import config_from_kwargs
 from ..model.state_dict import StateDictMismatch, check_state_dict, unwrap_state_dict
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..model.ts_bsmamba2 import config_from_state_dict
+from .demucs import load_markers, package_to_file
 from .errors import CheckpointError, UnsafeCheckpointError
 from .metadata import CheckpointInfo, _where, read_info
 from .registry import CHECKPOINT_SUFFIXES
@@ -38,6 +41,7 @@ __all__ = [
     "build_network",
     "network_from_file",
     "read_checkpoint",
+    "read_pickle",
     "read_safetensors",
     "save_checkpoint",
     "torch_load_safely",
@@ -76,18 +80,21 @@ def _load_failure(exc: BaseException) -> str:
     return first.split(". ", 1)[0].rstrip(".")
 
 
-def torch_load_safely(path: Path, label: str | None = None) -> Any:
+def torch_load_safely(path: Path, label: str | None = None, allow: list[Any] | None = None) -> Any:
     """``torch.load(weights_only=True)``: tensors and plain containers only, no pickle code runs.
 
     The one place stemsplit unpickles anything (checkpoints here, ``last.pt`` in
-    training). Raises :class:`UnsafeCheckpointError` for a file that needs code
+    training). ``allow``: more globals the unpickler may take, as
+    ``torch.serialization.safe_globals`` lists them (plain values and inert markers only).
+    Raises :class:`UnsafeCheckpointError` for a file that needs code
     (a class or function the weights-only unpickler does not allow) and
     :class:`CheckpointError` for anything unreadable; both one line naming ``path``
     (after ``label``, a model name, when given).
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():  # torch warns about legacy pickles before failing: the error says it
+        with warnings.catch_warnings(), torch.serialization.safe_globals(allow or []):
+            # torch warns about legacy pickles before failing: the error says it
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -103,9 +110,15 @@ def torch_load_safely(path: Path, label: str | None = None) -> Any:
         raise _unreadable(path, label, exc) from None
 
 
-def load_pickle(path: Path, label: str) -> dict[str, torch.Tensor]:
-    """A pickled state dict, loaded weights-only (see :func:`torch_load_safely`)."""
-    return _as_state_dict(torch_load_safely(path, label), label)
+def read_pickle(path: Path, label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A pickled checkpoint, loaded weights-only (see :func:`torch_load_safely`): its state dict, and
+    for a Demucs package the metadata Demucs 4.1's safetensors would carry (else none)."""
+    obj = torch_load_safely(path, label, allow=load_markers())
+    package = package_to_file(obj, label)
+    if package is None:
+        return _as_state_dict(obj, label), {}
+    state, metadata = package
+    return _as_state_dict(state, label), metadata
 
 
 def read_safetensors(path: Path, label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -122,7 +135,7 @@ def read_checkpoint(path: Path, label: str) -> tuple[dict[str, torch.Tensor], di
     if path.suffix == ".safetensors":
         return read_safetensors(path, label)
     if path.suffix in CHECKPOINT_SUFFIXES:
-        return load_pickle(path, label), {}
+        return read_pickle(path, label)
     known = ", ".join(CHECKPOINT_SUFFIXES)
     raise CheckpointError(f"{label}: unknown checkpoint type {path.suffix!r} (known: {known})")
 
@@ -159,7 +172,9 @@ def save_checkpoint(model: nn.Module, path: Path, **extra: Any) -> None:
 def _config_of(info: CheckpointInfo, state_dict: Mapping[str, torch.Tensor], label: str) -> Any:
     """The family config from the metadata, or (old TS-BSMamba2 files) inferred from the weights."""
     try:
-        if info.config is not None:
+        if info.upstream == "demucs":  # Demucs's own constructor kwargs, defaults left out
+            config, _ = config_from_kwargs({**info.config, "sources": list(info.stems or ())})
+        elif info.config is not None:
             config = families.make_config(info.architecture, overrides=info.config)
         elif info.architecture == TS_BSMAMBA2:
             config = config_from_state_dict(

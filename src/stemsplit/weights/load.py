@@ -26,9 +26,9 @@ from .cache import (
 )
 from .checkpoint import (
     build_network,
-    load_pickle,
     network_from_file,
     read_checkpoint,
+    read_pickle,
     read_safetensors,
 )
 from .download import html_hint, obtain
@@ -39,7 +39,7 @@ from .errors import (
     UnknownModelError,
     UnsafeCheckpointError,
 )
-from .metadata import read_metadata
+from .metadata import read_info, read_metadata
 from .msst import ModelConfigError, MSSTConfig, read_msst_config
 from .registry import CHECKPOINT_SUFFIXES, ModelEntry, load_registry
 
@@ -173,10 +173,14 @@ def _load_with_msst_config(
 def _load_entry(entry: ModelEntry, progress: bool) -> LoadedModel:
     config = entry_config(entry)  # before any download: a bad entry costs no bandwidth
     path = _fetch_source(source_of(entry), progress)
-    state_dict, _ = read_safetensors(path, entry.name)
-    model = build_network(
-        state_dict, entry.architecture, config, entry.stems, entry.name, entry.normalization, "the registry"
-    )
+    state_dict, metadata = read_safetensors(path, entry.name)
+    if read_info(metadata, entry.name).upstream:  # a Demucs file: its own kwargs build it, as upstream
+        model = _upstream_network(entry, state_dict, metadata)
+    else:
+        model = build_network(
+            state_dict, entry.architecture, config, entry.stems, entry.name, entry.normalization,
+            "the registry",
+        )
     model.card = replace(
         model.card, window=entry.window or model.card.window, hop=entry.hop or model.card.hop
     )
@@ -186,6 +190,27 @@ def _load_entry(entry: ModelEntry, progress: bool) -> LoadedModel:
             f"but a {entry.architecture} network separates {model.card.task}"
         )
     return LoadedModel(model, entry.name, entry.light)
+
+
+def _upstream_network(
+    entry: ModelEntry, state_dict: dict[str, Tensor], metadata: dict[str, str]
+) -> nn.Module:
+    """The network of a file that says what it is in its upstream's terms (a Demucs model's class and
+    kwargs): built from those, as upstream would, after checking they agree with the registry entry.
+
+    The entry's config is what stemsplit checks before downloading; the file's kwargs are what
+    trained the weights, so where an option the entry does not state differs, the file wins.
+    """
+    model = network_from_file(state_dict, metadata, entry.name)
+    card = model.card
+    found = {"architecture": card.architecture, "stems": card.stems, "sample_rate": card.sample_rate}
+    for key, value in found.items():
+        if getattr(entry, key) != value:
+            raise RegistryError(
+                f"{entry.where(key)}: [models.{entry.name}] {key} is {getattr(entry, key)!r}, "
+                f"but the file says {value!r}"
+            )
+    return model
 
 
 # --- fetching and converting ------------------------------------------------------------------
@@ -227,7 +252,7 @@ def _prepare(source: Source, progress: bool) -> Path:
         sha = check_hash(original, source.sha256, record, source.label, hint=hint)
         # Parse before trusting: an HTML error page served as 200 must not be cached, let alone pinned.
         if pickled:
-            state_dict = load_pickle(original, source.label)
+            state_dict, file_metadata = read_pickle(original, source.label)
         else:
             read_metadata(original, source.label)
     except (CheckpointError, UnsafeCheckpointError) as exc:
@@ -243,7 +268,7 @@ def _prepare(source: Source, progress: bool) -> Path:
     if not pickled:
         return original
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    metadata = {"source": original.name, "source_sha256": sha}
+    metadata = {**file_metadata, "source": original.name, "source_sha256": sha}
     converted.parent.mkdir(parents=True, exist_ok=True)
     digest = []
 

@@ -16,6 +16,9 @@ exports with it) and :func:`read_info` reads. Safetensors metadata is strings:
   another task's model before torch loads; absent in older files (the network's card then decides)
 
 Anything else (``epoch``, ``source``, ``source_sha256``, ...) is information kept in the file.
+
+A Demucs file (metadata ``klass``, ``args``, ``kwargs``: :mod:`stemsplit.weights.demucs`) is read
+by Demucs's rules instead: its ``config`` is then upstream's constructor kwargs (``upstream = "demucs"``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from ..card import NORMALIZATIONS, TASKS, stem_name_problem
+from .demucs import demucs_info_fields, is_demucs_metadata
 from .errors import CheckpointError
 
 __all__ = ["LEGACY_ARCHITECTURE", "CheckpointInfo", "file_info", "file_stems", "read_info", "read_metadata"]
@@ -61,6 +65,7 @@ class CheckpointInfo:
     normalization: str = "none"
     stride: int | None = None  # legacy TS-BSMamba2 files without config
     task: str | None = None  # None: not said (older files)
+    upstream: str | None = None  # "demucs": config holds Demucs's constructor kwargs, not the family's fields
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -78,6 +83,13 @@ def read_info(metadata: Mapping[str, str], label: str) -> CheckpointInfo:
             raise CheckpointError(f"{label}: metadata {key}={value!r} is not a positive whole number")
         return int(value)
 
+    if is_demucs_metadata(metadata):
+        fields = demucs_info_fields(metadata, label)
+        problem = next(filter(None, map(stem_name_problem, fields["stems"])), None)
+        if problem:
+            raise CheckpointError(f"{label}: Demucs sources: {problem}")
+        extra = {k: v for k, v in metadata.items() if k not in ("args", "kwargs")}
+        return CheckpointInfo(**fields, extra=extra)
     config = None
     if metadata.get("config", "").strip():
         try:

@@ -39,7 +39,7 @@ __all__ = [
     "registry_path",
 ]
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".th")
 # Before families, `architecture` named a TS-BSMamba2 preset; such registries still load.
 LEGACY_ARCHITECTURES = {"ts": "ts-bsmamba2", "l-ts": "ts-bsmamba2"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
