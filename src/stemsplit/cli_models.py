@@ -106,6 +106,37 @@ def _describe(entry, registry) -> dict:
     }
 
 
+def _describe_ensemble(entry, registry) -> dict:
+    """Everything the registry says of a named ensemble: its members, stems (where each comes from),
+    and the sums of its members' sizes and CPU speeds (every member runs on every song)."""
+    from .ensemble_spec import describe_plan, named_ensemble, plan_stems
+
+    spec = named_ensemble(entry.name)
+    members = [registry.models[m] for m in spec.models]
+    plan = plan_stems([m.stems for m in members], spec.weights, spec.choice, list(spec.models))
+    speeds = [m.cpu_s_per_min for m in members]
+    sizes = [m.size for m in members]
+    return {
+        "name": entry.name,
+        "description": entry.description,
+        "ensemble": entry.models,
+        "members": list(spec.models),
+        "stems": list(plan),
+        "plan": describe_plan(plan, list(spec.models), spec.choice),
+        "size_mb": sum(sizes) / 1e6 if all(sizes) else None,
+        "cpu_s_per_min": sum(speeds) if all(speeds) else None,
+        "license": entry.license,
+        "metrics": dict(entry.metrics or {}),
+        "cached": all(weights_cached(m.name) for m in members),
+    }
+
+
+def weights_cached(name: str) -> bool:
+    from . import weights
+
+    return weights.cached_path(name) is not None
+
+
 def _rest_stem(entry) -> str | None:
     """A single-target RoFormer's second stem (the mixture minus the target), known from its config."""
     outputs = entry.config.get("num_stems")
@@ -131,7 +162,9 @@ def list_models(
         raise _fail(exc) from None
     if json_output:
         models = [_describe(entry, registry) for entry in registry.models.values()]
-        typer.echo(json.dumps({"registry": str(registry.path), "models": models}, indent=2))
+        ensembles = [_describe_ensemble(entry, registry) for entry in registry.ensembles.values()]
+        listing = {"registry": str(registry.path), "models": models, "ensembles": ensembles}
+        typer.echo(json.dumps(listing, indent=2))
         return
     # One line a model, in 80 columns: the marks (default, light, cached, ...) go below the table.
     table = Table(box=None, padding=(0, 1), collapse_padding=True, pad_edge=False, title_justify="left")
@@ -150,6 +183,12 @@ def list_models(
         speed = f"{entry.cpu_s_per_min:.0f}" if entry.cpu_s_per_min else "-"
         stems = f"{len(entry.stems)}" + ("*" if _rest_stem(entry) else "")
         table.add_row(entry.name, entry.architecture, stems, _size_text(entry), _score_text(entry), speed)
+    for ensemble in registry.ensembles.values():
+        facts = _describe_ensemble(ensemble, registry)
+        speed = f"{facts['cpu_s_per_min']:.0f}" if facts["cpu_s_per_min"] else "-"
+        family = f"{len(facts['members'])} models"
+        size = f"{facts['size_mb']:.0f} MB" if facts["size_mb"] else "-"
+        table.add_row(ensemble.name, family, str(len(facts["stems"])), size, _score_text(ensemble), speed)
     console.print(table)
     console.print("; ".join(f"{note}: {', '.join(names)}" for note, names in marks.items()), highlight=False)
     console.print(LEGEND, style="dim", highlight=False)
@@ -175,6 +214,8 @@ def show(
 
     try:
         registry = weights.load_registry()
+        if name in registry.ensembles:
+            return _show_ensemble(registry.ensembles[name], registry, json_output)
         entry = registry.get(name)
     except weights.WeightsError as exc:
         raise _fail(exc) from None
@@ -212,6 +253,38 @@ def show(
     console.print(table)
 
 
+def _show_ensemble(entry, registry, json_output: bool) -> None:
+    from .settings import SeparationError
+
+    try:
+        facts = _describe_ensemble(entry, registry)
+    except SeparationError as exc:
+        raise fail(exc.problem, EXIT_FAILED) from None
+    if json_output:
+        typer.echo(json.dumps(facts, indent=2))
+        return
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    members = registry.models
+    rows = {
+        "ensemble": entry.name + (" (cached)" if facts["cached"] else ""),
+        "about": entry.description,
+        "models": ", ".join(f"{m} ({members[m].architecture})" for m in facts["members"]),
+        "stems": facts["plan"],
+        "published": _metrics_text(entry.metrics or {}),
+        "CPU speed": f"{facts['cpu_s_per_min']:.0f} s per minute of audio (its models together)"
+        if facts["cpu_s_per_min"]
+        else "not measured",
+        "size": f"{facts['size_mb']:.0f} MB in all" if facts["size_mb"] else "-",
+        "license": entry.license,
+        "use": f"--model {entry.name}; `stemsplit models download {entry.name}` fetches its models",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
 def _windows_text(entry) -> str:
     if entry.window is None:
         return "the family's (see its model card)"
@@ -234,15 +307,24 @@ def download(
 ) -> None:
     """Download, verify and convert a model into the cache, then check that it loads; print its path."""
     from . import weights
+    from .ensemble_spec import named_ensemble
+    from .settings import SeparationError
 
     try:
         name = name or weights.default_model_name()
-        weights.load_registry().get(name)  # a registry name, not a file or URL (load_model takes those)
-        weights.load_model(name, progress=not quiet)
-        path = weights.cached_path(name)
+        ensemble = named_ensemble(name)
+        names = list(ensemble.models) if ensemble is not None else [name]  # an ensemble: each of its models
+        paths = []
+        for each in names:
+            weights.load_registry().get(each)  # a registry name, not a file or URL (load_model takes those)
+            weights.load_model(each, progress=not quiet)
+            paths.append(weights.cached_path(each))
     except weights.WeightsError as exc:
         raise _fail(exc) from None
-    console.print(str(path), highlight=False, soft_wrap=True)
+    except SeparationError as exc:
+        raise fail(exc.problem, EXIT_FAILED) from None
+    for path in paths:
+        console.print(str(path), highlight=False, soft_wrap=True)
 
 
 @models_app.command()

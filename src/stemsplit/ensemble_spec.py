@@ -24,6 +24,9 @@ The rules:
   error: it would run for nothing.
 - A value that is an existing file is one model, commas and all; a model whose name has a
   comma cannot be part of an ensemble.
+- The name of a registry ensemble (an ``[ensembles.NAME]`` table of ``weights.toml``, such as
+  Demucs's ``htdemucs_ft``: four networks, each stem from its own) stands for its text. Its members
+  must be registry models, so that everything about it is known before anything downloads.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Any
 from .card import stem_name_problem
 from .settings import SeparationError
 
-__all__ = ["EnsembleSpec", "describe_plan", "parse_models", "plan_stems"]
+__all__ = ["EnsembleSpec", "describe_plan", "named_ensemble", "parse_models", "plan_stems"]
 
 # What may follow a model's last ':' as its weight (anything else there is part of the name).
 _WEIGHT = re.compile(r"[0-9.eE+-]*")
@@ -64,8 +67,12 @@ def parse_models(text: str) -> EnsembleSpec | None:
     """``--model``'s value -> the ensemble it describes, or None when it names one model as it is.
 
     A spec of one member (``a:2``, ``vocals=a``) comes back as one: that model alone, for the caller
-    to run as such. Problems raise :class:`SeparationError` for option ``model``, one line each.
+    to run as such. A registry ensemble's name is read as its text (:func:`named_ensemble`).
+    Problems raise :class:`SeparationError` for option ``model``, one line each.
     """
+    named = named_ensemble(text)
+    if named is not None:
+        return named
     if os.path.isfile(text) or ("," not in text and "=" not in text and _weighted(text)[1] is None):
         return None
     models: list[str] = []
@@ -102,6 +109,33 @@ def parse_models(text: str) -> EnsembleSpec | None:
             raise SeparationError(f"{model} is named twice; give each model once (with its weight)", "model")
         weights[index] = 1.0 if weight is None else weight
     return EnsembleSpec(tuple(models), tuple(weights.get(i, 1.0) for i in range(len(models))), choice)
+
+
+def named_ensemble(name: str) -> EnsembleSpec | None:
+    """The ensemble a registry ``[ensembles.NAME]`` table describes; None when ``name`` is none (or a
+    file). Its text is parsed as ``--model``'s, and each member must be a model of the registry."""
+    from .weights.errors import WeightsError
+    from .weights.registry import load_registry  # torch-free
+
+    if os.path.exists(name):
+        return None
+    try:
+        registry = load_registry()
+    except WeightsError:
+        return None  # a broken registry is reported by whatever reads a model from it
+    entry = registry.ensembles.get(name)
+    if entry is None:
+        return None
+    try:
+        spec = parse_models(entry.models)
+    except SeparationError as exc:
+        raise SeparationError(f"{entry.where}: [ensembles.{name}] models: {exc.problem}", "model") from None
+    members = spec.models if spec is not None else (entry.models,)
+    outside = [m for m in members if m not in registry.models]
+    if spec is None or len(members) < 2 or outside:
+        what = f"{outside[0]!r} is not a [models.NAME] of the registry" if outside else "not two models"
+        raise SeparationError(f"{entry.where}: [ensembles.{name}] models: {what}", "model")
+    return spec
 
 
 def _stem_choice(item: str) -> tuple[str | None, str]:

@@ -19,7 +19,7 @@ from a name to a model goes through the same few steps:
    and checked the same way. Errors about a cached file name it and say how to
    clear it.
 4. **Safe loading**: safetensors directly; pickled checkpoints (``.ckpt``,
-   ``.pt``, ``.pth``) only with ``torch.load(weights_only=True)``, so a file
+   ``.pt``, ``.pth``, Demucs's ``.th``) only with ``torch.load(weights_only=True)``, so a file
    that needs arbitrary pickle code is refused before anything runs. A
    downloaded pickle is converted once to safetensors in the cache.
 5. **Architecture**: the registry entry or the checkpoint's metadata names a

@@ -178,7 +178,12 @@ def _load_entry(entry: ModelEntry, progress: bool) -> LoadedModel:
         model = _upstream_network(entry, state_dict, metadata)
     else:
         model = build_network(
-            state_dict, entry.architecture, config, entry.stems, entry.name, entry.normalization,
+            state_dict,
+            entry.architecture,
+            config,
+            entry.stems,
+            entry.name,
+            entry.normalization,
             "the registry",
         )
     model.card = replace(

@@ -6,6 +6,10 @@ of :mod:`stemsplit.model.families` and that family's config fields), its stems,
 sample rate and normalisation. Parsing checks every field and names the file
 and line of a bad one; the architecture itself is checked when the model is
 built (that needs torch), with the same ``file:line``.
+
+One ``[ensembles.NAME]`` table per named ensemble (Demucs's ``htdemucs_ft`` bag): models of the
+registry that separate a song together, written as ``--model`` writes an ensemble
+(:mod:`stemsplit.ensemble_spec` reads that text and checks its members).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
+    "EnsembleEntry",
     "ModelEntry",
     "Registry",
     "default_model_name",
@@ -95,22 +100,49 @@ class ModelEntry:
 
     @property
     def headline_score(self) -> tuple[str, float] | None:
-        """(what, dB) to show first: the average over the stems, else the first stem's published SDR."""
-        metrics = self.metrics or {}
-        scores = [(k[4:], v) for k, v in metrics.items() if k.startswith("sdr_") and not isinstance(v, str)]
-        scores.sort(key=lambda item: item[0] != "avg")  # stable: else the first, as the registry lists them
-        return (scores[0][0], float(scores[0][1])) if scores else None
+        return headline_score(self.metrics)
+
+
+@dataclass(frozen=True)
+class EnsembleEntry:
+    """One ``[ensembles.NAME]`` table: registry models that separate together (``models``: ``--model``'s
+    ensemble text, e.g. ``"drums=a,bass=b,other=c,vocals=d"``), and what was published of them."""
+
+    name: str
+    description: str
+    models: str
+    license: str
+    metrics: Mapping[str, Any] | None = None
+    where: str = ""  # "file:line" of the table
+
+    @property
+    def headline_score(self) -> tuple[str, float] | None:
+        return headline_score(self.metrics)
+
+
+def headline_score(metrics: Mapping[str, Any] | None) -> tuple[str, float] | None:
+    """(what, dB) to show first: the average over the stems, else the first stem's published SDR."""
+    metrics = metrics or {}
+    scores = [(k[4:], v) for k, v in metrics.items() if k.startswith("sdr_") and not isinstance(v, str)]
+    scores.sort(key=lambda item: item[0] != "avg")  # stable: else the first, as the registry lists them
+    return (scores[0][0], float(scores[0][1])) if scores else None
 
 
 @dataclass(frozen=True)
 class Registry:
-    """The parsed registry: its file, the default model name and the models in file order."""
+    """The parsed registry: its file, the default model name, the models and the named ensembles."""
 
     path: Path
     default: str
     models: Mapping[str, ModelEntry]
+    ensembles: Mapping[str, EnsembleEntry] = field(default_factory=dict)
 
     def get(self, name: str) -> ModelEntry:
+        if name in self.ensembles:
+            raise UnknownModelError(
+                f"{name} is an ensemble of several models ({self.ensembles[name].models}); it runs "
+                f"through stemsplit.Ensemble({name!r}) or --model {name}, not as one network"
+            )
         if name not in self.models:
             close = difflib.get_close_matches(name, list(self.models), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -216,9 +248,12 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
             raise RegistryError(f"{path}:{match.group(1)}: invalid TOML: {message}") from None
         raise RegistryError(f"{path}: invalid TOML: {message}") from None
     loc = _Locator(path, text)
-    unknown = sorted(set(data) - {"default", "models"})
+    unknown = sorted(set(data) - {"default", "models", "ensembles"})
     if unknown:
-        raise loc.error(f"unknown top-level key {unknown[0]!r} (expected 'default' and [models.NAME] tables)")
+        raise loc.error(
+            f"unknown top-level key {unknown[0]!r} "
+            "(expected 'default', [models.NAME] and [ensembles.NAME] tables)"
+        )
     models_table = data.get("models")
     if not isinstance(models_table, dict) or not models_table:
         raise loc.error("no [models.NAME] tables")
@@ -235,7 +270,46 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
             None,
             "default",
         )
-    return Registry(path=path, default=default, models=models)
+    ensembles_table = data.get("ensembles", {})
+    if not isinstance(ensembles_table, dict):
+        raise loc.error("ensembles must be [ensembles.NAME] tables", None, "ensembles")
+    ensembles = {name: _parse_ensemble(name, table, loc, models) for name, table in ensembles_table.items()}
+    return Registry(path=path, default=default, models=models, ensembles=ensembles)
+
+
+_ENSEMBLE_FIELDS: dict[str, type] = {"description": str, "models": str, "license": str, "metrics": dict}
+
+
+def _parse_ensemble(name: str, table: Any, loc: _Locator, models: Mapping[str, ModelEntry]) -> EnsembleEntry:
+    """An ``[ensembles.NAME]`` table, its fields' types checked (its ``models`` text is checked by
+    :mod:`stemsplit.ensemble_spec`, which this module does not import)."""
+    where = f"ensembles.{name}"
+
+    def fail(message: str, key: str | None = None) -> RegistryError:
+        return loc.error(f"[{where}] {message}", where, key)
+
+    if not isinstance(table, dict):
+        raise fail("must be a table")
+    if not _NAME.match(name):
+        raise fail("ensemble names may use letters, digits, '.', '_' and '-' only")
+    if name in models:
+        raise fail(f"{name!r} is also a [models.{name}] table; a name means one thing")
+    for key, value in table.items():
+        if key not in _ENSEMBLE_FIELDS:
+            raise fail(f"unknown field {key!r} (fields: {', '.join(_ENSEMBLE_FIELDS)})", key)
+        if not isinstance(value, _ENSEMBLE_FIELDS[key]):
+            raise fail(f"field {key!r} must be {_TYPE_NAMES[_ENSEMBLE_FIELDS[key]]}", key)
+    for key in ("description", "models"):
+        if key not in table:
+            raise fail(f"missing field {key!r}")
+    return EnsembleEntry(
+        name=name,
+        description=table["description"],
+        models=table["models"],
+        license=table.get("license", "each model's own"),
+        metrics=dict(table.get("metrics", {})),
+        where=f"{loc.path}:{loc.line(where) or '?'}",
+    )
 
 
 def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
