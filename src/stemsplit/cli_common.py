@@ -75,6 +75,7 @@ FLAGS = {
     "model": "--model",
     "model_config": "--model-config",
     "residual": "--residual",
+    "shifts": "--shifts",
 }
 
 

@@ -513,7 +513,9 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         options = OutputOptions(
             args["filename"], args["fmt"], args["bit_depth"], args["clip_mode"], args["overwrite"]
         )
-        check_settings(args["window"], hop, args["batch_size"], args["precision"], args["stage"])
+        check_settings(
+            args["window"], hop, args["batch_size"], args["precision"], args["stage"], shifts=args["shifts"]
+        )
         parse_device(args["device"])
     except (OutputError, SeparationError) as exc:
         raise _usage(exc) from None
@@ -607,6 +609,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         precision=args["precision"],
         stage=args["stage"],
         exact=args["exact"],
+        shifts=args["shifts"],
         light=args["light"],
         compile=args["compile"],
         task=task,
@@ -805,6 +808,7 @@ def _settings(separator, options, args: dict[str, Any], stems: list[str]) -> dic
         "hop": each("hop"),
         "stage": each("stage"),
         "exact": separator.exact,
+        "shifts": each("shifts"),
         "precision": each("precision"),
         "downmix": args["downmix"],
         "stems": stems,
@@ -942,6 +946,12 @@ def separation_command(batch: bool):
             None, help="TS-BSMamba2: 1 = masked stems (sum to the mix), 2 = final output [default: final]."
         ),
         exact: bool = typer.Option(False, "--exact", help="Correct stems to sum exactly to the input."),
+        shifts: int = typer.Option(
+            1,
+            "--shifts",
+            help="Run each song N times, each up to 0.5 s later against the windows, and average "
+            "(Demucs's trick; N times the work).",
+        ),
         compile: bool = COMPILE_OPTION,
         fmt: Format = FORMAT_OPTION,
         bit_depth: int = BIT_DEPTH_OPTION,
@@ -1009,6 +1019,7 @@ def speakers_command(
         light=False,
         stage=None,
         exact=False,
+        shifts=1,
         stems=None,
         two_stems=None,
         downmix=False,

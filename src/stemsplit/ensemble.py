@@ -68,6 +68,7 @@ class Ensemble(SongSeparator):
             download_progress: given to every member (see :class:`Separator`); ``window`` and
             ``hop`` default to each model's own.
         exact: the averaged stems are corrected to sum exactly to the input (see the module).
+        shifts: every member runs the song this many times, shifted (see :class:`Separator`).
         progress: called with event dicts; ``windows`` events count every member's windows.
 
     Everything is checked here, before any song: a bad spec, a model that cannot load, models
@@ -89,13 +90,14 @@ class Ensemble(SongSeparator):
         precision: str | None = None,
         stage: int | None = None,
         exact: bool = False,
+        shifts: int = 1,
         light: bool = False,
         compile: bool = False,
         task: str | None = None,
         progress: ProgressCallback | None = None,
         download_progress: bool = True,
     ) -> None:
-        check_settings(window, hop, batch_size, precision, stage, exact)
+        check_settings(window, hop, batch_size, precision, stage, exact, shifts)
         spec = _spec(models, weights, choose)
         self.labels = _labels(spec.models)
         self.weights = spec.weights
@@ -115,6 +117,7 @@ class Ensemble(SongSeparator):
                     batch_size=batch_size,
                     precision=precision,
                     stage=stage,
+                    shifts=shifts,
                     light=light,
                     compile=compile,
                     task=task,
@@ -228,7 +231,7 @@ class Ensemble(SongSeparator):
             for member in self.members:
                 digest.update(
                     f"{member.fingerprint()} {member.sample_rate} {member.window} {member.hop} "
-                    f"{member.stage} {member.precision}\n".encode()
+                    f"{member.stage} {member.precision} {member.shifts}\n".encode()
                 )
             digest.update(json.dumps(list(self.plan.items())).encode())
             self._fingerprint = digest.hexdigest()

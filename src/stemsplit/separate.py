@@ -242,6 +242,82 @@ class StreamingOverlapAdd:
             self._input_start = before
 
 
+# Demucs's shift trick: the song is run again up to this much later against the window grid.
+MAX_SHIFT_SECONDS = 0.5
+
+
+def shift_delays(shifts: int, rate: int) -> list[int]:
+    """The delays (samples) of ``shifts`` runs: evenly spread over [0, 0.5 s), the first 0.
+
+    Demucs draws each at random from [0, 0.5 s]; spread evenly they average the same way, and two
+    runs of the same song give the same stems.
+    """
+    return [round(k * MAX_SHIFT_SECONDS * rate / shifts) for k in range(shifts)]
+
+
+class ShiftedOverlapAdd:
+    """:class:`StreamingOverlapAdd` once per delay, the song that many samples later against the window
+    grid each time, the outputs lined up again and averaged (Demucs's ``shifts``: the windows fall at
+    other places in the music, which makes the network closer to time-equivariant; Demucs reports up
+    to 0.2 dB SDR).
+
+    The same interface as :class:`StreamingOverlapAdd` (``push``, ``finish``, ``windows_done``,
+    ``windows_for``); each run keeps only what it has given ahead of the slowest, so memory stays flat.
+    """
+
+    def __init__(self, make: Callable[[], StreamingOverlapAdd], delays: Sequence[int]) -> None:
+        self.runs = [make() for _ in delays]
+        self.delays = list(delays)
+        self._skip = list(delays)  # output samples each run still drops (the silence put before the song)
+        self._queues: list[collections.deque[torch.Tensor]] = [collections.deque() for _ in delays]
+        self._started = False
+
+    @property
+    def windows_done(self) -> int:
+        return sum(run.windows_done for run in self.runs)
+
+    def windows_for(self, samples: int) -> int:
+        return sum(run.windows_for(samples + d) for run, d in zip(self.runs, self.delays, strict=True))
+
+    def push(self, block: torch.Tensor) -> Iterator[torch.Tensor]:
+        for index, (run, delay) in enumerate(zip(self.runs, self.delays, strict=True)):
+            late = self._started or not delay
+            for out in run.push(block if late else torch.cat([block.new_zeros(len(block), delay), block], 1)):
+                self._take(index, out)
+        self._started = True
+        yield from self._averaged()
+
+    def finish(self) -> Iterator[torch.Tensor]:
+        for index, run in enumerate(self.runs):
+            for out in run.finish():
+                self._take(index, out)
+        yield from self._averaged()
+
+    def _take(self, index: int, out: torch.Tensor) -> None:
+        drop = min(self._skip[index], out.shape[-1])
+        self._skip[index] -= drop
+        if out.shape[-1] > drop:
+            self._queues[index].append(out[..., drop:])
+
+    def _averaged(self) -> Iterator[torch.Tensor]:
+        ready = min(sum(part.shape[-1] for part in queue) for queue in self._queues)
+        if ready:
+            yield sum(_take_samples(queue, ready) for queue in self._queues) / len(self.runs)
+
+
+def _take_samples(queue: collections.deque[torch.Tensor], count: int) -> torch.Tensor:
+    """The first ``count`` samples (last axis) of the tensors queued, taken off the queue."""
+    parts = []
+    while count:
+        head = queue.popleft()
+        if head.shape[-1] > count:
+            head, rest = head[..., :count], head[..., count:]
+            queue.appendleft(rest)
+        parts.append(head)
+        count -= head.shape[-1]
+    return torch.cat(parts, dim=-1)
+
+
 def share_residual(
     mixture: torch.Tensor, stems: torch.Tensor, n_fft: int = 2048, hop: int = 512
 ) -> torch.Tensor:
@@ -557,6 +633,9 @@ class Separator(SongSeparator):
         model_config: the Music-Source-Separation-Training YAML of a checkpoint file or URL
             ``model`` (BS-RoFormer, Mel-Band RoFormer, TS-BSMamba2): it builds the network and
             gives the stems and the default window and hop (see :mod:`stemsplit.weights.msst`).
+        shifts: run the song this many times, each up to 0.5 s later against the window grid, and
+            average (Demucs's ``--shifts``; see :class:`ShiftedOverlapAdd`): ``shifts`` times the
+            work. 1 (the default) runs it once, unshifted.
 
     Speaker separation::
 
@@ -589,8 +668,9 @@ class Separator(SongSeparator):
         progress: ProgressCallback | None = None,
         download_progress: bool = True,
         model_config: str | os.PathLike | None = None,
+        shifts: int = 1,
     ) -> None:
-        check_settings(window, hop, batch_size, precision, stage, exact)
+        check_settings(window, hop, batch_size, precision, stage, exact, shifts)
         if not (model is None or isinstance(model, (str, os.PathLike, torch.nn.Module))):
             raise SeparationError(
                 f"must be a registry name, a checkpoint path or URL, or a network, not {shown(model)}",
@@ -660,6 +740,13 @@ class Separator(SongSeparator):
         if self.stage > self.card.stages:
             raise SeparationError(f"this model has {self.card.stages} stage(s), not {self.stage}", "stage")
         self.exact = exact
+        if shifts > 1 and self.card.permutation_invariant:
+            raise SeparationError(
+                f"{self.name} gives its talkers in an order of its own on each run: runs at other shifts "
+                "cannot be averaged (use 1)",
+                "shifts",
+            )
+        self.shifts = shifts
         self.precision = resolve_precision(precision or "auto", self.device, self.card.cpu_bf16)
         self.model = self.model.to(self.device).eval()
         self.batch_size = batch_size or self._default_batch_size()
@@ -813,7 +900,12 @@ class Separator(SongSeparator):
             return np.concatenate(parts).T[None] if parts else np.zeros((1, channels, 0), np.float32)
 
         align = len(self.stems) if self.card.permutation_invariant else 0
-        ola = StreamingOverlapAdd(run_batch, self.window, self.hop, self.batch_size, align)
+
+        def overlap_add() -> StreamingOverlapAdd:
+            return StreamingOverlapAdd(run_batch, self.window, self.hop, self.batch_size, align)
+
+        delays = shift_delays(self.shifts, self.sample_rate)
+        ola = ShiftedOverlapAdd(overlap_add, delays) if self.shifts > 1 else overlap_add()
         total = self.windows_for(frames, rate)
         self.progress({"event": "start", "windows": total, "seconds": frames / rate})
 
@@ -858,8 +950,10 @@ class Separator(SongSeparator):
             yield np.concatenate([out, mixture(out.shape[-1])]) if with_mixture else out
 
     def windows_for(self, frames: int, rate: int) -> int:
-        """Windows that separating ``frames`` frames at ``rate`` Hz runs (at the model's rate)."""
-        return window_count(math.ceil(frames * self.sample_rate / rate), self.window, self.hop)
+        """Windows that separating ``frames`` frames at ``rate`` Hz runs (at the model's rate; all shifts)."""
+        samples = math.ceil(frames * self.sample_rate / rate)
+        delays = shift_delays(self.shifts, self.sample_rate)
+        return sum(window_count(samples + delay, self.window, self.hop) for delay in delays)
 
     @property
     def window_seconds(self) -> float:

@@ -31,6 +31,7 @@ __all__ = [
 # Accepted ranges of the engine's settings (beyond them a run cannot work or exhausts memory).
 MAX_WINDOW_SECONDS = 60.0
 MAX_BATCH_SIZE = 256
+MAX_SHIFTS = 20  # Demucs users go to 10; each shift is one more run of the song
 MAX_CHANNELS = 8  # more "channels" than this in separate(array) is a transposed [samples, channels] array
 # Sample rates taken, from arrays and files alike (a file's header saying 1 Hz is damaged, not audio).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 1_000_000
@@ -134,6 +135,7 @@ def check_settings(
     precision: str | None,
     stage: int | None,
     exact: bool = False,
+    shifts: int = 1,
 ) -> None:
     """The engine's settings, checked before a model is loaded (:class:`SeparationError` naming the option).
 
@@ -163,3 +165,6 @@ def check_settings(
         raise SeparationError(f"must be 1 or 2, not {shown(stage)}", "stage")
     if not isinstance(exact, bool):
         raise SeparationError(f"must be True or False, not {shown(exact)}", "exact")
+    whole = isinstance(shifts, numbers.Integral) and not isinstance(shifts, bool)
+    if not (whole and 1 <= shifts <= MAX_SHIFTS):
+        raise SeparationError(f"must be a whole number from 1 to {MAX_SHIFTS}, not {shown(shifts)}", "shifts")
