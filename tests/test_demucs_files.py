@@ -194,3 +194,21 @@ def test_a_registry_entry_of_a_demucs_file_downloads_and_runs(tmp_path, capsys, 
     swapped = r"\[models\.swapped\] stems is .*'piano', 'guitar'.*but the file says"
     with pytest.raises(RegistryError, match=swapped):
         load_model("swapped", progress=False)
+
+
+def test_a_registry_entry_of_a_th_file_is_converted_once_and_keeps_what_it_is(env, server):
+    """A .th URL in the registry: downloaded, read without running pickle code, converted to safetensors in
+    the cache with its Demucs class and kwargs kept, so a later load (from the conversion) builds the same."""
+    server.files["tiny6.th"] = (PACKAGE / "tiny6.th").read_bytes()
+    entry = tiny_entry(
+        architecture="htdemucs", preset="htdemucs_6s", config={}, stems=list(SIX), normalization="meanstd",
+        url=server.url("tiny6.th"),
+    )  # fmt: skip
+    write_registry(env / "weights.toml", {"tiny-th": entry})
+    first = load_model("tiny-th", progress=False).model
+    again = load_model("tiny-th", progress=False).model
+    assert len(server.requests_for("tiny6.th")) == 1  # the second load read the conversion
+    reference = load_model(PACKAGE / "tiny6.th").model.state_dict()
+    for model in (first, again):
+        assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+        assert model.card.window == pytest.approx(SEGMENT)  # from the file's kwargs, not the preset's 7.8 s
