@@ -130,7 +130,11 @@ def load_model(
     state_dict, metadata, label = found
     model = network_from_file(state_dict, metadata, label)
     if not metadata.get("architecture", "").strip() and Path(label).suffix != ".safetensors":
-        _say_which_bs_mamba2(model, label, "its state dict's key names say", progress)
+        how = "its state dict's key names say"
+        if model.card.architecture == "bs-mamba2":  # what the weights cannot say was assumed
+            hop = model.config.stft_hop_length
+            how += f" (STFT hop {hop}, MSST's published; --model-config gives its YAML's)"
+        _say_which_bs_mamba2(model, label, how, progress)
     return LoadedModel(model, label)
 
 
