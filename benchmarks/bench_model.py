@@ -7,6 +7,7 @@
     python benchmarks/bench_model.py --arch u-mamba-net --precisions fp32  # 3 s mono at 8 kHz, 2 speakers
     python benchmarks/bench_model.py --arch bs-roformer   # the paper's BS-RoFormer (L 12, D 384), 8 s windows
     python benchmarks/bench_model.py --arch mel-band-roformer --threads 2 --precisions fp32 bf16
+    python benchmarks/bench_model.py --arch bs-mamba2 --presets msst-vocals  # MSST's BSMamba2 vocals size
     python benchmarks/bench_model.py --registry --threads 2 --precisions fp32 --repeats 1
         # every registry model at its own window and hop: the s/min that `stemsplit models` shows
 

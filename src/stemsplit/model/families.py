@@ -1,7 +1,7 @@
 """The architecture registry: every network family stemsplit can build, by name.
 
 A family is one model file (``ts_bsmamba2.py``, ``bsrnn.py``, ``u_mamba_net.py``,
-``bs_roformer.py``, ``mel_band_roformer.py``) plus one :class:`Family` entry below.
+``bs_roformer.py``, ``mel_band_roformer.py``, ``bs_mamba2.py``) plus one :class:`Family` entry below.
 The entry says how to make the family's config from a preset and overrides
 (what ``weights.toml`` and ``train --arch`` give), how to build the network
 for a list of stems, and how to shrink a config for a quick trial run.
@@ -24,6 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .bs_mamba2 import ARCHITECTURE as BS_MAMBA2
+from .bs_mamba2 import MAY_BE_ZERO as BS_MAMBA2_MAY_BE_ZERO
+from .bs_mamba2 import PRESETS as BS_MAMBA2_PRESETS
+from .bs_mamba2 import BSMamba2, BSMamba2Config
 from .bs_roformer import ARCHITECTURE as BS_ROFORMER
 from .bs_roformer import PRESETS as BS_ROFORMER_PRESETS
 from .bs_roformer import BSRoformer, BSRoformerConfig
@@ -189,6 +193,18 @@ FAMILIES: dict[str, Family] = {
         build=_build_roformer(MelBandRoformer),
         aliases={"sample_rate": "sr"},
         **_ROFORMER_OPTIONS,
+    ),
+    BS_MAMBA2: Family(
+        name=BS_MAMBA2,
+        summary="BSMamba2: band-split Mamba-2 (arXiv 2508.14556), MSST's bs_mamba2 checkpoints since 2026",
+        config_type=BSMamba2Config,
+        presets=BS_MAMBA2_PRESETS,
+        default_preset="msst",
+        build=_build_roformer(BSMamba2),  # a Roformer with Mamba-2 layers: the same stems and rest stem
+        shrink=lambda c: replace(c, dim=16, depth=1, mask_estimator_depth=1),
+        stem_field="num_stems",
+        rest_stem=True,
+        may_be_zero=BS_MAMBA2_MAY_BE_ZERO,
     ),
     HTDEMUCS: Family(
         name=HTDEMUCS,

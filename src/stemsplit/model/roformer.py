@@ -342,7 +342,7 @@ class Roformer(nn.Module):
         self.config = c
         self.widths = list(widths)  # features per band: 2 (re, im) x channels x bins
         self.band_split = BandSplit(c.dim, self.widths)
-        self.layers = AxialLayers(c, norm_output)
+        self.layers = self.make_layers(c, norm_output)
         self.mask_estimators = nn.ModuleList(
             MaskEstimator(c.dim, self.widths, mask_layers, c.mlp_expansion_factor) for _ in range(c.num_stems)
         )
@@ -356,6 +356,11 @@ class Roformer(nn.Module):
             window=WINDOW,
             hop=HOP,
         )
+
+    def make_layers(self, config: RoformerConfig, norm_output: bool) -> nn.Module:
+        """The layers between the band split and the masks, [B, T, K, dim] -> same: axial transformers
+        (BSMamba2, which shares everything else, puts Mamba-2 layers there)."""
+        return AxialLayers(config, norm_output)
 
     @property
     def min_samples(self) -> int:

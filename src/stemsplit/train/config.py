@@ -289,7 +289,14 @@ RECIPES: dict[str, dict[str, Any]] = {
 # The built-in families by name, without importing torch: the default, those with a recipe of their own,
 # and those trained with the default recipe (tests/test_train_loop.py keeps it equal to
 # stemsplit.model.FAMILIES as the package ships it).
-BUILTIN_ARCHS: tuple[str, ...] = (DEFAULT_ARCH, *RECIPES, "bs-roformer", "mel-band-roformer", "htdemucs")
+BUILTIN_ARCHS: tuple[str, ...] = (
+    DEFAULT_ARCH,
+    *RECIPES,
+    "bs-roformer",
+    "mel-band-roformer",
+    "htdemucs",
+    "bs-mamba2",
+)
 
 
 def family_names() -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..card import default_stem_names
 from ..files import write_atomically
-from ..model import families
+from ..model import bs_mamba2, families
 from ..model.htdemucs import config_from_kwargs
 from ..model.state_dict import StateDictMismatch, check_state_dict, unwrap_state_dict
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
@@ -38,6 +38,8 @@ from .metadata import CheckpointInfo, _where, read_info
 from .registry import CHECKPOINT_SUFFIXES
 
 __all__ = [
+    "BS_MAMBA2_KINDS",
+    "bare_architecture",
     "build_network",
     "network_from_file",
     "read_checkpoint",
@@ -180,6 +182,8 @@ def _config_of(info: CheckpointInfo, state_dict: Mapping[str, torch.Tensor], lab
             config = config_from_state_dict(
                 state_dict, sr=info.sample_rate or 44100, stride=info.stride or 512
             )
+        elif info.architecture == bs_mamba2.ARCHITECTURE:  # its hop: MSST's published config's
+            config = bs_mamba2.config_from_state_dict(state_dict, sr=info.sample_rate or 44100)
         else:
             raise CheckpointError(
                 f"{label}: a {info.architecture} checkpoint needs its config in the metadata"
@@ -225,7 +229,13 @@ def build_network(
 
 
 def _found(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
-    """For a TS-BSMamba2 that does not fit: which config fields the weights have instead."""
+    """For a network that does not fit: the other family MSST's ``bs_mamba2`` builds, when the weights
+    are that one's; for a TS-BSMamba2, which config fields the weights have instead."""
+    other = bare_architecture(state_dict)
+    ts_weights = "BN_mask.0.1.weight" in state_dict
+    mixed_up = other != model.card.architecture and (other == bs_mamba2.ARCHITECTURE or ts_weights)
+    if model.card.architecture in BS_MAMBA2_KINDS and mixed_up:
+        return f"the checkpoint is a {BS_MAMBA2_KINDS[other]}; "
     if model.card.architecture != TS_BSMAMBA2:
         return ""
     config = model.config
@@ -241,11 +251,26 @@ def _found(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
     return f"the checkpoint has {diff}; " if diff else ""
 
 
+# MSST's ``bs_mamba2`` key has built two networks; which one a checkpoint holds, for messages.
+BS_MAMBA2_KINDS = {
+    TS_BSMAMBA2: "TS-BSMamba2 (ts-bsmamba2: MSST's bs_mamba2 up to 2025)",
+    bs_mamba2.ARCHITECTURE: "BSMamba2 (bs-mamba2: MSST's bs_mamba2 since 2026)",
+}
+
+
+def bare_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The family of a checkpoint whose metadata names none, by its key names: a BSMamba2 (MSST's
+    .ckpt files hold bare state dicts), else TS-BSMamba2 (every stemsplit file before families)."""
+    return bs_mamba2.ARCHITECTURE if bs_mamba2.is_bs_mamba2_state_dict(state_dict) else TS_BSMAMBA2
+
+
 def network_from_file(
     state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str], label: str
 ) -> nn.Module:
     """A checkpoint without a registry entry: everything from its metadata (and, if old, its weights)."""
     info = read_info(metadata, label)
+    if not metadata.get("architecture", "").strip() and info.upstream is None:
+        info = replace(info, architecture=bare_architecture(state_dict))
     config = _config_of(info, state_dict, label)
     family = families.family(info.architecture)
     outputs = getattr(config, family.stem_field or "", None)

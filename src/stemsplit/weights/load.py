@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .cache import (
     source_of_url,
 )
 from .checkpoint import (
+    BS_MAMBA2_KINDS,
     build_network,
     network_from_file,
     read_checkpoint,
@@ -126,7 +128,21 @@ def load_model(
     if found is None:
         return _load_entry(load_registry().get(os.fspath(spec)), progress)
     state_dict, metadata, label = found
-    return LoadedModel(network_from_file(state_dict, metadata, label), label)
+    model = network_from_file(state_dict, metadata, label)
+    if not metadata.get("architecture", "").strip() and Path(label).suffix != ".safetensors":
+        how = "its state dict's key names say"
+        if model.card.architecture == "bs-mamba2":  # what the weights cannot say was assumed
+            hop = model.config.stft_hop_length
+            how += f" (STFT hop {hop}, MSST's published; --model-config gives its YAML's)"
+        _say_which_bs_mamba2(model, label, how, progress)
+    return LoadedModel(model, label)
+
+
+def _say_which_bs_mamba2(model: nn.Module, label: str, how: str, progress: bool) -> None:
+    """One line on stderr (unless quiet) for a network MSST names ``bs_mamba2``: which of the two it is."""
+    kind = BS_MAMBA2_KINDS.get(model.card.architecture)
+    if progress and kind is not None:
+        print(f"stemsplit: {label}: loaded as {kind}, as {how}", file=sys.stderr)
 
 
 def _read_file_or_url(
@@ -167,6 +183,7 @@ def _load_with_msst_config(
         state_dict, msst.architecture, config, msst.stems, label, msst.normalization, msst.path.name
     )
     model.card = replace(model.card, window=msst.window, hop=msst.hop)
+    _say_which_bs_mamba2(model, label, f"{msst.path.name}'s model options say", progress)
     return LoadedModel(model, label)
 
 

@@ -11,7 +11,8 @@ download too) comes with a YAML that builds its network and says how to run it::
 ``stemsplit song.wav --model model.ckpt --model-config config.yaml`` reads it
 with :func:`read_msst_config`. The YAML names no network, so the family is
 recognised by its options (``freqs_per_bands``: BS-RoFormer, ``num_bands``:
-Mel-Band RoFormer, ``num_repeat_mask``: TS-BSMamba2). YAML tags other than
+Mel-Band RoFormer, ``num_repeat_mask``: TS-BSMamba2, ``module_type``: BSMamba2; MSST builds both
+Mamba networks under one name, ``bs_mamba2``). YAML tags other than
 ``!!python/tuple`` (which MSST's configs use for lists) are refused: the file is
 parsed safely and never runs code.
 
@@ -37,7 +38,8 @@ __all__ = ["MSSTConfig", "ModelConfigError", "read_msst_config"]
 _FAMILY_KEYS = {
     "num_bands": "mel-band-roformer",
     "freqs_per_bands": "bs-roformer",
-    "num_repeat_mask": "ts-bsmamba2",
+    "num_repeat_mask": "ts-bsmamba2",  # MSST's bs_mamba2 key up to 2025
+    "module_type": "bs-mamba2",  # the same key since 2026 (BSMamba2Model)
 }
 _ROFORMER_KEYS = {"dim", "depth", "time_transformer_depth", "freq_transformer_depth"}
 
@@ -120,13 +122,16 @@ def _positive_int(value: Any, key: str, path: Path) -> int:
 
 def _architecture(model: Mapping[str, Any], path: Path) -> str:
     found = {family for key, family in _FAMILY_KEYS.items() if key in model}
+    if "bs-mamba2" in found:  # BSMamba2 takes BS-RoFormer's freqs_per_bands as well
+        found.discard("bs-roformer")
     if len(found) == 1:
         return found.pop()
     if not found and set(model) >= _ROFORMER_KEYS:  # a BS-RoFormer with the default bands
         return "bs-roformer"
     raise ModelConfigError(
         f"{path}: its model: section is not one stemsplit can build (it recognises BS-RoFormer by "
-        "freqs_per_bands, Mel-Band RoFormer by num_bands and TS-BSMamba2 by num_repeat_mask)"
+        "freqs_per_bands, Mel-Band RoFormer by num_bands, TS-BSMamba2 by num_repeat_mask and BSMamba2 by "
+        "module_type)"
     )
 
 
