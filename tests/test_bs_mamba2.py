@@ -208,3 +208,22 @@ def test_registry_entry_is_the_published_yaml():
     assert entry_config(entry) == families.make_config("bs-mamba2", overrides=msst.config)
     assert entry.metrics["test_set"] == "MVSEP multisong" and entry.metrics["sdr_vocals"] == 8.82
     assert entry.filename == "bs_mamba2_vocals.ckpt"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["portable", "cuda"])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_cuda_matches_the_upstream_network(name, backend, monkeypatch):
+    """The fixtures on a GPU, through the portable scan and (where installed) mamba_ssm's kernels."""
+    from stemsplit.model.mamba2 import cuda_kernels
+
+    if backend == "cuda" and cuda_kernels() is None:
+        pytest.skip("mamba_ssm is not installed")
+    monkeypatch.setenv("STEMSPLIT_MAMBA_BACKEND", backend)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    io_ = load_file(FIXTURES / f"{name}_io.safetensors")
+    with torch.no_grad():
+        out = network(name).cuda()(io_["input"].cuda()).cpu()
+    assert rel_l2(out, io_["output"]) <= 1e-4  # the kernels sum in another order

@@ -202,3 +202,14 @@ def test_a_saved_htdemucs_loads_again(tmp_path):
     assert loaded.card.stems == SIX_STEMS and loaded.config == model.config
     with torch.no_grad():
         assert torch.equal(loaded(mixture), model(mixture))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", GOLDEN)
+def test_cuda_matches_the_upstream_network(name, monkeypatch):
+    """The same fixtures on a GPU, fp32 without TF32 (its 10-bit mantissa is no golden test)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model, mixture, expected = _golden(name)
+    assert _error(model.cuda(), mixture.cuda(), expected.cuda()) < 1e-5

@@ -262,3 +262,16 @@ def test_a_saved_single_target_roformer_loads_with_its_rest_stem(tmp_path):
     assert loaded.config == model.config
     with torch.no_grad():
         assert torch.equal(loaded(mixture), model(mixture))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", GOLDEN)
+def test_cuda_matches_the_upstream_network(name, monkeypatch):
+    """The same fixtures on a GPU (scaled_dot_product_attention's CUDA kernels), fp32 without TF32."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model, mixture, expected = _golden(name)
+    with torch.no_grad():
+        stems = model.cuda()(mixture.cuda()).cpu()
+    assert ((stems - expected).norm() / expected.norm()).item() < 1e-5
