@@ -81,7 +81,10 @@ if [ "$DRY" = 1 ]; then
     step e_bench_separate 90 $PY benchmarks/bench_separate.py --device cpu --tiny --seconds 4 --presets l-ts \
         --precisions fp32 --batch-sizes 2 --time-budget 60 --json "$OUT/separate.json" --markdown "$OUT/RESULTS.md"
 else
-    step a_tests 100 $PY -m pytest tests/test_model.py tests/test_mamba2.py -q -ra -p no:cacheprovider
+    # The golden fixtures of the RoFormers, HTDemucs and BSMamba2 on the GPU too (their `cuda` tests).
+    step a_tests 130 bash -c "$PY -m pytest tests/test_model.py tests/test_mamba2.py -q -ra -p no:cacheprovider; \
+        $PY -m pytest tests/test_roformer.py tests/test_htdemucs.py tests/test_bs_mamba2.py -m cuda -q -ra \
+        -p no:cacheprovider"
     step b_golden 60 $PY benchmarks/gpu/check_golden.py
     # U-Mamba-Net (speakers) after TS, in the same log: the 8 files that come back are all spoken for.
     step c_bench_model 75 bash -c "$PY benchmarks/bench_model.py --device cuda --batch 16 --precision bf16 \
