@@ -223,9 +223,6 @@ def show(
     if json_output:
         typer.echo(json.dumps(facts, indent=2))
         return
-    table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
     stems = ", ".join(entry.stems)
     if facts["rest_stem"]:
         stems += f" ({facts['rest_stem']} = the mixture minus the others: the network does not estimate it)"
@@ -248,9 +245,7 @@ def show(
         "license": entry.license,
         "cached": facts["cached"] or "no: `stemsplit models download " + entry.name + "`",
     }
-    for key, value in rows.items():
-        table.add_row(key, value)
-    console.print(table)
+    _print_facts(rows)
 
 
 def _show_ensemble(entry, registry, json_output: bool) -> None:
@@ -263,9 +258,6 @@ def _show_ensemble(entry, registry, json_output: bool) -> None:
     if json_output:
         typer.echo(json.dumps(facts, indent=2))
         return
-    table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
     members = registry.models
     rows = {
         "ensemble": entry.name + (" (cached)" if facts["cached"] else ""),
@@ -280,6 +272,14 @@ def _show_ensemble(entry, registry, json_output: bool) -> None:
         "license": entry.license,
         "use": f"--model {entry.name}; `stemsplit models download {entry.name}` fetches its models",
     }
+    _print_facts(rows)
+
+
+def _print_facts(rows: dict[str, str]) -> None:
+    """`stemsplit models NAME`: one fact a line, its name in bold, long values folded."""
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)

@@ -55,9 +55,8 @@ import torch
 from torch import Tensor, nn
 
 from . import onednn
-from .bs_roformer import DEFAULT_FREQS_PER_BANDS
+from .bs_roformer import DEFAULT_FREQS_PER_BANDS, BSRoformer
 from .mamba2 import Mamba2
-from .roformer import RMSNorm, Roformer
 from .state_dict import StateDictMismatch, summarise, unwrap_state_dict
 
 __all__ = [
@@ -211,33 +210,24 @@ class BiMamba2Layers(nn.ModuleList):
         return x
 
 
-class BSMamba2(Roformer):
-    """``model(mixture)``: [B, ch, samples] -> stems [B, S, ch, samples] (see :class:`.roformer.Roformer`).
+class BSMamba2(BSRoformer):
+    """``model(mixture)``: [B, ch, samples] -> stems [B, S, ch, samples] (see :class:`.roformer.Roformer`):
+    BS-RoFormer's bands, masks and final norm around bidirectional Mamba-2 layers instead of transformers.
 
     ``mamba_backend``: ``auto``/``portable``/``cuda`` for every Mamba-2 layer (``None``: the
     ``STEMSPLIT_MAMBA_BACKEND`` environment variable, else auto; see :mod:`.mamba2`).
     """
 
+    family = ARCHITECTURE
+
     def __init__(
         self, config: BSMamba2Config | None = None, *, mamba_backend: str | None = None, **fields: object
     ) -> None:
-        c = replace(config or BSMamba2Config(), **fields)
-        self._mamba_backend = mamba_backend
-        widths = [2 * f * c.audio_channels for f in c.freqs_per_bands]
-        super().__init__(ARCHITECTURE, c, widths, norm_output=False, mask_layers=c.mask_estimator_depth)
-        self.final_norm = RMSNorm(c.dim)
+        self._mamba_backend = mamba_backend  # read by make_layers, during BSRoformer.__init__
+        super().__init__(replace(config or BSMamba2Config(), **fields))
 
     def make_layers(self, config: BSMamba2Config, norm_output: bool) -> nn.Module:
         return BiMamba2Layers(config.dim, config.depth, self._mamba_backend)
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.final_norm(self.layers(x))
-
-    def band_rows(self, spec: Tensor) -> Tensor:
-        return spec  # the bands are consecutive rows
-
-    def merge_masks(self, masks: Tensor, bins: int) -> Tensor:
-        return masks
 
 
 # --- bare state dicts (MSST's .ckpt files hold nothing else) ------------------------------------------

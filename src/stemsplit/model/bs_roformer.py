@@ -65,10 +65,12 @@ PRESETS: dict[str, BSRoformerConfig] = {"paper": BSRoformerConfig()}  # L = 12, 
 class BSRoformer(Roformer):
     """``model(mixture)``: [B, ch, samples] -> stems [B, S, ch, samples] (see :class:`Roformer`)."""
 
+    family = ARCHITECTURE  # the card's architecture (a subclass with other layers names its own)
+
     def __init__(self, config: BSRoformerConfig | None = None, **fields: object) -> None:
         c = replace(config or BSRoformerConfig(), **fields)
         widths = [2 * f * c.audio_channels for f in c.freqs_per_bands]
-        super().__init__(ARCHITECTURE, c, widths, norm_output=False, mask_layers=c.mask_estimator_depth)
+        super().__init__(self.family, c, widths, norm_output=False, mask_layers=c.mask_estimator_depth)
         self.final_norm = RMSNorm(c.dim)
 
     def features(self, x: Tensor) -> Tensor:
