@@ -9,8 +9,8 @@ Everything else (the engine, the loader, training, eval) works through
 ``model.card`` and ``model.config`` and never names a family.
 
 Adding a family: write ``model/NAME.py`` with a frozen config dataclass
-(integer/float/string/bool fields or tuples of integers, ``sr`` among them) and an ``nn.Module`` that
-takes it, carries ``config`` and ``card`` and maps a mixture
+(integer/float/string/bool fields or tuples of integers or of floats, ``sr`` among them) and an
+``nn.Module`` that takes it, carries ``config`` and ``card`` and maps a mixture
 [B, channels, samples] to stems [B, S, channels, samples] (or a tuple of such,
 one per stage, the last final); then add a :class:`Family` to ``FAMILIES``.
 """
@@ -44,6 +44,11 @@ from .mel_band_roformer import ARCHITECTURE as MEL_BAND_ROFORMER
 from .mel_band_roformer import PRESETS as MEL_PRESETS
 from .mel_band_roformer import MelBandRoformer, MelBandRoformerConfig
 from .roformer import MAY_BE_ZERO, Roformer, RoformerConfig
+from .scnet import ARCHITECTURE as SCNET
+from .scnet import PRESETS as SCNET_PRESETS
+from .scnet import SCNetConfig
+from .scnet import build as build_scnet
+from .scnet import shrink as shrink_scnet
 from .ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from .ts_bsmamba2 import PRESETS as TS_PRESETS
 from .ts_bsmamba2 import TSBSMamba2, TSBSMamba2Config
@@ -218,6 +223,16 @@ FAMILIES: dict[str, Family] = {
         may_be_zero=HTDEMUCS_MAY_BE_ZERO,
         aliases={"samplerate": "sr"},
     ),
+    SCNET: Family(
+        name=SCNET,
+        summary="SCNet: sparse compression network (arXiv 2401.13276), MSST's scnet checkpoints",
+        config_type=SCNetConfig,
+        presets=SCNET_PRESETS,
+        default_preset="msst",
+        build=build_scnet,
+        shrink=shrink_scnet,
+        stem_field="num_sources",
+    ),
 }
 
 
@@ -275,6 +290,12 @@ def _unaliased(fam: Family, overrides: Mapping[str, Any]) -> dict[str, Any]:
 def _checked_value(fam: Family, key: str, value: Any, default: Any) -> Any:
     """``value`` as the type of the field's ``default``; :class:`FamilyError` if it is not one."""
     wanted = type(default)
+    if wanted is tuple and any(isinstance(v, float) for v in default):  # positive numbers (SCNet's band_SR)
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value
+        ):
+            raise FamilyError(f"{fam.name} config field {key} must be a list of positive numbers: {value!r}")
+        return tuple(float(v) for v in value)
     if wanted is tuple:  # tuples of positive integers (JSON and TOML give lists)
         if not isinstance(value, list | tuple) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value

@@ -12,7 +12,8 @@ download too) comes with a YAML that builds its network and says how to run it::
 with :func:`read_msst_config`. The YAML names no network, so the family is
 recognised by its options (``freqs_per_bands``: BS-RoFormer, ``num_bands``:
 Mel-Band RoFormer, ``num_repeat_mask``: TS-BSMamba2, ``module_type``: BSMamba2; MSST builds both
-Mamba networks under one name, ``bs_mamba2``). YAML tags other than
+Mamba networks under one name, ``bs_mamba2``; ``band_SR``: SCNet, whose ``sources`` become its
+``num_sources``). YAML tags other than
 ``!!python/tuple`` (which MSST's configs use for lists) are refused: the file is
 parsed safely and never runs code.
 
@@ -40,6 +41,7 @@ _FAMILY_KEYS = {
     "freqs_per_bands": "bs-roformer",
     "num_repeat_mask": "ts-bsmamba2",  # MSST's bs_mamba2 key up to 2025
     "module_type": "bs-mamba2",  # the same key since 2026 (BSMamba2Model)
+    "band_SR": "scnet",  # MSST's scnet (scnet_masked takes the same options: its weights tell it apart)
 }
 _ROFORMER_KEYS = {"dim", "depth", "time_transformer_depth", "freq_transformer_depth"}
 
@@ -130,9 +132,25 @@ def _architecture(model: Mapping[str, Any], path: Path) -> str:
         return "bs-roformer"
     raise ModelConfigError(
         f"{path}: its model: section is not one stemsplit can build (it recognises BS-RoFormer by "
-        "freqs_per_bands, Mel-Band RoFormer by num_bands, TS-BSMamba2 by num_repeat_mask and BSMamba2 by "
-        "module_type)"
+        "freqs_per_bands, Mel-Band RoFormer by num_bands, TS-BSMamba2 by num_repeat_mask, BSMamba2 by "
+        "module_type and SCNet by band_SR)"
     )
+
+
+def _scnet_options(model: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """An SCNet's ``model:`` section in stemsplit's terms: its ``sources`` (the stem names, upstream's
+    default the four of MUSDB18) counted as ``num_sources``; MSST's SCNet-Tran refused by its options."""
+    options = dict(model)
+    if any(key.startswith("tran_") for key in options):
+        raise ModelConfigError(
+            f"{path}: an SCNet with transformer layers (tran_* options: MSST's scnet_tran) is not one "
+            "stemsplit can build; it builds MSST's scnet"
+        )
+    sources = options.pop("sources", ("drums", "bass", "other", "vocals"))
+    if not isinstance(sources, list | tuple) or not sources or not all(isinstance(s, str) for s in sources):
+        raise ModelConfigError(f"{path}: model.sources must list the stems' names, not {sources!r}")
+    options["num_sources"] = len(sources)
+    return options
 
 
 def _stems(training: Mapping[str, Any], model: Mapping[str, Any], path: Path) -> tuple[str, ...]:
@@ -144,7 +162,7 @@ def _stems(training: Mapping[str, Any], model: Mapping[str, Any], path: Path) ->
     ):
         raise ModelConfigError(f"{path}: training.instruments must list the stems' names")
     target = training.get("target_instrument")
-    outputs = model.get("num_stems", model.get("num_output", len(instruments)))
+    outputs = model.get("num_stems", model.get("num_output", model.get("num_sources", len(instruments))))
     if target is not None:
         if target not in instruments:
             raise ModelConfigError(f"{path}: target_instrument {target!r} is not in training.instruments")
@@ -177,6 +195,8 @@ def read_msst_config(path: str | Path) -> MSSTConfig:
     training = _section(data, "training", path)
     inference = _section(data, "inference", path)
     architecture = _architecture(model, path)
+    if architecture == "scnet":
+        model = _scnet_options(model, path)
 
     rate = _positive_int(audio.get("sample_rate", 44100), "audio.sample_rate", path)
     config = dict(model)

@@ -68,7 +68,7 @@ class ModelEntry:
     architecture: str  # a family of the architecture registry (stemsplit.model.families), as written
     preset: str | None  # a named config of that family; None: the family's default
     # fields that differ from the preset (sr = sample_rate added): numbers, strings, true/false, integer lists
-    config: Mapping[str, int | float | str | bool | tuple[int, ...]]
+    config: Mapping[str, int | float | str | bool | tuple[int, ...] | tuple[float, ...]]
     stems: tuple[str, ...]
     sample_rate: int
     normalization: str
@@ -341,12 +341,12 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
         architecture, preset = LEGACY_ARCHITECTURES[architecture], preset or architecture
     overrides = dict(table.get("config", {}))
     for key, value in overrides.items():
-        if isinstance(value, list):  # (RoFormer band widths); the family checks each number
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                raise fail(f"config.{key} must be a list of integers", "config")
+        if isinstance(value, list):  # (RoFormer band widths, SCNet's band shares); the family checks each
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+                raise fail(f"config.{key} must be a list of numbers", "config")
             overrides[key] = tuple(value)
         elif not isinstance(value, int | float | str):  # bool is an int
-            raise fail(f"config.{key} must be a number, a string, true/false or a list of integers", "config")
+            raise fail(f"config.{key} must be a number, a string, true/false or a list of numbers", "config")
     sample_rate = table["sample_rate"]
     if overrides.get("sr", sample_rate) != sample_rate:
         raise fail(f"sample_rate {sample_rate} differs from config.sr {overrides['sr']}", "sample_rate")
