@@ -176,24 +176,44 @@ def list_models(
     table.add_column("SDR dB", no_wrap=True)
     table.add_column("s/min", justify="right", no_wrap=True)
     marks: dict[str, list[str]] = {}
+    stem_sets: list[tuple[str, tuple[str, ...], str]] = []  # (the stems column, the stems, the name)
     for entry in registry.models.values():
         cached = not entry.path and weights.cached_path(entry.name) is not None
         for note in _notes(entry, registry, cached):
             marks.setdefault(note, []).append(entry.name)
         speed = f"{entry.cpu_s_per_min:.0f}" if entry.cpu_s_per_min else "-"
         stems = f"{len(entry.stems)}" + ("*" if _rest_stem(entry) else "")
+        stem_sets.append((stems, tuple(entry.stems), entry.name))
         table.add_row(entry.name, entry.architecture, stems, _size_text(entry), _score_text(entry), speed)
     for ensemble in registry.ensembles.values():
         facts = _describe_ensemble(ensemble, registry)
         speed = f"{facts['cpu_s_per_min']:.0f}" if facts["cpu_s_per_min"] else "-"
         family = f"{len(facts['members'])} models"
         size = f"{facts['size_mb']:.0f} MB" if facts["size_mb"] else "-"
-        table.add_row(ensemble.name, family, str(len(facts["stems"])), size, _score_text(ensemble), speed)
+        stems = str(len(facts["stems"]))
+        stem_sets.append((stems, tuple(facts["stems"]), ensemble.name))
+        table.add_row(ensemble.name, family, stems, size, _score_text(ensemble), speed)
     console.print(table)
     console.print("; ".join(f"{note}: {', '.join(names)}" for note, names in marks.items()), highlight=False)
+    console.print(_stem_sets(stem_sets), highlight=False)
     console.print(LEGEND, style="dim", highlight=False)
     if weights.is_offline():
         console.print("offline mode is on (STEMSPLIT_OFFLINE / HF_HUB_OFFLINE): only cached models load")
+
+
+def _stem_sets(rows: list[tuple[str, tuple[str, ...], str]]) -> str:
+    """The line under the table naming the stems of each value of the stems column (``4: drums, bass,
+    other, vocals; 6: ..., guitar, piano``); ``rows``: (that value, the stems, the name) of each row.
+    A value that stands for two stem sets names their models too."""
+    sets: dict[str, dict[tuple[str, ...], list[str]]] = {}  # column text -> stems -> names
+    for key, stems, name in rows:
+        sets.setdefault(key, {}).setdefault(stems, []).append(name)
+    parts = []
+    for key, by_stems in sets.items():
+        for stems, names in by_stems.items():
+            label = key if len(by_stems) == 1 else f"{key} ({', '.join(names)})"
+            parts.append(f"{label}: {', '.join(stems)}")
+    return "stems " + "; ".join(parts)
 
 
 LEGEND = (
