@@ -109,11 +109,14 @@ def _describe(entry, registry) -> dict:
 def _describe_ensemble(entry, registry) -> dict:
     """Everything the registry says of a named ensemble: its members, stems (where each comes from),
     and the sums of its members' sizes and CPU speeds (every member runs on every song)."""
-    from .ensemble_spec import describe_plan, named_ensemble, plan_stems
+    from .card import other_is_the_rest
+    from .ensemble_spec import describe_plan, named_ensemble, plan_stems, rest_parts
 
     spec = named_ensemble(entry.name)
     members = [registry.models[m] for m in spec.models]
     plan = plan_stems([m.stems for m in members], spec.weights, spec.choice, list(spec.models))
+    rest = [other_is_the_rest(m.stems, _rest_stem(m)) for m in members]
+    less = rest_parts([m.stems for m in members], rest, plan)  # as the Ensemble will run it
     speeds = [m.cpu_s_per_min for m in members]
     sizes = [m.size for m in members]
     return {
@@ -122,7 +125,7 @@ def _describe_ensemble(entry, registry) -> dict:
         "ensemble": entry.models,
         "members": list(spec.models),
         "stems": list(plan),
-        "plan": describe_plan(plan, list(spec.models), spec.choice),
+        "plan": describe_plan(plan, list(spec.models), spec.choice, less),
         "size_mb": sum(sizes) / 1e6 if all(sizes) else None,
         "cpu_s_per_min": sum(speeds) if all(speeds) else None,
         "license": entry.license,
