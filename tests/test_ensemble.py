@@ -216,8 +216,11 @@ def test_a_stem_only_some_models_give_is_averaged_over_those_and_said(tmp_path, 
     np.testing.assert_allclose(stems["vocals"], (0.4 + 0.5) / 2 * mix, atol=1e-6)
     np.testing.assert_allclose(stems["drums"], 0.1 * mix, atol=1e-6)  # a alone: c has none
     np.testing.assert_allclose(stems["piano"], 0.25 * mix, atol=1e-6)
+    # a's other (0.3) holds the piano c gives apart (a's stems are the whole song): it is taken out
+    np.testing.assert_allclose(stems["other"], (0.3 - 0.25) * mix, atol=1e-6)
     line = next(line for line in err.splitlines() if "an ensemble of 2 models" in line)
-    assert f"drums, bass, other: only {models['a']} has them" in line
+    assert f"drums, bass: only {models['a']} has them" in line
+    assert f"other: only {models['a']} has it ({models['a']}'s less piano, which its other holds)" in line
     assert f"vocals: average of {models['a']} (0.5) and {models['c']} (0.5)" in line
     assert f"piano: only {models['c']} has it" in line
 

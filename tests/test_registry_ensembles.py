@@ -46,7 +46,9 @@ def test_a_named_ensemble_runs_as_its_text_does(tmp_path, capsys, registry, serv
     for name, model in {"named": "bag", "written": BAG}.items():
         status, _, err = run_cli(capsys, tmp_path / "song.wav", "--model", model, "-o", tmp_path / name)
         assert status == 0, err
-    assert "drums, vocals: six alone (chosen); bass, other: four alone (chosen)" in err
+    assert "drums, vocals: six alone (chosen); bass: four alone (chosen)" in err
+    # four's other holds the guitar and piano six gives apart: they are taken out of it (ensemble_spec)
+    assert "other: four alone (chosen) (four's less guitar, piano, which its other holds)" in err
     assert "guitar, piano: only six has them" in err
     written = sorted(p.name for p in (tmp_path / "named" / "song").iterdir())
     assert written == sorted(f"{s}.wav" for s in SIX)
@@ -68,7 +70,10 @@ def test_models_lists_shows_and_downloads_a_named_ensemble(capsys, registry, ser
     assert row.split()[:4] == ["bag", "2", "models", "6"] and "1.50 avg M" in row
     status, out, err = run_cli(capsys, "models", "bag")
     assert status == 0, err
-    assert "six (htdemucs), four (ts-bsmamba2)" in out and "bass, other: four alone" in out
+    assert "six (htdemucs), four (ts-bsmamba2)" in out and "bass: four alone" in out
+    assert "other: four alone (chosen) (four's less guitar, piano, which its other holds)" in " ".join(
+        out.split()
+    )
     status, out, err = run_cli(capsys, "models", "--json")
     assert json.loads(out)["ensembles"][0]["members"] == ["six", "four"]
     assert server.requests_for("six.safetensors") == []  # listing downloads nothing

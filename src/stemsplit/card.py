@@ -10,6 +10,7 @@ checkpoint with other stems needs no change to the engine.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -18,16 +19,21 @@ __all__ = [
     "LIGHT_HOP",
     "MUSIC_STEMS",
     "NORMALIZATIONS",
+    "OTHER",
     "SPEAKER_STEMS",
     "TASKS",
     "ModelCard",
     "default_stem_names",
+    "other_is_the_rest",
     "stem_name_problem",
 ]
 
 # The four stems of MUSDB18 in the order the published TS-BSMamba2 checkpoints use;
 # the training data, the synthesiser and checkpoints without stem names default to them.
 MUSIC_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
+
+# MUSDB18's catch-all stem: everything that is not drums, bass or vocals (guitar and piano included).
+OTHER = "other"
 
 # The outputs of a two-talker speech model (U-Mamba-Net), and what `stemsplit speakers` names its files.
 SPEAKER_STEMS: tuple[str, ...] = ("speaker1", "speaker2")
@@ -70,6 +76,19 @@ LIGHT_HOP = 1.5
 def default_stem_names(count: int) -> tuple[str, ...]:
     """Names for a network's ``count`` outputs when nothing names them: MUSDB's four, else source0..."""
     return MUSIC_STEMS if count == len(MUSIC_STEMS) else tuple(f"source{i}" for i in range(count))
+
+
+def other_is_the_rest(stems: Sequence[str], rest_stem: str | None = None) -> bool:
+    """Whether a model's ``other`` is the mixture minus its other stems, and so holds every instrument
+    the model gives no stem of its own (what ensembles and ``eval`` need to line up models and test
+    sets of different stem sets).
+
+    True when ``other`` is its rest stem (a vocals RoFormer's: the mixture minus vocals), or when its
+    stems include MUSDB's four: a model that splits the whole song (a 4-stem model's other holds
+    guitar and piano; htdemucs_6s' other does not, it has stems of their own). Not for a network of
+    the one target ``other`` (a BSRNN's): that is MUSDB's other, whatever it was trained beside.
+    """
+    return OTHER in stems and (rest_stem == OTHER or set(MUSIC_STEMS) <= set(stems))
 
 
 @dataclass(frozen=True)

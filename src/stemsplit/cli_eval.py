@@ -71,27 +71,32 @@ def eval_command(
     _check_report_is_no_input(json_out, flag, musdb or libri2mix, model)
     _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
     from .cli_separate import UsageError, checked_models, known_model
-    from .train.layout import DatasetError, track_folders
+    from .train.layout import DatasetError, track_folders, track_stems
     from .train.speech_synth import SpeechSynthError, check_speech_layout
 
     task = "speakers" if libri2mix else "music"
     model, ensemble = checked_models(model, task)  # an ensemble: --model a,b (music only)
+    model_stems: list[str] | None = []  # every member's, when the registry or the files say them
     for member in [model] if ensemble is None else ensemble.models:
         if ensemble is not None:
             _check_report_is_no_input(json_out, flag, musdb or libri2mix, member)
         try:  # a model of the other task, when the registry or the file's metadata says so
-            problem = known_model(member, False, task)[0]
+            problem, stems = known_model(member, False, task)
         except UsageError as exc:  # no model named, and the registry has none for this task
             raise fail(str(exc), EXIT_USAGE) from None
         if problem:
             raise fail(f"--model: {problem}; {flag} scores {task} models", EXIT_USAGE)
+        model_stems = None if model_stems is None or stems is None else model_stems + list(stems)
     try:  # a wrong folder, by name, before torch and the model load
         if musdb is not None:
-            track_folders(musdb, subset, limit=tracks)
+            test_stems = track_stems(track_folders(musdb, subset, limit=tracks))
         else:
             check_speech_layout(libri2mix, subset, mixture)
     except (DatasetError, SpeechSynthError) as exc:
         raise fail(f"{flag}: {exc}", EXIT_USAGE) from None
+    if musdb is not None and model_stems is not None:
+        label = "the ensemble" if ensemble is not None else os.fspath(model or "the default model")
+        _check_stems_in_common(musdb / subset, test_stems, label, model_stems)
 
     from .separate import SeparationError, Separator
     from .train.data import find_tracks
@@ -126,8 +131,9 @@ def eval_command(
     if libri2mix is not None:
         _eval_speech(separator, libri2mix, subset, mixture, tracks, json_out, no_csdr)
         return
+    _check_stems_in_common(musdb / subset, test_stems, separator.name, separator.stems)
     try:
-        found = find_tracks(musdb, subset, separator.stems, limit=tracks)  # --tracks 1: one track read
+        found = find_tracks(musdb, subset, test_stems, limit=tracks)  # --tracks 1: one track read
         json_out = json_out or _default_report(separator.name, subset)
         report = evaluate_tracks(
             separator,
@@ -150,6 +156,8 @@ def eval_command(
     for stem in (*report.stems, "avg"):
         table.add_row(stem, _db(csdr.get(stem)), _db(usdr.get(stem)))
     out_console.print(table)
+    for note in report.notes:  # a 6-stem model on a 4-stem test set, a test set with stems the model lacks
+        out_console.print(note)
     err_console.print(f"report: {json_out}")
 
 
@@ -175,6 +183,17 @@ def _check_usage(
     if problem := creation_problem(json_out.parent if json_out else Path.cwd(), named=json_out):
         where = "" if json_out else "; name a report file elsewhere with --json"
         raise fail(f"--json: {problem}{where}", EXIT_USAGE)
+
+
+def _check_stems_in_common(folder: Path, test_stems, model: str, model_stems) -> None:
+    """A test set and a model with no stem in common (names only): a usage error, nothing to score."""
+    if not set(test_stems) & set(model_stems):
+        given = ", ".join(dict.fromkeys(model_stems))
+        raise fail(
+            f"--musdb: {folder} has the stems {', '.join(test_stems)} and {model} gives {given}: "
+            "none to score",
+            EXIT_USAGE,
+        )
 
 
 def _subset_name(subset: str, flag: str) -> str:

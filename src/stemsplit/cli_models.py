@@ -109,11 +109,14 @@ def _describe(entry, registry) -> dict:
 def _describe_ensemble(entry, registry) -> dict:
     """Everything the registry says of a named ensemble: its members, stems (where each comes from),
     and the sums of its members' sizes and CPU speeds (every member runs on every song)."""
-    from .ensemble_spec import describe_plan, named_ensemble, plan_stems
+    from .card import other_is_the_rest
+    from .ensemble_spec import describe_plan, named_ensemble, plan_stems, rest_parts
 
     spec = named_ensemble(entry.name)
     members = [registry.models[m] for m in spec.models]
     plan = plan_stems([m.stems for m in members], spec.weights, spec.choice, list(spec.models))
+    rest = [other_is_the_rest(m.stems, _rest_stem(m)) for m in members]
+    less = rest_parts([m.stems for m in members], rest, plan)  # as the Ensemble will run it
     speeds = [m.cpu_s_per_min for m in members]
     sizes = [m.size for m in members]
     return {
@@ -122,7 +125,7 @@ def _describe_ensemble(entry, registry) -> dict:
         "ensemble": entry.models,
         "members": list(spec.models),
         "stems": list(plan),
-        "plan": describe_plan(plan, list(spec.models), spec.choice),
+        "plan": describe_plan(plan, list(spec.models), spec.choice, less),
         "size_mb": sum(sizes) / 1e6 if all(sizes) else None,
         "cpu_s_per_min": sum(speeds) if all(speeds) else None,
         "license": entry.license,
@@ -176,24 +179,44 @@ def list_models(
     table.add_column("SDR dB", no_wrap=True)
     table.add_column("s/min", justify="right", no_wrap=True)
     marks: dict[str, list[str]] = {}
+    stem_sets: list[tuple[str, tuple[str, ...], str]] = []  # (the stems column, the stems, the name)
     for entry in registry.models.values():
         cached = not entry.path and weights.cached_path(entry.name) is not None
         for note in _notes(entry, registry, cached):
             marks.setdefault(note, []).append(entry.name)
         speed = f"{entry.cpu_s_per_min:.0f}" if entry.cpu_s_per_min else "-"
         stems = f"{len(entry.stems)}" + ("*" if _rest_stem(entry) else "")
+        stem_sets.append((stems, tuple(entry.stems), entry.name))
         table.add_row(entry.name, entry.architecture, stems, _size_text(entry), _score_text(entry), speed)
     for ensemble in registry.ensembles.values():
         facts = _describe_ensemble(ensemble, registry)
         speed = f"{facts['cpu_s_per_min']:.0f}" if facts["cpu_s_per_min"] else "-"
         family = f"{len(facts['members'])} models"
         size = f"{facts['size_mb']:.0f} MB" if facts["size_mb"] else "-"
-        table.add_row(ensemble.name, family, str(len(facts["stems"])), size, _score_text(ensemble), speed)
+        stems = str(len(facts["stems"]))
+        stem_sets.append((stems, tuple(facts["stems"]), ensemble.name))
+        table.add_row(ensemble.name, family, stems, size, _score_text(ensemble), speed)
     console.print(table)
     console.print("; ".join(f"{note}: {', '.join(names)}" for note, names in marks.items()), highlight=False)
+    console.print(_stem_sets(stem_sets), highlight=False)
     console.print(LEGEND, style="dim", highlight=False)
     if weights.is_offline():
         console.print("offline mode is on (STEMSPLIT_OFFLINE / HF_HUB_OFFLINE): only cached models load")
+
+
+def _stem_sets(rows: list[tuple[str, tuple[str, ...], str]]) -> str:
+    """The line under the table naming the stems of each value of the stems column (``4: drums, bass,
+    other, vocals; 6: ..., guitar, piano``); ``rows``: (that value, the stems, the name) of each row.
+    A value that stands for two stem sets names their models too."""
+    sets: dict[str, dict[tuple[str, ...], list[str]]] = {}  # column text -> stems -> names
+    for key, stems, name in rows:
+        sets.setdefault(key, {}).setdefault(stems, []).append(name)
+    parts = []
+    for key, by_stems in sets.items():
+        for stems, names in by_stems.items():
+            label = key if len(by_stems) == 1 else f"{key} ({', '.join(names)})"
+            parts.append(f"{label}: {', '.join(stems)}")
+    return "stems " + "; ".join(parts)
 
 
 LEGEND = (

@@ -651,6 +651,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
                     stem: {separator.labels[i]: weight for i, weight in sources}
                     for stem, sources in separator.plan.items()
                 },
+                "other_less": {separator.labels[i]: list(s) for i, s in separator.rest_parts.items()},
             }
         )
 

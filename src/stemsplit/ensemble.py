@@ -19,6 +19,9 @@ averaged as they come, so memory does not grow with the song.
 Stems (see :func:`~stemsplit.ensemble_spec.plan_stems`): every stem any member gives, in the
 first member's order, then the others' new ones; each is the weighted average of the members
 that give it (weights renormalised over those), or one member's alone where ``choose`` says so.
+A member whose ``other`` is the rest of the song gives the ensemble's other less the stems the
+ensemble has and it lacks (:func:`~stemsplit.ensemble_spec.rest_parts`: a 4-stem model's other
+less the guitar and piano of an htdemucs_6s beside it), so no instrument is in two stems.
 
 ``exact``: the residual of the *averaged* stems (the mixture minus their sum) is shared among
 them by magnitude in each time-frequency bin, as :func:`~stemsplit.separate.share_residual`
@@ -44,7 +47,8 @@ import numpy as np
 import torch
 
 from .audio import AudioInfo
-from .ensemble_spec import EnsembleSpec, describe_plan, parse_models, plan_stems
+from .card import OTHER, other_is_the_rest
+from .ensemble_spec import EnsembleSpec, describe_plan, parse_models, plan_stems, rest_parts
 from .separate import ProgressCallback, Separator, SongSeparator, StreamingOverlapAdd, share_residual
 from .settings import SeparationError, check_settings, shown
 from .weights import CHECKPOINT_SUFFIXES
@@ -138,7 +142,19 @@ class Ensemble(SongSeparator):
             for j, (stem, sources) in enumerate(self.plan.items())
             for i, weight in sources
         ]
-        self.note = describe_plan(self.plan, self.labels, self.choice)
+        # member index -> the ensemble's stems taken out of its other (see rest_parts); {} for most
+        self.rest_parts = rest_parts(
+            [m.stems for m in self.members],
+            [other_is_the_rest(m.stems, m.card.rest_stem) for m in self.members],
+            self.plan,
+        )
+        in_other = dict(self.plan.get(OTHER, ()))  # member index -> its weight in other
+        # (other's index, the member's weight in it, indexes of the stems taken out of that member's other)
+        self._less = [
+            (self.stems.index(OTHER), in_other[i], [self.stems.index(s) for s in taken])
+            for i, taken in self.rest_parts.items()
+        ]
+        self.note = describe_plan(self.plan, self.labels, self.choice, self.rest_parts)
         first = self.members[0]
         self.mono, self.device = first.mono, first.device
         # For reports: the members' names (registry names, file names), with their weights if unequal.
@@ -234,6 +250,8 @@ class Ensemble(SongSeparator):
                     f"{member.stage} {member.precision} {member.shifts}\n".encode()
                 )
             digest.update(json.dumps(list(self.plan.items())).encode())
+            if self.rest_parts:  # (only then: the fingerprints of ensembles without it stay as they were)
+                digest.update(json.dumps(sorted(self.rest_parts.items())).encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -305,6 +323,8 @@ class Ensemble(SongSeparator):
             out = np.zeros((len(self.stems), parts[0].shape[1], n), np.float32)
             for j, i, k, weight in self._sources:
                 out[j] += parts[i][k] if weight == 1.0 else np.float32(weight) * parts[i][k]
+            for j, weight, taken in self._less:  # the stems taken are no member's other: final already
+                out[j] -= np.float32(weight) * out[taken].sum(axis=0)
             yield np.concatenate([out, parts[0][-1:]]) if with_mixture else out
 
     def _shared(self, parts: Iterator[np.ndarray], rate: int) -> Iterator[np.ndarray]:

@@ -20,6 +20,14 @@ The rules:
 - Every other stem is the weighted average of the members that give it: a stem only some
   members give is averaged over those (their weights renormalised). The ensemble's stems are
   all its members' stems, in the first member's order, then each next member's new ones.
+- ``other`` is the exception to "the same name, the same thing": a 4-stem model's other holds
+  the guitar and piano that htdemucs_6s gives apart, a vocals model's other (the mixture minus
+  vocals) holds drums and bass too. So a member whose other is the rest of the song
+  (:func:`stemsplit.card.other_is_the_rest`) gives the ensemble's other less the ensemble's
+  stems that member lacks (:func:`rest_parts`): with ``htdemucs_6s,ts`` (equal weights),
+  other = (6s.other + ts.other - guitar - piano) / 2, where guitar and piano are 6s' own. No
+  instrument is then in two stems, and the stems sum to the average of the members' sums (the
+  mixture, for members whose stems sum to it).
 - A member left with no stem to give (each of its stems chosen from another member) is an
   error: it would run for nothing.
 - A value that is an existing file is one model, commas and all; a model whose name has a
@@ -38,10 +46,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .card import stem_name_problem
+from .card import OTHER, stem_name_problem
 from .settings import SeparationError
 
-__all__ = ["EnsembleSpec", "describe_plan", "named_ensemble", "parse_models", "plan_stems"]
+__all__ = ["EnsembleSpec", "describe_plan", "named_ensemble", "parse_models", "plan_stems", "rest_parts"]
 
 # What may follow a model's last ':' as its weight (anything else there is part of the name).
 _WEIGHT = re.compile(r"[0-9.eE+-]*")
@@ -217,17 +225,39 @@ def plan_stems(
     return plan
 
 
+def rest_parts(
+    member_stems: Sequence[Sequence[str]],
+    rest: Sequence[bool],
+    plan: Mapping[str, Sequence[tuple[int, float]]],
+) -> dict[int, tuple[str, ...]]:
+    """What comes out of each member's ``other`` before it goes into the ensemble's: member index ->
+    the ensemble's stems that member lacks (``other`` aside), for each member the plan takes other
+    from whose other is the rest of the song (``rest[i]``: :func:`stemsplit.card.other_is_the_rest`
+    of its stems). Members with nothing to take out are left out: ``{}`` for most ensembles."""
+    parts = {}
+    for index, _weight in plan.get(OTHER, ()):
+        lacks = tuple(s for s in plan if s != OTHER and s not in member_stems[index])
+        if rest[index] and lacks:
+            parts[index] = lacks
+    return parts
+
+
 def describe_plan(
-    plan: Mapping[str, Sequence[tuple[int, float]]], labels: Sequence[str], choice: Mapping[str, int]
+    plan: Mapping[str, Sequence[tuple[int, float]]],
+    labels: Sequence[str],
+    choice: Mapping[str, int],
+    less: Mapping[int, Sequence[str]] | None = None,
 ) -> str:
     """One line saying where the stems come from, stems with the same sources together, e.g.
-    ``drums, bass: average of a (0.667) and b (0.333); vocals: a alone (chosen); piano: only b has it``."""
-    groups: dict[tuple[Any, ...], list[str]] = {}  # (sources..., chosen) -> stems
+    ``drums, bass: average of a (0.667) and b (0.333); vocals: a alone (chosen); piano: only b has it``.
+    ``less``: :func:`rest_parts`, said after ``other`` (``b's less guitar, piano, which its other holds``)."""
+    less = dict(less or {})
+    groups: dict[tuple[Any, ...], list[str]] = {}  # (sources..., chosen, other less something) -> stems
     for stem, sources in plan.items():
-        groups.setdefault((*sources, stem in choice), []).append(stem)
+        groups.setdefault((*sources, stem in choice, stem == OTHER and bool(less)), []).append(stem)
     parts = []
     for key, stems in groups.items():
-        *sources, chosen = key
+        *sources, chosen, corrected = key
         if chosen:
             where = f"{labels[sources[0][0]]} alone (chosen)"
         elif len(sources) == 1:
@@ -235,5 +265,14 @@ def describe_plan(
         else:
             shares = [f"{labels[i]} ({w:.3g})" for i, w in sources]
             where = "average of " + ", ".join(shares[:-1]) + " and " + shares[-1]
+        if corrected:
+            where += (
+                " ("
+                + "; ".join(
+                    f"{labels[i]}'s less {', '.join(taken)}, which its other holds"
+                    for i, taken in less.items()
+                )
+                + ")"
+            )
         parts.append(f"{', '.join(stems)}: {where}")
     return "; ".join(parts)

@@ -871,7 +871,8 @@ class Separator(SongSeparator):
         the (mean, std) the model's input is standardised with (``meanstd``
         checkpoints); stems are scaled back, each as upstream does it (Demucs's ``apply``, MSST's
         ``demix``): ``stem * std + mean``, so a song's DC offset is in every stem, as in the
-        standardised song each network output was made from.
+        standardised song each network output was made from; with ``exact`` each stem gets
+        ``mean / S`` instead, so that the stems, which sum to the standardised song, sum to the song.
         """
         mean, std = stats
         self._residual_energy = self._mix_energy = 0.0
@@ -882,8 +883,10 @@ class Separator(SongSeparator):
         from_model = BlockResampler(self.sample_rate, rate, s * channels)
         frames_read = 0
 
+        offset = mean / s if self.exact else mean  # S stems each + mean would sum to the song + (S-1) mean
+
         def run_batch(windows: torch.Tensor) -> torch.Tensor:
-            return self._run_batch(windows) * std + mean
+            return self._run_batch(windows) * std + offset
 
         pending: collections.deque[np.ndarray] = collections.deque()  # input not yet matched by output
 

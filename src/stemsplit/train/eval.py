@@ -21,6 +21,20 @@ mean over talkers and mixtures:
 
 Songs are separated with the :class:`~stemsplit.separate.Separator` as given
 (the paper's protocol, 3 s windows every 0.5 s, is its default).
+
+**Stems** (:func:`match_stems`): each stem the model and the test set both have is scored,
+with one exception. MUSDB18's ``other`` is everything that is not drums, bass or vocals, so it
+holds the guitar and piano that htdemucs_6s gives apart, and that model's own other lacks them:
+scored alone against MUSDB's other it would be marked down for what its guitar and piano stems
+got right. So when the model's other is the rest of the song
+(:func:`stemsplit.card.other_is_the_rest`) and either side has stems the other lacks, ``other``
+is scored as the rest of the song on both sides: the model's other plus its stems the test set
+lacks (htdemucs_6s on MUSDB18-HQ: other + guitar + piano), against the test set's other plus
+its stems the model lacks (a 4-stem model on a 6-stem test set: other + guitar + piano). The
+figures then compare with those of any model on the same test set (``benchmarks/compare_evals.py``),
+and the report says what was summed (``settings.other_scored_as``). Otherwise a stem only one
+side has is not scored, and the report says so (``settings.not_scored``); both go in its
+``notes`` and under the table.
 """
 
 from __future__ import annotations
@@ -32,13 +46,14 @@ import math
 import sys
 import time
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..card import OTHER, other_is_the_rest
 from ..files import write_atomically
 from ..separate import Separator
 
@@ -46,10 +61,12 @@ __all__ = [
     "EvalReport",
     "SpeechReport",
     "SpeechScores",
+    "StemMatch",
     "TrackScores",
     "csdr",
     "evaluate_speech",
     "evaluate_tracks",
+    "match_stems",
     "speech_scores",
     "usdr",
     "write_report",
@@ -127,6 +144,76 @@ def csdr(references: np.ndarray, estimates: np.ndarray, sample_rate: int) -> np.
     return scores
 
 
+@dataclass(frozen=True)
+class StemMatch:
+    """How a model's stems are scored against a test set's (see :func:`match_stems`).
+
+    scored: the stems scored, in the model's order.
+    estimate, reference: scored stem -> the model's / the test set's stems summed for it (the stem
+        alone, but for ``other`` scored as the rest of the song).
+    unscored_model, unscored_test: the stems of either side that go into no score.
+    """
+
+    scored: tuple[str, ...]
+    estimate: dict[str, tuple[str, ...]]
+    reference: dict[str, tuple[str, ...]]
+    unscored_model: tuple[str, ...] = ()
+    unscored_test: tuple[str, ...] = ()
+
+    def summed(self) -> dict[str, dict[str, list[str]]]:
+        """The scored stems that are sums of stems: {stem: {"model": [...], "test_set": [...]}}."""
+        return {
+            stem: {"model": list(self.estimate[stem]), "test_set": list(self.reference[stem])}
+            for stem in self.scored
+            if (self.estimate[stem], self.reference[stem]) != ((stem,), (stem,))
+        }
+
+    def notes(self) -> list[str]:
+        """One line for each way the scores differ from "each stem against the same stem"."""
+        lines = [
+            f"{stem} is scored as the rest of the song: the model's {' + '.join(self.estimate[stem])} "
+            f"against the test set's {' + '.join(self.reference[stem])}"
+            for stem in self.summed()
+        ]
+        for whose, stems, why in (
+            ("the model's", self.unscored_model, "the test set has no such stem"),
+            ("the test set's", self.unscored_test, "the model gives no such stem"),
+        ):
+            if stems:
+                lines.append(f"not scored: {whose} {', '.join(stems)} ({why})")
+        return lines
+
+
+def match_stems(model: Sequence[str], test_set: Sequence[str], rest: bool) -> StemMatch:
+    """What to score when a model of stems ``model`` separates a test set of stems ``test_set``.
+
+    Each stem both have is scored against itself. When ``rest`` (the model's ``other`` is the rest
+    of the song: :func:`stemsplit.card.other_is_the_rest`) and both have ``other``, the stems only
+    one side has go into ``other`` on that side: 6 stems on MUSDB18-HQ score the model's
+    other + guitar + piano against MUSDB's other (the module says why). Otherwise they are not scored.
+    """
+    common = tuple(s for s in model if s in test_set)
+    model_only = tuple(s for s in model if s not in test_set)
+    test_only = tuple(s for s in test_set if s not in model)
+    estimate = {s: (s,) for s in common}
+    reference = {s: (s,) for s in common}
+    if rest and OTHER in common:
+        estimate[OTHER] += model_only
+        reference[OTHER] += test_only
+        model_only = test_only = ()
+    return StemMatch(common, estimate, reference, model_only, test_only)
+
+
+def separator_other_is_the_rest(separator: Any) -> bool:
+    """Whether the ``other`` of a Separator (or an ensemble: of each member that gives one) is the rest
+    of the song (:func:`stemsplit.card.other_is_the_rest`); a stand-in without a card is read by its
+    stems."""
+    givers = [m for m in getattr(separator, "members", [separator]) if OTHER in m.stems]
+    return bool(givers) and all(
+        other_is_the_rest(m.stems, getattr(getattr(m, "card", None), "rest_stem", None)) for m in givers
+    )
+
+
 @dataclass
 class TrackScores:
     """One track's scores in dB, per stem (``csdr`` empty when not computed; NaN: not scorable)."""
@@ -155,6 +242,7 @@ class EvalReport:
     tracks: list[TrackScores]
     stems: tuple[str, ...]
     settings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # how the stems were scored (StemMatch.notes)
 
     def _per_stem(self, metric: str, how: Callable[[np.ndarray], Any]) -> dict[str, float]:
         scores = {}
@@ -185,13 +273,14 @@ class EvalReport:
             return {stem: math.nan if v is None else float(v) for stem, v in values.items()}
 
         tracks = [TrackScores(str(t["name"]), scores(t["csdr"]), scores(t["usdr"])) for t in data["tracks"]]
-        return cls(tracks, tuple(data["stems"]), dict(data["settings"]))
+        return cls(tracks, tuple(data["stems"]), dict(data["settings"]), list(data.get("notes", [])))
 
     def to_json(self) -> dict:
         """Everything as plain JSON types; NaN (not scorable) becomes null."""
         return _finite(
             {
                 "stems": list(self.stems),
+                "notes": self.notes,
                 "settings": self.settings,
                 "csdr": self.csdr(),
                 "usdr": self.usdr(),
@@ -217,21 +306,28 @@ def evaluate_tracks(
     progress: Callable[[str], None] | None = None,
     compute_csdr: bool = True,
 ) -> EvalReport:
-    """Separate each track's mixture and score every model stem the track has.
+    """Separate each track's mixture and score the stems the model and the track have (:func:`match_stems`).
 
     A track is anything with ``name``, ``sample_rate``, ``read_mixture()`` and
-    ``read(stem)`` (audio [channels, frames]); when it also has ``stems``, only
-    those are scored. ``compute_csdr=False`` skips BSSEval (slow; uSDR alone is
-    enough for validation during training).
+    ``read(stem)`` (audio [channels, frames]); when it also has ``stems`` (all
+    the test set's), those are the test set's stems, else the model's. The
+    tracks share one set of stems (:func:`stemsplit.train.data.find_tracks`
+    checks). ``compute_csdr=False`` skips BSSEval (slow; uSDR alone is enough
+    for validation during training).
     """
     progress = progress or (lambda text: None)
+    rest = separator_other_is_the_rest(separator)
     scores = []
+    matches: list[StemMatch] = []  # each track's
     started = time.perf_counter()
     for track in tracks:
-        stems = [s for s in separator.stems if s in getattr(track, "stems", separator.stems)]
+        match = match_stems(separator.stems, getattr(track, "stems", separator.stems), rest)
+        matches.append(match)
+        stems = match.scored
         mixture = np.asarray(track.read_mixture(), dtype=np.float32)
-        estimates = separator.separate(mixture, track.sample_rate)
-        references = [np.asarray(track.read(stem), dtype=np.float32) for stem in stems]
+        separated = separator.separate(mixture, track.sample_rate)
+        estimates = {s: _summed(separated[k] for k in match.estimate[s]) for s in stems}
+        references = [_summed(track.read(k) for k in match.reference[stem]) for stem in stems]
         result = TrackScores(
             track.name,
             csdr={},
@@ -255,8 +351,42 @@ def evaluate_tracks(
         "csdr": CSDR_METHOD.format(importlib.metadata.version("museval")) if compute_csdr else None,
         "usdr": USDR_METHOD,
         "seconds": round(time.perf_counter() - started, 3),
+        **_stem_settings(matches),
     }
-    return EvalReport(scores, tuple(separator.stems), settings)
+    scored = {stem for match in matches for stem in match.scored}
+    stems = tuple(s for s in separator.stems if s in scored)
+    return EvalReport(scores, stems, settings, _stem_notes(matches))
+
+
+def _stem_settings(matches: list[StemMatch]) -> dict[str, Any]:
+    """The report's ``other_scored_as`` and ``not_scored``, over every track's :class:`StemMatch`."""
+    summed: dict[str, dict[str, list[str]]] = {}
+    unscored: dict[str, list[str]] = {"model": [], "test_set": []}
+    for match in matches:
+        summed |= match.summed()
+        for key, stems in (("model", match.unscored_model), ("test_set", match.unscored_test)):
+            unscored[key] += [s for s in stems if s not in unscored[key]]
+    return {"other_scored_as": summed, "not_scored": unscored}
+
+
+def _stem_notes(matches: list[StemMatch]) -> list[str]:
+    """The notes of the tracks' matches: as they are when every track has the same stems (a test set
+    read by find_tracks), else each with the number of tracks it is true of."""
+    counts: dict[tuple[str, ...], int] = {}
+    for match in matches:
+        counts[tuple(match.notes())] = counts.get(tuple(match.notes()), 0) + 1
+    if len(counts) == 1:
+        return list(next(iter(counts)))
+    return [f"{n} of {len(matches)} tracks: {note}" for notes, n in counts.items() for note in notes]
+
+
+def _summed(parts: Iterable[np.ndarray]) -> np.ndarray:
+    """The sum of audio arrays [channels, frames], as float32 (one array: itself)."""
+    total = None
+    for part in parts:
+        part = np.asarray(part, dtype=np.float32)
+        total = part if total is None else total + part
+    return total
 
 
 def _window_and_hop(separator: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ __all__ = [
     "checked_validation_names",
     "musdb_validation_names",
     "track_folders",
+    "track_stems",
     "validation_names",
 ]
 
@@ -65,6 +66,26 @@ def track_folders(root: str | Path, subset: str, limit: int | None = None) -> li
     if not folders:
         raise DatasetError(f"{folder}: no track folders (expected {folder}/<track>/<stem>.wav)")
     return folders[:limit]
+
+
+def track_stems(folders: Iterable[Path]) -> tuple[str, ...]:
+    """A test set's stems, by file name alone: every ``<stem>.wav`` in any of the track ``folders``
+    (``mixture.wav`` and hidden files aside), sorted by name. Every track must then have them all
+    (:func:`stemsplit.train.data.find_tracks` checks): one missing is an error, never a stem skipped.
+    No such file at all is a :class:`DatasetError` naming the first folder."""
+    folders = list(folders)
+    stems = sorted(
+        {
+            path.stem
+            for folder in folders
+            for path in folder.glob("*.wav")
+            if path.stem != "mixture" and not path.name.startswith(".")
+        }
+    )
+    if not stems:
+        place = folders[0] if folders else "the test set"
+        raise DatasetError(f"{place}: no stem files (expected {place}/<stem>.wav beside mixture.wav)")
+    return tuple(stems)
 
 
 def musdb_validation_names() -> list[str]:
