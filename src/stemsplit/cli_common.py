@@ -38,7 +38,7 @@ EXAMPLES = """Examples:
   stemsplit doctor                            what runs here (paste into bug reports)
 """
 
-# Exit codes (README, "Exit status").
+# Exit codes (docs/guarantees.md, "Exit status").
 EXIT_FAILED = 1  # a file failed; the others were done
 EXIT_USAGE = 2  # a bad flag or argument; nothing was done
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (sysexits' EX_SOFTWARE)
