@@ -212,3 +212,15 @@ def test_a_registry_entry_of_a_th_file_is_converted_once_and_keeps_what_it_is(en
     for model in (first, again):
         assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
         assert model.card.window == pytest.approx(SEGMENT)  # from the file's kwargs, not the preset's 7.8 s
+
+
+def test_a_window_longer_than_the_segment_is_a_usage_error(tmp_path, capsys):
+    """HTDemucs pads a shorter window to its training segment; a longer one is refused before any window."""
+    sf.write(tmp_path / "song.wav", SONG["mix"].numpy().T, 44100)
+    flags = ["--model", PACKAGE / "tiny6.th", "--window", "0.2", "-o", tmp_path / "o"]
+    status, _, err = run_cli(capsys, tmp_path / "song.wav", *flags)
+    assert status == 2 and not (tmp_path / "o").exists()
+    assert err.strip().splitlines()[-1] == (
+        "stemsplit: error: --window: 0.2 s is longer than this model's longest window "
+        "(0.09288 s, the segment it was trained on)"
+    )

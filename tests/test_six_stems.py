@@ -337,11 +337,12 @@ def test_eval_command_with_six_stems_on_four_and_six_stem_test_sets(ht6, tmp_pat
     audio = music(0.5, RATE)
     write_track(tmp_path / "four" / "test" / "song", {s: audio / 4 for s in MUSIC_STEMS}, RATE)
     write_track(tmp_path / "six" / "test" / "song", {s: audio / 6 for s in SIX_STEMS}, RATE, mixture=False)
-    segment = ["--window", "0.0928798", "--hop", "0.0696599"]  # the network's 4096 samples, overlap 0.25
+    # The network's 4096 samples, overlap 0.25: given for one set, the model's own (its card's) for the other.
+    segment = {"four": ["--window", "0.0928798", "--hop", "0.0696599"], "six": []}
     reports = {}
     for name in ("four", "six"):
         result = cli(
-            "eval", "--musdb", tmp_path / name, "-m", ht6, *segment, "--device", "cpu", "--no-csdr",
+            "eval", "--musdb", tmp_path / name, "-m", ht6, *segment[name], "--device", "cpu", "--no-csdr",
             "--json", tmp_path / f"{name}.json",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -354,6 +355,8 @@ def test_eval_command_with_six_stems_on_four_and_six_stem_test_sets(ht6, tmp_pat
     )
     six, stdout = reports["six"]
     assert six["stems"] == list(SIX_STEMS) and six["notes"] == [] and "scored as" not in stdout
+    assert six["settings"]["window"] == pytest.approx(4096 / RATE)  # no --window: the model's segment
+    assert six["settings"]["hop"] == pytest.approx(0.75 * 4096 / RATE) == four["settings"]["hop"]
     assert six["settings"]["other_scored_as"] == {}
 
     write_track(tmp_path / "keys" / "test" / "song", {"keys": audio / 2, "voice": audio / 2}, RATE)

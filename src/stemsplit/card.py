@@ -99,6 +99,8 @@ class ModelCard:
     stems: output names, in the order of the network's stem axis.
     sample_rate: Hz the network works at; the engine resamples to and from it.
     min_samples: the shortest window the network accepts.
+    max_samples: the longest window it accepts (HTDemucs: its training segment, which it pads
+        shorter windows to), or None for any length.
     stages: how many outputs ``model(mixture)`` returns (TS-BSMamba2: 2, the last is final).
     stft: (n_fft, hop) of the network's spectrogram, used to share a residual exactly
         (a time-domain network, which has none, names the STFT to share it in).
@@ -133,6 +135,7 @@ class ModelCard:
     permutation_invariant: bool = False
     cpu_bf16: bool = False
     rest_stem: str | None = None
+    max_samples: int | None = None
 
     def __post_init__(self) -> None:
         if not self.stems or len(set(self.stems)) != len(self.stems):

@@ -41,8 +41,12 @@ def eval_command(
         "separate takes it (a,b  a:2,b:1  vocals=a,drums=b,...).",
     ),
     subset: str = typer.Option("test", help="Subset folder under --musdb or --libri2mix."),
-    hop: float = typer.Option(0.5, help="Hop between windows (s); the paper's protocol is 0.5."),
-    window: float = typer.Option(3.0, help="Window length (s); the paper's protocol is 3."),
+    hop: float = typer.Option(
+        None, help="Hop between windows (s) [default: the model's; TS-BSMamba2's is the paper's 0.5]."
+    ),
+    window: float = typer.Option(
+        None, help="Window length (s) [default: the model's; TS-BSMamba2's is the paper's 3]."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch_size: int | None = typer.Option(None, min=1, help="Windows per forward pass [default: auto]."),
     tracks: int | None = typer.Option(None, min=1, help="Score only the first N tracks (quick checks)."),
@@ -149,7 +153,9 @@ def eval_command(
         raise fail(f"{exc.filename or musdb}: {exc.strerror or exc}") from None
 
     csdr, usdr = report.csdr(), report.usdr()
-    table = Table(title=f"{separator.name} on {subset} ({len(report.tracks)} tracks, {hop:g} s hop)")
+    every = report.settings.get("hop")
+    every = f"{every:g} s hop" if isinstance(every, int | float) else "each model's hop"
+    table = Table(title=f"{separator.name} on {subset} ({len(report.tracks)} tracks, {every})")
     table.add_column("stem")
     table.add_column("cSDR (dB)", justify="right")
     table.add_column("uSDR (dB)", justify="right")

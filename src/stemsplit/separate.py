@@ -734,6 +734,13 @@ class Separator(SongSeparator):
             raise SeparationError(
                 f"{window:g} s is shorter than this model's minimum ({shortest:.3f} s)", "window"
             )
+        if self.card.max_samples is not None and self.window > self.card.max_samples:
+            longest = self.card.max_samples / self.sample_rate
+            raise SeparationError(
+                f"{window:g} s is longer than this model's longest window ({longest:.4g} s, the segment it "
+                "was trained on)",
+                "window",
+            )
         if self.hop < 1:
             raise SeparationError(f"{hop:g} s is less than one sample at {self.sample_rate} Hz", "hop")
         self.stage = self.card.stages if stage is None else stage

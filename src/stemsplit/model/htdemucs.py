@@ -623,6 +623,7 @@ class HTDemucs(nn.Module):
             window=c.segment,
             hop=(1 - OVERLAP) * c.segment,
             channels=c.audio_channels,
+            max_samples=c.training_length if c.use_train_segment else None,
         )
 
     # --- spectrogram ---

@@ -19,8 +19,9 @@ mean over talkers and mixtures:
   variant of v3 with 512-tap distortion filters, over the whole mixture);
 - **STOI** of the estimate (0-1), when ``pystoi`` is installed.
 
-Songs are separated with the :class:`~stemsplit.separate.Separator` as given
-(the paper's protocol, 3 s windows every 0.5 s, is its default).
+Songs are separated with the :class:`~stemsplit.separate.Separator` as given (``stemsplit eval``
+gives it the model's own window and hop unless told otherwise; TS-BSMamba2's are the paper's
+protocol, 3 s windows every 0.5 s).
 
 **Stems** (:func:`match_stems`): each stem the model and the test set both have is scored,
 with one exception. MUSDB18's ``other`` is everything that is not drums, bass or vocals, so it
