@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stemsplit.files import write_atomically
+from stemsplit.files import special_file, write_atomically
 from stemsplit.train.eval import EvalReport
 
 # The report settings that must agree for two reports' figures to compare.
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.json and any(args.json.resolve() == path.resolve() for path in paths):
             raise CompareError(f"--json {args.json}: is one of the reports compared")
+        if args.json and (kind := special_file(args.json)):
+            raise CompareError(f"--json {args.json}: is {kind}; the figures are written as a regular file")
         reports = [read_report(path, args.metric) for path in paths]
         for path, report in zip(paths[1:], reports[1:], strict=True):
             check_comparable(reports[0], report, f"{path} against {args.base}")

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from .cli_common import EXIT_USAGE, err_console, fail, flag_problem, out_console
-from .files import creation_problem
+from .files import creation_problem, special_file
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
@@ -183,6 +183,8 @@ def _check_usage(
         raise fail(flag_problem(exc), EXIT_USAGE) from None
     if json_out is not None and json_out.is_dir():  # found only after every track was separated, before
         raise fail(f"--json: {json_out} is a folder; name the report's file", EXIT_USAGE)
+    if json_out is not None and (kind := special_file(json_out)):  # not even with --overwrite
+        raise fail(f"--json: {json_out} is {kind}; the report is written as a regular file", EXIT_USAGE)
     if json_out is not None and os.path.lexists(json_out) and not overwrite:  # a report the user has
         raise fail(f"--json: {json_out} exists; add --overwrite to replace it", EXIT_USAGE)
     # The folders the report goes into are made at the end, after every track: checked now.

@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "nearest_existing",
     "process_alive",
     "sha256_of",
+    "special_file",
     "sweep_stale_temporaries",
     "temporary_sibling",
     "write_atomically",
@@ -187,12 +189,46 @@ def sweep_stale_temporaries(folder: Path, now: float | None = None) -> list[Path
     return removed
 
 
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file(path: Path) -> str | None:
+    """What ``path`` is, when it is there but is not a file stemsplit may replace: "a character device"
+    (``/dev/null``), a block device, a FIFO or a socket, or a symbolic link to one ("a symbolic link to
+    /dev/null, a character device"). None when it is missing, a regular file or folder, or a symbolic
+    link to one of those or to nothing: renaming a new file onto a link replaces the link, and the file
+    it pointed to is left as it was.
+
+    Writing over a device would replace the device node with a file (as root, in a container or CI),
+    and a FIFO or socket is someone's open channel: never an output, whatever ``--overwrite`` says.
+    """
+    try:
+        st = os.stat(path)  # follows a link: what the name leads to
+    except (OSError, ValueError):
+        return None
+    kind = next((name for test, name in _KINDS if test(st.st_mode)), None)
+    if kind is None:
+        return None
+    if os.path.islink(path):
+        return f"a symbolic link to {os.path.realpath(path)}, {kind}"
+    return kind
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """``write(temp)`` into a temporary sibling of ``path``, then rename it to ``path``.
 
-    On any failure the temporary file is removed and ``path`` is untouched.
+    On any failure the temporary file is removed and ``path`` is untouched. A ``path`` that is a
+    device, FIFO or socket (:func:`special_file`) raises :class:`FileExistsError` before anything is
+    written: callers check their outputs up front, this is the last guard.
     """
     path = Path(path)
+    if kind := special_file(path):
+        raise FileExistsError(errno.EEXIST, f"is {kind}; stemsplit replaces regular files only", str(path))
     temp = temporary_sibling(path)
     mode = temp.stat().st_mode & 0o777
     try:

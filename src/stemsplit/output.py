@@ -50,6 +50,7 @@ from .files import (
     host_tag,
     is_temporary,
     nearest_existing,
+    special_file,
     sweep_stale_temporaries,
     temporary_sibling,
     write_atomically,
@@ -262,6 +263,7 @@ def plan_outputs(
             )
         _check_no_symlink_escape(out_dir, paths.values())
         _check_not_an_input(paths, inputs)
+        _check_regular(paths.values())
         taken.update(dict.fromkeys(paths.values(), song))
         folders.update((folder, song) for path in paths.values() for folder in _folders_below(path, out_dir))
         plans.append(SongOutputs(song, track, out_dir, paths))
@@ -294,6 +296,13 @@ def _check_not_an_input(paths: Mapping[str, Path], inputs: Mapping[tuple[int, in
                 "template or output folder",
                 "filename",
             )
+
+
+def _check_regular(paths: Iterable[Path]) -> None:
+    """No stem may replace a device, FIFO or socket (or a link to one), not even with --overwrite."""
+    for path in paths:
+        if kind := special_file(path):
+            raise OutputError(f"{path} is {kind}; stems are written as regular files only", "out")
 
 
 def _folders_below(path: Path, out_dir: Path) -> list[Path]:
@@ -460,6 +469,7 @@ class StemWriter:
     # -- helpers --
 
     def _check_destinations(self) -> None:
+        _check_regular(self.song.paths.values())  # again: it may have appeared since the run was planned
         for path in self.song.paths.values():
             if os.path.isdir(path):
                 raise OutputError(f"{path} is a folder; cannot write a stem there")
