@@ -242,6 +242,7 @@ def test_a_mamba_backend_that_cannot_run_is_refused_before_any_work(backend, a_s
     shutil.copy(a_song, tmp_path / "set" / "song.wav")
     for subset in ("train", "test"):  # the layout eval, train and finetune check by name, before this
         (tmp_path / "set" / subset / "track").mkdir(parents=True)
+    shutil.copy(a_song, tmp_path / "set" / "test" / "track" / "vocals.wav")  # eval's stems, checked first
     (tmp_path / "set" / "valid.txt").write_text("track\n")
     commands = [
         [a_song, "-o", out],
