@@ -1058,6 +1058,7 @@ FILENAME_OPTION = typer.Option(
 REPORT_OPTION = typer.Option(
     None,
     "--report",
+    metavar="FILE",
     help="Append a JSON line per song as it finishes (source, outputs, status, error, time, model, host) "
     "and a summary line to this file; an existing file is appended to.",
     show_default=False,
@@ -1069,6 +1070,7 @@ def shard_option(hidden: bool = False) -> Any:
     return typer.Option(
         None,
         "--shard",
+        metavar="I/N",
         help="Separate share I of N (1/8 ... 8/8) of the songs, chosen by each song's path under the "
         "folder: for job arrays; under torchrun the ranks divide the share.",
         show_default=False,
