@@ -30,6 +30,13 @@
 outputs, one manifest. ``slot`` is a hash of the song's place in the template
 with ``{stem}`` and ``{ext}`` left open (:func:`song_slot`): runs writing other
 stems or another format into the same folder share the song's claim.
+
+Static shards (``--shard I/N``, for job arrays): each song belongs to one of N
+shares by a hash of its path relative to the folder walked (:func:`shard_of`),
+so a share never depends on which other songs are in the tree, nor on the
+settings, the host or how the folder was spelled. Shards only divide the work;
+claims and manifests still decide it, so overlapping shards (after a resize
+from 8 to 10, say) never separate a song twice.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import socket
 import stat
@@ -51,7 +59,18 @@ from .audio import AUDIO_EXTENSIONS
 from .files import host_tag, process_alive, sha256_of, write_atomically
 from .output import DEFAULT_FILENAME, SongOutputs, SongSource, exists_error, path_parts
 
-__all__ = ["BatchError", "Claim", "DoneRecords", "SourceChangedError", "find_songs", "song_key", "song_slot"]
+__all__ = [
+    "BatchError",
+    "Claim",
+    "DoneRecords",
+    "Shard",
+    "SourceChangedError",
+    "find_songs",
+    "parse_shard",
+    "shard_of",
+    "song_key",
+    "song_slot",
+]
 
 STATE_FOLDER = ".stemsplit"
 HEARTBEAT_SECONDS = 30.0
@@ -126,6 +145,50 @@ def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
             raise BatchError(f"{folder}: not a folder")
         walk(folder, "", os.path.realpath(folder))
     return found
+
+
+# --- static shards -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Share ``index`` (1-based) of ``count``: ``--shard 3/8`` is ``Shard(3, 8)``."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def take(self, songs: Sequence[SongSource]) -> list[SongSource]:
+        """The songs of this share, in their order."""
+        return [song for song in songs if shard_of(song, self.count) == self.index]
+
+
+def parse_shard(text: str) -> Shard:
+    """``"I/N"`` (1 <= I <= N) -> :class:`Shard`; ``ValueError`` saying what is wrong otherwise."""
+    parts = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)
+    if parts is None:
+        raise ValueError(f"{text!r} is not I/N (share I of N, counted from 1: 1/4, 2/4, 3/4, 4/4)")
+    shard = Shard(int(parts[1]), int(parts[2]))
+    if shard.count < 1:
+        raise ValueError(f"{text}: N must be at least 1")
+    if not 1 <= shard.index <= shard.count:
+        raise ValueError(f"{text}: I must be 1 to {shard.count} (shares are counted from 1)")
+    return shard
+
+
+def song_path_key(song: SongSource) -> str:
+    """The song's path relative to the folder walked (``Album A/01 Intro.flac``): the same on every host,
+    however the folder is spelled or mounted."""
+    return f"{song.folder}/{song.path.name}" if song.folder else song.path.name
+
+
+def shard_of(song: SongSource, count: int) -> int:
+    """Which of ``count`` shares (1-based) the song belongs to: SHA-256 of :func:`song_path_key`, mod
+    ``count``. Nothing else goes in, so adding or removing songs moves no other song between shares."""
+    digest = hashlib.sha256(song_path_key(song).encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % count + 1
 
 
 # --- what is done -------------------------------------------------------------------------------

@@ -100,6 +100,9 @@ class Reporter:
         self.cpu_seconds_per_window: float | None = None  # set on the CPU: the estimate before measuring
         self.measured = False
         self.heartbeat = lambda: None  # batch: keeps the song's claim fresh
+        self.run_report: Any = None  # stemsplit.report.RunReport, with --report
+        self.song_facts: dict[str, Any] = {}  # what this song's events said: its audio seconds, outputs
+        self.shard_note = ""  # --shard: "shard 3/8: 12 of 97 songs", for the summary
 
     def __enter__(self) -> Reporter:
         if not self.json_lines and not self.quiet and err_console.is_terminal:
@@ -120,6 +123,10 @@ class Reporter:
             self.progress.stop()
 
     def emit(self, event: dict[str, Any]) -> None:
+        if event["event"] == "start":
+            self.song_facts["audio_seconds"] = event["seconds"]
+        if "outputs" in event:
+            self.song_facts["outputs"] = event["outputs"]
         if self.json_lines:
             print(json.dumps(event), flush=True)
 
@@ -170,6 +177,30 @@ class Reporter:
             if self.progress and self.task is not None:
                 audio = self.song_seconds * done / total
                 self.progress.update(self.task, completed=done, total=total, speed=f"{audio / elapsed:.2f}x")
+
+    def report_song(self, song: Song, seconds: float, key: str | None) -> None:
+        """The song's line in the run report (--report), from what its events said; ``seconds`` it took."""
+        if self.run_report is None:
+            return
+        facts, self.song_facts = self.song_facts, {}
+        audio = facts.get("audio_seconds")
+        if audio is None and song.info is not None:  # not separated here: its length as probed
+            audio = song.info.frames / song.info.sample_rate
+        problem = self.run_report.song(
+            song.outputs.source.path,
+            song.status,
+            key=key,
+            outputs=facts.get("outputs") if song.status != "failed" else None,
+            message=song.details if song.status != "done" else None,
+            seconds=seconds,
+            audio_seconds=audio,
+        )
+        if problem:
+            self.error(problem + " (the run goes on without its report)")
+
+    def end_report(self, interrupted: bool) -> None:
+        if self.run_report is not None and (problem := self.run_report.summary(interrupted)):
+            self.error(problem)
 
     def end_song(self) -> None:
         if self.progress and self.task is not None:
@@ -486,6 +517,76 @@ def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> li
     return songs
 
 
+def _shard_argument(text: str | None, batch: bool, task: str) -> Any:
+    """--shard I/N checked (torch-free): a :class:`~stemsplit.batch.Shard`, or None without it.
+
+    Only for folders (batch): a share is safe to overlap with another because batch's claims and
+    manifests make every song run once; plain files have neither, so a resized array would separate
+    them twice, and nothing would resume a task that died."""
+    if text is None:
+        return None
+    from .batch import parse_shard
+
+    if not batch:
+        command = "stemsplit batch FOLDER" if task == "music" else "stemsplit speakers --batch FOLDER"
+        raise UsageError(
+            f"--shard: shares the songs of folders, whose claims keep overlapping shares from doing a "
+            f"song twice; use {command}"
+        )
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise UsageError(f"--shard: {exc}") from None
+
+
+def _shard_note(reporter: Reporter, shard: Any, taken: int, found: int) -> None:
+    """Say (and emit) which share this process runs: "shard 3/8: 12 of 97 songs"."""
+    from .runtime import torchrun_ranks
+
+    ranks = torchrun_ranks()
+    note = f"shard {shard}: {taken} of {found} songs"
+    if ranks.world > 1:
+        note += f" for rank {ranks.rank} of {ranks.world}"
+    reporter.shard_note = note
+    reporter.line(note)
+    event = {"event": "shard", "shard": shard.index, "of": shard.count, "songs": taken, "found": found}
+    reporter.emit(event)
+
+
+def _report_argument(path: Path | None, args: dict[str, Any], ensemble: Any) -> Any:
+    """--report checked before anything runs (torch-free, nothing created): a
+    :class:`~stemsplit.report.RunReport`, or None without it."""
+    if path is None:
+        return None
+    from .audio import AUDIO_EXTENSIONS
+    from .report import RunReport, report_problem
+
+    if path.suffix.lower() in AUDIO_EXTENSIONS or path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise UsageError(
+            f"--report: {path} is named like an audio or model file; the report is JSON lines (run.jsonl)"
+        )
+    models = [args["model"]] if ensemble is None else list(ensemble.models)
+    for model in models:
+        if isinstance(model, Path) and _same_file(path, model):
+            raise UsageError(f"--report: {path} is the model {model}")
+    if problem := report_problem(path):
+        raise UsageError(f"--report: {problem}")
+    return RunReport(path)
+
+
+def _check_report_is_no_input(path: Path, songs: list[Any]) -> None:
+    for song in songs:
+        if _same_file(path, song.path):
+            raise UsageError(f"--report: {path} is the input {song.path}; lines would be appended to it")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _shard_for_torchrun(songs: list[Any], device: str) -> tuple[list[Any], str]:
     """Under torchrun, each rank takes every WORLD_SIZE-th song and its own GPU."""
     from .runtime import torchrun_ranks
@@ -522,6 +623,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     wanted = _wanted_stems(args["stems"], args["two_stems"])
     ensemble = _ensemble_argument(args, task)  # None: one model, args["model"]
     msst = _msst_config(args.get("model_config"), args["model"])
+    shard = _shard_argument(args.get("shard"), batch, task)
+    report = _report_argument(args.get("report"), args, ensemble)
     if args["window"] is None and hop is not None and ensemble is None:  # the hop must fit the window
         try:
             check_settings(_window_before_loading(args, msst, task), hop, None, None, None)
@@ -534,7 +637,27 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if not songs:  # not a usage error: the folder may simply be empty today
         reporter.error("no audio files found in " + ", ".join(map(str, args["inputs"])))
         return EXIT_FAILED
+    if report is not None and not batch:
+        _check_report_is_no_input(report.path, songs)
+    found = len(songs)
+    if shard is not None:  # the job array's share first; torchrun's ranks then divide the share
+        songs = shard.take(songs)
     songs, device = _shard_for_torchrun(songs, args["device"])
+    if shard is not None:
+        _shard_note(reporter, shard, len(songs), found)
+    if report is not None:
+        from .runtime import torchrun_ranks
+
+        ranks = torchrun_ranks()
+        report.context.update(
+            rank=ranks.rank if ranks.world > 1 else None,
+            world=ranks.world if ranks.world > 1 else None,
+            shard=None if shard is None else str(shard),
+        )
+        reporter.run_report = report
+    if not songs:  # an empty share: nothing to do is no failure (a job array's task must not fail)
+        _report([], reporter, batch, lambda song: None)
+        return 0
 
     # 3. the plan: every output path of every song. Checked once with the stems asked for (or the stand-in
     # "{stem}", which reads as the template in a message: ".../{stem}.wav") before anything slow is imported,
@@ -639,6 +762,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         raise
     if run is None or chosen != stems:
         run = plan(chosen)
+    if report is not None:
+        report.model = separator.fingerprint()  # what batch's manifests record (computed once, cached)
     if separator.light_note:
         reporter.line("--" + separator.light_note)
     if ensemble is not None:
@@ -682,20 +807,32 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         batch,
         lambda song: _separate_one(separator, song, options, args, records, reporter, out),
     )
-    if any(song.status == "failed" for song in run):
+    if any(song.status == "failed" for song in run) or (report is not None and report.problem):
         return EXIT_FAILED
     return 0
 
 
 def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable[[Song], None]) -> None:
-    """Each song: its error if it failed a check, else ``separate(song)``; then the summary."""
+    """Each song: its error if it failed a check, else ``separate(song)``, then its line in the run
+    report; then the summaries (the run report's is written if the run is interrupted too)."""
+    from .batch import song_path_key
+
     with reporter:
         reporter.begin_all(len(run))
-        for song in run:
-            if song.status == "failed":
-                reporter.error(song.details, source=str(song.outputs.source.path))
-                continue
-            separate(song)
+        try:
+            for song in run:
+                started = time.perf_counter()
+                reporter.song_facts = {}
+                if song.status == "failed":
+                    reporter.error(song.details, source=str(song.outputs.source.path))
+                else:
+                    separate(song)
+                key = song_path_key(song.outputs.source) if batch else None
+                reporter.report_song(song, time.perf_counter() - started, key)
+        except BaseException:
+            reporter.end_report(interrupted=True)
+            raise
+        reporter.end_report(interrupted=False)
     _summary(run, reporter, batch)
 
 
@@ -711,7 +848,7 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
     if records is not None:
         if records.is_done(song.outputs):
             song.status, song.details = "skipped", "done earlier with the same source and settings"
-            reporter.emit({"event": "skipped", "source": str(source)})
+            reporter.emit({"event": "skipped", "source": str(source), "outputs": _paths(song)})
             return
         claim = Claim(out, song.outputs, options.filename, records.settings)
         try:
@@ -735,6 +872,9 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         if records.is_done(song.outputs):  # finished by another process just before we claimed it
             claim.release()
             song.status, song.details = "skipped", "done by another process"
+            reporter.emit(
+                {"event": "skipped", "source": str(source), "reason": "done", "outputs": _paths(song)}
+            )
             return
         reporter.heartbeat = claim.heartbeat
     reporter.begin_song(source)
@@ -777,7 +917,7 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
             {
                 "event": "result",
                 "source": str(source),
-                "outputs": {k: str(v) for k, v in result.outputs.items()},
+                "outputs": {k: str(v) for k, v in result.outputs.items()},  # (the run report's too)
                 "rescaled_by": result.rescaled_by,
                 "residual_db": result.residual_db,
             }
@@ -787,6 +927,11 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         if claim is not None:
             claim.release()
         reporter.end_song()
+
+
+def _paths(song: Song) -> dict[str, str]:
+    """The song's output paths by stem, as events and the run report give them."""
+    return {stem: str(path) for stem, path in song.outputs.paths.items()}
 
 
 def _records_problem(exc: OSError, out: Path) -> str:
@@ -849,10 +994,12 @@ def _summary(run: list[Song], reporter: Reporter, batch: bool) -> None:
         for song in run:
             table.add_row(str(song.outputs.source.path), song.status, song.details)
         err_console.print(table)
-        return
-    for song in run:  # logs: one line per song, never wrapped
-        if song.status != "failed" or len(run) > 1:  # one song's failure was its error line already
-            reporter.line(f"{song.outputs.source.path}: {song.status}: {song.details}")
+    else:
+        for song in run:  # logs: one line per song, never wrapped
+            if song.status != "failed" or len(run) > 1:  # one song's failure was its error line already
+                reporter.line(f"{song.outputs.source.path}: {song.status}: {song.details}")
+    if reporter.shard_note:
+        reporter.line(reporter.shard_note)
 
 
 # --- the Typer commands ---------------------------------------------------------------------------
@@ -908,6 +1055,27 @@ JSON_OPTION = typer.Option(False, "--json", help="Progress and results as JSON l
 FILENAME_OPTION = typer.Option(
     DEFAULT_FILENAME, help="Output path under --out; fields {folder} {track} {stem} {ext}."
 )
+REPORT_OPTION = typer.Option(
+    None,
+    "--report",
+    metavar="FILE",
+    help="Append a JSON line per song as it finishes (source, outputs, status, error, time, model, host) "
+    "and a summary line to this file; an existing file is appended to.",
+    show_default=False,
+)
+
+
+def shard_option(hidden: bool = False) -> Any:
+    """--shard I/N: batch's share for job arrays (hidden where it is refused: plain separate)."""
+    return typer.Option(
+        None,
+        "--shard",
+        metavar="I/N",
+        help="Separate share I of N (1/8 ... 8/8) of the songs, chosen by each song's path under the "
+        "folder: for job arrays; under torchrun the ranks divide the share.",
+        show_default=False,
+        hidden=hidden,
+    )
 
 
 def separation_command(batch: bool):
@@ -964,6 +1132,8 @@ def separation_command(batch: bool):
         downmix: bool = typer.Option(False, "--downmix", help="Fold more than two channels down to stereo."),
         quiet: bool = QUIET_OPTION,
         json_lines: bool = JSON_OPTION,
+        report: Path = REPORT_OPTION,
+        shard: str = shard_option(hidden=not batch),
         debug: bool = DEBUG_OPTION,
     ) -> None:
         args = dict(locals(), residual=False)
@@ -1013,6 +1183,8 @@ def speakers_command(
     overwrite: bool = OVERWRITE_OPTION,
     quiet: bool = QUIET_OPTION,
     json_lines: bool = JSON_OPTION,
+    report: Path = REPORT_OPTION,
+    shard: str = shard_option(),
     debug: bool = DEBUG_OPTION,
 ) -> None:
     args = dict(
