@@ -42,8 +42,8 @@ import time
 import torch
 from machine import describe
 
-from stemsplit.card import MUSIC_STEMS
-from stemsplit.model import FAMILIES, build_model, make_config
+from stemsplit.card import MUSIC_STEMS, default_stem_names
+from stemsplit.model import FAMILIES, build_model, family, make_config
 from stemsplit.model.bsrnn import TARGET_SCHEMES
 from stemsplit.model.u_mamba_net import speaker_names
 from stemsplit.runtime import cpu_bf16_support, tune_cpu_allocator
@@ -76,6 +76,13 @@ def time_model(model, batch: torch.Tensor, precision: str, repeats: int) -> tupl
     return best, out
 
 
+def _preset_stems(kind: str, preset: str) -> tuple[str, ...]:
+    """A preset's own stem count, named as a checkpoint without names would be (htdemucs_6s: six)."""
+    field = family(kind).stem_field
+    count = getattr(make_config(kind, preset), field) if field else len(MUSIC_STEMS)
+    return default_stem_names(count)
+
+
 def build(spec: str) -> tuple[torch.nn.Module, float, float]:
     """The network ``spec`` names (``family:preset[:target]`` or ``entry:NAME``), its window and hop."""
     kind, name, *target = spec.split(":")
@@ -83,7 +90,7 @@ def build(spec: str) -> tuple[torch.nn.Module, float, float]:
         entry = load_registry().get(name)
         model = build_model(entry.architecture, entry_config(entry), entry.stems)
         return model, entry.window or model.card.window, entry.hop or model.card.hop
-    stems = tuple(target) or (speaker_names(2) if kind == "u-mamba-net" else MUSIC_STEMS)
+    stems = tuple(target) or (speaker_names(2) if kind == "u-mamba-net" else _preset_stems(kind, name))
     model = build_model(kind, make_config(kind, name, {}, stems), stems)
     return model, model.card.window, model.card.hop
 

@@ -20,6 +20,7 @@ __all__ = [
     "MUSIC_STEMS",
     "NORMALIZATIONS",
     "OTHER",
+    "SIX_STEMS",
     "SPEAKER_STEMS",
     "TASKS",
     "ModelCard",
@@ -31,6 +32,9 @@ __all__ = [
 # The four stems of MUSDB18 in the order the published TS-BSMamba2 checkpoints use;
 # the training data, the synthesiser and checkpoints without stem names default to them.
 MUSIC_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
+# htdemucs_6s' sources in its output order: MUSDB18's four, then guitar and piano (MSST's
+# config_htdemucs_6stems.yaml and demucs.cpp name them so; a Demucs file's kwargs["sources"] decides).
+SIX_STEMS: tuple[str, ...] = (*MUSIC_STEMS, "guitar", "piano")
 
 # MUSDB18's catch-all stem: everything that is not drums, bass or vocals (guitar and piano included).
 OTHER = "other"
@@ -74,8 +78,10 @@ LIGHT_HOP = 1.5
 
 
 def default_stem_names(count: int) -> tuple[str, ...]:
-    """Names for a network's ``count`` outputs when nothing names them: MUSDB's four, else source0..."""
-    return MUSIC_STEMS if count == len(MUSIC_STEMS) else tuple(f"source{i}" for i in range(count))
+    """Names for a network's ``count`` outputs when nothing names them: MUSDB's four, htdemucs_6s' six,
+    else source0, source1, ..."""
+    known = {len(MUSIC_STEMS): MUSIC_STEMS, len(SIX_STEMS): SIX_STEMS}
+    return known.get(count, tuple(f"source{i}" for i in range(count)))
 
 
 def other_is_the_rest(stems: Sequence[str], rest_stem: str | None = None) -> bool:

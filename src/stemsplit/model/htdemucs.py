@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..card import MUSIC_STEMS, ModelCard
+from ..card import SIX_STEMS, ModelCard, default_stem_names
 from .htdemucs_transformer import EMBEDDINGS, CrossTransformerEncoder, LayerScale
 from .stft import istft, stft
 
@@ -76,9 +76,6 @@ __all__ = [
 
 ARCHITECTURE = "htdemucs"
 
-# htdemucs_6s' sources in its output order (MSST's config_htdemucs_6stems.yaml and demucs.cpp name them
-# so; the .th's kwargs["sources"] is the authority).
-SIX_STEMS: tuple[str, ...] = (*MUSIC_STEMS, "guitar", "piano")
 
 # Demucs' own inference protocol (apply_model): windows of the model's segment, overlap 0.25.
 OVERLAP = 0.25
@@ -323,11 +320,6 @@ def shrink(config: HTDemucsConfig) -> HTDemucsConfig:
         t_heads=2,
         t_hidden_scale=1.0,
     )
-
-
-def default_stems(count: int) -> tuple[str, ...]:
-    """Stem names when nothing names them: Demucs' four, htdemucs_6s' six, else source0..."""
-    return {4: MUSIC_STEMS, 6: SIX_STEMS}.get(count, tuple(f"source{i}" for i in range(count)))
 
 
 # --- layers ---------------------------------------------------------------------------------------
@@ -615,7 +607,7 @@ class HTDemucs(nn.Module):
         self.register_buffer("window", torch.hann_window(c.nfft), persistent=False)
         self.card = ModelCard(
             architecture=ARCHITECTURE,
-            stems=default_stems(c.num_sources),
+            stems=default_stem_names(c.num_sources),
             sample_rate=c.sr,
             min_samples=self.hop_length,  # one STFT frame (a window under the segment is padded to it)
             stft=(c.nfft, self.hop_length),
