@@ -36,14 +36,15 @@ def train_command(
     out: Path = typer.Option(None, "--out", "-o", help="Run folder: checkpoints, logs [default: runs/ARCH]."),
     arch: str = typer.Option(
         None,
-        help="Network family: ts-bsmamba2, bsrnn, bs-roformer, mel-band-roformer, htdemucs or bs-mamba2; "
-        "u-mamba-net for speakers [default: ts-bsmamba2; with --libri2mix: u-mamba-net].",
+        help="Network family: ts-bsmamba2, bsrnn, bs-roformer, mel-band-roformer, htdemucs, bs-mamba2 or "
+        "scnet; u-mamba-net for speakers [default: ts-bsmamba2; with --libri2mix: u-mamba-net].",
     ),
     preset: str = typer.Option(
         None,
         help="The family's named config (ts-bsmamba2: ts, l-ts; bsrnn: paper; "
         "u-mamba-net: paper, f64, f192, r12, r20, l8; bs-roformer: paper; mel-band-roformer: paper; "
-        "htdemucs: htdemucs, htdemucs_6s, defaults; bs-mamba2: msst, msst-vocals).",
+        "htdemucs: htdemucs, htdemucs_6s, defaults; bs-mamba2: msst, msst-vocals; "
+        "scnet: msst, large, xl, xl-ihf).",
     ),
     light: bool = typer.Option(False, "--light", help="TS-BSMamba2's L-TS preset (4 + 2 layers)."),
     model_config: Path = typer.Option(None, help="TOML overriding the family's config fields."),

@@ -296,6 +296,7 @@ BUILTIN_ARCHS: tuple[str, ...] = (
     "mel-band-roformer",
     "htdemucs",
     "bs-mamba2",
+    "scnet",
 )
 
 
