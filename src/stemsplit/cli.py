@@ -286,7 +286,10 @@ def _is_click_error(exc: Exception) -> bool:
 
 def expand_shorthands(args: list[str]) -> list[str]:
     """``stemsplit FILE ...`` is ``stemsplit separate FILE ...``; ``stemsplit models NAME`` is the
-    hidden ``stemsplit models show NAME``."""
+    hidden ``stemsplit models show NAME``; ``stemsplit help [COMMAND]`` (no file called help here) is
+    ``stemsplit [COMMAND] --help``."""
+    if args[:1] == ["help"] and not os.path.lexists("help"):
+        return [*(args[1:2] if args[1:2] and args[1] in SUBCOMMANDS else []), "--help"]
     if args and args[0] not in SUBCOMMANDS and args[0] not in GLOBAL_FLAGS:
         args = ["separate", *args]
     if args[:1] == ["models"] and len(args) > 1 and args[1] not in MODELS_SUBCOMMANDS and args[1][0] != "-":
@@ -315,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
             out_console.print(exc.format_message(), soft_wrap=True)
             code = exc.exit_code
         elif _is_click_error(exc):  # click's usage errors (Typer's copy or click's own): one line, exit 2
-            code = _error(args, exc.format_message(), exc.exit_code)
+            # An enum's refusal reads "Invalid value for '--format': Value error, 'ogg' is not one of ...".
+            code = _error(args, exc.format_message().replace(": Value error, ", ": "), exc.exit_code)
         elif type(exc).__name__ == "Abort":  # Ctrl-C at a prompt
             code = _error(args, "interrupted", 130)
         elif debug:

@@ -609,6 +609,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if not str(args["out"]).strip():  # Path("") is ".": the stems would land in the current folder
         raise UsageError("--out: the folder name is empty; name a folder (-o . for the current one)")
     args["out"] = Path(args["out"])
+    if any(os.fspath(path) == "-" and not os.path.lexists(path) for path in args["inputs"]):
+        raise UsageError("-: stemsplit reads audio files, not standard input; save the stream to a file")
     hop = args["hop"]  # None: the model card's
     try:
         options = OutputOptions(
@@ -1040,16 +1042,19 @@ BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", help="Windows per forward
 COMPILE_OPTION = typer.Option(
     False, "--compile", help="torch.compile the network (fused kernels; compiles at the first batch)."
 )
-CLIP_MODE_OPTION = typer.Option(ClipMode.rescale, "--clip-mode", help="For integer formats.")
+CLIP_MODE_OPTION = typer.Option(
+    ClipMode.rescale, "--clip-mode", help="For integer formats.", case_sensitive=False
+)
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace existing outputs.")
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress or messages (errors only).")
 DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks.")
 PRECISION_OPTION = typer.Option(
     None,
+    case_sensitive=False,
     help="bf16 or fp32 [default: auto: bf16 on CUDA, and on CPUs with native bf16 for models "
     "measured faster in it; else fp32]",
 )
-FORMAT_OPTION = typer.Option(Format.wav, "--format", help="Output format.")
+FORMAT_OPTION = typer.Option(Format.wav, "--format", help="Output format.", case_sensitive=False)
 BIT_DEPTH_OPTION = typer.Option(None, "--bit-depth", help="16, 24 or 32 [default: float wav, 24-bit flac].")
 JSON_OPTION = typer.Option(False, "--json", help="Progress and results as JSON lines on stdout.")
 FILENAME_OPTION = typer.Option(

@@ -160,6 +160,9 @@ def _check_template(template: str) -> None:
             raise OutputError(f"{template!r}: {text} is not allowed; use only {fields}", "filename")
     if not template.strip() or os.path.isabs(template) or template.startswith("~"):
         raise OutputError(f"{template!r} must be a relative path under the output folder", "filename")
+    spaced = next((part for part in template.split("/") if part != part.strip()), None)
+    if spaced is not None:  # "{stem}.{ext} " would write "vocals.wav ", which no one can tell from vocals.wav
+        raise OutputError(f"{template!r}: {spaced!r} starts or ends with a space", "filename")
     if "\\" in template or not all(ch.isprintable() or ch == " " for ch in template):
         raise OutputError(
             f"{template!r}: backslashes and control characters are not allowed in file names", "filename"
@@ -201,7 +204,7 @@ def path_parts(text: str) -> list[str]:
 def render(template: str, out_dir: Path, folder: str, track: str, stem: str, ext: str) -> Path:
     """``out_dir / template`` with its fields filled; refuses anything that would leave ``out_dir``."""
     text = template.format(folder=folder, track=track, stem=stem, ext=ext)
-    parts = path_parts(text)
+    parts = [part for part in path_parts(text) if part != "."]  # "./{track}/./{stem}.{ext}": the same place
     if not parts:
         raise OutputError(f"{template!r} gives an empty path for {track!r}", "filename")
     for part in parts:
