@@ -37,8 +37,7 @@ from .bsrnn import BSRNNBag, BSRNNConfig
 from .htdemucs import ARCHITECTURE as HTDEMUCS
 from .htdemucs import MAY_BE_ZERO as HTDEMUCS_MAY_BE_ZERO
 from .htdemucs import PRESETS as HTDEMUCS_PRESETS
-from .htdemucs import HTDemucsConfig
-from .htdemucs import build as build_htdemucs
+from .htdemucs import HTDemucs, HTDemucsConfig
 from .htdemucs import shrink as shrink_htdemucs
 from .mel_band_roformer import ARCHITECTURE as MEL_BAND_ROFORMER
 from .mel_band_roformer import PRESETS as MEL_PRESETS
@@ -46,8 +45,7 @@ from .mel_band_roformer import MelBandRoformer, MelBandRoformerConfig
 from .roformer import MAY_BE_ZERO, Roformer, RoformerConfig
 from .scnet import ARCHITECTURE as SCNET
 from .scnet import PRESETS as SCNET_PRESETS
-from .scnet import SCNetConfig
-from .scnet import build as build_scnet
+from .scnet import SCNet, SCNetConfig
 from .scnet import shrink as shrink_scnet
 from .ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from .ts_bsmamba2 import PRESETS as TS_PRESETS
@@ -123,6 +121,21 @@ def _build_roformer(network: type[Roformer]) -> Callable[[RoformerConfig, tuple[
         if stems:
             rest = stems[-1] if len(stems) == config.num_stems + 1 else None
             model.card = replace(model.card, stems=stems, rest_stem=rest)
+        return model
+
+    return build
+
+
+def _build_sources(network: type[nn.Module]) -> Callable[[Any, tuple[str, ...]], nn.Module]:
+    """Builds a network whose config counts its outputs as ``num_sources`` (HTDemucs, SCNet): its card
+    names ``stems``, or its default names when none are given."""
+
+    def build(config: Any, stems: tuple[str, ...]) -> nn.Module:
+        if stems and len(stems) != config.num_sources:
+            raise ValueError(f"num_sources = {config.num_sources}, but {len(stems)} stems are named")
+        model = network(config)
+        if stems:
+            model.card = replace(model.card, stems=tuple(stems))
         return model
 
     return build
@@ -217,7 +230,7 @@ FAMILIES: dict[str, Family] = {
         config_type=HTDemucsConfig,
         presets=HTDEMUCS_PRESETS,
         default_preset="htdemucs",
-        build=build_htdemucs,
+        build=_build_sources(HTDemucs),
         shrink=shrink_htdemucs,
         stem_field="num_sources",
         may_be_zero=HTDEMUCS_MAY_BE_ZERO,
@@ -229,7 +242,7 @@ FAMILIES: dict[str, Family] = {
         config_type=SCNetConfig,
         presets=SCNET_PRESETS,
         default_preset="msst",
-        build=build_scnet,
+        build=_build_sources(SCNet),
         shrink=shrink_scnet,
         stem_field="num_sources",
     ),

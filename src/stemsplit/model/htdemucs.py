@@ -69,7 +69,6 @@ __all__ = [
     "SIX_STEMS",
     "HTDemucs",
     "HTDemucsConfig",
-    "build",
     "config_from_kwargs",
     "shrink",
 ]
@@ -295,16 +294,6 @@ def config_from_kwargs(kwargs: Mapping[str, Any]) -> tuple[HTDemucsConfig, tuple
             value = float(value)
         overrides[key] = value
     return make_config(ARCHITECTURE, "defaults", overrides, tuple(sources)), tuple(sources)
-
-
-def build(config: HTDemucsConfig, stems: tuple[str, ...]) -> HTDemucs:
-    """The network for ``config``, its card naming ``stems`` (the default names when empty)."""
-    if stems and len(stems) != config.num_sources:
-        raise ValueError(f"num_sources = {config.num_sources}, but {len(stems)} stems are named")
-    model = HTDemucs(config)
-    if stems:
-        model.card = replace(model.card, stems=tuple(stems))
-    return model
 
 
 def shrink(config: HTDemucsConfig) -> HTDemucsConfig:

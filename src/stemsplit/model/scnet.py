@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from ..card import ModelCard, default_stem_names
 from .stft import check_mixture, istft, stft
 
-__all__ = ["ARCHITECTURE", "PRESETS", "SCNet", "SCNetConfig", "band_edges", "build", "shrink"]
+__all__ = ["ARCHITECTURE", "PRESETS", "SCNet", "SCNetConfig", "band_edges", "shrink"]
 
 ARCHITECTURE = "scnet"
 
@@ -392,16 +392,6 @@ class SCNet(nn.Module):
         if stereo:
             return audio.mean(dim=2, keepdim=True) if channels == 1 else audio
         return audio.reshape(batch, channels, s, samples).transpose(1, 2)
-
-
-def build(config: SCNetConfig, stems: tuple[str, ...]) -> SCNet:
-    """The network for ``config``, its card naming ``stems`` (the default names when empty)."""
-    if stems and len(stems) != config.num_sources:
-        raise ValueError(f"num_sources = {config.num_sources}, but {len(stems)} stems are named")
-    model = SCNet(config)
-    if stems:
-        model.card = replace(model.card, stems=tuple(stems))
-    return model
 
 
 def shrink(config: SCNetConfig) -> SCNetConfig:
