@@ -49,7 +49,14 @@ import torch
 from .audio import AudioInfo
 from .card import OTHER, other_is_the_rest
 from .ensemble_spec import EnsembleSpec, describe_plan, parse_models, plan_stems, rest_parts
-from .separate import ProgressCallback, Separator, SongSeparator, StreamingOverlapAdd, share_residual
+from .separate import (
+    ProgressCallback,
+    Separator,
+    SongSeparator,
+    StreamingOverlapAdd,
+    share_residual,
+    take_queued,
+)
 from .settings import SeparationError, check_settings, shown
 from .weights import CHECKPOINT_SUFFIXES
 
@@ -318,7 +325,8 @@ class Ensemble(SongSeparator):
                 if any(held):  # cannot happen: every member gives exactly the song's length
                     raise RuntimeError(f"ensemble members gave different lengths ({held} frames left)")
                 return
-            parts = [_take(queue, n) for queue in queues]
+            pieces = [take_queued(queue, n) for queue in queues]  # one piece: no copy
+            parts = [p[0] if len(p) == 1 else np.concatenate(p, axis=-1) for p in pieces]
             held = [h - n for h in held]
             out = np.zeros((len(self.stems), parts[0].shape[1], n), np.float32)
             for j, i, k, weight in self._sources:
@@ -369,19 +377,6 @@ def _fan_out(blocks: Iterable[np.ndarray], count: int) -> list[Iterator[np.ndarr
             yield queue.popleft()
 
     return [reader(queue) for queue in queues]
-
-
-def _take(queue: collections.deque[np.ndarray], frames: int) -> np.ndarray:
-    """The first ``frames`` frames of the blocks [K, C, n] in ``queue``, taken off it."""
-    parts = []
-    while frames:
-        head = queue.popleft()
-        if head.shape[-1] > frames:
-            queue.appendleft(head[..., frames:])
-            head = head[..., :frames]
-        parts.append(head)
-        frames -= head.shape[-1]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
 
 def _spec(

@@ -302,20 +302,22 @@ class ShiftedOverlapAdd:
     def _averaged(self) -> Iterator[torch.Tensor]:
         ready = min(sum(part.shape[-1] for part in queue) for queue in self._queues)
         if ready:
-            yield sum(_take_samples(queue, ready) for queue in self._queues) / len(self.runs)
+            yield sum(torch.cat(take_queued(queue, ready), dim=-1) for queue in self._queues) / len(self.runs)
 
 
-def _take_samples(queue: collections.deque[torch.Tensor], count: int) -> torch.Tensor:
-    """The first ``count`` samples (last axis) of the tensors queued, taken off the queue."""
+def take_queued(queue: collections.deque[Any], count: int, axis: int = -1) -> list[Any]:
+    """The first ``count`` entries along ``axis`` of the arrays (numpy or torch) queued, taken off the
+    queue, as the pieces they were queued in (the last one cut, its rest put back)."""
     parts = []
     while count:
         head = queue.popleft()
-        if head.shape[-1] > count:
-            head, rest = head[..., :count], head[..., count:]
-            queue.appendleft(rest)
+        if head.shape[axis] > count:
+            before = (slice(None),) * (axis % head.ndim)
+            queue.appendleft(head[(*before, slice(count, None))])
+            head = head[(*before, slice(None, count))]
         parts.append(head)
-        count -= head.shape[-1]
-    return torch.cat(parts, dim=-1)
+        count -= head.shape[axis]
+    return parts
 
 
 def share_residual(
@@ -899,14 +901,7 @@ class Separator(SongSeparator):
 
         def mixture(frames: int) -> np.ndarray:
             """The next ``frames`` frames of the input, [1, C, frames] (output never runs ahead of it)."""
-            parts = []
-            while frames:
-                head = pending.popleft()
-                if len(head) > frames:
-                    head, rest = head[:frames], head[frames:]
-                    pending.appendleft(rest)
-                parts.append(head)
-                frames -= len(head)
+            parts = take_queued(pending, frames, axis=0)  # blocks [n, C]
             return np.concatenate(parts).T[None] if parts else np.zeros((1, channels, 0), np.float32)
 
         align = len(self.stems) if self.card.permutation_invariant else 0
