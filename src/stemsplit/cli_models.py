@@ -109,6 +109,7 @@ def _describe(entry, registry) -> dict:
 def _describe_ensemble(entry, registry) -> dict:
     """Everything the registry says of a named ensemble: its members, stems (where each comes from),
     and the sums of its members' sizes and CPU speeds (every member runs on every song)."""
+    from . import weights
     from .card import other_is_the_rest
     from .ensemble_spec import describe_plan, named_ensemble, plan_stems, rest_parts
 
@@ -130,14 +131,8 @@ def _describe_ensemble(entry, registry) -> dict:
         "cpu_s_per_min": sum(speeds) if all(speeds) else None,
         "license": entry.license,
         "metrics": dict(entry.metrics or {}),
-        "cached": all(weights_cached(m.name) for m in members),
+        "cached": all(weights.cached_path(m.name) is not None for m in members),
     }
-
-
-def weights_cached(name: str) -> bool:
-    from . import weights
-
-    return weights.cached_path(name) is not None
 
 
 def _rest_stem(entry) -> str | None:

@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -294,14 +294,7 @@ def _parse_ensemble(name: str, table: Any, loc: _Locator, models: Mapping[str, M
         raise fail("ensemble names may use letters, digits, '.', '_' and '-' only")
     if name in models:
         raise fail(f"{name!r} is also a [models.{name}] table; a name means one thing")
-    for key, value in table.items():
-        if key not in _ENSEMBLE_FIELDS:
-            raise fail(f"unknown field {key!r} (fields: {', '.join(_ENSEMBLE_FIELDS)})", key)
-        if not isinstance(value, _ENSEMBLE_FIELDS[key]):
-            raise fail(f"field {key!r} must be {_TYPE_NAMES[_ENSEMBLE_FIELDS[key]]}", key)
-    for key in ("description", "models"):
-        if key not in table:
-            raise fail(f"missing field {key!r}")
+    _check_fields(table, _ENSEMBLE_FIELDS, ("description", "models"), fail)
     return EnsembleEntry(
         name=name,
         description=table["description"],
@@ -310,6 +303,27 @@ def _parse_ensemble(name: str, table: Any, loc: _Locator, models: Mapping[str, M
         metrics=dict(table.get("metrics", {})),
         where=f"{loc.path}:{loc.line(where) or '?'}",
     )
+
+
+def _check_fields(
+    table: Mapping[str, Any],
+    types: Mapping[str, Any],
+    required: Sequence[str],
+    fail: Callable[..., RegistryError],
+) -> None:
+    """Every key of a ``[models.NAME]`` or ``[ensembles.NAME]`` table known and of its type, and the
+    required ones there; ``fail(message, key)`` makes the error at the key's line."""
+    for key, value in table.items():
+        if key not in types:
+            close = difflib.get_close_matches(key, list(types), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"fields: {', '.join(types)}"
+            raise fail(f"unknown field {key!r} ({hint})", key)
+        expected = types[key]
+        if not isinstance(value, expected) or (expected in (int, (int, float)) and isinstance(value, bool)):
+            raise fail(f"field {key!r} must be {_TYPE_NAMES[expected]}, not {type(value).__name__}", key)
+    for key in required:
+        if key not in table:
+            raise fail(f"missing field {key!r}")
 
 
 def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
@@ -322,17 +336,7 @@ def _parse_entry(name: str, table: Any, loc: _Locator) -> ModelEntry:
         raise fail("must be a table")
     if not _NAME.match(name):
         raise fail("model names may use letters, digits, '.', '_' and '-' only")
-    for key, value in table.items():
-        if key not in _FIELD_TYPES:
-            close = difflib.get_close_matches(key, list(_FIELD_TYPES), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise fail(f"unknown field {key!r}{hint}", key)
-        expected = _FIELD_TYPES[key]
-        if not isinstance(value, expected) or (expected in (int, (int, float)) and isinstance(value, bool)):
-            raise fail(f"field {key!r} must be {_TYPE_NAMES[expected]}, not {type(value).__name__}", key)
-    for key in _REQUIRED:
-        if key not in table:
-            raise fail(f"missing field {key!r}")
+    _check_fields(table, _FIELD_TYPES, _REQUIRED, fail)
 
     # The family and its config fields are checked when the model is built (stemsplit.model.families
     # imports torch; the registry must not, so that `stemsplit --stems` is checked in a blink).
