@@ -41,6 +41,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .errors import StemsplitError
 from .settings import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SeparationError, check_sample_rate
 
 __all__ = [
@@ -88,7 +89,7 @@ MAX_SAMPLE = 1e6
 _LIBSNDFILE_DECODE_ERROR = "libsndfile cannot decode past this point"
 
 
-class AudioError(Exception):
+class AudioError(StemsplitError):
     """A file cannot be read or written; the message names the file and the problem."""
 
 

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from .audio import AUDIO_EXTENSIONS
+from .errors import StemsplitError
 from .files import host_tag, process_alive, sha256_of, write_atomically
 from .output import DEFAULT_FILENAME, SongOutputs, SongSource, exists_error, path_parts
 
@@ -78,7 +79,7 @@ CLAIM_STALE_SECONDS = 600.0  # another host's claim not refreshed for this long:
 _TAKEOVER_STALE_SECONDS = 60.0  # a takeover lock lives for milliseconds; older means its holder died
 
 
-class BatchError(Exception):
+class BatchError(StemsplitError):
     """A folder cannot be walked, or the run's state folder cannot be used."""
 
 

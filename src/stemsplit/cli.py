@@ -31,7 +31,7 @@ from . import __version__, audio  # noqa: E402
 from .cli_common import (  # noqa: E402
     EXAMPLES,
     EXIT_INTERNAL,
-    EXIT_USAGE,
+    Commands,
     error_line,
     fail,
     interrupted_status,
@@ -44,8 +44,10 @@ from .cli_finetune import finetune_command  # noqa: E402
 from .cli_models import models_app  # noqa: E402
 from .cli_separate import separation_command, speakers_command  # noqa: E402
 from .cli_train import train_command  # noqa: E402
+from .errors import UsageError  # noqa: E402
 
 app = typer.Typer(
+    cls=Commands,  # every StemsplitError ends there: one line and its exit status
     name="stemsplit",
     help="Split songs into drums, bass, other and vocals with TS-BSMamba2.\n\n" + EXAMPLES,
     no_args_is_help=True,
@@ -113,17 +115,13 @@ def synth(
         try:
             font = find_soundfont(soundfont)
         except FluidSynthError as exc:
-            if debug:
-                raise
-            raise fail(f"--soundfont: {exc}", EXIT_USAGE) from None
+            raise UsageError(f"--soundfont: {exc}") from exc
     from .train.synth import SynthError, check_dataset, write_dataset
 
     try:  # what was asked wrong is a usage error, before anything is written
         check_dataset(out, songs, valid, test, seconds, seed, sample_rate, workers, font)
     except SynthError as exc:
-        if debug:
-            raise
-        raise fail(str(exc), EXIT_USAGE) from None
+        raise UsageError(str(exc)) from exc
     try:
         with interrupts_as_exceptions():  # SIGTERM and SIGHUP too: the song being made is removed
             write_dataset(
@@ -137,10 +135,6 @@ def synth(
                 workers=workers,
                 soundfont=font,
             )
-    except (SynthError, FluidSynthError) as exc:
-        if debug:
-            raise
-        raise fail(str(exc)) from None
     except KeyboardInterrupt as exc:
         message = f"interrupted; the finished songs are in {out}, delete it to start again"
         raise fail(message, interrupted_status(exc)) from None
@@ -181,16 +175,12 @@ def synth_speech(
         check_request(out, seconds=seconds, seed=seed, workers=workers, **counts)
         check_tools()
     except SpeechSynthError as exc:
-        if debug:
-            raise
-        raise fail(str(exc), EXIT_USAGE) from None
+        raise UsageError(str(exc)) from exc
     try:
         with interrupts_as_exceptions():  # SIGTERM and SIGHUP too: nothing is left behind
             write_dataset(out, seconds=seconds, seed=seed, workers=workers, **counts)
     except SpeechSynthError as exc:
-        if debug:
-            raise
-        raise fail(f"{exc}; nothing was written") from None
+        raise fail(f"{exc}; nothing was written") from exc
     except KeyboardInterrupt as exc:
         raise fail("interrupted; nothing was written", interrupted_status(exc)) from None
     out_console.print(
@@ -300,8 +290,9 @@ def expand_shorthands(args: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``stemsplit FILE ...`` means ``stemsplit separate FILE ...``.
 
-    Every way out is one line on stderr and an exit status: click's usage
-    errors (exit 2) print as ``stemsplit: error: ...``, and an unexpected
+    Every way out is one line on stderr and an exit status: the errors a
+    user can cause are printed by the app's group (``cli_common.Commands``),
+    click's usage errors (exit 2) here as ``stemsplit: error: ...``, and an unexpected
     exception (a bug) prints one ``internal error`` line and exits 70, unless
     ``--debug`` asks for the traceback.
     """

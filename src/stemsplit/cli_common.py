@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
+from typing import Any
 
-import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+# The exit statuses live in errors.py; the command modules take them from here with the printers.
+from .errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_USAGE, StemsplitError  # noqa: F401
 
 
 def _width() -> int | None:
@@ -37,11 +42,6 @@ EXAMPLES = """Examples:
   stemsplit batch music/ -o stems/            a whole folder, resumable
   stemsplit doctor                            what runs here (paste into bug reports)
 """
-
-# Exit codes (docs/guarantees.md, "Exit status").
-EXIT_FAILED = 1  # a file failed; the others were done
-EXIT_USAGE = 2  # a bad flag or argument; nothing was done
-EXIT_INTERNAL = 70  # a bug: an unexpected exception (sysexits' EX_SOFTWARE)
 
 
 def one_line(text: str) -> str:
@@ -86,10 +86,35 @@ def flag_problem(exc: Exception) -> str:
     return f"{FLAGS.get(option, option)}: {problem}" if option else problem
 
 
-def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
-    """Print the error line and return the ``typer.Exit`` to raise."""
-    error_line(message)
-    return typer.Exit(code)
+def fail(message: str, code: int = EXIT_FAILED) -> StemsplitError:
+    """The error to raise for ``message`` (already naming its flag) and exit status ``code``: ``cli.main``
+    prints it, as it prints every :class:`StemsplitError`."""
+    return StemsplitError(message, exit_code=code)
+
+
+class Commands(TyperGroup):
+    """stemsplit's command groups (``stemsplit``, ``stemsplit models``): the one place where an error a user
+    can cause (:class:`StemsplitError`, from any command or from the library) becomes its line on stderr,
+    its flag named, and its exit status. ``--debug`` shows the traceback of any but a usage error."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        except StemsplitError as exc:
+            if "--debug" in argv and exc.exit_code != EXIT_USAGE:
+                raise
+            error_line(flag_problem(exc))
+            if standalone_mode:
+                sys.exit(exc.exit_code)
+            return exc.exit_code
 
 
 class Precision(str, Enum):

@@ -95,7 +95,8 @@ def finetune_command(**given: typing.Any) -> None:
     stemsplit finetune --model runs/ts/best.safetensors --musdb ~/musdb18hq --unlabeled ~/music -o runs/ft \\
         --resume
     """
-    debug, resume, override = given.pop("debug"), given["resume"], given["override"]
+    given.pop("debug")  # (cli.main reads --debug)
+    resume, override = given["resume"], given["override"]
     if override and not resume:
         raise fail("--override only applies with --resume", EXIT_USAGE)
     from dataclasses import fields
@@ -141,10 +142,6 @@ def finetune_command(**given: typing.Any) -> None:
         pretrained = load_pretrained(model)
         config = configure(pretrained, str(model), stems, **given)
         finetune(config, log=lambda text: err_console.print(text), pretrained=pretrained)
-    except (TrainError, DatasetError) as exc:
-        if debug:
-            raise
-        raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail(interrupted_advice(given["out"]), 130) from None
 

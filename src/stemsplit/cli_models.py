@@ -13,10 +13,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .cli_common import EXIT_FAILED, EXIT_USAGE, fail
+from .cli_common import EXIT_FAILED, EXIT_USAGE, Commands, fail
 from .cli_common import out_console as console
 
 models_app = typer.Typer(
+    cls=Commands,
     help="List, download, locate and verify pretrained models (registry: weights.toml).",
     invoke_without_command=True,
     add_completion=False,

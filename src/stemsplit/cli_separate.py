@@ -52,6 +52,7 @@ from .cli_common import (
     interrupts_as_exceptions,
     one_line,
 )
+from .errors import UsageError
 from .output import DEFAULT_FILENAME
 
 # TS (12 layers, N = 128) per 3 s window on 2 cores, fp32 and bf16 (benchmarks/bench_model.py, AMD EPYC)
@@ -77,10 +78,6 @@ class ClipMode(str, Enum):
     none = "none"
     rescale = "rescale"
     clamp = "clamp"
-
-
-class UsageError(Exception):
-    """A bad flag or argument, found before anything ran: exit 2."""
 
 
 # --- output: rich progress, plain lines or JSON lines --------------------------------------------

@@ -168,10 +168,6 @@ def train_command(
         raise fail(str(exc), EXIT_USAGE) from None
     try:
         run_training(config, log=lambda text: err_console.print(text))
-    except (TrainError, DatasetError) as exc:
-        if debug:
-            raise
-        raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail(interrupted_advice(config.out), 130) from None
 

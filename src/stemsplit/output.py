@@ -45,6 +45,7 @@ import numpy as np
 import soundfile as sf
 
 from .audio import BlockResampler, libsndfile_reason, sf_name
+from .errors import StemsplitError
 from .files import (
     creation_problem,
     host_tag,
@@ -86,12 +87,8 @@ DEFAULT_FILENAME = "{folder}/{track}/{stem}.{ext}"
 NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows)
 
 
-class OutputError(Exception):
+class OutputError(StemsplitError):
     """An output cannot be written as asked. ``option`` names the setting at fault, if one is."""
-
-    def __init__(self, problem: str, option: str | None = None) -> None:
-        super().__init__(f"{option}: {problem}" if option else problem)
-        self.problem, self.option = problem, option
 
 
 class OutputExistsError(OutputError):

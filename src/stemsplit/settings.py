@@ -12,6 +12,8 @@ import numbers
 import re
 from collections.abc import Iterable, Sequence
 
+from .errors import StemsplitError
+
 __all__ = [
     "MAX_BATCH_SIZE",
     "MAX_CHANNELS",
@@ -39,12 +41,8 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 1_000_000
 RESIDUAL = "residual"
 
 
-class SeparationError(Exception):
+class SeparationError(StemsplitError):
     """A song cannot be separated as asked. ``option`` names the setting at fault, if one is."""
-
-    def __init__(self, problem: str, option: str | None = None) -> None:
-        super().__init__(f"{option}: {problem}" if option else problem)
-        self.problem, self.option = problem, option
 
 
 def check_sample_rate(sample_rate: object) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import StemsplitError
 from .bs_mamba2 import ARCHITECTURE as BS_MAMBA2
 from .bs_mamba2 import MAY_BE_ZERO as BS_MAMBA2_MAY_BE_ZERO
 from .bs_mamba2 import PRESETS as BS_MAMBA2_PRESETS
@@ -66,7 +67,7 @@ __all__ = [
 ]
 
 
-class FamilyError(ValueError):
+class FamilyError(StemsplitError, ValueError):
     """An unknown family or preset, or a config the family cannot be built with (one line)."""
 
 

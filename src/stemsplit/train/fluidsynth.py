@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio import sf_name
+from ..errors import StemsplitError
 
 __all__ = [
     "FluidSynthError",
@@ -58,7 +59,7 @@ TICKS_PER_SECOND = 1_000_000 * TICKS_PER_QUARTER // MICROSECONDS_PER_QUARTER
 Event = tuple[int, bytes]  # (time in samples, one MIDI message)
 
 
-class FluidSynthError(Exception):
+class FluidSynthError(StemsplitError):
     """FluidSynth or the soundfont is missing or unusable, or a render failed; the message says why."""
 
 

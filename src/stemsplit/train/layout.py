@@ -14,6 +14,8 @@ import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..errors import StemsplitError
+
 __all__ = [
     "HQ_URL",
     "VALID_LIST",
@@ -30,7 +32,7 @@ HQ_URL = "https://zenodo.org/records/3338373"
 VALID_LIST = "valid.txt"  # optional: the dataset's own validation track names
 
 
-class DatasetError(Exception):
+class DatasetError(StemsplitError):
     """The dataset cannot be used as given; the one-line message names the path and the problem."""
 
     def __init__(self, message: str = "") -> None:

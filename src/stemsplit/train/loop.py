@@ -56,6 +56,7 @@ import torch
 import torch.distributed as dist
 
 from ..card import MUSIC_STEMS
+from ..errors import StemsplitError
 from ..files import write_atomically
 from ..model import FamilyError, build_model, config_problem, family, make_config
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
@@ -82,7 +83,7 @@ PROGRESS_LINE_SECONDS = 60.0  # without a terminal, a progress line this often
 CHECKPOINT_FORMAT = "stemsplit-train-2"  # last.pt layout; 2: weights-only loadable (JSON config, RNG tensors)
 
 
-class TrainError(Exception):
+class TrainError(StemsplitError):
     """A training run cannot start or continue; the message says why."""
 
 

@@ -74,6 +74,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio import AudioError, BlockResampler, libsndfile_reason, probe, sf_name, unplayable_problem
+from ..errors import StemsplitError
 from .config import synth_request_problem
 
 __all__ = [
@@ -150,7 +151,7 @@ HEIGHT = (0.9, 1.8)  # receiver and sources
 DISTANCE = (0.66, 2.0)  # source to receiver, horizontal
 
 
-class SpeechSynthError(Exception):
+class SpeechSynthError(StemsplitError):
     """Speech mixtures cannot be made or read as asked; the one-line message says why."""
 
 

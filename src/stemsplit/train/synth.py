@@ -59,6 +59,7 @@ from scipy import signal
 
 from ..audio import sf_name
 from ..card import MUSIC_STEMS
+from ..errors import StemsplitError
 from . import fluidsynth
 from .config import synth_request_problem
 
@@ -79,7 +80,7 @@ PROGRESSIONS = {
 }
 
 
-class SynthError(Exception):
+class SynthError(StemsplitError):
     """A synthetic dataset cannot be written as asked; the one-line message says why."""
 
 

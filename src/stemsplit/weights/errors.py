@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import StemsplitError
+
 __all__ = [
     "CacheError",
     "CheckpointError",
@@ -15,7 +17,7 @@ __all__ = [
 ]
 
 
-class WeightsError(Exception):
+class WeightsError(StemsplitError):
     """Base of every error a user can get from loading weights; the message is one line."""
 
 
