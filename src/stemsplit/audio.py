@@ -93,6 +93,18 @@ class AudioError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class Segment:
+    """A stretch of a file that libsndfile decodes on its own: a WAV with its header repaired, or one
+    link of a chained Ogg. ``parts`` are bytes (a header made here) and (offset, length) ranges of the
+    file, read in order as one file; ``sample_rate`` and ``channels`` are the segment's own (they may
+    differ from the song's, and are converted)."""
+
+    parts: tuple[bytes | tuple[int, int], ...]
+    sample_rate: int
+    channels: int
+
+
+@dataclasses.dataclass(frozen=True)
 class AudioInfo:
     """What :func:`probe` found out about an audio file.
 
@@ -114,6 +126,11 @@ class AudioInfo:
     layout: tuple[str, ...] | None = None
     decoder: str = "libsndfile"
     stream: int = 0
+    # Where the file's audio and its header disagree, and what was read (one line each, for the user:
+    # the audio decides the length, the header is an estimate and a cross-check).
+    notes: tuple[str, ...] = ()
+    # libsndfile decodes these one after another instead of the file as it is on disk (empty: the file).
+    segments: tuple[Segment, ...] = ()
 
     @property
     def seconds(self) -> float:
@@ -136,12 +153,17 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     what = _non_audio_kind(head)
     if what:
         raise AudioError(f"{path}: not an audio file ({what})")
+    wav = _wav_facts(path, head)  # the audio a WAV really holds, where its header says otherwise
     info = None
     try:
         with sf.SoundFile(sf_name(path)) as f:
-            info = _probe_libsndfile(path, f)
+            if wav is None or (wav.frames == f.frames and len(wav.ranges) == 1):
+                info = _probe_libsndfile(path, f)
+            else:
+                info = _probe_repaired_wav(path, wav, int(f.frames))
     except (sf.LibsndfileError, RuntimeError):  # not a format libsndfile reads: try FFmpeg
-        pass
+        if wav is not None:  # libsndfile refuses some misstated headers (two data chunks)
+            info = _probe_repaired_wav(path, wav, 0)
     info = info or _probe_ffmpeg(path, head)
     try:
         check_sample_rate(info.sample_rate)
@@ -279,6 +301,30 @@ def _probe_libsndfile(path: Path, f: sf.SoundFile) -> AudioInfo:
     return AudioInfo(path, frames, rate, channels, f.format, exact, layout)
 
 
+def _probe_repaired_wav(path: Path, wav: _WavFacts, header_frames: int) -> AudioInfo:
+    """A WAV whose header misstates its audio (see :func:`_wav_facts`): read through a repaired header."""
+    segment = _repaired_wav(path, wav)
+    try:
+        with sf.SoundFile(_SplicedFile(path, segment.parts)) as f:  # libsndfile must accept the repair
+            accepted = f.frames == wav.frames
+    except (sf.LibsndfileError, RuntimeError):
+        accepted = False
+    if not accepted:
+        raise AudioError(f"{path}: a damaged WAV file (libsndfile cannot read its format chunk)")
+    notes = list(wav.notes)
+    if wav.unknown_size and header_frames < wav.frames:
+        notes.append(
+            f"its header gives no length (0xFFFFFFFF, as pipes and files over 4 GiB leave): read to the "
+            f"end of the file, {wav.frames / wav.sample_rate:.2f} s where libsndfile alone reads "
+            f"{header_frames / wav.sample_rate:.2f} s"
+        )
+    layout = _ffmpeg_layout(path) if wav.channels > 2 else None
+    return AudioInfo(
+        path, wav.frames, wav.sample_rate, wav.channels, "WAV", True, layout,
+        notes=tuple(notes), segments=(segment,),
+    )  # fmt: skip
+
+
 def _truncated(path: Path, frames: int, rate: int, stated: float) -> str:
     """The message for audio that ends after ``frames`` although the file says it lasts ``stated`` s."""
     return f"{path}: truncated at {frames / rate:.2f} s (the file says {stated:.2f} s)"
@@ -352,6 +398,195 @@ def _end_decodes(path: Path, seconds: float) -> bool:
     except Exception:  # FFmpeg cannot read it either: no evidence the end is there
         return False
     return end is not None and end >= seconds - _RELIABLE_DURATION_SLACK
+
+
+# --- files whose header is wrong ------------------------------------------------------------------
+
+
+class _SplicedFile(io.RawIOBase):
+    """A read-only, seekable view of ``Segment.parts`` as one file (what soundfile's virtual I/O reads).
+
+    Lets libsndfile decode a WAV through a header made here, or one Ogg link
+    alone, without copying the audio anywhere.
+    """
+
+    def __init__(self, path: Path, parts: Sequence[bytes | tuple[int, int]]) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._parts = list(parts)
+        self._starts = []  # where each part starts in the view
+        size = 0
+        for part in self._parts:
+            self._starts.append(size)
+            size += len(part) if isinstance(part, bytes) else part[1]
+        self._size, self._position = size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self._position < self._size:
+            index = next(i for i in range(len(self._parts) - 1, -1, -1) if self._starts[i] <= self._position)
+            part, inside = self._parts[index], self._position - self._starts[index]
+            if isinstance(part, bytes):
+                chunk = part[inside : inside + len(view) - done]
+            else:
+                offset, length = part
+                self._file.seek(offset + inside)
+                chunk = self._file.read(min(length - inside, len(view) - done))
+                if not chunk:  # the file got shorter since it was probed
+                    break
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+            self._position += len(chunk)
+        return done
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+# A WAV chunk size that means "not known" (writers that cannot seek back to fill it in): the data
+# runs to the end of the file. 0x7FFFFFFF and up is what pipes and some streaming writers leave.
+_UNKNOWN_RIFF_SIZE = 0x7FFFFFFF
+# WAVE format tags whose frames are block_align bytes each (PCM, IEEE float): these WAVs are repaired.
+_PLAIN_WAV_TAGS = (0x0001, 0x0003)
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+
+
+@dataclasses.dataclass
+class _WavFacts:
+    """What walking a WAV's chunks found: its audio's byte ranges and what the header got wrong."""
+
+    fmt: bytes  # the fmt chunk, whole (id, size, body)
+    fact: bytes  # the fact chunk, whole, or b""
+    ranges: list[tuple[int, int]]  # (offset, length) of every data chunk's audio, whole frames
+    sample_rate: int
+    channels: int
+    block_align: int
+    notes: list[str]
+    unknown_size: bool  # a data size said "not known" (0xFFFFFFFF): read to the end of the file
+
+    @property
+    def frames(self) -> int:
+        return sum(length for _, length in self.ranges) // self.block_align
+
+
+def _wav_facts(path: Path, head: bytes) -> _WavFacts | None:
+    """Walk a RIFF/RF64 WAV's chunks to find all of its audio; None where libsndfile should decide alone.
+
+    Handles what a header gets wrong: a data size of 0 with the audio there
+    (a recorder that stopped before finishing its header), a size that says
+    "unknown" (0xFFFFFFFF: pipes, and files over 4 GiB), a second data chunk,
+    an RF64 whose ds64 size runs past the end (raises :class:`AudioError`:
+    truncated). Only PCM and float WAVs (a frame is ``block_align`` bytes).
+    """
+    if head[:4] not in (b"RIFF", b"RF64", b"BW64") or head[8:12] != b"WAVE":
+        return None
+    size = path.stat().st_size
+    ds64_data = None  # RF64: the data size the ds64 chunk gives
+    fmt = fact = b""
+    ranges: list[tuple[int, int]] = []
+    notes: list[str] = []
+    unknown = False  # a data size said "not known": the audio ran to the end of the file
+    tag = rate = channels = align = 0
+    with open(path, "rb") as f:
+        position = 12
+        for _ in range(100_000):  # a cap on junk; real WAVs have a handful of chunks
+            if position + 8 > size:
+                break
+            f.seek(position)
+            header = f.read(8)
+            name, length = header[:4], int.from_bytes(header[4:8], "little")
+            body = position + 8
+            if name == b"ds64" and head[:4] != b"RIFF":
+                ds64 = f.read(24)
+                ds64_data = int.from_bytes(ds64[8:16], "little") if len(ds64) == 24 else None
+            elif name == b"fmt " and not fmt:
+                fmt = header + f.read(min(length, 64))
+                tag, channels = int.from_bytes(fmt[8:10], "little"), int.from_bytes(fmt[10:12], "little")
+                rate, align = int.from_bytes(fmt[12:16], "little"), int.from_bytes(fmt[20:22], "little")
+                if tag == _WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 34:
+                    tag = int.from_bytes(fmt[32:34], "little")  # the sub-format GUID's first two bytes
+                if tag not in _PLAIN_WAV_TAGS or channels <= 0 or align <= 0 or len(fmt) != 8 + length:
+                    return None
+            elif name == b"fact" and not fact:
+                fact = header + f.read(min(length, 64))
+            elif name == b"data":
+                if not fmt:
+                    return None  # audio before its format: not a WAV this walk understands
+                available = size - body
+                if ds64_data is not None and length == 0xFFFFFFFF and not ranges:
+                    length = ds64_data if ds64_data not in (0, 0xFFFFFFFFFFFFFFFF) else 0xFFFFFFFF
+                    if length != 0xFFFFFFFF and length > available:
+                        raise AudioError(_truncated(path, available // align, rate, length // align / rate))
+                if length >= _UNKNOWN_RIFF_SIZE and (head[:4] == b"RIFF" or length == 0xFFFFFFFF):
+                    unknown = True
+                    ranges.append((body, available - available % align))
+                    break
+                if length == 0 and available >= align and not _looks_like_chunk(f, body, size):
+                    notes.append(
+                        "its header says it holds no audio (a recording that stopped before finishing "
+                        "its header?): read to the end of the file"
+                    )
+                    ranges.append((body, available - available % align))
+                    break
+                if length > available:  # cut short: the truncation check after libsndfile says where
+                    return None
+                if length:
+                    ranges.append((body, length - length % align))
+            position = body + length + (length & 1)
+    if not fmt or not ranges:
+        return None
+    if len(ranges) > 1:
+        notes.append(f"{len(ranges)} data chunks (a WAV has one): read them all")
+    return _WavFacts(fmt, fact, ranges, rate, channels, align, notes, unknown)
+
+
+def _looks_like_chunk(f, position: int, size: int) -> bool:
+    """Whether the bytes at ``position`` are a chunk header (a printable id and a size that fits)."""
+    f.seek(position)
+    header = f.read(8)
+    if len(header) < 8 or not all(32 <= b < 127 for b in header[:4]):
+        return False
+    return position + 8 + int.from_bytes(header[4:8], "little") <= size
+
+
+def _repaired_wav(path: Path, facts: _WavFacts) -> Segment:
+    """A segment that libsndfile reads as the WAV's whole audio: an RF64 header made here (no 4 GiB
+    limit, sizes exact) over the file's own fmt (and fact) chunk and every data range."""
+    data = sum(length for _, length in facts.ranges)
+    tail = (
+        facts.fmt
+        + (b"\0" if len(facts.fmt) & 1 else b"")
+        + facts.fact
+        + (b"\0" if len(facts.fact) & 1 else b"")
+    )
+    riff = 4 + 36 + len(tail) + 8 + data
+    ds64 = (
+        riff.to_bytes(8, "little")
+        + data.to_bytes(8, "little")
+        + (data // facts.block_align).to_bytes(8, "little")
+    )
+    header = (
+        b"RF64" + b"\xff\xff\xff\xff" + b"WAVE"
+        + b"ds64" + (28).to_bytes(4, "little") + ds64 + b"\0\0\0\0"
+        + tail + b"data" + b"\xff\xff\xff\xff"
+    )  # fmt: skip
+    return Segment((header, *facts.ranges), facts.sample_rate, facts.channels)
 
 
 # --- FFmpeg (PyAV) ------------------------------------------------------------------------------
@@ -626,17 +861,47 @@ def unplayable_problem(path: Path, block: np.ndarray, first_frame: int, sample_r
 
 
 def _libsndfile_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
-    """Decode with libsndfile in short pieces of [n, channels] float32; ``_DecodeFailed`` on errors."""
+    """Decode with libsndfile in short pieces of [n, channels] float32; ``_DecodeFailed`` on errors.
+
+    A file with ``info.segments`` is decoded segment by segment, each
+    converted to the song's rate and channels (:func:`_converted`).
+    """
     read = 0
     try:
-        with sf.SoundFile(sf_name(info.path)) as f:
-            while len(piece := f.read(_PIECE_FRAMES, dtype="float32", always_2d=True)):
-                read += len(piece)
-                yield piece
+        if not info.segments:
+            with sf.SoundFile(sf_name(info.path)) as f:
+                while len(piece := f.read(_PIECE_FRAMES, dtype="float32", always_2d=True)):
+                    read += len(piece)
+                    yield piece
+            return
+        for segment in info.segments:
+            with sf.SoundFile(_SplicedFile(info.path, segment.parts)) as f:
+                for piece in _converted(f, segment, info):
+                    read += len(piece)
+                    yield piece
     except (sf.LibsndfileError, RuntimeError):
         raise _DecodeFailed(read, _LIBSNDFILE_DECODE_ERROR) from None
     except OSError as exc:
         raise _DecodeFailed(read, exc.strerror or str(exc)) from None
+
+
+def _converted(f: sf.SoundFile, segment: Segment, info: AudioInfo) -> Iterator[np.ndarray]:
+    """``f``'s pieces at the song's rate and channel count: a mono segment is copied to both sides of a
+    stereo song, a stereo one averaged into a mono song, another rate resampled (soxr)."""
+    resample = BlockResampler(segment.sample_rate, info.sample_rate, info.channels)
+
+    def to_song(piece: np.ndarray) -> np.ndarray:
+        if segment.channels != info.channels:
+            piece = piece.mean(axis=1, keepdims=True) if info.channels == 1 else piece[:, [0] * info.channels]
+        return resample(np.ascontiguousarray(piece, dtype=np.float32))
+
+    # Longer pieces than _PIECE_FRAMES: a segment is PCM (an error's place is exact anyway) or a whole
+    # Ogg link, and a WAV over 4 GiB read in short pieces spends most of its time per piece.
+    while len(piece := f.read(_PIECE_FRAMES * 16, dtype="float32", always_2d=True)):
+        if len(out := to_song(piece)):
+            yield out
+    if len(tail := resample.flush(info.channels)):
+        yield tail
 
 
 # --- downmix ------------------------------------------------------------------------------------

@@ -903,6 +903,8 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         song.status = "done"
         noun = "stems" if args.get("task", "music") == "music" else "files"
         song.details = f"{len(result.outputs)} {noun} in {_common_parent(result.outputs.values())}"
+        for note in song.info.notes:  # the header said otherwise: say what was read
+            song.details += f"; {note}"
         if result.rescaled_by != 1.0:
             gain_db = 20 * math.log10(result.rescaled_by)
             song.details += f"; scaled by {result.rescaled_by:.3f} ({gain_db:.1f} dB) so nothing clips"

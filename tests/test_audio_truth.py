@@ -1,0 +1,160 @@
+"""The audio decides a song's length, not its header (issue 33, part 1), and nothing stops at 4 GiB (part 2).
+
+Every file is made here: WAVs by hand (their headers patched byte by byte, as
+crashed recorders, pipes and streaming writers leave them), MP3 and Ogg with
+libsndfile, MP4 with PyAV. Files over 4 GiB are sparse: their size is real,
+their disk use is a few kilobytes.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import FAST, RATE, cli, music
+
+from stemsplit.audio import AudioError, _SplicedFile, probe, read_blocks
+
+STEMS = ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+
+
+def read_all(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Decode through probe + read_blocks: (the audio, probe's notes)."""
+    info = probe(path)
+    return np.concatenate(list(read_blocks(info, 1 << 16))), info.notes
+
+
+def pcm16(audio: np.ndarray) -> np.ndarray:
+    """``audio`` as libsndfile reads it back from a plain 16-bit WAV."""
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, RATE, subtype="PCM_16", format="WAV")
+    buffer.seek(0)
+    return sf.read(buffer, dtype="float32", always_2d=True)[0]
+
+
+def wav_parts(audio: np.ndarray, rate: int = RATE, subtype: str = "PCM_16") -> tuple[bytearray, bytes]:
+    """A WAV of ``audio`` split into (its header up to and including the data chunk's header, the audio)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, subtype=subtype, format="WAV")
+    data = buffer.getvalue()
+    at = data.index(b"data")
+    return bytearray(data[: at + 8]), data[at + 8 :]
+
+
+def with_sizes(header: bytearray, riff: int, data: int) -> bytes:
+    header[4:8] = struct.pack("<I", riff)
+    header[-4:] = struct.pack("<I", data)
+    return bytes(header)
+
+
+# --- WAV: what the header says is not what is there -----------------------------------------------
+
+
+@pytest.mark.parametrize("riff_size", [0, 36, 0xFFFFFFFF])
+def test_wav_with_data_size_zero_is_read_to_its_end(riff_size, tmp_path):
+    """A recorder that crashed before finishing its header leaves data size 0 over all of its audio."""
+    source = music(2.0)
+    header, audio = wav_parts(source)
+    path = tmp_path / "crashed.wav"
+    path.write_bytes(with_sizes(header, riff_size, 0) + audio + b"\x01")  # and half a frame: dropped
+    decoded, notes = read_all(path)
+    np.testing.assert_allclose(decoded, pcm16(source), atol=1e-6)
+    assert any("says it holds no audio" in note for note in notes), notes
+
+
+def test_wav_with_an_empty_data_chunk_then_other_chunks_has_no_audio(tmp_path):
+    """Size 0 followed by a real chunk is an empty data chunk, not audio to the end."""
+    header, _ = wav_parts(music(0.1))
+    path = tmp_path / "empty.wav"
+    listing = b"LIST" + struct.pack("<I", 12) + b"INFOISFT\0\0\0\0"
+    path.write_bytes(with_sizes(header, len(header) - 8 + len(listing), 0) + listing)
+    with pytest.raises(AudioError, match=r"contains no audio|not an audio file|damaged"):
+        list(read_blocks(probe(path), 4096))
+
+
+@pytest.mark.parametrize("between", [b"", b"LIST\x04\x00\x00\x00INFO"])
+def test_wav_with_two_data_chunks_keeps_both(between, tmp_path):
+    first, second = music(1.0), music(0.7)[::-1].copy()
+    header, audio_one = wav_parts(first)
+    _, audio_two = wav_parts(second)
+    body = (
+        audio_one + between + b"data" + struct.pack("<I", len(audio_two)) + audio_two
+    )  # header's own data chunk holds the first part
+    path = tmp_path / "two.wav"
+    path.write_bytes(with_sizes(header, len(header) - 8 + len(body), len(audio_one)) + body)
+    decoded, notes = read_all(path)
+    np.testing.assert_allclose(decoded, pcm16(np.concatenate([first, second])), atol=1e-6)
+    assert any("2 data chunks" in note for note in notes), notes
+
+
+def rf64(audio: np.ndarray, declared_bytes: int | None = None) -> bytes:
+    """An RF64 WAV of ``audio`` (16-bit), its ds64 data size replaced by ``declared_bytes`` if given."""
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, RATE, subtype="PCM_16", format="RF64")
+    data = bytearray(buffer.getvalue())
+    assert data[:4] == b"RF64" and data[12:16] == b"ds64"
+    if declared_bytes is not None:
+        data[28:36] = struct.pack("<Q", declared_bytes)  # ds64: riff size (8 bytes), then data size
+    return bytes(data)
+
+
+def test_truncated_rf64_is_reported_as_truncated(tmp_path):
+    """ds64 declares 8 GB, 3 s are there: truncated, before any separating."""
+    path = tmp_path / "cut.wav"
+    path.write_bytes(rf64(music(3.0), declared_bytes=8_000_000_000))
+    with pytest.raises(AudioError) as error:
+        probe(path)
+    assert str(error.value) == f"{path}: truncated at 3.00 s (the file says {8e9 / 4 / RATE:.2f} s)"
+
+
+def test_rf64_whole_reads_whole(tmp_path):
+    source = music(1.5)
+    path = tmp_path / "whole.wav"
+    path.write_bytes(rf64(source))
+    decoded, notes = read_all(path)
+    np.testing.assert_allclose(decoded, pcm16(source), atol=1e-6)
+    assert notes == ()
+
+
+def test_wav_over_4_gib_with_unknown_sizes_is_read_to_its_real_end(tmp_path):
+    """0xFFFFFFFF sizes (libsndfile, and ffmpeg writing to a pipe) over 4 GiB + 1 s of float audio (a
+    sparse file): probe counts every frame, and the stretch read_blocks decodes reaches the last
+    samples (read there, not all 4 GiB of silence: that takes a minute on a busy 2-core machine)."""
+    rate = 8000
+    header, _ = wav_parts(np.zeros((1, 2), np.float32), rate, subtype="FLOAT")
+    header_bytes = with_sizes(header, 0xFFFFFFFF, 0xFFFFFFFF)
+    frames = (1 << 32) // 8 + rate  # 8 bytes a frame
+    end = np.full((rate, 2), 0.25, np.float32)
+    end[-1] = [-0.5, 0.5]
+    path = tmp_path / "long.wav"
+    with open(path, "wb") as f:
+        f.write(header_bytes)
+        f.truncate(len(header_bytes) + frames * 8)
+        f.seek(len(header_bytes) + (frames - rate) * 8)
+        f.write(end.tobytes())
+    with sf.SoundFile(path) as plain:
+        assert plain.frames < (1 << 32) // 8  # libsndfile alone stops at 4 GiB
+    info = probe(path)
+    assert (info.frames, info.frames_exact) == (frames, True)
+    assert any("0xFFFFFFFF" in note for note in info.notes), info.notes
+    [segment] = info.segments
+    with sf.SoundFile(_SplicedFile(path, segment.parts)) as f:
+        assert f.frames == frames
+        f.seek(frames - 2 * rate)
+        tail = f.read(dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(tail, np.concatenate([np.zeros((rate, 2), np.float32), end]))
+
+
+def test_the_cli_separates_all_of_a_crashed_recording_and_says_so(tmp_path, stub_checkpoint):
+    source = music(2.0)
+    header, audio = wav_parts(source)
+    path = tmp_path / "take.wav"
+    path.write_bytes(with_sizes(header, 0, 0) + audio)
+    result = cli(path, "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST, check=0)
+    assert "says it holds no audio" in result.stdout + result.stderr
+    for stem in STEMS:
+        assert sf.info(str(tmp_path / "out" / "take" / stem)).frames == len(source)
