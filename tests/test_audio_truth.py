@@ -158,3 +158,67 @@ def test_the_cli_separates_all_of_a_crashed_recording_and_says_so(tmp_path, stub
     assert "says it holds no audio" in result.stdout + result.stderr
     for stem in STEMS:
         assert sf.info(str(tmp_path / "out" / "take" / stem)).frames == len(source)
+
+
+# --- MP3: files joined end to end -----------------------------------------------------------------
+
+
+def tone(seconds: float, rate: int, hz: float) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return np.stack([0.3 * np.sin(2 * np.pi * hz * t)] * 2, axis=1).astype(np.float32)
+
+
+def mp3(audio: np.ndarray, rate: int, id3: bool = False) -> bytes:
+    """``audio`` as an MP3 (libsndfile's LAME: a Xing/Info tag with frame and byte counts); with ``id3``
+    an ID3v2 tag before it (1 kB of padding) and an ID3v1 tag after it, as taggers leave them."""
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="MP3")
+    data = buffer.getvalue()
+    assert b"Xing" in data[:4096] or b"Info" in data[:4096]
+    if id3:
+        size = 1024
+        syncsafe = bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0))
+        data = b"ID3\x03\x00\x00" + syncsafe + b"\0" * size + data + b"TAG" + b"\0" * 125
+    return data
+
+
+def pitch(audio: np.ndarray, rate: int) -> float:
+    """The strongest frequency of ``audio``'s first channel (Hz)."""
+    spectrum = np.abs(np.fft.rfft(audio[:, 0] * np.hanning(len(audio))))
+    return float(np.argmax(spectrum) * rate / len(audio))
+
+
+@pytest.mark.parametrize("id3", [False, True])
+@pytest.mark.parametrize("second_rate", [RATE, 22050])  # 22050: the rate changes midway
+def test_joined_mp3s_are_read_to_the_end(second_rate, id3, tmp_path):
+    """``cat a.mp3 b.mp3``: the first file's tag counts only its own frames; all of b is read, at the
+    first file's rate (b at another rate is converted, its pitch kept)."""
+    path = tmp_path / "chapters.mp3"
+    path.write_bytes(
+        mp3(tone(2.0, RATE, 440), RATE, id3) + mp3(tone(3.0, second_rate, 660), second_rate, id3)
+    )
+    decoded, notes = read_all(path)
+    info = probe(path)
+    assert info.sample_rate == RATE
+    assert abs(len(decoded) / RATE - 5.0) < 0.15  # each file's encoder delay and padding are kept
+    assert abs(pitch(decoded[RATE // 2 : 3 * RATE // 2], RATE) - 440) < 2
+    assert abs(pitch(decoded[-2 * RATE : -RATE // 2], RATE) - 660) < 2
+    assert any("goes on" in note for note in notes), notes
+    if second_rate == RATE:  # the estimate (for the ETA) is near: bytes per second alike in both files
+        assert abs(info.frames / len(decoded) - 1) < 0.2
+
+
+def test_one_tagged_mp3_keeps_its_exact_length(tmp_path):
+    path = tmp_path / "one.mp3"
+    path.write_bytes(mp3(tone(2.0, RATE, 440), RATE, id3=True))
+    info = probe(path)
+    assert (info.decoder, info.frames_exact, info.frames, info.notes) == ("libsndfile", True, 2 * RATE, ())
+
+
+def test_the_cli_separates_all_of_joined_mp3s(tmp_path, stub_checkpoint):
+    path = tmp_path / "book.mp3"
+    path.write_bytes(mp3(tone(1.0, RATE, 440), RATE) + mp3(tone(2.0, RATE, 660), RATE))
+    result = cli(path, "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST, check=0)
+    assert "goes on" in result.stdout + result.stderr
+    for stem in STEMS:
+        assert abs(sf.info(str(tmp_path / "out" / "book" / stem)).duration - 3.0) < 0.15

@@ -155,16 +155,20 @@ def probe(path: str | os.PathLike) -> AudioInfo:
         raise AudioError(f"{path}: not an audio file ({what})")
     wav = _wav_facts(path, head)  # the audio a WAV really holds, where its header says otherwise
     info = None
+    joined = None  # an MP3 that goes on past its tag: how many times more bytes than the tag counts
+    tagged = 0.0  # and the seconds its tag says
     try:
         with sf.SoundFile(sf_name(path)) as f:
-            if wav is None or (wav.frames == f.frames and len(wav.ranges) == 1):
+            if f.format == "MP3" and (joined := _mp3_past_its_tag(path)):
+                tagged = f.frames / f.samplerate  # mpg123 stops there: FFmpeg reads every frame instead
+            elif wav is None or (wav.frames == f.frames and len(wav.ranges) == 1):
                 info = _probe_libsndfile(path, f)
             else:
                 info = _probe_repaired_wav(path, wav, int(f.frames))
     except (sf.LibsndfileError, RuntimeError):  # not a format libsndfile reads: try FFmpeg
         if wav is not None:  # libsndfile refuses some misstated headers (two data chunks)
             info = _probe_repaired_wav(path, wav, 0)
-    info = info or _probe_ffmpeg(path, head)
+    info = info or (_probe_joined_mp3(path, head, tagged, joined) if joined else _probe_ffmpeg(path, head))
     try:
         check_sample_rate(info.sample_rate)
     except SeparationError:  # a header saying 1 Hz (or 4 GHz) is damaged or not audio
@@ -360,6 +364,68 @@ def _mp3_has_length_tag(path: Path) -> bool:
         f.seek(start)
         first = f.read(4096)
     return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+# MP3 bytes past what the Xing/Info tag counts that are still only tags or junk, not another file's audio.
+_MP3_TAIL_SLACK = 4096
+
+
+def _mp3_past_its_tag(path: Path) -> float | None:
+    """How many times more bytes an MP3 has than its Xing/Info tag counts, where it goes on past them:
+    files joined with ``cat`` (chapters, stream rips), the first one's tag trusted by mpg123 for the
+    whole. None where it does not, or the tag has no byte count (nothing to check against)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(10)
+        start = 0
+        if head[:3] == b"ID3" and len(head) == 10:
+            start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+        f.seek(start)
+        first = f.read(4096)
+        end = size
+        f.seek(max(0, size - 128))
+        if f.read(3) == b"TAG":  # ID3v1, the last 128 bytes
+            end -= 128
+        f.seek(max(0, end - 32))
+        footer = f.read(32)
+        if footer[:8] == b"APETAGEX":  # APEv2: its size counts the footer, not the 32-byte header
+            end -= int.from_bytes(footer[12:16], "little") + 32
+    at = max(first.find(b"Xing"), first.find(b"Info"))
+    if at < 0 or len(first) < at + 16:
+        return None
+    flags = int.from_bytes(first[at + 4 : at + 8], "big")
+    if not flags & 2:  # no byte count
+        return None
+    counted = int.from_bytes(
+        first[at + 8 + (4 if flags & 1 else 0) : at + 12 + (4 if flags & 1 else 0)], "big"
+    )
+    if counted <= 0 or end - start <= counted + _MP3_TAIL_SLACK:  # the count starts with the tag's frame
+        return None
+    return (end - start) / counted
+
+
+def _probe_joined_mp3(path: Path, head: bytes, stated: float, ratio: float) -> AudioInfo:
+    """An MP3 longer than its tag says (see :func:`_mp3_past_its_tag`), decoded by FFmpeg to its end.
+
+    Its length is estimated from its bytes (for the ETA; the frames decoded
+    are the truth): the tail is not decoded here, as that would decode every
+    joined file after the first.
+    """
+    av = _av()
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            ctx = stream.codec_context
+            rate, channels, index = int(ctx.sample_rate), int(ctx.channels), stream.index
+    except (av.FFmpegError, IndexError):
+        return _probe_ffmpeg(path, head)
+    note = (
+        f"its tag says {stated:.2f} s but its audio goes on (MP3 files joined end to end?): "
+        f"read to the end, about {stated * ratio:.1f} s"
+    )
+    return AudioInfo(
+        path, round(stated * ratio * rate), rate, channels, "MP3", False, None, "ffmpeg", index, (note,)
+    )
 
 
 def _libsndfile_tail_ok(f: sf.SoundFile) -> bool:
@@ -745,12 +811,22 @@ def _ffmpeg_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
         with av.open(str(info.path)) as container:
             stream = container.streams[info.stream]
             layout = stream.codec_context.layout
-            resampler = av.AudioResampler(format="flt", layout=layout, rate=info.sample_rate)
+            resampler, source = None, None  # made for the frames' rate and layout, again when they change
             limit = None
             if _is_mov(container) and stream.duration and stream.time_base == Fraction(1, info.sample_rate):
                 limit = int(stream.duration)
             for frame in _with_flush(container.decode(stream)):
-                for out in resampler.resample(frame):
+                outs = []
+                kind = None if frame is None else (frame.sample_rate, frame.layout.name, frame.format.name)
+                if kind != source and resampler is not None:  # PyAV's resampler would take them as before
+                    outs += resampler.resample(None)
+                    resampler = None
+                if frame is not None and resampler is None:
+                    resampler = av.AudioResampler(format="flt", layout=layout, rate=info.sample_rate)
+                    source = kind
+                if resampler is not None:
+                    outs += resampler.resample(frame)
+                for out in outs:
                     piece = out.to_ndarray().reshape(-1, info.channels)  # packed: [1, n * channels]
                     if limit is not None:
                         piece = piece[: max(0, limit - produced)]
