@@ -222,3 +222,72 @@ def test_the_cli_separates_all_of_joined_mp3s(tmp_path, stub_checkpoint):
     assert "goes on" in result.stdout + result.stderr
     for stem in STEMS:
         assert abs(sf.info(str(tmp_path / "out" / "book" / stem)).duration - 3.0) < 0.15
+
+
+# --- Ogg: chained links ---------------------------------------------------------------------------
+
+
+def ogg(audio: np.ndarray, rate: int, subtype: str = "VORBIS") -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="OGG", subtype=subtype)
+    return buffer.getvalue()
+
+
+def test_chained_ogg_mono_then_stereo_keeps_both_links(tmp_path):
+    """A mono 22.05 kHz link then a stereo 44.1 kHz one: one stereo 44.1 kHz song, the mono link on both
+    sides at its own pitch."""
+    path = tmp_path / "radio.ogg"
+    first, second = tone(2.0, 22050, 440)[:, :1], tone(3.0, RATE, 660)
+    second[:, 1] *= 0.5  # the stereo link's sides differ
+    path.write_bytes(ogg(first, 22050) + ogg(second, RATE))
+    info = probe(path)
+    decoded, notes = read_all(path)
+    assert (info.sample_rate, info.channels) == (RATE, 2)
+    assert abs(len(decoded) - 5 * RATE) < 64 and abs(info.frames - len(decoded)) < 64
+    head, tail = decoded[RATE // 2 : 3 * RATE // 2], decoded[-2 * RATE : -RATE // 2]
+    assert abs(pitch(head, RATE) - 440) < 2 and abs(pitch(tail, RATE) - 660) < 2
+    np.testing.assert_array_equal(head[:, 0], head[:, 1])  # mono: the same on both sides
+    assert 0.4 < np.std(tail[:, 1]) / np.std(tail[:, 0]) < 0.6
+    assert notes == (
+        "a chained Ogg of 2 links (22050 Hz mono, then 44100 Hz stereo): all read, as 44100 Hz stereo",
+    )
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        [(RATE, 2, 1.0), (RATE, 2, 1.5)],  # same format: the exact length
+        [(RATE, 2, 1.0), (RATE, 1, 0.5), (48000, 2, 1.0)],  # three links, stereo - mono - another rate
+    ],
+)
+def test_chained_ogg_variants_read_every_link(links, tmp_path):
+    path = tmp_path / "chain.ogg"
+    path.write_bytes(b"".join(ogg(tone(s, r, 500)[:, :c], r) for r, c, s in links))
+    info = probe(path)
+    decoded, _ = read_all(path)
+    rate = max(r for r, _, _ in links)
+    assert (info.sample_rate, info.channels) == (rate, 2)
+    expected = sum(round(s * r) * rate // r for r, _, s in links)
+    assert abs(len(decoded) - expected) < 64
+    if len({r for r, _, _ in links}) == 1:
+        assert info.frames_exact and info.frames == len(decoded) == expected
+
+
+def test_chained_ogg_of_surround_and_stereo_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "mixed.ogg"
+    path.write_bytes(ogg(music(0.5, channels=6), RATE) + ogg(music(0.5), RATE))
+    with pytest.raises(AudioError) as error:
+        probe(path)
+    assert str(error.value) == (
+        f"{path}: a chained Ogg whose links have 2, 6 channels; stemsplit joins mono and stereo links only"
+    )
+
+
+def test_the_cli_separates_every_link_of_a_chained_ogg(tmp_path, stub_checkpoint):
+    path = tmp_path / "stream.ogg"
+    path.write_bytes(ogg(tone(1.0, 22050, 440)[:, :1], 22050) + ogg(tone(1.5, RATE, 660), RATE))
+    result = cli(path, "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST, check=0)
+    assert "chained Ogg of 2 links" in result.stdout + result.stderr
+    for stem in STEMS:
+        info = sf.info(str(tmp_path / "out" / "stream" / stem))
+        assert (info.samplerate, info.channels) == (RATE, 2) and abs(info.duration - 2.5) < 0.01

@@ -154,12 +154,14 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     if what:
         raise AudioError(f"{path}: not an audio file ({what})")
     wav = _wav_facts(path, head)  # the audio a WAV really holds, where its header says otherwise
-    info = None
+    info = _probe_chained_ogg(path) if head[:4] == b"OggS" else None
     joined = None  # an MP3 that goes on past its tag: how many times more bytes than the tag counts
     tagged = 0.0  # and the seconds its tag says
     try:
         with sf.SoundFile(sf_name(path)) as f:
-            if f.format == "MP3" and (joined := _mp3_past_its_tag(path)):
+            if info is not None:
+                pass  # a chained Ogg, read link by link
+            elif f.format == "MP3" and (joined := _mp3_past_its_tag(path)):
                 tagged = f.frames / f.samplerate  # mpg123 stops there: FFmpeg reads every frame instead
             elif wav is None or (wav.frames == f.frames and len(wav.ranges) == 1):
                 info = _probe_libsndfile(path, f)
@@ -629,6 +631,70 @@ def _looks_like_chunk(f, position: int, size: int) -> bool:
     if len(header) < 8 or not all(32 <= b < 127 for b in header[:4]):
         return False
     return position + 8 + int.from_bytes(header[4:8], "little") <= size
+
+
+def _ogg_links(path: Path) -> list[tuple[int, int]]:
+    """The (offset, length) of each link of an Ogg file: links are whole Ogg streams one after another
+    (``cat a.ogg b.ogg``, internet radio), each starting with pages marked "beginning of stream"."""
+    links: list[tuple[int, int]] = []
+    size = path.stat().st_size
+    start, position, previous_bos = 0, 0, True
+    with open(path, "rb") as f:
+        while position + 27 <= size:
+            f.seek(position)
+            header = f.read(27)
+            if header[:4] != b"OggS":
+                break  # junk or a cut: the links so far (libsndfile reports what is wrong with the last)
+            bos = bool(header[5] & 0x02)
+            if bos and not previous_bos:  # a new stream after pages of another: a new link
+                links.append((start, position - start))
+                start = position
+            previous_bos = bos
+            table = f.read(header[26])
+            position += 27 + len(table) + sum(table)
+    links.append((start, size - start))
+    return links
+
+
+def _probe_chained_ogg(path: Path) -> AudioInfo | None:
+    """A chained Ogg (see :func:`_ogg_links`) as one song, every link read; None for a single link.
+
+    libsndfile and FFmpeg read only the first link (FFmpeg refuses a second
+    of another channel count). Each link is decoded alone and converted to
+    the song's rate and channels, the highest rate and the most channels
+    among the links (a mono link goes to both sides): nothing is dropped.
+    """
+    links = _ogg_links(path)
+    if len(links) < 2:
+        return None
+    facts = []  # (segment, frames)
+    for number, link in enumerate(links, 1):
+        try:
+            with sf.SoundFile(_SplicedFile(path, [link])) as f:
+                facts.append((Segment((link,), int(f.samplerate), int(f.channels)), int(f.frames)))
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(
+                f"{path}: link {number} of a chained Ogg of {len(links)} cannot be decoded "
+                f"({libsndfile_reason(exc)})"
+            ) from None
+    rate = max(segment.sample_rate for segment, _ in facts)
+    counts = sorted({segment.channels for segment, _ in facts})
+    if counts[-1] > 2 and len(counts) > 1:
+        raise AudioError(
+            f"{path}: a chained Ogg whose links have {', '.join(map(str, counts))} channels; stemsplit joins "
+            "mono and stereo links only"
+        )
+    channels = counts[-1]
+    frames = sum(round(n * rate / segment.sample_rate) for segment, n in facts)
+
+    def kind(rate: int, channels: int) -> str:
+        return f"{rate} Hz " + {1: "mono", 2: "stereo"}.get(channels, f"{channels} channels")
+
+    described = ", then ".join(kind(segment.sample_rate, segment.channels) for segment, _ in facts)
+    note = f"a chained Ogg of {len(links)} links ({described}): all read, as {kind(rate, channels)}"
+    exact = all(segment.sample_rate == rate for segment, _ in facts)  # resampled lengths are near, not exact
+    segments = tuple(segment for segment, _ in facts)
+    return AudioInfo(path, frames, rate, channels, "OGG", exact, notes=(note,), segments=segments)
 
 
 def _repaired_wav(path: Path, facts: _WavFacts) -> Segment:
