@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import io
 import struct
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soundfile as sf
 from helpers import FAST, RATE, cli, music
 
 from stemsplit.audio import AudioError, _SplicedFile, probe, read_blocks
+from stemsplit.output import OutputOptions, SongSource, StemWriter, plan_outputs
 
 STEMS = ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
 
@@ -291,3 +294,158 @@ def test_the_cli_separates_every_link_of_a_chained_ogg(tmp_path, stub_checkpoint
     for stem in STEMS:
         info = sf.info(str(tmp_path / "out" / "stream" / stem))
         assert (info.samplerate, info.channels) == (RATE, 2) and abs(info.duration - 2.5) < 0.01
+
+
+# --- no 4 GiB wall on the output side -------------------------------------------------------------
+
+
+def first_bytes(path: Path, count: int = 4) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(count)
+
+
+def write_song(folder: Path, blocks, rate: int, channels: int, **options) -> Path:
+    """Stream ``blocks`` ([frames, channels] float32) through StemWriter as one song's vocals: its path."""
+    opts = OutputOptions(**options)
+    [song] = plan_outputs([SongSource(folder / "long.wav")], folder / "out", ["vocals"], opts)
+    with StemWriter(song, opts, rate, channels) as writer:
+        for block in blocks:
+            writer.write({"vocals": block})
+        writer.commit()
+    return song.paths["vocals"]
+
+
+def test_a_float_wav_stem_over_4_gib_is_rf64_and_reads_back_whole(tmp_path):
+    """1 s of sound, 4 GiB of silence, 1 s of sound, through the real writer (no model): the stem is an
+    RF64 whose every frame libsndfile and probe count, the sound at both ends. Silence is written as
+    holes, so the file takes kilobytes of disk and seconds of time."""
+    rate = 8000
+    start, end = tone(1.0, rate, 440)[:, :1], tone(1.0, rate, 660)[:, :1]
+    silence = np.zeros((1 << 26, 1), np.float32)  # 256 MiB
+    path = write_song(tmp_path, [start, *[silence] * 16, end], rate, 1)
+    frames = 2 * rate + 16 * len(silence)
+    try:
+        assert first_bytes(path) == b"RF64"
+        assert path.stat().st_size > 1 << 32 and path.stat().st_blocks * 512 < 1 << 24
+        info = probe(path)
+        assert (info.frames, info.frames_exact, info.notes) == (frames, True, ())
+        with sf.SoundFile(path) as f:
+            assert f.frames == frames
+            np.testing.assert_array_equal(f.read(rate, dtype="float32", always_2d=True), start)
+            f.seek(frames - rate - 10)
+            tail = f.read(dtype="float32", always_2d=True)
+        np.testing.assert_array_equal(tail, np.concatenate([np.zeros((10, 1), np.float32), end]))
+    finally:
+        path.unlink()
+
+
+def test_stems_under_4_gib_stay_plain_wav(tmp_path):
+    rate = 8000
+    audio = np.concatenate([tone(0.5, rate, 440), np.zeros((rate, 2), np.float32), tone(0.5, rate, 660)])
+    path = write_song(tmp_path, [audio[:5000], audio[5000:9000], audio[9000:]], rate, 2)
+    with sf.SoundFile(path) as f:
+        assert (f.format, f.subtype, f.samplerate, f.channels) == ("WAV", "FLOAT", rate, 2)
+        np.testing.assert_array_equal(f.read(dtype="float32", always_2d=True), audio)
+    assert first_bytes(path) == b"RIFF"
+    converted = write_song(tmp_path / "pcm", [audio], rate, 2, fmt="flac", bit_depth=16, clip_mode="none")
+    np.testing.assert_allclose(sf.read(converted, dtype="float32", always_2d=True)[0], audio, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_16_bit_wav_stem_over_4_gib_is_rf64(tmp_path):
+    """The integer path converts the float temporary (silence: holes) into the output format: past
+    4 GiB it is RF64. Writes 4 GiB for real: a minute or more, so marked slow."""
+    rate = 8000
+    silence, end = np.zeros((1 << 26, 2), np.float32), np.full((rate, 2), 0.25, np.float32)
+    path = write_song(tmp_path, [*[silence] * 16, end], rate, 2, bit_depth=16)
+    try:
+        with sf.SoundFile(path) as f:
+            assert (f.format, f.frames) == ("RF64", 16 * len(silence) + rate)
+            f.seek(f.frames - rate)
+            np.testing.assert_allclose(f.read(dtype="float32"), 0.25, atol=1e-4)
+    finally:
+        path.unlink()
+
+
+# --- MP4/MOV: several audio streams ---------------------------------------------------------------
+
+
+def multi_stream(path: Path, tracks: list[tuple[float, str, str]], default: int | None) -> Path:
+    """An MP4/MOV with one AAC stream per (pitch, title, language) of ``tracks``, 2 s each; stream
+    ``default`` (from 0) marked default, or none."""
+    with av.open(str(path), "w") as out:
+        streams = []
+        for hz, title, language in tracks:
+            stream = out.add_stream("aac", rate=RATE, layout="stereo")
+            stream.metadata["title"], stream.metadata["language"] = title, language
+            streams.append((stream, tone(2.0, RATE, hz)))
+        for number, (stream, _) in enumerate(streams):
+            stream.disposition = (
+                av.stream.Disposition.default if number == default else av.stream.Disposition(0)
+            )
+        for stream, audio in streams:
+            for at in range(0, len(audio), 4096):
+                packed = np.ascontiguousarray(audio[at : at + 4096]).reshape(1, -1)
+                frame = av.AudioFrame.from_ndarray(packed, format="flt", layout="stereo")
+                frame.sample_rate, frame.pts, frame.time_base = RATE, at, Fraction(1, RATE)
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode(None):
+                out.mux(packet)
+    return path
+
+
+TRACKS = [(440.0, "Commentary", "eng"), (660.0, "Main", "eng"), (880.0, "Music only", "fra")]
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "mov"])
+def test_several_audio_streams_take_the_default_and_say_so(suffix, tmp_path):
+    path = multi_stream(tmp_path / f"film.{suffix}", TRACKS, default=1)
+    decoded, notes = read_all(path)
+    assert abs(pitch(decoded[RATE // 2 : 3 * RATE // 2], RATE) - 660) < 2  # "Main", not the first
+    assert notes == (
+        "audio stream 2 of 3 (the default): 'Main' 'eng' aac 2 ch; the others: "
+        "1 'Commentary' 'eng' aac 2 ch; 3 'Music only' 'fra' aac 2 ch; choose one with --stream N",
+    )
+
+
+def test_the_default_stream_of_a_matroska_file(tmp_path):
+    """The same in MKV, the last stream the default (a muxer marks the first where none is)."""
+    path = multi_stream(tmp_path / "film.mkv", TRACKS, default=2)
+    decoded, notes = read_all(path)
+    assert abs(pitch(decoded[RATE // 2 : 3 * RATE // 2], RATE) - 880) < 2
+    assert notes[0].startswith("audio stream 3 of 3 (the default): 'Music only'"), notes
+
+
+@pytest.mark.parametrize("wanted", [1, 3])
+def test_a_stream_can_be_chosen(wanted, tmp_path):
+    path = multi_stream(tmp_path / "film.mp4", TRACKS, default=1)
+    info = probe(path, wanted)
+    decoded = np.concatenate(list(read_blocks(info, 1 << 16)))
+    assert abs(pitch(decoded[RATE // 2 : 3 * RATE // 2], RATE) - TRACKS[wanted - 1][0]) < 2
+    assert info.notes[0].startswith(f"audio stream {wanted} of 3 (as asked)")
+
+
+def test_a_stream_that_is_not_there_is_one_line(tmp_path):
+    path = multi_stream(tmp_path / "film.mp4", TRACKS[:2], default=0)
+    with pytest.raises(AudioError) as error:
+        probe(path, 3)
+    assert str(error.value) == f"{path}: has 2 audio streams; there is no stream 3"
+    wav = tmp_path / "one.wav"
+    sf.write(wav, music(0.2), RATE)
+    with pytest.raises(AudioError) as error:
+        probe(wav, 2)
+    assert str(error.value) == f"{wav}: has one audio stream; there is no stream 2"
+    assert probe(wav, 1).notes == ()
+
+
+def test_the_cli_says_which_stream_and_takes_stream(tmp_path, stub_checkpoint):
+    path = multi_stream(tmp_path / "film.mp4", TRACKS, default=1)
+    m = ["--model", stub_checkpoint, *FAST]
+    result = cli(path, "-o", tmp_path / "a", *m, check=0)
+    assert "audio stream 2 of 3 (the default)" in result.stdout + result.stderr
+    result = cli(path, "-o", tmp_path / "b", *m, "--stream", "3", "--stems", "vocals", check=0)
+    assert "audio stream 3 of 3 (as asked)" in result.stdout + result.stderr
+    result = cli(path, "-o", tmp_path / "c", *m, "--stream", "0", check=2)
+    assert "--stream" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "c").exists()

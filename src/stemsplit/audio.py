@@ -140,8 +140,12 @@ class AudioInfo:
 # --- probing ------------------------------------------------------------------------------------
 
 
-def probe(path: str | os.PathLike) -> AudioInfo:
+def probe(path: str | os.PathLike, stream: int | None = None) -> AudioInfo:
     """Open ``path`` far enough to know its length, rate and channels, or raise :class:`AudioError`.
+
+    ``stream``: which audio stream of a file with several (a video's
+    languages, a commentary track), counted from 1; None takes the one the
+    file marks as its default (else the first) and says so in ``notes``.
 
     Never blocks on FIFOs or devices (they are refused from ``stat`` alone).
     Checks that the end of the file decodes, so a truncated file is reported
@@ -170,7 +174,10 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     except (sf.LibsndfileError, RuntimeError):  # not a format libsndfile reads: try FFmpeg
         if wav is not None:  # libsndfile refuses some misstated headers (two data chunks)
             info = _probe_repaired_wav(path, wav, 0)
-    info = info or (_probe_joined_mp3(path, head, tagged, joined) if joined else _probe_ffmpeg(path, head))
+    if stream is not None and stream != 1 and info is not None:
+        raise AudioError(f"{path}: has one audio stream; there is no stream {stream}")
+    if info is None:
+        info = _probe_joined_mp3(path, head, tagged, joined) if joined else _probe_ffmpeg(path, head, stream)
     try:
         check_sample_rate(info.sample_rate)
     except SeparationError:  # a header saying 1 Hz (or 4 GHz) is damaged or not audio
@@ -760,7 +767,42 @@ def _ffmpeg_layout(path: Path) -> tuple[str, ...] | None:
     return names if names and all(n in _CHANNEL_GAINS for n in names) else None
 
 
-def _probe_ffmpeg(path: Path, head: bytes) -> AudioInfo:
+def _pick_stream(path: Path, streams: Sequence, wanted: int | None) -> tuple[object, str | None]:
+    """The audio stream to separate among ``streams`` (a file's, in order), and a note where there are
+    several: ``wanted`` (from 1), else the first the file marks as default, else the first."""
+    if wanted is not None:
+        if wanted > len(streams):
+            count = f"{len(streams)} audio stream" + ("s" if len(streams) > 1 else "")
+            raise AudioError(f"{path}: has {count}; there is no stream {wanted}")
+        chosen = streams[wanted - 1]
+    else:
+        chosen = next((s for s in streams if s.disposition & _DEFAULT_DISPOSITION), streams[0])
+    if len(streams) == 1:
+        return chosen, None
+    number = streams.index(chosen) + 1
+    default = chosen.disposition & _DEFAULT_DISPOSITION
+    how = "as asked" if wanted is not None else "the default" if default else "the first"
+    others = "; ".join(f"{n} {_describe_stream(s)}" for n, s in enumerate(streams, 1) if s is not chosen)
+    note = (
+        f"audio stream {number} of {len(streams)} ({how}): {_describe_stream(chosen)}; the others: {others}; "
+        "choose one with --stream N"
+    )
+    return chosen, note
+
+
+_DEFAULT_DISPOSITION = 1  # AV_DISPOSITION_DEFAULT
+
+
+def _describe_stream(stream) -> str:
+    """A stream as a person picks one: its title and language where stated, its codec and channels."""
+    metadata = stream.metadata or {}
+    named = [metadata[key] for key in ("title", "name", "handler_name", "language") if metadata.get(key)]
+    named = [n for n in named if n not in ("SoundHandler", "und")]  # FFmpeg's defaults say nothing
+    ctx = stream.codec_context
+    return " ".join([*(repr(n) for n in named[:2]), f"{ctx.name} {ctx.channels} ch"])
+
+
+def _probe_ffmpeg(path: Path, head: bytes, wanted: int | None = None) -> AudioInfo:
     av = _av()
     kind = _container_kind(head)
     try:
@@ -782,7 +824,7 @@ def _probe_ffmpeg(path: Path, head: bytes) -> AudioInfo:
             if container.streams.video and kind in _VIDEO_CONTAINERS:
                 raise AudioError(f"{path}: no audio stream (a video without sound)")
             raise AudioError(f"{path}: not an audio file (neither libsndfile nor FFmpeg knows its format)")
-        stream = container.streams.best("audio") or container.streams.audio[0]
+        stream, note = _pick_stream(path, list(container.streams.audio), wanted)
         ctx = stream.codec_context
         rate, channels = int(ctx.sample_rate or 0), int(ctx.channels or 0)
         if rate <= 0 or channels <= 0:
@@ -798,7 +840,8 @@ def _probe_ffmpeg(path: Path, head: bytes) -> AudioInfo:
         tail = _ffmpeg_tail_end(av, container, stream, seconds) if seconds is not None else None
         index = stream.index
     estimate = round(seconds * rate) if seconds else 0
-    info = AudioInfo(path, estimate, rate, channels, fmt, False, layout, "ffmpeg", index)
+    notes = (note,) if note else ()
+    info = AudioInfo(path, estimate, rate, channels, fmt, False, layout, "ffmpeg", index, notes)
     if tail is not None and (not reliable or tail >= start + seconds - _RELIABLE_DURATION_SLACK):
         return info
     # The end did not decode (or no duration is stated): decode it all to find where the audio stops.

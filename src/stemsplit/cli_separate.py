@@ -711,7 +711,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     probed: dict[int, Any] = {}  # id(song source) -> AudioInfo, or the AudioError
     for song in run or checked:
         try:
-            probed[id(song.outputs.source)] = probe(song.outputs.source.path)
+            probed[id(song.outputs.source)] = probe(song.outputs.source.path, args["stream"])
         except AudioError as exc:
             if args["debug"]:
                 raise
@@ -961,6 +961,7 @@ def _settings(separator, options, args: dict[str, Any], stems: list[str]) -> dic
         "shifts": each("shifts"),
         "precision": each("precision"),
         "downmix": args["downmix"],
+        **({"stream": args["stream"]} if args["stream"] is not None else {}),  # absent: records stay valid
         "stems": stems,
         "format": options.fmt,
         "bit_depth": options.bit_depth,
@@ -1137,6 +1138,14 @@ def separation_command(batch: bool):
         filename: str = FILENAME_OPTION,
         overwrite: bool = OVERWRITE_OPTION,
         downmix: bool = typer.Option(False, "--downmix", help="Fold more than two channels down to stereo."),
+        stream: int = typer.Option(
+            None,
+            "--stream",
+            min=1,
+            help="Which audio stream of files with several (a video's languages, a commentary), from 1 "
+            "[default: the one the file marks as default, else the first].",
+            show_default=False,
+        ),
         quiet: bool = QUIET_OPTION,
         json_lines: bool = JSON_OPTION,
         report: Path = REPORT_OPTION,
@@ -1203,6 +1212,7 @@ def speakers_command(
         stems=None,
         two_stems=None,
         downmix=False,
+        stream=None,
     )
     _run_command(args.pop("batch"), args, precision, "speakers")
 
