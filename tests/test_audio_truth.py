@@ -211,6 +211,38 @@ def test_joined_mp3s_are_read_to_the_end(second_rate, id3, tmp_path):
         assert abs(info.frames / len(decoded) - 1) < 0.2
 
 
+def untagged_mp3(audio: np.ndarray, rate: int) -> bytes:
+    """``audio`` as an MP3 without a Xing/Info tag (LAME through PyAV), as stream rips are."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp3", options={"write_xing": "0"}) as out:
+        stream = out.add_stream("libmp3lame", rate=rate, layout="stereo")
+        stream.format = stream.codec_context.codec.audio_formats[0].name
+        for at in range(0, len(audio), 1152):
+            packed = np.ascontiguousarray(audio[at : at + 1152]).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(packed, format="flt", layout="stereo")
+            frame.sample_rate, frame.pts, frame.time_base = rate, at, Fraction(1, rate)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    data = buffer.getvalue()
+    assert b"Xing" not in data[:4096] and b"Info" not in data[:4096]
+    return data
+
+
+@pytest.mark.parametrize("second_rate", [RATE, 22050])
+def test_an_untagged_mp3_whose_rate_changes_is_read_to_the_end(second_rate, tmp_path):
+    """No tag to trust, but mpg123 stopped where the rate changes, and FFmpeg at the one packet that
+    straddles the junction: every frame after it is read, converted to the first rate."""
+    path = tmp_path / "rip.mp3"
+    first, second = tone(2.0, RATE, 440), tone(3.0, second_rate, 660)
+    path.write_bytes(untagged_mp3(first, RATE) + untagged_mp3(second, second_rate))
+    decoded, _ = read_all(path)
+    assert abs(len(decoded) / RATE - 5.0) < 0.15
+    assert abs(pitch(decoded[RATE // 2 : 3 * RATE // 2], RATE) - 440) < 2
+    assert abs(pitch(decoded[-2 * RATE : -RATE // 2], RATE) - 660) < 2
+
+
 def test_one_tagged_mp3_keeps_its_exact_length(tmp_path):
     path = tmp_path / "one.mp3"
     path.write_bytes(mp3(tone(2.0, RATE, 440), RATE, id3=True))

@@ -165,6 +165,8 @@ def probe(path: str | os.PathLike, stream: int | None = None) -> AudioInfo:
         with sf.SoundFile(sf_name(path)) as f:
             if info is not None:
                 pass  # a chained Ogg, read link by link
+            elif f.format == "MP3" and not _mp3_has_length_tag(path):
+                pass  # mpg123 stops where the rate changes (stream rips): FFmpeg reads every frame
             elif f.format == "MP3" and (joined := _mp3_past_its_tag(path)):
                 tagged = f.frames / f.samplerate  # mpg123 stops there: FFmpeg reads every frame instead
             elif wav is None or (wav.frames == f.frames and len(wav.ranges) == 1):
@@ -302,9 +304,8 @@ def _probe_libsndfile(path: Path, f: sf.SoundFile) -> AudioInfo:
     declared = _declared_frames(f.extra_info, frames)
     if declared > frames:
         raise AudioError(_truncated(path, frames, rate, declared / rate))
-    # MP3 without a length tag: mpg123 estimates the length from the bitrate.
-    exact = f.format != "MP3" or _mp3_has_length_tag(path)
-    if exact and not _libsndfile_tail_ok(f):
+    exact = True  # (an MP3 reaches here only with a length tag: probe gives the others to FFmpeg)
+    if not _libsndfile_tail_ok(f):
         read, error = _libsndfile_count(path)
         if read < frames:
             if error and _end_decodes(path, frames / rate):  # broken in the middle, its end is there
@@ -924,7 +925,7 @@ def _ffmpeg_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
             limit = None
             if _is_mov(container) and stream.duration and stream.time_base == Fraction(1, info.sample_rate):
                 limit = int(stream.duration)
-            for frame in _with_flush(container.decode(stream)):
+            for frame in _with_flush(_decoded_frames(av, container, stream)):
                 outs = []
                 kind = None if frame is None else (frame.sample_rate, frame.layout.name, frame.format.name)
                 if kind != source and resampler is not None:  # PyAV's resampler would take them as before
@@ -946,6 +947,27 @@ def _ffmpeg_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
         raise _DecodeFailed(produced, f"FFmpeg: {_ffmpeg_reason(exc)}") from None
     except OSError as exc:
         raise _DecodeFailed(produced, exc.strerror or str(exc)) from None
+
+
+def _decoded_frames(av: ModuleType, container, stream) -> Iterator:
+    """The stream's decoded frames. MP3: a packet that does not decode is skipped if frames decode
+    after it, as FFmpeg's own tools do: it is where two files were joined (FFmpeg's parser cuts a
+    frame across the junction), which would otherwise end the song there."""
+    if "mp3" not in stream.codec_context.name:
+        yield from container.decode(stream)
+        return
+    failed = None  # the last failure, until a frame decodes after it
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.InvalidDataError as exc:
+            failed = failed or exc
+            continue
+        if frames:
+            failed = None
+        yield from frames
+    if failed is not None:
+        raise failed
 
 
 def _with_flush(frames: Iterator) -> Iterator:
