@@ -9,7 +9,9 @@ their disk use is a few kilobytes.
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import soundfile as sf
 from helpers import FAST, RATE, cli, music
 
 from stemsplit.audio import AudioError, _SplicedFile, probe, read_blocks
-from stemsplit.output import OutputOptions, SongSource, StemWriter, plan_outputs
+from stemsplit.output import OutputError, OutputOptions, SongSource, StemWriter, plan_outputs
 
 STEMS = ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
 
@@ -481,3 +483,35 @@ def test_the_cli_says_which_stream_and_takes_stream(tmp_path, stub_checkpoint):
     result = cli(path, "-o", tmp_path / "c", *m, "--stream", "0", check=2)
     assert "--stream" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "c").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB tmpfs: a real full disk (needs root or CAP_SYS_ADMIN; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: " + made.stderr.decode().strip())
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("when", ["write", "close"])
+def test_a_full_disk_while_writing_temporaries_is_one_line_and_leaves_nothing(when, small_disk):
+    """The temporaries are plain buffered files now: a full disk shows at a write, or only at the last
+    flush and the header (a few samples on a disk already full); either way it is the writer's
+    one-line error, with every temporary and folder gone."""
+    rng = np.random.default_rng(0)
+    frames, blocks = (25_000, 40) if when == "write" else (100, 1)
+    if when == "close":
+        st = os.statvfs(small_disk)
+        (small_disk / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize))
+    opts = OutputOptions()
+    [song] = plan_outputs([SongSource(small_disk / "s.wav")], small_disk / "out", ["a", "b", "c"], opts)
+    with pytest.raises(OutputError) as error, StemWriter(song, opts, RATE, 2) as writer:
+        for _ in range(blocks):
+            writer.write({stem: rng.uniform(-0.5, 0.5, (frames, 2)).astype(np.float32) for stem in "abc"})
+        writer.commit()
+    assert "no space left on device" in str(error.value).lower() and "\n" not in str(error.value)
+    assert not (small_disk / "out").exists()

@@ -429,6 +429,12 @@ class _FloatTemp:
             finally:
                 self._file.close()
 
+    def discard(self) -> None:
+        """Close without finishing (a full disk must not stop the clean-up) and remove the file."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
 
 class StemWriter:
     """One song's stems: streamed to temporaries, then committed all together or not at all.
@@ -491,8 +497,11 @@ class StemWriter:
         are divided by one factor if any would clip, so they still sum to the mix.
         """
         options = self.options
-        for temp in self._temps.values():
-            temp.close()
+        try:
+            for temp in self._temps.values():
+                temp.close()  # the last buffered samples and the header: a full disk may show only now
+        except OSError as exc:
+            raise self._os_error(exc) from None
         peak = max((t.peak for t in self._temps.values()), default=0.0)
         gain = 1.0 / peak if options.integer and options.clip_mode == "rescale" and peak > 1.0 else 1.0
         rate = options.sample_rate(self.sample_rate)
@@ -617,8 +626,7 @@ class StemWriter:
 
     def _clean_up(self) -> None:
         for temp in self._temps.values():
-            temp.close()
-            temp.path.unlink(missing_ok=True)
+            temp.discard()
         for folder in reversed(self._made_folders):
             with contextlib.suppress(OSError):  # only if empty: another song may have written there
                 folder.rmdir()
