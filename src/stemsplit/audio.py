@@ -535,8 +535,9 @@ class _SplicedFile(io.RawIOBase):
         super().close()
 
 
-# A WAV chunk size that means "not known" (writers that cannot seek back to fill it in): the data
-# runs to the end of the file. 0x7FFFFFFF and up is what pipes and some streaming writers leave.
+# WAV data sizes from here up that run past the end of the file mean "not known" (writers that cannot
+# seek back to fill them in leave 0xFFFFFFFF or 0x7FFFFFFF): the data runs to the end of the file. A
+# size that fits the file is honoured (a 3 GB WAV may have chunks after its audio).
 _UNKNOWN_RIFF_SIZE = 0x7FFFFFFF
 # WAVE format tags whose frames are block_align bytes each (PCM, IEEE float): these WAVs are repaired.
 _PLAIN_WAV_TAGS = (0x0001, 0x0003)
@@ -609,7 +610,7 @@ def _wav_facts(path: Path, head: bytes) -> _WavFacts | None:
                     length = ds64_data if ds64_data not in (0, 0xFFFFFFFFFFFFFFFF) else 0xFFFFFFFF
                     if length != 0xFFFFFFFF and length > available:
                         raise AudioError(_truncated(path, available // align, rate, length // align / rate))
-                if length >= _UNKNOWN_RIFF_SIZE and (head[:4] == b"RIFF" or length == 0xFFFFFFFF):
+                if length == 0xFFFFFFFF or (length >= _UNKNOWN_RIFF_SIZE and length > available):
                     unknown = True
                     ranges.append((body, available - available % align))
                     break
