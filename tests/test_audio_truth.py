@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import FAST, RATE, cli, music
+from helpers import FAST, RATE, cli, json_events, music
 
 from stemsplit.audio import AudioError, _SplicedFile, probe, read_blocks
 from stemsplit.output import OutputError, OutputOptions, SongSource, StemWriter, plan_outputs
@@ -255,8 +255,9 @@ def test_one_tagged_mp3_keeps_its_exact_length(tmp_path):
 def test_the_cli_separates_all_of_joined_mp3s(tmp_path, stub_checkpoint):
     path = tmp_path / "book.mp3"
     path.write_bytes(mp3(tone(1.0, RATE, 440), RATE) + mp3(tone(2.0, RATE, 660), RATE))
-    result = cli(path, "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST, check=0)
-    assert "goes on" in result.stdout + result.stderr
+    result = cli(path, "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST, "--json", check=0)
+    [event] = [e for e in json_events(result) if e["event"] == "result"]
+    assert len(event["notes"]) == 1 and "goes on" in event["notes"][0]
     for stem in STEMS:
         assert abs(sf.info(str(tmp_path / "out" / "book" / stem)).duration - 3.0) < 0.15
 
@@ -515,3 +516,13 @@ def test_a_full_disk_while_writing_temporaries_is_one_line_and_leaves_nothing(wh
         writer.commit()
     assert "no space left on device" in str(error.value).lower() and "\n" not in str(error.value)
     assert not (small_disk / "out").exists()
+
+
+def test_separate_file_takes_a_stream(tmp_path, stub_checkpoint):
+    from stemsplit.separate import Separator
+
+    path = multi_stream(tmp_path / "film.mp4", TRACKS, default=1)
+    separator = Separator(stub_checkpoint, device="cpu", window=1.0, hop=0.5)
+    result = separator.separate_file(path, tmp_path / "out", stems=["vocals"], stream=3)
+    vocals, rate = sf.read(result.outputs["vocals"], dtype="float32", always_2d=True)
+    assert abs(pitch(vocals[rate // 2 : 3 * rate // 2], rate) - 880) < 2  # "Music only", not the default

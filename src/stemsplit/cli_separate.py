@@ -924,6 +924,7 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
                 "outputs": {k: str(v) for k, v in result.outputs.items()},  # (the run report's too)
                 "rescaled_by": result.rescaled_by,
                 "residual_db": result.residual_db,
+                "notes": list(song.info.notes),  # where the file's header and its audio disagreed
             }
         )
     finally:
