@@ -8,11 +8,22 @@ libsndfile cannot read: AAC/ALAC in M4A/MP4, WMA, Opus/Vorbis in WebM/MKV and
 the soundtrack of videos (MP4, MOV, MKV, WebM, AVI). Resampling is soxr's
 streaming resampler (high quality).
 
-Lengths: libsndfile knows a file's exact frame count from its header (except
-MP3 without a Xing/Info/VBRI tag). FFmpeg's containers often state only a
+Lengths: the audio decides, never the header. libsndfile knows a file's
+exact frame count from its header; FFmpeg's containers often state only a
 duration, so :class:`AudioInfo` says whether ``frames`` is exact
 (``frames_exact``); when it is not, the number of frames :func:`read_blocks`
-yields is the truth.
+yields is the truth. Where a header misstates the audio, probe finds the
+audio itself, and says so in ``AudioInfo.notes``:
+
+- WAV: a chunk walk (:func:`_wav_facts`) finds every data chunk's bytes (size
+  0 or 0xFFFFFFFF over audio, two data chunks, past 4 GiB); libsndfile then
+  decodes them through an RF64 header made here (a :class:`Segment`).
+- MP3: mpg123 trusts the first Xing/Info tag and stops where the rate
+  changes; an MP3 with more bytes than its tag counts, or with no tag, is
+  decoded by FFmpeg, which reads every frame.
+- Ogg: each link of a chained Ogg is a :class:`Segment` of its own, converted
+  to the song's rate and channels.
+- Several audio streams: the default one, or the one asked for.
 
 Problems are :class:`AudioError`, one line starting with the path: not a
 regular file (FIFO, socket, device), permission denied, a directory, empty,
@@ -176,7 +187,7 @@ def probe(path: str | os.PathLike, stream: int | None = None) -> AudioInfo:
     except (sf.LibsndfileError, RuntimeError):  # not a format libsndfile reads: try FFmpeg
         if wav is not None:  # libsndfile refuses some misstated headers (two data chunks)
             info = _probe_repaired_wav(path, wav, 0)
-    if stream is not None and stream != 1 and info is not None:
+    if stream is not None and stream != 1 and (info is not None or joined):
         raise AudioError(f"{path}: has one audio stream; there is no stream {stream}")
     if info is None:
         info = _probe_joined_mp3(path, head, tagged, joined) if joined else _probe_ffmpeg(path, head, stream)

@@ -8,7 +8,8 @@ Two parts, used in this order:
    stems of one song) share a file, that format, bit depth and sample rate go
    together.
 2. :class:`StemWriter` takes one song's stem blocks as the engine makes them,
-   streams them to temporary float32 files beside their destinations, and
+   streams them to temporary float32 WAVs beside their destinations (written
+   here: RF64 past 4 GiB, silence as holes; see :class:`_FloatTemp`), and
    :meth:`StemWriter.commit` converts them to the output format and renames
    them into place together. If anything fails before the last rename, the
    renamed ones are rolled back (files they replaced are put back), every
