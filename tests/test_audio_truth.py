@@ -33,10 +33,10 @@ def read_all(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     return np.concatenate(list(read_blocks(info, 1 << 16))), info.notes
 
 
-def pcm16(audio: np.ndarray) -> np.ndarray:
-    """``audio`` as libsndfile reads it back from a plain 16-bit WAV."""
+def pcm16(audio: np.ndarray, subtype: str = "PCM_16") -> np.ndarray:
+    """``audio`` as libsndfile reads it back from a plain WAV (16-bit unless ``subtype`` says)."""
     buffer = io.BytesIO()
-    sf.write(buffer, audio, RATE, subtype="PCM_16", format="WAV")
+    sf.write(buffer, audio, RATE, subtype=subtype, format="WAV")
     buffer.seek(0)
     return sf.read(buffer, dtype="float32", always_2d=True)[0]
 
@@ -59,15 +59,25 @@ def with_sizes(header: bytearray, riff: int, data: int) -> bytes:
 # --- WAV: what the header says is not what is there -----------------------------------------------
 
 
-@pytest.mark.parametrize("riff_size", [0, 36, 0xFFFFFFFF])
-def test_wav_with_data_size_zero_is_read_to_its_end(riff_size, tmp_path):
+@pytest.mark.parametrize(
+    ("riff_size", "subtype", "channels"),
+    [
+        (0, "PCM_16", 2),
+        (36, "PCM_16", 2),
+        (0xFFFFFFFF, "PCM_16", 2),
+        (0, "PCM_24", 1),
+        (0, "FLOAT", 2),
+        (0, "PCM_16", 6),  # WAVE_FORMAT_EXTENSIBLE
+    ],
+)
+def test_wav_with_data_size_zero_is_read_to_its_end(riff_size, subtype, channels, tmp_path):
     """A recorder that crashed before finishing its header leaves data size 0 over all of its audio."""
-    source = music(2.0)
-    header, audio = wav_parts(source)
+    source = music(2.0, channels=channels)
+    header, audio = wav_parts(source, subtype=subtype)
     path = tmp_path / "crashed.wav"
-    path.write_bytes(with_sizes(header, riff_size, 0) + audio + b"\x01")  # and half a frame: dropped
+    path.write_bytes(with_sizes(header, riff_size, 0) + audio + b"\x01")  # and part of a frame: dropped
     decoded, notes = read_all(path)
-    np.testing.assert_allclose(decoded, pcm16(source), atol=1e-6)
+    np.testing.assert_allclose(decoded, pcm16(source, subtype), atol=1e-6)
     assert any("says it holds no audio" in note for note in notes), notes
 
 
@@ -81,7 +91,9 @@ def test_wav_with_an_empty_data_chunk_then_other_chunks_has_no_audio(tmp_path):
         list(read_blocks(probe(path), 4096))
 
 
-@pytest.mark.parametrize("between", [b"", b"LIST\x04\x00\x00\x00INFO"])
+@pytest.mark.parametrize(
+    "between", [b"", b"LIST\x04\x00\x00\x00INFO", b"note\x03\x00\x00\x00abc\x00"]
+)  # odd: padded
 def test_wav_with_two_data_chunks_keeps_both(between, tmp_path):
     first, second = music(1.0), music(0.7)[::-1].copy()
     header, audio_one = wav_parts(first)
@@ -296,11 +308,13 @@ def test_chained_ogg_mono_then_stereo_keeps_both_links(tmp_path):
     [
         [(RATE, 2, 1.0), (RATE, 2, 1.5)],  # same format: the exact length
         [(RATE, 2, 1.0), (RATE, 1, 0.5), (48000, 2, 1.0)],  # three links, stereo - mono - another rate
+        [(48000, 2, 1.0, "OPUS"), (48000, 1, 1.0, "OPUS")],  # Opus links
     ],
 )
 def test_chained_ogg_variants_read_every_link(links, tmp_path):
     path = tmp_path / "chain.ogg"
-    path.write_bytes(b"".join(ogg(tone(s, r, 500)[:, :c], r) for r, c, s in links))
+    path.write_bytes(b"".join(ogg(tone(s, r, 500)[:, :c], r, *codec) for r, c, s, *codec in links))
+    links = [link[:3] for link in links]
     info = probe(path)
     decoded, _ = read_all(path)
     rate = max(r for r, _, _ in links)
