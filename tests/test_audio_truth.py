@@ -540,3 +540,38 @@ def test_separate_file_takes_a_stream(tmp_path, stub_checkpoint):
     result = separator.separate_file(path, tmp_path / "out", stems=["vocals"], stream=3)
     vocals, rate = sf.read(result.outputs["vocals"], dtype="float32", always_2d=True)
     assert abs(pitch(vocals[rate // 2 : 3 * rate // 2], rate) - 880) < 2  # "Music only", not the default
+
+
+@pytest.mark.parametrize("declared", [0.5, 1.0])
+def test_wav_whose_header_counts_less_than_is_there_is_read_to_its_end(declared, tmp_path):
+    """Recorders that update the header every few seconds and then stop: the audio after the counted
+    part is read too, and the song's line says so."""
+    source = music(3.0)
+    header, audio = wav_parts(source)
+    counted = round(declared * RATE) * 4
+    path = tmp_path / "take.wav"
+    path.write_bytes(with_sizes(header, len(header) - 8 + counted, counted) + audio)
+    decoded, notes = read_all(path)
+    np.testing.assert_allclose(decoded, pcm16(source), atol=1e-6)
+    assert notes == (
+        f"its header counts {declared:.2f} s of audio, more follows (a recording that stopped before "
+        "updating its header?): read to the end of the file",
+    )
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"TAG" + b"title" * 25,  # ID3v1, appended raw
+        b"LIST" + struct.pack("<I", 8000) + b"INFO" + b"\0" * 7996,  # a chunk
+        b"\0\0\0\0",  # a few stray bytes
+    ],
+)
+def test_what_follows_a_wavs_data_chunk_and_is_not_audio_is_left_alone(tail, tmp_path):
+    source = music(1.0)
+    header, audio = wav_parts(source)
+    path = tmp_path / "tagged.wav"
+    path.write_bytes(with_sizes(header, len(header) - 8 + len(audio) + len(tail), len(audio)) + audio + tail)
+    decoded, notes = read_all(path)
+    np.testing.assert_allclose(decoded, pcm16(source), atol=1e-6)
+    assert notes == ()

@@ -634,6 +634,14 @@ def _wav_facts(path: Path, head: bytes) -> _WavFacts | None:
                     break
                 if length > available:  # cut short: the truncation check after libsndfile says where
                     return None
+                after = body + length + (length & 1)
+                if _audio_follows(f, after, size):  # a header last updated before the recording ended
+                    notes.append(
+                        f"its header counts {length // align / rate:.2f} s of audio, more follows (a "
+                        "recording that stopped before updating its header?): read to the end of the file"
+                    )
+                    ranges.append((body, available - available % align))
+                    break
                 if length:
                     ranges.append((body, length - length % align))
             position = body + length + (length & 1)
@@ -642,6 +650,20 @@ def _wav_facts(path: Path, head: bytes) -> _WavFacts | None:
     if len(ranges) > 1:
         notes.append(f"{len(ranges)} data chunks (a WAV has one): read them all")
     return _WavFacts(fmt, fact, ranges, rate, channels, align, notes, unknown)
+
+
+# Bytes after a WAV's data chunk, not a chunk, that are audio its header did not count: at least this
+# many (a few stray bytes are junk) and not a tag appended raw (ID3v1, ID3v2, APE).
+_UNCOUNTED_AUDIO_BYTES = 4096
+
+
+def _audio_follows(f, position: int, size: int) -> bool:
+    """Whether the bytes from ``position`` (just after a data chunk) to the end are more audio: there
+    are enough of them, and they are neither a chunk nor a tag."""
+    if size - position < _UNCOUNTED_AUDIO_BYTES or _looks_like_chunk(f, position, size):
+        return False
+    f.seek(position)
+    return not f.read(8).startswith((b"TAG", b"ID3", b"APETAGEX"))
 
 
 def _looks_like_chunk(f, position: int, size: int) -> bool:
