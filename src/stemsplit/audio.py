@@ -8,11 +8,22 @@ libsndfile cannot read: AAC/ALAC in M4A/MP4, WMA, Opus/Vorbis in WebM/MKV and
 the soundtrack of videos (MP4, MOV, MKV, WebM, AVI). Resampling is soxr's
 streaming resampler (high quality).
 
-Lengths: libsndfile knows a file's exact frame count from its header (except
-MP3 without a Xing/Info/VBRI tag). FFmpeg's containers often state only a
+Lengths: the audio decides, never the header. libsndfile knows a file's
+exact frame count from its header; FFmpeg's containers often state only a
 duration, so :class:`AudioInfo` says whether ``frames`` is exact
 (``frames_exact``); when it is not, the number of frames :func:`read_blocks`
-yields is the truth.
+yields is the truth. Where a header misstates the audio, probe finds the
+audio itself, and says so in ``AudioInfo.notes``:
+
+- WAV: a chunk walk (:func:`_wav_facts`) finds every data chunk's bytes (size
+  0 or 0xFFFFFFFF over audio, two data chunks, past 4 GiB); libsndfile then
+  decodes them through an RF64 header made here (a :class:`Segment`).
+- MP3: mpg123 trusts the first Xing/Info tag and stops where the rate
+  changes; an MP3 with more bytes than its tag counts, or with no tag, is
+  decoded by FFmpeg, which reads every frame.
+- Ogg: each link of a chained Ogg is a :class:`Segment` of its own, converted
+  to the song's rate and channels.
+- Several audio streams: the default one, or the one asked for.
 
 Problems are :class:`AudioError`, one line starting with the path: not a
 regular file (FIFO, socket, device), permission denied, a directory, empty,
@@ -94,6 +105,18 @@ class AudioError(StemsplitError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Segment:
+    """A stretch of a file that libsndfile decodes on its own: a WAV with its header repaired, or one
+    link of a chained Ogg. ``parts`` are bytes (a header made here) and (offset, length) ranges of the
+    file, read in order as one file; ``sample_rate`` and ``channels`` are the segment's own (they may
+    differ from the song's, and are converted)."""
+
+    parts: tuple[bytes | tuple[int, int], ...]
+    sample_rate: int
+    channels: int
+
+
+@dataclasses.dataclass(frozen=True)
 class AudioInfo:
     """What :func:`probe` found out about an audio file.
 
@@ -115,6 +138,11 @@ class AudioInfo:
     layout: tuple[str, ...] | None = None
     decoder: str = "libsndfile"
     stream: int = 0
+    # Where the file's audio and its header disagree, and what was read (one line each, for the user:
+    # the audio decides the length, the header is an estimate and a cross-check).
+    notes: tuple[str, ...] = ()
+    # libsndfile decodes these one after another instead of the file as it is on disk (empty: the file).
+    segments: tuple[Segment, ...] = ()
 
     @property
     def seconds(self) -> float:
@@ -124,8 +152,12 @@ class AudioInfo:
 # --- probing ------------------------------------------------------------------------------------
 
 
-def probe(path: str | os.PathLike) -> AudioInfo:
+def probe(path: str | os.PathLike, stream: int | None = None) -> AudioInfo:
     """Open ``path`` far enough to know its length, rate and channels, or raise :class:`AudioError`.
+
+    ``stream``: which audio stream of a file with several (a video's
+    languages, a commentary track), counted from 1; None takes the one the
+    file marks as its default (else the first) and says so in ``notes``.
 
     Never blocks on FIFOs or devices (they are refused from ``stat`` alone).
     Checks that the end of the file decodes, so a truncated file is reported
@@ -137,13 +169,29 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     what = _non_audio_kind(head)
     if what:
         raise AudioError(f"{path}: not an audio file ({what})")
-    info = None
+    wav = _wav_facts(path, head)  # the audio a WAV really holds, where its header says otherwise
+    info = _probe_chained_ogg(path) if head[:4] == b"OggS" else None
+    joined = None  # an MP3 that goes on past its tag: how many times more bytes than the tag counts
+    tagged = 0.0  # and the seconds its tag says
     try:
         with sf.SoundFile(sf_name(path)) as f:
-            info = _probe_libsndfile(path, f)
+            if info is not None:
+                pass  # a chained Ogg, read link by link
+            elif f.format == "MP3" and not _mp3_has_length_tag(path):
+                pass  # mpg123 stops where the rate changes (stream rips): FFmpeg reads every frame
+            elif f.format == "MP3" and (joined := _mp3_past_its_tag(path)):
+                tagged = f.frames / f.samplerate  # mpg123 stops there: FFmpeg reads every frame instead
+            elif wav is None or (wav.frames == f.frames and len(wav.ranges) == 1):
+                info = _probe_libsndfile(path, f)
+            else:
+                info = _probe_repaired_wav(path, wav, int(f.frames))
     except (sf.LibsndfileError, RuntimeError):  # not a format libsndfile reads: try FFmpeg
-        pass
-    info = info or _probe_ffmpeg(path, head)
+        if wav is not None:  # libsndfile refuses some misstated headers (two data chunks)
+            info = _probe_repaired_wav(path, wav, 0)
+    if stream is not None and stream != 1 and (info is not None or joined):
+        raise AudioError(f"{path}: has one audio stream; there is no stream {stream}")
+    if info is None:
+        info = _probe_joined_mp3(path, head, tagged, joined) if joined else _probe_ffmpeg(path, head, stream)
     try:
         check_sample_rate(info.sample_rate)
     except SeparationError:  # a header saying 1 Hz (or 4 GHz) is damaged or not audio
@@ -268,9 +316,8 @@ def _probe_libsndfile(path: Path, f: sf.SoundFile) -> AudioInfo:
     declared = _declared_frames(f.extra_info, frames)
     if declared > frames:
         raise AudioError(_truncated(path, frames, rate, declared / rate))
-    # MP3 without a length tag: mpg123 estimates the length from the bitrate.
-    exact = f.format != "MP3" or _mp3_has_length_tag(path)
-    if exact and not _libsndfile_tail_ok(f):
+    exact = True  # (an MP3 reaches here only with a length tag: probe gives the others to FFmpeg)
+    if not _libsndfile_tail_ok(f):
         read, error = _libsndfile_count(path)
         if read < frames:
             if error and _end_decodes(path, frames / rate):  # broken in the middle, its end is there
@@ -278,6 +325,30 @@ def _probe_libsndfile(path: Path, f: sf.SoundFile) -> AudioInfo:
             raise AudioError(_truncated(path, read, rate, frames / rate))
     layout = _ffmpeg_layout(path) if channels > 2 else None
     return AudioInfo(path, frames, rate, channels, f.format, exact, layout)
+
+
+def _probe_repaired_wav(path: Path, wav: _WavFacts, header_frames: int) -> AudioInfo:
+    """A WAV whose header misstates its audio (see :func:`_wav_facts`): read through a repaired header."""
+    segment = _repaired_wav(path, wav)
+    try:
+        with sf.SoundFile(_SplicedFile(path, segment.parts)) as f:  # libsndfile must accept the repair
+            accepted = f.frames == wav.frames
+    except (sf.LibsndfileError, RuntimeError):
+        accepted = False
+    if not accepted:
+        raise AudioError(f"{path}: a damaged WAV file (libsndfile cannot read its format chunk)")
+    notes = list(wav.notes)
+    if wav.unknown_size and header_frames < wav.frames:
+        notes.append(
+            f"its header gives no length (0xFFFFFFFF, as pipes and files over 4 GiB leave): read to the "
+            f"end of the file, {wav.frames / wav.sample_rate:.2f} s where libsndfile alone reads "
+            f"{header_frames / wav.sample_rate:.2f} s"
+        )
+    layout = _ffmpeg_layout(path) if wav.channels > 2 else None
+    return AudioInfo(
+        path, wav.frames, wav.sample_rate, wav.channels, "WAV", True, layout,
+        notes=tuple(notes), segments=(segment,),
+    )  # fmt: skip
 
 
 def _truncated(path: Path, frames: int, rate: int, stated: float) -> str:
@@ -317,6 +388,68 @@ def _mp3_has_length_tag(path: Path) -> bool:
     return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
 
 
+# MP3 bytes past what the Xing/Info tag counts that are still only tags or junk, not another file's audio.
+_MP3_TAIL_SLACK = 4096
+
+
+def _mp3_past_its_tag(path: Path) -> float | None:
+    """How many times more bytes an MP3 has than its Xing/Info tag counts, where it goes on past them:
+    files joined with ``cat`` (chapters, stream rips), the first one's tag trusted by mpg123 for the
+    whole. None where it does not, or the tag has no byte count (nothing to check against)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(10)
+        start = 0
+        if head[:3] == b"ID3" and len(head) == 10:
+            start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+        f.seek(start)
+        first = f.read(4096)
+        end = size
+        f.seek(max(0, size - 128))
+        if f.read(3) == b"TAG":  # ID3v1, the last 128 bytes
+            end -= 128
+        f.seek(max(0, end - 32))
+        footer = f.read(32)
+        if footer[:8] == b"APETAGEX":  # APEv2: its size counts the footer, not the 32-byte header
+            end -= int.from_bytes(footer[12:16], "little") + 32
+    at = max(first.find(b"Xing"), first.find(b"Info"))
+    if at < 0 or len(first) < at + 16:
+        return None
+    flags = int.from_bytes(first[at + 4 : at + 8], "big")
+    if not flags & 2:  # no byte count
+        return None
+    counted = int.from_bytes(
+        first[at + 8 + (4 if flags & 1 else 0) : at + 12 + (4 if flags & 1 else 0)], "big"
+    )
+    if counted <= 0 or end - start <= counted + _MP3_TAIL_SLACK:  # the count starts with the tag's frame
+        return None
+    return (end - start) / counted
+
+
+def _probe_joined_mp3(path: Path, head: bytes, stated: float, ratio: float) -> AudioInfo:
+    """An MP3 longer than its tag says (see :func:`_mp3_past_its_tag`), decoded by FFmpeg to its end.
+
+    Its length is estimated from its bytes (for the ETA; the frames decoded
+    are the truth): the tail is not decoded here, as that would decode every
+    joined file after the first.
+    """
+    av = _av()
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            ctx = stream.codec_context
+            rate, channels, index = int(ctx.sample_rate), int(ctx.channels), stream.index
+    except (av.FFmpegError, IndexError):
+        return _probe_ffmpeg(path, head)
+    note = (
+        f"its tag says {stated:.2f} s but its audio goes on (MP3 files joined end to end?): "
+        f"read to the end, about {stated * ratio:.1f} s"
+    )
+    return AudioInfo(
+        path, round(stated * ratio * rate), rate, channels, "MP3", False, None, "ffmpeg", index, (note,)
+    )
+
+
 def _libsndfile_tail_ok(f: sf.SoundFile) -> bool:
     """Whether the last frames the header promises can be read (cheap: one seek, one short read)."""
     start = max(0, f.frames - _PIECE_FRAMES)
@@ -353,6 +486,282 @@ def _end_decodes(path: Path, seconds: float) -> bool:
     except Exception:  # FFmpeg cannot read it either: no evidence the end is there
         return False
     return end is not None and end >= seconds - _RELIABLE_DURATION_SLACK
+
+
+# --- files whose header is wrong ------------------------------------------------------------------
+
+
+class _SplicedFile(io.RawIOBase):
+    """A read-only, seekable view of ``Segment.parts`` as one file (what soundfile's virtual I/O reads).
+
+    Lets libsndfile decode a WAV through a header made here, or one Ogg link
+    alone, without copying the audio anywhere.
+    """
+
+    def __init__(self, path: Path, parts: Sequence[bytes | tuple[int, int]]) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._parts = list(parts)
+        self._starts = []  # where each part starts in the view
+        size = 0
+        for part in self._parts:
+            self._starts.append(size)
+            size += len(part) if isinstance(part, bytes) else part[1]
+        self._size, self._position = size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self._position < self._size:
+            index = next(i for i in range(len(self._parts) - 1, -1, -1) if self._starts[i] <= self._position)
+            part, inside = self._parts[index], self._position - self._starts[index]
+            if isinstance(part, bytes):
+                chunk = part[inside : inside + len(view) - done]
+            else:
+                offset, length = part
+                self._file.seek(offset + inside)
+                chunk = self._file.read(min(length - inside, len(view) - done))
+                if not chunk:  # the file got shorter since it was probed
+                    break
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+            self._position += len(chunk)
+        return done
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+# WAV data sizes from here up that run past the end of the file mean "not known" (writers that cannot
+# seek back to fill them in leave 0xFFFFFFFF or 0x7FFFFFFF): the data runs to the end of the file. A
+# size that fits the file is honoured (a 3 GB WAV may have chunks after its audio).
+_UNKNOWN_RIFF_SIZE = 0x7FFFFFFF
+# WAVE format tags whose frames are block_align bytes each (PCM, IEEE float): these WAVs are repaired.
+_PLAIN_WAV_TAGS = (0x0001, 0x0003)
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+
+
+@dataclasses.dataclass
+class _WavFacts:
+    """What walking a WAV's chunks found: its audio's byte ranges and what the header got wrong."""
+
+    fmt: bytes  # the fmt chunk, whole (id, size, body)
+    fact: bytes  # the fact chunk, whole, or b""
+    ranges: list[tuple[int, int]]  # (offset, length) of every data chunk's audio, whole frames
+    sample_rate: int
+    channels: int
+    block_align: int
+    notes: list[str]
+    unknown_size: bool  # a data size said "not known" (0xFFFFFFFF): read to the end of the file
+
+    @property
+    def frames(self) -> int:
+        return sum(length for _, length in self.ranges) // self.block_align
+
+
+def _wav_facts(path: Path, head: bytes) -> _WavFacts | None:
+    """Walk a RIFF/RF64 WAV's chunks to find all of its audio; None where libsndfile should decide alone.
+
+    Handles what a header gets wrong: a data size of 0 with the audio there
+    (a recorder that stopped before finishing its header), a size that says
+    "unknown" (0xFFFFFFFF: pipes, and files over 4 GiB), a second data chunk,
+    an RF64 whose ds64 size runs past the end (raises :class:`AudioError`:
+    truncated). Only PCM and float WAVs (a frame is ``block_align`` bytes).
+    """
+    if head[:4] not in (b"RIFF", b"RF64", b"BW64") or head[8:12] != b"WAVE":
+        return None
+    size = path.stat().st_size
+    ds64_data = None  # RF64: the data size the ds64 chunk gives
+    fmt = fact = b""
+    ranges: list[tuple[int, int]] = []
+    notes: list[str] = []
+    unknown = False  # a data size said "not known": the audio ran to the end of the file
+    tag = rate = channels = align = 0
+    with open(path, "rb") as f:
+        position = 12
+        for _ in range(100_000):  # a cap on junk; real WAVs have a handful of chunks
+            if position + 8 > size:
+                break
+            f.seek(position)
+            header = f.read(8)
+            name, length = header[:4], int.from_bytes(header[4:8], "little")
+            body = position + 8
+            if name == b"ds64" and head[:4] != b"RIFF":
+                ds64 = f.read(24)
+                ds64_data = int.from_bytes(ds64[8:16], "little") if len(ds64) == 24 else None
+            elif name == b"fmt " and not fmt:
+                fmt = header + f.read(min(length, 64))
+                tag, channels = int.from_bytes(fmt[8:10], "little"), int.from_bytes(fmt[10:12], "little")
+                rate, align = int.from_bytes(fmt[12:16], "little"), int.from_bytes(fmt[20:22], "little")
+                if tag == _WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 34:
+                    tag = int.from_bytes(fmt[32:34], "little")  # the sub-format GUID's first two bytes
+                if tag not in _PLAIN_WAV_TAGS or channels <= 0 or align <= 0 or len(fmt) != 8 + length:
+                    return None
+            elif name == b"fact" and not fact:
+                fact = header + f.read(min(length, 64))
+            elif name == b"data":
+                if not fmt:
+                    return None  # audio before its format: not a WAV this walk understands
+                available = size - body
+                if ds64_data is not None and length == 0xFFFFFFFF and not ranges:
+                    length = ds64_data if ds64_data not in (0, 0xFFFFFFFFFFFFFFFF) else 0xFFFFFFFF
+                    if length != 0xFFFFFFFF and length > available:
+                        raise AudioError(_truncated(path, available // align, rate, length // align / rate))
+                if length == 0xFFFFFFFF or (length >= _UNKNOWN_RIFF_SIZE and length > available):
+                    unknown = True
+                    ranges.append((body, available - available % align))
+                    break
+                if length == 0 and available >= align and not _looks_like_chunk(f, body, size):
+                    notes.append(
+                        "its header says it holds no audio (a recording that stopped before finishing "
+                        "its header?): read to the end of the file"
+                    )
+                    ranges.append((body, available - available % align))
+                    break
+                if length > available:  # cut short: the truncation check after libsndfile says where
+                    return None
+                after = body + length + (length & 1)
+                if _audio_follows(f, after, size):  # a header last updated before the recording ended
+                    notes.append(
+                        f"its header counts {length // align / rate:.2f} s of audio, more follows (a "
+                        "recording that stopped before updating its header?): read to the end of the file"
+                    )
+                    ranges.append((body, available - available % align))
+                    break
+                if length:
+                    ranges.append((body, length - length % align))
+            position = body + length + (length & 1)
+    if not fmt or not ranges:
+        return None
+    if len(ranges) > 1:
+        notes.append(f"{len(ranges)} data chunks (a WAV has one): read them all")
+    return _WavFacts(fmt, fact, ranges, rate, channels, align, notes, unknown)
+
+
+# Bytes after a WAV's data chunk, not a chunk, that are audio its header did not count: at least this
+# many (a few stray bytes are junk) and not a tag appended raw (ID3v1, ID3v2, APE).
+_UNCOUNTED_AUDIO_BYTES = 4096
+
+
+def _audio_follows(f, position: int, size: int) -> bool:
+    """Whether the bytes from ``position`` (just after a data chunk) to the end are more audio: there
+    are enough of them, and they are neither a chunk nor a tag."""
+    if size - position < _UNCOUNTED_AUDIO_BYTES or _looks_like_chunk(f, position, size):
+        return False
+    f.seek(position)
+    return not f.read(8).startswith((b"TAG", b"ID3", b"APETAGEX"))
+
+
+def _looks_like_chunk(f, position: int, size: int) -> bool:
+    """Whether the bytes at ``position`` are a chunk header (a printable id and a size that fits)."""
+    f.seek(position)
+    header = f.read(8)
+    if len(header) < 8 or not all(32 <= b < 127 for b in header[:4]):
+        return False
+    return position + 8 + int.from_bytes(header[4:8], "little") <= size
+
+
+def _ogg_links(path: Path) -> list[tuple[int, int]]:
+    """The (offset, length) of each link of an Ogg file: links are whole Ogg streams one after another
+    (``cat a.ogg b.ogg``, internet radio), each starting with pages marked "beginning of stream"."""
+    links: list[tuple[int, int]] = []
+    size = path.stat().st_size
+    start, position, previous_bos = 0, 0, True
+    with open(path, "rb") as f:
+        while position + 27 <= size:
+            f.seek(position)
+            header = f.read(27)
+            if header[:4] != b"OggS":
+                break  # junk or a cut: the links so far (libsndfile reports what is wrong with the last)
+            bos = bool(header[5] & 0x02)
+            if bos and not previous_bos:  # a new stream after pages of another: a new link
+                links.append((start, position - start))
+                start = position
+            previous_bos = bos
+            table = f.read(header[26])
+            position += 27 + len(table) + sum(table)
+    links.append((start, size - start))
+    return links
+
+
+def _probe_chained_ogg(path: Path) -> AudioInfo | None:
+    """A chained Ogg (see :func:`_ogg_links`) as one song, every link read; None for a single link.
+
+    libsndfile and FFmpeg read only the first link (FFmpeg refuses a second
+    of another channel count). Each link is decoded alone and converted to
+    the song's rate and channels, the highest rate and the most channels
+    among the links (a mono link goes to both sides): nothing is dropped.
+    """
+    links = _ogg_links(path)
+    if len(links) < 2:
+        return None
+    facts = []  # (segment, frames)
+    for number, link in enumerate(links, 1):
+        try:
+            with sf.SoundFile(_SplicedFile(path, [link])) as f:
+                facts.append((Segment((link,), int(f.samplerate), int(f.channels)), int(f.frames)))
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(
+                f"{path}: link {number} of a chained Ogg of {len(links)} cannot be decoded "
+                f"({libsndfile_reason(exc)})"
+            ) from None
+    rate = max(segment.sample_rate for segment, _ in facts)
+    counts = sorted({segment.channels for segment, _ in facts})
+    if counts[-1] > 2 and len(counts) > 1:
+        raise AudioError(
+            f"{path}: a chained Ogg whose links have {', '.join(map(str, counts))} channels; stemsplit joins "
+            "mono and stereo links only"
+        )
+    channels = counts[-1]
+    frames = sum(round(n * rate / segment.sample_rate) for segment, n in facts)
+
+    def kind(rate: int, channels: int) -> str:
+        return f"{rate} Hz " + {1: "mono", 2: "stereo"}.get(channels, f"{channels} channels")
+
+    described = ", then ".join(kind(segment.sample_rate, segment.channels) for segment, _ in facts)
+    note = f"a chained Ogg of {len(links)} links ({described}): all read, as {kind(rate, channels)}"
+    exact = all(segment.sample_rate == rate for segment, _ in facts)  # resampled lengths are near, not exact
+    segments = tuple(segment for segment, _ in facts)
+    return AudioInfo(path, frames, rate, channels, "OGG", exact, notes=(note,), segments=segments)
+
+
+def _repaired_wav(path: Path, facts: _WavFacts) -> Segment:
+    """A segment that libsndfile reads as the WAV's whole audio: an RF64 header made here (no 4 GiB
+    limit, sizes exact) over the file's own fmt (and fact) chunk and every data range."""
+    data = sum(length for _, length in facts.ranges)
+    tail = (
+        facts.fmt
+        + (b"\0" if len(facts.fmt) & 1 else b"")
+        + facts.fact
+        + (b"\0" if len(facts.fact) & 1 else b"")
+    )
+    riff = 4 + 36 + len(tail) + 8 + data
+    ds64 = (
+        riff.to_bytes(8, "little")
+        + data.to_bytes(8, "little")
+        + (data // facts.block_align).to_bytes(8, "little")
+    )
+    header = (
+        b"RF64" + b"\xff\xff\xff\xff" + b"WAVE"
+        + b"ds64" + (28).to_bytes(4, "little") + ds64 + b"\0\0\0\0"
+        + tail + b"data" + b"\xff\xff\xff\xff"
+    )  # fmt: skip
+    return Segment((header, *facts.ranges), facts.sample_rate, facts.channels)
 
 
 # --- FFmpeg (PyAV) ------------------------------------------------------------------------------
@@ -394,7 +803,42 @@ def _ffmpeg_layout(path: Path) -> tuple[str, ...] | None:
     return names if names and all(n in _CHANNEL_GAINS for n in names) else None
 
 
-def _probe_ffmpeg(path: Path, head: bytes) -> AudioInfo:
+def _pick_stream(path: Path, streams: Sequence, wanted: int | None) -> tuple[object, str | None]:
+    """The audio stream to separate among ``streams`` (a file's, in order), and a note where there are
+    several: ``wanted`` (from 1), else the first the file marks as default, else the first."""
+    if wanted is not None:
+        if wanted > len(streams):
+            count = f"{len(streams)} audio stream" + ("s" if len(streams) > 1 else "")
+            raise AudioError(f"{path}: has {count}; there is no stream {wanted}")
+        chosen = streams[wanted - 1]
+    else:
+        chosen = next((s for s in streams if s.disposition & _DEFAULT_DISPOSITION), streams[0])
+    if len(streams) == 1:
+        return chosen, None
+    number = streams.index(chosen) + 1
+    default = chosen.disposition & _DEFAULT_DISPOSITION
+    how = "as asked" if wanted is not None else "the default" if default else "the first"
+    others = "; ".join(f"{n} {_describe_stream(s)}" for n, s in enumerate(streams, 1) if s is not chosen)
+    note = (
+        f"audio stream {number} of {len(streams)} ({how}): {_describe_stream(chosen)}; the others: {others}; "
+        "choose one with --stream N"
+    )
+    return chosen, note
+
+
+_DEFAULT_DISPOSITION = 1  # AV_DISPOSITION_DEFAULT
+
+
+def _describe_stream(stream) -> str:
+    """A stream as a person picks one: its title and language where stated, its codec and channels."""
+    metadata = stream.metadata or {}
+    named = [metadata[key] for key in ("title", "name", "handler_name", "language") if metadata.get(key)]
+    named = [n for n in named if n not in ("SoundHandler", "und")]  # FFmpeg's defaults say nothing
+    ctx = stream.codec_context
+    return " ".join([*(repr(n) for n in named[:2]), f"{ctx.name} {ctx.channels} ch"])
+
+
+def _probe_ffmpeg(path: Path, head: bytes, wanted: int | None = None) -> AudioInfo:
     av = _av()
     kind = _container_kind(head)
     try:
@@ -416,7 +860,7 @@ def _probe_ffmpeg(path: Path, head: bytes) -> AudioInfo:
             if container.streams.video and kind in _VIDEO_CONTAINERS:
                 raise AudioError(f"{path}: no audio stream (a video without sound)")
             raise AudioError(f"{path}: not an audio file (neither libsndfile nor FFmpeg knows its format)")
-        stream = container.streams.best("audio") or container.streams.audio[0]
+        stream, note = _pick_stream(path, list(container.streams.audio), wanted)
         ctx = stream.codec_context
         rate, channels = int(ctx.sample_rate or 0), int(ctx.channels or 0)
         if rate <= 0 or channels <= 0:
@@ -432,7 +876,8 @@ def _probe_ffmpeg(path: Path, head: bytes) -> AudioInfo:
         tail = _ffmpeg_tail_end(av, container, stream, seconds) if seconds is not None else None
         index = stream.index
     estimate = round(seconds * rate) if seconds else 0
-    info = AudioInfo(path, estimate, rate, channels, fmt, False, layout, "ffmpeg", index)
+    notes = (note,) if note else ()
+    info = AudioInfo(path, estimate, rate, channels, fmt, False, layout, "ffmpeg", index, notes)
     if tail is not None and (not reliable or tail >= start + seconds - _RELIABLE_DURATION_SLACK):
         return info
     # The end did not decode (or no duration is stated): decode it all to find where the audio stops.
@@ -511,12 +956,22 @@ def _ffmpeg_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
         with av.open(str(info.path)) as container:
             stream = container.streams[info.stream]
             layout = stream.codec_context.layout
-            resampler = av.AudioResampler(format="flt", layout=layout, rate=info.sample_rate)
+            resampler, source = None, None  # made for the frames' rate and layout, again when they change
             limit = None
             if _is_mov(container) and stream.duration and stream.time_base == Fraction(1, info.sample_rate):
                 limit = int(stream.duration)
-            for frame in _with_flush(container.decode(stream)):
-                for out in resampler.resample(frame):
+            for frame in _with_flush(_decoded_frames(av, container, stream)):
+                outs = []
+                kind = None if frame is None else (frame.sample_rate, frame.layout.name, frame.format.name)
+                if kind != source and resampler is not None:  # PyAV's resampler would take them as before
+                    outs += resampler.resample(None)
+                    resampler = None
+                if frame is not None and resampler is None:
+                    resampler = av.AudioResampler(format="flt", layout=layout, rate=info.sample_rate)
+                    source = kind
+                if resampler is not None:
+                    outs += resampler.resample(frame)
+                for out in outs:
                     piece = out.to_ndarray().reshape(-1, info.channels)  # packed: [1, n * channels]
                     if limit is not None:
                         piece = piece[: max(0, limit - produced)]
@@ -527,6 +982,27 @@ def _ffmpeg_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
         raise _DecodeFailed(produced, f"FFmpeg: {_ffmpeg_reason(exc)}") from None
     except OSError as exc:
         raise _DecodeFailed(produced, exc.strerror or str(exc)) from None
+
+
+def _decoded_frames(av: ModuleType, container, stream) -> Iterator:
+    """The stream's decoded frames. MP3: a packet that does not decode is skipped if frames decode
+    after it, as FFmpeg's own tools do: it is where two files were joined (FFmpeg's parser cuts a
+    frame across the junction), which would otherwise end the song there."""
+    if "mp3" not in stream.codec_context.name:
+        yield from container.decode(stream)
+        return
+    failed = None  # the last failure, until a frame decodes after it
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.InvalidDataError as exc:
+            failed = failed or exc
+            continue
+        if frames:
+            failed = None
+        yield from frames
+    if failed is not None:
+        raise failed
 
 
 def _with_flush(frames: Iterator) -> Iterator:
@@ -627,17 +1103,47 @@ def unplayable_problem(path: Path, block: np.ndarray, first_frame: int, sample_r
 
 
 def _libsndfile_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
-    """Decode with libsndfile in short pieces of [n, channels] float32; ``_DecodeFailed`` on errors."""
+    """Decode with libsndfile in short pieces of [n, channels] float32; ``_DecodeFailed`` on errors.
+
+    A file with ``info.segments`` is decoded segment by segment, each
+    converted to the song's rate and channels (:func:`_converted`).
+    """
     read = 0
     try:
-        with sf.SoundFile(sf_name(info.path)) as f:
-            while len(piece := f.read(_PIECE_FRAMES, dtype="float32", always_2d=True)):
-                read += len(piece)
-                yield piece
+        if not info.segments:
+            with sf.SoundFile(sf_name(info.path)) as f:
+                while len(piece := f.read(_PIECE_FRAMES, dtype="float32", always_2d=True)):
+                    read += len(piece)
+                    yield piece
+            return
+        for segment in info.segments:
+            with sf.SoundFile(_SplicedFile(info.path, segment.parts)) as f:
+                for piece in _converted(f, segment, info):
+                    read += len(piece)
+                    yield piece
     except (sf.LibsndfileError, RuntimeError):
         raise _DecodeFailed(read, _LIBSNDFILE_DECODE_ERROR) from None
     except OSError as exc:
         raise _DecodeFailed(read, exc.strerror or str(exc)) from None
+
+
+def _converted(f: sf.SoundFile, segment: Segment, info: AudioInfo) -> Iterator[np.ndarray]:
+    """``f``'s pieces at the song's rate and channel count: a mono segment is copied to both sides of a
+    stereo song, a stereo one averaged into a mono song, another rate resampled (soxr)."""
+    resample = BlockResampler(segment.sample_rate, info.sample_rate, info.channels)
+
+    def to_song(piece: np.ndarray) -> np.ndarray:
+        if segment.channels != info.channels:
+            piece = piece.mean(axis=1, keepdims=True) if info.channels == 1 else piece[:, [0] * info.channels]
+        return resample(np.ascontiguousarray(piece, dtype=np.float32))
+
+    # Longer pieces than _PIECE_FRAMES: a segment is PCM (an error's place is exact anyway) or a whole
+    # Ogg link, and a WAV over 4 GiB read in short pieces spends most of its time per piece.
+    while len(piece := f.read(_PIECE_FRAMES * 16, dtype="float32", always_2d=True)):
+        if len(out := to_song(piece)):
+            yield out
+    if len(tail := resample.flush(info.channels)):
+        yield tail
 
 
 # --- downmix ------------------------------------------------------------------------------------

@@ -708,7 +708,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     probed: dict[int, Any] = {}  # id(song source) -> AudioInfo, or the AudioError
     for song in run or checked:
         try:
-            probed[id(song.outputs.source)] = probe(song.outputs.source.path)
+            probed[id(song.outputs.source)] = probe(song.outputs.source.path, args["stream"])
         except AudioError as exc:
             if args["debug"]:
                 raise
@@ -900,6 +900,8 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         song.status = "done"
         noun = "stems" if args.get("task", "music") == "music" else "files"
         song.details = f"{len(result.outputs)} {noun} in {_common_parent(result.outputs.values())}"
+        for note in song.info.notes:  # the header said otherwise: say what was read
+            song.details += f"; {note}"
         if result.rescaled_by != 1.0:
             gain_db = 20 * math.log10(result.rescaled_by)
             song.details += f"; scaled by {result.rescaled_by:.3f} ({gain_db:.1f} dB) so nothing clips"
@@ -919,6 +921,7 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
                 "outputs": {k: str(v) for k, v in result.outputs.items()},  # (the run report's too)
                 "rescaled_by": result.rescaled_by,
                 "residual_db": result.residual_db,
+                "notes": list(song.info.notes),  # where the file's header and its audio disagreed
             }
         )
     finally:
@@ -956,6 +959,7 @@ def _settings(separator, options, args: dict[str, Any], stems: list[str]) -> dic
         "shifts": each("shifts"),
         "precision": each("precision"),
         "downmix": args["downmix"],
+        **({"stream": args["stream"]} if args["stream"] is not None else {}),  # absent: records stay valid
         "stems": stems,
         "format": options.fmt,
         "bit_depth": options.bit_depth,
@@ -1132,6 +1136,14 @@ def separation_command(batch: bool):
         filename: str = FILENAME_OPTION,
         overwrite: bool = OVERWRITE_OPTION,
         downmix: bool = typer.Option(False, "--downmix", help="Fold more than two channels down to stereo."),
+        stream: int = typer.Option(
+            None,
+            "--stream",
+            min=1,
+            help="Which audio stream of files with several (a video's languages, a commentary), from 1 "
+            "[default: the one the file marks as default, else the first].",
+            show_default=False,
+        ),
         quiet: bool = QUIET_OPTION,
         json_lines: bool = JSON_OPTION,
         report: Path = REPORT_OPTION,
@@ -1198,6 +1210,7 @@ def speakers_command(
         stems=None,
         two_stems=None,
         downmix=False,
+        stream=None,
     )
     _run_command(args.pop("batch"), args, precision, "speakers")
 

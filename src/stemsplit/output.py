@@ -8,7 +8,8 @@ Two parts, used in this order:
    stems of one song) share a file, that format, bit depth and sample rate go
    together.
 2. :class:`StemWriter` takes one song's stem blocks as the engine makes them,
-   streams them to temporary float32 files beside their destinations, and
+   streams them to temporary float32 WAVs beside their destinations (written
+   here: RF64 past 4 GiB, silence as holes; see :class:`_FloatTemp`), and
    :meth:`StemWriter.commit` converts them to the output format and renames
    them into place together. If anything fails before the last rename, the
    renamed ones are rolled back (files they replaced are put back), every
@@ -37,6 +38,7 @@ import math
 import os
 import secrets
 import string
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,22 +348,58 @@ def _check_no_symlink_escape(out_dir: Path, paths: object) -> None:
 # --- writing one song ---------------------------------------------------------------------------
 
 
+# A float32 WAV temporary's header: RIFF/RF64 (12), JUNK/ds64 (36), fmt (26), fact (12), data (8) bytes.
+_FLOAT_HEADER_BYTES = 94
+# The largest RIFF size field: a WAV past it is RF64 (EBU Tech 3306), whose ds64 chunk holds 64-bit sizes.
+_RIFF_LIMIT = 0xFFFFFFFF
+
+
+def float_wav_header(frames: int, sample_rate: int, channels: int) -> bytes:
+    """The header of a float32 WAV of ``frames`` frames (:data:`_FLOAT_HEADER_BYTES` long, whatever the size).
+
+    Up to 4 GiB a plain RIFF WAVE whose JUNK chunk keeps the room a ds64 chunk
+    needs; past it the same layout as RF64, the JUNK turned into ds64 (as EBU
+    Tech 3306 intends), so a stem of any length has a header that says its length.
+    """
+    data = frames * channels * 4
+    riff = _FLOAT_HEADER_BYTES - 8 + data
+    if riff > _RIFF_LIMIT:
+        head = b"RF64" + b"\xff\xff\xff\xff" + b"WAVE"
+        head += b"ds64" + struct.pack("<IQQQI", 28, riff, data, frames, 0)
+        data_size = 0xFFFFFFFF
+    else:
+        head = b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"JUNK" + struct.pack("<I", 28) + bytes(28)
+        data_size = data
+    fmt = struct.pack("<HHIIHHH", 3, channels, sample_rate, sample_rate * channels * 4, channels * 4, 32, 0)
+    header = (
+        head + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+        + b"fact" + struct.pack("<II", 4, min(frames, 0xFFFFFFFF))
+        + b"data" + struct.pack("<I", data_size)
+    )  # fmt: skip
+    assert len(header) == _FLOAT_HEADER_BYTES
+    return header
+
+
 class _FloatTemp:
-    """A float32 wav being streamed beside its destination (a hidden temporary name)."""
+    """A float32 WAV being streamed beside its destination (a hidden temporary name).
+
+    Written here rather than by libsndfile, whose WAV writer cannot pass
+    4 GiB (a stem over 3 h 22 min at 44.1 kHz stereo was cut or got a broken
+    header): raw samples after room for the header, which :meth:`close` fills
+    in (RF64 past 4 GiB, see :func:`float_wav_header`). A block of silence
+    is skipped over rather than written: it reads as zeros and takes no disk
+    (silent stems of long recordings are common).
+    """
 
     def __init__(self, destination: Path, sample_rate: int, channels: int) -> None:
         self.destination = destination
+        self.sample_rate, self.channels = sample_rate, channels
         self.peak = 0.0
+        self.frames = 0
         self.path = temporary_sibling(destination, ".partial")
         try:
-            self._file = sf.SoundFile(
-                sf_name(self.path),
-                "w",
-                samplerate=sample_rate,
-                channels=channels,
-                format="WAV",
-                subtype="FLOAT",
-            )
+            self._file = open(self.path, "r+b")  # noqa: SIM115 - closed by close()
+            self._file.seek(_FLOAT_HEADER_BYTES)
         except BaseException:
             self.path.unlink(missing_ok=True)
             raise
@@ -373,12 +411,27 @@ class _FloatTemp:
             if not math.isfinite(peak):
                 return False
             self.peak = max(self.peak, peak)
-            self._file.write(block)
+            if peak == 0.0:
+                self._file.seek(block.size * 4, os.SEEK_CUR)  # a hole: zeros, no disk
+            else:
+                self._file.write(np.ascontiguousarray(block, dtype="<f4"))
+            self.frames += len(block)
         return True
 
     def close(self) -> None:
         if not self._file.closed:
+            try:
+                self._file.truncate()  # a trailing hole, made part of the file
+                self._file.seek(0)
+                self._file.write(float_wav_header(self.frames, self.sample_rate, self.channels))
+            finally:
+                self._file.close()
+
+    def discard(self) -> None:
+        """Close without finishing (a full disk must not stop the clean-up) and remove the file."""
+        with contextlib.suppress(OSError):
             self._file.close()
+        self.path.unlink(missing_ok=True)
 
 
 class StemWriter:
@@ -442,8 +495,11 @@ class StemWriter:
         are divided by one factor if any would clip, so they still sum to the mix.
         """
         options = self.options
-        for temp in self._temps.values():
-            temp.close()
+        try:
+            for temp in self._temps.values():
+                temp.close()  # the last buffered samples and the header: a full disk may show only now
+        except OSError as exc:
+            raise self._os_error(exc) from None
         peak = max((t.peak for t in self._temps.values()), default=0.0)
         gain = 1.0 / peak if options.integer and options.clip_mode == "rescale" and peak > 1.0 else 1.0
         rate = options.sample_rate(self.sample_rate)
@@ -491,10 +547,15 @@ class StemWriter:
     def _convert(self, source: Path, destination: Path, gain: float, rate: int) -> Path:
         """Float wav ``source`` -> a temporary in the output format (times ``gain``); returns its path."""
         container, subtypes = OUTPUT_FORMATS[self.options.fmt]
+        subtype = subtypes[self.options.bit_depth]
         clamp = self.options.clip_mode == "clamp"
         target = temporary_sibling(destination, ".partial")
         try:
             with sf.SoundFile(sf_name(source)) as src:
+                if container == "WAV" and _past_riff_limit(
+                    src.frames * rate / src.samplerate, src.channels, subtype
+                ):
+                    container = "RF64"  # libsndfile's WAV writer cannot pass 4 GiB
                 resample = BlockResampler(src.samplerate, rate, src.channels)
                 with sf.SoundFile(
                     sf_name(target),
@@ -502,7 +563,7 @@ class StemWriter:
                     samplerate=rate,
                     channels=src.channels,
                     format=container,
-                    subtype=subtypes[self.options.bit_depth],
+                    subtype=subtype,
                 ) as dst:
                     for block in src.blocks(65536, dtype="float32", always_2d=True):
                         block = resample(block * gain if gain != 1.0 else block)
@@ -563,8 +624,7 @@ class StemWriter:
 
     def _clean_up(self) -> None:
         for temp in self._temps.values():
-            temp.close()
-            temp.path.unlink(missing_ok=True)
+            temp.discard()
         for folder in reversed(self._made_folders):
             with contextlib.suppress(OSError):  # only if empty: another song may have written there
                 folder.rmdir()
@@ -579,6 +639,13 @@ class StemWriter:
             if _disk_is_full(folder):
                 reason = f"no space left on device ({reason})"
         return OutputError(f"writing stems into {folder} failed: {reason}; nothing was written for this song")
+
+
+def _past_riff_limit(frames: float, channels: int, subtype: str) -> bool:
+    """Whether a WAV of ``frames`` frames of ``subtype`` would pass the RIFF's 4 GiB (with room for a
+    header of any size libsndfile writes)."""
+    sample_bytes = {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4}[subtype]
+    return frames * channels * sample_bytes > _RIFF_LIMIT - (1 << 16)
 
 
 def _disk_is_full(folder: Path) -> bool:

@@ -589,6 +589,7 @@ class SongSeparator:
         overwrite: bool = False,
         downmix: bool = False,
         residual: bool = False,
+        stream: int | None = None,
     ) -> SeparationResult:
         """Separate one file into ``out_dir`` (layout from ``filename``; see :mod:`stemsplit.output`).
 
@@ -596,10 +597,12 @@ class SongSeparator:
         all together or not at all; existing files raise
         :class:`~stemsplit.output.OutputExistsError` unless ``overwrite``.
         Progress events: ``start`` (windows, seconds), ``windows`` (done, total).
+        ``stream``: which audio stream of a file with several, from 1 (default:
+        the file's default stream; see :func:`stemsplit.audio.probe`).
         """
         options = OutputOptions(filename, fmt, bit_depth, clip_mode, overwrite)
         wanted = self.output_stems(stems, two_stems, residual)
-        info = probe(path)
+        info = probe(path, stream)
         [song] = plan_outputs([SongSource(Path(path))], out_dir, wanted, options)
         return self.separate_song(song, info, options, downmix)
 
