@@ -70,6 +70,7 @@ __all__ = [
     "shard_of",
     "song_key",
     "song_slot",
+    "source_changed",
 ]
 
 STATE_FOLDER = ".stemsplit"
@@ -84,6 +85,17 @@ class BatchError(Exception):
 
 class SourceChangedError(BatchError):
     """A song changed or went while it was being separated: its stems are not known to be of its bytes."""
+
+
+def source_changed(path: Path, gone: bool, resumable: bool = True) -> SourceChangedError:
+    """The one wording of a song that changed or went between its probe and its commit (docs/separating.md
+    promises it): ``gone`` when it is no longer there (removed or renamed); ``resumable`` for batch, whose
+    next run separates it again."""
+    what = "it is gone: removed or renamed" if gone else "it was written to or replaced"
+    then = "its stems are not marked done, so the next run separates it again"
+    if not resumable:
+        then = "none of its stems were written"
+    return SourceChangedError(f"{path}: changed or went while it was read ({what}); {then}")
 
 
 # --- finding songs ------------------------------------------------------------------------------
@@ -293,16 +305,11 @@ class DoneRecords:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            if not complete:
-                raise
-            raise SourceChangedError(f"{path}: removed while it was being separated") from None
+            raise source_changed(path, gone=True) from None
         if complete:
             started = (self.read(song) or {}).get("identity")
             if started != [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]:
-                raise SourceChangedError(
-                    f"{path}: changed while it was being separated; its stems are not marked done, so the "
-                    "next run separates it again"
-                )
+                raise source_changed(path, gone=False)
         record = {
             "source": os.path.realpath(song.source.path),
             "size": st.st_size,

@@ -229,6 +229,16 @@ class Song:
     info: Any = None  # stemsplit.audio.AudioInfo, once probed
     status: str = "pending"  # pending, done, skipped, failed
     details: str = ""
+    identity: tuple[int, ...] | None = None  # the source as it was probed (source_identity)
+
+
+def source_identity(path: Path) -> tuple[int, ...] | None:
+    """Which file ``path`` is, and whether it was written to: (device, inode, size, mtime); None if gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _usage(exc: Exception) -> UsageError:
@@ -709,8 +719,10 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     # 3b. probe every input: a missing or unreadable file fails alone, and before the model loads (a typo
     # would otherwise wait for the default model's download)
     probed: dict[int, Any] = {}  # id(song source) -> AudioInfo, or the AudioError
+    identities: dict[int, tuple[int, ...] | None] = {}  # and which file was probed
     for song in run or checked:
         try:
+            identities[id(song.outputs.source)] = source_identity(song.outputs.source.path)
             probed[id(song.outputs.source)] = probe(song.outputs.source.path)
         except AudioError as exc:
             if args["debug"]:
@@ -788,7 +800,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         if isinstance(found, AudioError):  # (with --debug it was raised when probed)
             song.status, song.details = "failed", str(found)
             continue
-        song.info = found
+        song.info, song.identity = found, identities[id(song.outputs.source)]
         try:
             separator.check_input(song.info, args["downmix"])
         except SeparationError as exc:
@@ -840,13 +852,21 @@ def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable
 
 def _separate_one(separator, song: Song, options, args, records, reporter: Reporter, out: Path) -> None:
     from .audio import AudioError, describe_downmix
-    from .batch import Claim, SourceChangedError
+    from .batch import STATE_FOLDER, Claim, SourceChangedError
     from .output import OutputError, OutputExistsError
     from .separate import SeparationError
 
     source = song.outputs.source.path
     claim = None
     song_options = options
+    try:  # the song as it is now: it may have been replaced or edited since it was probed
+        _probe_again_if_changed(separator, song, args["downmix"], batch=records is not None)
+    except (AudioError, SeparationError, SourceChangedError) as exc:
+        if args["debug"]:
+            raise
+        song.status, song.details = "failed", str(exc)
+        reporter.error(song.details, source=str(source))
+        return
     if records is not None:
         if records.is_done(song.outputs):
             song.status, song.details = "skipped", "done earlier with the same source and settings"
@@ -856,7 +876,7 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         try:
             acquired = claim.acquire()
         except OSError as exc:  # OUT/.stemsplit unusable: this song fails, with its reason
-            song.status, song.details = "failed", _records_problem(exc, out)
+            song.status, song.details = "failed", _os_problem(exc, out / STATE_FOLDER)
             reporter.error(song.details, source=str(source))
             return
         if not acquired and claim.conflict:  # another run, other settings: its stems and ours would mix
@@ -892,9 +912,7 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
     except (AudioError, SeparationError, OutputError, OSError, SourceChangedError) as exc:
         if args["debug"]:
             raise
-        message = str(exc)
-        if isinstance(exc, OSError):  # batch's records in OUT/.stemsplit (full disk, permissions, junk)
-            message = _records_problem(exc, out)
+        message = _song_problem(exc, song, out, batch=records is not None)
         if isinstance(exc, OutputExistsError):
             message += " (add --overwrite to replace it)"
         song.status, song.details = "failed", message
@@ -936,8 +954,48 @@ def _paths(song: Song) -> dict[str, str]:
     return {stem: str(path) for stem, path in song.outputs.paths.items()}
 
 
-def _records_problem(exc: OSError, out: Path) -> str:
-    return f"{exc.filename or out}: {exc.strerror or exc} (batch's records)"
+def _probe_again_if_changed(separator, song: Song, downmix: bool, batch: bool) -> None:
+    """Before a song's turn: if its file is not the one probed when the run began (edited, replaced),
+    probe and check it again, so that its length, rate and channels are today's. Raises
+    :class:`~stemsplit.batch.SourceChangedError` if it is gone, AudioError or SeparationError if the new
+    file cannot be separated."""
+    from .audio import probe
+    from .batch import source_changed
+
+    now = source_identity(song.outputs.source.path)
+    if now == song.identity:
+        return
+    if now is None:
+        raise source_changed(song.outputs.source.path, gone=True, resumable=batch)
+    song.info, song.identity = probe(song.outputs.source.path), now
+    separator.check_input(song.info, downmix)
+
+
+def _song_problem(exc: Exception, song: Song, out: Path, batch: bool) -> str:
+    """What made a song fail, naming what actually failed: the song itself when it changed or went
+    while it was read (whatever error that caused: a decoding error, a missing file), batch's records
+    in OUT/.stemsplit, else the file the error names."""
+    from .batch import STATE_FOLDER, SourceChangedError, source_changed
+
+    source = song.outputs.source.path
+    if not isinstance(exc, SourceChangedError) and source_identity(source) != song.identity:
+        gone = source_identity(source) is None
+        return f"{source_changed(source, gone=gone, resumable=batch)}; reading it gave: {exc}"
+    if isinstance(exc, OSError):
+        return _os_problem(exc, out / STATE_FOLDER)
+    return str(exc)
+
+
+def _os_problem(exc: OSError, records: Path) -> str:
+    """An OSError as one line: the file it names and the reason, and "(batch's records)" when that file is
+    in ``records`` (OUT/.stemsplit: full disk, permissions, junk there)."""
+    name = exc.filename or records
+    line = f"{name}: {exc.strerror or exc}"
+    if os.path.abspath(name) == os.path.abspath(records) or os.path.abspath(name).startswith(
+        os.path.abspath(records) + os.sep
+    ):
+        line += " (batch's records)"
+    return line
 
 
 def _settings(separator, options, args: dict[str, Any], stems: list[str]) -> dict[str, Any]:
