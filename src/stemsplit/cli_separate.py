@@ -227,9 +227,10 @@ class Song:
 
     outputs: Any  # stemsplit.output.SongOutputs
     info: Any = None  # stemsplit.audio.AudioInfo, once probed
-    status: str = "pending"  # pending, done, skipped, failed
+    status: str = "pending"  # pending, done, skipped, failed; claimed (by another process: waited for)
     details: str = ""
     identity: tuple[int, ...] | None = None  # the source as it was probed (source_identity)
+    claim: Any = None  # batch: the song's stemsplit.batch.Claim, kept while another process holds it
 
 
 def source_identity(path: Path) -> tuple[int, ...] | None:
@@ -513,18 +514,34 @@ def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> li
             raise UsageError(str(exc)) from None
         for note in found.notes:
             reporter.line(note)
+        _say_same_files(reporter, found.same_files)
         return found.songs
-    songs, seen = [], set()
+    songs: list[Any] = []
+    seen: dict[object, Any] = {}
+    same_files = []
     for path in paths:
         try:
             st = os.stat(path)
             key: object = (st.st_dev, st.st_ino)
         except OSError:
             key = os.path.abspath(path)  # missing: reported when probed
-        if key not in seen:  # the same file named twice is separated once
-            seen.add(key)
-            songs.append(SongSource(path))
+        first = seen.setdefault(key, SongSource(path))
+        if first.path is path:
+            songs.append(first)
+        elif os.path.abspath(path) != os.path.abspath(first.path):  # (a.wav and ./a.wav: said once)
+            same_files.append((path, first))
+    _say_same_files(reporter, same_files)
     return songs
+
+
+def _say_same_files(reporter: Reporter, same_files: list[tuple[Path, Any]]) -> None:
+    """One line (and a ``skipped`` event) for each name that reaches a song of the run a second time: a
+    hard or symbolic link, separated once under its first name."""
+    for path, first in same_files:
+        reporter.line(f"{path}: same file as {first.path}; separated once, as {first.path}")
+        reporter.emit(
+            {"event": "skipped", "source": str(path), "reason": "same file", "same_as": str(first.path)}
+        )
 
 
 def _shard_argument(text: str | None, batch: bool, task: str) -> Any:
@@ -674,9 +691,15 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     # 3. the plan: every output path of every song. Checked once with the stems asked for (or the stand-in
     # "{stem}", which reads as the template in a message: ".../{stem}.wav") before anything slow is imported,
     # then with the model's own stems.
+    names = None
+    if batch:  # a name once given stays: from the manifests of earlier runs
+        from .batch import GivenNames
+
+        names = GivenNames(out, options.filename)
+
     def plan(stem_names: list[str]) -> list[Song]:
         try:
-            planned = plan_outputs(songs, out, stem_names, options)
+            planned = plan_outputs(songs, out, stem_names, options, names=names)
         except OutputError as exc:
             raise _usage(exc) from None
         return [Song(outputs) for outputs in planned]
@@ -829,20 +852,28 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
 def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable[[Song], None]) -> None:
     """Each song: its error if it failed a check, else ``separate(song)``, then its line in the run
     report; then the summaries (the run report's is written if the run is interrupted too)."""
-    from .batch import song_path_key
+    from .batch import CLAIM_POLL_SECONDS, song_path_key
 
     with reporter:
         reporter.begin_all(len(run))
         try:
-            for song in run:
-                started = time.perf_counter()
-                reporter.song_facts = {}
-                if song.status == "failed":
-                    reporter.error(song.details, source=str(song.outputs.source.path))
-                else:
-                    separate(song)
-                key = song_path_key(song.outputs.source) if batch else None
-                reporter.report_song(song, time.perf_counter() - started, key)
+            pending = run
+            while pending:
+                for song in pending:
+                    started = time.perf_counter()
+                    reporter.song_facts = {}
+                    if song.status == "failed":
+                        reporter.error(song.details, source=str(song.outputs.source.path))
+                    else:
+                        separate(song)
+                    if song.status != "claimed":
+                        key = song_path_key(song.outputs.source) if batch else None
+                        reporter.report_song(song, time.perf_counter() - started, key)
+                # Songs other processes are separating: a run ends when they are done (by their holder, or
+                # by this run once a holder is found dead), so that exit 0 always means every song is done.
+                pending = [song for song in run if song.status == "claimed"]
+                if pending:
+                    time.sleep(CLAIM_POLL_SECONDS)
         except BaseException:
             reporter.end_report(interrupted=True)
             raise
@@ -868,11 +899,12 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
         reporter.error(song.details, source=str(source))
         return
     if records is not None:
-        if records.is_done(song.outputs):
+        if records.is_done(song.outputs, by_bytes=False):  # (the bytes are read once the song is claimed)
             song.status, song.details = "skipped", "done earlier with the same source and settings"
             reporter.emit({"event": "skipped", "source": str(source), "outputs": _paths(song)})
             return
-        claim = Claim(out, song.outputs, options.filename, records.settings)
+        first_look = song.claim is None
+        claim = song.claim = song.claim or Claim(out, song.outputs, options.filename, records.settings)
         try:
             acquired = claim.acquire()
         except OSError as exc:  # OUT/.stemsplit unusable: this song fails, with its reason
@@ -887,13 +919,18 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
             )
             reporter.error(song.details, source=str(source))
             return
-        if not acquired:
-            song.status, song.details = "skipped", f"being separated by {claim.holder}"
-            reporter.emit({"event": "skipped", "source": str(source), "reason": "claimed"})
+        if not acquired:  # waited for (see _report): done by its holder, or taken over once it is dead
+            song.status, song.details = "claimed", f"being separated by {claim.holder}"
+            if first_look:
+                reporter.line(f"{source}: being separated by {claim.holder}; waiting for it")
+                reporter.emit({"event": "waiting", "source": str(source), "holder": claim.holder})
             return
-        if records.is_done(song.outputs):  # finished by another process just before we claimed it
+        if records.is_done(song.outputs):  # done by another process just before we claimed it, or moved
             claim.release()
-            song.status, song.details = "skipped", "done by another process"
+            song.status, song.details = (
+                "skipped",
+                "done earlier with the same source (its bytes) and settings",
+            )
             reporter.emit(
                 {"event": "skipped", "source": str(source), "reason": "done", "outputs": _paths(song)}
             )
