@@ -83,7 +83,9 @@ def test_stderr_and_stdout_on_one_pipe_read_for_one_line(tmp_path, stub_file):
 
 def test_closed_descriptors_are_no_outputs_and_a_failure_still_says_1(tmp_path, stub_file):
     """``>&- 2>&-``: stdout and stderr closed before the start. The run separates what it can, its status
-    says a song failed (1), and no stem was opened on descriptor 1 or 2 and written into by a print."""
+    says a song failed (1), and nothing printed lands in a stem. (A guard: Python already leaves a stream
+    closed at start-up None; the /dev/null put on descriptors 1 and 2 keeps what C libraries write to
+    them out of the files that would otherwise take those numbers.)"""
     song(tmp_path / "a.wav", seconds=2.0)
     args = [tmp_path / "a.wav", tmp_path / "missing.wav", "-o", tmp_path / "out", "--model", stub_file]
     proc = start([*args, *FAST, "--json"], close=(1, 2))
@@ -91,6 +93,7 @@ def test_closed_descriptors_are_no_outputs_and_a_failure_still_says_1(tmp_path, 
     assert stems_of(tmp_path / "out" / "a") == FOUR_STEMS
     for stem in FOUR_STEMS:  # every stem is whole audio: nothing printed into it
         assert sf.info(str(tmp_path / "out" / "a" / stem)).frames == 2 * 44100
+        assert b'"event"' not in (tmp_path / "out" / "a" / stem).read_bytes()
 
 
 class BrokenPipe:
