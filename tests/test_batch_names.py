@@ -226,3 +226,15 @@ def test_a_held_claim_is_touched_by_its_heartbeat_whatever_the_windows_do(tmp_pa
     assert os.stat(claim.path).st_mtime > 0
     claim.release()
     assert not claim.path.exists()
+
+
+def test_a_fifo_where_a_claim_goes_does_not_hang_the_run(tmp_path):
+    """The stale check opens the claim (NFS revalidates on open): a FIFO there must not block it; it is
+    junk, taken over once older than a heartbeat."""
+    claim = leave_claim(tmp_path / "out", tmp_path, "a.wav")
+    claim.path.unlink()
+    os.mkfifo(claim.path)
+    assert not claim.acquire() and claim.holder == "another process"
+    os.utime(claim.path, (1, 1))  # as if left long ago
+    assert claim.acquire()
+    claim.release()

@@ -609,8 +609,11 @@ class Claim:
     def _is_stale(self) -> bool:
         data = self._read()
         try:  # opened, not only stat()ed: NFS revalidates a file's attributes on open (close-to-open)
-            with open(self.path, "rb") as handle:
-                st = os.fstat(handle.fileno())
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # (no hang on a FIFO put there)
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
         except OSError:
             return False  # gone: not stale, just free (the next _create decides)
         age = time.time() - st.st_mtime
