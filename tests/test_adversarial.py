@@ -612,8 +612,8 @@ def test_a_song_that_changes_while_it_is_separated_is_separated_again(tmp_path, 
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1
     (error,) = [json.loads(line) for line in stdout.splitlines() if json.loads(line)["event"] == "error"]
-    said = "changed while it was being separated" if change == "replaced" else "removed while it was"
-    assert error["message"].startswith(f"{music / 's.wav'}: {said}")
+    said = "it was written to or replaced" if change == "replaced" else "it is gone: removed or renamed"
+    assert error["message"].startswith(f"{music / 's.wav'}: changed or went while it was read ({said})")
     if change == "replaced":
         again = cli(*args, "--json", check=0)  # separated again: not skipped, not refused
         assert [e["event"] for e in json_events(again)].count("result") == 1

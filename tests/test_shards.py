@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,25 +109,55 @@ def test_shards_separate_every_song_once_and_overlapping_shards_never_twice(tmp_
     assert {line["status"] for line in lines} == {"skipped"}
 
     # ... and a song another live process is separating (its claim, with the settings of this run) is
-    # left to it: claims, not shards, decide who does a song.
+    # left to it: claims, not shards, decide who does a song. The run waits for it (exit 0 means every
+    # song is done), and ends when that process has committed it.
     manifest = next((out / STATE_FOLDER / "done").iterdir())
-    record = json.loads(manifest.read_text())
+    record, committed = json.loads(manifest.read_text()), manifest.read_bytes()
     held = Path(record["source"]).relative_to(music.resolve()).as_posix()
-    for stem in record["outputs"].values():  # as if that process had not got to commit it yet
-        (out / stem).unlink()
+    stems = {out / stem: (out / stem).read_bytes() for stem in record["outputs"].values()}
+    for stem in stems:  # as if that process had not got to commit it yet
+        stem.unlink()
     manifest.unlink()
-    hold_claim(out, music / held, held, record["settings"], pid=os.getppid())
+    claim = hold_claim(out, music / held, held, record["settings"], pid=os.getppid())
+
+    def other_process_commits():
+        for stem, data in stems.items():
+            stem.write_bytes(data)
+        manifest.write_bytes(committed)  # (its identity: these very stems, rewritten, as the bytes say)
+        claim.unlink()
+
+    threading.Timer(1.0, other_process_commits).start()
     share = f"{shard_for(held, 5)}/5"
     result = cli(
-        "batch", music, "-o", out, *m, "--shard", share, "--report", tmp_path / "held.jsonl", check=0
+        "batch",
+        music,
+        "-o",
+        out,
+        *m,
+        "--shard",
+        share,
+        "--report",
+        tmp_path / "held.jsonl",
+        "--json",
+        check=0,
     )
+    (waiting,) = [e for e in json_events(result) if e["event"] == "waiting"]
+    assert f"process {os.getppid()}" in waiting["holder"] and waiting["source"].endswith(held)
     lines, _ = read_report(tmp_path / "held.jsonl")
     (line,) = [line for line in lines if line["key"] == held]
-    assert line["status"] == "skipped" and f"being separated by process {os.getppid()}" in line["reason"]
-    assert not any((out / stem).exists() for stem in record["outputs"].values()), result.stderr
+    assert line["status"] == "skipped" and "done" in line["reason"]
+    assert not [e for e in json_events(result) if e["event"] == "result"]
 
 
-def hold_claim(out: Path, path: Path, key: str, settings: dict, pid: int) -> None:
+def claim_data(claim) -> dict:
+    """What ``claim`` writes into its file (its host, process space, pid, token, settings)."""
+    from stemsplit.batch import process_space
+
+    return {"host": host_tag(), "space": process_space(), "pid": os.getpid(), "token": claim.token,
+            "settings": claim.settings}  # fmt: skip
+
+
+def hold_claim(out: Path, path: Path, key: str, settings: dict, pid: int) -> Path:
     """Claim the song at ``path`` (``key`` under the music folder) as process ``pid`` of this host."""
     from stemsplit.batch import Claim
     from stemsplit.output import SongOutputs, SongSource, track_name
@@ -134,8 +165,9 @@ def hold_claim(out: Path, path: Path, key: str, settings: dict, pid: int) -> Non
     folder = key.rpartition("/")[0]
     claim = Claim(out, SongOutputs(SongSource(path, folder), track_name(path), out), settings=settings)
     assert claim.acquire()
-    data = json.loads(claim.path.read_text())
-    claim.path.write_text(json.dumps({**data, "pid": pid, "host": host_tag()}))
+    claim.release()  # (its heartbeat: the claim is now pid's)
+    claim.path.write_text(json.dumps({**claim_data(claim), "pid": pid, "host": host_tag()}))
+    return claim.path
 
 
 def shard_for(key: str, count: int) -> int:

@@ -6,10 +6,12 @@
 
 - ``done/<key>.json``: a song's manifest, written when its stems are committed:
   the source (its real path, however the input folder was spelled or linked to;
-  size, mtime, SHA-256 of its bytes), and the settings that
-  change the stems (model fingerprint, window, hop, stage, format, ...). A
-  song counts as done only if its manifest matches the source and the
-  settings; anything else is separated again, never skipped. A finished
+  size, mtime, SHA-256 of its bytes), the name it was given (``song``: its path
+  under the folder walked, its {folder} and {track}: :class:`GivenNames` keeps
+  it), and the settings that change the stems (model fingerprint, window, hop,
+  stage, format, ...). A song counts as done only if its manifest matches the
+  source (the same file untouched, or the same bytes: a moved or copied input
+  folder) and the settings; anything else is separated again, never skipped. A finished
   manifest also lists the files it committed (size, mtime, inode, SHA-256):
   while a file is that file, it is stemsplit's own and is replaced without
   ``--overwrite``; a file nobody's manifest shows (the user's, or a stem the
@@ -19,9 +21,12 @@
 - ``claims/<slot>.claim``: created with ``O_EXCL`` before a song is separated,
   so several ``batch`` processes (on one machine, or on several hosts over a
   shared folder) each separate a song exactly once. A claim whose process died
-  is taken over: on the same host when its pid is gone, from another host when
-  it was not refreshed for :data:`CLAIM_STALE_SECONDS` (live claims are
-  touched every :data:`HEARTBEAT_SECONDS` while their song runs). A claim
+  is taken over: in the same process space (:func:`process_space`: host name,
+  boot, pid namespace) when its pid is gone, from anywhere else when it was seen
+  untouched for :data:`CLAIM_LEASE_SECONDS` (live claims are touched every
+  :data:`HEARTBEAT_SECONDS` by a thread while their song runs). A run waits for
+  the songs others hold (the CLI looks again every :data:`CLAIM_POLL_SECONDS`),
+  so it ends only when each is done, by its holder or by itself. A claim
   carries its run's settings: a run with other settings (another format, other
   stems, another model...) that finds the song claimed fails that song, saying
   so, rather than mixing its stems with the other run's in one folder.
@@ -42,6 +47,7 @@ from 8 to 10, say) never separate a song twice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -49,6 +55,7 @@ import re
 import secrets
 import socket
 import stat
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +71,7 @@ __all__ = [
     "BatchError",
     "Claim",
     "DoneRecords",
+    "GivenNames",
     "Shard",
     "SourceChangedError",
     "find_songs",
@@ -71,11 +79,16 @@ __all__ = [
     "shard_of",
     "song_key",
     "song_slot",
+    "source_changed",
 ]
 
 STATE_FOLDER = ".stemsplit"
-HEARTBEAT_SECONDS = 30.0
-CLAIM_STALE_SECONDS = 600.0  # another host's claim not refreshed for this long: its process is gone
+HEARTBEAT_SECONDS = 30.0  # a held claim is touched this often (by a thread: however long a window takes)
+CLAIM_STALE_SECONDS = 600.0  # a claim whose mtime is this old by our clock: its process is gone
+# A claim of another host (or container) seen unchanged for this long by our own monotonic clock: its
+# process is gone. Measured by watching, so it holds whatever the hosts' clocks say.
+CLAIM_LEASE_SECONDS = 120.0
+CLAIM_POLL_SECONDS = 3.0  # how often a run looks again at songs that others are separating
 _TAKEOVER_STALE_SECONDS = 60.0  # a takeover lock lives for milliseconds; older means its holder died
 
 
@@ -87,6 +100,17 @@ class SourceChangedError(BatchError):
     """A song changed or went while it was being separated: its stems are not known to be of its bytes."""
 
 
+def source_changed(path: Path, gone: bool, resumable: bool = True) -> SourceChangedError:
+    """The one wording of a song that changed or went between its probe and its commit (docs/separating.md
+    promises it): ``gone`` when it is no longer there (removed or renamed); ``resumable`` for batch, whose
+    next run separates it again."""
+    what = "it is gone: removed or renamed" if gone else "it was written to or replaced"
+    then = "its stems are not marked done, so the next run separates it again"
+    if not resumable:
+        then = "none of its stems were written"
+    return SourceChangedError(f"{path}: changed or went while it was read ({what}); {then}")
+
+
 # --- finding songs ------------------------------------------------------------------------------
 
 
@@ -94,6 +118,8 @@ class SourceChangedError(BatchError):
 class FoundSongs:
     songs: list[SongSource] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was skipped and why (loops, unreadable folders)
+    # A name reaching a song of the run a second time (a hard link, a symbolic link): (it, that song).
+    same_files: list[tuple[Path, SongSource]] = field(default_factory=list)
 
 
 def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
@@ -101,13 +127,16 @@ def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
 
     Skipped: hidden files and folders, the output folder (when it lies inside
     an input folder; an output folder holding an input folder is walked as
-    usual), a folder reached a second time (a symbolic-link loop, or two
-    inputs that overlap) and a file reached a second time.
+    usual), a folder reached a second time (a symbolic-link loop) and a file
+    reached a second time (a hard or symbolic link to a song of the run: listed in
+    ``same_files``, so the run can say so). An input folder inside another (``music``
+    and ``music/A``) is walked as part of the outer one, whatever the order they are
+    given in: the layout never depends on the order of the arguments.
     """
     found = FoundSongs()
     out_real = os.path.realpath(out_dir)
     seen_folders: set[tuple[int, int]] = set()
-    seen_files: set[tuple[int, int]] = set()
+    seen_files: dict[tuple[int, int], SongSource] = {}
 
     def inside(path: str, folder: str) -> bool:
         return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
@@ -123,7 +152,7 @@ def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
             found.notes.append(f"{folder}: skipped ({exc.strerror or exc})")
             return
         if (st.st_dev, st.st_ino) in seen_folders:
-            found.notes.append(f"{folder}: skipped (already visited: a symbolic link loop?)")
+            found.notes.append(f"{folder}: skipped (a symbolic link back to a folder already walked)")
             return
         seen_folders.add((st.st_dev, st.st_ino))
         for entry in entries:
@@ -135,16 +164,25 @@ def find_songs(folders: Sequence[Path], out_dir: Path) -> FoundSongs:
                     walk(path, f"{relative}/{entry.name}" if relative else entry.name, root)
                 elif entry.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
                     fst = entry.stat()
-                    if (fst.st_dev, fst.st_ino) not in seen_files:
-                        seen_files.add((fst.st_dev, fst.st_ino))
-                        found.songs.append(SongSource(path, relative))
+                    first = seen_files.setdefault((fst.st_dev, fst.st_ino), SongSource(path, relative))
+                    if first.path == path:
+                        found.songs.append(first)
+                    else:
+                        found.same_files.append((path, first))
             except OSError as exc:  # a dangling link, a file removed while walking
                 found.notes.append(f"{path}: skipped ({exc.strerror or exc})")
 
+    roots = []
     for folder in folders:
         if not folder.is_dir():
             raise BatchError(f"{folder}: not a folder")
-        walk(folder, "", os.path.realpath(folder))
+        roots.append((folder, os.path.realpath(folder)))
+    for index, (folder, real) in enumerate(roots):
+        outer = next((other for other, r in roots if r != real and inside(real, r)), None)
+        if outer is not None:
+            found.notes.append(f"{folder}: inside {outer}, walked as part of it")
+        elif all(r != real for _, r in roots[:index]):  # the same folder named twice (however spelled): once
+            walk(folder, "", real)
     return found
 
 
@@ -209,9 +247,53 @@ def song_slot(song: SongOutputs, template: str = DEFAULT_FILENAME) -> str:
     templates that give the same paths (``{folder}/{track}/...`` for a song with no folder,
     ``{track}/...``) share the claim.
     """
-    text = template.format(folder=song.source.folder, track=song.track, stem="\0stem", ext="\0ext")
+    return _slot(template, song.source.folder, song.track)
+
+
+def _slot(template: str, folder: str, track: str) -> str:
+    text = template.format(folder=folder, track=track, stem="\0stem", ext="\0ext")
     text = "/".join(path_parts(text))
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+class GivenNames:
+    """The track names batch has given songs in an output folder, read from its manifests: a name once
+    given stays (for :func:`~stemsplit.output.plan_outputs`).
+
+    ``a.flac`` and ``a.wav`` get ``a`` and ``a (2)``; when ``a.mp3`` comes, it must not take ``a (2)``
+    from ``a.wav`` (whose stems would move, and all of them be separated again): each song keeps the
+    name its manifest records (by its path under the folder walked, :func:`song_path_key`, so a moved
+    input folder keeps its names too), and a new song takes none that another song holds, there or
+    gone (its stems are still there).
+    """
+
+    def __init__(self, out_dir: Path, template: str) -> None:
+        self.template = template
+        self.by_song: dict[str, str] = {}  # song_path_key -> its track name
+        self.holders: dict[str, str] = {}  # _slot of a given name -> the song_path_key holding it
+        folder = Path(out_dir) / STATE_FOLDER / "done"
+        try:
+            names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".json"))
+        except OSError:
+            return
+        for name in names:
+            given = (_load_manifest(folder / name) or {}).get("song")
+            if not isinstance(given, dict) or not all(
+                isinstance(given.get(k), str) for k in ("key", "folder", "track")
+            ):
+                continue  # not a manifest, or one from before names were recorded
+            self.by_song.setdefault(given["key"], given["track"])
+            with contextlib.suppress(ValueError, KeyError, IndexError):  # (a template that cannot be filled)
+                self.holders.setdefault(_slot(template, given["folder"], given["track"]), given["key"])
+
+    def given(self, song: SongSource) -> str | None:
+        """The track name this song was given before, if any."""
+        return self.by_song.get(song_path_key(song))
+
+    def held(self, song: SongSource, track: str) -> bool:
+        """Whether ``track`` would put ``song`` where a name given to another song puts that one."""
+        holder = self.holders.get(_slot(self.template, song.folder, track))
+        return holder is not None and holder != song_path_key(song)
 
 
 class DoneRecords:
@@ -228,12 +310,17 @@ class DoneRecords:
     def read(self, song: SongOutputs) -> dict[str, Any] | None:
         return _load_manifest(self._path(song))
 
-    def is_done(self, song: SongOutputs) -> bool:
-        """True if the song's stems are there and were made from this very source with these settings."""
+    def is_done(self, song: SongOutputs, by_bytes: bool = True) -> bool:
+        """True if the song's stems are there and were made from this very source with these settings.
+
+        The source is the recorded file, untouched (same real path, size, mtime, inode and ctime), or,
+        with ``by_bytes``, a file of the same bytes: the same song touched, restored from a backup,
+        or reached at another path because the input folder was moved, copied or mounted elsewhere.
+        Then the record is brought up to date (its path and identity), so that the next run need
+        not read the song again: call it with ``by_bytes`` only while holding the song's claim.
+        """
         record = self.read(song)
         if not record or not record.get("complete") or record.get("settings") != self.settings:
-            return False
-        if record.get("source") != os.path.realpath(song.source.path):
             return False
         if not all(os.path.isfile(p) for p in song.paths.values()):
             return False
@@ -243,10 +330,19 @@ class DoneRecords:
             return False
         # Size, mtime, inode and ctime all unchanged: the same file, untouched (ctime cannot be set back,
         # and a file swapped in by `mv` has another inode). Otherwise the bytes decide.
-        if [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns] == record.get("identity"):
+        identity = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+        source = os.path.realpath(song.source.path)
+        if source == record.get("source") and identity == record.get("identity"):
             return True
-        # Touched but perhaps not changed (copied, restored from a backup): the bytes decide.
-        return st.st_size == record.get("size") and sha256_of(song.source.path) == record.get("sha256")
+        if not by_bytes or st.st_size != record.get("size"):
+            return False
+        try:
+            if sha256_of(song.source.path) != record.get("sha256"):
+                return False
+        except OSError:
+            return False
+        self._write_record(self._path(song), {**record, "source": source, "identity": identity})
+        return True
 
     def begin(self, song: SongOutputs, overwrite: bool) -> None:
         """Before a song's stems are committed: check its paths, retire the records they replace, record it.
@@ -294,16 +390,11 @@ class DoneRecords:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            if not complete:
-                raise
-            raise SourceChangedError(f"{path}: removed while it was being separated") from None
+            raise source_changed(path, gone=True) from None
         if complete:
             started = (self.read(song) or {}).get("identity")
             if started != [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]:
-                raise SourceChangedError(
-                    f"{path}: changed while it was being separated; its stems are not marked done, so the "
-                    "next run separates it again"
-                )
+                raise source_changed(path, gone=False)
         record = {
             "source": os.path.realpath(song.source.path),
             "size": st.st_size,
@@ -311,6 +402,7 @@ class DoneRecords:
             "sha256": sha256_of(song.source.path) if complete else None,
             "settings": self.settings,
             "outputs": {stem: str(p.relative_to(song.out_dir)) for stem, p in song.paths.items()},
+            "song": {"key": song_path_key(song.source), "folder": song.source.folder, "track": song.track},
             "complete": complete,
         }
         if complete:
@@ -409,12 +501,29 @@ def _vouches(record: dict[str, Any], rel: str, path: Path, own: bool) -> bool:
 # --- sharing the work ---------------------------------------------------------------------------
 
 
+@functools.cache
+def process_space() -> str:
+    """Eight hex digits naming where this process's pid means something: the host name, the boot and the
+    pid namespace. A container restarted under the same host name (even as pid 1 again) is another
+    space, so a claim of its previous life is never taken for a live process of this one."""
+    parts = [socket.gethostname()]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        with contextlib.suppress(OSError):
+            parts.append(os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip())
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
 class Claim:
     """One song's claim file: at most one process holds it at a time.
 
     ``acquire()`` creates it with ``O_EXCL`` (atomic on local and NFS file
-    systems), or takes over a stale one; ``heartbeat()`` refreshes it while the
-    song runs; ``release()`` removes it.
+    systems), or takes over a stale one; while held, a thread touches it every
+    :data:`HEARTBEAT_SECONDS`; ``release()`` stops that and removes it.
+
+    Stale: in this process space (:func:`process_space`), when its pid is gone; from anywhere else
+    (another host, a restarted container), when this object has watched it stay unchanged for
+    :data:`CLAIM_LEASE_SECONDS` (ask again with the same object: a run that finds a song claimed
+    comes back to it), or at once when its mtime is :data:`CLAIM_STALE_SECONDS` old.
     """
 
     def __init__(
@@ -428,21 +537,21 @@ class Claim:
         self.token = secrets.token_hex(8)
         self.settings = json.loads(json.dumps(dict(settings or {})))  # as it will read back from JSON
         self._beat = 0.0
+        self._beating: threading.Event | None = None  # set to stop the heartbeat thread
+        self._seen: tuple[Any, float] | None = None  # the holder's claim as last seen, and since when
         self.holder = ""  # who holds it, when acquire() fails
         self.conflict: list[str] = []  # and the settings its holder runs with that differ from ours
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._create():
-            return True
-        if self._take_over_if_stale():
+        if self._create() or self._take_over_if_stale():
+            self._start_heartbeat()
             return True
         data = self._read()
         self.holder = self._describe(data)
         theirs = (data or {}).get("settings")
-        if isinstance(theirs, dict):
-            names = sorted(set(theirs) | set(self.settings))
-            self.conflict = [k for k in names if theirs.get(k) != self.settings.get(k)]
+        names = sorted(set(theirs) | set(self.settings)) if isinstance(theirs, dict) else []
+        self.conflict = [k for k in names if theirs.get(k) != self.settings.get(k)]
         return False
 
     def heartbeat(self) -> None:
@@ -452,7 +561,19 @@ class Claim:
             with contextlib.suppress(OSError):
                 os.utime(self.path)
 
+    def _start_heartbeat(self) -> None:
+        stop = self._beating = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_SECONDS):
+                self.heartbeat()
+
+        threading.Thread(target=beat, name=f"claim {self.path.name}", daemon=True).start()
+
     def release(self) -> None:
+        if self._beating is not None:
+            self._beating.set()
+            self._beating = None
         if (self._read() or {}).get("token") == self.token:
             with contextlib.suppress(OSError):
                 self.path.unlink()
@@ -466,6 +587,7 @@ class Claim:
             return False
         info = {
             "host": host_tag(),
+            "space": process_space(),
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "token": self.token,
@@ -487,18 +609,29 @@ class Claim:
 
     def _is_stale(self) -> bool:
         data = self._read()
-        try:
-            age = time.time() - self.path.stat().st_mtime
+        try:  # opened, not only stat()ed: NFS revalidates a file's attributes on open (close-to-open)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # (no hang on a FIFO put there)
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
         except OSError:
             return False  # gone: not stale, just free (the next _create decides)
+        age = time.time() - st.st_mtime
         if data is None:  # unreadable or half-written by a process that died creating it
             return age > HEARTBEAT_SECONDS
         if age > CLAIM_STALE_SECONDS:  # live claims are touched every HEARTBEAT_SECONDS (a reused pid too)
             return True
-        if data.get("host") == host_tag():
+        space = data.get("space")  # (claims written before spaces name the host alone)
+        if space == process_space() if space is not None else data.get("host") == host_tag():
             pid = data.get("pid")
             return not (isinstance(pid, int) and 0 < pid < 1 << 22 and process_alive(pid))
-        return False
+        stamp = (st.st_mtime_ns, st.st_size, data.get("token"))  # another host's, or a container's before
+        now = time.monotonic()
+        if self._seen is None or self._seen[0] != stamp:
+            self._seen = (stamp, now)
+            return False
+        return now - self._seen[1] > CLAIM_LEASE_SECONDS
 
     def _take_over_if_stale(self) -> bool:
         """Replace a stale claim by ours; a takeover lock makes sure only one process does it."""

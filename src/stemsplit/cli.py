@@ -32,12 +32,14 @@ from .cli_common import (  # noqa: E402
     EXAMPLES,
     EXIT_INTERNAL,
     Commands,
+    best_effort_output,
     error_line,
     fail,
     interrupted_status,
     interrupts_as_exceptions,
     one_line,
     out_console,
+    reopen_closed_standard_fds,
 )
 from .cli_eval import eval_command  # noqa: E402
 from .cli_finetune import finetune_command  # noqa: E402
@@ -294,13 +296,23 @@ def main(argv: list[str] | None = None) -> None:
     user can cause are printed by the app's group (``cli_common.Commands``),
     click's usage errors (exit 2) here as ``stemsplit: error: ...``, and an unexpected
     exception (a bug) prints one ``internal error`` line and exits 70, unless
-    ``--debug`` asks for the traceback.
+    ``--debug`` asks for the traceback. Printing is best effort
+    (:class:`~stemsplit.cli_common.BestEffortStream`): a closed pipe or a full disk on stdout or
+    stderr stops the printing, never the work, and leaves the exit status the work's.
     """
+    reopen_closed_standard_fds()
     args = expand_shorthands(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
+    if not debug:
+        audio.redirect_native_stderr()  # C libraries' own messages ("Duh...") never reach the user
+    with best_effort_output():  # (after the line above, which puts a new sys.stderr in place)
+        code = _run(args, debug)
+    sys.exit(code)
+
+
+def _run(args: list[str], debug: bool) -> int:
+    """The command ``args`` asks for; returns its exit status."""
     try:
-        if not debug:
-            audio.redirect_native_stderr()  # C libraries' own messages ("Duh...") never reach the user
         code = app(args=args, prog_name="stemsplit", standalone_mode=False)
     except KeyboardInterrupt:
         code = _error(args, "interrupted", 130)
@@ -318,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             message = f"internal error: {type(exc).__name__}: {exc} (run again with --debug and report it)"
             code = _error(args, message, EXIT_INTERNAL)
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
 
 
 # The commands whose --json prints events on stdout (cli_separate.Reporter).

@@ -6,10 +6,11 @@ both consoles have markup off, so ``a[/b].wav`` prints as it is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from typing import Any
@@ -28,6 +29,119 @@ def _width() -> int | None:
     return 80 if columns.isdigit() and int(columns) < 20 else None
 
 
+# --- printing is best effort -------------------------------------------------------------------
+
+
+class BestEffortStream:
+    """A standard stream whose failures end its printing, never the run.
+
+    ``stemsplit song.wav --json | head -1`` closes stdout after one line; ``> /full/disk/log`` fills
+    up; ``2>&1 | less`` quits. Printing is a courtesy and the stems are the work: the first write or
+    flush that fails (EPIPE, EBADF, ENOSPC, EIO: any ``OSError``) marks the stream lost, and every later
+    write goes nowhere. The file descriptor underneath is pointed at /dev/null, so that nobody else
+    (the interpreter's last flush at exit, which turned a closed pipe into exit 120, a C library) fails
+    on it either. ``lost`` says why it was lost (None while it works).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.lost: OSError | None = None
+
+    def write(self, text: str) -> int:
+        if self.lost is None:
+            try:
+                self.stream.write(text)
+            except OSError as exc:
+                self._lose(exc)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self.lost is None:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self._lose(exc)
+
+    def _lose(self, exc: OSError) -> None:
+        self.lost = exc
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            fd = self.stream.fileno()  # (a test's in-memory stream has none: io.UnsupportedOperation)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, fd)
+            finally:
+                os.close(devnull)
+
+    def isatty(self) -> bool:
+        try:
+            return self.lost is None and self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return bool(getattr(self.stream, "closed", False))
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str | None:
+        return getattr(self.stream, "errors", None)
+
+
+def reopen_closed_standard_fds() -> None:
+    """Put /dev/null on file descriptors 0, 1 and 2 where they are closed (``stemsplit x.wav >&-``).
+
+    Otherwise the next file opened (a stem, a manifest) takes the number, and whatever writes to
+    "standard output" or a C library's "standard error" writes into it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+
+
+@contextmanager
+def best_effort_output() -> Iterator[tuple[BestEffortStream | None, BestEffortStream | None]]:
+    """``sys.stdout`` and ``sys.stderr`` as :class:`BestEffortStream` for the body (every writer:
+    print, both consoles, warnings, logging); the streams as they were afterwards. Yields the two
+    wrappers (None for a stream that is None: closed when the process started)."""
+    saved = sys.stdout, sys.stderr
+    out = None if saved[0] is None else BestEffortStream(saved[0])
+    err = None if saved[1] is None else BestEffortStream(saved[1])
+    sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+    try:
+        yield out, err
+    finally:
+        for wrapper in (out, err):
+            if wrapper is not None:
+                wrapper.flush()
+        sys.stdout, sys.stderr = saved
+
+
+# Both consoles look sys.stdout and sys.stderr up at each print: the best-effort streams while main() runs.
 err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True, width=_width())
 out_console = Console(markup=False, highlight=False, width=_width())
 

@@ -224,8 +224,19 @@ class Song:
 
     outputs: Any  # stemsplit.output.SongOutputs
     info: Any = None  # stemsplit.audio.AudioInfo, once probed
-    status: str = "pending"  # pending, done, skipped, failed
+    status: str = "pending"  # pending, done, skipped, failed; claimed (by another process: waited for)
     details: str = ""
+    identity: tuple[int, ...] | None = None  # the source as it was probed (source_identity)
+    claim: Any = None  # batch: the song's stemsplit.batch.Claim, kept while another process holds it
+
+
+def source_identity(path: Path) -> tuple[int, ...] | None:
+    """Which file ``path`` is, and whether it was written to: (device, inode, size, mtime); None if gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _usage(exc: Exception) -> UsageError:
@@ -500,18 +511,34 @@ def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> li
             raise UsageError(str(exc)) from None
         for note in found.notes:
             reporter.line(note)
+        _say_same_files(reporter, found.same_files)
         return found.songs
-    songs, seen = [], set()
+    songs: list[Any] = []
+    seen: dict[object, Any] = {}
+    same_files = []
     for path in paths:
         try:
             st = os.stat(path)
             key: object = (st.st_dev, st.st_ino)
         except OSError:
             key = os.path.abspath(path)  # missing: reported when probed
-        if key not in seen:  # the same file named twice is separated once
-            seen.add(key)
-            songs.append(SongSource(path))
+        first = seen.setdefault(key, SongSource(path))
+        if first.path is path:
+            songs.append(first)
+        elif os.path.abspath(path) != os.path.abspath(first.path):  # (a.wav and ./a.wav: said once)
+            same_files.append((path, first))
+    _say_same_files(reporter, same_files)
     return songs
+
+
+def _say_same_files(reporter: Reporter, same_files: list[tuple[Path, Any]]) -> None:
+    """One line (and a ``skipped`` event) for each name that reaches a song of the run a second time: a
+    hard or symbolic link, separated once under its first name."""
+    for path, first in same_files:
+        reporter.line(f"{path}: same file as {first.path}; separated once, as {first.path}")
+        reporter.emit(
+            {"event": "skipped", "source": str(path), "reason": "same file", "same_as": str(first.path)}
+        )
 
 
 def _shard_argument(text: str | None, batch: bool, task: str) -> Any:
@@ -661,9 +688,15 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     # 3. the plan: every output path of every song. Checked once with the stems asked for (or the stand-in
     # "{stem}", which reads as the template in a message: ".../{stem}.wav") before anything slow is imported,
     # then with the model's own stems.
+    names = None
+    if batch:  # a name once given stays: from the manifests of earlier runs
+        from .batch import GivenNames
+
+        names = GivenNames(out, options.filename)
+
     def plan(stem_names: list[str]) -> list[Song]:
         try:
-            planned = plan_outputs(songs, out, stem_names, options)
+            planned = plan_outputs(songs, out, stem_names, options, names=names)
         except OutputError as exc:
             raise _usage(exc) from None
         return [Song(outputs) for outputs in planned]
@@ -706,8 +739,10 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     # 3b. probe every input: a missing or unreadable file fails alone, and before the model loads (a typo
     # would otherwise wait for the default model's download)
     probed: dict[int, Any] = {}  # id(song source) -> AudioInfo, or the AudioError
+    identities: dict[int, tuple[int, ...] | None] = {}  # and which file was probed
     for song in run or checked:
         try:
+            identities[id(song.outputs.source)] = source_identity(song.outputs.source.path)
             probed[id(song.outputs.source)] = probe(song.outputs.source.path, args["stream"])
         except AudioError as exc:
             if args["debug"]:
@@ -785,7 +820,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         if isinstance(found, AudioError):  # (with --debug it was raised when probed)
             song.status, song.details = "failed", str(found)
             continue
-        song.info = found
+        song.info, song.identity = found, identities[id(song.outputs.source)]
         try:
             separator.check_input(song.info, args["downmix"])
         except SeparationError as exc:
@@ -814,20 +849,28 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
 def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable[[Song], None]) -> None:
     """Each song: its error if it failed a check, else ``separate(song)``, then its line in the run
     report; then the summaries (the run report's is written if the run is interrupted too)."""
-    from .batch import song_path_key
+    from .batch import CLAIM_POLL_SECONDS, song_path_key
 
     with reporter:
         reporter.begin_all(len(run))
         try:
-            for song in run:
-                started = time.perf_counter()
-                reporter.song_facts = {}
-                if song.status == "failed":
-                    reporter.error(song.details, source=str(song.outputs.source.path))
-                else:
-                    separate(song)
-                key = song_path_key(song.outputs.source) if batch else None
-                reporter.report_song(song, time.perf_counter() - started, key)
+            pending = run
+            while pending:
+                for song in pending:
+                    started = time.perf_counter()
+                    reporter.song_facts = {}
+                    if song.status == "failed":
+                        reporter.error(song.details, source=str(song.outputs.source.path))
+                    else:
+                        separate(song)
+                    if song.status != "claimed":
+                        key = song_path_key(song.outputs.source) if batch else None
+                        reporter.report_song(song, time.perf_counter() - started, key)
+                # Songs other processes are separating: a run ends when they are done (by their holder, or
+                # by this run once a holder is found dead), so that exit 0 always means every song is done.
+                pending = [song for song in run if song.status == "claimed"]
+                if pending:
+                    time.sleep(CLAIM_POLL_SECONDS)
         except BaseException:
             reporter.end_report(interrupted=True)
             raise
@@ -837,23 +880,32 @@ def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable
 
 def _separate_one(separator, song: Song, options, args, records, reporter: Reporter, out: Path) -> None:
     from .audio import AudioError, describe_downmix
-    from .batch import Claim, SourceChangedError
+    from .batch import STATE_FOLDER, Claim, SourceChangedError
     from .output import OutputError, OutputExistsError
     from .separate import SeparationError
 
     source = song.outputs.source.path
     claim = None
     song_options = options
+    try:  # the song as it is now: it may have been replaced or edited since it was probed
+        _probe_again_if_changed(separator, song, args["downmix"], batch=records is not None)
+    except (AudioError, SeparationError, SourceChangedError) as exc:
+        if args["debug"]:
+            raise
+        song.status, song.details = "failed", str(exc)
+        reporter.error(song.details, source=str(source))
+        return
     if records is not None:
-        if records.is_done(song.outputs):
+        if records.is_done(song.outputs, by_bytes=False):  # (the bytes are read once the song is claimed)
             song.status, song.details = "skipped", "done earlier with the same source and settings"
             reporter.emit({"event": "skipped", "source": str(source), "outputs": _paths(song)})
             return
-        claim = Claim(out, song.outputs, options.filename, records.settings)
+        first_look = song.claim is None
+        claim = song.claim = song.claim or Claim(out, song.outputs, options.filename, records.settings)
         try:
             acquired = claim.acquire()
         except OSError as exc:  # OUT/.stemsplit unusable: this song fails, with its reason
-            song.status, song.details = "failed", _records_problem(exc, out)
+            song.status, song.details = "failed", _os_problem(exc, out / STATE_FOLDER)
             reporter.error(song.details, source=str(source))
             return
         if not acquired and claim.conflict:  # another run, other settings: its stems and ours would mix
@@ -864,13 +916,18 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
             )
             reporter.error(song.details, source=str(source))
             return
-        if not acquired:
-            song.status, song.details = "skipped", f"being separated by {claim.holder}"
-            reporter.emit({"event": "skipped", "source": str(source), "reason": "claimed"})
+        if not acquired:  # waited for (see _report): done by its holder, or taken over once it is dead
+            song.status, song.details = "claimed", f"being separated by {claim.holder}"
+            if first_look:
+                reporter.line(f"{source}: being separated by {claim.holder}; waiting for it")
+                reporter.emit({"event": "waiting", "source": str(source), "holder": claim.holder})
             return
-        if records.is_done(song.outputs):  # finished by another process just before we claimed it
+        if records.is_done(song.outputs):  # done by another process just before we claimed it, or moved
             claim.release()
-            song.status, song.details = "skipped", "done by another process"
+            song.status, song.details = (
+                "skipped",
+                "done earlier with the same source (its bytes) and settings",
+            )
             reporter.emit(
                 {"event": "skipped", "source": str(source), "reason": "done", "outputs": _paths(song)}
             )
@@ -889,9 +946,7 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
     except (AudioError, SeparationError, OutputError, OSError, SourceChangedError) as exc:
         if args["debug"]:
             raise
-        message = str(exc)
-        if isinstance(exc, OSError):  # batch's records in OUT/.stemsplit (full disk, permissions, junk)
-            message = _records_problem(exc, out)
+        message = _song_problem(exc, song, out, batch=records is not None)
         if isinstance(exc, OutputExistsError):
             message += " (add --overwrite to replace it)"
         song.status, song.details = "failed", message
@@ -936,8 +991,48 @@ def _paths(song: Song) -> dict[str, str]:
     return {stem: str(path) for stem, path in song.outputs.paths.items()}
 
 
-def _records_problem(exc: OSError, out: Path) -> str:
-    return f"{exc.filename or out}: {exc.strerror or exc} (batch's records)"
+def _probe_again_if_changed(separator, song: Song, downmix: bool, batch: bool) -> None:
+    """Before a song's turn: if its file is not the one probed when the run began (edited, replaced),
+    probe and check it again, so that its length, rate and channels are today's. Raises
+    :class:`~stemsplit.batch.SourceChangedError` if it is gone, AudioError or SeparationError if the new
+    file cannot be separated."""
+    from .audio import probe
+    from .batch import source_changed
+
+    now = source_identity(song.outputs.source.path)
+    if now == song.identity:
+        return
+    if now is None:
+        raise source_changed(song.outputs.source.path, gone=True, resumable=batch)
+    song.info, song.identity = probe(song.outputs.source.path), now
+    separator.check_input(song.info, downmix)
+
+
+def _song_problem(exc: Exception, song: Song, out: Path, batch: bool) -> str:
+    """What made a song fail, naming what actually failed: the song itself when it changed or went
+    while it was read (whatever error that caused: a decoding error, a missing file), batch's records
+    in OUT/.stemsplit, else the file the error names."""
+    from .batch import STATE_FOLDER, SourceChangedError, source_changed
+
+    source = song.outputs.source.path
+    if not isinstance(exc, SourceChangedError) and source_identity(source) != song.identity:
+        gone = source_identity(source) is None
+        return f"{source_changed(source, gone=gone, resumable=batch)}; reading it gave: {exc}"
+    if isinstance(exc, OSError):
+        return _os_problem(exc, out / STATE_FOLDER)
+    return str(exc)
+
+
+def _os_problem(exc: OSError, records: Path) -> str:
+    """An OSError as one line: the file it names and the reason, and "(batch's records)" when that file is
+    in ``records`` (OUT/.stemsplit: full disk, permissions, junk there)."""
+    name = exc.filename or records
+    line = f"{name}: {exc.strerror or exc}"
+    if os.path.abspath(name) == os.path.abspath(records) or os.path.abspath(name).startswith(
+        os.path.abspath(records) + os.sep
+    ):
+        line += " (batch's records)"
+    return line
 
 
 def _settings(separator, options, args: dict[str, Any], stems: list[str]) -> dict[str, Any]:

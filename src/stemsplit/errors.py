@@ -11,7 +11,7 @@ No imports: every module (``model/`` and ``audio`` included) can take its error 
 
 from __future__ import annotations
 
-# Exit statuses (docs/guarantees.md, "Exit status").
+# Exit statuses (docs/guarantees.md, "Exit status"): the work's, whether or not its output could be printed.
 EXIT_FAILED = 1  # a file failed; the others were done
 EXIT_USAGE = 2  # a bad flag or argument; nothing was done
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (sysexits' EX_SOFTWARE)

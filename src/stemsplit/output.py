@@ -42,6 +42,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -59,6 +60,9 @@ from .files import (
     write_atomically,
     writer_gone,
 )
+
+if TYPE_CHECKING:
+    from .batch import GivenNames
 
 __all__ = [
     "DEFAULT_FILENAME",
@@ -224,12 +228,15 @@ def plan_outputs(
     options: OutputOptions,
     *,
     rename_duplicates: bool = True,
+    names: GivenNames | None = None,
 ) -> list[SongOutputs]:
     """Every output path of every song, checked; raises :class:`OutputError` on the first problem.
 
     Two songs with the same {track} (``a/x.wav`` and ``b/x.wav`` named on the
     command line) get ``x`` and ``x (2)`` when ``rename_duplicates`` and the
     template has {track}; otherwise a shared path is an error naming both songs.
+    ``names``: the names given in earlier runs (batch's :class:`~stemsplit.batch.GivenNames`): a song
+    keeps its own, and takes none that another song holds.
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -240,20 +247,22 @@ def plan_outputs(
     taken: dict[Path, SongSource] = {}  # every song's stem files
     folders: dict[Path, SongSource] = {}  # the folders they go in, below out_dir
     plans = []
+    renamable = rename_duplicates and "{track}" in options.filename
     for song in songs:
         base = track_name(song.path)
-        for attempt in range(1, len(songs) + 2):
-            track = base if attempt == 1 else f"{base} ({attempt})"
+        given = names.given(song) if names is not None and renamable else None
+        tracks = ([given] if given else []) + [base] + [f"{base} ({n})" for n in range(2, len(songs) + 2)]
+        for track in tracks:
+            if names is not None and renamable and track != given and names.held(song, track):
+                tracks.append(f"{base} ({len(songs) + len(tracks)})")  # one more to try for each name held
+                continue
             paths = {s: render(options.filename, out_dir, song.folder, track, s, options.fmt) for s in stems}
             if len(set(paths.values())) != len(paths):
                 raise OutputError(
                     f"{options.filename!r} gives one file for several stems; put {{stem}} in it", "filename"
                 )
             clash = _first_clash(paths.values(), out_dir, taken, folders)
-            if clash is None:
-                break
-            renamable = rename_duplicates and "{track}" in options.filename
-            if not renamable:
+            if clash is None or not renamable:
                 break
         if clash is not None:  # not renamable, or renaming {track} cannot help (a clash in {folder})
             path, other = clash

@@ -7,7 +7,7 @@ A song's line (``"record": "song"``)::
      "seconds": 41.2, "audio_seconds": 212.0, "real_time_factor": 0.194, "model": "<sha256>",
      "host": "node17", "pid": 4242, "rank": null, "world": null, "shard": "3/8"}
 
-``status`` is ``done``, ``skipped`` (``reason`` says why: done earlier, or claimed by another process)
+``status`` is ``done``, ``skipped`` (``reason`` says why: done earlier, or by another process)
 or ``failed`` (``error`` says why, as the error line did). ``seconds`` is the wall time the song took
 here, ``audio_seconds`` its length, ``real_time_factor`` their ratio for a song separated here (under 1:
 faster than real time). ``key`` is the song's path under the folder walked (batch: what ``--shard``
