@@ -16,8 +16,7 @@ from helpers import GOLDEN_WEIGHTS, stemsplit_without_torch, tiny_model, write_t
 from typer.testing import CliRunner
 
 from stemsplit.cli_eval import eval_command
-from stemsplit.separate import Separator
-from stemsplit.train.eval import (
+from stemsplit.evaluate.scoring import (
     EvalReport,
     SpeechReport,
     SpeechScores,
@@ -29,6 +28,7 @@ from stemsplit.train.eval import (
     usdr,
     write_report,
 )
+from stemsplit.separate import Separator
 
 STEMS = ("drums", "bass", "other", "vocals")
 RATE = 16000  # the model runs at 44.1 kHz; a lower file rate also exercises resampling and speeds BSSEval

@@ -22,9 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from stemsplit.card import SPEAKER_STEMS, ModelCard
+from stemsplit.evaluate.scoring import speech_scores
 from stemsplit.model import families
 from stemsplit.separate import Separator, StreamingOverlapAdd
-from stemsplit.train.eval import speech_scores
 from stemsplit.train.losses import pit_si_snr, pit_si_snr_loss, si_snr
 from stemsplit.weights import save_checkpoint
 

@@ -14,7 +14,7 @@ The recipe is BSRNN's (Luo & Yu, section III-A), which TS-BSMamba2 trains with:
   sum, and both are rescaled together when a peak exceeds 1.
 
 Speech (U-Mamba-Net, Sec. III-C): each example is a random 3 s crop of a random
-mixture of a Libri2Mix-layout folder (:func:`stemsplit.train.speech_synth.find_speech_mixtures`
+mixture of a Libri2Mix-layout folder (:func:`stemsplit.datasets.speech_synth.find_speech_mixtures`
 lists them): the mixture (``mix_both`` or ``mix_clean``) and its two talkers ``s1``, ``s2``.
 
 Samples are a pure function of ``(seed, epoch, index)``, so a resumed run, any
@@ -36,16 +36,16 @@ import torch
 
 from ..audio import AudioError, libsndfile_reason, probe, sf_name, unplayable_problem
 from ..card import MUSIC_STEMS
-from ..files import write_atomically
-from ..weights import cache_dir
-from .layout import (
+from ..datasets.musdb_layout import (
     DatasetError,
     checked_validation_names,
     musdb_validation_names,
     track_folders,
     validation_names,
 )
-from .speech_synth import SpeechSynthError
+from ..datasets.speech_synth import SpeechSynthError
+from ..files import write_atomically
+from ..weights import cache_dir
 
 __all__ = [
     "MUSIC_STEMS",
@@ -435,7 +435,7 @@ class RemixDataset(EpochDataset):
 class SpeechCrops(EpochDataset):
     """Random crops of two-talker mixtures: item -> (mixture [1, frames], talkers [2, 1, frames]).
 
-    ``mixtures`` are :class:`~stemsplit.train.speech_synth.SpeechTrack` s (anything with
+    ``mixtures`` are :class:`~stemsplit.datasets.speech_synth.SpeechTrack` s (anything with
     ``name``, ``sample_rate``, ``frames`` and ``read(start, frames)`` giving mixture, s1, s2).
     Item ``i`` of an epoch is a random mixture and start from ``rng([seed, epoch, i])``; a
     mixture shorter than the crop is taken whole and zero-padded at the end.

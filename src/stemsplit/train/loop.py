@@ -476,8 +476,8 @@ class Run:
 
     def _speech_data(self) -> None:
         """Libri2Mix layout: random crops of train-100's mixtures, SI-SNRi on dev's (when it has them)."""
+        from ..datasets.speech_synth import SpeechSynthError, find_speech_mixtures
         from .data import SpeechCrops
-        from .speech_synth import SpeechSynthError, find_speech_mixtures
 
         config = self.config
         self.data_root, self.score_name = config.libri2mix, "SI-SNRi"
@@ -659,8 +659,8 @@ class Run:
     def validate(self) -> float:
         """Mean uSDR over stems and validation tracks (speakers: mean SI-SNRi over talkers and dev
         mixtures), with the chunked protocol (rank 0)."""
+        from ..evaluate.scoring import evaluate_speech, evaluate_tracks
         from ..separate import Separator
-        from .eval import evaluate_speech, evaluate_tracks
 
         if not self.valid_tracks:
             # No validation set: each epoch counts as better than the last, so best.safetensors is the

@@ -74,7 +74,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio import AudioError, BlockResampler, libsndfile_reason, probe, sf_name, unplayable_problem
-from .config import synth_request_problem
+from ..train.config import synth_request_problem
 
 __all__ = [
     "FOLDERS",

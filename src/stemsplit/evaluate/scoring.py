@@ -439,7 +439,7 @@ def speech_scores(
     """
     import torch
 
-    from .losses import pit_si_snr, si_snr
+    from ..train.losses import pit_si_snr, si_snr
 
     refs = torch.from_numpy(np.asarray(references, dtype=np.float64))
     _best, order = pit_si_snr(torch.from_numpy(np.asarray(estimates, dtype=np.float64))[None], refs[None])
@@ -504,7 +504,7 @@ def evaluate_speech(
 ) -> SpeechReport:
     """Separate each two-talker mixture and score it (:func:`speech_scores`).
 
-    ``mixtures`` are :class:`~stemsplit.train.speech_synth.SpeechTrack` s (``name``,
+    ``mixtures`` are :class:`~stemsplit.datasets.speech_synth.SpeechTrack` s (``name``,
     ``sample_rate``, ``read()`` -> mixture, s1, s2). ``compute_stoi`` None: when pystoi imports.
     """
     progress = progress or (lambda text: None)
@@ -517,7 +517,7 @@ def evaluate_speech(
         separated = separator.separate(mixture, track.sample_rate)  # {speaker: [1, samples]}
         estimates = np.stack([separated[name][0] for name in separator.stems])
         if len(estimates) != len(talkers):
-            from .data import DatasetError
+            from ..datasets.musdb_layout import DatasetError
 
             raise DatasetError(
                 f"{track.mixture}: {len(talkers)} talkers, but the model gives {len(estimates)}"

@@ -29,7 +29,7 @@ exactly the sum of the stems.
 
 With a General MIDI soundfont (``stemsplit synth --soundfont``), FluidSynth
 plays the same kind of arrangement instead (the note functions are shared;
-:mod:`stemsplit.train.fluidsynth` drives FluidSynth): a drum kit on channel 10
+:mod:`stemsplit.datasets.fluidsynth` drives FluidSynth): a drum kit on channel 10
 (standard, room, power, electronic, TR-808, jazz or brush), one of the eight
 bass programs, a piano, organ, guitar, strings or pad for the chords and
 perhaps a mallet, plucked or lead arpeggio for "other", and a choir, voice or
@@ -57,10 +57,10 @@ import soundfile as sf
 from scipy import fft as sp_fft
 from scipy import signal
 
-from ..audio import sf_name
-from ..card import MUSIC_STEMS
-from . import fluidsynth
-from .config import synth_request_problem
+from ...audio import sf_name
+from ...card import MUSIC_STEMS
+from ...train.config import synth_request_problem
+from .. import fluidsynth
 
 __all__ = ["STEMS", "Song", "SynthError", "generate_song", "song_seed", "write_dataset", "write_song"]
 
@@ -872,7 +872,7 @@ def generate_song(
     """Render one song: four stems, each float32 [2, round(seconds * sample_rate)].
 
     The same ``(seed, seconds, sample_rate)`` always gives the same arrays. With a ``soundfont``
-    (:func:`stemsplit.train.fluidsynth.find_soundfont`) FluidSynth plays the instruments instead,
+    (:func:`stemsplit.datasets.fluidsynth.find_soundfont`) FluidSynth plays the instruments instead,
     General MIDI programs drawn per song (another song than without one; as repeatable), its
     temporary files in ``scratch`` (the system's temporary folder if None).
     """
