@@ -182,15 +182,15 @@ def test_evaluate_tracks_with_the_small_model(musdb, separator):
 
 @pytest.fixture
 def find_tracks_available(monkeypatch):
-    """The data module's find_tracks; a stand-in reading the same layout while it is not there yet."""
-    if importlib.util.find_spec("stemsplit.train.data") is not None:
+    """The MUSDB reader's find_tracks; a stand-in reading the same layout while it is not there yet."""
+    if importlib.util.find_spec("stemsplit.datasets.musdb") is not None:
         return
-    data = types.ModuleType("stemsplit.train.data")
+    data = types.ModuleType("stemsplit.datasets.musdb")
     data.DatasetError = type("DatasetError", (Exception,), {})
     data.find_tracks = lambda root, subset, stems: [
         WavTrack(folder, stems) for folder in sorted((Path(root) / subset).iterdir())
     ]
-    monkeypatch.setitem(sys.modules, "stemsplit.train.data", data)
+    monkeypatch.setitem(sys.modules, "stemsplit.datasets.musdb", data)
 
 
 def _cli() -> typer.Typer:

@@ -22,12 +22,11 @@ from typer.testing import CliRunner
 
 from stemsplit.cli import app
 from stemsplit.datasets import speech_synth as speech
+from stemsplit.datasets.libri2mix import SpeechSynthError, find_speech_mixtures
 from stemsplit.datasets.speech_synth import (
     FOLDERS,
     SAMPLE_RATE,
-    SpeechSynthError,
     draw_room,
-    find_speech_mixtures,
     generate_mixture,
     sentence,
     write_dataset,

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from stemsplit.card import MUSIC_STEMS
 from stemsplit.cli import app
+from stemsplit.datasets.musdb import find_tracks
 from stemsplit.datasets.synth import STEMS, SynthError, generate_song, write_dataset
-from stemsplit.train.data import find_tracks
 
 SR = 44100
 SECONDS = 5.0

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from stemsplit.cli import app
 from stemsplit.datasets import fluidsynth
 from stemsplit.datasets.fluidsynth import FluidSynthError, find_soundfont
+from stemsplit.datasets.musdb import find_tracks
 from stemsplit.datasets.synth import STEMS, SynthError, generate_song, write_dataset
-from stemsplit.train.data import find_tracks
 
 SR = 44100
 

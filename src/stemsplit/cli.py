@@ -174,7 +174,8 @@ def synth_speech(
     \b
     stemsplit synth-speech data/speech --train 100 --dev 10 --test 10 --seconds 4
     """
-    from .datasets.speech_synth import SpeechSynthError, check_request, check_tools, write_dataset
+    from .datasets.libri2mix import SpeechSynthError
+    from .datasets.speech_synth import check_request, check_tools, write_dataset
 
     counts = {"train": train, "dev": dev, "test": test}
     try:  # everything that can be checked before work starts: exit 2, nothing written

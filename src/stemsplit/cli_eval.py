@@ -75,8 +75,8 @@ def eval_command(
     _check_report_is_no_input(json_out, flag, musdb or libri2mix, model)
     _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
     from .cli_separate import UsageError, checked_models, known_model
+    from .datasets.libri2mix import SpeechSynthError, check_speech_layout
     from .datasets.musdb_layout import DatasetError, track_folders, track_stems
-    from .datasets.speech_synth import SpeechSynthError, check_speech_layout
 
     task = "speakers" if libri2mix else "music"
     model, ensemble = checked_models(model, task)  # an ensemble: --model a,b (music only)
@@ -102,9 +102,9 @@ def eval_command(
         label = "the ensemble" if ensemble is not None else os.fspath(model or "the default model")
         _check_stems_in_common(musdb / subset, test_stems, label, model_stems)
 
+    from .datasets.musdb import find_tracks
     from .evaluate.scoring import MUSEVAL_INSTALL, evaluate_tracks, write_report
     from .separate import SeparationError, Separator
-    from .train.data import find_tracks
     from .weights import WeightsError
 
     if not no_csdr and importlib.util.find_spec("museval") is None:  # before hours of separating
@@ -171,7 +171,7 @@ def _check_usage(
     libri2mix, mixture: str, window: float, hop: float, batch_size, device: str, json_out, overwrite: bool
 ) -> None:
     """The flags, checked before torch is imported and anything is separated: exit 2, naming the flag."""
-    from .datasets.speech_synth import MIXTURE_KINDS
+    from .datasets.libri2mix import MIXTURE_KINDS
     from .settings import SeparationError, check_settings, parse_device
 
     if libri2mix is not None and mixture not in MIXTURE_KINDS:
@@ -238,9 +238,9 @@ def _default_report(name: str, subset: str) -> Path:
 
 def _eval_speech(separator, root: Path, subset: str, mixture: str, limit, json_out, no_sdr: bool) -> None:
     """``eval --libri2mix``: SI-SNRi, SDRi and (with pystoi) STOI of every mixture of the subset."""
-    from .datasets.speech_synth import SpeechSynthError, find_speech_mixtures
+    from .datasets.libri2mix import SpeechSynthError, find_speech_mixtures
+    from .datasets.musdb_layout import DatasetError
     from .evaluate.scoring import evaluate_speech, write_report
-    from .train.data import DatasetError
 
     try:
         found = find_speech_mixtures(root, subset, mixture)[:limit]

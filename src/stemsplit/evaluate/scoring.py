@@ -312,7 +312,7 @@ def evaluate_tracks(
     A track is anything with ``name``, ``sample_rate``, ``read_mixture()`` and
     ``read(stem)`` (audio [channels, frames]); when it also has ``stems`` (all
     the test set's), those are the test set's stems, else the model's. The
-    tracks share one set of stems (:func:`stemsplit.train.data.find_tracks`
+    tracks share one set of stems (:func:`stemsplit.datasets.musdb.find_tracks`
     checks). ``compute_csdr=False`` skips BSSEval (slow; uSDR alone is enough
     for validation during training).
     """
@@ -504,7 +504,7 @@ def evaluate_speech(
 ) -> SpeechReport:
     """Separate each two-talker mixture and score it (:func:`speech_scores`).
 
-    ``mixtures`` are :class:`~stemsplit.datasets.speech_synth.SpeechTrack` s (``name``,
+    ``mixtures`` are :class:`~stemsplit.datasets.libri2mix.SpeechTrack` s (``name``,
     ``sample_rate``, ``read()`` -> mixture, s1, s2). ``compute_stoi`` None: when pystoi imports.
     """
     progress = progress or (lambda text: None)

@@ -425,7 +425,8 @@ class Run:
 
     def _music_data(self) -> None:
         """MUSDB18-HQ layout: the training tracks' salient segments, uSDR on the validation tracks."""
-        from .data import SalientIndex, common_format, dataset_split, find_tracks
+        from ..datasets.musdb import common_format, dataset_split, find_tracks
+        from .data import SalientIndex
 
         config = self.config
         self.data_root, self.score_name = config.musdb, "uSDR"
@@ -476,7 +477,7 @@ class Run:
 
     def _speech_data(self) -> None:
         """Libri2Mix layout: random crops of train-100's mixtures, SI-SNRi on dev's (when it has them)."""
-        from ..datasets.speech_synth import SpeechSynthError, find_speech_mixtures
+        from ..datasets.libri2mix import SpeechSynthError, find_speech_mixtures
         from .data import SpeechCrops
 
         config = self.config

@@ -39,7 +39,7 @@ chorus and each channel's chorus send drawn per song. Each stem is rendered on
 its own, then mixed as above.
 
 :func:`write_dataset` writes a MUSDB18-HQ-layout folder that
-:func:`stemsplit.train.data.find_tracks` reads.
+:func:`stemsplit.datasets.musdb.find_tracks` reads.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ from scipy import signal
 
 from ...audio import sf_name
 from ...card import MUSIC_STEMS
-from ...train.config import synth_request_problem
 from .. import fluidsynth
+from ..synth_request import synth_request_problem
 
 __all__ = ["STEMS", "Song", "SynthError", "generate_song", "song_seed", "write_dataset", "write_song"]
 
