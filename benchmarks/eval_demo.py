@@ -20,7 +20,7 @@ import numpy as np
 from machine import describe
 
 from stemsplit.datasets.synth import generate_song, song_seed
-from stemsplit.evaluate.scoring import usdr
+from stemsplit.evaluate.metrics import usdr
 from stemsplit.runtime import tune_cpu_allocator
 from stemsplit.separate import Separator
 

@@ -31,9 +31,9 @@ import torch
 from machine import describe
 
 from stemsplit.datasets.speech_synth import SAMPLE_RATE, generate_mixture, mixture_seed
-from stemsplit.evaluate.scoring import speech_scores
+from stemsplit.evaluate.metrics import speech_scores
+from stemsplit.evaluate.si_snr import si_snr
 from stemsplit.separate import Separator
-from stemsplit.train.losses import si_snr
 
 IRM_FFT = 256  # 32 ms at 8 kHz
 IRM_HOP = 64  # 8 ms

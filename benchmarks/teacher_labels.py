@@ -35,7 +35,7 @@ from machine import describe
 
 from stemsplit.datasets.musdb import find_tracks
 from stemsplit.datasets.musdb_layout import DatasetError
-from stemsplit.evaluate.scoring import usdr
+from stemsplit.evaluate.metrics import usdr
 from stemsplit.train.config import MAX_TEACHER_VIEWS, FinetuneConfig
 from stemsplit.train.data import salient_segments
 from stemsplit.train.finetune import CLEAN_RESIDUAL, CLEAN_TARGET, classify, teacher_estimates, view_offsets

@@ -12,7 +12,7 @@ from helpers import ROOT, cli, python, run
 
 from stemsplit import weights
 from stemsplit.datasets.synth import generate_song
-from stemsplit.evaluate.scoring import speech_scores, usdr
+from stemsplit.evaluate.metrics import speech_scores, usdr
 from stemsplit.separate import Separator
 
 STEMS = ("drums", "bass", "other", "vocals")

@@ -16,16 +16,13 @@ from helpers import GOLDEN_WEIGHTS, stemsplit_without_torch, tiny_model, write_t
 from typer.testing import CliRunner
 
 from stemsplit.cli_eval import eval_command
+from stemsplit.evaluate.metrics import _museval, csdr, speech_scores, usdr
 from stemsplit.evaluate.scoring import (
     EvalReport,
     SpeechReport,
     SpeechScores,
     TrackScores,
-    _museval,
-    csdr,
     evaluate_tracks,
-    speech_scores,
-    usdr,
     write_report,
 )
 from stemsplit.separate import Separator

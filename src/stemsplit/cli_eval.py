@@ -103,7 +103,8 @@ def eval_command(
         _check_stems_in_common(musdb / subset, test_stems, label, model_stems)
 
     from .datasets.musdb import find_tracks
-    from .evaluate.scoring import MUSEVAL_INSTALL, evaluate_tracks, write_report
+    from .evaluate.metrics import MUSEVAL_INSTALL
+    from .evaluate.scoring import evaluate_tracks, write_report
     from .separate import SeparationError, Separator
     from .weights import WeightsError
 
