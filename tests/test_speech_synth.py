@@ -23,12 +23,12 @@ from typer.testing import CliRunner
 from stemsplit.cli import app
 from stemsplit.datasets import speech_synth as speech
 from stemsplit.datasets.libri2mix import SpeechSynthError, find_speech_mixtures
+from stemsplit.datasets.sentences import sentence
 from stemsplit.datasets.speech_synth import (
     FOLDERS,
     SAMPLE_RATE,
     draw_room,
     generate_mixture,
-    sentence,
     write_dataset,
 )
 

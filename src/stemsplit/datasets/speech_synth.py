@@ -53,6 +53,11 @@ each mixture was drawn (room, T60, positions, voices, levels, text).
 Libri2Mix-layout folder (Libri2Mix's own ``wav8k/min`` folder too).
 
 The same seed and the same eSpeak NG version give byte-identical files.
+
+One module (about 580 lines) because its parts are one recipe: the talkers, the room, the noise and
+the levels share the 8 kHz rate and the paper's ranges above, and a mixture is drawn from one seed
+through all of them in a fixed order. The sentences the talkers read are :mod:`.sentences`; reading a
+Libri2Mix-layout folder is :mod:`.libri2mix`.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ import os
 import shutil
 import struct
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +80,7 @@ import soundfile as sf
 
 from ..audio import BlockResampler
 from .libri2mix import MIXTURE_KINDS, SpeechSynthError
+from .sentences import pick, sentence
 from .synth_request import synth_request_problem
 
 __all__ = [
@@ -94,7 +100,6 @@ __all__ = [
     "impulse_responses",
     "mixture_id",
     "mixture_seed",
-    "sentence",
     "speak",
     "write_dataset",
 ]
@@ -147,69 +152,6 @@ HEIGHT = (0.9, 1.8)  # receiver and sources
 DISTANCE = (0.66, 2.0)  # source to receiver, horizontal
 
 
-# --- sentences ------------------------------------------------------------------------------------
-
-_DETERMINERS = ("the", "a", "my", "your", "our", "that", "this", "every", "one", "some")
-_ADJECTIVES = (
-    "old", "young", "quiet", "bright", "small", "heavy", "yellow", "green", "strange", "careful",
-    "silver", "wooden", "happy", "tired", "clever", "distant", "warm", "cold", "busy", "gentle",
-    "broken", "famous", "narrow", "empty", "purple",
-)  # fmt: skip
-_NOUNS = (
-    "teacher", "garden", "river", "window", "doctor", "table", "mountain", "letter", "train",
-    "farmer", "kitchen", "painter", "island", "bottle", "village", "engine", "student", "market",
-    "forest", "lamp", "neighbour", "bridge", "piano", "pilot", "blanket", "harbour", "baker",
-    "station", "candle", "monkey", "library", "captain", "pencil", "orchard", "castle", "sailor",
-    "basket", "tower", "rabbit", "ladder",
-)  # fmt: skip
-_VERBS = (
-    "found", "carried", "painted", "opened", "watched", "remembered", "followed", "cleaned",
-    "visited", "answered", "borrowed", "described", "noticed", "repaired", "counted", "ignored",
-    "admired", "delivered", "covered", "measured",
-)  # fmt: skip
-_INTRANSITIVE = ("waited", "laughed", "arrived", "slept", "travelled", "whispered", "disappeared", "listened")
-_ADVERBS = ("slowly", "quietly", "again", "yesterday", "at last", "twice", "early", "suddenly", "today")
-_PREPOSITIONS = ("near", "behind", "under", "beside", "across", "inside", "above", "beyond", "past")
-_NAMES = ("Anna", "Peter", "Maria", "John", "Clara", "David", "Lucy", "Thomas", "Emma", "Oliver")
-_NUMBERS = ("two", "three", "four", "five", "seven", "ten", "twelve", "twenty", "forty", "a hundred")
-
-
-def _pick(rng: np.random.Generator, words: Sequence[str]) -> str:
-    return words[int(rng.integers(len(words)))]
-
-
-def _noun_phrase(rng: np.random.Generator) -> str:
-    kind = rng.random()
-    if kind < 0.15:
-        return _pick(rng, _NAMES)
-    if kind < 0.25:
-        return f"{_pick(rng, _NUMBERS)} {_pick(rng, _NOUNS)}s"
-    words = [_pick(rng, _ADJECTIVES)] if rng.random() < 0.5 else []
-    words.append(_pick(rng, _NOUNS))
-    determiner = _pick(rng, _DETERMINERS)
-    if determiner == "a" and words[0][0] in "aeiou":
-        determiner = "an"
-    return " ".join([determiner, *words])
-
-
-def sentence(rng: np.random.Generator) -> str:
-    """One random English sentence (8 templates over a few hundred words), capitalised and punctuated."""
-    template = int(rng.integers(8))
-    subject, thing, place = _noun_phrase(rng), _noun_phrase(rng), _noun_phrase(rng)
-    verb, adverb, preposition = _pick(rng, _VERBS), _pick(rng, _ADVERBS), _pick(rng, _PREPOSITIONS)
-    text, end = {
-        0: (f"{subject} {verb} {thing}", "."),
-        1: (f"{subject} {verb} {thing} {preposition} {place}", "."),
-        2: (f"{subject} {_pick(rng, _INTRANSITIVE)} {adverb}", "."),
-        3: (f"why did {subject} leave {thing} {preposition} {place}", "?"),
-        4: (f"{adverb} {subject} {verb} {thing}, and then {_pick(rng, _INTRANSITIVE)}", "."),
-        5: (f"have you seen {thing} {preposition} {place}", "?"),
-        6: (f"I think {subject} {verb} {thing} {adverb}", "."),
-        7: (f"look, {subject} {_pick(rng, _INTRANSITIVE)} {preposition} {place}", "!"),
-    }[template]
-    return text[0].upper() + text[1:] + end
-
-
 # --- talkers: eSpeak NG ---------------------------------------------------------------------------
 
 
@@ -234,7 +176,7 @@ def draw_talkers(rng: np.random.Generator, split: str = "train-100") -> tuple[Ta
     first, second = rng.choice(len(pool), size=2, replace=False)
     return tuple(  # type: ignore[return-value]
         Talker(
-            voice=_pick(rng, VOICES),
+            voice=pick(rng, VOICES),
             variant=pool[int(variant)],
             pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
             speed=int(rng.integers(SPEED[0], SPEED[1] + 1)),
