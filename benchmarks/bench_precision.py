@@ -32,8 +32,8 @@ from stemsplit.separate import Separator
 
 def test_song(folder: Path, seconds: float, seed: int) -> tuple[Path, str]:
     """A song file to separate and what it is: soundfont-rendered if FluidSynth can, else the plain synth."""
-    from stemsplit.train.fluidsynth import FluidSynthError, find_soundfont
-    from stemsplit.train.synth import generate_song
+    from stemsplit.datasets.fluidsynth import FluidSynthError, find_soundfont
+    from stemsplit.datasets.synth import generate_song
 
     try:
         font, what = find_soundfont("timgm6mb"), "soundfont song (TimGM6mb)"

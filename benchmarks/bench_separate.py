@@ -116,7 +116,7 @@ def mamba_backend(device: torch.device) -> str:
 
 def make_song(folder: Path, seconds: float, seed: int) -> Path:
     """A stereo 44.1 kHz synthetic song of ``seconds`` written as float32 wav."""
-    from stemsplit.train.synth import generate_song
+    from stemsplit.datasets.synth import generate_song
 
     song = generate_song(seed, seconds)
     path = folder / f"song-{seed}-{seconds:g}s.wav"
@@ -485,7 +485,7 @@ def main(argv=None) -> int:
             song_desc = f"{song.name}"
         else:
             song = make_song(work, args.seconds, args.seed)
-            song_desc = f"synthetic (stemsplit.train.synth.generate_song seed {args.seed})"
+            song_desc = f"synthetic (stemsplit.datasets.synth.generate_song seed {args.seed})"
         info = sf.info(str(song))
         song_desc += f", {info.duration:.1f} s, {info.channels} ch, {info.samplerate} Hz"
         print(f"song: {song_desc} (ready in {time.perf_counter() - t0:.1f} s)")

@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stemsplit.evaluate.scoring import EvalReport
 from stemsplit.files import special_file, write_atomically
-from stemsplit.train.eval import EvalReport
 
 # The report settings that must agree for two reports' figures to compare.
 PROTOCOL = ("window", "hop", "stage", "subset")

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from machine import describe
 
+from stemsplit.datasets.synth import generate_song, song_seed
+from stemsplit.evaluate.metrics import usdr
 from stemsplit.runtime import tune_cpu_allocator
 from stemsplit.separate import Separator
-from stemsplit.train.eval import usdr
-from stemsplit.train.synth import generate_song, song_seed
 
 
 def main() -> None:

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from machine import describe
 
+from stemsplit.datasets.speech_synth import SAMPLE_RATE, generate_mixture, mixture_seed
+from stemsplit.evaluate.metrics import speech_scores
+from stemsplit.evaluate.si_snr import si_snr
 from stemsplit.separate import Separator
-from stemsplit.train.eval import speech_scores
-from stemsplit.train.losses import si_snr
-from stemsplit.train.speech_synth import SAMPLE_RATE, generate_mixture, mixture_seed
 
 IRM_FFT = 256  # 32 ms at 8 kHz
 IRM_HOP = 64  # 8 ms

@@ -33,9 +33,11 @@ import numpy as np
 import torch
 from machine import describe
 
+from stemsplit.datasets.musdb import find_tracks
+from stemsplit.datasets.musdb_layout import DatasetError
+from stemsplit.evaluate.metrics import usdr
 from stemsplit.train.config import MAX_TEACHER_VIEWS, FinetuneConfig
-from stemsplit.train.data import DatasetError, find_tracks, salient_segments
-from stemsplit.train.eval import usdr
+from stemsplit.train.data import salient_segments
 from stemsplit.train.finetune import CLEAN_RESIDUAL, CLEAN_TARGET, classify, teacher_estimates, view_offsets
 from stemsplit.weights import WeightsError, load_model
 

@@ -2,7 +2,7 @@
 
     python examples/make_demo_song.py [OUT.flac]
 
-It is a synthetic song (``stemsplit.train.synth``) that the demo model never saw
+It is a synthetic song (``stemsplit.datasets.synth``) that the demo model never saw
 in training (`stemsplit synth` datasets draw 64-bit hashed seeds; this one is small). Because it is
 generated, its true stems are known (:func:`true_stems`), so tests can score the
 demo model on it.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from stemsplit.train.synth import Song, generate_song
+from stemsplit.datasets.synth import Song, generate_song
 
 SEED = 2027
 SECONDS = 20.0

@@ -11,9 +11,9 @@ import soundfile as sf
 from helpers import ROOT, cli, python, run
 
 from stemsplit import weights
+from stemsplit.datasets.synth import generate_song
+from stemsplit.evaluate.metrics import speech_scores, usdr
 from stemsplit.separate import Separator
-from stemsplit.train.eval import speech_scores, usdr
-from stemsplit.train.synth import generate_song
 
 STEMS = ("drums", "bass", "other", "vocals")
 # Separation must beat "every stem = the mixture" by this much per stem (uSDR, dB). On the 10 held-out
@@ -123,7 +123,7 @@ def test_speakers_demo_ships_in_the_package_small_and_verified(offline):
 )
 def test_speakers_demo_separates_held_out_talkers_offline(tmp_path, offline):
     """`stemsplit speakers` with no --model: the bundled model, offline, on recordings it never heard."""
-    from stemsplit.train.speech_synth import SAMPLE_RATE, generate_mixture, mixture_seed
+    from stemsplit.datasets.speech_synth import SAMPLE_RATE, generate_mixture, mixture_seed
 
     gains = []
     for index in range(2):

@@ -15,19 +15,16 @@ from helpers import GOLDEN_WEIGHTS, stemsplit_without_torch, tiny_model, write_t
 from typer.testing import CliRunner
 
 from stemsplit.cli import app
-from stemsplit.separate import Separator
-from stemsplit.train.eval import (
+from stemsplit.evaluate.metrics import _museval, csdr, speech_scores, usdr
+from stemsplit.evaluate.scoring import (
     EvalReport,
     SpeechReport,
     SpeechScores,
     TrackScores,
-    _museval,
-    csdr,
     evaluate_tracks,
-    speech_scores,
-    usdr,
     write_report,
 )
+from stemsplit.separate import Separator
 
 STEMS = ("drums", "bass", "other", "vocals")
 RATE = 16000  # the model runs at 44.1 kHz; a lower file rate also exercises resampling and speeds BSSEval
@@ -181,15 +178,15 @@ def test_evaluate_tracks_with_the_small_model(musdb, separator):
 
 @pytest.fixture
 def find_tracks_available(monkeypatch):
-    """The data module's find_tracks; a stand-in reading the same layout while it is not there yet."""
-    if importlib.util.find_spec("stemsplit.train.data") is not None:
+    """The MUSDB reader's find_tracks; a stand-in reading the same layout while it is not there yet."""
+    if importlib.util.find_spec("stemsplit.datasets.musdb") is not None:
         return
-    data = types.ModuleType("stemsplit.train.data")
+    data = types.ModuleType("stemsplit.datasets.musdb")
     data.DatasetError = type("DatasetError", (Exception,), {})
     data.find_tracks = lambda root, subset, stems: [
         WavTrack(folder, stems) for folder in sorted((Path(root) / subset).iterdir())
     ]
-    monkeypatch.setitem(sys.modules, "stemsplit.train.data", data)
+    monkeypatch.setitem(sys.modules, "stemsplit.datasets.musdb", data)
 
 
 def test_eval_command_prints_a_table_and_writes_json(musdb, tmp_path, monkeypatch, find_tracks_available):

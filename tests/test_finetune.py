@@ -20,8 +20,9 @@ from helpers import cli, stemsplit_without_torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from stemsplit.datasets.musdb import find_tracks
 from stemsplit.model import build_model, make_config
-from stemsplit.train.data import SalientIndex, find_tracks
+from stemsplit.train.data import SalientIndex
 from stemsplit.train.finetune import (
     CLEAN_RESIDUAL,
     CLEAN_TARGET,

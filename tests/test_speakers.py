@@ -22,10 +22,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from stemsplit.card import SPEAKER_STEMS, ModelCard
+from stemsplit.evaluate.metrics import speech_scores
+from stemsplit.evaluate.si_snr import pit_si_snr, si_snr
 from stemsplit.model import families
 from stemsplit.separate import Separator, StreamingOverlapAdd
-from stemsplit.train.eval import speech_scores
-from stemsplit.train.losses import pit_si_snr, pit_si_snr_loss, si_snr
+from stemsplit.train.losses import pit_si_snr_loss
 from stemsplit.weights import save_checkpoint
 
 RATE = 8000

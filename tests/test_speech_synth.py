@@ -1,4 +1,4 @@
-"""Two-talker speech mixtures (``stemsplit.train.speech_synth``) and ``stemsplit synth-speech``.
+"""Two-talker speech mixtures (``stemsplit.datasets.speech_synth``) and ``stemsplit synth-speech``.
 
 Renders real mixtures with espeak-ng and pyroomacoustics; the tests that need
 them are skipped, saying so, where they are not installed.
@@ -21,15 +21,14 @@ from helpers import cli, stemsplit_without_torch
 from typer.testing import CliRunner
 
 from stemsplit.cli import app
-from stemsplit.train import speech_synth as speech
-from stemsplit.train.speech_synth import (
+from stemsplit.datasets import speech_synth as speech
+from stemsplit.datasets.libri2mix import SpeechSynthError, find_speech_mixtures
+from stemsplit.datasets.sentences import sentence
+from stemsplit.datasets.speech_synth import (
     FOLDERS,
     SAMPLE_RATE,
-    SpeechSynthError,
     draw_room,
-    find_speech_mixtures,
     generate_mixture,
-    sentence,
     write_dataset,
 )
 

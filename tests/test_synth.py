@@ -1,4 +1,4 @@
-"""The synthetic multitrack generator (``stemsplit.train.synth``) and ``stemsplit synth``."""
+"""The synthetic multitrack generator (``stemsplit.datasets.synth``) and ``stemsplit synth``."""
 
 import hashlib
 import itertools
@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from stemsplit.card import MUSIC_STEMS
 from stemsplit.cli import app
-from stemsplit.train.data import find_tracks
-from stemsplit.train.synth import STEMS, SynthError, generate_song, write_dataset
+from stemsplit.datasets.musdb import find_tracks
+from stemsplit.datasets.synth import STEMS, SynthError, generate_song, write_dataset
 
 SR = 44100
 SECONDS = 5.0
@@ -154,7 +154,7 @@ def test_write_dataset_is_musdb_layout_and_round_trips(tmp_path):
     assert not [p for p in out.rglob(".*")], "no temporary folders are left"
 
     # The files hold the generated song (within 16-bit quantisation), under the seed of its slot.
-    from stemsplit.train.synth import song_seed
+    from stemsplit.datasets.synth import song_seed
 
     song = generate_song(song_seed(7, "train", 1), 2.0)
     track = next(t for t in train if t.name == "song-00001")

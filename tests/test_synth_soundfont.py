@@ -17,10 +17,10 @@ from helpers import stemsplit
 from typer.testing import CliRunner
 
 from stemsplit.cli import app
-from stemsplit.train import fluidsynth
-from stemsplit.train.data import find_tracks
-from stemsplit.train.fluidsynth import FluidSynthError, find_soundfont
-from stemsplit.train.synth import STEMS, SynthError, generate_song, write_dataset
+from stemsplit.datasets import fluidsynth
+from stemsplit.datasets.fluidsynth import FluidSynthError, find_soundfont
+from stemsplit.datasets.musdb import find_tracks
+from stemsplit.datasets.synth import STEMS, SynthError, generate_song, write_dataset
 
 SR = 44100
 

@@ -10,19 +10,11 @@ import soundfile as sf
 import torch
 from helpers import write_track
 
+from stemsplit.card import MUSIC_STEMS
+from stemsplit.datasets.musdb import dataset_split, find_tracks, split_train_valid
+from stemsplit.datasets.musdb_layout import DatasetError, musdb_validation_names, validation_names
 from stemsplit.train import data
-from stemsplit.train.data import (
-    MUSIC_STEMS,
-    DatasetError,
-    RemixDataset,
-    SalientIndex,
-    dataset_split,
-    find_tracks,
-    musdb_validation_names,
-    salient_segments,
-    split_train_valid,
-    validation_names,
-)
+from stemsplit.train.data import RemixDataset, SalientIndex, salient_segments
 
 SR = 22050
 VALID = "Actions - One Minute Smile"

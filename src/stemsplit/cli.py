@@ -110,7 +110,7 @@ def synth(
     stemsplit synth data/gm --soundfont timgm6mb --songs 20 --seconds 20
     stemsplit train --musdb data/synth -o runs/demo
     """
-    from .train.fluidsynth import FluidSynthError, find_soundfont
+    from .datasets.fluidsynth import FluidSynthError, find_soundfont
 
     font = None
     if soundfont is not None:  # checked before the synthesiser (and scipy) loads: a usage error is quick
@@ -118,7 +118,7 @@ def synth(
             font = find_soundfont(soundfont)
         except FluidSynthError as exc:
             raise UsageError(f"--soundfont: {exc}") from exc
-    from .train.synth import SynthError, check_dataset, write_dataset
+    from .datasets.synth import SynthError, check_dataset, write_dataset
 
     try:  # what was asked wrong is a usage error, before anything is written
         check_dataset(out, songs, valid, test, seconds, seed, sample_rate, workers, font)
@@ -170,7 +170,8 @@ def synth_speech(
     \b
     stemsplit synth-speech data/speech --train 100 --dev 10 --test 10 --seconds 4
     """
-    from .train.speech_synth import SpeechSynthError, check_request, check_tools, write_dataset
+    from .datasets.libri2mix import SpeechSynthError
+    from .datasets.speech_synth import check_request, check_tools, write_dataset
 
     counts = {"train": train, "dev": dev, "test": test}
     try:  # everything that can be checked before work starts: exit 2, nothing written

@@ -2,7 +2,7 @@
 or a speaker-separation model on a Libri2Mix-layout folder with SI-SNRi, SDRi (and STOI).
 
 Mounted by ``cli.py`` with ``app.command("eval")(eval_command)``; the work is in
-:mod:`stemsplit.train.eval`, this module only parses and prints.
+:mod:`stemsplit.evaluate.scoring`, this module only parses and prints.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def eval_command(
     _check_report_is_no_input(json_out, flag, musdb or libri2mix, model)
     _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
     from .cli_separate import UsageError, checked_models, known_model
-    from .train.layout import DatasetError, track_folders, track_stems
-    from .train.speech_synth import SpeechSynthError, check_speech_layout
+    from .datasets.libri2mix import SpeechSynthError, check_speech_layout
+    from .datasets.musdb_layout import DatasetError, track_folders, track_stems
 
     task = "speakers" if libri2mix else "music"
     model, ensemble = checked_models(model, task)  # an ensemble: --model a,b (music only)
@@ -102,9 +102,10 @@ def eval_command(
         label = "the ensemble" if ensemble is not None else os.fspath(model or "the default model")
         _check_stems_in_common(musdb / subset, test_stems, label, model_stems)
 
+    from .datasets.musdb import find_tracks
+    from .evaluate.metrics import MUSEVAL_INSTALL
+    from .evaluate.scoring import evaluate_tracks, write_report
     from .separate import SeparationError, Separator
-    from .train.data import find_tracks
-    from .train.eval import MUSEVAL_INSTALL, evaluate_tracks, write_report
     from .weights import WeightsError
 
     if not no_csdr and importlib.util.find_spec("museval") is None:  # before hours of separating
@@ -171,8 +172,8 @@ def _check_usage(
     libri2mix, mixture: str, window: float, hop: float, batch_size, device: str, json_out, overwrite: bool
 ) -> None:
     """The flags, checked before torch is imported and anything is separated: exit 2, naming the flag."""
+    from .datasets.libri2mix import MIXTURE_KINDS
     from .settings import SeparationError, check_settings, parse_device
-    from .train.speech_synth import MIXTURE_KINDS
 
     if libri2mix is not None and mixture not in MIXTURE_KINDS:
         raise fail(f"--mixture: must be one of {', '.join(MIXTURE_KINDS)}, not {mixture!r}", EXIT_USAGE)
@@ -238,9 +239,9 @@ def _default_report(name: str, subset: str) -> Path:
 
 def _eval_speech(separator, root: Path, subset: str, mixture: str, limit, json_out, no_sdr: bool) -> None:
     """``eval --libri2mix``: SI-SNRi, SDRi and (with pystoi) STOI of every mixture of the subset."""
-    from .train.data import DatasetError
-    from .train.eval import evaluate_speech, write_report
-    from .train.speech_synth import SpeechSynthError, find_speech_mixtures
+    from .datasets.libri2mix import SpeechSynthError, find_speech_mixtures
+    from .datasets.musdb_layout import DatasetError
+    from .evaluate.scoring import evaluate_speech, write_report
 
     try:
         found = find_speech_mixtures(root, subset, mixture)[:limit]

@@ -119,7 +119,7 @@ def finetune_command(**given: typing.Any) -> None:
         problem = f"--unlabeled: {given['unlabeled']}: no audio files in it or below it"
     if problem:
         raise fail(problem, EXIT_USAGE)
-    from .train.layout import DatasetError, check_training_layout
+    from .datasets.musdb_layout import DatasetError, check_training_layout
 
     try:
         check_training_layout(given["musdb"])

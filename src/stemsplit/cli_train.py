@@ -130,9 +130,9 @@ def train_command(
     stemsplit train --libri2mix ~/data/Libri2Mix/wav8k/min --arch u-mamba-net -o runs/u-mamba-net
     """
     given = dict(locals())  # the flags as given: None = the recipe's default (TrainConfig.for_arch)
+    from .datasets.libri2mix import SpeechSynthError, check_speech_layout
+    from .datasets.musdb_layout import DatasetError, check_training_layout
     from .train.config import DEFAULT_ARCH, SPEECH_ARCH, TrainConfig, family_names
-    from .train.layout import DatasetError, check_training_layout
-    from .train.speech_synth import SpeechSynthError, check_speech_layout
 
     if override and not resume:
         raise fail("--override only applies with --resume", EXIT_USAGE)

@@ -1,1 +1,1 @@
-"""Training and evaluation of TS-BSMamba2 (``stemsplit train``, ``stemsplit eval``)."""
+"""Training (``stemsplit train``, ``stemsplit finetune``): recipes, data pipeline, losses, the run loop."""

@@ -26,9 +26,6 @@ __all__ = [
     "DEFAULT_ARCH",
     "FINETUNE_FIELDS",
     "LR_SCHEDULES",
-    "MAX_SYNTH_PER_SPLIT",
-    "MAX_SYNTH_SECONDS",
-    "MAX_SYNTH_WORKERS",
     "MAX_TEACHER_VIEWS",
     "RECIPES",
     "RECIPE_FIELDS",
@@ -40,7 +37,6 @@ __all__ = [
     "family_names",
     "flag_name",
     "out_problem",
-    "synth_request_problem",
 ]
 
 # stemsplit.model.ts_bsmamba2.ARCHITECTURE, spelled out (importing the model would import torch;
@@ -48,53 +44,10 @@ __all__ = [
 DEFAULT_ARCH = "ts-bsmamba2"
 # The family `train --libri2mix` trains when no --arch is given: U-Mamba-Net (stemsplit.model.u_mamba_net).
 SPEECH_ARCH = "u-mamba-net"
-# What `synth` and `synth-speech` accept: beyond these a request cannot finish (the job list alone fills
-# memory, or the processes do: a pool starts all its workers at once). Libri2Mix's largest split has
-# 50,800 mixtures.
-MAX_SYNTH_PER_SPLIT = 1_000_000
-MAX_SYNTH_WORKERS = 64
-# The longest song or mixture they make (MUSDB18's longest songs are about 10 minutes). A synth song
-# takes about 9 MB of memory per second while it is made: 5.4 GB at this length, per worker.
-MAX_SYNTH_SECONDS = 600.0
 # The learning-rate schedules train/loop.py's LrSchedule implements.
 LR_SCHEDULES = ("plateau", "step", "constant")
 # torch.manual_seed takes 64 bits; a run adds offsets per rank and step to its seed.
 MAX_SEED = 2**63 - 1
-
-
-def synth_request_problem(
-    out: Path,
-    counts: dict[str, int],
-    noun: str,
-    seconds: float,
-    sample_rate: int,
-    seed: int,
-    workers: int,
-) -> str | None:
-    """What is wrong with a ``synth``/``synth-speech`` request (``counts``: items per split, ``noun``
-    their name), in one line, or None: the checks the two generators share, before anything is written."""
-    for label, count in counts.items():
-        if count < 0:
-            return f"the number of {label} {noun} must be 0 or more, not {count}"
-        if count > MAX_SYNTH_PER_SPLIT:
-            return f"the number of {label} {noun} must be at most {MAX_SYNTH_PER_SPLIT}, not {count}"
-    if sum(counts.values()) == 0:
-        return f"nothing to write: ask for at least one {noun.removesuffix('s')}"
-    if not (seconds > 0 and math.isfinite(seconds)):
-        return f"seconds must be positive, not {seconds}"
-    if round(seconds * sample_rate) < 1:
-        return f"seconds must be at least one sample ({1 / sample_rate:g} s), not {seconds}"
-    if seconds > MAX_SYNTH_SECONDS:
-        return (
-            f"seconds must be at most {MAX_SYNTH_SECONDS:g} (one {noun.removesuffix('s')}), not {seconds:g}"
-        )
-    if seed < 0:
-        return f"seed must be a non-negative integer, not {seed}"
-    if not 1 <= workers <= MAX_SYNTH_WORKERS:
-        return f"workers must be from 1 to {MAX_SYNTH_WORKERS}, not {workers}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        return f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
-    return creation_problem(out)
 
 
 @dataclass

@@ -121,10 +121,11 @@ import torch.distributed as dist
 
 from ..audio import AudioError, BlockResampler, downmix_to_stereo, probe, read_blocks, sf_name
 from ..card import MUSIC_STEMS
+from ..datasets.musdb_layout import DatasetError
 from ..files import write_atomically
 from ..weights import LoadedModel, WeightsError, load_model, save_checkpoint
 from .config import FinetuneConfig
-from .data import DatasetError, RemixDataset, salient_segments
+from .data import RemixDataset, salient_segments
 from .loop import Run, TrainError, train
 
 __all__ = [

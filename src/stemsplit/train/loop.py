@@ -426,7 +426,8 @@ class Run:
 
     def _music_data(self) -> None:
         """MUSDB18-HQ layout: the training tracks' salient segments, uSDR on the validation tracks."""
-        from .data import SalientIndex, common_format, dataset_split, find_tracks
+        from ..datasets.musdb import common_format, dataset_split, find_tracks
+        from .data import SalientIndex
 
         config = self.config
         self.data_root, self.score_name = config.musdb, "uSDR"
@@ -477,8 +478,8 @@ class Run:
 
     def _speech_data(self) -> None:
         """Libri2Mix layout: random crops of train-100's mixtures, SI-SNRi on dev's (when it has them)."""
+        from ..datasets.libri2mix import SpeechSynthError, find_speech_mixtures
         from .data import SpeechCrops
-        from .speech_synth import SpeechSynthError, find_speech_mixtures
 
         config = self.config
         self.data_root, self.score_name = config.libri2mix, "SI-SNRi"
@@ -660,8 +661,8 @@ class Run:
     def validate(self) -> float:
         """Mean uSDR over stems and validation tracks (speakers: mean SI-SNRi over talkers and dev
         mixtures), with the chunked protocol (rank 0)."""
+        from ..evaluate.scoring import evaluate_speech, evaluate_tracks
         from ..separate import Separator
-        from .eval import evaluate_speech, evaluate_tracks
 
         if not self.valid_tracks:
             # No validation set: each epoch counts as better than the last, so best.safetensors is the

@@ -1,7 +1,7 @@
 """FluidSynth: play timed MIDI events through a General MIDI soundfont, for ``stemsplit synth --soundfont``.
 
 This module knows MIDI and FluidSynth, not songs (those are in
-:mod:`stemsplit.train.synth`): :func:`find_soundfont` checks that the
+:mod:`stemsplit.datasets.synth`): :func:`find_soundfont` checks that the
 ``fluidsynth`` program is installed and reads which presets a soundfont holds,
 :func:`note` and friends make MIDI messages, and :func:`render` writes them as
 a Standard MIDI File and has ``fluidsynth`` render it to a float array.

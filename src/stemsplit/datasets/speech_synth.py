@@ -49,10 +49,15 @@ columns (``mixture_ID, mixture_path, source_1_path, source_2_path[, noise_path],
 length``, absolute paths), plus ``OUT/metadata/speech_<split>_info.csv``: how
 each mixture was drawn (room, T60, positions, voices, levels, text).
 
-:func:`find_speech_mixtures` reads any Libri2Mix-layout folder (Libri2Mix's own
-``wav8k/min`` folder too) for training.
+:func:`stemsplit.datasets.libri2mix.find_speech_mixtures` reads them, as it reads any
+Libri2Mix-layout folder (Libri2Mix's own ``wav8k/min`` folder too).
 
 The same seed and the same eSpeak NG version give byte-identical files.
+
+One module (about 580 lines) because its parts are one recipe: the talkers, the room, the noise and
+the levels share the 8 kHz rate and the paper's ranges above, and a mixture is drawn from one seed
+through all of them in a fixed order. The sentences the talkers read are :mod:`.sentences`; reading a
+Libri2Mix-layout folder is :mod:`.libri2mix`.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ import os
 import shutil
 import struct
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +78,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..audio import AudioError, BlockResampler, libsndfile_reason, probe, sf_name, unplayable_problem
-from ..errors import StemsplitError
-from .config import synth_request_problem
+from ..audio import BlockResampler
+from .libri2mix import MIXTURE_KINDS, SpeechSynthError
+from .sentences import pick, sentence
+from .synth_request import synth_request_problem
 
 __all__ = [
     "FOLDERS",
@@ -84,20 +90,16 @@ __all__ = [
     "SPLIT_VARIANTS",
     "Room",
     "SpeechMixture",
-    "SpeechSynthError",
-    "SpeechTrack",
     "Talker",
     "check_request",
     "check_tools",
     "coloured_noise",
     "draw_room",
     "draw_talkers",
-    "find_speech_mixtures",
     "generate_mixture",
     "impulse_responses",
     "mixture_id",
     "mixture_seed",
-    "sentence",
     "speak",
     "write_dataset",
 ]
@@ -105,7 +107,6 @@ __all__ = [
 SAMPLE_RATE = 8000  # the paper's (and Libri2Mix's wav8k)
 SPLITS = ("train-100", "dev", "test")  # Libri2Mix's folder names (train-360 is not made here)
 ID_PREFIX = {"train-100": "train", "dev": "dev", "test": "test"}
-MIXTURE_KINDS = ("mix_both", "mix_clean")
 FOLDERS = ("s1", "s2", "s1_reverb", "s2_reverb", "noise", "mix_clean", "mix_both")
 ESPEAK_PACKAGE = "espeak-ng"  # the Debian/Ubuntu package (and the program's name)
 PYROOMACOUSTICS_INSTALL = "pip install 'stemsplit[speech]'"
@@ -151,73 +152,6 @@ HEIGHT = (0.9, 1.8)  # receiver and sources
 DISTANCE = (0.66, 2.0)  # source to receiver, horizontal
 
 
-class SpeechSynthError(StemsplitError):
-    """Speech mixtures cannot be made or read as asked; the one-line message says why."""
-
-
-# --- sentences ------------------------------------------------------------------------------------
-
-_DETERMINERS = ("the", "a", "my", "your", "our", "that", "this", "every", "one", "some")
-_ADJECTIVES = (
-    "old", "young", "quiet", "bright", "small", "heavy", "yellow", "green", "strange", "careful",
-    "silver", "wooden", "happy", "tired", "clever", "distant", "warm", "cold", "busy", "gentle",
-    "broken", "famous", "narrow", "empty", "purple",
-)  # fmt: skip
-_NOUNS = (
-    "teacher", "garden", "river", "window", "doctor", "table", "mountain", "letter", "train",
-    "farmer", "kitchen", "painter", "island", "bottle", "village", "engine", "student", "market",
-    "forest", "lamp", "neighbour", "bridge", "piano", "pilot", "blanket", "harbour", "baker",
-    "station", "candle", "monkey", "library", "captain", "pencil", "orchard", "castle", "sailor",
-    "basket", "tower", "rabbit", "ladder",
-)  # fmt: skip
-_VERBS = (
-    "found", "carried", "painted", "opened", "watched", "remembered", "followed", "cleaned",
-    "visited", "answered", "borrowed", "described", "noticed", "repaired", "counted", "ignored",
-    "admired", "delivered", "covered", "measured",
-)  # fmt: skip
-_INTRANSITIVE = ("waited", "laughed", "arrived", "slept", "travelled", "whispered", "disappeared", "listened")
-_ADVERBS = ("slowly", "quietly", "again", "yesterday", "at last", "twice", "early", "suddenly", "today")
-_PREPOSITIONS = ("near", "behind", "under", "beside", "across", "inside", "above", "beyond", "past")
-_NAMES = ("Anna", "Peter", "Maria", "John", "Clara", "David", "Lucy", "Thomas", "Emma", "Oliver")
-_NUMBERS = ("two", "three", "four", "five", "seven", "ten", "twelve", "twenty", "forty", "a hundred")
-
-
-def _pick(rng: np.random.Generator, words: Sequence[str]) -> str:
-    return words[int(rng.integers(len(words)))]
-
-
-def _noun_phrase(rng: np.random.Generator) -> str:
-    kind = rng.random()
-    if kind < 0.15:
-        return _pick(rng, _NAMES)
-    if kind < 0.25:
-        return f"{_pick(rng, _NUMBERS)} {_pick(rng, _NOUNS)}s"
-    words = [_pick(rng, _ADJECTIVES)] if rng.random() < 0.5 else []
-    words.append(_pick(rng, _NOUNS))
-    determiner = _pick(rng, _DETERMINERS)
-    if determiner == "a" and words[0][0] in "aeiou":
-        determiner = "an"
-    return " ".join([determiner, *words])
-
-
-def sentence(rng: np.random.Generator) -> str:
-    """One random English sentence (8 templates over a few hundred words), capitalised and punctuated."""
-    template = int(rng.integers(8))
-    subject, thing, place = _noun_phrase(rng), _noun_phrase(rng), _noun_phrase(rng)
-    verb, adverb, preposition = _pick(rng, _VERBS), _pick(rng, _ADVERBS), _pick(rng, _PREPOSITIONS)
-    text, end = {
-        0: (f"{subject} {verb} {thing}", "."),
-        1: (f"{subject} {verb} {thing} {preposition} {place}", "."),
-        2: (f"{subject} {_pick(rng, _INTRANSITIVE)} {adverb}", "."),
-        3: (f"why did {subject} leave {thing} {preposition} {place}", "?"),
-        4: (f"{adverb} {subject} {verb} {thing}, and then {_pick(rng, _INTRANSITIVE)}", "."),
-        5: (f"have you seen {thing} {preposition} {place}", "?"),
-        6: (f"I think {subject} {verb} {thing} {adverb}", "."),
-        7: (f"look, {subject} {_pick(rng, _INTRANSITIVE)} {preposition} {place}", "!"),
-    }[template]
-    return text[0].upper() + text[1:] + end
-
-
 # --- talkers: eSpeak NG ---------------------------------------------------------------------------
 
 
@@ -242,7 +176,7 @@ def draw_talkers(rng: np.random.Generator, split: str = "train-100") -> tuple[Ta
     first, second = rng.choice(len(pool), size=2, replace=False)
     return tuple(  # type: ignore[return-value]
         Talker(
-            voice=_pick(rng, VOICES),
+            voice=pick(rng, VOICES),
             variant=pool[int(variant)],
             pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
             speed=int(rng.integers(SPEED[0], SPEED[1] + 1)),
@@ -648,144 +582,3 @@ def write_dataset(
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
-
-
-# --- reading a Libri2Mix-layout folder ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SpeechTrack:
-    """One two-talker mixture of a Libri2Mix-layout folder: mono files of one length and rate.
-
-    Holds no open files, so it pickles into DataLoader workers.
-    """
-
-    name: str
-    mixture: Path
-    sources: tuple[Path, Path]
-    sample_rate: int
-    frames: int
-
-    def read(self, start: int = 0, frames: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mixture, s1, s2), each float32 [frames], ``frames`` frames from ``start`` (-1: to the end)."""
-        out = []
-        for path in (self.mixture, *self.sources):
-            try:
-                audio, rate = sf.read(
-                    sf_name(path), start=start, frames=frames, dtype="float32", always_2d=True
-                )
-            except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-                raise SpeechSynthError(f"{path}: cannot read ({libsndfile_reason(exc)})") from None
-            if rate != self.sample_rate or audio.shape[1] != 1:
-                raise SpeechSynthError(
-                    f"{path}: changed since the dataset was scanned ({rate} Hz, {audio.shape[1]} channels)"
-                )
-            problem = unplayable_problem(path, audio, start, rate)
-            if problem is not None:
-                raise SpeechSynthError(problem)
-            out.append(np.ascontiguousarray(audio[:, 0]))
-        return out[0], out[1], out[2]
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-            columns = set(rows[0]) if rows else set()
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SpeechSynthError(f"{path}: cannot read ({exc})") from None
-    needed = {"mixture_ID", "mixture_path", "source_1_path", "source_2_path"}
-    if not rows:
-        raise SpeechSynthError(f"{path}: lists no mixtures")
-    if not needed <= columns:
-        raise SpeechSynthError(f"{path}: missing the columns {', '.join(sorted(needed - columns))}")
-    return rows
-
-
-def _listed_file(root: Path, split: str, written: str) -> Path:
-    """A path from a metadata CSV: the file of that folder and name under ``root/split`` when it exists
-    (the dataset may have moved since the CSV was written), else the path as written (relative to
-    ``root`` when it is relative)."""
-    path = Path(written)
-    here = root / split / path.parent.name / path.name
-    return here if here.is_file() else root / path
-
-
-def check_speech_layout(root: str | Path, split: str, mixture: str = "mix_both") -> None:
-    """What :func:`find_speech_mixtures` needs first, by name only (no file read, no torch): the root, and
-    ``root/<split>/<mixture>/`` or the split's metadata table. A :class:`SpeechSynthError` if not."""
-    root = Path(root)
-    if mixture not in MIXTURE_KINDS:
-        raise SpeechSynthError(f"mixture must be one of {', '.join(MIXTURE_KINDS)}, not {mixture!r}")
-    if not root.is_dir():
-        raise SpeechSynthError(f"{root}: {'not a folder' if root.exists() else 'no such folder'}")
-    table = root / "metadata" / f"mixture_{split}_{mixture}.csv"
-    folder = root / split / mixture
-    if not table.is_file() and not folder.is_dir():
-        raise SpeechSynthError(
-            f"{folder}: no such folder, and no {table.name} in {table.parent} "
-            f"(expected the Libri2Mix layout {root}/{split}/{{{mixture},s1,s2}}/<ID>.wav)"
-        )
-
-
-def find_speech_mixtures(root: str | Path, split: str, mixture: str = "mix_both") -> list[SpeechTrack]:
-    """The mixtures of ``root/<split>`` (``train-100``, ``train-360``, ``dev``, ``test``), sorted by ID.
-
-    ``mixture`` is the input folder, ``mix_both`` (noisy) or ``mix_clean``; the
-    targets are ``s1`` and ``s2``. The list comes from
-    ``root/metadata/mixture_<split>_<mixture>.csv`` when it exists, else from
-    the files of ``root/<split>/<mixture>/`` that have namesakes in ``s1/`` and
-    ``s2/``. Every file is probed up front (mono, one sample rate and length per
-    mixture), so a broken dataset fails here, naming the file.
-    """
-    root = Path(root)
-    check_speech_layout(root, split, mixture)
-    table = root / "metadata" / f"mixture_{split}_{mixture}.csv"
-    entries: list[tuple[str, Path, Path, Path, int | None]] = []
-    if table.is_file():
-        for number, row in enumerate(_csv_rows(table), 2):
-            length = row.get("length", "")
-            if length and not length.isdigit():
-                raise SpeechSynthError(f"{table}: line {number}: length {length!r} is not a whole number")
-            entries.append(
-                (
-                    row["mixture_ID"],
-                    *(
-                        _listed_file(root, split, row[c])
-                        for c in ("mixture_path", "source_1_path", "source_2_path")
-                    ),
-                    int(length) if length else None,
-                )
-            )
-    else:
-        folder = root / split / mixture
-        files = sorted(p for p in folder.glob("*.wav") if not p.name.startswith("."))
-        if not files:
-            raise SpeechSynthError(f"{folder}: no .wav files")
-        entries = [
-            (p.stem, p, root / split / "s1" / p.name, root / split / "s2" / p.name, None) for p in files
-        ]
-    return sorted((_probe_entry(*entry) for entry in entries), key=lambda t: t.name)
-
-
-def _probe_entry(name: str, mixture: Path, s1: Path, s2: Path, length: int | None) -> SpeechTrack:
-    infos = []
-    for path in (mixture, s1, s2):
-        if not path.is_file():
-            raise SpeechSynthError(f"{path}: missing (mixture {name} needs it)")
-        try:
-            info = probe(path)
-        except AudioError as exc:
-            raise SpeechSynthError(str(exc)) from None
-        if info.channels != 1:
-            raise SpeechSynthError(f"{path}: has {info.channels} channels; speech mixtures are mono")
-        infos.append(info)
-    rates = {info.sample_rate for info in infos}
-    frames = {info.frames for info in infos}
-    if len(rates) > 1 or len(frames) > 1:
-        listing = ", ".join(f"{p.name} in {p.parent.name}/ {i.frames} frames at {i.sample_rate} Hz"
-                            for p, i in zip((mixture, s1, s2), infos, strict=True))  # fmt: skip
-        raise SpeechSynthError(f"mixture {name}: files differ ({listing})")
-    if length is not None and length != infos[0].frames:
-        raise SpeechSynthError(f"{mixture}: {infos[0].frames} frames, but the metadata says {length}")
-    return SpeechTrack(name, mixture, (s1, s2), infos[0].sample_rate, infos[0].frames)

@@ -4,7 +4,7 @@
 ``ROOT/train`` (named by ``ROOT/valid.txt``, else MUSDB18's own 14). Importable
 without torch or numpy, so ``train``, ``finetune`` and ``eval`` refuse a wrong
 folder as a usage error at once, before a model or torch loads;
-:func:`stemsplit.train.data.find_tracks` builds on the same functions and then
+:func:`stemsplit.datasets.musdb.find_tracks` builds on the same functions and then
 probes every stem file.
 """
 
@@ -73,7 +73,7 @@ def track_folders(root: str | Path, subset: str, limit: int | None = None) -> li
 def track_stems(folders: Iterable[Path]) -> tuple[str, ...]:
     """A test set's stems, by file name alone: every ``<stem>.wav`` in any of the track ``folders``
     (``mixture.wav`` and hidden files aside), sorted by name. Every track must then have them all
-    (:func:`stemsplit.train.data.find_tracks` checks): one missing is an error, never a stem skipped.
+    (:func:`stemsplit.datasets.musdb.find_tracks` checks): one missing is an error, never a stem skipped.
     No such file at all is a :class:`DatasetError` naming the first folder."""
     folders = list(folders)
     stems = sorted(

@@ -1,41 +1,11 @@
-"""Scoring separations the way the papers report them: cSDR and uSDR per stem (music); SI-SNRi,
-SDRi and STOI per talker (speech).
+"""Scoring a separator on a test set: MUSDB18-HQ-layout tracks (cSDR and uSDR per stem) or
+Libri2Mix-layout mixtures (SI-SNRi, SDRi and STOI per talker), into a report with the settings the
+numbers were obtained with, written as JSON.
 
-- **uSDR** (utterance-level SDR, the MDX Challenge 2021 metric): one SNR-style
-  number per track and stem over the whole song; the reported figure is the
-  mean over tracks.
-- **cSDR** (chunk-level SDR, SiSEC 2018): BSSEval v4 from the ``museval``
-  package on 1 s frames; the median over a track's frames, then the median
-  over tracks. Frames where a reference is silent are NaN and ignored, as in
-  museval's own aggregation.
-
-Speech (U-Mamba-Net's Tables III-V), per mixture and talker, the outputs matched
-to the talkers in the order of the best mean SI-SNR (as in training), then the
-mean over talkers and mixtures:
-
-- **SI-SNRi**: SI-SNR of the estimate minus SI-SNR of the mixture, both against
-  the talker (:func:`stemsplit.train.losses.si_snr`);
-- **SDRi**: the same with BSSEval's SDR (``museval``, the ``bss_eval_sources``
-  variant of v3 with 512-tap distortion filters, over the whole mixture);
-- **STOI** of the estimate (0-1), when ``pystoi`` is installed.
-
-Songs are separated with the :class:`~stemsplit.separate.Separator` as given (``stemsplit eval``
-gives it the model's own window and hop unless told otherwise; TS-BSMamba2's are the paper's
-protocol, 3 s windows every 0.5 s).
-
-**Stems** (:func:`match_stems`): each stem the model and the test set both have is scored,
-with one exception. MUSDB18's ``other`` is everything that is not drums, bass or vocals, so it
-holds the guitar and piano that htdemucs_6s gives apart, and that model's own other lacks them:
-scored alone against MUSDB's other it would be marked down for what its guitar and piano stems
-got right. So when the model's other is the rest of the song
-(:func:`stemsplit.card.other_is_the_rest`) and either side has stems the other lacks, ``other``
-is scored as the rest of the song on both sides: the model's other plus its stems the test set
-lacks (htdemucs_6s on MUSDB18-HQ: other + guitar + piano), against the test set's other plus
-its stems the model lacks (a 4-stem model on a 6-stem test set: other + guitar + piano). The
-figures then compare with those of any model on the same test set (``benchmarks/compare_evals.py``),
-and the report says what was summed (``settings.other_scored_as``). Otherwise a stem only one
-side has is not scored, and the report says so (``settings.not_scored``); both go in its
-``notes`` and under the table.
+The metrics are :mod:`stemsplit.evaluate.metrics`; which stems are scored against which is
+:func:`stemsplit.evaluate.stems.match_stems`. Songs are separated with the
+:class:`~stemsplit.separate.Separator` as given (``stemsplit eval`` gives it the model's own window and
+hop unless told otherwise; TS-BSMamba2's are the paper's protocol, 3 s windows every 0.5 s).
 """
 
 from __future__ import annotations
@@ -44,175 +14,37 @@ import importlib.metadata
 import importlib.util
 import json
 import math
-import sys
 import time
-import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..card import OTHER, other_is_the_rest
 from ..files import write_atomically
 from ..separate import Separator
+from .metrics import csdr, speech_scores, usdr
+from .stems import StemMatch, match_stems, separator_other_is_the_rest
 
 __all__ = [
     "EvalReport",
     "SpeechReport",
     "SpeechScores",
-    "StemMatch",
     "TrackScores",
-    "csdr",
     "evaluate_speech",
     "evaluate_tracks",
-    "match_stems",
-    "speech_scores",
-    "usdr",
     "write_report",
 ]
 
 # How the numbers were obtained, recorded in every report.
 CSDR_METHOD = "BSSEval v4 (museval {}) on 1 s frames: median over frames, then over tracks"
 USDR_METHOD = "MDX 2021 SDR of the whole track: mean over tracks"
-MUSEVAL_INSTALL = "pip install museval (or 'stemsplit[train]')"
 SDRI_METHOD = "BSSEval bss_eval_sources (museval {}), whole mixture, 512-tap filters: estimate minus mixture"
 SI_SNRI_METHOD = (
     "SI-SNR (zero-mean) of the estimate minus that of the mixture; outputs matched by best mean SI-SNR"
 )
 STOI_METHOD = "pystoi {} of the estimate"
-
-
-def usdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-7) -> float:
-    """Utterance-level SDR in dB over all channels and samples (MDX 2021).
-
-    ``eps`` keeps a perfect estimate finite, and a silent stem finite (0 dB when estimated as silence).
-    """
-    reference = np.asarray(reference, dtype=np.float64)
-    error = reference - np.asarray(estimate, dtype=np.float64)
-    return float(10 * np.log10((np.sum(reference**2) + eps) / (np.sum(error**2) + eps)))
-
-
-def _museval() -> types.ModuleType:
-    """Import museval, also where ffmpeg is not installed.
-
-    museval imports musdb, which imports stempeg, which raises at import time
-    when ffmpeg is not on PATH; BSSEval itself needs only numpy and scipy, and
-    stempeg only decodes ``.stem.mp4`` files, which we never read. So on that
-    error a placeholder stempeg stands in for the import alone.
-    """
-    try:
-        import museval
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(f"cSDR needs museval: {MUSEVAL_INSTALL}", name=exc.name) from None
-    except RuntimeError as exc:
-        if "ffmpeg" not in str(exc):
-            raise
-        placeholder = types.ModuleType("stempeg")
-        sys.modules["stempeg"] = placeholder
-        try:
-            import museval
-        finally:
-            if sys.modules.get("stempeg") is placeholder:
-                del sys.modules["stempeg"]
-    return museval
-
-
-def _silent(sources: np.ndarray) -> np.ndarray:
-    """Per source [S, samples, ...]: silent throughout, by museval's own test (which then refuses)."""
-    return np.all(np.sum(sources, axis=tuple(range(2, sources.ndim))) == 0, axis=1)
-
-
-def csdr(references: np.ndarray, estimates: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Chunk-level SDR per stem of one track: references, estimates [S, samples, channels] -> [S] dB.
-
-    museval's BSSEval v4 on 1 s frames, then per stem the median over frames
-    that are not NaN (NaN where no frame is scorable). museval refuses a track
-    with a stem silent throughout (an instrumental's vocals): that stem is NaN,
-    as its silent frames would be, and the others are scored without it (a
-    stem's SDR involves only its own reference and estimate).
-    """
-    scores = np.full(len(references), np.nan)
-    kept = ~(_silent(references) | _silent(estimates))
-    if not kept.any():
-        return scores
-    sdr = _museval().evaluate(references[kept], estimates[kept], win=sample_rate, hop=sample_rate)[0]
-    for i, frames in zip(np.flatnonzero(kept), sdr, strict=True):
-        frames = frames[~np.isnan(frames)]
-        if len(frames):
-            scores[i] = np.median(frames)
-    return scores
-
-
-@dataclass(frozen=True)
-class StemMatch:
-    """How a model's stems are scored against a test set's (see :func:`match_stems`).
-
-    scored: the stems scored, in the model's order.
-    estimate, reference: scored stem -> the model's / the test set's stems summed for it (the stem
-        alone, but for ``other`` scored as the rest of the song).
-    unscored_model, unscored_test: the stems of either side that go into no score.
-    """
-
-    scored: tuple[str, ...]
-    estimate: dict[str, tuple[str, ...]]
-    reference: dict[str, tuple[str, ...]]
-    unscored_model: tuple[str, ...] = ()
-    unscored_test: tuple[str, ...] = ()
-
-    def summed(self) -> dict[str, dict[str, list[str]]]:
-        """The scored stems that are sums of stems: {stem: {"model": [...], "test_set": [...]}}."""
-        return {
-            stem: {"model": list(self.estimate[stem]), "test_set": list(self.reference[stem])}
-            for stem in self.scored
-            if (self.estimate[stem], self.reference[stem]) != ((stem,), (stem,))
-        }
-
-    def notes(self) -> list[str]:
-        """One line for each way the scores differ from "each stem against the same stem"."""
-        lines = [
-            f"{stem} is scored as the rest of the song: the model's {' + '.join(self.estimate[stem])} "
-            f"against the test set's {' + '.join(self.reference[stem])}"
-            for stem in self.summed()
-        ]
-        for whose, stems, why in (
-            ("the model's", self.unscored_model, "the test set has no such stem"),
-            ("the test set's", self.unscored_test, "the model gives no such stem"),
-        ):
-            if stems:
-                lines.append(f"not scored: {whose} {', '.join(stems)} ({why})")
-        return lines
-
-
-def match_stems(model: Sequence[str], test_set: Sequence[str], rest: bool) -> StemMatch:
-    """What to score when a model of stems ``model`` separates a test set of stems ``test_set``.
-
-    Each stem both have is scored against itself. When ``rest`` (the model's ``other`` is the rest
-    of the song: :func:`stemsplit.card.other_is_the_rest`) and both have ``other``, the stems only
-    one side has go into ``other`` on that side: 6 stems on MUSDB18-HQ score the model's
-    other + guitar + piano against MUSDB's other (the module says why). Otherwise they are not scored.
-    """
-    common = tuple(s for s in model if s in test_set)
-    model_only = tuple(s for s in model if s not in test_set)
-    test_only = tuple(s for s in test_set if s not in model)
-    estimate = {s: (s,) for s in common}
-    reference = {s: (s,) for s in common}
-    if rest and OTHER in common:
-        estimate[OTHER] += model_only
-        reference[OTHER] += test_only
-        model_only = test_only = ()
-    return StemMatch(common, estimate, reference, model_only, test_only)
-
-
-def separator_other_is_the_rest(separator: Any) -> bool:
-    """Whether the ``other`` of a Separator (or an ensemble: of each member that gives one) is the rest
-    of the song (:func:`stemsplit.card.other_is_the_rest`); a stand-in without a card is read by its
-    stems."""
-    givers = [m for m in getattr(separator, "members", [separator]) if OTHER in m.stems]
-    return bool(givers) and all(
-        other_is_the_rest(m.stems, getattr(getattr(m, "card", None), "rest_stem", None)) for m in givers
-    )
 
 
 @dataclass
@@ -312,7 +144,7 @@ def evaluate_tracks(
     A track is anything with ``name``, ``sample_rate``, ``read_mixture()`` and
     ``read(stem)`` (audio [channels, frames]); when it also has ``stems`` (all
     the test set's), those are the test set's stems, else the model's. The
-    tracks share one set of stems (:func:`stemsplit.train.data.find_tracks`
+    tracks share one set of stems (:func:`stemsplit.datasets.musdb.find_tracks`
     checks). ``compute_csdr=False`` skips BSSEval (slow; uSDR alone is enough
     for validation during training).
     """
@@ -408,58 +240,6 @@ def _track_line(index: int, scores: TrackScores) -> str:
 # --- speech ---------------------------------------------------------------------------------------
 
 
-def _bss_sdr(references: np.ndarray, estimates: np.ndarray) -> np.ndarray:
-    """BSSEval SDR of each estimate [S, samples] against its reference, whole signals -> [S] dB;
-    all NaN where a talker or an output is silent throughout (museval refuses those)."""
-    if _silent(references[..., None]).any() or _silent(estimates[..., None]).any():
-        return np.full(len(references), np.nan)
-    sdr, _isr, _sir, _sar, _perm = _museval().metrics.bss_eval(
-        references[..., None].astype(np.float64),
-        estimates[..., None].astype(np.float64),
-        window=np.inf,
-        hop=np.inf,
-        bsseval_sources_version=True,
-    )
-    return sdr[:, 0]
-
-
-def speech_scores(
-    mixture: np.ndarray,
-    references: np.ndarray,
-    estimates: np.ndarray,
-    sample_rate: int,
-    compute_sdr: bool = True,
-    compute_stoi: bool = False,
-) -> dict[str, list[float]]:
-    """Scores of one mixture [samples], its talkers [S, samples] and the outputs [S, samples].
-
-    The outputs are put in the talkers' order first (best mean SI-SNR). Returns metric -> one value
-    per talker: ``si_snri`` (dB), ``sdri`` (dB, NaN with a silent talker) with ``compute_sdr``,
-    ``stoi`` with ``compute_stoi``.
-    """
-    import torch
-
-    from .losses import pit_si_snr, si_snr
-
-    refs = torch.from_numpy(np.asarray(references, dtype=np.float64))
-    _best, order = pit_si_snr(torch.from_numpy(np.asarray(estimates, dtype=np.float64))[None], refs[None])
-    estimates = np.asarray(estimates, dtype=np.float64)[order[0].numpy()]
-    mix = np.broadcast_to(np.asarray(mixture, dtype=np.float64), estimates.shape)
-    ests = torch.from_numpy(estimates)
-    gained = si_snr(ests, refs) - si_snr(torch.from_numpy(mix.copy()), refs)
-    scores = {"si_snri": gained.tolist()}
-    if compute_sdr:
-        references = refs.numpy()
-        scores["sdri"] = (_bss_sdr(references, estimates) - _bss_sdr(references, mix)).tolist()
-    if compute_stoi:
-        from pystoi import stoi
-
-        scores["stoi"] = [
-            float(stoi(r, e, sample_rate)) for r, e in zip(refs.numpy(), estimates, strict=True)
-        ]
-    return scores
-
-
 @dataclass
 class SpeechScores:
     """One mixture's scores: metric -> one value per talker (NaN: not scorable)."""
@@ -504,7 +284,7 @@ def evaluate_speech(
 ) -> SpeechReport:
     """Separate each two-talker mixture and score it (:func:`speech_scores`).
 
-    ``mixtures`` are :class:`~stemsplit.train.speech_synth.SpeechTrack` s (``name``,
+    ``mixtures`` are :class:`~stemsplit.datasets.libri2mix.SpeechTrack` s (``name``,
     ``sample_rate``, ``read()`` -> mixture, s1, s2). ``compute_stoi`` None: when pystoi imports.
     """
     progress = progress or (lambda text: None)
@@ -517,7 +297,7 @@ def evaluate_speech(
         separated = separator.separate(mixture, track.sample_rate)  # {speaker: [1, samples]}
         estimates = np.stack([separated[name][0] for name in separator.stems])
         if len(estimates) != len(talkers):
-            from .data import DatasetError
+            from ..datasets.musdb_layout import DatasetError
 
             raise DatasetError(
                 f"{track.mixture}: {len(talkers)} talkers, but the model gives {len(estimates)}"

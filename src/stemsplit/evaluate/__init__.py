@@ -1,0 +1,1 @@
+"""Scoring separations as the papers report them (``stemsplit eval`` and validation during training)."""
