@@ -214,10 +214,8 @@ class SongWorker:
             from .batch import DoneRecords
 
             self.records = DoneRecords(args["out"], _settings(self.separator, job.options, args, chosen))
-            per_batch = args.get("songs_per_batch") or 1
-            self.pool = None
-            if per_batch > 1:
-                self.pool = self.separator.pool_windows(self.separator.batch_size * per_batch)
+            songs = args.get("songs_per_batch") or 1
+            self.pool = self.separator.pool_windows(songs) if songs > 1 else None
         except Exception as exc:  # any reason at all: the driver reports it, once, and stops
             self.problem = one_line(str(exc)) or type(exc).__name__
         if self.problem:

@@ -626,7 +626,7 @@ def load_separator(
     return Ensemble(list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **settings)
 
 
-def _ray_argument(args: dict[str, Any], batch: bool) -> Any:
+def _ray_argument(args: dict[str, Any], batch: bool, ensemble: Any) -> Any:
     """--ray and its flags checked before anything runs (Ray is not imported): a
     :class:`~stemsplit.cli_ray.RayOptions`, or None without --ray."""
     from .cli_ray import RayOptions, ray_problem
@@ -645,6 +645,9 @@ def _ray_argument(args: dict[str, Any], batch: bool) -> Any:
         return None
     if not batch:
         raise UsageError("--ray: runs a batch of folders; use stemsplit batch FOLDER --ray")
+    if (args.get("songs_per_batch") or 1) > 1 and (ensemble is not None or args["exact"]):
+        why = "an ensemble's models run" if ensemble is not None else "--exact measures"
+        raise UsageError(f"--songs-per-batch: {why} one song's windows at a time; leave it at 1")
     if problem := ray_problem():
         raise UsageError(f"--ray: {problem}")
     try:
@@ -692,7 +695,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     msst = _msst_config(args.get("model_config"), args["model"])
     shard = _shard_argument(args.get("shard"), batch, task)
     report = _report_argument(args.get("report"), args, ensemble)
-    ray = _ray_argument(args, batch)
+    ray = _ray_argument(args, batch, ensemble)
     if args["window"] is None and hop is not None and ensemble is None:  # the hop must fit the window
         try:
             check_settings(_window_before_loading(args, msst, task), hop, None, None, None)
