@@ -40,6 +40,7 @@ import importlib.util
 import math
 import os
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -55,6 +56,7 @@ __all__ = ["MAX_ATTEMPTS", "RayOptions", "SongWorker", "WorkerJob", "ray_problem
 MAX_ATTEMPTS = 3  # workers that may die under one song before it is reported failed
 CANCEL_SECONDS = 30.0  # after Ctrl-C, how long workers get to drop their songs' temporaries
 INSTALL = "pip install 'stemsplit-cli[ray]'"
+_SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
 
 
 def ray_problem() -> str | None:
@@ -298,17 +300,23 @@ def _start_ray(address: str | None, reporter: Reporter) -> None:
 
     from .settings import SeparationError
 
+    # ray.init installs a SIGTERM handler of its own: ours (Ctrl-C's cleanup for SIGTERM too) goes back
+    handlers = {s: signal.getsignal(s) for s in _SIGNALS}
     try:
         ray.init(
             address=address or "local",
             include_dashboard=False,
             log_to_driver=False,  # the workers' results come back as lines of ours
-            logging_level=logging.WARNING,
+            logging_level=logging.ERROR,  # not its notices: our lines say what it does
             configure_logging=True,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the cluster at {address}" if address else "a local cluster"
         raise SeparationError(f"--ray: could not start or join {where}: {one_line(str(exc))}") from None
+    finally:
+        for number, handler in handlers.items():
+            if handler is not None:  # None: not installed from Python, nothing to put back
+                signal.signal(number, handler)
     resources = ray.cluster_resources()
     reporter.line(
         f"--ray: {'joined ' + address if address else 'a local cluster'}: "
