@@ -259,3 +259,34 @@ def test_songs_batched_together_get_a_plain_batchs_stems(cluster, music, plain, 
     for name in expected_files():  # the same up to the rounding of batched arithmetic (and of 24 bits)
         ours, theirs = sf.read(out / name)[0], sf.read(plain / name)[0]
         assert np.abs(ours - theirs).max() < 1e-4, name
+
+
+@pytest.mark.parametrize(
+    "flags, cluster, device, songs, expected",
+    [
+        ({}, {"CPU": 16}, "auto", 100, (16, 1, 0)),  # a core each
+        ({}, {"CPU": 16, "GPU": 4}, "auto", 100, (4, 1, 1)),  # a GPU each
+        ({}, {"CPU": 16, "GPU": 4}, "cpu", 100, (16, 1, 0)),
+        ({"gpus_per_worker": 0.5}, {"CPU": 16, "GPU": 4}, "auto", 100, (8, 1, 0.5)),
+        ({"cpus_per_worker": 4}, {"CPU": 16}, "auto", 100, (4, 4, 0)),
+        ({"workers": 3}, {"CPU": 16}, "auto", 100, (3, 1, 0)),
+        ({}, {"CPU": 16}, "auto", 5, (5, 1, 0)),  # never more workers than songs
+        ({"songs_per_batch": 4}, {"CPU": 16}, "auto", 10, (3, 1, 0)),  # ... than songs to fill them
+    ],
+)
+def test_workers_fit_the_cluster(flags, cluster, device, songs, expected):
+    from stemsplit.cli_ray import RayOptions
+
+    keys = ("workers", "cpus_per_worker", "gpus_per_worker", "songs_per_batch")
+    options = RayOptions.checked(None, *(flags.get(key) for key in keys), device)
+    assert options.resolved(cluster, device, songs) == expected
+
+
+def test_a_worker_larger_than_the_cluster_is_a_usage_error(cluster, music, tmp_path):
+    result = cli("batch", music, "-o", tmp_path / "stems", *DEMO, "--ray", "--ray-address", "auto",
+                 "--gpus-per-worker", "1", "--device", "auto")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "stemsplit: error: --gpus-per-worker: 1 a worker, and the Ray cluster has 0 GPUs in all"
+    )
+    assert files_under(tmp_path / "stems") == []

@@ -49,7 +49,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from .cli_common import one_line
-from .cli_separate import Reporter, Song, _separate_one, _settings, _summary, load_separator
+from .cli_separate import (
+    Reporter,
+    Song,
+    UsageError,
+    _separate_one,
+    _settings,
+    _summary,
+    load_separator,
+)
 
 __all__ = ["MAX_ATTEMPTS", "RayOptions", "SongWorker", "WorkerJob", "ray_problem", "separate_on_ray"]
 
@@ -105,12 +113,19 @@ class RayOptions:
         """(workers, CPUs and GPUs per worker) on a cluster with ``cluster`` resources, for ``songs`` songs.
 
         GPUs: one per worker where the cluster has any (unless ``--device cpu``); workers: as many as
-        the cluster holds, never more than there are songs to give them.
+        the cluster holds, never more than there are songs to give them. A worker larger than the
+        whole cluster would wait for ever: ``ValueError`` naming the flag.
         """
         gpus = self.gpus_per_worker
         if gpus is None:
             gpus = 1.0 if cluster.get("GPU", 0) > 0 and device != "cpu" else 0.0
         cpus = self.cpus_per_worker or 1.0
+        for flag, wanted, kind in (("--gpus-per-worker", gpus, "GPU"), ("--cpus-per-worker", cpus, "CPU")):
+            have = cluster.get(kind, 0)
+            if wanted > have:
+                raise ValueError(
+                    f"{flag}: {wanted:g} a worker, and the Ray cluster has {have:g} {kind}s in all"
+                )
         workers = self.workers
         if workers is None:
             fits = cluster.get("GPU", 0) / gpus if gpus else cluster.get("CPU", 1) / cpus
@@ -279,10 +294,15 @@ def separate_on_ray(run: list[Song], job: WorkerJob, options: RayOptions, report
     if started_here:
         _start_ray(options.address, reporter)
     try:
+        try:  # a worker larger than the whole cluster would wait for ever
+            to_send = sum(song.status != "failed" for song in run)
+            workers = options.resolved(ray.cluster_resources(), job.args["device"], to_send)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         with reporter:
             reporter.begin_all(len(run))
             try:
-                _schedule(ray, run, job, options, reporter, song_path_key)
+                _schedule(ray, run, job, options, workers, reporter, song_path_key)
             except BaseException:
                 reporter.end_report(interrupted=True)
                 raise
@@ -325,10 +345,16 @@ def _start_ray(address: str | None, reporter: Reporter) -> None:
 
 
 def _schedule(
-    ray: Any, run: list[Song], job: WorkerJob, options: RayOptions, reporter: Reporter, key_of
+    ray: Any,
+    run: list[Song],
+    job: WorkerJob,
+    options: RayOptions,
+    workers: tuple[int, float, float],
+    reporter: Reporter,
+    key_of: Any,
 ) -> None:
-    from .settings import SeparationError
-
+    """Give the songs to ``workers`` (how many, CPUs and GPUs each), a song to a free slot, until each is
+    done, skipped or failed."""
     for song in run:  # failed the driver's checks (probe, channels): reported, never sent
         if song.status == "failed":
             reporter.song_facts = {}
@@ -338,85 +364,120 @@ def _schedule(
     queue = deque(_Attempt(s, secrets.token_hex(8), (), 0.0) for s in run if s.status != "failed")
     if not queue:
         return
-    count, cpus, gpus = options.resolved(ray.cluster_resources(), job.args["device"], len(queue))
-    per_worker = options.songs_per_batch or 1
-    remote = ray.remote(SongWorker).options(
-        num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_concurrency=per_worker
-    )
-    names = iter(f"SongWorker-{k}" for k in range(1, 1 << 30))
-    workers: list[Any] = []
+    count, cpus, gpus = workers
+    pool = _Workers(ray, job, cpus, gpus, options.songs_per_batch or 1)
     for _ in range(count):
-        name = next(names)
-        workers.append(remote.remote(job, name))
+        pool.start()
     reporter.line(f"--ray: {count} workers ({cpus:g} CPU, {gpus:g} GPU each), {len(queue)} songs")
-    free = {id(w): per_worker for w in workers}
-    handles = {id(w): w for w in workers}
-    in_flight: dict[Any, tuple[Any, _Attempt]] = {}
     try:
-        while queue or in_flight:
-            for wid, slots in list(free.items()):
-                while slots and queue:
-                    attempt = queue.popleft()
-                    attempt.started = time.perf_counter()
-                    ref = handles[wid].separate.remote(attempt.song, attempt.token, attempt.dead)
-                    in_flight[ref] = (wid, attempt)
-                    slots -= 1
-                free[wid] = slots
-            [ref], _ = ray.wait(list(in_flight), num_returns=1)
-            wid, attempt = in_flight.pop(ref)
+        while queue or pool.in_flight:
+            pool.submit(queue)
+            attempt, result = pool.next_result(queue, reporter)
+            if result is None:  # its worker died: the song is queued again (or failed, after MAX_ATTEMPTS)
+                continue
             song = attempt.song
-            try:
-                result = ray.get(ref)
-            except (
-                ray.exceptions.RayActorError
-            ) as exc:  # the worker died under the song: another one takes it
-                free.pop(wid, None)
-                ray.kill(handles.pop(wid), no_restart=True)
-                worker = remote.remote(job, next(names))
-                handles[id(worker)], free[id(worker)] = worker, per_worker
-                dead = (*attempt.dead, attempt.token)
-                if len(dead) < MAX_ATTEMPTS:
-                    queue.appendleft(_Attempt(song, secrets.token_hex(8), dead, 0.0))
-                    reporter.line(f"{song.outputs.source.path}: its worker died; trying again on another")
-                    continue
-                why = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                song.status = "failed"
-                song.details = f"{song.outputs.source.path}: {len(dead)} workers died separating it ({why})"
-                result = {"events": [], "facts": {}, "seconds": time.perf_counter() - attempt.started}
-                reporter.error(song.details, source=str(song.outputs.source.path))
-            except ray.exceptions.RayTaskError as exc:  # a bug of ours in the worker: the song fails, once
-                free[wid] += 1
-                song.status, song.details = "failed", f"{song.outputs.source.path}: {one_line(str(exc))}"
-                result = {"events": [], "facts": {}, "seconds": time.perf_counter() - attempt.started}
-                reporter.error(song.details, source=str(song.outputs.source.path))
-            else:
-                free[wid] += 1
-                if result.get("problem"):  # the worker's model: no song will run there; stop the run
-                    raise SeparationError(result["problem"])
-                song.status, song.details = result["status"], result["details"]
-                for event in result["events"]:
-                    if event["event"] == "error":  # printed here, as a plain run prints it
-                        fields = {k: v for k, v in event.items() if k not in ("event", "message")}
-                        reporter.error(event["message"], **fields)
-                    else:
-                        reporter.emit(event)
             reporter.song_facts = result["facts"]
             where = {**result.get("where", {}), "attempts": len(attempt.dead) + 1}
             reporter.report_song(song, result["seconds"], key_of(song.outputs.source), where=where)
             reporter.end_song()
     except BaseException:
-        _stop(ray, in_flight, list(handles.values()))
+        pool.stop()
         raise
-    for worker in handles.values():
-        ray.kill(worker, no_restart=True)
+    pool.stop()
 
 
-def _stop(ray: Any, in_flight: dict[Any, tuple[Any, _Attempt]], workers: list[Any]) -> None:
-    """Ctrl-C, or the run failed: cancel the songs in flight (each worker drops its song's temporaries and
-    releases its claim at its next batch of windows), wait for that a while, then kill the workers."""
-    for ref in in_flight:
-        ray.cancel(ref)
-    if in_flight:
-        ray.wait(list(in_flight), num_returns=len(in_flight), timeout=CANCEL_SECONDS)
-    for worker in workers:
-        ray.kill(worker, no_restart=True)
+class _Workers:
+    """The run's workers, their free slots and the songs in flight on them."""
+
+    def __init__(self, ray: Any, job: WorkerJob, cpus: float, gpus: float, songs_each: int) -> None:
+        self.ray, self.job, self.songs_each = ray, job, songs_each
+        # No restarts: a worker that died is replaced by a new one, which Ray places where it fits.
+        self.remote = ray.remote(SongWorker).options(
+            num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_concurrency=songs_each
+        )
+        self.handles: dict[int, Any] = {}
+        self.free: dict[int, int] = {}  # worker -> songs it may take now
+        self.in_flight: dict[Any, tuple[int, _Attempt]] = {}  # call -> (worker, attempt)
+        self.started = 0
+
+    def start(self) -> None:
+        self.started += 1
+        worker = self.remote.remote(self.job, f"SongWorker-{self.started}")
+        self.handles[id(worker)], self.free[id(worker)] = worker, self.songs_each
+
+    def submit(self, queue: deque[_Attempt]) -> None:
+        for worker, slots in self.free.items():
+            while slots and queue:
+                attempt = queue.popleft()
+                attempt.started = time.perf_counter()
+                call = self.handles[worker].separate.remote(attempt.song, attempt.token, attempt.dead)
+                self.in_flight[call] = (worker, attempt)
+                slots -= 1
+            self.free[worker] = slots
+
+    def next_result(
+        self, queue: deque[_Attempt], reporter: Reporter
+    ) -> tuple[_Attempt, dict[str, Any] | None]:
+        """Wait for the next song to come back: (its attempt, what became of it), the song's status and
+        details set and its events passed on. None: its worker died, and the song is queued again."""
+        from .settings import SeparationError
+
+        ray = self.ray
+        [call], _ = ray.wait(list(self.in_flight), num_returns=1)
+        worker, attempt = self.in_flight.pop(call)
+        song = attempt.song
+        failed = {"events": [], "facts": {}, "seconds": time.perf_counter() - attempt.started}
+        try:
+            result = ray.get(call)
+        except ray.exceptions.RayActorError as exc:
+            if getattr(exc, "actor_init_failed", False):  # stemsplit missing on a node, say: no song will run
+                raise SeparationError(f"--ray: a worker could not start: {_first_line(exc)}") from None
+            # the worker died under the song (killed, out of memory, its node lost): another takes it
+            self.free.pop(worker)
+            ray.kill(self.handles.pop(worker), no_restart=True)
+            dead = (*attempt.dead, attempt.token)
+            if len(dead) < MAX_ATTEMPTS:
+                queue.appendleft(_Attempt(song, secrets.token_hex(8), dead, 0.0))
+                reporter.line(f"{song.outputs.source.path}: its worker died; trying again on another")
+            if queue:
+                self.start()
+            if len(dead) < MAX_ATTEMPTS:
+                return attempt, None
+            why = _first_line(exc)
+            song.status = "failed"
+            song.details = f"{song.outputs.source.path}: {len(dead)} workers died separating it ({why})"
+            reporter.error(song.details, source=str(song.outputs.source.path))
+            return attempt, failed
+        except ray.exceptions.RayTaskError as exc:  # a bug of ours in the worker: the song fails, once
+            self.free[worker] += 1
+            song.status, song.details = "failed", f"{song.outputs.source.path}: {one_line(str(exc))}"
+            reporter.error(song.details, source=str(song.outputs.source.path))
+            return attempt, failed
+        self.free[worker] += 1
+        if result.get("problem"):  # the worker's model: no song will run there; stop the run
+            raise SeparationError(result["problem"])
+        song.status, song.details = result["status"], result["details"]
+        for event in result["events"]:
+            if event["event"] == "error":  # printed here, as a plain run prints it
+                fields = {k: v for k, v in event.items() if k not in ("event", "message")}
+                reporter.error(event["message"], **fields)
+            else:
+                reporter.emit(event)
+        return attempt, result
+
+    def stop(self) -> None:
+        """The run is over, or stopped (Ctrl-C, a worker's model): the songs in flight are cancelled
+        (each worker drops its song's temporaries and releases its claim at its next batch of windows),
+        given :data:`CANCEL_SECONDS` for that, then every worker is killed."""
+        ray = self.ray
+        for call in self.in_flight:
+            ray.cancel(call)
+        if self.in_flight:
+            ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=CANCEL_SECONDS)
+        for worker in self.handles.values():
+            ray.kill(worker, no_restart=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return one_line(lines[0]) if lines else type(exc).__name__
