@@ -36,6 +36,7 @@ when ``--ray`` is given.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -56,6 +57,7 @@ from .cli_separate import (
     _separate_one,
     _settings,
     _summary,
+    _wanted_stems,
     load_separator,
 )
 
@@ -223,7 +225,8 @@ class SongWorker:
             self.separator = load_separator(
                 args, job.ensemble, job.msst, self.reporter.on_event, args["device"], self.reporter
             )
-            chosen = self.separator.output_stems(args["stems"] and _names(args["stems"]), args["two_stems"])
+            wanted = _wanted_stems(args["stems"], args["two_stems"])
+            chosen = self.separator.output_stems(wanted, args["two_stems"], args["residual"])
             if chosen != job.stems:
                 self.problem = f"its model gives {', '.join(chosen)}, not {', '.join(job.stems)}"
             elif self.separator.fingerprint() != job.fingerprint:
@@ -238,9 +241,6 @@ class SongWorker:
         if self.problem:
             self.problem = f"--ray: worker {name} on {self.where['host']}: {self.problem}"
 
-    def ready(self) -> dict[str, Any]:
-        return {"problem": self.problem, **self.where}
-
     def separate(self, song: Song, token: str, dead: tuple[str, ...]) -> dict[str, Any]:
         """Separate one song (or skip it, or fail it) as a plain batch does; what became of it."""
         if self.problem:
@@ -248,7 +248,7 @@ class SongWorker:
         self.reporter.begin()
         started = time.perf_counter()
         args = self.job.args
-        with self.pool.song() if self.pool is not None else _nothing():
+        with self.pool.song() if self.pool is not None else contextlib.nullcontext():
             _separate_one(
                 self.separator, song, self.job.options, args, self.records, self.reporter, args["out"],
                 claim_token=token, dead_claims=dead,
@@ -261,18 +261,6 @@ class SongWorker:
             "seconds": time.perf_counter() - started,
             "where": self.where,
         }
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _names(stems: str) -> list[str]:
-    return [s.strip() for s in stems.split(",") if s.strip()]
 
 
 @dataclass

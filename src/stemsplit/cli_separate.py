@@ -14,7 +14,9 @@ step 4:
 2. inputs: the files named, or the songs under the folders (``batch``);
 3. the plan: every output path of every song, checked (inside ``-o``, no two
    songs on one file), then every input probed (a bad file fails alone, exit 1);
-4. the model, then the songs, one by one, each committed all together.
+4. the model, then the songs, one by one, each committed all together (``batch --ray``: the songs go
+   to Ray workers, each with its own copy of the model, :mod:`stemsplit.cli_ray`; this module imports
+   that one only then).
 
 The work is in :mod:`stemsplit.separate` (engine), :mod:`stemsplit.output`
 (plan, writer) and :mod:`stemsplit.batch` (folders, manifests, claims).
