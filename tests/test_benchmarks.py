@@ -29,6 +29,23 @@ def test_bench_separate_smoke(tmp_path):
     assert "Mamba-2 backend: portable" in result.stdout
 
 
+def test_bench_songs_per_batch_smoke(tiny_checkpoint):
+    """Cross-song batching's benchmark: K songs' windows share calls, and the stems are K = 1's."""
+    result = python(
+        ROOT / "benchmarks" / "bench_songs_per_batch.py",
+        *("--model", tiny_checkpoint, "--songs", "3", "--seconds", "1.5", "--window", "1", "--hop", "0.5"),
+        *("--batch-size", "2", "--songs-per-batch", "1", "3"),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row[0].strip() for row in rows] == ["1", "3"]
+    per_call = [float(row[4]) for row in rows]
+    assert per_call[0] <= 2.0 and per_call[1] > per_call[0]  # one song's batches hold 2 at most
+    assert all(float(row[5]) < 1e-4 for row in rows)
+    assert result.stdout.startswith("machine: ")  # the figures name the machine they were measured on
+
+
 def test_teacher_labels_counts_the_crops_where_a_stem_is_truly_absent(tmp_path):
     """A 12 s song whose vocals stop after 6 s: crops (1.5 s, inside 6 s salient segments every 3 s)
     lie wholly in the silent half about 4 times in 9; the other stems never stop, and none plays alone."""

@@ -280,3 +280,51 @@ def test_compiled_network_compiles_once_and_agrees():
     assert [e["event"] for e in events].count("compiled") == 1
     for name, stem in eager.items():
         assert np.abs(compiled[name] - stem).max() <= 1e-4 * np.abs(stem).max()
+
+
+def test_window_pool_batches_songs_together_and_gives_each_its_own_stems():
+    """Songs separated at once in threads (stemsplit batch --ray --songs-per-batch): their windows go
+    through the network in shared calls, a mono song's never with a stereo song's, and each song gets the
+    stems it gets alone (the stand-in network is per-sample, so exactly)."""
+    import threading
+
+    from helpers import StubConfig, StubNet
+
+    def separator() -> Separator:
+        return Separator(StubNet(StubConfig()).eval(), window=1.0, hop=0.5, batch_size=2, device="cpu")
+
+    songs = [music(2.0), music(1.3), music(3.1), music(1.7, channels=1)]
+    alone = [separator().separate(audio.T, RATE) for audio in songs]
+
+    pooled = separator()
+    pool = pooled.pool_windows(len(songs))
+    calls: list[tuple[int, ...]] = []
+    pooled.model.register_forward_hook(lambda module, inputs, output: calls.append(tuple(inputs[0].shape)))
+    results: list = [None] * len(songs)
+
+    def run(k: int) -> None:
+        with pool.song():
+            results[k] = pooled.separate(songs[k].T, RATE)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(songs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for got, expected in zip(results, alone, strict=True):
+        assert got.keys() == expected.keys()
+        assert all(np.array_equal(got[stem], expected[stem]) for stem in got)
+    assert max(shape[0] for shape in calls) > 2  # more windows per call than one song's batch
+    assert max(shape[0] for shape in calls) <= 2 * len(songs)
+    assert {shape[1] for shape in calls} == {1, 2}  # mono and stereo windows, never in one call
+
+
+def test_window_pool_passes_the_network_error_to_every_song_in_the_call():
+    from stemsplit.separate import WindowPool
+
+    def broken(windows: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("broken network")
+
+    pool = WindowPool(broken, max_windows=4)
+    with pool.song(), pytest.raises(RuntimeError, match="broken network"):
+        pool(torch.zeros(2, 2, 10))

@@ -413,3 +413,23 @@ def test_kubernetes_indexed_job_separates_each_song_once(tmp_path, stub_checkpoi
     keys = [line["key"] for report in reports for line in read_report(report)[0]]
     assert sorted(keys) == sorted(SONGS)
     assert files_under(tmp_path / "stems", state=False) == sorted(s for key in SONGS for s in stems_of(key))
+
+
+def test_a_claim_known_dead_is_taken_over_at_once_whatever_its_host(tmp_path):
+    """batch --ray retries a song whose worker died on another worker, perhaps on another host, at
+    once: the scheduler names the dead attempt's token, and only a claim with that token is taken."""
+    from stemsplit.batch import Claim
+    from stemsplit.output import SongOutputs, SongSource, track_name
+
+    path = tmp_path / "a.wav"
+    song_outputs = SongOutputs(SongSource(path), track_name(path), tmp_path / "stems")
+    dead = Claim(tmp_path / "stems", song_outputs, token="attempt1")
+    assert dead.acquire() and dead.token == "attempt1"
+    data = json.loads(dead.path.read_text())  # a fresh claim of another host's live-looking process
+    dead.path.write_text(json.dumps({**data, "host": "elsewhere", "hostname": "node9", "pid": 4242}))
+
+    retry = Claim(tmp_path / "stems", song_outputs, token="attempt2")
+    assert not retry.acquire() and retry.holder == "process 4242 on node9"
+    assert not retry.acquire(dead=["another attempt"])
+    assert retry.acquire(dead=["attempt1"])
+    assert json.loads(retry.path.read_text())["token"] == "attempt2"

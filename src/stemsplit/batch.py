@@ -57,7 +57,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -532,9 +532,10 @@ class Claim:
         song: SongOutputs,
         template: str = DEFAULT_FILENAME,
         settings: Mapping[str, Any] | None = None,
+        token: str | None = None,
     ) -> None:
         self.path = Path(out_dir) / STATE_FOLDER / "claims" / f"{song_slot(song, template)}.claim"
-        self.token = secrets.token_hex(8)
+        self.token = token or secrets.token_hex(8)
         self.settings = json.loads(json.dumps(dict(settings or {})))  # as it will read back from JSON
         self._beat = 0.0
         self._beating: threading.Event | None = None  # set to stop the heartbeat thread
@@ -542,9 +543,14 @@ class Claim:
         self.holder = ""  # who holds it, when acquire() fails
         self.conflict: list[str] = []  # and the settings its holder runs with that differ from ours
 
-    def acquire(self) -> bool:
+    def acquire(self, dead: Collection[str] = ()) -> bool:
+        """Create the claim, or take over a stale one; False if a live process holds it.
+
+        ``dead``: tokens of claims known to be stale whatever their host and age says (a scheduler that
+        saw the worker holding them die, :mod:`stemsplit.cli_ray`, retries the song at once elsewhere).
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._create() or self._take_over_if_stale():
+        if self._create() or self._take_over_if_stale(frozenset(dead)):
             self._start_heartbeat()
             return True
         data = self._read()
@@ -607,7 +613,7 @@ class Claim:
             return None
         return data if isinstance(data, dict) else None
 
-    def _is_stale(self) -> bool:
+    def _is_stale(self, dead: frozenset[str] = frozenset()) -> bool:
         data = self._read()
         try:  # opened, not only stat()ed: NFS revalidates a file's attributes on open (close-to-open)
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # (no hang on a FIFO put there)
@@ -620,6 +626,8 @@ class Claim:
         age = time.time() - st.st_mtime
         if data is None:  # unreadable or half-written by a process that died creating it
             return age > HEARTBEAT_SECONDS
+        if data.get("token") in dead:
+            return True
         if age > CLAIM_STALE_SECONDS:  # live claims are touched every HEARTBEAT_SECONDS (a reused pid too)
             return True
         space = data.get("space")  # (claims written before spaces name the host alone)
@@ -633,7 +641,7 @@ class Claim:
             return False
         return now - self._seen[1] > CLAIM_LEASE_SECONDS
 
-    def _take_over_if_stale(self) -> bool:
+    def _take_over_if_stale(self, dead: frozenset[str]) -> bool:
         """Replace a stale claim by ours; a takeover lock makes sure only one process does it."""
         lock = self.path.with_name(self.path.name + ".takeover")
         try:
@@ -644,7 +652,7 @@ class Claim:
                     lock.unlink()
             return False
         try:
-            if not self._is_stale():  # decided while holding the lock: nobody else can change it now
+            if not self._is_stale(dead):  # decided while holding the lock: nobody else can change it now
                 return False
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()

@@ -14,7 +14,9 @@ step 4:
 2. inputs: the files named, or the songs under the folders (``batch``);
 3. the plan: every output path of every song, checked (inside ``-o``, no two
    songs on one file), then every input probed (a bad file fails alone, exit 1);
-4. the model, then the songs, one by one, each committed all together.
+4. the model, then the songs, one by one, each committed all together (``batch --ray``: the songs go
+   to Ray workers, each with its own copy of the model, :mod:`stemsplit.cli_ray`; this module imports
+   that one only then).
 
 The work is in :mod:`stemsplit.separate` (engine), :mod:`stemsplit.output`
 (plan, writer) and :mod:`stemsplit.batch` (folders, manifests, claims).
@@ -175,8 +177,9 @@ class Reporter:
                 audio = self.song_seconds * done / total
                 self.progress.update(self.task, completed=done, total=total, speed=f"{audio / elapsed:.2f}x")
 
-    def report_song(self, song: Song, seconds: float, key: str | None) -> None:
-        """The song's line in the run report (--report), from what its events said; ``seconds`` it took."""
+    def report_song(self, song: Song, seconds: float, key: str | None, where: dict | None = None) -> None:
+        """The song's line in the run report (--report), from what its events said; ``seconds`` it took;
+        ``where``: the process that ran it, when not this one (--ray)."""
         if self.run_report is None:
             return
         facts, self.song_facts = self.song_facts, {}
@@ -191,6 +194,7 @@ class Reporter:
             message=song.details if song.status != "done" else None,
             seconds=seconds,
             audio_seconds=audio,
+            where=where,
         )
         if problem:
             self.error(problem + " (the run goes on without its report)")
@@ -619,6 +623,72 @@ def _shard_for_torchrun(songs: list[Any], device: str) -> tuple[list[Any], str]:
     return songs[ranks.rank :: ranks.world], device
 
 
+def load_separator(
+    args: dict[str, Any], ensemble: Any, msst: Any, progress: Callable, device: str, reporter: Reporter
+) -> Any:
+    """The run's model (a Separator, or an Ensemble for ``ensemble``) on ``device``, with the settings
+    in ``args``: the run's own, and each --ray worker's."""
+    from .separate import Separator
+
+    settings = dict(
+        device=device,
+        window=args["window"],
+        hop=args["hop"],
+        batch_size=args["batch_size"],
+        precision=args["precision"],
+        stage=args["stage"],
+        exact=args["exact"],
+        shifts=args["shifts"],
+        light=args["light"],
+        compile=args["compile"],
+        task=args["task"],
+        progress=progress,
+        download_progress=not (reporter.quiet or reporter.json_lines),
+    )
+    if ensemble is None:
+        return Separator(args["model"], model_config=msst, **settings)
+    from .ensemble import Ensemble
+
+    return Ensemble(list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **settings)
+
+
+def _ray_argument(args: dict[str, Any], batch: bool, ensemble: Any) -> Any:
+    """--ray and its flags checked before anything runs (Ray is not imported): a
+    :class:`~stemsplit.cli_ray.RayOptions`, or None without --ray."""
+    from .cli_ray import RayOptions, ray_problem
+
+    ray_flags = {
+        "--ray-address": args.get("ray_address"),
+        "--workers": args.get("workers"),
+        "--cpus-per-worker": args.get("cpus_per_worker"),
+        "--gpus-per-worker": args.get("gpus_per_worker"),
+        "--songs-per-batch": args.get("songs_per_batch"),
+    }
+    if not args.get("ray"):
+        given = [flag for flag, value in ray_flags.items() if value is not None]
+        if given:
+            raise UsageError(f"{given[0]}: goes with --ray (the batch then runs on a Ray cluster)")
+        return None
+    if not batch:
+        raise UsageError("--ray: runs a batch of folders; use stemsplit batch FOLDER --ray")
+    if (args.get("songs_per_batch") or 1) > 1 and (ensemble is not None or args["exact"]):
+        why = "an ensemble's models run" if ensemble is not None else "--exact measures"
+        raise UsageError(f"--songs-per-batch: {why} one song's windows at a time; leave it at 1")
+    if problem := ray_problem():
+        raise UsageError(f"--ray: {problem}")
+    try:
+        return RayOptions.checked(
+            args.get("ray_address"),
+            args.get("workers"),
+            args.get("cpus_per_worker"),
+            args.get("gpus_per_worker"),
+            args.get("songs_per_batch"),
+            args["device"],
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: str = "music") -> int:
     """Plan, check and separate; returns the exit status. Raises :class:`UsageError` for exit 2.
 
@@ -651,6 +721,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     msst = _msst_config(args.get("model_config"), args["model"])
     shard = _shard_argument(args.get("shard"), batch, task)
     report = _report_argument(args.get("report"), args, ensemble)
+    ray = _ray_argument(args, batch, ensemble)
     if args["window"] is None and hop is not None and ensemble is None:  # the hop must fit the window
         try:
             check_settings(_window_before_loading(args, msst, task), hop, None, None, None)
@@ -730,7 +801,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     from .runtime import pick_device
 
     try:
-        pick_device(device)
+        pick_device(device if ray is None else "cpu")  # --ray: the workers' devices are the workers' own
     except SeparationError as exc:
         raise _usage(exc) from None
     if msst is not None:
@@ -755,33 +826,13 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         return EXIT_FAILED
 
     # 4. the model (importing torch takes seconds: everything above must not need it)
-    from .separate import Separator
     from .weights import UnknownModelError
 
-    settings = dict(
-        device=device,
-        window=args["window"],
-        hop=hop,
-        batch_size=args["batch_size"],
-        precision=args["precision"],
-        stage=args["stage"],
-        exact=args["exact"],
-        shifts=args["shifts"],
-        light=args["light"],
-        compile=args["compile"],
-        task=task,
-        progress=reporter.on_event,
-        download_progress=not (reporter.quiet or reporter.json_lines),
-    )
     try:
-        if ensemble is None:
-            separator = Separator(args["model"], model_config=msst, **settings)
-        else:
-            from .ensemble import Ensemble
-
-            separator = Ensemble(
-                list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **settings
-            )
+        # --ray: this copy only plans (stems, input checks, fingerprint) on the CPU; the workers separate
+        separator = load_separator(
+            args, ensemble, msst, reporter.on_event, "cpu" if ray is not None else device, reporter
+        )
         chosen = separator.output_stems(wanted, args["two_stems"], args["residual"])
     except UnknownModelError as exc:
         for model in [args["model"]] if ensemble is None else ensemble.models:
@@ -827,6 +878,17 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             if args["debug"]:
                 raise
             song.status, song.details = "failed", str(exc)
+    if ray is not None:  # the workers decide what is done, each with its own model's settings
+        from .cli_ray import WorkerJob, separate_on_ray
+
+        job = WorkerJob(args, ensemble, msst, options, chosen, separator.fingerprint())
+        del separator  # the workers load their own
+        separate_on_ray(run, job, ray, reporter)
+        # (a song another process holds is not waited for on Ray: it is left undone, so not exit 0)
+        undone = any(song.status in ("failed", "claimed") for song in run)
+        if undone or (report is not None and report.problem):
+            return EXIT_FAILED
+        return 0
     if separator.device.type == "cpu":
         reporter.cpu_seconds_per_window = _cpu_seconds_per_window(separator)
 
@@ -878,7 +940,20 @@ def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable
     _summary(run, reporter, batch)
 
 
-def _separate_one(separator, song: Song, options, args, records, reporter: Reporter, out: Path) -> None:
+def _separate_one(
+    separator,
+    song: Song,
+    options,
+    args,
+    records,
+    reporter: Reporter,
+    out: Path,
+    claim_token: str | None = None,
+    dead_claims: tuple[str, ...] = (),
+) -> None:
+    """Separate one song of the run (batch: unless done, and under its claim), and record what became of
+    it in ``song``. ``claim_token``: the claim's token (a --ray worker's attempt, named by the driver);
+    ``dead_claims``: tokens of earlier attempts at this song whose worker died (taken over at once)."""
     from .audio import AudioError, describe_downmix
     from .batch import STATE_FOLDER, Claim, SourceChangedError
     from .output import OutputError, OutputExistsError
@@ -901,9 +976,11 @@ def _separate_one(separator, song: Song, options, args, records, reporter: Repor
             reporter.emit({"event": "skipped", "source": str(source), "outputs": _paths(song)})
             return
         first_look = song.claim is None
-        claim = song.claim = song.claim or Claim(out, song.outputs, options.filename, records.settings)
+        claim = song.claim = song.claim or Claim(
+            out, song.outputs, options.filename, records.settings, token=claim_token
+        )
         try:
-            acquired = claim.acquire()
+            acquired = claim.acquire(dead_claims)
         except OSError as exc:  # OUT/.stemsplit unusable: this song fails, with its reason
             song.status, song.details = "failed", _os_problem(exc, out / STATE_FOLDER)
             reporter.error(song.details, source=str(source))
@@ -1243,6 +1320,45 @@ def separation_command(batch: bool):
         json_lines: bool = JSON_OPTION,
         report: Path = REPORT_OPTION,
         shard: str = shard_option(hidden=not batch),
+        ray: bool = typer.Option(
+            False,
+            "--ray",
+            help="Run the batch on Ray: on a new local cluster, or the one --ray-address names.",
+            hidden=not batch,
+        ),
+        ray_address: str = typer.Option(
+            None,
+            "--ray-address",
+            metavar="ADDRESS",
+            help="With --ray: the cluster to join (auto: the one running here, or host:6379, ray://host:10001).",
+            show_default=False,
+            hidden=not batch,
+        ),
+        workers: int = typer.Option(
+            None,
+            "--workers",
+            help="With --ray: workers, each loading the model once [default: one per GPU, else per "
+            "--cpus-per-worker cores].",
+            show_default=False,
+            hidden=not batch,
+        ),
+        cpus_per_worker: float = typer.Option(
+            None, "--cpus-per-worker", help="With --ray: CPU cores per worker [default: 1].", hidden=not batch
+        ),
+        gpus_per_worker: float = typer.Option(
+            None,
+            "--gpus-per-worker",
+            help="With --ray: GPUs per worker (0.5: two share one) [default: 1 on a cluster with GPUs, "
+            "unless --device cpu; else 0].",
+            hidden=not batch,
+        ),
+        songs_per_batch: int = typer.Option(
+            None,
+            "--songs-per-batch",
+            help="With --ray: songs each worker separates at once, their windows batched together "
+            "(keeps a GPU busy on short songs) [default: 1].",
+            hidden=not batch,
+        ),
         debug: bool = DEBUG_OPTION,
     ) -> None:
         args = dict(locals(), residual=False)

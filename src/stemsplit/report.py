@@ -7,6 +7,10 @@ A song's line (``"record": "song"``)::
      "seconds": 41.2, "audio_seconds": 212.0, "real_time_factor": 0.194, "model": "<sha256>",
      "host": "node17", "pid": 4242, "rank": null, "world": null, "shard": "3/8"}
 
+With ``--ray`` the report is written by the driver, and a song's ``host`` and ``pid`` are those of the Ray
+worker that separated it, ``worker`` its name (``SongWorker-2``) and ``attempts`` how many workers it took
+(more than 1 when a worker died under it); the summary line names the driver.
+
 ``status`` is ``done``, ``skipped`` (``reason`` says why: done earlier, or by another process)
 or ``failed`` (``error`` says why, as the error line did). ``seconds`` is the wall time the song took
 here, ``audio_seconds`` its length, ``real_time_factor`` their ratio for a song separated here (under 1:
@@ -87,10 +91,12 @@ class RunReport:
         message: str | None = None,
         seconds: float,
         audio_seconds: float | None,
+        where: dict[str, Any] | None = None,
     ) -> str | None:
         """Append one song's line; returns the problem when it could not be written (the first time only).
 
-        ``message``: the error of a failed song, the reason of a skipped one.
+        ``message``: the error of a failed song, the reason of a skipped one. ``where``: the process that
+        ran the song when it is not this one (``--ray``: the worker's host, pid and name), over the context.
         """
         self.counts[status] += 1
         separated = status == "done" and audio_seconds is not None
@@ -110,6 +116,7 @@ class RunReport:
             "real_time_factor": round(seconds / audio_seconds, 4) if separated and audio_seconds else None,
             "model": self.model,
             **self.context,
+            **(where or {}),
         }
         return self._append(record)
 

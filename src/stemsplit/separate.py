@@ -37,6 +37,7 @@ the output side (:mod:`stemsplit.output`: the plan and the all-or-nothing
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import itertools
 import math
@@ -76,6 +77,7 @@ __all__ = [
     "Separator",
     "SongSeparator",
     "StreamingOverlapAdd",
+    "WindowPool",
     "as_audio_array",
     "check_sample_rate",
     "check_settings",
@@ -318,6 +320,107 @@ def take_queued(queue: collections.deque[Any], count: int, axis: int = -1) -> li
         parts.append(head)
         count -= head.shape[axis]
     return parts
+
+
+class WindowPool:
+    """Windows of several songs, separated at once in threads, run through the network together.
+
+    On a GPU a short song's windows fill a small part of a batch: the device waits while the song is
+    decoded, written and the next one opened. With a pool, each song's thread (inside
+    :meth:`song`) calls the pool in place of the network; a call waits until every song in flight has
+    windows waiting, or ``max_windows`` are waiting, or ``patience`` seconds have passed, and then one
+    thread runs the windows waiting (of one shape: a mono song's and a stereo song's are not mixed, up to
+    ``max_windows``) in one call of ``forward`` and hands each song its part.
+
+    Each window's stems depend on that window alone, so a song's stems are the same whichever windows
+    share its batches, up to the float rounding of batched arithmetic (a batch of 8 may round differently
+    from a batch of 1).
+    """
+
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        max_windows: int,
+        patience: float = 0.05,
+    ) -> None:
+        self.forward, self.max_windows, self.patience = forward, max(1, max_windows), patience
+        self._ready = threading.Condition()
+        self._songs = 0  # songs in flight (threads inside song())
+        self._waiting: list[_PooledCall] = []
+        self._running = False
+
+    @contextlib.contextmanager
+    def song(self) -> Iterator[None]:
+        """Run one song's separation inside this: the pool waits for its windows while it runs."""
+        with self._ready:
+            self._songs += 1
+        try:
+            yield
+        finally:
+            with self._ready:
+                self._songs -= 1
+                self._ready.notify_all()  # the others no longer wait for this song's windows
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        """windows [n, C, W] -> stems [n, S, C, W], run with other songs' windows."""
+        call = _PooledCall(windows)
+        deadline = time.monotonic() + self.patience
+        with self._ready:
+            self._waiting.append(call)
+            self._ready.notify_all()
+            while not call.finished:
+                now = time.monotonic()
+                if not self._running and self._waiting and self._full(now >= deadline):
+                    batch = self._take()
+                    self._running = True
+                    self._ready.release()
+                    try:
+                        self._run(batch)
+                    finally:
+                        self._ready.acquire()
+                        self._running = False
+                        self._ready.notify_all()
+                    continue
+                self._ready.wait(timeout=max(deadline - now, 0.005))
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _full(self, waited: bool) -> bool:
+        queued = sum(len(call.windows) for call in self._waiting)
+        return waited or queued >= self.max_windows or len(self._waiting) >= self._songs
+
+    def _take(self) -> list[_PooledCall]:
+        """The calls to run now: the oldest, and the later ones with windows of its shape, to max_windows."""
+        shape = self._waiting[0].windows.shape[1:]
+        batch, count = [], 0
+        for call in list(self._waiting):
+            if call.windows.shape[1:] != shape or (batch and count + len(call.windows) > self.max_windows):
+                continue
+            batch.append(call)
+            count += len(call.windows)
+            self._waiting.remove(call)
+        return batch
+
+    def _run(self, batch: list[_PooledCall]) -> None:
+        try:
+            outputs = self.forward(torch.cat([call.windows for call in batch]))
+        except BaseException as exc:  # each song's thread raises it (CUDA out of memory: each halves)
+            for call in batch:
+                call.error, call.finished = exc, True
+            return
+        start = 0
+        for call in batch:
+            call.result, call.finished = outputs[start : start + len(call.windows)], True
+            start += len(call.windows)
+
+
+@dataclass
+class _PooledCall:
+    windows: torch.Tensor
+    result: torch.Tensor | None = None
+    error: BaseException | None = None
+    finished: bool = False
 
 
 def share_residual(
@@ -769,12 +872,22 @@ class Separator(SongSeparator):
         self.progress = progress or (lambda event: None)
         self._residual_energy = self._mix_energy = 0.0
         self._fingerprint: str | None = None
+        self._pool: WindowPool | None = None
         if self.device.type == "cpu":
             from .runtime import tune_cpu_allocator
 
             tune_cpu_allocator()
 
     # -- model calls -------------------------------------------------------------------------
+
+    def pool_windows(self, songs: int) -> WindowPool:
+        """Let ``songs`` songs separated at once in threads share the network's calls (see
+        :class:`WindowPool`: batches of up to ``songs`` times the batch size); run each song inside the
+        pool's :meth:`~WindowPool.song`. Not with ``exact`` (its residual is measured per call)."""
+        if self.exact:
+            raise SeparationError("exact measures each song's residual on its own calls; use 1", "songs")
+        self._pool = WindowPool(self._forward, self.batch_size * songs)
+        return self._pool
 
     def _default_batch_size(self) -> int:
         if self.device.type != "cuda":
@@ -792,8 +905,9 @@ class Separator(SongSeparator):
             windows = windows.pin_memory()  # lets the copy run asynchronously
         x = windows.to(self.device, non_blocking=True)
         count = len(x)
-        if self.compiled and count < self.batch_size:  # one shape, one compilation
-            x = torch.cat([x, x.new_zeros(self.batch_size - count, *x.shape[1:])])
+        size = self.batch_size if self._pool is None else self._pool.max_windows
+        if self.compiled and count < size:  # one shape, one compilation
+            x = torch.cat([x, x.new_zeros(size - count, *x.shape[1:])])
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         first = self.compiled and not self._compiled_once
         started = time.perf_counter()
@@ -849,16 +963,19 @@ class Separator(SongSeparator):
 
     def _run_audible(self, windows: torch.Tensor) -> torch.Tensor:
         size = min(self.batch_size, len(windows))
+        forward = self._forward if self._pool is None else self._pool
         outputs, i = [], 0
         while i < len(windows):
             try:
-                outputs.append(self._forward(windows[i : i + size]))
+                outputs.append(forward(windows[i : i + size]))
                 i += size
             except torch.cuda.OutOfMemoryError:
                 if size == 1:
                     raise SeparationError("CUDA out of memory even for one window; try the CPU") from None
                 size = max(1, size // 2)
                 self.batch_size = size
+                if self._pool is not None:  # the songs' batches together shrink by as much
+                    self._pool.max_windows = max(1, self._pool.max_windows // 2)
                 torch.cuda.empty_cache()
                 self.progress({"event": "batch_size_reduced", "batch_size": size})
         return torch.cat(outputs)
