@@ -18,6 +18,7 @@ from stemsplit.errors import EXIT_USAGE, StemsplitError, UsageError
 NOT_FOR_USERS = {
     "StateDictMismatch": "weights.checkpoint turns it into a CheckpointError naming the file",
     "Interrupted": "a KeyboardInterrupt (SIGTERM, SIGHUP): the exit status says which signal",
+    "SongCancelled": "Ctrl-C reaching a --ray worker: its song is dropped, the driver reports the stop",
 }
 
 

@@ -426,7 +426,8 @@ def test_a_claim_known_dead_is_taken_over_at_once_whatever_its_host(tmp_path):
     dead = Claim(tmp_path / "stems", song_outputs, token="attempt1")
     assert dead.acquire() and dead.token == "attempt1"
     data = json.loads(dead.path.read_text())  # a fresh claim of another host's live-looking process
-    dead.path.write_text(json.dumps({**data, "host": "elsewhere", "hostname": "node9", "pid": 4242}))
+    where = {"space": "node9 (boot 1)", "host": "elsewhere", "hostname": "node9", "pid": 4242}
+    dead.path.write_text(json.dumps({**data, **where}))
 
     retry = Claim(tmp_path / "stems", song_outputs, token="attempt2")
     assert not retry.acquire() and retry.holder == "process 4242 on node9"
