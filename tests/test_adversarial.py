@@ -155,7 +155,8 @@ def test_a_file_url_names_the_checkpoint_path(tmp_path, stub_checkpoint):
 
 
 def test_the_cli_knows_the_checkpoint_suffixes_the_loader_knows():
-    from stemsplit import cli_separate, weights
+    from stemsplit import weights
+    from stemsplit.cli import separate as cli_separate
 
     assert cli_separate.CHECKPOINT_SUFFIXES == weights.CHECKPOINT_SUFFIXES
 
@@ -529,13 +530,13 @@ def test_sigterm_and_sighup_leave_nothing(signum, code, tmp_path, tiny_checkpoin
 
 
 @pytest.mark.parametrize(
-    ("after", "delay"), [("typer", 0), ("stemsplit.cli_train", 0), ("stemsplit.cli", 0.4)]
+    ("after", "delay"), [("typer", 0), ("stemsplit.cli.train", 0), ("stemsplit.cli", 0.4)]
 )
 def test_ctrl_c_while_starting_is_one_line_not_a_traceback(after, delay, tmp_path, tiny_checkpoint):
     """Before: Ctrl-C while the CLI imported its modules printed a KeyboardInterrupt traceback.
 
     The child reports each module it finished importing (PYTHONPROFILEIMPORTTIME); SIGINT is sent
-    ``delay`` seconds after ``after`` is in: typer (early in stemsplit.cli), stemsplit.cli_train (its
+    ``delay`` seconds after ``after`` is in: typer (early in stemsplit.cli), stemsplit.cli.train (its
     last import), stemsplit.cli itself and 0.4 s more (importing torch, or loading the model).
     """
     song(tmp_path / "s.wav")
@@ -1083,7 +1084,7 @@ def test_a_file_name_that_is_not_utf8_is_separated_and_named(tmp_path, stub_chec
 
 def test_messages_with_brackets_print_as_they_are(capsys):
     """Before: pip install 'stemsplit[train]' printed as pip install 'stemsplit' (rich ate the tag)."""
-    from stemsplit.cli_common import error_line
+    from stemsplit.cli.common import error_line
 
     error_line("the musdb package is missing: pip install 'stemsplit[train]' [bold]x[/bold]")
     assert capsys.readouterr().err == (
@@ -1104,7 +1105,8 @@ def test_c_library_chatter_does_not_reach_the_user(tmp_path, tiny_checkpoint):
 
 def test_an_unexpected_exception_is_one_line_and_exit_70(tmp_path, monkeypatch, capsys):
     """A bug (here: one planted in the engine) is one line asking for a report, not a traceback."""
-    from stemsplit import cli, cli_separate
+    from stemsplit import cli
+    from stemsplit.cli import separate as cli_separate
 
     def bug(*args, **kwargs):
         raise ZeroDivisionError("planted")

@@ -41,7 +41,7 @@ def test_no_arguments_shows_help():
 def test_train_help_names_every_preset_of_every_family():
     import inspect
 
-    from stemsplit.cli_train import train_command
+    from stemsplit.cli.train import train_command
     from stemsplit.model.families import FAMILIES
 
     text = inspect.signature(train_command).parameters["preset"].default.help

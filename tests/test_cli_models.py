@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from weights_server import tiny_entry, write_registry
 
 from stemsplit.card import MUSIC_STEMS
-from stemsplit.cli_models import models_app
+from stemsplit.cli.models import models_app
 
 runner = CliRunner()
 

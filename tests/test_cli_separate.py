@@ -416,7 +416,7 @@ def test_stems_of_a_checkpoint_file_are_checked_before_torch(tmp_path):
 def test_time_left_after_compiling_leaves_the_compile_time_out(capsys):
     """Before: after a 5 min torch.compile the first windows 'measured 145.6 s per window; about 7 min
     left' on a run that then ended at once: the compile time was counted as the windows'."""
-    from stemsplit.cli_separate import Reporter
+    from stemsplit.cli.separate import Reporter
 
     reporter = Reporter(json_lines=False, quiet=False)
     reporter.cpu_seconds_per_window, reporter.song = 1.0, "song.wav"

@@ -1,4 +1,4 @@
-"""One error base (stemsplit.errors.StemsplitError), handled in one place (cli_common.Commands), and the
+"""One error base (stemsplit.errors.StemsplitError), handled in one place (cli.common.Commands), and the
 lazy public API of ``import stemsplit``."""
 
 import importlib
@@ -11,7 +11,7 @@ from helpers import cli, python
 from typer.testing import CliRunner
 
 import stemsplit
-from stemsplit.cli_common import Commands
+from stemsplit.cli.common import Commands
 from stemsplit.errors import EXIT_USAGE, StemsplitError, UsageError
 
 # Exceptions that never reach a user as they are: each is caught and said otherwise.
@@ -103,3 +103,63 @@ def test_import_stemsplit_is_the_public_api_without_torch():
     assert "'Separator'" in result.stdout
     with pytest.raises(AttributeError, match="no attribute 'Seperator'"):
         stemsplit.Seperator  # noqa: B018
+
+
+# The modules that import without torch: every command's checks (flags, files, the registry, datasets'
+# layouts) run in them, so a usage error comes back in a fraction of a second. One more that needs torch
+# at import makes every usage error of the commands that use it slow: this list says so in review.
+TORCH_FREE = [
+    "stemsplit",
+    "stemsplit.errors",
+    "stemsplit.card",
+    "stemsplit.settings",
+    "stemsplit.files",
+    "stemsplit.audio",
+    "stemsplit.output",
+    "stemsplit.batch",
+    "stemsplit.report",
+    "stemsplit.runtime",
+    "stemsplit.ensemble_spec",
+    "stemsplit.cli",
+    "stemsplit.cli.common",
+    "stemsplit.cli.separate",
+    "stemsplit.cli.ray_batch",
+    "stemsplit.cli.models",
+    "stemsplit.cli.train",
+    "stemsplit.cli.finetune",
+    "stemsplit.cli.eval",
+    "stemsplit.cli.synth",
+    "stemsplit.cli.doctor",
+    "stemsplit.weights",
+    "stemsplit.weights.errors",
+    "stemsplit.weights.registry",
+    "stemsplit.weights.cache",
+    "stemsplit.weights.download",
+    "stemsplit.weights.metadata",
+    "stemsplit.weights.msst",
+    "stemsplit.weights.demucs",
+    "stemsplit.datasets",
+    "stemsplit.datasets.musdb",
+    "stemsplit.datasets.musdb_layout",
+    "stemsplit.datasets.libri2mix",
+    "stemsplit.datasets.synth",
+    "stemsplit.datasets.synth_request",
+    "stemsplit.datasets.speech_synth",
+    "stemsplit.datasets.fluidsynth",
+    "stemsplit.evaluate",
+    "stemsplit.evaluate.metrics",
+    "stemsplit.evaluate.stems",
+    "stemsplit.train",
+    "stemsplit.train.config",
+]
+
+
+def test_the_torch_free_modules_import_without_torch():
+    code = (
+        "import importlib, sys\n"
+        f"for name in {TORCH_FREE!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    assert 'torch' not in sys.modules, name + ' imported torch'\n"
+        "print('ok')\n"
+    )
+    assert python("-c", code, check=0).stdout == "ok\n"

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from helpers import FAST, FOUR_STEMS, cli, files_under, json_events, song
 
-from stemsplit import cli_separate
+from stemsplit.cli import separate as cli_separate
 
 # A fresh process running the console entry point with the stand-in network registered (helpers.StubNet:
 # its windows cost nothing, so the process's start-up is the whole cost of a test).

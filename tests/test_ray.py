@@ -239,13 +239,13 @@ def test_bad_ray_flags_are_usage_errors(tmp_path, music, flags, problem):
 
 
 def test_stemsplit_does_not_import_ray():
-    modules = "stemsplit.cli, stemsplit.cli_separate, stemsplit.cli_ray"
+    modules = "stemsplit.cli, stemsplit.cli.separate, stemsplit.cli.ray_batch"
     code = f"import sys\nimport {modules}\nprint('ray' in sys.modules)"
     result = python("-c", code, timeout=60)
     assert result.stdout.split() == ["False"], result.stdout + result.stderr
     # and nothing but the --ray module names it at all (the engine, weights, output: never)
     naming = [p.name for p in (ROOT / "src" / "stemsplit").rglob("*.py") if "import ray" in p.read_text()]
-    assert naming == ["cli_ray.py"]
+    assert naming == ["ray_batch.py"]
 
 
 @pytest.mark.slow
@@ -275,7 +275,7 @@ def test_songs_batched_together_get_a_plain_batchs_stems(cluster, music, plain, 
     ],
 )
 def test_workers_fit_the_cluster(flags, cluster, device, songs, expected):
-    from stemsplit.cli_ray import RayOptions
+    from stemsplit.cli.ray_batch import RayOptions
 
     keys = ("workers", "cpus_per_worker", "gpus_per_worker", "songs_per_batch")
     options = RayOptions.checked(None, *(flags.get(key) for key in keys), device)

@@ -375,7 +375,7 @@ def test_eval_command_with_six_stems_on_four_and_six_stem_test_sets(ht6, tmp_pat
 
 
 def test_the_model_list_names_six_stems_in_80_columns(env):
-    from stemsplit.cli_models import models_app
+    from stemsplit.cli.models import models_app
 
     six = {
         "description": "a 6-stem HTDemucs for the tests (htdemucs_6s' layout)",

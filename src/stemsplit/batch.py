@@ -547,7 +547,7 @@ class Claim:
         """Create the claim, or take over a stale one; False if a live process holds it.
 
         ``dead``: tokens of claims known to be stale whatever their host and age says (a scheduler that
-        saw the worker holding them die, :mod:`stemsplit.cli_ray`, retries the song at once elsewhere).
+        saw the worker holding them die, :mod:`stemsplit.cli.ray_batch`, retries the song at once elsewhere).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._create() or self._take_over_if_stale(frozenset(dead)):

@@ -13,8 +13,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .cli_common import EXIT_FAILED, EXIT_USAGE, Commands, fail
-from .cli_common import out_console as console
+from .common import EXIT_FAILED, EXIT_USAGE, Commands, fail
+from .common import out_console as console
 
 models_app = typer.Typer(
     cls=Commands,
@@ -26,7 +26,7 @@ models_app = typer.Typer(
 
 def _fail(exc: Exception) -> typer.Exit:
     """A registry name that is not there is a usage error (exit 2); the rest exit 1."""
-    from .weights import UnknownModelError
+    from ..weights import UnknownModelError
 
     if isinstance(exc, UnknownModelError):
         return fail(exc.names_only, EXIT_USAGE)
@@ -35,7 +35,7 @@ def _fail(exc: Exception) -> typer.Exit:
 
 def _size_text(entry) -> str:  # a weights.ModelEntry
     """The registry size, else the downloaded file's, else an estimate from the architecture (``~``)."""
-    from . import weights
+    from .. import weights
 
     size = entry.size
     if size is None:
@@ -45,7 +45,7 @@ def _size_text(entry) -> str:  # a weights.ModelEntry
         return f"{size / 1e6:.0f} MB"
     import torch
 
-    from .model import build_model
+    from ..model import build_model
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = build_model(entry.architecture, weights.entry_config(entry), entry.stems)
@@ -78,7 +78,7 @@ def _notes(entry, registry, cached: bool) -> list[str]:
 
 def _describe(entry, registry) -> dict:
     """Everything the registry says of one model, for `stemsplit models NAME` and --json."""
-    from . import weights
+    from .. import weights
 
     cached = weights.cached_path(entry.name)
     source = entry.url or (f"hf://{entry.repo_id}/{entry.filename}" if entry.repo_id else str(entry.path))
@@ -110,9 +110,9 @@ def _describe(entry, registry) -> dict:
 def _describe_ensemble(entry, registry) -> dict:
     """Everything the registry says of a named ensemble: its members, stems (where each comes from),
     and the sums of its members' sizes and CPU speeds (every member runs on every song)."""
-    from . import weights
-    from .card import other_is_the_rest
-    from .ensemble_spec import describe_plan, named_ensemble, plan_stems, rest_parts
+    from .. import weights
+    from ..card import other_is_the_rest
+    from ..ensemble_spec import describe_plan, named_ensemble, plan_stems, rest_parts
 
     spec = named_ensemble(entry.name)
     members = [registry.models[m] for m in spec.models]
@@ -151,7 +151,7 @@ def list_models(
 
     `stemsplit models NAME` shows one in full.
     """
-    from . import weights
+    from .. import weights
 
     if ctx.invoked_subcommand is not None:
         return
@@ -229,7 +229,7 @@ def show(
     json_output: bool = typer.Option(False, "--json", help="As JSON."),
 ) -> None:
     """One model in full (`stemsplit models NAME`)."""
-    from . import weights
+    from .. import weights
 
     try:
         registry = weights.load_registry()
@@ -268,7 +268,7 @@ def show(
 
 
 def _show_ensemble(entry, registry, json_output: bool) -> None:
-    from .settings import SeparationError
+    from ..settings import SeparationError
 
     try:
         facts = _describe_ensemble(entry, registry)
@@ -325,9 +325,9 @@ def download(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Download, verify and convert a model into the cache, then check that it loads; print its path."""
-    from . import weights
-    from .ensemble_spec import named_ensemble
-    from .settings import SeparationError
+    from .. import weights
+    from ..ensemble_spec import named_ensemble
+    from ..settings import SeparationError
 
     try:
         name = name or weights.default_model_name()
@@ -349,7 +349,7 @@ def download(
 @models_app.command()
 def path(name: str | None = typer.Argument(None, help="Registry name (default: the default model).")) -> None:
     """Print the cached file a model loads from (exit status 1 if it is not downloaded yet)."""
-    from . import weights
+    from .. import weights
 
     try:
         name = name or weights.default_model_name()
@@ -366,7 +366,7 @@ def verify_command(
     name: str | None = typer.Argument(None, help="Registry name (default: every cached model)."),
 ) -> None:
     """Re-hash cached models against the registry or the hash recorded on first download."""
-    from . import weights
+    from .. import weights
 
     try:
         results = weights.verify(name)

@@ -19,7 +19,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 # The exit statuses live in errors.py; the command modules take them from here with the printers.
-from .errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_USAGE, StemsplitError  # noqa: F401
+from ..errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_USAGE, StemsplitError  # noqa: F401
 
 
 def _width() -> int | None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .cli_common import EXIT_USAGE, err_console, fail, flag_problem, out_console
-from .files import creation_problem, special_file
+from ..files import creation_problem, special_file
+from .common import EXIT_USAGE, err_console, fail, flag_problem, out_console
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
@@ -74,9 +74,9 @@ def eval_command(
     subset = _subset_name(subset, flag)
     _check_report_is_no_input(json_out, flag, musdb or libri2mix, model)
     _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
-    from .cli_separate import UsageError, checked_models, known_model
-    from .datasets.libri2mix import SpeechSynthError, check_speech_layout
-    from .datasets.musdb_layout import DatasetError, track_folders, track_stems
+    from ..datasets.libri2mix import SpeechSynthError, check_speech_layout
+    from ..datasets.musdb_layout import DatasetError, track_folders, track_stems
+    from .separate import UsageError, checked_models, known_model
 
     task = "speakers" if libri2mix else "music"
     model, ensemble = checked_models(model, task)  # an ensemble: --model a,b (music only)
@@ -102,16 +102,16 @@ def eval_command(
         label = "the ensemble" if ensemble is not None else os.fspath(model or "the default model")
         _check_stems_in_common(musdb / subset, test_stems, label, model_stems)
 
-    from .datasets.musdb import find_tracks
-    from .evaluate.metrics import MUSEVAL_INSTALL
-    from .evaluate.scoring import evaluate_tracks, write_report
-    from .separate import SeparationError, Separator
-    from .weights import WeightsError
+    from ..datasets.musdb import find_tracks
+    from ..evaluate.metrics import MUSEVAL_INSTALL
+    from ..evaluate.scoring import evaluate_tracks, write_report
+    from ..separate import SeparationError, Separator
+    from ..weights import WeightsError
 
     if not no_csdr and importlib.util.find_spec("museval") is None:  # before hours of separating
         what = "SDRi" if libri2mix else "cSDR"
         raise fail(f"{what} needs museval: {MUSEVAL_INSTALL}; or add --no-csdr to leave it out")
-    from .runtime import pick_device
+    from ..runtime import pick_device
 
     try:  # a device not here (or a Mamba backend that cannot run on it) is a usage error
         pick_device(device)
@@ -122,7 +122,7 @@ def eval_command(
         if ensemble is None:
             separator = Separator(model, **settings)
         else:
-            from .ensemble import Ensemble
+            from ..ensemble import Ensemble
 
             separator = Ensemble(
                 list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **settings
@@ -172,8 +172,8 @@ def _check_usage(
     libri2mix, mixture: str, window: float, hop: float, batch_size, device: str, json_out, overwrite: bool
 ) -> None:
     """The flags, checked before torch is imported and anything is separated: exit 2, naming the flag."""
-    from .datasets.libri2mix import MIXTURE_KINDS
-    from .settings import SeparationError, check_settings, parse_device
+    from ..datasets.libri2mix import MIXTURE_KINDS
+    from ..settings import SeparationError, check_settings, parse_device
 
     if libri2mix is not None and mixture not in MIXTURE_KINDS:
         raise fail(f"--mixture: must be one of {', '.join(MIXTURE_KINDS)}, not {mixture!r}", EXIT_USAGE)
@@ -239,9 +239,9 @@ def _default_report(name: str, subset: str) -> Path:
 
 def _eval_speech(separator, root: Path, subset: str, mixture: str, limit, json_out, no_sdr: bool) -> None:
     """``eval --libri2mix``: SI-SNRi, SDRi and (with pystoi) STOI of every mixture of the subset."""
-    from .datasets.libri2mix import SpeechSynthError, find_speech_mixtures
-    from .datasets.musdb_layout import DatasetError
-    from .evaluate.scoring import evaluate_speech, write_report
+    from ..datasets.libri2mix import SpeechSynthError, find_speech_mixtures
+    from ..datasets.musdb_layout import DatasetError
+    from ..evaluate.scoring import evaluate_speech, write_report
 
     try:
         found = find_speech_mixtures(root, subset, mixture)[:limit]

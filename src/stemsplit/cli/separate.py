@@ -15,7 +15,7 @@ step 4:
 3. the plan: every output path of every song, checked (inside ``-o``, no two
    songs on one file), then every input probed (a bad file fails alone, exit 1);
 4. the model, then the songs, one by one, each committed all together (``batch --ray``: the songs go
-   to Ray workers, each with its own copy of the model, :mod:`stemsplit.cli_ray`; this module imports
+   to Ray workers, each with its own copy of the model, :mod:`stemsplit.cli.ray_batch`; this module imports
    that one only then).
 
 The work is in :mod:`stemsplit.separate` (engine), :mod:`stemsplit.output`
@@ -41,7 +41,9 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli_common import (
+from ..errors import UsageError
+from ..output import DEFAULT_FILENAME
+from .common import (
     EXAMPLES,
     EXIT_FAILED,
     EXIT_USAGE,
@@ -54,8 +56,6 @@ from .cli_common import (
     interrupts_as_exceptions,
     one_line,
 )
-from .errors import UsageError
-from .output import DEFAULT_FILENAME
 
 # TS (12 layers, N = 128) per 3 s window on 2 cores, fp32 and bf16 (benchmarks/bench_model.py, AMD EPYC)
 CPU_SECONDS_PER_WINDOW = {"fp32": 6.2, "bf16": 4.5}
@@ -317,7 +317,7 @@ def _msst_config(path: Path | None, model: str | Path | None) -> Any:
             "--model-config: goes with a checkpoint file or URL given with --model "
             "(a registry model carries its own config)"
         )
-    from .weights.msst import ModelConfigError, read_msst_config
+    from ..weights.msst import ModelConfigError, read_msst_config
 
     try:
         return read_msst_config(path)
@@ -329,7 +329,7 @@ def _window_before_loading(args: dict[str, Any], msst: Any, task: str) -> float 
     """The window (seconds) one model will use, as far as it is known before it loads: its MSST
     YAML's, its registry entry's, or the usual card's 3 s for an entry that names none; None for a
     checkpoint file or URL (the model's card says once it is loaded)."""
-    from .card import DEFAULT_WINDOW
+    from ..card import DEFAULT_WINDOW
 
     if msst is not None:
         return msst.window
@@ -342,7 +342,7 @@ def _window_before_loading(args: dict[str, Any], msst: Any, task: str) -> float 
 def _check_msst_network(msst: Any) -> None:
     """The YAML's model: section against its family (imports torch): an option the family lacks, or
     a value it cannot take, is a usage error before the checkpoint is read."""
-    from .model import families
+    from ..model import families
 
     try:
         families.make_config(msst.architecture, overrides=msst.config, stems=msst.stems)
@@ -354,8 +354,8 @@ def _ensemble_argument(args: dict[str, Any], task: str) -> Any:
     """--model checked before anything loads: one model (then ``args["model"]`` is what the loader
     gets, see :func:`_model_argument`, and this returns None) or an ensemble (see
     :mod:`stemsplit.ensemble_spec`): its :class:`EnsembleSpec`, each model checked as one is."""
-    from .ensemble_spec import parse_models
-    from .settings import SeparationError
+    from ..ensemble_spec import parse_models
+    from ..settings import SeparationError
 
     text = args["model"]
     try:
@@ -387,8 +387,8 @@ def _ensemble_argument(args: dict[str, Any], task: str) -> Any:
 def _ensemble_stems(spec: Any, light: bool, task: str) -> tuple[str, ...] | None:
     """An ensemble's stems, when the registry or the files' metadata say every member's (torch-free);
     a model of another task, or a stem choice its model cannot give, is a usage error."""
-    from .ensemble_spec import plan_stems
-    from .settings import SeparationError
+    from ..ensemble_spec import plan_stems
+    from ..settings import SeparationError
 
     member_stems = []
     for model in spec.models:
@@ -408,7 +408,7 @@ def _ensemble_stems(spec: Any, light: bool, task: str) -> tuple[str, ...] | None
 def checked_model(model: str | None) -> str | Path | None:
     """:func:`_model_argument` for the commands that load one model (eval, finetune), with a registry
     name looked up too (the registry needs no torch): a usage error (exit 2) before anything loads."""
-    from .weights import WeightsError, load_registry
+    from ..weights import WeightsError, load_registry
 
     try:
         checked = _model_argument(model)
@@ -426,7 +426,7 @@ def checked_models(model: str | None, task: str) -> tuple[str | Path | None, Any
     :func:`checked_model` checks it; or (None, the ensemble's spec) with each member so checked, and
     the stem choices checked where the registry or the files' metadata say the members' stems.
     Usage errors exit 2 before anything loads."""
-    from .weights import WeightsError, load_registry
+    from ..weights import WeightsError, load_registry
 
     args = {"model": model}
     try:
@@ -449,7 +449,7 @@ def _registry_entry(model: str | None, light: bool, task: str) -> Any:
 
     With no ``--model``, the task's default; a registry without one for the task is a usage error.
     """
-    from . import weights
+    from .. import weights
 
     try:
         registry = weights.load_registry()
@@ -476,14 +476,14 @@ def known_model(
 ) -> tuple[str | None, tuple[str, ...] | None]:
     """What the registry entry or the checkpoint file's metadata says of a model, without torch:
     (the problem when it separates another task than ``task``, its stems; each None when not known)."""
-    from .settings import task_mismatch
+    from ..settings import task_mismatch
 
     entry = _registry_entry(model, light, task)
     if entry is not None:
         return task_mismatch(entry.name, entry.task, entry.stems, task), tuple(entry.stems)
     if model is None or not os.path.isfile(model):
         return None, None
-    from .weights import file_info  # torch-free: what a safetensors file's metadata says
+    from ..weights import file_info  # torch-free: what a safetensors file's metadata says
 
     info = file_info(model)
     if not info:
@@ -499,8 +499,8 @@ def _wrong_task(problem: str, task: str) -> UsageError:
 
 
 def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> list[Any]:
-    from .batch import BatchError, find_songs
-    from .output import SongSource
+    from ..batch import BatchError, find_songs
+    from ..output import SongSource
 
     if batch:
         for folder in paths:  # stems in music/<track>/ would be taken for songs by every later run
@@ -553,7 +553,7 @@ def _shard_argument(text: str | None, batch: bool, task: str) -> Any:
     them twice, and nothing would resume a task that died."""
     if text is None:
         return None
-    from .batch import parse_shard
+    from ..batch import parse_shard
 
     if not batch:
         command = "stemsplit batch FOLDER" if task == "music" else "stemsplit speakers --batch FOLDER"
@@ -569,7 +569,7 @@ def _shard_argument(text: str | None, batch: bool, task: str) -> Any:
 
 def _shard_note(reporter: Reporter, shard: Any, taken: int, found: int) -> None:
     """Say (and emit) which share this process runs: "shard 3/8: 12 of 97 songs"."""
-    from .runtime import torchrun_ranks
+    from ..runtime import torchrun_ranks
 
     ranks = torchrun_ranks()
     note = f"shard {shard}: {taken} of {found} songs"
@@ -586,8 +586,8 @@ def _report_argument(path: Path | None, args: dict[str, Any], ensemble: Any) -> 
     :class:`~stemsplit.report.RunReport`, or None without it."""
     if path is None:
         return None
-    from .audio import AUDIO_EXTENSIONS
-    from .report import RunReport, report_problem
+    from ..audio import AUDIO_EXTENSIONS
+    from ..report import RunReport, report_problem
 
     if path.suffix.lower() in AUDIO_EXTENSIONS or path.suffix.lower() in CHECKPOINT_SUFFIXES:
         raise UsageError(
@@ -617,7 +617,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _shard_for_torchrun(songs: list[Any], device: str) -> tuple[list[Any], str]:
     """Under torchrun, each rank takes every WORLD_SIZE-th song and its own GPU."""
-    from .runtime import torchrun_ranks
+    from ..runtime import torchrun_ranks
 
     ranks = torchrun_ranks()  # device "auto" then means this process's GPU (runtime.pick_device)
     return songs[ranks.rank :: ranks.world], device
@@ -628,7 +628,7 @@ def load_separator(
 ) -> Any:
     """The run's model (a Separator, or an Ensemble for ``ensemble``) on ``device``, with the settings
     in ``args``: the run's own, and each --ray worker's."""
-    from .separate import Separator
+    from ..separate import Separator
 
     settings = dict(
         device=device,
@@ -647,15 +647,15 @@ def load_separator(
     )
     if ensemble is None:
         return Separator(args["model"], model_config=msst, **settings)
-    from .ensemble import Ensemble
+    from ..ensemble import Ensemble
 
     return Ensemble(list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **settings)
 
 
 def _ray_argument(args: dict[str, Any], batch: bool, ensemble: Any) -> Any:
     """--ray and its flags checked before anything runs (Ray is not imported): a
-    :class:`~stemsplit.cli_ray.RayOptions`, or None without --ray."""
-    from .cli_ray import RayOptions, ray_problem
+    :class:`~stemsplit.cli.ray_batch.RayOptions`, or None without --ray."""
+    from .ray_batch import RayOptions, ray_problem
 
     ray_flags = {
         "--ray-address": args.get("ray_address"),
@@ -694,9 +694,9 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
 
     ``task``: the models this command takes (``music``: separate and batch; ``speakers``).
     """
-    from .audio import AudioError, probe
-    from .output import OutputError, OutputOptions, plan_outputs
-    from .settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device
+    from ..audio import AudioError, probe
+    from ..output import OutputError, OutputOptions, plan_outputs
+    from ..settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device
 
     # 1. settings
     args["task"] = task
@@ -743,7 +743,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if shard is not None:
         _shard_note(reporter, shard, len(songs), found)
     if report is not None:
-        from .runtime import torchrun_ranks
+        from ..runtime import torchrun_ranks
 
         ranks = torchrun_ranks()
         report.context.update(
@@ -761,7 +761,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     # then with the model's own stems.
     names = None
     if batch:  # a name once given stays: from the manifests of earlier runs
-        from .batch import GivenNames
+        from ..batch import GivenNames
 
         names = GivenNames(out, options.filename)
 
@@ -798,7 +798,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         run = plan(stems)
 
     # 3a. the device (this imports torch; a device or Mamba backend that is not here is a usage error)
-    from .runtime import pick_device
+    from ..runtime import pick_device
 
     try:
         pick_device(device if ray is None else "cpu")  # --ray: the workers' devices are the workers' own
@@ -826,7 +826,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         return EXIT_FAILED
 
     # 4. the model (importing torch takes seconds: everything above must not need it)
-    from .weights import UnknownModelError
+    from ..weights import UnknownModelError
 
     try:
         # --ray: this copy only plans (stems, input checks, fingerprint) on the CPU; the workers separate
@@ -879,7 +879,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
                 raise
             song.status, song.details = "failed", str(exc)
     if ray is not None:  # the workers decide what is done, each with its own model's settings
-        from .cli_ray import WorkerJob, separate_on_ray
+        from .ray_batch import WorkerJob, separate_on_ray
 
         job = WorkerJob(args, ensemble, msst, options, chosen, separator.fingerprint())
         del separator  # the workers load their own
@@ -894,7 +894,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
 
     records = None
     if batch:
-        from .batch import DoneRecords
+        from ..batch import DoneRecords
 
         records = DoneRecords(out, _settings(separator, options, args, chosen))
     _report(
@@ -911,7 +911,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
 def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable[[Song], None]) -> None:
     """Each song: its error if it failed a check, else ``separate(song)``, then its line in the run
     report; then the summaries (the run report's is written if the run is interrupted too)."""
-    from .batch import CLAIM_POLL_SECONDS, song_path_key
+    from ..batch import CLAIM_POLL_SECONDS, song_path_key
 
     with reporter:
         reporter.begin_all(len(run))
@@ -954,10 +954,10 @@ def _separate_one(
     """Separate one song of the run (batch: unless done, and under its claim), and record what became of
     it in ``song``. ``claim_token``: the claim's token (a --ray worker's attempt, named by the driver);
     ``dead_claims``: tokens of earlier attempts at this song whose worker died (taken over at once)."""
-    from .audio import AudioError, describe_downmix
-    from .batch import STATE_FOLDER, Claim, SourceChangedError
-    from .output import OutputError, OutputExistsError
-    from .separate import SeparationError
+    from ..audio import AudioError, describe_downmix
+    from ..batch import STATE_FOLDER, Claim, SourceChangedError
+    from ..output import OutputError, OutputExistsError
+    from ..separate import SeparationError
 
     source = song.outputs.source.path
     claim = None
@@ -1073,8 +1073,8 @@ def _probe_again_if_changed(separator, song: Song, downmix: bool, batch: bool) -
     probe and check it again, so that its length, rate and channels are today's. Raises
     :class:`~stemsplit.batch.SourceChangedError` if it is gone, AudioError or SeparationError if the new
     file cannot be separated."""
-    from .audio import probe
-    from .batch import source_changed
+    from ..audio import probe
+    from ..batch import source_changed
 
     now = source_identity(song.outputs.source.path)
     if now == song.identity:
@@ -1089,7 +1089,7 @@ def _song_problem(exc: Exception, song: Song, out: Path, batch: bool) -> str:
     """What made a song fail, naming what actually failed: the song itself when it changed or went
     while it was read (whatever error that caused: a decoding error, a missing file), batch's records
     in OUT/.stemsplit, else the file the error names."""
-    from .batch import STATE_FOLDER, SourceChangedError, source_changed
+    from ..batch import STATE_FOLDER, SourceChangedError, source_changed
 
     source = song.outputs.source.path
     if not isinstance(exc, SourceChangedError) and source_identity(source) != song.identity:
@@ -1199,8 +1199,8 @@ def _run_command(batch: bool, args: dict[str, Any], precision: Any, task: str) -
             reporter.error("interrupted; nothing is left half-written", exit_code=130)
             raise typer.Exit(130) from None
         except Exception as exc:
-            from .separate import SeparationError
-            from .weights import WeightsError
+            from ..separate import SeparationError
+            from ..weights import WeightsError
 
             if args["debug"] or not isinstance(exc, (WeightsError, SeparationError)):
                 raise

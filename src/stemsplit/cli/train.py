@@ -6,14 +6,14 @@ from pathlib import Path
 
 import typer
 
-from .cli_common import EXIT_USAGE, Precision, err_console, fail
+from .common import EXIT_USAGE, Precision, err_console, fail
 
 
 def _default(name: str) -> str:
     """``[default: X]`` from TrainConfig, the one home of the recipe's numbers (other families': RECIPES)."""
     from dataclasses import fields
 
-    from .train.config import RECIPES, TrainConfig
+    from ..train.config import RECIPES, TrainConfig
 
     value = next(f.default for f in fields(TrainConfig) if f.name == name)
     shown = "none" if value is None else value
@@ -130,9 +130,9 @@ def train_command(
     stemsplit train --libri2mix ~/data/Libri2Mix/wav8k/min --arch u-mamba-net -o runs/u-mamba-net
     """
     given = dict(locals())  # the flags as given: None = the recipe's default (TrainConfig.for_arch)
-    from .datasets.libri2mix import SpeechSynthError, check_speech_layout
-    from .datasets.musdb_layout import DatasetError, check_training_layout
-    from .train.config import DEFAULT_ARCH, SPEECH_ARCH, TrainConfig, family_names
+    from ..datasets.libri2mix import SpeechSynthError, check_speech_layout
+    from ..datasets.musdb_layout import DatasetError, check_training_layout
+    from ..train.config import DEFAULT_ARCH, SPEECH_ARCH, TrainConfig, family_names
 
     if override and not resume:
         raise fail("--override only applies with --resume", EXIT_USAGE)
@@ -158,8 +158,8 @@ def train_command(
     except (DatasetError, SpeechSynthError) as exc:
         raise fail(f"{'--musdb' if musdb is not None else '--libri2mix'}: {exc}", EXIT_USAGE) from None
 
-    from .train.loop import TrainError, device_for, model_config_for
-    from .train.loop import train as run_training
+    from ..train.loop import TrainError, device_for, model_config_for
+    from ..train.loop import train as run_training
 
     try:  # a bad --preset or --model-config file, or a device not here, is a usage error: before any work
         model_config_for(config)

@@ -3,7 +3,7 @@
 The driver (this process) plans the run exactly as a plain ``batch`` does (the songs, every output path,
 every input probed, the model's stems and fingerprint: its copy of the model is loaded on its CPU only to
 plan) and then hands the songs to *workers*: Ray actors that each load the model once, on their own device,
-and separate one song per call with the plain batch's own :func:`~stemsplit.cli_separate._separate_one`:
+and separate one song per call with the plain batch's own :func:`~stemsplit.cli.separate._separate_one`:
 the done-manifest check, the song's claim, the all-or-nothing :class:`~stemsplit.output.StemWriter`
 and the manifest written when its stems are committed. So a song is done, skipped or failed for the same
 reasons as in a plain run, into the same ``-o`` (a shared file system on a cluster, or a local folder in
@@ -49,8 +49,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from .cli_common import one_line
-from .cli_separate import (
+from .common import one_line
+from .separate import (
     Reporter,
     Song,
     UsageError,
@@ -140,7 +140,7 @@ class RayOptions:
 class WorkerJob:
     """What every worker needs to separate the run's songs as the driver planned them."""
 
-    args: dict[str, Any]  # the command's options (cli_separate's ``args``)
+    args: dict[str, Any]  # the command's options (cli.separate's ``args``)
     ensemble: Any  # EnsembleSpec or None
     msst: Any  # MSSTConfig or None
     options: Any  # OutputOptions
@@ -231,7 +231,7 @@ class SongWorker:
                 self.problem = f"its model gives {', '.join(chosen)}, not {', '.join(job.stems)}"
             elif self.separator.fingerprint() != job.fingerprint:
                 self.problem = "its model's weights differ from the driver's (another file at that path?)"
-            from .batch import DoneRecords
+            from ..batch import DoneRecords
 
             self.records = DoneRecords(args["out"], _settings(self.separator, job.options, args, chosen))
             songs = args.get("songs_per_batch") or 1
@@ -276,7 +276,7 @@ def separate_on_ray(run: list[Song], job: WorkerJob, options: RayOptions, report
     batch gives them. A song that failed the driver's checks is reported here and never sent."""
     import ray
 
-    from .batch import song_path_key
+    from ..batch import song_path_key
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -306,7 +306,7 @@ def _start_ray(address: str | None, reporter: Reporter) -> None:
 
     import ray
 
-    from .settings import SeparationError
+    from ..settings import SeparationError
 
     # ray.init installs a SIGTERM handler of its own: ours (Ctrl-C's cleanup for SIGTERM too) goes back
     handlers = {s: signal.getsignal(s) for s in _SIGNALS}
@@ -408,7 +408,7 @@ class _Workers:
     ) -> tuple[_Attempt, dict[str, Any] | None]:
         """Wait for the next song to come back: (its attempt, what became of it), the song's status and
         details set and its events passed on. None: its worker died, and the song is queued again."""
-        from .settings import SeparationError
+        from ..settings import SeparationError
 
         ray = self.ray
         [call], _ = ray.wait(list(self.in_flight), num_returns=1)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import typer
 
-from .cli_common import EXIT_USAGE, err_console, fail
-from .cli_train import interrupted_advice, train_command
+from .common import EXIT_USAGE, err_console, fail
+from .train import interrupted_advice, train_command
 
 # train's options that do not apply: the network is the --model's (family, config, stems it outputs).
 NOT_SHARED = {"arch", "preset", "light", "model_config", "target", "out", "lr"}
@@ -23,7 +23,7 @@ def _default(name: str) -> str:
     """``[default: X]`` from FinetuneConfig, the one home of its numbers."""
     from dataclasses import fields
 
-    from .train.config import FinetuneConfig
+    from ..train.config import FinetuneConfig
 
     return f"[default: {next(f.default for f in fields(FinetuneConfig) if f.name == name)}]"
 
@@ -101,8 +101,8 @@ def finetune_command(**given: typing.Any) -> None:
         raise fail("--override only applies with --resume", EXIT_USAGE)
     from dataclasses import fields
 
-    from .batch import find_songs
-    from .train.config import FinetuneConfig
+    from ..batch import find_songs
+    from ..train.config import FinetuneConfig
 
     stems = given.pop("stems")
     stems = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
@@ -119,19 +119,19 @@ def finetune_command(**given: typing.Any) -> None:
         problem = f"--unlabeled: {given['unlabeled']}: no audio files in it or below it"
     if problem:
         raise fail(problem, EXIT_USAGE)
-    from .datasets.musdb_layout import DatasetError, check_training_layout
+    from ..datasets.musdb_layout import DatasetError, check_training_layout
 
     try:
         check_training_layout(given["musdb"])
     except DatasetError as exc:
         raise fail(f"--musdb: {exc}", EXIT_USAGE) from None
-    from .cli_separate import checked_model
+    from .separate import checked_model
 
     model = checked_model(given.pop("model"))
 
     # Everything above runs without torch: usage errors come back at once.
-    from .train.finetune import configure, finetune, load_pretrained
-    from .train.loop import TrainError, device_for
+    from ..train.finetune import configure, finetune, load_pretrained
+    from ..train.loop import TrainError, device_for
 
     try:
         device_for(config.device)
