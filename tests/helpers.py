@@ -170,6 +170,8 @@ def write_track(folder: Path, stems: dict[str, np.ndarray], rate: int, mixture: 
 def run(*command, check=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     """Run ``command`` (paths and numbers are passed as text) capturing its output as text;
     ``check`` asserts its exit status."""
+    if "input" not in kwargs:  # never the test process's stdin (under pytest-xdist, its worker's channel)
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
     result = subprocess.run(
         list(map(str, command)), capture_output=True, text=True, timeout=timeout, **kwargs
     )
