@@ -328,3 +328,17 @@ def test_window_pool_passes_the_network_error_to_every_song_in_the_call():
     pool = WindowPool(broken, max_windows=4)
     with pool.song(), pytest.raises(RuntimeError, match="broken network"):
         pool(torch.zeros(2, 2, 10))
+
+
+def test_window_pool_takes_a_batch_around_windows_of_another_shape():
+    """A stereo call between two mono ones: the batch is both mono calls, the stereo one waits. Before,
+    taking the second mono call compared it with the stereo one as tensors (a dataclass's ==), which
+    raised after the first was taken: that call was lost, and its song's thread waited for ever."""
+    from stemsplit.separate import WindowPool, _PooledCall
+
+    pool = WindowPool(lambda windows: windows[:, None], max_windows=8)
+    mono, stereo, mono_again = (_PooledCall(torch.ones(2, channels, 64)) for channels in (1, 2, 1))
+    pool._waiting = [mono, stereo, mono_again]
+    assert pool._take() == [mono, mono_again] and pool._waiting == [stereo]
+    pool._run([mono, mono_again])
+    assert mono.finished and mono_again.finished and not stereo.finished

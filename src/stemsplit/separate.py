@@ -393,13 +393,14 @@ class WindowPool:
     def _take(self) -> list[_PooledCall]:
         """The calls to run now: the oldest, and the later ones with windows of its shape, to max_windows."""
         shape = self._waiting[0].windows.shape[1:]
-        batch, count = [], 0
-        for call in list(self._waiting):
+        batch, kept, count = [], [], 0
+        for call in self._waiting:
             if call.windows.shape[1:] != shape or (batch and count + len(call.windows) > self.max_windows):
-                continue
-            batch.append(call)
-            count += len(call.windows)
-            self._waiting.remove(call)
+                kept.append(call)
+            else:
+                batch.append(call)
+                count += len(call.windows)
+        self._waiting = kept
         return batch
 
     def _run(self, batch: list[_PooledCall]) -> None:
@@ -415,7 +416,7 @@ class WindowPool:
             start += len(call.windows)
 
 
-@dataclass
+@dataclass(eq=False)  # each call is itself: a == on its tensors would compare them element by element
 class _PooledCall:
     windows: torch.Tensor
     result: torch.Tensor | None = None
