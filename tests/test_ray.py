@@ -290,3 +290,23 @@ def test_a_worker_larger_than_the_cluster_is_a_usage_error(cluster, music, tmp_p
         "stemsplit: error: --gpus-per-worker: 1 a worker, and the Ray cluster has 0 GPUs in all"
     )
     assert files_under(tmp_path / "stems") == []
+
+
+def test_a_song_another_process_holds_is_waited_for_as_a_plain_batch_waits(cluster, music, plain, tmp_path):
+    """A song another live process has claimed (a plain batch into the same folder, say) is asked for
+    again until its holder lets it go, then separated: exit 0 means every song is done, as without Ray."""
+    from stemsplit.batch import process_space
+    from stemsplit.files import host_tag
+
+    folder, out = subset(music, tmp_path / "music", ["a.wav"]), tmp_path / "stems"
+    claim = claim_of(folder, out, "a.wav")
+    claim.parent.mkdir(parents=True)
+    holder = {"host": host_tag(), "space": process_space(), "hostname": "here", "pid": os.getpid()}
+    claim.write_text(json.dumps({**holder, "token": "the-other-run"}))  # this live process holds it
+    threading.Timer(8.0, claim.unlink).start()  # ...and lets it go, undone, after a while
+    quiet = [flag for flag in DEMO if flag != "-q"]
+    result = cli("batch", folder, "-o", out, *quiet, "--ray", "--ray-address", "auto")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("waiting for it") == 1, result.stderr  # said once, not at every look
+    assert f"being separated by process {os.getpid()} on here" in result.stderr
+    assert stems(out) == {name: data for name, data in stems(plain).items() if name.startswith("a/")}

@@ -47,8 +47,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..batch import CLAIM_POLL_SECONDS
 from .common import one_line
 from .separate import (
     Reporter,
@@ -357,13 +359,24 @@ def _schedule(
     for _ in range(count):
         pool.start()
     reporter.line(f"--ray: {count} workers ({cpus:g} CPU, {gpus:g} GPU each), {len(queue)} songs")
+    held: list[_Attempt] = []  # songs another process is separating: asked for again, as a plain batch does
     try:
-        while queue or pool.in_flight:
+        while queue or pool.in_flight or held:
+            if not queue and not pool.in_flight:  # only songs others hold: look again in a while
+                time.sleep(CLAIM_POLL_SECONDS)
+                queue.extend(held)
+                held.clear()
             pool.submit(queue)
             attempt, result = pool.next_result(queue, reporter)
             if result is None:  # its worker died: the song is queued again (or failed, after MAX_ATTEMPTS)
                 continue
             song = attempt.song
+            if song.status == "claimed":  # until its holder is done or found dead: exit 0 = every song done
+                if song.outputs.source.path not in pool.waited:
+                    pool.waited.add(song.outputs.source.path)
+                    reporter.line(f"{song.outputs.source.path}: {song.details}; waiting for it")
+                held.append(_Attempt(song, attempt.token, attempt.dead, 0.0))
+                continue
             reporter.song_facts = result["facts"]
             where = {**result.get("where", {}), "attempts": len(attempt.dead) + 1}
             reporter.report_song(song, result["seconds"], key_of(song.outputs.source), where=where)
@@ -387,6 +400,7 @@ class _Workers:
         self.free: dict[int, int] = {}  # worker -> songs it may take now
         self.in_flight: dict[Any, tuple[int, _Attempt]] = {}  # call -> (worker, attempt)
         self.started = 0
+        self.waited: set[Path] = set()  # songs found held by another process (said once)
 
     def start(self) -> None:
         self.started += 1
@@ -446,6 +460,8 @@ class _Workers:
             raise SeparationError(result["problem"])
         song.status, song.details = result["status"], result["details"]
         for event in result["events"]:
+            if event["event"] == "waiting" and song.outputs.source.path in self.waited:
+                continue  # (said once, when the song was first found held)
             if event["event"] == "error":  # printed here, as a plain run prints it
                 fields = {k: v for k, v in event.items() if k not in ("event", "message")}
                 reporter.error(event["message"], **fields)

@@ -884,9 +884,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         job = WorkerJob(args, ensemble, msst, options, chosen, separator.fingerprint())
         del separator  # the workers load their own
         separate_on_ray(run, job, ray, reporter)
-        # (a song another process holds is not waited for on Ray: it is left undone, so not exit 0)
-        undone = any(song.status in ("failed", "claimed") for song in run)
-        if undone or (report is not None and report.problem):
+        if any(song.status == "failed" for song in run) or (report is not None and report.problem):
             return EXIT_FAILED
         return 0
     if separator.device.type == "cpu":
