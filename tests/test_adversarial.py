@@ -156,9 +156,9 @@ def test_a_file_url_names_the_checkpoint_path(tmp_path, stub_checkpoint):
 
 def test_the_cli_knows_the_checkpoint_suffixes_the_loader_knows():
     from stemsplit import weights
-    from stemsplit.cli import separate as cli_separate
+    from stemsplit.cli import model_args
 
-    assert cli_separate.CHECKPOINT_SUFFIXES == weights.CHECKPOINT_SUFFIXES
+    assert model_args.CHECKPOINT_SUFFIXES == weights.CHECKPOINT_SUFFIXES
 
 
 def test_two_songs_on_one_file_is_a_usage_error(tmp_path):

@@ -123,6 +123,7 @@ TORCH_FREE = [
     "stemsplit.cli",
     "stemsplit.cli.common",
     "stemsplit.cli.separate",
+    "stemsplit.cli.model_args",
     "stemsplit.cli.ray_batch",
     "stemsplit.cli.models",
     "stemsplit.cli.train",

@@ -19,7 +19,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 # The exit statuses live in errors.py; the command modules take them from here with the printers.
-from ..errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_USAGE, StemsplitError  # noqa: F401
+from ..errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_USAGE, StemsplitError, UsageError  # noqa: F401
 
 
 def _width() -> int | None:
@@ -198,6 +198,11 @@ def flag_problem(exc: Exception) -> str:
     option = getattr(exc, "option", None)
     problem = getattr(exc, "problem", str(exc))
     return f"{FLAGS.get(option, option)}: {problem}" if option else problem
+
+
+def usage_error(exc: Exception) -> UsageError:
+    """A library error about a setting -> a usage error (exit 2) naming the flag."""
+    return UsageError(flag_problem(exc))
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> StemsplitError:

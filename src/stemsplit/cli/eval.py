@@ -76,7 +76,8 @@ def eval_command(
     _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
     from ..datasets.libri2mix import SpeechSynthError, check_speech_layout
     from ..datasets.musdb_layout import DatasetError, track_folders, track_stems
-    from .separate import UsageError, checked_models, known_model
+    from ..errors import UsageError
+    from .model_args import checked_models, known_model
 
     task = "speakers" if libri2mix else "music"
     model, ensemble = checked_models(model, task)  # an ensemble: --model a,b (music only)

@@ -125,7 +125,7 @@ def finetune_command(**given: typing.Any) -> None:
         check_training_layout(given["musdb"])
     except DatasetError as exc:
         raise fail(f"--musdb: {exc}", EXIT_USAGE) from None
-    from .separate import checked_model
+    from .model_args import checked_model
 
     model = checked_model(given.pop("model"))
 
