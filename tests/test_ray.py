@@ -303,7 +303,9 @@ def test_a_song_another_process_holds_is_waited_for_as_a_plain_batch_waits(clust
     claim.parent.mkdir(parents=True)
     holder = {"host": host_tag(), "space": process_space(), "hostname": "here", "pid": os.getpid()}
     claim.write_text(json.dumps({**holder, "token": "the-other-run"}))  # this live process holds it
-    threading.Timer(8.0, claim.unlink).start()  # ...and lets it go, undone, after a while
+    # ...and lets it go, undone, after a while: long after a worker has started and first looked (a
+    # worker took over 8 s to start on a loaded machine, and found the song free)
+    threading.Timer(30.0, claim.unlink).start()
     quiet = [flag for flag in DEMO if flag != "-q"]
     result = cli("batch", folder, "-o", out, *quiet, "--ray", "--ray-address", "auto")
     assert result.returncode == 0, result.stderr
