@@ -116,6 +116,7 @@ TORCH_FREE = [
     "stemsplit.files",
     "stemsplit.audio",
     "stemsplit.output",
+    "stemsplit.request",
     "stemsplit.batch",
     "stemsplit.report",
     "stemsplit.runtime",

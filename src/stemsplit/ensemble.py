@@ -35,11 +35,13 @@ Speaker-separation models cannot be ensembled: each gives its talkers in an orde
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import math
 import numbers
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -49,6 +51,7 @@ import torch
 from .audio import AudioInfo
 from .card import OTHER, other_is_the_rest
 from .ensemble_spec import EnsembleSpec, describe_plan, parse_models, plan_stems, rest_parts
+from .request import EngineSettings
 from .separate import (
     ProgressCallback,
     Separator,
@@ -57,7 +60,7 @@ from .separate import (
     share_residual,
     take_queued,
 )
-from .settings import SeparationError, check_settings, shown
+from .settings import SeparationError, shown
 from .weights import CHECKPOINT_SUFFIXES
 
 __all__ = ["Ensemble"]
@@ -107,8 +110,13 @@ class Ensemble(SongSeparator):
         task: str | None = None,
         progress: ProgressCallback | None = None,
         download_progress: bool = True,
+        settings: EngineSettings | None = None,
     ) -> None:
-        check_settings(window, hop, batch_size, precision, stage, exact, shifts)
+        if settings is None:  # the request's checks (stemsplit.request), as the command line's
+            settings = EngineSettings(
+                device, window, hop, batch_size, precision, stage, exact, shifts, light, compile
+            )
+        exact = settings.exact
         spec = _spec(models, weights, choose)
         self.labels = _labels(spec.models)
         self.weights = spec.weights
@@ -122,15 +130,7 @@ class Ensemble(SongSeparator):
             try:
                 member = Separator(
                     model,
-                    device=device,
-                    window=window,
-                    hop=hop,
-                    batch_size=batch_size,
-                    precision=precision,
-                    stage=stage,
-                    shifts=shifts,
-                    light=light,
-                    compile=compile,
+                    settings=dataclasses.replace(settings, exact=False),  # exact: the average's, below
                     task=task,
                     progress=self._member_progress(index),
                     download_progress=download_progress,
@@ -175,7 +175,7 @@ class Ensemble(SongSeparator):
         )
         notes = [m.light_note for m in self.members if m.light_note]
         self.light_note = "; ".join(notes) if notes else None
-        self._residual_energy = self._mix_energy = 0.0
+        self._energy = threading.local()  # exact: this thread's song's residual and mixture energies
         self._fingerprint: str | None = None
 
     def _check_members(self) -> None:
@@ -263,10 +263,12 @@ class Ensemble(SongSeparator):
         return self._fingerprint
 
     def residual_db(self) -> float | None:
-        """exact=True: level of the averaged stems' residual, relative to the mixture (dB), last song."""
-        if not (self.exact and self._mix_energy > 0):
+        """exact=True: level of the averaged stems' residual, relative to the mixture (dB), of the last
+        song this thread separated."""
+        mix = getattr(self._energy, "mix", 0.0)
+        if not (self.exact and mix > 0):
             return None
-        return 10 * math.log10(max(self._residual_energy, 1e-30) / self._mix_energy)
+        return 10 * math.log10(max(self._energy.residual, 1e-30) / mix)
 
     # -- streaming -----------------------------------------------------------------------------
 
@@ -280,7 +282,7 @@ class Ensemble(SongSeparator):
         stats: tuple[float, float] = (0.0, 1.0),
     ) -> Iterator[np.ndarray]:
         """[n, C] blocks at ``rate`` -> [S (+ 1: the input, with ``with_mixture``), C, n] averaged stems."""
-        self._residual_energy = self._mix_energy = 0.0
+        self._energy.residual = self._energy.mix = 0.0
         self._done = [0] * len(self.members)
         self._total = self.windows_for(frames, rate)
         self.progress({"event": "start", "windows": self._total, "seconds": frames / rate})
@@ -349,8 +351,8 @@ class Ensemble(SongSeparator):
         ola = StreamingOverlapAdd(run_batch, window, window // 2, batch_size=2)
         for part in parts:
             mix, total = part[-1].astype(np.float64), part[:-1].sum(axis=0, dtype=np.float64)
-            self._residual_energy += float(np.square(mix - total).sum())
-            self._mix_energy += float(np.square(mix).sum())
+            self._energy.residual += float(np.square(mix - total).sum())
+            self._energy.mix += float(np.square(mix).sum())
             for out in ola.push(torch.from_numpy(part.reshape(-1, part.shape[-1]))):
                 yield out.numpy()
         for out in ola.finish():

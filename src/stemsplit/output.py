@@ -122,12 +122,14 @@ class OutputOptions:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.fmt, str):  # FLAC, Wav: the command line takes any case too
+            object.__setattr__(self, "fmt", self.fmt.lower())
         if self.fmt not in OUTPUT_FORMATS:
             raise OutputError(f"unknown format {self.fmt!r}; choose {', '.join(OUTPUT_FORMATS)}", "fmt")
         depths = [d for d in OUTPUT_FORMATS[self.fmt][1] if d is not None]
         if self.bit_depth is not None and self.bit_depth not in depths:
             allowed = f"takes {' or '.join(map(str, depths))}" if depths else "has no bit depth"
-            raise OutputError(f"{self.fmt} {allowed}, not {self.bit_depth}", "bit_depth")
+            raise OutputError(f"{self.fmt} {allowed}, not {self.bit_depth!r}", "bit_depth")
         if self.clip_mode not in ("rescale", "clamp", "none"):
             raise OutputError(f"must be rescale, clamp or none, not {self.clip_mode!r}", "clip_mode")
         _check_template(self.filename)

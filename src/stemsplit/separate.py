@@ -53,10 +53,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import AudioInfo, BlockResampler, downmix_to_stereo, probe, read_blocks, unplayable_sample
+from .audio import AudioInfo, BlockResampler, downmix_to_stereo, read_blocks, unplayable_sample
 from .card import LIGHT_HOP, NORMALIZATIONS, ModelCard
 from .model.stft import istft, stft
-from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, StemWriter, plan_outputs
+from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, StemWriter
+from .request import EngineSettings, StemChoice, prepare, stem_names
 from .runtime import pick_device, resolve_precision
 from .settings import (
     MAX_CHANNELS,
@@ -573,6 +574,7 @@ class SongSeparator:
     mono: bool
     progress: ProgressCallback
     owner = "this model"  # what messages call it
+    chosen: tuple[str, ...] | None = None  # the stems asked for when it was made (None: all)
 
     def _stream(
         self,
@@ -609,8 +611,14 @@ class SongSeparator:
         """
         rate = check_sample_rate(sample_rate)
         if isinstance(audio, torch.Tensor):
-            if audio.device.type == "meta" or audio.is_complex() or audio.dtype == torch.bool:
-                kind = f"{audio.dtype} tensor on {audio.device.type}"
+            if (
+                audio.device.type == "meta"
+                or audio.layout != torch.strided  # sparse: a list of nonzero samples, not a signal
+                or audio.is_complex()
+                or audio.dtype == torch.bool
+            ):
+                sparse = "" if audio.layout == torch.strided else "sparse "
+                kind = f"{sparse}{audio.dtype} tensor on {audio.device.type}"
                 raise SeparationError(f"audio: a {kind} holds no samples stemsplit can take")
             if audio.is_floating_point() and audio.dtype != torch.float64:
                 audio = audio.detach().float()  # bf16, fp16: numpy has no such type
@@ -622,7 +630,7 @@ class SongSeparator:
         stats = song_stats(blocks) if self._needs_stats() else (0.0, 1.0)
         parts = list(self._stream(blocks, rate, audio.shape[0], audio.shape[1], stats=stats))
         out = np.concatenate(parts, axis=-1)
-        return {name: out[i] for i, name in enumerate(self.stems)}
+        return {name: out[i] for i, name in enumerate(self.stems) if name in (self.chosen or self.stems)}
 
     # -- songs ---------------------------------------------------------------------------------
 
@@ -631,10 +639,9 @@ class SongSeparator:
     ) -> list[str]:
         """The stems to write (see :func:`choose_stems`), and with ``residual`` the mixture minus all of
         them (:data:`~stemsplit.settings.RESIDUAL`)."""
-        chosen = choose_stems(self.stems, stems, two_stems, self.owner)
-        if residual and RESIDUAL in self.stems:
-            raise SeparationError(f"{self.owner} has a stem named {RESIDUAL} already", "residual")
-        return [*chosen, RESIDUAL] if residual else chosen
+        if stems is None and two_stems is None:
+            stems = self.chosen
+        return StemChoice(stems, two_stems, residual).resolve(self.stems, self.owner)
 
     def output_channels(self, channels: int) -> int:
         """Channels of the stems of a ``channels``-channel input: 1 for a mono network, else as many
@@ -704,11 +711,22 @@ class SongSeparator:
         ``stream``: which audio stream of a file with several, from 1 (default:
         the file's default stream; see :func:`stemsplit.audio.probe`).
         """
-        options = OutputOptions(filename, fmt, bit_depth, clip_mode, overwrite)
-        wanted = self.output_stems(stems, two_stems, residual)
-        info = probe(path, stream)
-        [song] = plan_outputs([SongSource(Path(path))], out_dir, wanted, options)
-        return self.separate_song(song, info, options, downmix)
+        if stems is None and two_stems is None:
+            stems = self.chosen
+        request = prepare(
+            [path],
+            out_dir,
+            output=OutputOptions(filename, fmt, bit_depth, clip_mode, overwrite),
+            choice=StemChoice(stems, two_stems, residual),
+            model_stems=self.stems,
+            owner=self.owner,
+            downmix=downmix,
+            stream=stream,
+        )  # the command line's pre-flight (stemsplit.request)
+        [song] = request.songs
+        if song.problem is not None:
+            raise song.problem
+        return self.separate_song(song.outputs, song.info, request.output, downmix)
 
 
 class Separator(SongSeparator):
@@ -717,7 +735,11 @@ class Separator(SongSeparator):
     Args:
         model: a registry name, checkpoint path or URL (see :mod:`stemsplit.weights`),
             or a network with a ``card`` (see :mod:`stemsplit.card`; ``stems``,
-            ``sample_rate`` and ``normalization`` then replace the card's).
+            ``sample_rate`` and ``normalization`` then replace the card's; a loaded model's card
+            is its own: ``sample_rate`` or ``normalization`` with one is an error).
+        stems: with a registry name or checkpoint, the stems to give (``["vocals"]`` or
+            ``"vocals,drums"``, as ``--stems``; default all): :meth:`separate` returns them and
+            :meth:`separate_file` writes them unless it is given its own.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         window, hop: seconds (default: the model card's, 3 and 0.5 for the paper's protocol).
         batch_size: windows per forward pass (default 1 on CPU; on CUDA sized from free memory).
@@ -745,6 +767,8 @@ class Separator(SongSeparator):
         shifts: run the song this many times, each up to 0.5 s later against the window grid, and
             average (Demucs's ``--shifts``; see :class:`ShiftedOverlapAdd`): ``shifts`` times the
             work. 1 (the default) runs it once, unshifted.
+        settings: the settings above as one checked :class:`~stemsplit.request.EngineSettings` (a
+            request's, see :mod:`stemsplit.request`); given, it replaces ``device`` ... ``compile``.
 
     Speaker separation::
 
@@ -778,19 +802,31 @@ class Separator(SongSeparator):
         download_progress: bool = True,
         model_config: str | os.PathLike | None = None,
         shifts: int = 1,
+        settings: EngineSettings | None = None,
     ) -> None:
-        check_settings(window, hop, batch_size, precision, stage, exact, shifts)
+        if settings is None:  # the request's checks (stemsplit.request), as the command line's
+            settings = EngineSettings(
+                device, window, hop, batch_size, precision, stage, exact, shifts, light, compile
+            )
+        device, window, hop, batch_size = settings.device, settings.window, settings.hop, settings.batch_size
+        precision, stage, exact, shifts = settings.precision, settings.stage, settings.exact, settings.shifts
+        light, compile = settings.light, settings.compile
         if not (model is None or isinstance(model, (str, os.PathLike, torch.nn.Module))):
             raise SeparationError(
                 f"must be a registry name, a checkpoint path or URL, or a network, not {shown(model)}",
                 "model",
             )
-        if stems is not None:
-            stems = [stems] if isinstance(stems, str) else list(stems)
-            if not all(isinstance(s, str) and s for s in stems) or len(set(stems)) != len(stems):
-                raise SeparationError(f"must be distinct names, not {shown(stems)}", "stems")
+        stems = stem_names(stems)
         if normalization is not None and normalization not in NORMALIZATIONS:
             raise SeparationError(f"must be none or meanstd, not {shown(normalization)}", "normalization")
+        if not isinstance(model, torch.nn.Module):  # a loaded model's card is its own
+            for name, value in (("sample_rate", sample_rate), ("normalization", normalization)):
+                if value is not None:
+                    raise SeparationError(
+                        "sets a network's card; a registry model or checkpoint runs at its own (songs at "
+                        "other rates are resampled)",
+                        name,
+                    )
         self.device = pick_device(device)
         if model_config is not None and not isinstance(model_config, (str, os.PathLike, MSSTConfig)):
             raise SeparationError(
@@ -802,7 +838,7 @@ class Separator(SongSeparator):
             card = getattr(model, "card", None)
             if not isinstance(card, ModelCard):
                 raise SeparationError("a network given to Separator needs a ModelCard as .card", "model")
-            changes = {"stems": tuple(stems) if stems else None, "normalization": normalization}
+            changes = {"stems": stems, "normalization": normalization}
             if sample_rate is not None:
                 changes["sample_rate"] = check_sample_rate(sample_rate)
             try:
@@ -825,6 +861,10 @@ class Separator(SongSeparator):
         if problem:
             raise SeparationError(problem, "task")
         self.stems, self.sample_rate = self.card.stems, self.card.sample_rate
+        # A loaded model's ``stems``: the ones to give (a network's renamed its outputs above).
+        self.chosen = None if isinstance(model, torch.nn.Module) else stems
+        if self.chosen is not None:
+            choose_stems(self.stems, self.chosen)
         self.normalization = self.card.normalization
         self.mono = self.card.channels == 1
         window = self.card.window if window is None else window
@@ -866,12 +906,10 @@ class Separator(SongSeparator):
         self.precision = resolve_precision(precision or "auto", self.device, self.card.cpu_bf16)
         self.model = self.model.to(self.device).eval()
         self.batch_size = batch_size or self._default_batch_size()
-        if not isinstance(compile, bool):
-            raise SeparationError(f"must be True or False, not {shown(compile)}", "compile")
         self._network = torch.compile(self.model, fullgraph=True, dynamic=False) if compile else self.model
         self.compiled, self._compiled_once = compile, False
         self.progress = progress or (lambda event: None)
-        self._residual_energy = self._mix_energy = 0.0
+        self._energy = threading.local()  # exact: this thread's song's residual and mixture energies
         self._fingerprint: str | None = None
         self._pool: WindowPool | None = None
         if self.device.type == "cpu":
@@ -928,8 +966,8 @@ class Separator(SongSeparator):
         x = x[:count]
         if self.exact:
             mix = x.float()
-            self._residual_energy += float((mix - stems.sum(dim=1)).square().sum())
-            self._mix_energy += float(mix.square().sum())
+            self._energy.residual += float((mix - stems.sum(dim=1)).square().sum())
+            self._energy.mix += float(mix.square().sum())
             stems = share_residual(mix, stems, *self.card.stft)
         return stems.cpu()
 
@@ -945,10 +983,12 @@ class Separator(SongSeparator):
         return self._fingerprint
 
     def residual_db(self) -> float | None:
-        """exact=True: level of the residual that was shared out, relative to the mixture (dB), last song."""
-        if not (self.exact and self._mix_energy > 0):
+        """exact=True: level of the residual that was shared out, relative to the mixture (dB), of the last
+        song this thread separated (songs separated at once in other threads keep theirs apart)."""
+        mix = getattr(self._energy, "mix", 0.0)
+        if not (self.exact and mix > 0):
             return None
-        return 10 * math.log10(max(self._residual_energy, 1e-30) / self._mix_energy)
+        return 10 * math.log10(max(self._energy.residual, 1e-30) / mix)
 
     def _run_batch(self, windows: torch.Tensor) -> torch.Tensor:
         """Run windows, halving the batch on CUDA out-of-memory.
@@ -1005,7 +1045,7 @@ class Separator(SongSeparator):
         ``mean / S`` instead, so that the stems, which sum to the standardised song, sum to the song.
         """
         mean, std = stats
-        self._residual_energy = self._mix_energy = 0.0
+        self._energy.residual = self._energy.mix = 0.0
         s = len(self.stems)
         folded = channels
         channels = self.output_channels(channels)

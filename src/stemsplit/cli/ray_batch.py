@@ -59,8 +59,8 @@ from .separate import (
     _separate_one,
     _settings,
     _summary,
-    _wanted_stems,
     load_separator,
+    stem_choice,
 )
 
 __all__ = ["MAX_ATTEMPTS", "RayOptions", "SongWorker", "WorkerJob", "ray_problem", "separate_on_ray"]
@@ -227,8 +227,7 @@ class SongWorker:
             self.separator = load_separator(
                 args, job.ensemble, job.msst, self.reporter.on_event, args["device"], self.reporter
             )
-            wanted = _wanted_stems(args["stems"], args["two_stems"])
-            chosen = self.separator.output_stems(wanted, args["two_stems"], args["residual"])
+            chosen = stem_choice(args).resolve(self.separator.stems, self.separator.owner)
             if chosen != job.stems:
                 self.problem = f"its model gives {', '.join(chosen)}, not {', '.join(job.stems)}"
             elif self.separator.fingerprint() != job.fingerprint:

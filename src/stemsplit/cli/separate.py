@@ -239,24 +239,31 @@ class Song:
     claim: Any = None  # batch: the song's stemsplit.batch.Claim, kept while another process holds it
 
 
-def source_identity(path: Path) -> tuple[int, ...] | None:
-    """Which file ``path`` is, and whether it was written to: (device, inode, size, mtime); None if gone."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+def engine_settings(args: dict[str, Any], device: str | None = None) -> Any:
+    """The engine's settings from the flags (checked: SeparationError), on ``device`` if given."""
+    from ..request import EngineSettings
+
+    return EngineSettings(
+        device=args["device"] if device is None else device,
+        window=args["window"],
+        hop=args["hop"],
+        batch_size=args["batch_size"],
+        precision=args["precision"],
+        stage=args["stage"],
+        exact=args["exact"],
+        shifts=args["shifts"],
+        light=args["light"],
+        compile=args["compile"],
+    )
 
 
-def _wanted_stems(stems: str | None, two_stems: str | None) -> list[str] | None:
-    if stems is not None and two_stems is not None:
+def stem_choice(args: dict[str, Any]) -> Any:
+    """The stems asked for by --stems, --two-stems and --residual (checked: SeparationError)."""
+    from ..request import StemChoice
+
+    if args["stems"] is not None and args["two_stems"] is not None:
         raise UsageError("--stems and --two-stems cannot be used together")
-    if stems is None:
-        return None
-    names = [s.strip() for s in stems.split(",") if s.strip()]
-    if not names:
-        raise UsageError(f"--stems: no stem names in {stems!r}")
-    return names
+    return StemChoice(args["stems"], args["two_stems"], args["residual"])
 
 
 def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> list[Any]:
@@ -391,26 +398,17 @@ def load_separator(
     in ``args``: the run's own, and each --ray worker's."""
     from ..separate import Separator
 
-    settings = dict(
-        device=device,
-        window=args["window"],
-        hop=args["hop"],
-        batch_size=args["batch_size"],
-        precision=args["precision"],
-        stage=args["stage"],
-        exact=args["exact"],
-        shifts=args["shifts"],
-        light=args["light"],
-        compile=args["compile"],
+    common = dict(
+        settings=engine_settings(args, device),
         task=args["task"],
         progress=progress,
         download_progress=not (reporter.quiet or reporter.json_lines),
     )
     if ensemble is None:
-        return Separator(args["model"], model_config=msst, **settings)
+        return Separator(args["model"], model_config=msst, **common)
     from ..ensemble import Ensemble
 
-    return Ensemble(list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **settings)
+    return Ensemble(list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **common)
 
 
 def _ray_argument(args: dict[str, Any], batch: bool, ensemble: Any) -> Any:
@@ -451,46 +449,42 @@ def _ray_argument(args: dict[str, Any], batch: bool, ensemble: Any) -> Any:
 
 
 def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: str = "music") -> int:
-    """Plan, check and separate; returns the exit status. Raises :class:`UsageError` for exit 2.
+    """Check everything the run will do (the pre-flight: :func:`stemsplit.request.prepare`), then load the
+    model and separate; returns the exit status. Raises :class:`UsageError` for exit 2.
 
     ``task``: the models this command takes (``music``: separate and batch; ``speakers``).
     """
-    from ..audio import AudioError, probe
-    from ..output import OutputError, OutputOptions, plan_outputs
-    from ..settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device
+    from ..output import OutputError, OutputOptions
+    from ..request import prepare
+    from ..settings import SeparationError, check_settings
 
-    # 1. settings
+    # 1. the flags, each part of the request checking itself; then the run's own flags
     args["task"] = task
     if not str(args["out"]).strip():  # Path("") is ".": the stems would land in the current folder
         raise UsageError("--out: the folder name is empty; name a folder (-o . for the current one)")
-    args["out"] = Path(args["out"])
+    args["out"] = out = Path(args["out"])
     if any(os.fspath(path) == "-" and not os.path.lexists(path) for path in args["inputs"]):
         raise UsageError("-: stemsplit reads audio files, not standard input; save the stream to a file")
-    hop = args["hop"]  # None: the model card's
     try:
-        options = OutputOptions(
+        output = OutputOptions(
             args["filename"], args["fmt"], args["bit_depth"], args["clip_mode"], args["overwrite"]
         )
-        check_settings(
-            args["window"], hop, args["batch_size"], args["precision"], args["stage"], shifts=args["shifts"]
-        )
-        parse_device(args["device"])
+        settings = engine_settings(args)
+        choice = stem_choice(args)
     except (OutputError, SeparationError) as exc:
         raise usage_error(exc) from None
-    wanted = _wanted_stems(args["stems"], args["two_stems"])
     ensemble = ensemble_argument(args, task)  # None: one model, args["model"]
     msst = msst_config(args.get("model_config"), args["model"])
     shard = _shard_argument(args.get("shard"), batch, task)
     report = _report_argument(args.get("report"), args, ensemble)
     ray = _ray_argument(args, batch, ensemble)
-    if args["window"] is None and hop is not None and ensemble is None:  # the hop must fit the window
+    if settings.window is None and settings.hop is not None and ensemble is None:  # the hop must fit
         try:
-            check_settings(window_before_loading(args, msst, task), hop, None, None, None)
+            check_settings(window_before_loading(args, msst, task), settings.hop, None, None, None)
         except SeparationError as exc:
             raise usage_error(exc) from None
 
     # 2. inputs
-    out = args["out"]
     songs = _inputs(args["inputs"], batch, out, reporter)
     if not songs:  # not a usage error: the folder may simply be empty today
         reporter.error("no audio files found in " + ", ".join(map(str, args["inputs"])))
@@ -517,30 +511,9 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         _report([], reporter, batch, lambda song: None)
         return 0
 
-    # 3. the plan: every output path of every song. Checked once with the stems asked for (or the stand-in
-    # "{stem}", which reads as the template in a message: ".../{stem}.wav") before anything slow is imported,
-    # then with the model's own stems.
-    names = None
-    if batch:  # a name once given stays: from the manifests of earlier runs
-        from ..batch import GivenNames
-
-        names = GivenNames(out, options.filename)
-
-    def plan(stem_names: list[str]) -> list[Song]:
-        try:
-            planned = plan_outputs(songs, out, stem_names, options, names=names)
-        except OutputError as exc:
-            raise usage_error(exc) from None
-        return [Song(outputs) for outputs in planned]
-
-    residual = [RESIDUAL] if args["residual"] else []
-    if args["two_stems"] is not None:
-        checked = plan([args["two_stems"], f"no_{args['two_stems']}"])
-    else:
-        checked = plan(
-            (wanted or (["{stem}"] if "{stem}" in options.filename else ["{stem}", "{stem} 2"])) + residual
-        )
-
+    # 3. the pre-flight: the stems the model gives where known without loading it, every output path
+    # of every song planned with them, every input probed (a missing or unreadable file fails alone,
+    # before the model loads: a typo would otherwise wait for the default model's download)
     if ensemble is None:
         problem, known = known_model(args["model"], args["light"], task)  # without loading the model
         if msst is not None:  # the YAML names the stems; what the file's metadata says does not count
@@ -549,14 +522,30 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             raise wrong_task(problem, task)
     else:
         known = ensemble_stems(ensemble, args["light"], task)
-    stems = run = None
-    if known:
-        try:
-            owner = "this model" if ensemble is None else "this ensemble"
-            stems = choose_stems(known, wanted, args["two_stems"], owner) + residual
-        except SeparationError as exc:
-            raise usage_error(exc) from None
-        run = plan(stems)
+    names = None
+    if batch:  # a name once given stays: from the manifests of earlier runs
+        from ..batch import GivenNames
+
+        names = GivenNames(out, output.filename)
+    try:
+        request = prepare(
+            songs,
+            out,
+            output=output,
+            choice=choice,
+            settings=settings,
+            model_stems=known or None,
+            owner="this model" if ensemble is None else "this ensemble",
+            downmix=args["downmix"],
+            stream=args["stream"],
+            names=names,
+        )
+    except (OutputError, SeparationError) as exc:
+        raise usage_error(exc) from None
+    if args["debug"]:
+        for song in request.songs:
+            if song.problem is not None:
+                raise song.problem
 
     # 3a. the device (this imports torch; a device or Mamba backend that is not here is a usage error)
     from ..runtime import pick_device
@@ -567,23 +556,9 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         raise usage_error(exc) from None
     if msst is not None:
         check_msst_network(msst)
-
-    # 3b. probe every input: a missing or unreadable file fails alone, and before the model loads (a typo
-    # would otherwise wait for the default model's download)
-    probed: dict[int, Any] = {}  # id(song source) -> AudioInfo, or the AudioError
-    identities: dict[int, tuple[int, ...] | None] = {}  # and which file was probed
-    for song in run or checked:
-        try:
-            identities[id(song.outputs.source)] = source_identity(song.outputs.source.path)
-            probed[id(song.outputs.source)] = probe(song.outputs.source.path, args["stream"])
-        except AudioError as exc:
-            if args["debug"]:
-                raise
-            probed[id(song.outputs.source)] = exc
-    if all(isinstance(found, AudioError) for found in probed.values()):  # nothing to separate
-        for song in run or checked:
-            song.status, song.details = "failed", str(probed[id(song.outputs.source)])
-        _report(run or checked, reporter, batch, lambda song: None)
+    if not request.runnable():  # nothing to separate
+        run = _songs(request)
+        _report(run, reporter, batch, lambda song: None)
         return EXIT_FAILED
 
     # 4. the model (importing torch takes seconds: everything above must not need it)
@@ -594,20 +569,20 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         separator = load_separator(
             args, ensemble, msst, reporter.on_event, "cpu" if ray is not None else device, reporter
         )
-        chosen = separator.output_stems(wanted, args["two_stems"], args["residual"])
+        chosen = choice.resolve(separator.stems, separator.owner)
+        request = request.with_stems(chosen)  # the model's stems, where the registry did not know them
     except UnknownModelError as exc:
         for model in [args["model"]] if ensemble is None else ensemble.models:
             if model is not None and os.path.isdir(model):  # a bare name: no such model, but a folder
                 raise UsageError(f"--model: {model} is a folder, not a checkpoint file") from None
         raise UsageError(f"--model: {exc}") from None
-    except SeparationError as exc:
+    except (SeparationError, OutputError) as exc:
         if exc.option == "task":  # a model of the other task
             raise wrong_task(exc.problem, task) from None
         if exc.option:
             raise usage_error(exc) from None
         raise
-    if run is None or chosen != stems:
-        run = plan(chosen)
+    run = _songs(request)
     if report is not None:
         report.model = separator.fingerprint()  # what batch's manifests record (computed once, cached)
     if separator.light_note:
@@ -628,11 +603,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
 
     # 4b. what the model takes (channels, rate): a file it cannot take fails alone, before anything runs
     for song in run:
-        found = probed[id(song.outputs.source)]
-        if isinstance(found, AudioError):  # (with --debug it was raised when probed)
-            song.status, song.details = "failed", str(found)
+        if song.status == "failed":
             continue
-        song.info, song.identity = found, identities[id(song.outputs.source)]
         try:
             separator.check_input(song.info, args["downmix"])
         except SeparationError as exc:
@@ -642,7 +614,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if ray is not None:  # the workers decide what is done, each with its own model's settings
         from .ray_batch import WorkerJob, separate_on_ray
 
-        job = WorkerJob(args, ensemble, msst, options, chosen, separator.fingerprint())
+        job = WorkerJob(args, ensemble, msst, output, chosen, separator.fingerprint())
         del separator  # the workers load their own
         separate_on_ray(run, job, ray, reporter)
         if any(song.status == "failed" for song in run) or (report is not None and report.problem):
@@ -655,16 +627,27 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if batch:
         from ..batch import DoneRecords
 
-        records = DoneRecords(out, _settings(separator, options, args, chosen))
+        records = DoneRecords(out, _settings(separator, output, args, chosen))
     _report(
         run,
         reporter,
         batch,
-        lambda song: _separate_one(separator, song, options, args, records, reporter, out),
+        lambda song: _separate_one(separator, song, output, args, records, reporter, out),
     )
     if any(song.status == "failed" for song in run) or (report is not None and report.problem):
         return EXIT_FAILED
     return 0
+
+
+def _songs(request: Any) -> list[Song]:
+    """The request's songs as the run tracks them: those that probed badly have failed already."""
+    run = []
+    for planned in request.songs:
+        song = Song(planned.outputs, planned.info, identity=planned.identity)
+        if planned.problem is not None:
+            song.status, song.details = "failed", str(planned.problem)
+        run.append(song)
+    return run
 
 
 def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable[[Song], None]) -> None:
@@ -834,6 +817,7 @@ def _probe_again_if_changed(separator, song: Song, downmix: bool, batch: bool) -
     file cannot be separated."""
     from ..audio import probe
     from ..batch import source_changed
+    from ..request import source_identity
 
     now = source_identity(song.outputs.source.path)
     if now == song.identity:
@@ -849,6 +833,7 @@ def _song_problem(exc: Exception, song: Song, out: Path, batch: bool) -> str:
     while it was read (whatever error that caused: a decoding error, a missing file), batch's records
     in OUT/.stemsplit, else the file the error names."""
     from ..batch import STATE_FOLDER, SourceChangedError, source_changed
+    from ..request import source_identity
 
     source = song.outputs.source.path
     if not isinstance(exc, SourceChangedError) and source_identity(source) != song.identity:
