@@ -3,7 +3,7 @@
 The driver (this process) plans the run exactly as a plain ``batch`` does (the songs, every output path,
 every input probed, the model's stems and fingerprint: its copy of the model is loaded on its CPU only to
 plan) and then hands the songs to *workers*: Ray actors that each load the model once, on their own device,
-and separate one song per call with the plain batch's own :func:`~stemsplit.cli.separate._separate_one`:
+and separate one song per call with the plain batch's own :func:`~stemsplit.cli.song.separate_one`:
 the done-manifest check, the song's claim, the all-or-nothing :class:`~stemsplit.output.StemWriter`
 and the manifest written when its stems are committed. So a song is done, skipped or failed for the same
 reasons as in a plain run, into the same ``-o`` (a shared file system on a cluster, or a local folder in
@@ -51,17 +51,11 @@ from pathlib import Path
 from typing import Any
 
 from ..batch import CLAIM_POLL_SECONDS
+from ..errors import UsageError
 from .common import one_line
-from .separate import (
-    Reporter,
-    Song,
-    UsageError,
-    _separate_one,
-    _settings,
-    _summary,
-    load_separator,
-    stem_choice,
-)
+from .reporter import Reporter, print_summary
+from .run import load_separator, stem_choice
+from .song import Song, record_settings, separate_one
 
 __all__ = ["MAX_ATTEMPTS", "RayOptions", "SongWorker", "WorkerJob", "ray_problem", "separate_on_ray"]
 
@@ -234,7 +228,9 @@ class SongWorker:
                 self.problem = "its model's weights differ from the driver's (another file at that path?)"
             from ..batch import DoneRecords
 
-            self.records = DoneRecords(args["out"], _settings(self.separator, job.options, args, chosen))
+            self.records = DoneRecords(
+                args["out"], record_settings(self.separator, job.options, args, chosen)
+            )
             songs = args.get("songs_per_batch") or 1
             self.pool = self.separator.pool_windows(songs) if songs > 1 else None
         except Exception as exc:  # any reason at all: the driver reports it, once, and stops
@@ -250,7 +246,7 @@ class SongWorker:
         started = time.perf_counter()
         args = self.job.args
         with self.pool.song() if self.pool is not None else contextlib.nullcontext():
-            _separate_one(
+            separate_one(
                 self.separator, song, self.job.options, args, self.records, self.reporter, args["out"],
                 claim_token=token, dead_claims=dead,
             )  # fmt: skip
@@ -296,7 +292,7 @@ def separate_on_ray(run: list[Song], job: WorkerJob, options: RayOptions, report
                 reporter.end_report(interrupted=True)
                 raise
             reporter.end_report(interrupted=False)
-        _summary(run, reporter, batch=True)
+        print_summary(run, reporter, batch=True)
     finally:
         if started_here:
             ray.shutdown()
