@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 from helpers import FAST, RATE, cli, json_events, music
 
-from stemsplit.audio import AudioError, _SplicedFile, probe, read_blocks
+from stemsplit.audio.probe import AudioError, _SplicedFile, probe, read_blocks
 from stemsplit.output import OutputError, OutputOptions, SongSource, StemWriter, plan_outputs
 
 STEMS = ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]

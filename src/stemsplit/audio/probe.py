@@ -52,8 +52,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import StemsplitError
-from .settings import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SeparationError, check_sample_rate
+from ..errors import StemsplitError
+from ..settings import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SeparationError, check_sample_rate
 
 __all__ = [
     "AUDIO_EXTENSIONS",
