@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audio import AUDIO_EXTENSIONS
+from .audio.info import AUDIO_EXTENSIONS
 from .errors import StemsplitError
 from .files import host_tag, process_alive, sha256_of, write_atomically
 from .output import DEFAULT_FILENAME, SongOutputs, SongSource, exists_error, path_parts

@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
-from .audio import BlockResampler, libsndfile_reason, sf_name
+from .audio.info import libsndfile_reason, sf_name
+from .audio.resample import BlockResampler
 from .errors import StemsplitError
 from .files import (
     creation_problem,

@@ -53,7 +53,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import AudioInfo, BlockResampler, downmix_to_stereo, probe, read_blocks, unplayable_sample
+from .audio.decode import read_blocks, unplayable_sample
+from .audio.downmix import downmix_to_stereo
+from .audio.info import AudioInfo
+from .audio.probe import probe
+from .audio.resample import BlockResampler
 from .card import LIGHT_HOP, NORMALIZATIONS, ModelCard
 from .model.stft import istft, stft
 from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, StemWriter, plan_outputs

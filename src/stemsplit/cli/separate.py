@@ -347,7 +347,7 @@ def _report_argument(path: Path | None, args: dict[str, Any], ensemble: Any) -> 
     :class:`~stemsplit.report.RunReport`, or None without it."""
     if path is None:
         return None
-    from ..audio import AUDIO_EXTENSIONS
+    from ..audio.info import AUDIO_EXTENSIONS
     from ..report import RunReport, report_problem
 
     if path.suffix.lower() in AUDIO_EXTENSIONS or path.suffix.lower() in CHECKPOINT_SUFFIXES:
@@ -455,7 +455,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
 
     ``task``: the models this command takes (``music``: separate and batch; ``speakers``).
     """
-    from ..audio import AudioError, probe
+    from ..audio.info import AudioError
+    from ..audio.probe import probe
     from ..output import OutputError, OutputOptions, plan_outputs
     from ..settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device
 
@@ -713,7 +714,8 @@ def _separate_one(
     """Separate one song of the run (batch: unless done, and under its claim), and record what became of
     it in ``song``. ``claim_token``: the claim's token (a --ray worker's attempt, named by the driver);
     ``dead_claims``: tokens of earlier attempts at this song whose worker died (taken over at once)."""
-    from ..audio import AudioError, describe_downmix
+    from ..audio.downmix import describe_downmix
+    from ..audio.info import AudioError
     from ..batch import STATE_FOLDER, Claim, SourceChangedError
     from ..output import OutputError, OutputExistsError
     from ..separate import SeparationError
@@ -832,7 +834,7 @@ def _probe_again_if_changed(separator, song: Song, downmix: bool, batch: bool) -
     probe and check it again, so that its length, rate and channels are today's. Raises
     :class:`~stemsplit.batch.SourceChangedError` if it is gone, AudioError or SeparationError if the new
     file cannot be separated."""
-    from ..audio import probe
+    from ..audio.probe import probe
     from ..batch import source_changed
 
     now = source_identity(song.outputs.source.path)
