@@ -47,10 +47,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
-from .audio.info import libsndfile_reason, sf_name
-from .audio.resample import BlockResampler
-from .errors import StemsplitError
-from .files import (
+from ..audio.info import libsndfile_reason, sf_name
+from ..audio.resample import BlockResampler
+from ..errors import StemsplitError
+from ..files import (
     creation_problem,
     host_tag,
     is_temporary,
@@ -63,7 +63,7 @@ from .files import (
 )
 
 if TYPE_CHECKING:
-    from .batch import GivenNames
+    from ..batch import GivenNames
 
 __all__ = [
     "DEFAULT_FILENAME",
