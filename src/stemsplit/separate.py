@@ -60,7 +60,8 @@ from .audio.probe import probe
 from .audio.resample import BlockResampler
 from .card import LIGHT_HOP, NORMALIZATIONS, ModelCard
 from .model.stft import istft, stft
-from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, StemWriter, plan_outputs
+from .output.plan import DEFAULT_FILENAME, OutputOptions, SongOutputs, SongSource, plan_outputs
+from .output.writer import StemWriter
 from .runtime import pick_device, resolve_precision
 from .settings import (
     MAX_CHANNELS,

@@ -40,7 +40,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 
 from ..errors import UsageError
-from ..output import DEFAULT_FILENAME
+from ..output.plan import DEFAULT_FILENAME
 from .common import (
     EXAMPLES,
     EXIT_FAILED,
@@ -261,7 +261,7 @@ def _wanted_stems(stems: str | None, two_stems: str | None) -> list[str] | None:
 
 def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> list[Any]:
     from ..batch import BatchError, find_songs
-    from ..output import SongSource
+    from ..output.plan import SongSource
 
     if batch:
         for folder in paths:  # stems in music/<track>/ would be taken for songs by every later run
@@ -457,7 +457,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     """
     from ..audio.info import AudioError
     from ..audio.probe import probe
-    from ..output import OutputError, OutputOptions, plan_outputs
+    from ..output.plan import OutputError, OutputOptions, plan_outputs
     from ..settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device
 
     # 1. settings
@@ -717,7 +717,7 @@ def _separate_one(
     from ..audio.downmix import describe_downmix
     from ..audio.info import AudioError
     from ..batch import STATE_FOLDER, Claim, SourceChangedError
-    from ..output import OutputError, OutputExistsError
+    from ..output.plan import OutputError, OutputExistsError
     from ..separate import SeparationError
 
     source = song.outputs.source.path
