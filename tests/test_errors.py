@@ -121,7 +121,7 @@ TORCH_FREE = [
     "stemsplit.audio.resample",
     "stemsplit.audio.spliced",
     "stemsplit.audio.ffmpeg",
-    "stemsplit.audio.probe",
+    "stemsplit.audio.probing",
     "stemsplit.audio.decode",
     "stemsplit.audio.native_stderr",
     "stemsplit.output",

@@ -56,7 +56,7 @@ import torch
 from .audio.decode import read_blocks, unplayable_sample
 from .audio.downmix import downmix_to_stereo
 from .audio.info import AudioInfo
-from .audio.probe import probe
+from .audio.probing import probe
 from .audio.resample import BlockResampler
 from .card import LIGHT_HOP, NORMALIZATIONS, ModelCard
 from .model.stft import istft, stft

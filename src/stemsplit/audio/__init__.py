@@ -49,7 +49,7 @@ from .decode import read_blocks
 from .downmix import describe_downmix, downmix_to_stereo
 from .info import AUDIO_EXTENSIONS, AudioError, AudioInfo
 from .native_stderr import redirect_native_stderr
-from .probe import probe
+from .probing import probe
 from .resample import BlockResampler
 
 __all__ = [

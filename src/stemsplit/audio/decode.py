@@ -1,7 +1,7 @@
 """Decoding a probed file in blocks (:func:`read_blocks`), every sample checked to be audio.
 
 libsndfile decodes the file, or its segments (:mod:`.spliced`: converted to the song's rate and
-channels); FFmpeg what :func:`~stemsplit.audio.probe.probe` gave it (:mod:`.ffmpeg`). A song is never
+channels); FFmpeg what :func:`~stemsplit.audio.probing.probe` gave it (:mod:`.ffmpeg`). A song is never
 held in memory whole. A decoding error, a file that ends before its exactly known length, NaN,
 infinity or a sample beyond ±:data:`MAX_SAMPLE` is an :class:`~stemsplit.audio.info.AudioError`
 saying where.

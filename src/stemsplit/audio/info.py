@@ -54,7 +54,7 @@ class Segment:
 
 @dataclasses.dataclass(frozen=True)
 class AudioInfo:
-    """What :func:`~stemsplit.audio.probe.probe` found out about an audio file.
+    """What :func:`~stemsplit.audio.probing.probe` found out about an audio file.
 
     ``frames`` is exact when ``frames_exact`` (libsndfile's formats, MP3 with a
     length tag); otherwise it is an estimate from the container's duration, and

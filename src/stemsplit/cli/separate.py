@@ -456,7 +456,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     ``task``: the models this command takes (``music``: separate and batch; ``speakers``).
     """
     from ..audio.info import AudioError
-    from ..audio.probe import probe
+    from ..audio.probing import probe
     from ..output.plan import OutputError, OutputOptions, plan_outputs
     from ..settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device
 
@@ -834,7 +834,7 @@ def _probe_again_if_changed(separator, song: Song, downmix: bool, batch: bool) -
     probe and check it again, so that its length, rate and channels are today's. Raises
     :class:`~stemsplit.batch.SourceChangedError` if it is gone, AudioError or SeparationError if the new
     file cannot be separated."""
-    from ..audio.probe import probe
+    from ..audio.probing import probe
     from ..batch import source_changed
 
     now = source_identity(song.outputs.source.path)

@@ -18,7 +18,7 @@ import soundfile as sf
 
 from ..audio.decode import unplayable_problem
 from ..audio.info import AudioError, libsndfile_reason, sf_name
-from ..audio.probe import probe
+from ..audio.probing import probe
 from ..errors import StemsplitError
 
 __all__ = ["MIXTURE_KINDS", "SpeechSynthError", "SpeechTrack", "check_speech_layout", "find_speech_mixtures"]

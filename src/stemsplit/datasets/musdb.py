@@ -17,7 +17,7 @@ import soundfile as sf
 
 from ..audio.decode import unplayable_problem
 from ..audio.info import AudioError, libsndfile_reason, sf_name
-from ..audio.probe import probe
+from ..audio.probing import probe
 from ..card import MUSIC_STEMS
 from .musdb_layout import DatasetError, checked_validation_names, musdb_validation_names, track_folders
 

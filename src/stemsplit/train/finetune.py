@@ -122,7 +122,7 @@ import torch.distributed as dist
 from ..audio.decode import read_blocks
 from ..audio.downmix import downmix_to_stereo
 from ..audio.info import AudioError, sf_name
-from ..audio.probe import probe
+from ..audio.probing import probe
 from ..audio.resample import BlockResampler
 from ..card import MUSIC_STEMS
 from ..datasets.musdb_layout import DatasetError
