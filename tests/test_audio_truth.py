@@ -21,7 +21,8 @@ import pytest
 import soundfile as sf
 from helpers import FAST, RATE, cli, json_events, music
 
-from stemsplit.audio import AudioError, _SplicedFile, probe, read_blocks
+from stemsplit.audio import AudioError, probe, read_blocks
+from stemsplit.audio.spliced import SplicedFile
 from stemsplit.output import OutputError, OutputOptions, SongSource, StemWriter, plan_outputs
 
 STEMS = ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
@@ -159,7 +160,7 @@ def test_wav_over_4_gib_with_unknown_sizes_is_read_to_its_real_end(tmp_path):
     assert (info.frames, info.frames_exact) == (frames, True)
     assert any("0xFFFFFFFF" in note for note in info.notes), info.notes
     [segment] = info.segments
-    with sf.SoundFile(_SplicedFile(path, segment.parts)) as f:
+    with sf.SoundFile(SplicedFile(path, segment.parts)) as f:
         assert f.frames == frames
         f.seek(frames - 2 * rate)
         tail = f.read(dtype="float32", always_2d=True)

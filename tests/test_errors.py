@@ -19,6 +19,7 @@ NOT_FOR_USERS = {
     "StateDictMismatch": "weights.checkpoint turns it into a CheckpointError naming the file",
     "Interrupted": "a KeyboardInterrupt (SIGTERM, SIGHUP): the exit status says which signal",
     "SongCancelled": "Ctrl-C reaching a --ray worker: its song is dropped, the driver reports the stop",
+    "DecodeFailed": "audio.decode and audio.probe turn it into an AudioError saying where the audio stops",
 }
 
 
@@ -115,7 +116,18 @@ TORCH_FREE = [
     "stemsplit.settings",
     "stemsplit.files",
     "stemsplit.audio",
+    "stemsplit.audio.info",
+    "stemsplit.audio.downmix",
+    "stemsplit.audio.resample",
+    "stemsplit.audio.spliced",
+    "stemsplit.audio.ffmpeg",
+    "stemsplit.audio.probing",
+    "stemsplit.audio.decode",
+    "stemsplit.audio.native_stderr",
     "stemsplit.output",
+    "stemsplit.output.plan",
+    "stemsplit.output.writer",
+    "stemsplit.output.journal",
     "stemsplit.request",
     "stemsplit.batch",
     "stemsplit.report",

@@ -17,7 +17,7 @@ binary() {  # pip download of binary wheels for the GPU machine's CPython 3.12 o
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$DEST" "$@"
 }
 
-# Audio I/O of stemsplit (audio.py imports soundfile and soxr; librosa is declared but never imported).
+# Audio I/O of stemsplit (audio/ imports soundfile and soxr; librosa is declared but never imported).
 binary soundfile==0.14.0 soxr==1.1.0 cffi==2.1.1 pycparser==3.12
 # HTDemucs for the comparison: demucs 4.1's htdemucs/apply modules import only torch, numpy, einops,
 # julius and tqdm (no torchaudio, no openunmix, no dora), so no other dependency travels.

@@ -62,10 +62,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audio import AUDIO_EXTENSIONS
+from .audio.info import AUDIO_EXTENSIONS
 from .errors import StemsplitError
 from .files import host_tag, process_alive, sha256_of, write_atomically
-from .output import DEFAULT_FILENAME, SongOutputs, SongSource, exists_error, path_parts
+from .output.plan import DEFAULT_FILENAME, SongOutputs, SongSource, exists_error, path_parts
 
 __all__ = [
     "BatchError",
@@ -243,7 +243,7 @@ def song_slot(song: SongOutputs, template: str = DEFAULT_FILENAME) -> str:
     """A name for a song's place under the output folder, whatever its stems and format.
 
     A hash of ``template`` filled with the song's {folder} and {track}, {stem} and {ext} left open, its
-    empty path parts dropped as the output paths drop them (:func:`~stemsplit.output.path_parts`):
+    empty path parts dropped as the output paths drop them (:func:`~stemsplit.output.plan.path_parts`):
     templates that give the same paths (``{folder}/{track}/...`` for a song with no folder,
     ``{track}/...``) share the claim.
     """

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import AudioInfo
+from .audio.info import AudioInfo
 from .card import OTHER, other_is_the_rest
 from .ensemble_spec import EnsembleSpec, describe_plan, parse_models, plan_stems, rest_parts
 from .request import EngineSettings

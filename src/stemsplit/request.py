@@ -28,8 +28,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .audio import AudioError, AudioInfo, probe
-from .output import OutputError, OutputOptions, SongOutputs, SongSource, plan_outputs
+from .audio.info import AudioError, AudioInfo
+from .audio.probing import probe
+from .output.plan import OutputError, OutputOptions, SongOutputs, SongSource, plan_outputs
 from .settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device, shown
 
 if TYPE_CHECKING:

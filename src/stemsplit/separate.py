@@ -53,10 +53,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import AudioInfo, BlockResampler, downmix_to_stereo, read_blocks, unplayable_sample
+from .audio.decode import read_blocks, unplayable_sample
+from .audio.downmix import downmix_to_stereo
+from .audio.info import AudioInfo
+from .audio.resample import BlockResampler
 from .card import LIGHT_HOP, NORMALIZATIONS, ModelCard
 from .model.stft import istft, stft
-from .output import DEFAULT_FILENAME, OutputOptions, SongOutputs, StemWriter
+from .output.plan import DEFAULT_FILENAME, OutputOptions, SongOutputs
+from .output.writer import StemWriter
 from .request import EngineSettings, StemChoice, prepare, stem_names
 from .runtime import pick_device, resolve_precision
 from .settings import (

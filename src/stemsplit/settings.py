@@ -12,6 +12,7 @@ import numbers
 import re
 from collections.abc import Iterable, Sequence
 
+from .audio.info import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE  # files and arrays are held to one range
 from .errors import StemsplitError
 
 __all__ = [
@@ -35,8 +36,6 @@ MAX_WINDOW_SECONDS = 60.0
 MAX_BATCH_SIZE = 256
 MAX_SHIFTS = 20  # Demucs users go to 10; each shift is one more run of the song
 MAX_CHANNELS = 8  # more "channels" than this in separate(array) is a transposed [samples, channels] array
-# Sample rates taken, from arrays and files alike (a file's header saying 1 Hz is damaged, not audio).
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 1_000_000
 # The extra output of speaker separation: the mixture minus every talker (noise, music, the rest).
 RESIDUAL = "residual"
 

@@ -69,7 +69,7 @@ def stem_choice(args: dict[str, Any]) -> Any:
 
 def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> list[Any]:
     from ..batch import BatchError, find_songs
-    from ..output import SongSource
+    from ..output.plan import SongSource
 
     if batch:
         for folder in paths:  # stems in music/<track>/ would be taken for songs by every later run
@@ -155,7 +155,7 @@ def _report_argument(path: Path | None, args: dict[str, Any], ensemble: Any) -> 
     :class:`~stemsplit.report.RunReport`, or None without it."""
     if path is None:
         return None
-    from ..audio import AUDIO_EXTENSIONS
+    from ..audio.info import AUDIO_EXTENSIONS
     from ..report import RunReport, report_problem
 
     if path.suffix.lower() in AUDIO_EXTENSIONS or path.suffix.lower() in CHECKPOINT_SUFFIXES:
@@ -255,7 +255,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
 
     ``task``: the models this command takes (``music``: separate and batch; ``speakers``).
     """
-    from ..output import OutputError, OutputOptions
+    from ..output.plan import OutputError, OutputOptions
     from ..request import prepare
     from ..settings import SeparationError, check_settings
 

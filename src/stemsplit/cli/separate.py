@@ -19,7 +19,7 @@ from typing import Any
 import typer
 
 from ..errors import UsageError
-from ..output import DEFAULT_FILENAME
+from ..output.plan import DEFAULT_FILENAME
 from .common import (
     EXAMPLES,
     EXIT_FAILED,

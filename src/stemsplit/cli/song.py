@@ -38,9 +38,10 @@ def separate_one(
     """Separate one song of the run (batch: unless done, and under its claim), and record what became of
     it in ``song``. ``claim_token``: the claim's token (a --ray worker's attempt, named by the driver);
     ``dead_claims``: tokens of earlier attempts at this song whose worker died (taken over at once)."""
-    from ..audio import AudioError, describe_downmix
+    from ..audio.downmix import describe_downmix
+    from ..audio.info import AudioError
     from ..batch import STATE_FOLDER, Claim, SourceChangedError
-    from ..output import OutputError, OutputExistsError
+    from ..output.plan import OutputError, OutputExistsError
     from ..separate import SeparationError
 
     source = song.outputs.source.path
@@ -157,7 +158,7 @@ def _probe_again_if_changed(separator, song: Song, downmix: bool, batch: bool) -
     probe and check it again, so that its length, rate and channels are today's. Raises
     :class:`~stemsplit.batch.SourceChangedError` if it is gone, AudioError or SeparationError if the new
     file cannot be separated."""
-    from ..audio import probe
+    from ..audio.probing import probe
     from ..batch import source_changed
     from ..request import source_identity
 

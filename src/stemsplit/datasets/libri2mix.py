@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..audio import AudioError, libsndfile_reason, probe, sf_name, unplayable_problem
+from ..audio.decode import unplayable_problem
+from ..audio.info import AudioError, libsndfile_reason, sf_name
+from ..audio.probing import probe
 from ..errors import StemsplitError
 
 __all__ = ["MIXTURE_KINDS", "SpeechSynthError", "SpeechTrack", "check_speech_layout", "find_speech_mixtures"]

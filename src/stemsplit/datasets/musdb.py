@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..audio import AudioError, libsndfile_reason, probe, sf_name, unplayable_problem
+from ..audio.decode import unplayable_problem
+from ..audio.info import AudioError, libsndfile_reason, sf_name
+from ..audio.probing import probe
 from ..card import MUSIC_STEMS
 from .musdb_layout import DatasetError, checked_validation_names, musdb_validation_names, track_folders
 

@@ -78,7 +78,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..audio import BlockResampler
+from ..audio.resample import BlockResampler
 from .libri2mix import MIXTURE_KINDS, SpeechSynthError
 from .sentences import pick, sentence
 from .synth_request import synth_request_problem

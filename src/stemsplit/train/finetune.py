@@ -119,7 +119,11 @@ import soundfile as sf
 import torch
 import torch.distributed as dist
 
-from ..audio import AudioError, BlockResampler, downmix_to_stereo, probe, read_blocks, sf_name
+from ..audio.decode import read_blocks
+from ..audio.downmix import downmix_to_stereo
+from ..audio.info import AudioError, sf_name
+from ..audio.probing import probe
+from ..audio.resample import BlockResampler
 from ..card import MUSIC_STEMS
 from ..datasets.musdb_layout import DatasetError
 from ..files import write_atomically

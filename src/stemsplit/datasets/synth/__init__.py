@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ...audio import sf_name
+from ...audio.info import sf_name
 from ...errors import StemsplitError
 from .. import fluidsynth
 from ..synth_request import synth_request_problem
