@@ -28,7 +28,7 @@ import json, resource, sys, time
 from pathlib import Path
 import numpy as np, soundfile as sf, torch
 from stemsplit.card import MUSIC_STEMS, ModelCard
-from stemsplit.ensemble import Ensemble
+from stemsplit.engine.ensemble import Ensemble
 from stemsplit.separate import Separator
 
 minutes, mode, folder = float(sys.argv[1]), sys.argv[2], Path(sys.argv[3])

@@ -17,14 +17,14 @@ import pytest
 import soundfile as sf
 import torch
 from helpers import ROOT, files_under, music, python, run_cli, stemsplit_without_torch, write_track
+from stemsplit.separate import window_count
 from torch import nn
 
 from stemsplit.card import MUSIC_STEMS, ModelCard
-from stemsplit.ensemble import Ensemble
-from stemsplit.ensemble_spec import EnsembleSpec, parse_models, plan_stems
+from stemsplit.engine.ensemble import Ensemble
+from stemsplit.engine.ensemble_spec import EnsembleSpec, parse_models, plan_stems
+from stemsplit.engine.settings import SeparationError
 from stemsplit.model import families
-from stemsplit.separate import window_count
-from stemsplit.settings import SeparationError
 from stemsplit.weights import save_checkpoint
 
 RATE = 8000
@@ -449,7 +449,7 @@ def test_every_member_reads_the_same_blocks_and_each_is_let_go_once_all_have():
     held 57 blocks, ten minutes of song, and memory grew with the song)."""
     import weakref
 
-    from stemsplit.ensemble import _fan_out
+    from stemsplit.engine.ensemble import _fan_out
 
     class Block:
         pass

@@ -42,7 +42,7 @@ def test_every_error_a_user_can_get_is_a_stemsplit_error():
 
 
 def test_an_error_keeps_its_setting_and_exit_status():
-    from stemsplit.settings import SeparationError
+    from stemsplit.engine.settings import SeparationError
     from stemsplit.weights import CheckpointError
 
     error = SeparationError("must be above 0", "window")
@@ -94,7 +94,7 @@ def test_import_stemsplit_is_the_public_api_without_torch():
         "names = stemsplit.list_models()\n"
         "assert 'torch' not in sys.modules and 'demo' in names and 'htdemucs_ft' in names, names\n"
         "from stemsplit.separate import Separator\n"
-        "from stemsplit.ensemble import Ensemble\n"
+        "from stemsplit.engine.ensemble import Ensemble\n"
         "from stemsplit.errors import StemsplitError\n"
         "assert stemsplit.Separator is Separator and stemsplit.Ensemble is Ensemble\n"
         "assert stemsplit.StemsplitError is StemsplitError and callable(stemsplit.load_model)\n"
@@ -113,7 +113,8 @@ TORCH_FREE = [
     "stemsplit",
     "stemsplit.errors",
     "stemsplit.card",
-    "stemsplit.settings",
+    "stemsplit.engine",
+    "stemsplit.engine.settings",
     "stemsplit.files",
     "stemsplit.audio",
     "stemsplit.audio.info",
@@ -128,11 +129,11 @@ TORCH_FREE = [
     "stemsplit.output.plan",
     "stemsplit.output.writer",
     "stemsplit.output.journal",
-    "stemsplit.request",
+    "stemsplit.engine.request",
     "stemsplit.batch",
     "stemsplit.report",
     "stemsplit.runtime",
-    "stemsplit.ensemble_spec",
+    "stemsplit.engine.ensemble_spec",
     "stemsplit.cli",
     "stemsplit.cli.common",
     "stemsplit.cli.separate",

@@ -13,7 +13,7 @@ import soundfile as sf
 from helpers import GOLDEN_WEIGHTS, RATE, music, run_cli
 from weights_server import tiny_entry, write_registry
 
-from stemsplit.ensemble import Ensemble
+from stemsplit.engine.ensemble import Ensemble
 from stemsplit.weights import UnknownModelError, load_model, load_registry
 
 PACKAGE = Path(__file__).parent / "fixtures" / "htdemucs" / "package"
@@ -117,7 +117,7 @@ def test_registry_ensemble_tables_are_checked(env):
 
 def test_the_shipped_bag_is_demucs_htdemucs_ft():
     """htdemucs_ft as Demucs's remote/htdemucs_ft.yaml makes it: network k gives stem k alone."""
-    from stemsplit.ensemble_spec import named_ensemble
+    from stemsplit.engine.ensemble_spec import named_ensemble
 
     spec = named_ensemble("htdemucs_ft")
     registry = load_registry()

@@ -1,5 +1,6 @@
-"""The pre-flight (stemsplit.request): one typed request, checked once, the same from the command line and
-from Python. The Python API checks exactly what the command line checks (issue 32 part 1, issue 33 part 6)."""
+"""The pre-flight (stemsplit.engine.request): one typed request, checked once, the same from the command
+line and from Python. The Python API checks exactly what the command line checks (issue 32 part 1, issue 33
+part 6)."""
 
 import threading
 
@@ -9,8 +10,8 @@ import soundfile as sf
 import torch
 from helpers import FOUR_STEMS, RATE, StubConfig, StubNet, cli, song
 
+from stemsplit.engine.request import EngineSettings, StemChoice, prepare, stem_names
 from stemsplit.output import OutputError, OutputOptions, SongSource
-from stemsplit.request import EngineSettings, StemChoice, prepare, stem_names
 from stemsplit.separate import SeparationError, Separator
 
 # --- the parts of a request ------------------------------------------------------------------------

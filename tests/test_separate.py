@@ -334,7 +334,7 @@ def test_window_pool_takes_a_batch_around_windows_of_another_shape():
     """A stereo call between two mono ones: the batch is both mono calls, the stereo one waits. Before,
     taking the second mono call compared it with the stereo one as tensors (a dataclass's ==), which
     raised after the first was taken: that call was lost, and its song's thread waited for ever."""
-    from stemsplit.separate import WindowPool, _PooledCall
+    from stemsplit.engine.pool import WindowPool, _PooledCall
 
     pool = WindowPool(lambda windows: windows[:, None], max_windows=8)
     mono, stereo, mono_again = (_PooledCall(torch.ones(2, channels, 64)) for channels in (1, 2, 1))

@@ -34,17 +34,17 @@ __all__ = [
 
 # name -> the module that defines it, imported when the name is first asked for
 _HOMES = {
-    "Separator": "stemsplit.separate",
-    "Ensemble": "stemsplit.ensemble",
+    "Separator": "stemsplit.engine.separator",
+    "Ensemble": "stemsplit.engine.ensemble",
     "load_model": "stemsplit.weights",
     "StemsplitError": "stemsplit.errors",
     "UsageError": "stemsplit.errors",
 }
 
 if TYPE_CHECKING:
-    from .ensemble import Ensemble
+    from .engine.ensemble import Ensemble
+    from .engine.separator import Separator
     from .errors import StemsplitError, UsageError
-    from .separate import Separator
     from .weights import load_model
 
 

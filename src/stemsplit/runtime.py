@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .settings import SeparationError, parse_device
+from .engine.settings import SeparationError, parse_device
 
 if TYPE_CHECKING:
     import torch

@@ -27,7 +27,7 @@ AUDIO_EXTENSIONS = frozenset(
 )  # fmt: skip
 
 # Sample rates taken, from arrays and files alike (a file's header saying 1 Hz is damaged, not audio).
-# The engine's settings check an array's rate against the same range (stemsplit.settings).
+# The engine's settings check an array's rate against the same range (stemsplit.engine.settings).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 1_000_000
 # libsndfile is read in pieces this long, so a decoding error is placed to within 93 ms at 44.1 kHz
 # (FLAC's usual frame: finer is not possible there); shorter pieces make decoding markedly slower.

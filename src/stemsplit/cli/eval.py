@@ -104,9 +104,9 @@ def eval_command(
         _check_stems_in_common(musdb / subset, test_stems, label, model_stems)
 
     from ..datasets.musdb import find_tracks
+    from ..engine.separator import SeparationError, Separator
     from ..evaluate.metrics import MUSEVAL_INSTALL
     from ..evaluate.scoring import evaluate_tracks, write_report
-    from ..separate import SeparationError, Separator
     from ..weights import WeightsError
 
     if not no_csdr and importlib.util.find_spec("museval") is None:  # before hours of separating
@@ -123,7 +123,7 @@ def eval_command(
         if ensemble is None:
             separator = Separator(model, **settings)
         else:
-            from ..ensemble import Ensemble
+            from ..engine.ensemble import Ensemble
 
             separator = Ensemble(
                 list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **settings
@@ -174,7 +174,7 @@ def _check_usage(
 ) -> None:
     """The flags, checked before torch is imported and anything is separated: exit 2, naming the flag."""
     from ..datasets.libri2mix import MIXTURE_KINDS
-    from ..settings import SeparationError, check_settings, parse_device
+    from ..engine.settings import SeparationError, check_settings, parse_device
 
     if libri2mix is not None and mixture not in MIXTURE_KINDS:
         raise fail(f"--mixture: must be one of {', '.join(MIXTURE_KINDS)}, not {mixture!r}", EXIT_USAGE)

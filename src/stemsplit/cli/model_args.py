@@ -111,9 +111,9 @@ def check_msst_network(msst: Any) -> None:
 def ensemble_argument(args: dict[str, Any], task: str) -> Any:
     """--model checked before anything loads: one model (then ``args["model"]`` is what the loader
     gets, see :func:`model_argument`, and this returns None) or an ensemble (see
-    :mod:`stemsplit.ensemble_spec`): its :class:`EnsembleSpec`, each model checked as one is."""
-    from ..ensemble_spec import parse_models
-    from ..settings import SeparationError
+    :mod:`stemsplit.engine.ensemble_spec`): its :class:`EnsembleSpec`, each model checked as one is."""
+    from ..engine.ensemble_spec import parse_models
+    from ..engine.settings import SeparationError
 
     text = args["model"]
     try:
@@ -145,8 +145,8 @@ def ensemble_argument(args: dict[str, Any], task: str) -> Any:
 def ensemble_stems(spec: Any, light: bool, task: str) -> tuple[str, ...] | None:
     """An ensemble's stems, when the registry or the files' metadata say every member's (torch-free);
     a model of another task, or a stem choice its model cannot give, is a usage error."""
-    from ..ensemble_spec import plan_stems
-    from ..settings import SeparationError
+    from ..engine.ensemble_spec import plan_stems
+    from ..engine.settings import SeparationError
 
     member_stems = []
     for model in spec.models:
@@ -234,7 +234,7 @@ def known_model(
 ) -> tuple[str | None, tuple[str, ...] | None]:
     """What the registry entry or the checkpoint file's metadata says of a model, without torch:
     (the problem when it separates another task than ``task``, its stems; each None when not known)."""
-    from ..settings import task_mismatch
+    from ..engine.settings import task_mismatch
 
     entry = registry_entry(model, light, task)
     if entry is not None:

@@ -112,7 +112,7 @@ def _describe_ensemble(entry, registry) -> dict:
     and the sums of its members' sizes and CPU speeds (every member runs on every song)."""
     from .. import weights
     from ..card import other_is_the_rest
-    from ..ensemble_spec import describe_plan, named_ensemble, plan_stems, rest_parts
+    from ..engine.ensemble_spec import describe_plan, named_ensemble, plan_stems, rest_parts
 
     spec = named_ensemble(entry.name)
     members = [registry.models[m] for m in spec.models]
@@ -268,7 +268,7 @@ def show(
 
 
 def _show_ensemble(entry, registry, json_output: bool) -> None:
-    from ..settings import SeparationError
+    from ..engine.settings import SeparationError
 
     try:
         facts = _describe_ensemble(entry, registry)
@@ -326,8 +326,8 @@ def download(
 ) -> None:
     """Download, verify and convert a model into the cache, then check that it loads; print its path."""
     from .. import weights
-    from ..ensemble_spec import named_ensemble
-    from ..settings import SeparationError
+    from ..engine.ensemble_spec import named_ensemble
+    from ..engine.settings import SeparationError
 
     try:
         name = name or weights.default_model_name()

@@ -303,7 +303,7 @@ def _start_ray(address: str | None, reporter: Reporter) -> None:
 
     import ray
 
-    from ..settings import SeparationError
+    from ..engine.settings import SeparationError
 
     # ray.init installs a SIGTERM handler of its own: ours (Ctrl-C's cleanup for SIGTERM too) goes back
     handlers = {s: signal.getsignal(s) for s in _SIGNALS}
@@ -417,7 +417,7 @@ class _Workers:
     ) -> tuple[_Attempt, dict[str, Any] | None]:
         """Wait for the next song to come back: (its attempt, what became of it), the song's status and
         details set and its events passed on. None: its worker died, and the song is queued again."""
-        from ..settings import SeparationError
+        from ..engine.settings import SeparationError
 
         ray = self.ray
         [call], _ = ray.wait(list(self.in_flight), num_returns=1)

@@ -1,11 +1,11 @@
 """A separation run (``separate``, ``batch``, ``speakers``), in this order; nothing is decoded, separated
 or written before step 4:
 
-1. the flags become the request's parts (:mod:`stemsplit.request`: output options, engine settings, the
+1. the flags become the request's parts (:mod:`stemsplit.engine.request`: output options, engine settings, the
    stems asked for), each checked when made; then the run's own (--shard, --report, --ray) (usage errors:
    exit 2, one line, nothing created);
 2. inputs: the files named, or the songs under the folders (``batch``);
-3. the pre-flight, :func:`stemsplit.request.prepare`: every output path of every song, checked (inside
+3. the pre-flight, :func:`stemsplit.engine.request.prepare`: every output path of every song, checked (inside
    ``-o``, no two songs on one file), then every input probed (a bad file fails alone, exit 1);
 4. the model, then the songs, one by one (:func:`~stemsplit.cli.song.separate_one`), each committed all
    together (``batch --ray``: the songs go to Ray workers, each with its own copy of the model,
@@ -42,7 +42,7 @@ TS_PARAMETERS = 35.5e6  # the paper's TS: the estimate above scales with a model
 
 def engine_settings(args: dict[str, Any], device: str | None = None) -> Any:
     """The engine's settings from the flags (checked: SeparationError), on ``device`` if given."""
-    from ..request import EngineSettings
+    from ..engine.request import EngineSettings
 
     return EngineSettings(
         device=args["device"] if device is None else device,
@@ -60,7 +60,7 @@ def engine_settings(args: dict[str, Any], device: str | None = None) -> Any:
 
 def stem_choice(args: dict[str, Any]) -> Any:
     """The stems asked for by --stems, --two-stems and --residual (checked: SeparationError)."""
-    from ..request import StemChoice
+    from ..engine.request import StemChoice
 
     if args["stems"] is not None and args["two_stems"] is not None:
         raise UsageError("--stems and --two-stems cannot be used together")
@@ -197,7 +197,7 @@ def load_separator(
 ) -> Any:
     """The run's model (a Separator, or an Ensemble for ``ensemble``) on ``device``, with the settings
     in ``args``: the run's own, and each --ray worker's."""
-    from ..separate import Separator
+    from ..engine.separator import Separator
 
     common = dict(
         settings=engine_settings(args, device),
@@ -207,7 +207,7 @@ def load_separator(
     )
     if ensemble is None:
         return Separator(args["model"], model_config=msst, **common)
-    from ..ensemble import Ensemble
+    from ..engine.ensemble import Ensemble
 
     return Ensemble(list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **common)
 
@@ -250,14 +250,14 @@ def _ray_argument(args: dict[str, Any], batch: bool, ensemble: Any) -> Any:
 
 
 def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: str = "music") -> int:
-    """Check everything the run will do (the pre-flight: :func:`stemsplit.request.prepare`), then load the
-    model and separate; returns the exit status. Raises :class:`UsageError` for exit 2.
+    """Check everything the run will do (the pre-flight: :func:`stemsplit.engine.request.prepare`), then
+    load the model and separate; returns the exit status. Raises :class:`UsageError` for exit 2.
 
     ``task``: the models this command takes (``music``: separate and batch; ``speakers``).
     """
+    from ..engine.request import prepare
+    from ..engine.settings import SeparationError, check_settings
     from ..output.plan import OutputError, OutputOptions
-    from ..request import prepare
-    from ..settings import SeparationError, check_settings
 
     # 1. the flags, each part of the request checking itself; then the run's own flags
     args["task"] = task

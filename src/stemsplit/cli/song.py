@@ -41,8 +41,8 @@ def separate_one(
     from ..audio.downmix import describe_downmix
     from ..audio.info import AudioError
     from ..batch import STATE_FOLDER, Claim, SourceChangedError
+    from ..engine.separator import SeparationError
     from ..output.plan import OutputError, OutputExistsError
-    from ..separate import SeparationError
 
     source = song.outputs.source.path
     claim = None
@@ -160,7 +160,7 @@ def _probe_again_if_changed(separator, song: Song, downmix: bool, batch: bool) -
     file cannot be separated."""
     from ..audio.probing import probe
     from ..batch import source_changed
-    from ..request import source_identity
+    from ..engine.request import source_identity
 
     now = source_identity(song.outputs.source.path)
     if now == song.identity:
@@ -176,7 +176,7 @@ def _song_problem(exc: Exception, song: Song, out: Path, batch: bool) -> str:
     while it was read (whatever error that caused: a decoding error, a missing file), batch's records
     in OUT/.stemsplit, else the file the error names."""
     from ..batch import STATE_FOLDER, SourceChangedError, source_changed
-    from ..request import source_identity
+    from ..engine.request import source_identity
 
     source = song.outputs.source.path
     if not isinstance(exc, SourceChangedError) and source_identity(source) != song.identity:

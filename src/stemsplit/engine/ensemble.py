@@ -2,8 +2,8 @@
 
 Python API::
 
-    from stemsplit.ensemble import Ensemble
-    ens = Ensemble("a:2,b")                          # --model's syntax (stemsplit.ensemble_spec)
+    from stemsplit.engine.ensemble import Ensemble
+    ens = Ensemble("a:2,b")                          # --model's syntax (stemsplit.engine.ensemble_spec)
     ens = Ensemble(["a", "b"], weights=[2, 1])       # the same
     ens = Ensemble([net_a, net_b], choose={"vocals": 0})  # networks; vocals from the first alone
     stems = ens.separate(audio, rate)                # {stem: [channels, samples]}
@@ -16,11 +16,11 @@ rate, exactly as long as the song, in pieces of its own sizes. Those pieces are 
 for frame (a small queue per member: only what one member has given ahead of another) and
 averaged as they come, so memory does not grow with the song.
 
-Stems (see :func:`~stemsplit.ensemble_spec.plan_stems`): every stem any member gives, in the
+Stems (see :func:`~stemsplit.engine.ensemble_spec.plan_stems`): every stem any member gives, in the
 first member's order, then the others' new ones; each is the weighted average of the members
 that give it (weights renormalised over those), or one member's alone where ``choose`` says so.
 A member whose ``other`` is the rest of the song gives the ensemble's other less the stems the
-ensemble has and it lacks (:func:`~stemsplit.ensemble_spec.rest_parts`: a 4-stem model's other
+ensemble has and it lacks (:func:`~stemsplit.engine.ensemble_spec.rest_parts`: a 4-stem model's other
 less the guitar and piano of an htdemucs_6s beside it), so no instrument is in two stems.
 
 ``exact``: the residual of the *averaged* stems (the mixture minus their sum) is shared among
@@ -48,20 +48,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio.info import AudioInfo
-from .card import OTHER, other_is_the_rest
+from ..audio.info import AudioInfo
+from ..card import OTHER, other_is_the_rest
+from ..weights import CHECKPOINT_SUFFIXES
 from .ensemble_spec import EnsembleSpec, describe_plan, parse_models, plan_stems, rest_parts
+from .overlap_add import StreamingOverlapAdd, take_queued
 from .request import EngineSettings
-from .separate import (
-    ProgressCallback,
-    Separator,
-    SongSeparator,
-    StreamingOverlapAdd,
-    share_residual,
-    take_queued,
-)
+from .residual import share_residual
+from .separator import ProgressCallback, Separator, SongSeparator
 from .settings import SeparationError, shown
-from .weights import CHECKPOINT_SUFFIXES
 
 __all__ = ["Ensemble"]
 
@@ -74,7 +69,7 @@ class Ensemble(SongSeparator):
 
     Args:
         models: ``--model``'s text (``"a:2,b"``, ``"vocals=a,drums=b,bass=b,other=b"``: see
-            :mod:`stemsplit.ensemble_spec`), or a list of models as :class:`Separator` takes them
+            :mod:`stemsplit.engine.ensemble_spec`), or a list of models as :class:`Separator` takes them
             (registry names, checkpoint paths or URLs, networks with a card).
         weights: with a list, one positive number per model (default: all equal).
         choose: with a list, {stem: index of the model it comes from alone}.
@@ -112,7 +107,7 @@ class Ensemble(SongSeparator):
         download_progress: bool = True,
         settings: EngineSettings | None = None,
     ) -> None:
-        if settings is None:  # the request's checks (stemsplit.request), as the command line's
+        if settings is None:  # the request's checks (stemsplit.engine.request), as the command line's
             settings = EngineSettings(
                 device, window, hop, batch_size, precision, stage, exact, shifts, light, compile
             )

@@ -2,7 +2,7 @@
 
 ``--model`` names one model (a registry name, a checkpoint file or an http(s) URL) or an
 ensemble: several models, separated by commas, that separate each song together in one pass
-and whose stems are averaged (the engine is :class:`stemsplit.ensemble.Ensemble`)::
+and whose stems are averaged (the engine is :class:`stemsplit.engine.ensemble.Ensemble`)::
 
     --model a,b                             each stem is the average of a's and b's
     --model a:2,b:1                         weighted: each stem is (2 a + 1 b) / 3
@@ -46,7 +46,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .card import OTHER, stem_name_problem
+from ..card import OTHER, stem_name_problem
 from .settings import SeparationError
 
 __all__ = ["EnsembleSpec", "describe_plan", "named_ensemble", "parse_models", "plan_stems", "rest_parts"]
@@ -122,8 +122,8 @@ def parse_models(text: str) -> EnsembleSpec | None:
 def named_ensemble(name: str) -> EnsembleSpec | None:
     """The ensemble a registry ``[ensembles.NAME]`` table describes; None when ``name`` is none (or a
     file). Its text is parsed as ``--model``'s, and each member must be a model of the registry."""
-    from .weights.errors import WeightsError
-    from .weights.registry import load_registry  # torch-free
+    from ..weights.errors import WeightsError
+    from ..weights.registry import load_registry  # torch-free
 
     if os.path.exists(name):
         return None

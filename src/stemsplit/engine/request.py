@@ -28,13 +28,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .audio.info import AudioError, AudioInfo
-from .audio.probing import probe
-from .output.plan import OutputError, OutputOptions, SongOutputs, SongSource, plan_outputs
+from ..audio.info import AudioError, AudioInfo
+from ..audio.probing import probe
+from ..output.plan import OutputError, OutputOptions, SongOutputs, SongSource, plan_outputs
 from .settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device, shown
 
 if TYPE_CHECKING:
-    from .batch import GivenNames
+    from ..batch import GivenNames
 
 __all__ = ["EngineSettings", "PlannedSong", "SeparationRequest", "StemChoice", "prepare", "stem_names"]
 

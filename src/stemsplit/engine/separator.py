@@ -1,43 +1,27 @@
-"""The separation engine: windows, batches, overlap-add, streaming. No CLI code here.
+"""The separator: a model and its settings, songs in, stems out, block by block. No CLI code here.
 
-A song is cut into windows of ``window`` seconds every ``hop`` seconds (the
-paper's protocol: 3 s every 0.5 s), with ``window - hop`` of zeros before and
-after it so every sample is covered by the same number of windows. Windows go
-through the model in batches; their outputs are summed where they overlap and
-divided by the number of windows covering each sample (plain overlap-add
-averaging, as in BSRNN's chunked evaluation). An identity model therefore gives
-back its input exactly, for any length.
+The windows go through :mod:`.overlap_add` (streaming, so memory does not grow with the
+song's length), several songs' windows can share calls through :mod:`.pool`, and ``exact``
+is :mod:`.residual`'s. Speech networks are mono (``card.channels == 1``): the input's
+channels are averaged, and the talkers come out mono.
 
-Everything streams: :class:`StreamingOverlapAdd` takes the song block by
-block and hands back finished output as soon as no later window can touch it,
-so memory does not grow with the song's length.
-
-Speaker separation (a card with ``permutation_invariant``): a network trained
-with a permutation-invariant loss gives each window's talkers in an order of
-its own, so before a window is added its outputs are reordered to match what
-the earlier windows left on the overlap (the permutation with the largest
-summed inner product with the output so far there, i.e. the least-squares
-match). Without that, talkers would swap files every few seconds. Speech
-networks are mono (``card.channels == 1``): the input's channels are averaged,
-and the talkers come out mono.
-
-Python API::
+Python API (also importable as :mod:`stemsplit.separate` and ``stemsplit.Separator``)::
 
     from stemsplit.separate import Separator
     sep = Separator("path/to/model.safetensors", device="auto")
     stems = sep.separate(audio, sample_rate)          # audio [channels, samples]
     sep.separate_file("song.flac", "stems/")          # stems/song/vocals.wav, ...
 
-Files: :meth:`Separator.separate_file` is a short composition of the engine
-(:meth:`Separator.song_blocks`: audio blocks in, named stem blocks out) and
-the output side (:mod:`stemsplit.output`: the plan and the all-or-nothing
+Files: :meth:`Separator.separate_file` builds the command line's request
+(:func:`stemsplit.engine.request.prepare`) and is a short composition of the engine
+(:meth:`Separator.song_blocks`: audio blocks in, named stem blocks out) and the output
+side (:mod:`stemsplit.output`: the plan and the all-or-nothing
 :class:`~stemsplit.output.StemWriter`).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import itertools
 import math
@@ -53,16 +37,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio.decode import read_blocks, unplayable_sample
-from .audio.downmix import downmix_to_stereo
-from .audio.info import AudioInfo
-from .audio.resample import BlockResampler
-from .card import LIGHT_HOP, NORMALIZATIONS, ModelCard
-from .model.stft import istft, stft
-from .output.plan import DEFAULT_FILENAME, OutputOptions, SongOutputs
-from .output.writer import StemWriter
+from ..audio.decode import read_blocks, unplayable_sample
+from ..audio.downmix import downmix_to_stereo
+from ..audio.info import AudioInfo
+from ..audio.resample import BlockResampler
+from ..card import LIGHT_HOP, NORMALIZATIONS, ModelCard
+from ..output.plan import DEFAULT_FILENAME, OutputOptions, SongOutputs
+from ..output.writer import StemWriter
+from ..runtime import pick_device, resolve_precision
+from ..weights import load_model
+from ..weights.msst import MSSTConfig
+from .overlap_add import ShiftedOverlapAdd, StreamingOverlapAdd, shift_delays, take_queued, window_count
+from .pool import WindowPool
 from .request import EngineSettings, StemChoice, prepare, stem_names
-from .runtime import pick_device, resolve_precision
+from .residual import share_residual
 from .settings import (
     MAX_CHANNELS,
     RESIDUAL,
@@ -73,25 +61,8 @@ from .settings import (
     shown,
     task_mismatch,
 )
-from .weights import load_model
-from .weights.msst import MSSTConfig
 
-__all__ = [
-    "SeparationError",
-    "SeparationResult",
-    "Separator",
-    "SongSeparator",
-    "StreamingOverlapAdd",
-    "WindowPool",
-    "as_audio_array",
-    "check_sample_rate",
-    "check_settings",
-    "choose_stems",
-    "pick_device",
-    "share_residual",
-    "song_stats",
-    "window_count",
-]
+__all__ = ["SeparationResult", "Separator", "SongSeparator", "as_audio_array", "song_stats"]
 
 READ_BLOCK_SECONDS = 10.0
 
@@ -100,359 +71,6 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 # --- overlap-add -------------------------------------------------------------------------------
-
-
-def window_count(samples: int, window: int, hop: int) -> int:
-    """Windows needed for ``samples`` samples: starts every ``hop`` until past the last sample."""
-    return (window - hop + samples - 1) // hop + 1
-
-
-class StreamingOverlapAdd:
-    """Cut a stream into overlapping windows, run them in batches, overlap-add the results.
-
-    Args:
-        run_batch: windows [n, channels, window] -> outputs [n, S, channels, window].
-        window, hop: in samples (hop <= window).
-        batch_size: windows per call of ``run_batch``.
-        align_stems: how many leading outputs come in an arbitrary order per window (a
-            permutation-invariant network's talkers; 0 or 1: none). Each window's first
-            ``align_stems`` outputs are permuted to best match the output accumulated so far on
-            the part of the window that earlier windows covered (largest summed inner product over
-            the ``align_stems!`` permutations) before they are added; the outputs after them (the
-            mixture carried along for a residual) stay where they are.
-
-    Feed input with :meth:`push` ([channels, n] tensors) and end with
-    :meth:`finish`; both yield finished output [S, channels, m], in order, that
-    together have exactly the input's length.
-    """
-
-    def __init__(
-        self,
-        run_batch: Callable[[torch.Tensor], torch.Tensor],
-        window: int,
-        hop: int,
-        batch_size: int = 1,
-        align_stems: int = 0,
-    ) -> None:
-        if not 0 < hop <= window:
-            raise ValueError(f"hop ({hop}) must be in (0, window ({window})]")
-        self.run_batch = run_batch
-        # Every order of the talkers, as rows of indices (row 0 is the identity: kept on ties).
-        self._permutations = (
-            torch.tensor(list(itertools.permutations(range(align_stems)))) if align_stems > 1 else None
-        )
-        self.window, self.hop, self.batch_size = window, hop, max(1, batch_size)
-        self.lead = window - hop  # zeros before the song (and at least as many after)
-        self.samples = 0  # real input samples received so far
-        self.windows_done = 0
-        self._input: torch.Tensor | None = None  # padded input from index _input_start
-        self._input_start = 0
-        self._sum: torch.Tensor | None = None  # [S, C, n] window outputs summed, from _out_start
-        self._count: torch.Tensor | None = None  # [n] windows covering each sample
-        self._out_start = 0
-        self._emitted = self.lead  # padded index up to which output was handed back
-
-    def windows_for(self, samples: int) -> int:
-        """Number of windows a song of ``samples`` samples takes."""
-        return window_count(samples, self.window, self.hop)
-
-    def push(self, block: torch.Tensor) -> Iterator[torch.Tensor]:
-        if self._input is None:
-            self._input = block.new_zeros(block.shape[0], self.lead)
-        self._input = torch.cat([self._input, block], dim=1)
-        self.samples += block.shape[1]
-        yield from self._run(final=False)
-
-    def finish(self) -> Iterator[torch.Tensor]:
-        if self._input is None or self.samples == 0:
-            return
-        total = self.windows_for(self.samples)
-        needed = (total - 1) * self.hop + self.window - self._input_start
-        missing = needed - self._input.shape[1]
-        if missing > 0:
-            self._input = torch.cat(
-                [self._input, self._input.new_zeros(self._input.shape[0], missing)], dim=1
-            )
-        yield from self._run(final=True, total=total)
-
-    def _run(self, final: bool, total: int | None = None) -> Iterator[torch.Tensor]:
-        input_end = self._input_start + self._input.shape[1]
-        while True:
-            starts = []
-            k = self.windows_done
-            while len(starts) < self.batch_size and (total is None or k < total):
-                start = k * self.hop
-                if start + self.window > input_end:
-                    break
-                starts.append(start)
-                k += 1
-            if not starts or (len(starts) < self.batch_size and not final):
-                return
-            offsets = [s - self._input_start for s in starts]
-            batch = torch.stack([self._input[:, o : o + self.window] for o in offsets])
-            self._accumulate(starts, self.run_batch(batch))
-            self.windows_done += len(starts)
-            # Nothing before the next window's start will change any more.
-            ready = self.windows_done * self.hop if not final or self.windows_done < total else math.inf
-            yield from self._emit(ready, final)
-            self._drop_input(self.windows_done * self.hop)
-
-    def _accumulate(self, starts: list[int], outputs: torch.Tensor) -> None:
-        end = starts[-1] + self.window
-        if self._sum is None:
-            self._sum = outputs.new_zeros(*outputs.shape[1:3], 0)
-            self._count = outputs.new_zeros(0)
-            self._out_start = starts[0]
-        grow = end - (self._out_start + self._sum.shape[-1])
-        if grow > 0:
-            self._sum = torch.cat([self._sum, self._sum.new_zeros(*self._sum.shape[:2], grow)], dim=-1)
-            self._count = torch.cat([self._count, self._count.new_zeros(grow)])
-        for start, out in zip(starts, outputs, strict=True):
-            o = start - self._out_start
-            if self._permutations is not None:
-                out = self._aligned(out, o)
-            self._sum[..., o : o + self.window] += out
-            self._count[o : o + self.window] += 1
-
-    def _aligned(self, out: torch.Tensor, o: int) -> torch.Tensor:
-        """``out`` [S, C, window] with its first stems reordered to match the output so far from ``o`` on.
-
-        Windows come in order, so the part of this window that earlier ones covered is a prefix.
-        """
-        covered = int((self._count[o : o + self.window] > 0).sum())
-        if covered == 0:
-            return out
-        n = self._permutations.shape[1]
-        so_far = (self._sum[:n, ..., o : o + covered] / self._count[o : o + covered]).reshape(n, -1)
-        scores = out[:n, ..., :covered].reshape(n, -1).double() @ so_far.double().T  # [new, so far]
-        # Row p of the permutations puts new output p[j] in place j: its score is sum_j scores[p[j], j].
-        totals = scores[self._permutations, torch.arange(n)].sum(dim=1)
-        best = self._permutations[int(totals.argmax())]
-        return torch.cat([out[best], out[n:]])
-
-    def _emit(self, ready: float, final: bool) -> Iterator[torch.Tensor]:
-        last_real = self.lead + self.samples  # padded index just past the last real sample
-        stop = int(min(ready, last_real, self._out_start + self._sum.shape[-1]))
-        if stop <= self._emitted:
-            return
-        a, b = self._emitted - self._out_start, stop - self._out_start
-        yield self._sum[..., a:b] / self._count[a:b]
-        self._emitted = stop
-        keep = stop - self._out_start
-        self._sum, self._count = self._sum[..., keep:], self._count[keep:]
-        self._out_start = stop
-
-    def _drop_input(self, before: int) -> None:
-        drop = before - self._input_start
-        if drop > 0:
-            self._input = self._input[:, drop:]
-            self._input_start = before
-
-
-# Demucs's shift trick: the song is run again up to this much later against the window grid.
-MAX_SHIFT_SECONDS = 0.5
-
-
-def shift_delays(shifts: int, rate: int) -> list[int]:
-    """The delays (samples) of ``shifts`` runs: evenly spread over [0, 0.5 s), the first 0.
-
-    Demucs draws each at random from [0, 0.5 s]; spread evenly they average the same way, and two
-    runs of the same song give the same stems.
-    """
-    return [round(k * MAX_SHIFT_SECONDS * rate / shifts) for k in range(shifts)]
-
-
-class ShiftedOverlapAdd:
-    """:class:`StreamingOverlapAdd` once per delay, the song that many samples later against the window
-    grid each time, the outputs lined up again and averaged (Demucs's ``shifts``: the windows fall at
-    other places in the music, which makes the network closer to time-equivariant; Demucs reports up
-    to 0.2 dB SDR).
-
-    The same interface as :class:`StreamingOverlapAdd` (``push``, ``finish``, ``windows_done``,
-    ``windows_for``); each run keeps only what it has given ahead of the slowest, so memory stays flat.
-    """
-
-    def __init__(self, make: Callable[[], StreamingOverlapAdd], delays: Sequence[int]) -> None:
-        self.runs = [make() for _ in delays]
-        self.delays = list(delays)
-        self._skip = list(delays)  # output samples each run still drops (the silence put before the song)
-        self._queues: list[collections.deque[torch.Tensor]] = [collections.deque() for _ in delays]
-        self._started = False
-
-    @property
-    def windows_done(self) -> int:
-        return sum(run.windows_done for run in self.runs)
-
-    def windows_for(self, samples: int) -> int:
-        return sum(run.windows_for(samples + d) for run, d in zip(self.runs, self.delays, strict=True))
-
-    def push(self, block: torch.Tensor) -> Iterator[torch.Tensor]:
-        for index, (run, delay) in enumerate(zip(self.runs, self.delays, strict=True)):
-            late = self._started or not delay
-            for out in run.push(block if late else torch.cat([block.new_zeros(len(block), delay), block], 1)):
-                self._take(index, out)
-        self._started = True
-        yield from self._averaged()
-
-    def finish(self) -> Iterator[torch.Tensor]:
-        for index, run in enumerate(self.runs):
-            for out in run.finish():
-                self._take(index, out)
-        yield from self._averaged()
-
-    def _take(self, index: int, out: torch.Tensor) -> None:
-        drop = min(self._skip[index], out.shape[-1])
-        self._skip[index] -= drop
-        if out.shape[-1] > drop:
-            self._queues[index].append(out[..., drop:])
-
-    def _averaged(self) -> Iterator[torch.Tensor]:
-        ready = min(sum(part.shape[-1] for part in queue) for queue in self._queues)
-        if ready:
-            yield sum(torch.cat(take_queued(queue, ready), dim=-1) for queue in self._queues) / len(self.runs)
-
-
-def take_queued(queue: collections.deque[Any], count: int, axis: int = -1) -> list[Any]:
-    """The first ``count`` entries along ``axis`` of the arrays (numpy or torch) queued, taken off the
-    queue, as the pieces they were queued in (the last one cut, its rest put back)."""
-    parts = []
-    while count:
-        head = queue.popleft()
-        if head.shape[axis] > count:
-            before = (slice(None),) * (axis % head.ndim)
-            queue.appendleft(head[(*before, slice(count, None))])
-            head = head[(*before, slice(None, count))]
-        parts.append(head)
-        count -= head.shape[axis]
-    return parts
-
-
-class WindowPool:
-    """Windows of several songs, separated at once in threads, run through the network together.
-
-    On a GPU a short song's windows fill a small part of a batch: the device waits while the song is
-    decoded, written and the next one opened. With a pool, each song's thread (inside
-    :meth:`song`) calls the pool in place of the network; a call waits until every song in flight has
-    windows waiting, or ``max_windows`` are waiting, or ``patience`` seconds have passed, and then one
-    thread runs the windows waiting (of one shape: a mono song's and a stereo song's are not mixed, up to
-    ``max_windows``) in one call of ``forward`` and hands each song its part.
-
-    Each window's stems depend on that window alone, so a song's stems are the same whichever windows
-    share its batches, up to the float rounding of batched arithmetic (a batch of 8 may round differently
-    from a batch of 1).
-    """
-
-    def __init__(
-        self,
-        forward: Callable[[torch.Tensor], torch.Tensor],
-        max_windows: int,
-        patience: float = 0.05,
-    ) -> None:
-        self.forward, self.max_windows, self.patience = forward, max(1, max_windows), patience
-        self._ready = threading.Condition()
-        self._songs = 0  # songs in flight (threads inside song())
-        self._waiting: list[_PooledCall] = []
-        self._running = False
-
-    @contextlib.contextmanager
-    def song(self) -> Iterator[None]:
-        """Run one song's separation inside this: the pool waits for its windows while it runs."""
-        with self._ready:
-            self._songs += 1
-        try:
-            yield
-        finally:
-            with self._ready:
-                self._songs -= 1
-                self._ready.notify_all()  # the others no longer wait for this song's windows
-
-    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        """windows [n, C, W] -> stems [n, S, C, W], run with other songs' windows."""
-        call = _PooledCall(windows)
-        deadline = time.monotonic() + self.patience
-        with self._ready:
-            self._waiting.append(call)
-            self._ready.notify_all()
-            while not call.finished:
-                now = time.monotonic()
-                if not self._running and self._waiting and self._full(now >= deadline):
-                    batch = self._take()
-                    self._running = True
-                    self._ready.release()
-                    try:
-                        self._run(batch)
-                    finally:
-                        self._ready.acquire()
-                        self._running = False
-                        self._ready.notify_all()
-                    continue
-                self._ready.wait(timeout=max(deadline - now, 0.005))
-        if call.error is not None:
-            raise call.error
-        return call.result
-
-    def _full(self, waited: bool) -> bool:
-        queued = sum(len(call.windows) for call in self._waiting)
-        return waited or queued >= self.max_windows or len(self._waiting) >= self._songs
-
-    def _take(self) -> list[_PooledCall]:
-        """The calls to run now: the oldest, and the later ones with windows of its shape, to max_windows."""
-        shape = self._waiting[0].windows.shape[1:]
-        batch, kept, count = [], [], 0
-        for call in self._waiting:
-            if call.windows.shape[1:] != shape or (batch and count + len(call.windows) > self.max_windows):
-                kept.append(call)
-            else:
-                batch.append(call)
-                count += len(call.windows)
-        self._waiting = kept
-        return batch
-
-    def _run(self, batch: list[_PooledCall]) -> None:
-        try:
-            outputs = self.forward(torch.cat([call.windows for call in batch]))
-        except BaseException as exc:  # each song's thread raises it (CUDA out of memory: each halves)
-            for call in batch:
-                call.error, call.finished = exc, True
-            return
-        start = 0
-        for call in batch:
-            call.result, call.finished = outputs[start : start + len(call.windows)], True
-            start += len(call.windows)
-
-
-@dataclass(eq=False)  # each call is itself: a == on its tensors would compare them element by element
-class _PooledCall:
-    windows: torch.Tensor
-    result: torch.Tensor | None = None
-    error: BaseException | None = None
-    finished: bool = False
-
-
-def share_residual(
-    mixture: torch.Tensor, stems: torch.Tensor, n_fft: int = 2048, hop: int = 512
-) -> torch.Tensor:
-    """Make stems sum exactly to the mixture, sharing the residual by magnitude in each STFT bin.
-
-    mixture [n, C, L], stems [n, S, C, L] -> corrected stems. In every
-    time-frequency bin the residual (mixture minus the sum of stems) is split
-    among the stems in proportion to their magnitudes there, so a stem that is
-    silent in a bin stays silent. Since the STFT is linear and inverts exactly,
-    the corrected stems sum to the mixture in the waveform too.
-    """
-    n, s, c, length = stems.shape
-    window = torch.hann_window(n_fft, device=stems.device, dtype=stems.dtype)
-    stem_spec = stft(stems.reshape(-1, length), n_fft, hop, window)
-    stem_spec = stem_spec.reshape(n, s, c, *stem_spec.shape[-2:])
-    mix_spec = stft(mixture.reshape(-1, length), n_fft, hop, window).reshape(n, c, *stem_spec.shape[-2:])
-    residual = mix_spec - stem_spec.sum(dim=1)
-    magnitude = stem_spec.abs()
-    share = magnitude / magnitude.sum(dim=1, keepdim=True).clamp_min(torch.finfo(stems.dtype).tiny)
-    # Bins where every stem is silent: share equally (the mixture is all residual there).
-    share = torch.where(magnitude.sum(dim=1, keepdim=True) > 0, share, torch.full_like(share, 1 / s))
-    corrected = stem_spec + share * residual[:, None]
-    audio = istft(corrected.reshape(-1, *corrected.shape[-2:]), n_fft, hop, window, length)
-    return audio.reshape(n, s, c, length)
 
 
 # --- the separator -------------------------------------------------------------------------------
@@ -565,7 +183,7 @@ def _output(part: np.ndarray, index: dict[str, int], name: str) -> np.ndarray:
 
 
 class SongSeparator:
-    """What :class:`Separator` and :class:`stemsplit.ensemble.Ensemble` share: audio in memory or a
+    """What :class:`Separator` and :class:`stemsplit.engine.ensemble.Ensemble` share: audio in memory or a
     song's file in, its stems out.
 
     A subclass sets ``stems`` (output order), ``mono`` (its networks take one channel: the stems are
@@ -642,7 +260,7 @@ class SongSeparator:
         self, stems: Iterable[str] | None = None, two_stems: str | None = None, residual: bool = False
     ) -> list[str]:
         """The stems to write (see :func:`choose_stems`), and with ``residual`` the mixture minus all of
-        them (:data:`~stemsplit.settings.RESIDUAL`)."""
+        them (:data:`~stemsplit.engine.settings.RESIDUAL`)."""
         if stems is None and two_stems is None:
             stems = self.chosen
         return StemChoice(stems, two_stems, residual).resolve(self.stems, self.owner)
@@ -726,7 +344,7 @@ class SongSeparator:
             owner=self.owner,
             downmix=downmix,
             stream=stream,
-        )  # the command line's pre-flight (stemsplit.request)
+        )  # the command line's pre-flight (stemsplit.engine.request)
         [song] = request.songs
         if song.problem is not None:
             raise song.problem
@@ -771,8 +389,8 @@ class Separator(SongSeparator):
         shifts: run the song this many times, each up to 0.5 s later against the window grid, and
             average (Demucs's ``--shifts``; see :class:`ShiftedOverlapAdd`): ``shifts`` times the
             work. 1 (the default) runs it once, unshifted.
-        settings: the settings above as one checked :class:`~stemsplit.request.EngineSettings` (a
-            request's, see :mod:`stemsplit.request`); given, it replaces ``device`` ... ``compile``.
+        settings: the settings above as one checked :class:`~stemsplit.engine.request.EngineSettings` (a
+            request's, see :mod:`stemsplit.engine.request`); given, it replaces ``device`` ... ``compile``.
 
     Speaker separation::
 
@@ -808,7 +426,7 @@ class Separator(SongSeparator):
         shifts: int = 1,
         settings: EngineSettings | None = None,
     ) -> None:
-        if settings is None:  # the request's checks (stemsplit.request), as the command line's
+        if settings is None:  # the request's checks (stemsplit.engine.request), as the command line's
             settings = EngineSettings(
                 device, window, hop, batch_size, precision, stage, exact, shifts, light, compile
             )
@@ -917,7 +535,7 @@ class Separator(SongSeparator):
         self._fingerprint: str | None = None
         self._pool: WindowPool | None = None
         if self.device.type == "cpu":
-            from .runtime import tune_cpu_allocator
+            from ..runtime import tune_cpu_allocator
 
             tune_cpu_allocator()
 

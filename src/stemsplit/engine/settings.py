@@ -12,8 +12,8 @@ import numbers
 import re
 from collections.abc import Iterable, Sequence
 
-from .audio.info import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE  # files and arrays are held to one range
-from .errors import StemsplitError
+from ..audio.info import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE  # files and arrays are held to one range
+from ..errors import StemsplitError
 
 __all__ = [
     "MAX_BATCH_SIZE",

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.separator import Separator
 from ..files import write_atomically
-from ..separate import Separator
 from .metrics import csdr, speech_scores, usdr
 from .stems import StemMatch, match_stems, separator_other_is_the_rest
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..card import MUSIC_STEMS, SPEAKER_STEMS, stem_name_problem
+from ..engine.settings import SeparationError, check_settings, parse_device
 from ..files import creation_problem
-from ..settings import SeparationError, check_settings, parse_device
 
 __all__ = [
     "DEFAULT_ARCH",

@@ -56,12 +56,12 @@ import torch
 import torch.distributed as dist
 
 from ..card import MUSIC_STEMS
+from ..engine.settings import SeparationError
 from ..errors import StemsplitError
 from ..files import write_atomically
 from ..model import FamilyError, build_model, config_problem, family, make_config
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..runtime import Ranks, pick_device, resolve_precision, torchrun_ranks
-from ..settings import SeparationError
 from ..weights import WeightsError, save_checkpoint, torch_load_safely
 from .config import LR_SCHEDULES, RECIPE_FIELDS, RECIPES, TrainConfig, either, flag_name
 from .losses import pit_si_snr_loss, separation_loss
@@ -661,8 +661,8 @@ class Run:
     def validate(self) -> float:
         """Mean uSDR over stems and validation tracks (speakers: mean SI-SNRi over talkers and dev
         mixtures), with the chunked protocol (rank 0)."""
+        from ..engine.separator import Separator
         from ..evaluate.scoring import evaluate_speech, evaluate_tracks
-        from ..separate import Separator
 
         if not self.valid_tracks:
             # No validation set: each epoch counts as better than the last, so best.safetensors is the

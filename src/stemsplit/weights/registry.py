@@ -9,7 +9,7 @@ built (that needs torch), with the same ``file:line``.
 
 One ``[ensembles.NAME]`` table per named ensemble (Demucs's ``htdemucs_ft`` bag): models of the
 registry that separate a song together, written as ``--model`` writes an ensemble
-(:mod:`stemsplit.ensemble_spec` reads that text and checks its members).
+(:mod:`stemsplit.engine.ensemble_spec` reads that text and checks its members).
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ _ENSEMBLE_FIELDS: dict[str, type] = {"description": str, "models": str, "license
 
 def _parse_ensemble(name: str, table: Any, loc: _Locator, models: Mapping[str, ModelEntry]) -> EnsembleEntry:
     """An ``[ensembles.NAME]`` table, its fields' types checked (its ``models`` text is checked by
-    :mod:`stemsplit.ensemble_spec`, which this module does not import)."""
+    :mod:`stemsplit.engine.ensemble_spec`, which this module does not import)."""
     where = f"ensembles.{name}"
 
     def fail(message: str, key: str | None = None) -> RegistryError:
