@@ -1276,6 +1276,7 @@ def test_api_refuses_an_absurd_sample_rate_for_a_model(golden_model):
 
 def test_api_takes_a_bf16_tensor_and_refuses_a_meta_one(separator):
     import torch
+
     from stemsplit.separate import SeparationError
 
     audio = torch.from_numpy(np.random.default_rng(0).uniform(-0.3, 0.3, (2, RATE)).astype(np.float32))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import ROOT, cli, python, run
-from stemsplit.separate import Separator
 
 from stemsplit import weights
 from stemsplit.datasets.synth import generate_song
 from stemsplit.evaluate.metrics import speech_scores, usdr
+from stemsplit.separate import Separator
 
 STEMS = ("drums", "bass", "other", "vocals")
 # Separation must beat "every stem = the mixture" by this much per stem (uSDR, dB). On the 10 held-out

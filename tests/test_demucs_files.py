@@ -18,9 +18,9 @@ import soundfile as sf
 import torch
 from helpers import run_cli
 from safetensors.torch import load_file, save_file
-from stemsplit.separate import Separator
 from weights_server import tiny_entry, write_registry
 
+from stemsplit.separate import Separator
 from stemsplit.weights import CheckpointError, RegistryError, UnsafeCheckpointError, load_model
 
 PACKAGE = Path(__file__).parent / "fixtures" / "htdemucs" / "package"

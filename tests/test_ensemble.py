@@ -17,7 +17,6 @@ import pytest
 import soundfile as sf
 import torch
 from helpers import ROOT, files_under, music, python, run_cli, stemsplit_without_torch, write_track
-from stemsplit.separate import window_count
 from torch import nn
 
 from stemsplit.card import MUSIC_STEMS, ModelCard
@@ -25,6 +24,7 @@ from stemsplit.engine.ensemble import Ensemble
 from stemsplit.engine.ensemble_spec import EnsembleSpec, parse_models, plan_stems
 from stemsplit.engine.settings import SeparationError
 from stemsplit.model import families
+from stemsplit.separate import window_count
 from stemsplit.weights import save_checkpoint
 
 RATE = 8000

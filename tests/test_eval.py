@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import GOLDEN_WEIGHTS, stemsplit_without_torch, tiny_model, write_track
-from stemsplit.separate import Separator
 from typer.testing import CliRunner
 
 from stemsplit.cli import app
@@ -25,6 +24,7 @@ from stemsplit.evaluate.scoring import (
     evaluate_tracks,
     write_report,
 )
+from stemsplit.separate import Separator
 
 STEMS = ("drums", "bass", "other", "vocals")
 RATE = 16000  # the model runs at 44.1 kHz; a lower file rate also exercises resampling and speeds BSSEval

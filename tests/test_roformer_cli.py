@@ -14,10 +14,10 @@ import torch
 import yaml
 from helpers import RATE, music, run_cli
 from safetensors.torch import load_file
-from stemsplit.separate import Separator
 from weights_server import tiny_entry, write_registry
 
 from stemsplit.model import families
+from stemsplit.separate import Separator
 
 FIXTURES = Path(__file__).parent / "fixtures" / "roformer"
 OPTIONS = json.loads((FIXTURES / "mel_stereo_1stem.json").read_text())

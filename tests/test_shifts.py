@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import RATE, music, run_cli
-from stemsplit.separate import Separator, shift_delays
 
 from stemsplit.engine.settings import SeparationError
+from stemsplit.separate import Separator, shift_delays
 
 
 def test_the_delays_spread_evenly_over_half_a_second():

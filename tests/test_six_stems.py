@@ -30,7 +30,6 @@ from helpers import (
     write_track,
 )
 from safetensors.torch import load_file
-from stemsplit.separate import Separator
 from typer.testing import CliRunner
 from weights_server import write_registry
 
@@ -42,6 +41,7 @@ from stemsplit.evaluate.scoring import evaluate_tracks
 from stemsplit.evaluate.stems import match_stems
 from stemsplit.model import families
 from stemsplit.model.htdemucs import SIX_STEMS, config_from_kwargs
+from stemsplit.separate import Separator
 from stemsplit.weights import file_info, save_checkpoint
 
 HT6 = Path(__file__).parent / "fixtures" / "htdemucs" / "ht6_published_like"

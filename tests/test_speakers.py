@@ -18,7 +18,6 @@ import pytest
 import soundfile as sf
 import torch
 from helpers import cli, files_under, run_cli, song, stemsplit_without_torch, tiny_model
-from stemsplit.separate import Separator, StreamingOverlapAdd
 from torch import nn
 from torch.nn import functional as F
 
@@ -26,6 +25,7 @@ from stemsplit.card import SPEAKER_STEMS, ModelCard
 from stemsplit.evaluate.metrics import speech_scores
 from stemsplit.evaluate.si_snr import pit_si_snr, si_snr
 from stemsplit.model import families
+from stemsplit.separate import Separator, StreamingOverlapAdd
 from stemsplit.train.losses import pit_si_snr_loss
 from stemsplit.weights import save_checkpoint
 
@@ -311,9 +311,8 @@ def test_speakers_writes_mono_talkers_and_residual_at_the_input_rate(tmp_path, c
 def test_surround_input_is_folded_as_the_command_folds_it(tmp_path, capsys, speaker_checkpoint):
     """A mono network averages the channels anyway: the API folds 6 channels down as the CLI does a
     5.1 file (ITU-R BS.775, then averaged), instead of refusing them; the summary says so."""
-    from stemsplit.separate import Separator
-
     from stemsplit.audio import downmix_to_stereo
+    from stemsplit.separate import Separator
 
     rng = np.random.default_rng(3)
     surround = (0.1 * rng.standard_normal((6, 8000))).astype(np.float32)

@@ -104,7 +104,8 @@ def eval_command(
         _check_stems_in_common(musdb / subset, test_stems, label, model_stems)
 
     from ..datasets.musdb import find_tracks
-    from ..engine.separator import SeparationError, Separator
+    from ..engine.separator import Separator
+    from ..engine.settings import SeparationError
     from ..evaluate.metrics import MUSEVAL_INSTALL
     from ..evaluate.scoring import evaluate_tracks, write_report
     from ..weights import WeightsError

@@ -72,7 +72,7 @@ def _run_command(batch: bool, args: dict[str, Any], precision: Any, task: str) -
             reporter.error("interrupted; nothing is left half-written", exit_code=130)
             raise typer.Exit(130) from None
         except Exception as exc:
-            from ..engine.separator import SeparationError
+            from ..engine.settings import SeparationError
             from ..weights import WeightsError
 
             if args["debug"] or not isinstance(exc, (WeightsError, SeparationError)):

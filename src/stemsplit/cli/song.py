@@ -41,7 +41,7 @@ def separate_one(
     from ..audio.downmix import describe_downmix
     from ..audio.info import AudioError
     from ..batch import STATE_FOLDER, Claim, SourceChangedError
-    from ..engine.separator import SeparationError
+    from ..engine.settings import SeparationError
     from ..output.plan import OutputError, OutputExistsError
 
     source = song.outputs.source.path

@@ -55,8 +55,9 @@ from .ensemble_spec import EnsembleSpec, describe_plan, parse_models, plan_stems
 from .overlap_add import StreamingOverlapAdd, take_queued
 from .request import EngineSettings
 from .residual import share_residual
-from .separator import ProgressCallback, Separator, SongSeparator
+from .separator import Separator
 from .settings import SeparationError, shown
+from .song_separator import ProgressCallback, SongSeparator
 
 __all__ = ["Ensemble"]
 
