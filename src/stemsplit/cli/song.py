@@ -13,6 +13,7 @@ from typing import Any
 from .reporter import Reporter
 
 
+@dataclasses.dataclass
 class Song:
     """One input, as the run sees it: its planned outputs, then what became of it."""
 
