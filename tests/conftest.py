@@ -1,4 +1,5 @@
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from helpers import (
     STUB_ARCH,
     StubConfig,
     StubNet,
+    song,
     stub_family,
     tiny_model,
     tiny_toml,
@@ -111,3 +113,23 @@ def tiny_musdb(tmp_path_factory):
         )
     (root / "tiny.toml").write_text(tiny_toml())
     return root
+
+
+@pytest.fixture(scope="module")
+def a_song(tmp_path_factory):
+    """A 1.3 s stereo chord (helpers.song) as a float WAV, shared by a module's tests: read, never changed."""
+    folder = tmp_path_factory.mktemp("inputs")
+    song(folder / "song.wav")
+    return folder / "song.wav"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB tmpfs: a real full disk (needs root or CAP_SYS_ADMIN; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: " + made.stderr.decode().strip())
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -325,7 +325,7 @@ def test_train_usage_errors_come_before_torch(tiny_musdb, tmp_path):
 
 def test_family_names_are_the_registry(monkeypatch):
     """The torch-free names are the shipped registry's; once it is imported, a family registered at run
-    time (as tests/test_speakers.py registers one) is a name too."""
+    time (as tests/cli/test_speakers.py registers one) is a name too."""
     code = "from stemsplit.train.config import family_names; print(' '.join(family_names()))"
     fresh = python("-c", code).stdout.split()
     from stemsplit.model import families
