@@ -1,5 +1,6 @@
 import json
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -133,3 +134,25 @@ def small_disk(tmp_path):
         pytest.skip("cannot mount a tmpfs here: " + made.stderr.decode().strip())
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def held_claims():
+    """A list for the batch claims (``stemsplit.batch.Claim``) a test acquires itself: each is released
+    when the test ends, passed or failed (a held claim's heartbeat thread touches its file until then)."""
+    claims: list = []
+    yield claims
+    for claim in claims:
+        claim.release()
+
+
+@pytest.fixture(autouse=True)
+def no_claim_left_held():
+    """No test ends with a batch claim still held in this process, by the test or by a command it ran
+    here: its heartbeat thread would outlive the test, touching a file in a removed folder."""
+    before = set(threading.enumerate())
+    yield
+    beating = [t for t in threading.enumerate() if t.name.startswith("claim ") and t not in before]
+    for thread in beating:  # release() wakes the thread at once; let it finish its last loop
+        thread.join(timeout=2)
+    assert not [t.name for t in beating if t.is_alive()], "a batch claim was left held (see held_claims)"

@@ -365,12 +365,13 @@ def test_a_dead_processs_claim_is_taken_over(tmp_path, stub_checkpoint):
     assert files_under(out, state=False) == [f"a/{s}" for s in FOUR_STEMS]
 
 
-def test_a_live_claim_is_respected(tmp_path):
+def test_a_live_claim_is_respected(tmp_path, held_claims):
     from stemsplit.batch import Claim
     from stemsplit.output import OutputOptions, SongSource, plan_outputs
 
     [planned] = plan_outputs([SongSource(tmp_path / "a.wav")], tmp_path / "out", ["x"], OutputOptions())
     first, second = Claim(tmp_path / "out", planned), Claim(tmp_path / "out", planned)
+    held_claims += [first, second]
     assert first.acquire() and not second.acquire()
     assert str(os.getpid()) in second.holder
     first.release()
@@ -393,7 +394,9 @@ def test_templates_that_give_the_same_paths_share_the_claim(tmp_path):
     claims[0][1].release()
 
 
-def test_a_batch_with_other_settings_does_not_mix_its_stems_into_a_running_one(tmp_path, stub_checkpoint):
+def test_a_batch_with_other_settings_does_not_mix_its_stems_into_a_running_one(
+    tmp_path, stub_checkpoint, held_claims
+):
     """Before: a wav run skipped a song that a flac run held ('being separated'), exit 0; and a run with
     other --stems claimed another slot and wrote the same vocals file beside the other run."""
     from stemsplit.batch import Claim
@@ -408,6 +411,7 @@ def test_a_batch_with_other_settings_does_not_mix_its_stems_into_a_running_one(t
     song(music / "a.wav", scale=0.1)  # changed: the flac run below separates it again
     [planned] = plan_outputs([SongSource(music / "a.wav")], out, ["vocals"], OutputOptions(fmt="flac"))
     running = Claim(out, planned, settings={**flac_settings, "stems": ["vocals"]})  # this process holds it
+    held_claims.append(running)
     assert running.acquire()
     before = files_under(out, state=False)
     for extra in ([], ["--stems", "vocals"]):
@@ -417,10 +421,9 @@ def test_a_batch_with_other_settings_does_not_mix_its_stems_into_a_running_one(t
         assert f"a.wav: being separated by process {os.getpid()}" in errors[0]
         assert "with other settings (format" in errors[0] and "run again when it is done" in errors[0]
         assert files_under(out, state=False) == before  # no wav stem beside the flac run's
-    running.release()
 
 
-def test_claims_share_a_slot_across_stems_and_formats_and_say_what_differs(tmp_path):
+def test_claims_share_a_slot_across_stems_and_formats_and_say_what_differs(tmp_path, held_claims):
     from stemsplit.batch import Claim
     from stemsplit.output import OutputOptions, SongSource, plan_outputs
 
@@ -440,6 +443,7 @@ def test_claims_share_a_slot_across_stems_and_formats_and_say_what_differs(tmp_p
     other = Claim(tmp_path / "out", planned(["x"], "flac"), settings={"format": "flac", "stems": ["x"]})
     assert not other.acquire() and other.conflict == ["format", "stems"]
     elsewhere = Claim(tmp_path / "out", planned(["x"], "flac"), "{track}-{stem}.{ext}", {"format": "flac"})
+    held_claims += [held, same, other, elsewhere]
     assert elsewhere.acquire()  # another template: another place, no conflict
 
 
