@@ -1,9 +1,11 @@
 import json
+import os
 import subprocess
 import threading
 
 import numpy as np
 import pytest
+import torch
 from helpers import (
     FIXTURES,
     GOLDEN_WEIGHTS,
@@ -19,6 +21,17 @@ from helpers import (
 )
 from safetensors.torch import load_file, save_file
 from weights_server import FileServer, golden_ckpt_bytes
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch takes its share of the CPUs (one thread each for CI's two
+    workers on two cores), and so do the processes its tests start (OMP_NUM_THREADS): two workers
+    with a thread per core each ran four busy threads on two cores. Alone (-n 0) torch keeps its own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if os.environ.get("PYTEST_XDIST_WORKER") and workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
