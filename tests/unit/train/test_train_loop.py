@@ -52,7 +52,7 @@ def test_loss_equals_hand_computation():
 
 def test_thirty_steps_reduce_the_loss_on_a_fixed_batch():
     model = tiny_model()
-    t = torch.arange(RATE // 2) / RATE
+    t = torch.arange(RATE // 4) / RATE  # a quarter second (half cost 29 s in CI): the loss ends at 0.32 x
     sources = torch.stack([torch.sin(2 * np.pi * f * t) * 0.2 for f in (60, 110, 440, 880)])  # [S, T]
     targets = sources[None, :, None].expand(2, 4, 2, -1).clone()
     targets[1] *= 0.5
