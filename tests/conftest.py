@@ -34,6 +34,17 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
+# Collected first, in this order: the folders of the longest files (training and fine-tuning runs, then the
+# end-to-end runs). Under --dist loadfile a worker that draws a long file last runs it alone at the end.
+LONGEST_FIRST = ("tests/unit/train/", "tests/e2e/")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(
+        key=lambda item: next((k for k, p in enumerate(LONGEST_FIRST) if item.nodeid.startswith(p)), 2)
+    )
+
+
 @pytest.fixture(scope="session")
 def golden():
     """The small reference model (feature_dim 32, 2 + 2 layers): config, weights, input and outputs."""

@@ -25,9 +25,6 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.
 from stemsplit.batch import STATE_FOLDER, song_slot  # noqa: E402
 from stemsplit.output import OutputOptions, SongSource, plan_outputs  # noqa: E402
 
-# One worker runs all of this module (pytest-xdist --dist loadgroup): its Ray cluster, made once.
-pytestmark = pytest.mark.xdist_group("test_ray")
-
 SONGS = {"a.wav": 0.6, "album/c.wav": 0.8, "album/d.wav": 2.5}
 DAMAGED = "damaged.flac"
 # One 3 s window a song (the demo network's time goes to its calls more than to their length)

@@ -45,9 +45,6 @@ from stemsplit.model.htdemucs import SIX_STEMS, config_from_kwargs
 from stemsplit.separate import Separator
 from stemsplit.weights import file_info, save_checkpoint
 
-# One worker runs all of this module (pytest-xdist --dist loadgroup): its 6-stem model and song, made once.
-pytestmark = pytest.mark.xdist_group("test_six_stems")
-
 HT6 = FIXTURES / "htdemucs" / "ht6_published_like"
 SECONDS = 0.6  # 9 windows of the tiny network's 4096-sample segment every 3072 samples
 

@@ -29,9 +29,6 @@ from stemsplit.separate import Separator, StreamingOverlapAdd
 from stemsplit.train.losses import pit_si_snr_loss
 from stemsplit.weights import save_checkpoint
 
-# One worker runs all of this module (pytest-xdist --dist loadgroup): its synthetic speech set, made once.
-pytestmark = pytest.mark.xdist_group("test_speakers")
-
 RATE = 8000
 ARCH = "tiny-tasnet"
 

@@ -32,9 +32,6 @@ from stemsplit.datasets.speech_synth import (
     write_dataset,
 )
 
-# One worker runs all of this module (pytest-xdist --dist loadgroup): its speech mixtures, made once.
-pytestmark = pytest.mark.xdist_group("test_speech_synth")
-
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None
 HAVE_PRA = importlib.util.find_spec("pyroomacoustics") is not None
 needs_espeak = pytest.mark.skipif(

@@ -18,9 +18,6 @@ from stemsplit.cli import app
 from stemsplit.datasets.musdb import find_tracks
 from stemsplit.datasets.synth import STEMS, SynthError, generate_song, write_dataset
 
-# One worker runs all of this module (pytest-xdist --dist loadgroup): its generated songs, made once.
-pytestmark = pytest.mark.xdist_group("test_synth")
-
 SR = 44100
 SECONDS = 5.0
 

@@ -22,9 +22,6 @@ from stemsplit.datasets.fluidsynth import FluidSynthError, find_soundfont
 from stemsplit.datasets.musdb import find_tracks
 from stemsplit.datasets.synth import STEMS, SynthError, generate_song, write_dataset
 
-# One worker runs all of this module (pytest-xdist --dist loadgroup): its FluidSynth renders, made once.
-pytestmark = pytest.mark.xdist_group("test_synth_soundfont")
-
 SR = 44100
 
 

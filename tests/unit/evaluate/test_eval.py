@@ -26,9 +26,6 @@ from stemsplit.evaluate.scoring import (
 )
 from stemsplit.separate import Separator
 
-# One worker runs all of this module (pytest-xdist --dist loadgroup): its test set and separator, made once.
-pytestmark = pytest.mark.xdist_group("test_eval")
-
 STEMS = ("drums", "bass", "other", "vocals")
 RATE = 16000  # the model runs at 44.1 kHz; a lower file rate also exercises resampling and speeds BSSEval
 

@@ -38,9 +38,6 @@ from stemsplit.train.finetune import (
 )
 from stemsplit.weights import load_model, save_checkpoint
 
-# One worker runs all of this module (pytest-xdist --dist loadgroup): its data and resumed run, made once.
-pytestmark = pytest.mark.xdist_group("test_finetune")
-
 RATE = 44100
 CUT_HZ = 1000
 

@@ -17,9 +17,6 @@ from helpers import RATE, python, read_log, run_train, train_args
 
 from stemsplit.train.loop import CHECKPOINT_FORMAT, TrainError, load_model_config
 
-# One worker runs all of this module (pytest-xdist --dist loadgroup): its finished training run, made once.
-pytestmark = pytest.mark.xdist_group("test_train_resume_safety")
-
 
 def one_error_line(result, status: int = 1) -> str:
     """The run failed with exit ``status`` and said why in one line; return that line."""
