@@ -1,7 +1,11 @@
 import json
+import os
+import subprocess
+import threading
 
 import numpy as np
 import pytest
+import torch
 from helpers import (
     FIXTURES,
     GOLDEN_WEIGHTS,
@@ -9,6 +13,7 @@ from helpers import (
     STUB_ARCH,
     StubConfig,
     StubNet,
+    song,
     stub_family,
     tiny_model,
     tiny_toml,
@@ -16,6 +21,28 @@ from helpers import (
 )
 from safetensors.torch import load_file, save_file
 from weights_server import FileServer, golden_ckpt_bytes
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch takes its share of the CPUs (one thread each for CI's two
+    workers on two cores), and so do the processes its tests start (OMP_NUM_THREADS): two workers
+    with a thread per core each ran four busy threads on two cores. Alone (-n 0) torch keeps its own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if os.environ.get("PYTEST_XDIST_WORKER") and workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+# Collected first, in this order: the folders of the longest files (training and fine-tuning runs, then the
+# end-to-end runs). Under --dist loadfile a worker that draws a long file last runs it alone at the end.
+LONGEST_FIRST = ("tests/unit/train/", "tests/e2e/")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(
+        key=lambda item: next((k for k, p in enumerate(LONGEST_FIRST) if item.nodeid.startswith(p)), 2)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -111,3 +138,45 @@ def tiny_musdb(tmp_path_factory):
         )
     (root / "tiny.toml").write_text(tiny_toml())
     return root
+
+
+@pytest.fixture(scope="module")
+def a_song(tmp_path_factory):
+    """A 1.3 s stereo chord (helpers.song) as a float WAV, shared by a module's tests: read, never changed."""
+    folder = tmp_path_factory.mktemp("inputs")
+    song(folder / "song.wav")
+    return folder / "song.wav"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB tmpfs: a real full disk (needs root or CAP_SYS_ADMIN; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: " + made.stderr.decode().strip())
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def held_claims():
+    """A list for the batch claims (``stemsplit.batch.Claim``) a test acquires itself: each is released
+    when the test ends, passed or failed (a held claim's heartbeat thread touches its file until then)."""
+    claims: list = []
+    yield claims
+    for claim in claims:
+        claim.release()
+
+
+@pytest.fixture(autouse=True)
+def no_claim_left_held():
+    """No test ends with a batch claim still held in this process, by the test or by a command it ran
+    here: its heartbeat thread would outlive the test, touching a file in a removed folder."""
+    before = set(threading.enumerate())
+    yield
+    beating = [t for t in threading.enumerate() if t.name.startswith("claim ") and t not in before]
+    for thread in beating:  # release() wakes the thread at once; let it finish its last loop
+        thread.join(timeout=2)
+    assert not [t.name for t in beating if t.is_alive()], "a batch claim was left held (see held_claims)"

@@ -73,7 +73,7 @@ PYEOF
 } 2>&1 | tee "$OUT/summary.log"
 
 if [ "$DRY" = 1 ]; then
-    step a_tests 60 $PY -m pytest tests/test_mamba2.py -q -k "backend or layout" -p no:cacheprovider
+    step a_tests 60 $PY -m pytest tests/unit/model/test_mamba2.py -q -k "backend or layout" -p no:cacheprovider
     step b_golden 60 $PY benchmarks/gpu/check_golden.py --device cpu --skip-ts
     step c_bench_model 60 bash -c "$PY benchmarks/bench_model.py --device cpu --presets l-ts --seconds 0.05 \
         --repeats 1 && $PY benchmarks/bench_model.py --device cpu --arch u-mamba-net --seconds 0.05 --repeats 1"
@@ -82,8 +82,8 @@ if [ "$DRY" = 1 ]; then
         --precisions fp32 --batch-sizes 2 --time-budget 60 --json "$OUT/separate.json" --markdown "$OUT/RESULTS.md"
 else
     # The golden fixtures of the RoFormers, HTDemucs and BSMamba2 on the GPU too (their `cuda` tests).
-    step a_tests 130 bash -c "$PY -m pytest tests/test_model.py tests/test_mamba2.py -q -ra -p no:cacheprovider; \
-        $PY -m pytest tests/test_roformer.py tests/test_htdemucs.py tests/test_bs_mamba2.py -m cuda -q -ra \
+    step a_tests 130 bash -c "$PY -m pytest tests/unit/model/test_ts_bsmamba2.py tests/unit/model/test_mamba2.py -q -ra -p no:cacheprovider; \
+        $PY -m pytest tests/unit/model/test_roformer.py tests/unit/model/test_htdemucs.py tests/unit/model/test_bs_mamba2.py -m cuda -q -ra \
         -p no:cacheprovider"
     step b_golden 60 $PY benchmarks/gpu/check_golden.py
     # U-Mamba-Net (speakers) after TS, in the same log: the 8 files that come back are all spoken for.

@@ -18,7 +18,7 @@ F = 128 features, win 41 / hop 20 samples (5.1 / 2.5 ms), L = 4, S = 2 (Table II
 
 Choices the paper leaves open, made so that every Table V variant (F 64/128/192,
 R 12/16/20, L 4/8) lands within 5% of its parameter count and 10% of its GMACs
-(``tests/test_u_mamba_net.py`` checks all six; the paper model: 4.43 M
+(``tests/unit/model/test_u_mamba_net.py`` checks all six; the paper model: 4.43 M
 parameters, 2.49 GMACs for 3 s, against the paper's 4.4 M and 2.5)::
 
     preset   F    R   L   parameters (paper)   GMACs, 3 s (paper)

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 # stemsplit.model.ts_bsmamba2.ARCHITECTURE, spelled out (importing the model would import torch;
-# tests/test_train_loop.py checks that the two agree).
+# tests/unit/train/test_train_loop.py checks that the two agree).
 DEFAULT_ARCH = "ts-bsmamba2"
 # The family `train --libri2mix` trains when no --arch is given: U-Mamba-Net (stemsplit.model.u_mamba_net).
 SPEECH_ARCH = "u-mamba-net"
@@ -240,7 +240,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 # The built-in families by name, without importing torch: the default, those with a recipe of their own,
-# and those trained with the default recipe (tests/test_train_loop.py keeps it equal to
+# and those trained with the default recipe (tests/unit/train/test_train_loop.py keeps it equal to
 # stemsplit.model.FAMILIES as the package ships it).
 BUILTIN_ARCHS: tuple[str, ...] = (
     DEFAULT_ARCH,

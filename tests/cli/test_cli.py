@@ -1,21 +1,6 @@
-"""The installed ``stemsplit`` command (a real process: entry point, version), doctor and usage (in this
-process)."""
+"""doctor, usage and help, in this process (the installed command and its version: e2e/test_process.py)."""
 
-import shutil
-
-from helpers import cli, stemsplit
-
-from stemsplit import __version__
-
-
-def test_console_script_is_installed():
-    assert shutil.which("stemsplit"), "pip install . should put a stemsplit command on PATH"
-
-
-def test_version():
-    result = stemsplit("--version")
-    assert result.returncode == 0
-    assert result.stdout.strip() == f"stemsplit {__version__}"
+from helpers import cli
 
 
 def test_doctor_names_backend_codecs_and_cache():

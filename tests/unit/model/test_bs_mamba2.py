@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from helpers import GOLDEN_WEIGHTS, RATE, music, run_cli
+from helpers import GOLDEN_WEIGHTS, RATE, ROOT, music, run_cli
 from safetensors.torch import load_file
 
 from stemsplit.model import families
@@ -25,7 +25,7 @@ from stemsplit.weights import CheckpointError, load_model
 from stemsplit.weights.checkpoint import bare_architecture
 from stemsplit.weights.msst import read_msst_config
 
-FIXTURES = Path(__file__).parent / "fixtures" / "bs_mamba2"
+FIXTURES = ROOT / "tests" / "fixtures" / "bs_mamba2"
 CONFIGS = json.loads((FIXTURES / "manifest.json").read_text())["configs"]
 PUBLISHED_YAML = FIXTURES / "configs" / "config_bs_mamba2_vocals.yaml"
 TS_YAML = FIXTURES / "configs" / "config_musdb18_bs_mamba2.yaml"  # MSST's TS-BSMamba2, same model type

@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 from helpers import (
+    FIXTURES,
     RATE,
     cli,
     files_under,
@@ -44,7 +45,7 @@ from stemsplit.model.htdemucs import SIX_STEMS, config_from_kwargs
 from stemsplit.separate import Separator
 from stemsplit.weights import file_info, save_checkpoint
 
-HT6 = Path(__file__).parent / "fixtures" / "htdemucs" / "ht6_published_like"
+HT6 = FIXTURES / "htdemucs" / "ht6_published_like"
 SECONDS = 0.6  # 9 windows of the tiny network's 4096-sample segment every 3072 samples
 
 

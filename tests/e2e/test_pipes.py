@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from helpers import FAST, FOUR_STEMS, cli, files_under, json_events, song
+from helpers import FAST, FOUR_STEMS, ROOT, cli, files_under, json_events, song
 
 from stemsplit.cli import separate as cli_separate
 
@@ -24,7 +24,7 @@ from stemsplit.cli import separate as cli_separate
 # its windows cost nothing, so the process's start-up is the whole cost of a test).
 STUB_MAIN = f"""
 import sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path.insert(0, {str(ROOT / "tests")!r})
 from helpers import STUB_ARCH, stub_family
 from stemsplit.model import families
 families.FAMILIES[STUB_ARCH] = stub_family()

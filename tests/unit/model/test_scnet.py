@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from helpers import RATE, music, rel_l2, run_cli
+from helpers import RATE, ROOT, music, rel_l2, run_cli
 from safetensors.torch import load_file
 
 from stemsplit.model import families
@@ -24,7 +24,7 @@ from stemsplit.model.scnet import SCNetConfig
 from stemsplit.weights import CheckpointError, load_model
 from stemsplit.weights.msst import ModelConfigError, read_msst_config
 
-FIXTURES = Path(__file__).parent / "fixtures" / "scnet"
+FIXTURES = ROOT / "tests" / "fixtures" / "scnet"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 CONFIGS = MANIFEST["configs"]
 YAMLS = {Path(layout["yaml"]).stem for layout in MANIFEST["layouts"]}

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import run_cli
+from helpers import FIXTURES, run_cli
 from safetensors.torch import load_file, save_file
 from weights_server import tiny_entry, write_registry
 
 from stemsplit.separate import Separator
 from stemsplit.weights import CheckpointError, RegistryError, UnsafeCheckpointError, load_model
 
-PACKAGE = Path(__file__).parent / "fixtures" / "htdemucs" / "package"
+PACKAGE = FIXTURES / "htdemucs" / "package"
 SIX = ("drums", "bass", "other", "vocals", "guitar", "piano")
 SONG = load_file(PACKAGE / "tiny6_song.safetensors")  # mix [2, 4096], stems [6, 2, 4096] (upstream's)
 SEGMENT = 4096 / 44100  # the fixture's Fraction(1024, 11025) s

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 from safetensors.torch import load_file
 
 from stemsplit.model import families
 from stemsplit.model.mel_band_roformer import mel_band_members
 from stemsplit.weights.msst import ModelConfigError, read_msst_config
 
-FIXTURES = Path(__file__).parent / "fixtures" / "roformer"
+FIXTURES = ROOT / "tests" / "fixtures" / "roformer"
 GOLDEN = sorted(p.stem for p in FIXTURES.glob("*.json") if p.stem != "manifest")
 PUBLISHED = sorted(p for p in (FIXTURES / "configs").glob("*.yaml") if "sage" not in p.name)
 

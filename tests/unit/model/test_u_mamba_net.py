@@ -4,11 +4,11 @@ import math
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
 from stemsplit.model import build_model, config_problem, family, make_config
 from stemsplit.model.families import FamilyError
@@ -197,7 +197,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_bench_model_has_a_u_mamba_net_row():
-    bench = Path(__file__).parent.parent / "benchmarks" / "bench_model.py"
+    bench = ROOT / "benchmarks" / "bench_model.py"
     command = [sys.executable, str(bench), "--arch", "u-mamba-net", "--seconds", "0.1", "--repeats", "1"]
     command += ["--threads", "1", "--precisions", "fp32"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)

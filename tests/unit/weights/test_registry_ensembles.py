@@ -5,18 +5,17 @@ its members, downloaded from a loopback server, exactly as the same ensemble wri
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import GOLDEN_WEIGHTS, RATE, music, run_cli
+from helpers import FIXTURES, GOLDEN_WEIGHTS, RATE, music, run_cli
 from weights_server import tiny_entry, write_registry
 
 from stemsplit.engine.ensemble import Ensemble
 from stemsplit.weights import UnknownModelError, load_model, load_registry
 
-PACKAGE = Path(__file__).parent / "fixtures" / "htdemucs" / "package"
+PACKAGE = FIXTURES / "htdemucs" / "package"
 SIX = ["drums", "bass", "other", "vocals", "guitar", "piano"]
 BAG = "drums=six,bass=four,other=four,vocals=six"
 

@@ -1,6 +1,5 @@
-"""Through the ``stemsplit`` command line, on real audio files: in this process (``cli``), and as a
-real process (``stemsplit``) where that is the point (umask, rlimits, signals, ``python -m``, torch not
-imported).
+"""Through the ``stemsplit`` command line, on real audio files, in this process (``cli``); where a real
+process is the point (umask, rlimits, signals, ``python -m``, torch not imported): tests/e2e/test_process.py.
 
 The plumbing (files, names, formats, messages) runs the stand-in network (``stub_checkpoint``); the
 golden model and the tiny TS-BSMamba2 (a bare state dict) run where the network is part of what is shown.
@@ -8,8 +7,6 @@ golden model and the tiny TS-BSMamba2 (a bare state dict) run where the network 
 
 import json
 import os
-import resource
-import signal
 
 import numpy as np
 import pytest
@@ -22,11 +19,7 @@ from helpers import (
     cli,
     files_under,
     json_events,
-    python,
-    run_until_windows,
     song,
-    stemsplit,
-    stemsplit_without_torch,
 )
 
 STEMS = FOUR_STEMS
@@ -44,20 +37,6 @@ def test_separate_a_song_with_the_golden_checkpoint(tmp_path):
     for audio, rate in stems:
         assert rate == RATE and audio.shape == mix.shape
     assert np.abs(sum(a for a, _ in stems) - mix).max() < 1e-5  # stage 1 sums to the mixture
-
-
-@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
-def test_stems_get_the_permissions_of_ordinary_files(tmp_path, tiny_checkpoint, umask, mode):
-    """Temporary files are renamed into place: the stems must still get 0666 minus the umask."""
-    song(tmp_path / "song.wav")
-    out = tmp_path / "stems"
-    for fmt in ("wav", "flac"):  # float wav is streamed in place; flac goes through a transcode
-        stemsplit(
-            tmp_path / "song.wav", "-o", out / fmt, "--model", tiny_checkpoint, "--format", fmt, *FAST,
-            check=0, preexec_fn=lambda: os.umask(umask),
-        )  # fmt: skip
-        for path in (out / fmt / "song").iterdir():
-            assert path.stat().st_mode & 0o777 == mode, path
 
 
 def test_options_before_or_after_files_and_separate_alias(tmp_path, stub_checkpoint):
@@ -311,28 +290,6 @@ def test_read_only_output_folder(tmp_path, stub_checkpoint):
     assert result.returncode == 1 and "not writable" in result.stderr
 
 
-def test_disk_full_while_writing(tmp_path, tiny_checkpoint):
-    """RLIMIT_FSIZE makes writes past 200 kB fail like a full disk does."""
-    song(tmp_path / "s.wav", seconds=3.0)
-
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
-
-    result = stemsplit(
-        tmp_path / "s.wav",
-        "-o",
-        tmp_path / "out",
-        "--model",
-        tiny_checkpoint,
-        *FAST,
-        preexec_fn=limit_file_size,
-    )
-    assert result.returncode == 1, result.stderr
-    assert "writing stems into" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "out").exists()  # no stems, no temporaries, no empty folders
-
-
 def test_existing_stems_are_kept(tmp_path, stub_checkpoint):
     song(tmp_path / "s.wav")
     (tmp_path / "out" / "s").mkdir(parents=True)
@@ -341,23 +298,6 @@ def test_existing_stems_are_kept(tmp_path, stub_checkpoint):
     assert result.returncode == 1 and "--overwrite" in result.stderr
     assert files_under(tmp_path / "out") == ["s/bass.wav"]
     assert (tmp_path / "out" / "s" / "bass.wav").read_bytes() == b"mine"
-
-
-def test_ctrl_c_mid_song_leaves_nothing(tmp_path, tiny_checkpoint):
-    song(tmp_path / "long.wav", seconds=30.0)
-    proc = run_until_windows(
-        [tmp_path / "long.wav", "-o", tmp_path / "out", "--model", tiny_checkpoint, *FAST]
-    )
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
-    assert files_under(tmp_path / "out") == []
-
-
-def test_module_entry_point(tmp_path):
-    result = python("-m", "stemsplit", "--version")
-    assert result.returncode == 0 and result.stdout.startswith("stemsplit ")
 
 
 def test_batch_shards_files_across_torchrun_ranks(tmp_path, stub_checkpoint):
@@ -396,21 +336,6 @@ def test_in_process_with_typers_runner(tmp_path, stub_checkpoint):
     assert files_under(tmp_path / "out") == [f"s/{s}" for s in STEMS]
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 1 and "--overwrite" in again.output
-
-
-def test_stems_of_a_checkpoint_file_are_checked_before_torch(tmp_path):
-    """A safetensors file that names its stems: '--stems guitar' is a usage error before torch is imported."""
-    from stemsplit.model import TSBSMamba2
-    from stemsplit.weights.checkpoint import save_checkpoint
-
-    model = TSBSMamba2(feature_dim=16, num_repeat_mask=1, num_repeat_map=1)
-    save_checkpoint(model, tmp_path / "named.safetensors")
-    song(tmp_path / "s.wav")
-    argv = [tmp_path / "s.wav", "-o", tmp_path / "out", "--model", tmp_path / "named.safetensors"]
-    result = stemsplit_without_torch(*argv, "--stems", "guitar")
-    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
-    assert "--stems: 'guitar' is not a stem of this model" in result.stderr
-    assert not (tmp_path / "out").exists()
 
 
 def test_time_left_after_compiling_leaves_the_compile_time_out(capsys):

@@ -3,12 +3,10 @@ lined up again and averaged, streaming as one run does."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import RATE, music, run_cli
+from helpers import FIXTURES, RATE, music, run_cli
 
 from stemsplit.engine.settings import SeparationError
 from stemsplit.separate import Separator, shift_delays
@@ -54,7 +52,7 @@ def test_speaker_models_take_no_shifts():
 
 def test_shifts_through_the_command_line(tmp_path, capsys):
     """A Demucs file (the tiny six-stem HTDemucs of tests/fixtures/htdemucs/package), two shifts."""
-    model = Path(__file__).parent / "fixtures" / "htdemucs" / "package" / "tiny6.th"
+    model = FIXTURES / "htdemucs" / "package" / "tiny6.th"
     mix = music(0.3)
     sf.write(tmp_path / "song.wav", mix, RATE, subtype="FLOAT")
     status, _, err = run_cli(capsys, tmp_path / "song.wav", "--shifts", "0", "-o", tmp_path / "bad")

@@ -415,7 +415,7 @@ def test_kubernetes_indexed_job_separates_each_song_once(tmp_path, stub_checkpoi
     assert files_under(tmp_path / "stems", state=False) == sorted(s for key in SONGS for s in stems_of(key))
 
 
-def test_a_claim_known_dead_is_taken_over_at_once_whatever_its_host(tmp_path):
+def test_a_claim_known_dead_is_taken_over_at_once_whatever_its_host(tmp_path, held_claims):
     """batch --ray retries a song whose worker died on another worker, perhaps on another host, at
     once: the scheduler names the dead attempt's token, and only a claim with that token is taken."""
     from stemsplit.batch import Claim
@@ -424,12 +424,14 @@ def test_a_claim_known_dead_is_taken_over_at_once_whatever_its_host(tmp_path):
     path = tmp_path / "a.wav"
     song_outputs = SongOutputs(SongSource(path), track_name(path), tmp_path / "stems")
     dead = Claim(tmp_path / "stems", song_outputs, token="attempt1")
+    held_claims.append(dead)  # (its thread: the file becomes another host's below)
     assert dead.acquire() and dead.token == "attempt1"
     data = json.loads(dead.path.read_text())  # a fresh claim of another host's live-looking process
     where = {"space": "node9 (boot 1)", "host": "elsewhere", "hostname": "node9", "pid": 4242}
     dead.path.write_text(json.dumps({**data, **where}))
 
     retry = Claim(tmp_path / "stems", song_outputs, token="attempt2")
+    held_claims.append(retry)
     assert not retry.acquire() and retry.holder == "process 4242 on node9"
     assert not retry.acquire(dead=["another attempt"])
     assert retry.acquire(dead=["attempt1"])

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 from safetensors.torch import load_file
 
 from stemsplit.model import families
 from stemsplit.model.htdemucs import SIX_STEMS, config_from_kwargs
 
-FIXTURES = Path(__file__).parent / "fixtures" / "htdemucs"
+FIXTURES = ROOT / "tests" / "fixtures" / "htdemucs"
 GOLDEN = sorted(p.stem for p in FIXTURES.glob("ht*.json"))
 PUBLISHED = ("htdemucs", "htdemucs_6s")
 

@@ -12,14 +12,14 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from helpers import RATE, music, run_cli
+from helpers import RATE, ROOT, music, run_cli
 from safetensors.torch import load_file
 from weights_server import tiny_entry, write_registry
 
 from stemsplit.model import families
 from stemsplit.separate import Separator
 
-FIXTURES = Path(__file__).parent / "fixtures" / "roformer"
+FIXTURES = ROOT / "tests" / "fixtures" / "roformer"
 OPTIONS = json.loads((FIXTURES / "mel_stereo_1stem.json").read_text())
 CHUNK = 11025  # 0.25 s windows, every 0.125 s (num_overlap 2)
 
