@@ -1,4 +1,5 @@
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -111,3 +112,16 @@ def tiny_musdb(tmp_path_factory):
         )
     (root / "tiny.toml").write_text(tiny_toml())
     return root
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB tmpfs: a real full disk (needs root or CAP_SYS_ADMIN; skipped elsewhere). Fill it
+    to the point a test needs with :func:`helpers.fill_disk`."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: " + made.stderr.decode().strip())
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

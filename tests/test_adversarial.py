@@ -378,18 +378,6 @@ def test_a_stem_is_never_written_over_an_input_song(tmp_path, a_song):
 # --- 3. all stems or none -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 3 MB tmpfs: a real full disk (needs root or CAP_SYS_ADMIN; skipped elsewhere)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: " + made.stderr.decode().strip())
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_disk_full_at_commit_leaves_nothing(small_disk, tmp_path, stub_checkpoint):
     """The float temporaries fit; converting them to flac does not. Before: the first flac stems stayed.
 

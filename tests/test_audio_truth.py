@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -498,18 +497,6 @@ def test_the_cli_says_which_stream_and_takes_stream(tmp_path, stub_checkpoint):
     result = cli(path, "-o", tmp_path / "c", *m, "--stream", "0", check=2)
     assert "--stream" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "c").exists()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 3 MB tmpfs: a real full disk (needs root or CAP_SYS_ADMIN; skipped elsewhere)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: " + made.stderr.decode().strip())
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("when", ["write", "close"])

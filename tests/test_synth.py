@@ -296,7 +296,8 @@ def test_a_terminated_synth_says_so_and_leaves_only_finished_songs(tmp_path):
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert (
         stderr
-        == f"stemsplit: error: interrupted; the finished songs are in {out}, delete it to start again\n"
+        == f"stemsplit: error: interrupted; the finished songs are in {out}: run the same command again to "
+        "finish it\n"
     )
     made = sorted(p.name for p in (out / "train").iterdir())
     assert made and len(made) < 40 and all(name.startswith("song-") for name in made)  # no hidden leftovers

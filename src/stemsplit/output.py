@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
-from .audio import BlockResampler, libsndfile_reason, sf_name
+from .audio import BlockResampler, sf_name
 from .errors import StemsplitError
 from .files import (
     creation_problem,
@@ -58,6 +58,7 @@ from .files import (
     sweep_stale_temporaries,
     temporary_sibling,
     write_atomically,
+    write_failure,
     writer_gone,
 )
 
@@ -87,6 +88,8 @@ OUTPUT_FORMATS: dict[str, tuple[str, dict[int | None, str]]] = {
 }
 # The sample rates MPEG audio can carry (MPEG-1, -2 and 2.5 layer III).
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+# FLAC's STREAMINFO has room for rates up to this (Hz); libsndfile refuses more (a 705.6 kHz DXD file).
+MAX_FLAC_RATE = 655_350
 TEMPLATE_FIELDS = ("folder", "track", "stem", "ext")
 # {folder}: the song's folder relative to the folder `batch` walked ("" for files named directly).
 DEFAULT_FILENAME = "{folder}/{track}/{stem}.{ext}"
@@ -130,6 +133,12 @@ class OutputOptions:
             raise OutputError(f"{self.fmt} {allowed}, not {self.bit_depth}", "bit_depth")
         if self.clip_mode not in ("rescale", "clamp", "none"):
             raise OutputError(f"must be rescale, clamp or none, not {self.clip_mode!r}", "clip_mode")
+        if self.clip_mode == "clamp" and not self.integer:  # would be ignored: float keeps what is beyond ±1
+            raise OutputError(
+                "clamp is for integer formats: float wav keeps samples beyond ±1 (nothing clips); "
+                "to clamp, choose a bit depth (16, 24 or 32) or flac or mp3",
+                "clip_mode",
+            )
         _check_template(self.filename)
 
     @property
@@ -146,6 +155,20 @@ class OutputOptions:
         if self.fmt != "mp3" or rate in MP3_RATES:
             return rate
         return next((r for r in MP3_RATES if r >= rate), MP3_RATES[-1])
+
+    def rate_problem(self, rate: int) -> str | None:
+        """Why stems of a ``rate`` Hz song cannot be written in this format (one line), or None.
+
+        Checked for every song before the first window (and by :class:`StemWriter`), so a song the
+        writer cannot take fails at once, not after it was separated. (MP3 has no such problem: its
+        rates are chosen by :meth:`sample_rate`; WAV takes any rate.)
+        """
+        if self.fmt == "flac" and rate > MAX_FLAC_RATE:
+            return (
+                f"{rate} Hz is more than flac can carry ({MAX_FLAC_RATE} Hz at most); "
+                "write it with --format wav, or resample the song first"
+            )
+        return None
 
 
 def _check_template(template: str) -> None:
@@ -460,6 +483,8 @@ class StemWriter:
     """
 
     def __init__(self, song: SongOutputs, options: OutputOptions, sample_rate: int, channels: int) -> None:
+        if problem := options.rate_problem(sample_rate):  # before anything is separated or created
+            raise OutputError(f"{song.source.path}: {problem}", "fmt")
         self.song, self.options = song, options
         self.sample_rate, self.channels = sample_rate, channels
         self._temps: dict[str, _FloatTemp] = {}
@@ -639,14 +664,9 @@ class StemWriter:
                 folder.rmdir()
 
     def _os_error(self, exc: BaseException) -> OutputError:
-        """A failed write as one line; libsndfile says "System error." for a full disk, so look."""
+        """A failed write as one line, in the words of every failed write (:func:`write_failure`)."""
         folder = self.song.out_dir
-        if isinstance(exc, OSError) and exc.strerror:
-            reason = exc.strerror
-        else:
-            reason = libsndfile_reason(exc)
-            if _disk_is_full(folder):
-                reason = f"no space left on device ({reason})"
+        reason = write_failure(exc, folder)
         return OutputError(f"writing stems into {folder} failed: {reason}; nothing was written for this song")
 
 
@@ -655,14 +675,6 @@ def _past_riff_limit(frames: float, channels: int, subtype: str) -> bool:
     header of any size libsndfile writes)."""
     sample_bytes = {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4}[subtype]
     return frames * channels * sample_bytes > _RIFF_LIMIT - (1 << 16)
-
-
-def _disk_is_full(folder: Path) -> bool:
-    try:
-        st = os.statvfs(nearest_existing(folder))
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 1 << 20  # under 1 MB left: that is why a stem could not be written
 
 
 # --- the commit journal ---------------------------------------------------------------------------
