@@ -174,7 +174,7 @@ def probe(path: str | os.PathLike, stream: int | None = None) -> AudioInfo:
     joined = None  # an MP3 that goes on past its tag: how many times more bytes than the tag counts
     tagged = 0.0  # and the seconds its tag says
     try:
-        with sf.SoundFile(sf_name(path)) as f:
+        with _libsndfile_open(path) as f:
             if info is not None:
                 pass  # a chained Ogg, read link by link
             elif f.format == "MP3" and not _mp3_has_length_tag(path):
@@ -303,6 +303,9 @@ def _container_kind(head: bytes) -> str | None:
         return "MPEG"
     return None
 
+
+# Names of files of bare samples: nothing in them says how to read them.
+_HEADERLESS_SUFFIXES = (".raw", ".pcm", ".sam")
 
 _VIDEO_CONTAINERS = {"MP4/M4A", "Matroska/WebM", "ASF/WMA", "AVI", "FLV", "MPEG"}
 
@@ -435,7 +438,7 @@ def _probe_joined_mp3(path: Path, head: bytes, stated: float, ratio: float) -> A
     """
     av = _av()
     try:
-        with av.open(str(path)) as container:
+        with av.open(_ffmpeg_name(path)) as container:
             stream = container.streams.audio[0]
             ctx = stream.codec_context
             rate, channels, index = int(ctx.sample_rate), int(ctx.channels), stream.index
@@ -464,7 +467,7 @@ def _libsndfile_count(path: Path) -> tuple[int, str]:
     """Decode ``path`` from the start: (frames read before it ends or fails, the failure or "")."""
     read = 0
     try:
-        with sf.SoundFile(sf_name(path)) as f:
+        with _libsndfile_open(path) as f:
             while n := len(f.read(_PIECE_FRAMES, dtype="float32")):
                 read += n
     except (sf.LibsndfileError, RuntimeError):
@@ -481,7 +484,7 @@ def _end_decodes(path: Path, seconds: float) -> bool:
     """
     try:
         av = _av()
-        with av.open(str(path)) as container:
+        with av.open(_ffmpeg_name(path)) as container:
             end = _ffmpeg_tail_end(av, container, container.streams.audio[0], seconds)
     except Exception:  # FFmpeg cannot read it either: no evidence the end is there
         return False
@@ -796,7 +799,7 @@ def _ffmpeg_layout(path: Path) -> tuple[str, ...] | None:
     """The channel layout a file states (e.g. a WAV's channel mask), as FFmpeg reads it; None if unstated."""
     try:
         av = _av()
-        with av.open(str(path)) as container:
+        with av.open(_ffmpeg_name(path)) as container:
             names = tuple(c.name for c in container.streams.audio[0].layout.channels)
     except Exception:  # a layout is a nicety: any failure means "not stated"
         return None
@@ -829,6 +832,16 @@ def _pick_stream(path: Path, streams: Sequence, wanted: int | None) -> tuple[obj
 _DEFAULT_DISPOSITION = 1  # AV_DISPOSITION_DEFAULT
 
 
+def _unknown_format(path: Path) -> str:
+    """The line for a file neither decoder knows; for a name of bare samples (``x.raw``), what is missing."""
+    if path.suffix.lower() in _HEADERLESS_SUFFIXES:
+        return (
+            f"{path}: headerless samples (no header says their rate, channels or encoding); "
+            "give the file a header first (e.g. sox or ffmpeg to WAV)"
+        )
+    return f"{path}: not an audio file (neither libsndfile nor FFmpeg knows its format)"
+
+
 def _describe_stream(stream) -> str:
     """A stream as a person picks one: its title and language where stated, its codec and channels."""
     metadata = stream.metadata or {}
@@ -842,7 +855,7 @@ def _probe_ffmpeg(path: Path, head: bytes, wanted: int | None = None) -> AudioIn
     av = _av()
     kind = _container_kind(head)
     try:
-        container = av.open(str(path))
+        container = av.open(_ffmpeg_name(path))
     except av.FFmpegError:
         if kind == "MP4/M4A":
             raise AudioError(f"{path}: {_mp4_problem(path)}") from None
@@ -850,16 +863,14 @@ def _probe_ffmpeg(path: Path, head: bytes, wanted: int | None = None) -> AudioIn
             raise AudioError(
                 f"{path}: a damaged {kind} file (neither libsndfile nor FFmpeg can read it)"
             ) from None
-        raise AudioError(
-            f"{path}: not an audio file (neither libsndfile nor FFmpeg knows its format)"
-        ) from None
+        raise AudioError(_unknown_format(path)) from None
     with container:
         if not container.streams.audio:
             # FFmpeg's format guessing is loose (random bytes may pass for LRC lyrics or H.263 video):
             # only a container recognised from its signature is a "video without sound".
             if container.streams.video and kind in _VIDEO_CONTAINERS:
                 raise AudioError(f"{path}: no audio stream (a video without sound)")
-            raise AudioError(f"{path}: not an audio file (neither libsndfile nor FFmpeg knows its format)")
+            raise AudioError(_unknown_format(path))
         stream, note = _pick_stream(path, list(container.streams.audio), wanted)
         ctx = stream.codec_context
         rate, channels = int(ctx.sample_rate or 0), int(ctx.channels or 0)
@@ -953,7 +964,7 @@ def _ffmpeg_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
     av = _av()
     produced = 0
     try:
-        with av.open(str(info.path)) as container:
+        with av.open(_ffmpeg_name(info.path)) as container:
             stream = container.streams[info.stream]
             layout = stream.codec_context.layout
             resampler, source = None, None  # made for the frames' rate and layout, again when they change
@@ -1111,7 +1122,7 @@ def _libsndfile_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
     read = 0
     try:
         if not info.segments:
-            with sf.SoundFile(sf_name(info.path)) as f:
+            with _libsndfile_open(info.path) as f:
                 while len(piece := f.read(_PIECE_FRAMES, dtype="float32", always_2d=True)):
                     read += len(piece)
                     yield piece
@@ -1254,6 +1265,23 @@ def sf_name(path: Path | str) -> bytes:
     """``path`` as soundfile should get it: bytes, so a name that is not UTF-8 opens too (soundfile
     encodes a str strictly and fails on such a name, which Python holds with surrogate escapes)."""
     return os.fsencode(path)
+
+
+def _libsndfile_open(path: Path) -> sf.SoundFile:
+    """``path`` opened for reading by libsndfile, which finds the format in the bytes alone.
+
+    Through a descriptor, not the name: soundfile takes the name's extension for the format where it
+    is ``.raw`` (headerless samples, and then wants a rate it cannot know) instead of reading the header.
+    """
+    # (libsndfile closes the descriptor when it cannot open the file, too)
+    return sf.SoundFile(os.open(path, os.O_RDONLY | os.O_CLOEXEC), closefd=True)
+
+
+def _ffmpeg_name(path: Path) -> str:
+    """``path`` as FFmpeg must get it to open that file: absolute, so that a relative name such as
+    ``pipe:1.mp3``, ``concat:a.mp3|b.mp3`` or ``http:x.mp3`` is a file here, not one of FFmpeg's
+    protocols (standard input, other files, the network)."""
+    return os.path.abspath(path)
 
 
 def libsndfile_reason(exc: Exception) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import UsageError
@@ -113,7 +113,8 @@ class Reporter:
             self.progress = Progress(
                 TextColumn("{task.description}", markup=False),
                 BarColumn(),
-                TextColumn("{task.completed}/{task.total} windows"),
+                MofNCompleteColumn(),  # "0/?" until the song's window count is known (not "0/None")
+                TextColumn("windows"),
                 TextColumn("{task.fields[speed]}"),
                 TimeRemainingColumn(),
                 console=err_console,
@@ -237,6 +238,7 @@ class Song:
     details: str = ""
     identity: tuple[int, ...] | None = None  # the source as it was probed (source_identity)
     claim: Any = None  # batch: the song's stemsplit.batch.Claim, kept while another process holds it
+    said: bool = False  # its failure's error line was printed already (before the model loaded)
 
 
 def source_identity(path: Path) -> tuple[int, ...] | None:
@@ -579,10 +581,26 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         except AudioError as exc:
             if args["debug"]:
                 raise
+            path = os.fspath(song.outputs.source.path)
+            if path.startswith("-") and not os.path.lexists(path):  # `stemsplit -- a.mp3 -o out`
+                exc = AudioError(f"{exc} (after --, every argument is a file: give the options before --)")
             probed[id(song.outputs.source)] = exc
+        except Exception as exc:  # a bug in reading this one file: it fails alone, the others go on
+            if args["debug"]:
+                raise
+            problem = f"{type(exc).__name__}: {exc}".strip()
+            probed[id(song.outputs.source)] = AudioError(
+                f"{song.outputs.source.path}: internal error reading it: {one_line(problem)} "
+                "(run again with --debug and report it)"
+            )
+    # The songs' own problems are said now, each once, before the model (whose download or checks may
+    # fail and end the run: the songs' problems would then never be seen).
+    for song in run or checked:
+        if isinstance(found := probed[id(song.outputs.source)], AudioError):
+            reporter.error(str(found), source=str(song.outputs.source.path))
     if all(isinstance(found, AudioError) for found in probed.values()):  # nothing to separate
         for song in run or checked:
-            song.status, song.details = "failed", str(probed[id(song.outputs.source)])
+            song.status, song.details, song.said = "failed", str(probed[id(song.outputs.source)]), True
         _report(run or checked, reporter, batch, lambda song: None)
         return EXIT_FAILED
 
@@ -630,7 +648,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     for song in run:
         found = probed[id(song.outputs.source)]
         if isinstance(found, AudioError):  # (with --debug it was raised when probed)
-            song.status, song.details = "failed", str(found)
+            song.status, song.details, song.said = "failed", str(found), True
             continue
         song.info, song.identity = found, identities[id(song.outputs.source)]
         try:
@@ -639,6 +657,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             if args["debug"]:
                 raise
             song.status, song.details = "failed", str(exc)
+        if song.status != "failed" and (problem := options.rate_problem(song.info.sample_rate)):
+            song.status, song.details = "failed", f"{song.outputs.source.path}: {problem}"
     if ray is not None:  # the workers decide what is done, each with its own model's settings
         from .ray_batch import WorkerJob, separate_on_ray
 
@@ -681,7 +701,8 @@ def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable
                     started = time.perf_counter()
                     reporter.song_facts = {}
                     if song.status == "failed":
-                        reporter.error(song.details, source=str(song.outputs.source.path))
+                        if not song.said:
+                            reporter.error(song.details, source=str(song.outputs.source.path))
                     else:
                         separate(song)
                     if song.status != "claimed":
@@ -860,10 +881,12 @@ def _song_problem(exc: Exception, song: Song, out: Path, batch: bool) -> str:
 
 
 def _os_problem(exc: OSError, records: Path) -> str:
-    """An OSError as one line: the file it names and the reason, and "(batch's records)" when that file is
-    in ``records`` (OUT/.stemsplit: full disk, permissions, junk there)."""
+    """An OSError as one line: the file it names and the reason (in the words of every failed write), and
+    "(batch's records)" when that file is in ``records`` (OUT/.stemsplit: full disk, permissions, junk)."""
+    from ..files import write_failure
+
     name = exc.filename or records
-    line = f"{name}: {exc.strerror or exc}"
+    line = f"{name}: {write_failure(exc, Path(name).parent)}"
     if os.path.abspath(name) == os.path.abspath(records) or os.path.abspath(name).startswith(
         os.path.abspath(records) + os.sep
     ):
@@ -926,12 +949,15 @@ def _summary(run: list[Song], reporter: Reporter, batch: bool) -> None:
         for column in ("file", "status", "details"):
             table.add_column(column)
         for song in run:
-            table.add_row(str(song.outputs.source.path), song.status, song.details)
+            details = song.details if song.status != "failed" else "(the error above)"
+            table.add_row(str(song.outputs.source.path), song.status, details)
         err_console.print(table)
     else:
-        for song in run:  # logs: one line per song, never wrapped
-            if song.status != "failed" or len(run) > 1:  # one song's failure was its error line already
+        for song in run:  # logs: one line per song, never wrapped; a failure's reason was its error line
+            if song.status != "failed":
                 reporter.line(f"{song.outputs.source.path}: {song.status}: {song.details}")
+            elif len(run) > 1:
+                reporter.line(f"{song.outputs.source.path}: failed (the error above)")
     if reporter.shard_note:
         reporter.line(reporter.shard_note)
 
