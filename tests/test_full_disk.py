@@ -23,7 +23,7 @@ def digest(folder) -> dict[str, str]:
     return {
         name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
         for name in files_under(folder)
-        if name != ".synth-request.json"
+        if name != "synth-request.json"
     }
 
 
@@ -48,7 +48,7 @@ def test_synth_on_a_full_disk_is_one_line_and_the_rerun_finishes_it(small_disk, 
     # The dataset is the one a single run makes.
     cli("synth", tmp_path / "whole", *SYNTH, check=0)
     assert digest(out) == digest(tmp_path / "whole")
-    assert json.loads((out / ".synth-request.json").read_text())["seed"] == 4
+    assert json.loads((out / "synth-request.json").read_text())["seed"] == 4
 
 
 def test_synth_again_with_other_settings_names_them(tmp_path):

@@ -168,9 +168,9 @@ def _write_one(job: tuple[Path, int, float, int, fluidsynth.Soundfont | None]) -
         shutil.rmtree(temp, ignore_errors=True)
 
 
-# The request a dataset folder was made for (hidden beside valid.txt): the same command run again
+# The request a dataset folder was made for (beside valid.txt): the same command run again
 # finishes an unfinished dataset (a full disk, Ctrl-C, a killed job) instead of refusing its folder.
-REQUEST_FILE = ".synth-request.json"
+REQUEST_FILE = "synth-request.json"
 
 
 def _request(
