@@ -163,7 +163,7 @@ class TrainConfig:
         if self.target != "all" and self.target not in (self.stems or ()):
             stems = ", ".join(self.stems or ())
             checks.append(f"--target must be all or one of --stems ({stems}), not {self.target!r}")
-        checks.append(inside_dataset_problem(self.out, self.datasets()))
+        checks.append(out_place_problem(self.out) or inside_dataset_problem(self.out, self.datasets()))
         if self.musdb is not None and self.crop_seconds > self.sad_seconds:
             checks.append(
                 f"--crop-seconds {self.crop_seconds:g} is longer than the --sad-seconds {self.sad_seconds:g} "
@@ -216,10 +216,8 @@ RUN_FILES = ("best.safetensors", "last.safetensors", "log.jsonl")
 def out_problem(out: Path, resume: bool = False, run_files: tuple[str, ...] = RUN_FILES) -> str | None:
     """Why ``out`` cannot be this run's folder, or None: it is a file; a new run would replace what is
     there (``last.pt`` or one of ``run_files``); ``--resume`` finds no ``last.pt``."""
-    if out.exists() and not out.is_dir():
-        return f"--out: {out} is not a folder; name a new or existing run folder"
-    if problem := creation_problem(out):
-        return f"--out: {problem}"
+    if problem := out_place_problem(out):
+        return problem
     last = out / "last.pt"
     if resume:
         return None if last.is_file() else f"--resume: no checkpoint at {last}"
@@ -228,6 +226,16 @@ def out_problem(out: Path, resume: bool = False, run_files: tuple[str, ...] = RU
     for name in run_files:
         if (out / name).exists():
             return f"{out / name} exists (not this run's); choose another --out"
+    return None
+
+
+def out_place_problem(out: Path) -> str | None:
+    """Why no run folder can be at ``out`` whatever it holds (a file; a place that takes no new folder),
+    or None: a flag's problem, said with the others (what the folder holds is said after them)."""
+    if out.exists() and not out.is_dir():
+        return f"--out: {out} is not a folder; name a new or existing run folder"
+    if problem := creation_problem(out):
+        return f"--out: {problem}"
     return None
 
 
