@@ -150,7 +150,8 @@ def a_song(tmp_path_factory):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 3 MB tmpfs: a real full disk (needs root or CAP_SYS_ADMIN; skipped elsewhere)."""
+    """A real 3 MB tmpfs: a real full disk (needs root or CAP_SYS_ADMIN; skipped elsewhere). Fill it
+    to the point a test needs with :func:`helpers.fill_disk`."""
     mount = tmp_path / "disk"
     mount.mkdir()
     made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)

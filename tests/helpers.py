@@ -154,6 +154,22 @@ def music(seconds: float, rate: int = RATE, channels: int = 2) -> np.ndarray:
     return (0.7 * audio / np.abs(audio).max()).astype(np.float32)  # room for codecs' overshoot
 
 
+def aac_file(path: Path, audio: np.ndarray, rate: int = RATE) -> Path:
+    """An M4A (MP4 container, AAC) of ``audio`` [frames, 2] float32, written with PyAV: a file only FFmpeg
+    reads (libsndfile does not)."""
+    import av
+
+    with av.open(os.path.abspath(path), "w", format="mp4") as out:  # (absolute: "pipe:x" is a file)
+        stream = out.add_stream("aac", rate=rate, layout="stereo")
+        for at in range(0, len(audio), 4096):
+            packed = np.ascontiguousarray(audio[at : at + 4096], dtype=np.float32).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(packed, format="flt", layout="stereo")
+            frame.sample_rate, frame.pts = rate, at
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
 def write_track(folder: Path, stems: dict[str, np.ndarray], rate: int, mixture: bool = True) -> None:
     """A MUSDB18-HQ-style track folder: ``{stem}.wav`` for each [frames, channels] array (float wav)
     and, if ``mixture``, their sum as ``mixture.wav``."""
@@ -353,6 +369,12 @@ def files_under(folder, state=True):
         return []
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     return files if state else [f for f in files if not f.startswith(".stemsplit/")]
+
+
+def fill_disk(mount: Path, leave: int) -> None:
+    """Fill the filesystem of ``mount`` (the small_disk fixture) with one file, leaving ``leave`` bytes."""
+    st = os.statvfs(mount)
+    (mount / "filler").write_bytes(b"\0" * max(st.f_bavail * st.f_frsize - leave, 0))
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
+    "DISK_FULL",
     "creation_problem",
     "host_tag",
     "is_temporary",
@@ -40,6 +41,7 @@ __all__ = [
     "sweep_stale_temporaries",
     "temporary_sibling",
     "write_atomically",
+    "write_failure",
     "write_problem",
     "writer_gone",
 ]
@@ -49,6 +51,31 @@ PREFIX = ".stemsplit-"
 # whether its process lives). Writers touch their files at least every few minutes.
 FOREIGN_STALE_SECONDS = 24 * 3600
 _NAME = re.compile(r"^\.stemsplit-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>\.[a-z]+)$")
+
+
+# How every message says that a disk is full, whichever writer found it (the stems, batch's records,
+# reports, the model cache, checkpoints, synth): the system's words, in lower case as all reasons are.
+DISK_FULL = "no space left on device"
+
+
+def write_failure(exc: BaseException, folder: Path) -> str:
+    """Why writing into ``folder`` failed, in the few words every message uses: an OSError's reason in
+    lower case ("no space left on device", "permission denied", "read-only file system"); a library's
+    error without one (libsndfile says only "System error." when the disk fills up) is
+    :data:`DISK_FULL` when ``folder``'s disk is (nearly) full, else its own first line."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return DISK_FULL
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    try:
+        st = os.statvfs(nearest_existing(Path(folder)))
+        if st.f_bavail * st.f_frsize < 1 << 20:  # under 1 MB left: that is why the write failed
+            return DISK_FULL
+    except OSError:
+        pass
+    text = str(exc).strip()
+    text = text.splitlines()[-1] if text else type(exc).__name__
+    return text.split(": ", 1)[-1] if text.startswith("Error opening") else text  # (soundfile's prefix)
 
 
 def nearest_existing(path: Path, stop: Path | None = None) -> Path:

@@ -155,8 +155,8 @@ def test_usage_errors_as_json(a_song, tmp_path):
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        (["--format", "ogg"], "'--format'"),
-        (["--bit-depth", "abc"], "'--bit-depth'"),
+        (["--format", "ogg"], "--format: 'ogg'"),
+        (["--bit-depth", "abc"], "--bit-depth: 'abc'"),
         (["--colour", "red"], "No such option: --colour"),
     ],
 )

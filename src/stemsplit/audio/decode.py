@@ -25,7 +25,7 @@ from .info import (
     DecodeFailed,
     Segment,
     damaged_message,
-    sf_name,
+    libsndfile_open,
     truncated_message,
 )
 from .resample import BlockResampler
@@ -110,7 +110,7 @@ def _libsndfile_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
     read = 0
     try:
         if not info.segments:
-            with sf.SoundFile(sf_name(info.path)) as f:
+            with libsndfile_open(info.path) as f:
                 while len(piece := f.read(PIECE_FRAMES, dtype="float32", always_2d=True)):
                     read += len(piece)
                     yield piece

@@ -17,7 +17,7 @@ from types import ModuleType
 import numpy as np
 
 from .downmix import CHANNEL_GAINS
-from .info import AudioError, AudioInfo, DecodeFailed, damaged_message, truncated_message
+from .info import AudioError, AudioInfo, DecodeFailed, damaged_message, ffmpeg_name, truncated_message
 
 # How much of a file's end probe() decodes to check that the end is really there (seconds).
 _TAIL_SECONDS = 2.0
@@ -55,7 +55,7 @@ def ffmpeg_layout(path: Path) -> tuple[str, ...] | None:
     """The channel layout a file states (e.g. a WAV's channel mask), as FFmpeg reads it; None if unstated."""
     try:
         av = pyav()
-        with av.open(str(path)) as container:
+        with av.open(ffmpeg_name(path)) as container:
             names = tuple(c.name for c in container.streams.audio[0].layout.channels)
     except Exception:  # a layout is a nicety: any failure means "not stated"
         return None
@@ -90,6 +90,9 @@ def _container_kind(head: bytes) -> str | None:
     return None
 
 
+# Names of files of bare samples: nothing in them says how to read them.
+_HEADERLESS_SUFFIXES = (".raw", ".pcm", ".sam")
+
 _VIDEO_CONTAINERS = {"MP4/M4A", "Matroska/WebM", "ASF/WMA", "AVI", "FLV", "MPEG"}
 
 
@@ -119,6 +122,16 @@ def _pick_stream(path: Path, streams: Sequence, wanted: int | None) -> tuple[obj
 _DEFAULT_DISPOSITION = 1  # AV_DISPOSITION_DEFAULT
 
 
+def _unknown_format(path: Path) -> str:
+    """The line for a file neither decoder knows; for a name of bare samples (``x.raw``), what is missing."""
+    if path.suffix.lower() in _HEADERLESS_SUFFIXES:
+        return (
+            f"{path}: headerless samples (no header says their rate, channels or encoding); "
+            "give the file a header first (e.g. sox or ffmpeg to WAV)"
+        )
+    return f"{path}: not an audio file (neither libsndfile nor FFmpeg knows its format)"
+
+
 def _describe_stream(stream) -> str:
     """A stream as a person picks one: its title and language where stated, its codec and channels."""
     metadata = stream.metadata or {}
@@ -132,7 +145,7 @@ def probe_ffmpeg(path: Path, head: bytes, wanted: int | None = None) -> AudioInf
     av = pyav()
     kind = _container_kind(head)
     try:
-        container = av.open(str(path))
+        container = av.open(ffmpeg_name(path))
     except av.FFmpegError:
         if kind == "MP4/M4A":
             raise AudioError(f"{path}: {_mp4_problem(path)}") from None
@@ -140,16 +153,14 @@ def probe_ffmpeg(path: Path, head: bytes, wanted: int | None = None) -> AudioInf
             raise AudioError(
                 f"{path}: a damaged {kind} file (neither libsndfile nor FFmpeg can read it)"
             ) from None
-        raise AudioError(
-            f"{path}: not an audio file (neither libsndfile nor FFmpeg knows its format)"
-        ) from None
+        raise AudioError(_unknown_format(path)) from None
     with container:
         if not container.streams.audio:
             # FFmpeg's format guessing is loose (random bytes may pass for LRC lyrics or H.263 video):
             # only a container recognised from its signature is a "video without sound".
             if container.streams.video and kind in _VIDEO_CONTAINERS:
                 raise AudioError(f"{path}: no audio stream (a video without sound)")
-            raise AudioError(f"{path}: not an audio file (neither libsndfile nor FFmpeg knows its format)")
+            raise AudioError(_unknown_format(path))
         stream, note = _pick_stream(path, list(container.streams.audio), wanted)
         ctx = stream.codec_context
         rate, channels = int(ctx.sample_rate or 0), int(ctx.channels or 0)
@@ -215,7 +226,7 @@ def end_decodes(path: Path, seconds: float) -> bool:
     """
     try:
         av = pyav()
-        with av.open(str(path)) as container:
+        with av.open(ffmpeg_name(path)) as container:
             end = _ffmpeg_tail_end(av, container, container.streams.audio[0], seconds)
     except Exception:  # FFmpeg cannot read it either: no evidence the end is there
         return False
@@ -259,7 +270,7 @@ def ffmpeg_pieces(info: AudioInfo) -> Iterator[np.ndarray]:
     av = pyav()
     produced = 0
     try:
-        with av.open(str(info.path)) as container:
+        with av.open(ffmpeg_name(info.path)) as container:
             stream = container.streams[info.stream]
             layout = stream.codec_context.layout
             resampler, source = None, None  # made for the frames' rate and layout, again when they change

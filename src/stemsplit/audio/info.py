@@ -11,6 +11,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+import soundfile as sf
+
 from ..errors import StemsplitError
 
 # What `stemsplit batch` picks up when it walks a folder: what libsndfile reads, what FFmpeg decodes
@@ -109,6 +111,23 @@ def sf_name(path: Path | str) -> bytes:
     """``path`` as soundfile should get it: bytes, so a name that is not UTF-8 opens too (soundfile
     encodes a str strictly and fails on such a name, which Python holds with surrogate escapes)."""
     return os.fsencode(path)
+
+
+def libsndfile_open(path: Path) -> sf.SoundFile:
+    """``path`` opened for reading by libsndfile, which finds the format in the bytes alone.
+
+    Through a descriptor, not the name: soundfile takes the name's extension for the format where it
+    is ``.raw`` (headerless samples, and then wants a rate it cannot know) instead of reading the header.
+    """
+    # (libsndfile closes the descriptor when it cannot open the file, too)
+    return sf.SoundFile(os.open(path, os.O_RDONLY | os.O_CLOEXEC), closefd=True)
+
+
+def ffmpeg_name(path: Path) -> str:
+    """``path`` as FFmpeg must get it to open that file: absolute, so that a relative name such as
+    ``pipe:1.mp3``, ``concat:a.mp3|b.mp3`` or ``http:x.mp3`` is a file here, not one of FFmpeg's
+    protocols (standard input, other files, the network)."""
+    return os.path.abspath(path)
 
 
 def libsndfile_reason(exc: Exception) -> str:

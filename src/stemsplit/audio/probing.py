@@ -24,7 +24,8 @@ from .info import (
     AudioError,
     AudioInfo,
     damaged_message,
-    sf_name,
+    ffmpeg_name,
+    libsndfile_open,
     truncated_message,
 )
 from .spliced import SplicedFile, WavFacts, probe_chained_ogg, repaired_wav, wav_facts
@@ -52,7 +53,7 @@ def probe(path: str | os.PathLike, stream: int | None = None) -> AudioInfo:
     joined = None  # an MP3 that goes on past its tag: how many times more bytes than the tag counts
     tagged = 0.0  # and the seconds its tag says
     try:
-        with sf.SoundFile(sf_name(path)) as f:
+        with libsndfile_open(path) as f:
             if info is not None:
                 pass  # a chained Ogg, read link by link
             elif f.format == "MP3" and not _mp3_has_length_tag(path):
@@ -271,7 +272,7 @@ def _probe_joined_mp3(path: Path, head: bytes, stated: float, ratio: float) -> A
     """
     av = pyav()
     try:
-        with av.open(str(path)) as container:
+        with av.open(ffmpeg_name(path)) as container:
             stream = container.streams.audio[0]
             ctx = stream.codec_context
             rate, channels, index = int(ctx.sample_rate), int(ctx.channels), stream.index
@@ -300,7 +301,7 @@ def _libsndfile_count(path: Path) -> tuple[int, str]:
     """Decode ``path`` from the start: (frames read before it ends or fails, the failure or "")."""
     read = 0
     try:
-        with sf.SoundFile(sf_name(path)) as f:
+        with libsndfile_open(path) as f:
             while n := len(f.read(PIECE_FRAMES, dtype="float32")):
                 read += n
     except (sf.LibsndfileError, RuntimeError):

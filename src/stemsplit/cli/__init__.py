@@ -154,8 +154,7 @@ def _run(args: list[str], debug: bool) -> int:
             out_console.print(exc.format_message(), soft_wrap=True)
             code = exc.exit_code
         elif _is_click_error(exc):  # click's usage errors (Typer's copy or click's own): one line, exit 2
-            # An enum's refusal reads "Invalid value for '--format': Value error, 'ogg' is not one of ...".
-            code = _error(args, exc.format_message().replace(": Value error, ", ": "), exc.exit_code)
+            code = _error(args, _bad_value(exc) or exc.format_message(), exc.exit_code)
         elif type(exc).__name__ == "Abort":  # Ctrl-C at a prompt
             code = _error(args, "interrupted", 130)
         elif debug:
@@ -164,6 +163,44 @@ def _run(args: list[str], debug: bool) -> int:
             message = f"internal error: {type(exc).__name__}: {exc} (run again with --debug and report it)"
             code = _error(args, message, EXIT_INTERNAL)
     return code if isinstance(code, int) else 0
+
+
+# Pydantic's error types for an option's value (Typer checks values with pydantic) -> plain words.
+_NOT_A = {
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "finite_number": "a finite number",
+}
+_BOUNDS = {
+    "greater_than_equal": ("ge", "at least"),
+    "greater_than": ("gt", "more than"),
+    "less_than_equal": ("le", "at most"),
+    "less_than": ("lt", "less than"),
+}
+
+
+def _bad_value(exc: Exception) -> str | None:
+    """A value Typer refused, in plain words naming the flag: ``--shifts: 'abc' is not a whole number``,
+    ``--epochs: must be at least 1, not 0`` (not pydantic's "Input should be a valid integer, unable to
+    parse string as an integer"); None for other usage errors (click's own words are plain)."""
+    param, cause = getattr(exc, "param", None), exc.__cause__
+    if param is None or not callable(getattr(cause, "errors", None)):
+        return None
+    longest = max(getattr(param, "opts", None) or [""], key=len)
+    flag = longest if longest.startswith("-") else (param.name or "value").upper()
+    error = cause.errors()[0]
+    kind, value = error.get("type", ""), error.get("input")
+    if kind in _NOT_A:
+        return f"{flag}: {value!r} is not {_NOT_A[kind]}"
+    if kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        return f"{flag}: must be {words} {error.get('ctx', {}).get(key)}, not {value}"
+    # An enum's refusal is Typer's own sentence: "Value error, 'ogg' is not one of 'wav', 'flac', 'mp3'."
+    return f"{flag}: {str(error.get('msg', exc)).removeprefix('Value error, ')}"
 
 
 # The commands whose --json prints events on stdout (cli.separate.Reporter).

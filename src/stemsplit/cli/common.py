@@ -170,6 +170,11 @@ def error_line(message: str) -> None:
     err_console.print(f"stemsplit: error: {one_line(message)}")
 
 
+def warning_line(message: str) -> None:
+    """Print ``stemsplit: warning: MESSAGE`` on stderr as one line: something that will fail later."""
+    err_console.print(f"stemsplit: warning: {one_line(message)}")
+
+
 # Library option names -> the flags that set them (the library names problems, the CLI adds flags).
 FLAGS = {
     "window": "--window",

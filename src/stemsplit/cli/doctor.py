@@ -8,7 +8,7 @@ import platform
 from rich.table import Table
 
 from .. import __version__
-from .common import out_console
+from .common import out_console, warning_line
 
 
 def doctor_command() -> None:
@@ -58,8 +58,12 @@ def doctor_command() -> None:
         table.add_row("ffmpeg (PyAV)", f"not importable ({exc}): only libsndfile's formats")
     table.add_row("resampler", f"soxr {soxr.__version__}")
     from .. import weights
+    from ..weights.cache import cache_problem
 
-    table.add_row("model cache", str(weights.cache_dir()))
+    cache_note = cache_problem()
+    table.add_row(
+        "model cache", str(weights.cache_dir()) + (" (unusable: see the warning)" if cache_note else "")
+    )
     try:
         registry = weights.load_registry()
         for name in registry.models:
@@ -69,3 +73,5 @@ def doctor_command() -> None:
     except weights.WeightsError as exc:
         table.add_row("  registry", f"unreadable: {exc}")
     out_console.print(table)
+    if cache_note:  # models would fail to download only later, at the first separation
+        warning_line(cache_note)

@@ -111,7 +111,7 @@ def finetune_command(**given: typing.Any) -> None:
     # The recipe's numbers and names first (the target comes with the model: it is checked with it).
     known = {f.name: given[f.name] for f in fields(FinetuneConfig) if given.get(f.name) is not None}
     config = FinetuneConfig(**known, stems=stems)
-    problem = config.problem() or config.folder_problem()
+    problem = config.problem()  # (the run folder last: see train)
     unlabeled = given["unlabeled"]  # --musdb: check_training_layout below
     if not problem and not unlabeled.is_dir():
         problem = f"--unlabeled: {unlabeled}: {'not a folder' if unlabeled.exists() else 'no such folder'}"
@@ -137,6 +137,8 @@ def finetune_command(**given: typing.Any) -> None:
         device_for(config.device)
     except TrainError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    if problem := config.folder_problem():
+        raise fail(problem, EXIT_USAGE)
 
     try:
         pretrained = load_pretrained(model)

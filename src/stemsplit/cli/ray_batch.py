@@ -343,7 +343,8 @@ def _schedule(
     for song in run:  # failed the driver's checks (probe, channels): reported, never sent
         if song.status == "failed":
             reporter.song_facts = {}
-            reporter.error(song.details, source=str(song.outputs.source.path))
+            if not song.said:
+                reporter.error(song.details, source=str(song.outputs.source.path))
             reporter.report_song(song, 0.0, key_of(song.outputs.source))
             reporter.end_song()
     queue = deque(_Attempt(s, secrets.token_hex(8), (), 0.0) for s in run if s.status != "failed")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .common import err_console, error_line, one_line
@@ -40,7 +40,8 @@ class Reporter:
             self.progress = Progress(
                 TextColumn("{task.description}", markup=False),
                 BarColumn(),
-                TextColumn("{task.completed}/{task.total} windows"),
+                MofNCompleteColumn(),  # "0/?" until the song's window count is known (not "0/None")
+                TextColumn("windows"),
                 TextColumn("{task.fields[speed]}"),
                 TimeRemainingColumn(),
                 console=err_console,
@@ -159,11 +160,14 @@ def print_summary(run: list[Song], reporter: Reporter, batch: bool) -> None:
         for column in ("file", "status", "details"):
             table.add_column(column)
         for song in run:
-            table.add_row(str(song.outputs.source.path), song.status, song.details)
+            details = song.details if song.status != "failed" else "(the error above)"
+            table.add_row(str(song.outputs.source.path), song.status, details)
         err_console.print(table)
     else:
-        for song in run:  # logs: one line per song, never wrapped
-            if song.status != "failed" or len(run) > 1:  # one song's failure was its error line already
+        for song in run:  # logs: one line per song, never wrapped; a failure's reason was its error line
+            if song.status != "failed":
                 reporter.line(f"{song.outputs.source.path}: {song.status}: {song.details}")
+            elif len(run) > 1:
+                reporter.line(f"{song.outputs.source.path}: failed (the error above)")
     if reporter.shard_note:
         reporter.line(reporter.shard_note)

@@ -255,7 +255,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
 
     ``task``: the models this command takes (``music``: separate and batch; ``speakers``).
     """
-    from ..engine.request import prepare
+    from ..engine.request import InternalReadError, prepare
     from ..engine.settings import SeparationError, check_settings
     from ..output.plan import OutputError, OutputOptions
 
@@ -344,9 +344,18 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     except (OutputError, SeparationError) as exc:
         raise usage_error(exc) from None
     if args["debug"]:
-        for song in request.songs:
-            if song.problem is not None:
-                raise song.problem
+        for planned in request.songs:
+            if isinstance(planned.problem, InternalReadError):
+                raise planned.problem.__cause__  # the bug itself
+            if planned.problem is not None:
+                raise planned.problem
+    run = _songs(request)
+    # The songs' own problems are said now, each once, before the model (whose download or checks may
+    # fail and end the run: the songs' problems would then never be seen).
+    for song in run:
+        if song.status == "failed":
+            reporter.error(song.details, source=str(song.outputs.source.path))
+            song.said = True
 
     # 3a. the device (this imports torch; a device or Mamba backend that is not here is a usage error)
     from ..runtime import pick_device
@@ -358,7 +367,6 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if msst is not None:
         check_msst_network(msst)
     if not request.runnable():  # nothing to separate
-        run = _songs(request)
         _report(run, reporter, batch, lambda song: None)
         return EXIT_FAILED
 
@@ -383,7 +391,8 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         if exc.option:
             raise usage_error(exc) from None
         raise
-    run = _songs(request)
+    for song, planned in zip(run, request.songs, strict=True):  # planned again with the model's stems
+        song.outputs = planned.outputs
     if report is not None:
         report.model = separator.fingerprint()  # what batch's manifests record (computed once, cached)
     if separator.light_note:
@@ -446,9 +455,21 @@ def _songs(request: Any) -> list[Song]:
     for planned in request.songs:
         song = Song(planned.outputs, planned.info, identity=planned.identity)
         if planned.problem is not None:
-            song.status, song.details = "failed", str(planned.problem)
+            song.status, song.details = "failed", _song_line(planned.problem, song.outputs.source.path)
         run.append(song)
     return run
+
+
+def _song_line(problem: Exception, path: Path) -> str:
+    """A song's problem found by the pre-flight, as the command line says it."""
+    from ..engine.request import InternalReadError
+
+    line = str(problem)
+    if isinstance(problem, InternalReadError):
+        line += " (run again with --debug and report it)"
+    if os.fspath(path).startswith("-") and not os.path.lexists(path):  # `stemsplit -- -x.mp3 -o out`
+        line += " (after --, every argument is a file: give the options before --)"
+    return line
 
 
 def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable[[Song], None]) -> None:
@@ -465,7 +486,8 @@ def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable
                     started = time.perf_counter()
                     reporter.song_facts = {}
                     if song.status == "failed":
-                        reporter.error(song.details, source=str(song.outputs.source.path))
+                        if not song.said:
+                            reporter.error(song.details, source=str(song.outputs.source.path))
                     else:
                         separate(song)
                     if song.status != "claimed":

@@ -23,6 +23,7 @@ class Song:
     details: str = ""
     identity: tuple[int, ...] | None = None  # the source as it was probed (source_identity)
     claim: Any = None  # batch: the song's stemsplit.batch.Claim, kept while another process holds it
+    said: bool = False  # its failure's error line was printed already (before the model loaded)
 
 
 def separate_one(
@@ -189,10 +190,12 @@ def _song_problem(exc: Exception, song: Song, out: Path, batch: bool) -> str:
 
 
 def _os_problem(exc: OSError, records: Path) -> str:
-    """An OSError as one line: the file it names and the reason, and "(batch's records)" when that file is
-    in ``records`` (OUT/.stemsplit: full disk, permissions, junk there)."""
+    """An OSError as one line: the file it names and the reason (in the words of every failed write), and
+    "(batch's records)" when that file is in ``records`` (OUT/.stemsplit: full disk, permissions, junk)."""
+    from ..files import write_failure
+
     name = exc.filename or records
-    line = f"{name}: {exc.strerror or exc}"
+    line = f"{name}: {write_failure(exc, Path(name).parent)}"
     if os.path.abspath(name) == os.path.abspath(records) or os.path.abspath(name).startswith(
         os.path.abspath(records) + os.sep
     ):

@@ -62,8 +62,10 @@ def synth_command(
                 workers=workers,
                 soundfont=font,
             )
+    except SynthError as exc:  # a full disk: one line; the same command finishes the dataset later
+        raise fail(str(exc)) from None
     except KeyboardInterrupt as exc:
-        message = f"interrupted; the finished songs are in {out}, delete it to start again"
+        message = f"interrupted; the finished songs are in {out}: run the same command again to finish it"
         raise fail(message, interrupted_status(exc)) from None
     out_console.print(
         f"wrote {songs} training, {valid} validation and {test} test songs "

@@ -147,8 +147,9 @@ def train_command(
     given["stems"] = tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None
     given["precision"] = precision.value if precision else None
     config = TrainConfig.for_arch(arch, **given)
-    problem = config.problem() or config.folder_problem()
-    if problem:
+    # The flags first, then the dataset and the network they describe, then the run folder: a run folder
+    # that needs --resume is said only of a command that would otherwise run.
+    if problem := config.problem():
         raise fail(problem, EXIT_USAGE)
     try:  # by folder and file names only: before torch loads
         if musdb is not None:
@@ -166,6 +167,8 @@ def train_command(
         device_for(config.device)
     except TrainError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    if problem := config.folder_problem():
+        raise fail(problem, EXIT_USAGE)
     try:
         run_training(config, log=lambda text: err_console.print(text))
     except KeyboardInterrupt:

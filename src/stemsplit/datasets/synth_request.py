@@ -28,9 +28,11 @@ def synth_request_problem(
     sample_rate: int,
     seed: int,
     workers: int,
+    resuming: bool = False,
 ) -> str | None:
     """What is wrong with a ``synth``/``synth-speech`` request (``counts``: items per split, ``noun``
-    their name), in one line, or None: the checks the two generators share, before anything is written."""
+    their name), in one line, or None: the checks the two generators share, before anything is written.
+    ``resuming``: ``out`` holds this very request's unfinished dataset, which may be finished."""
     for label, count in counts.items():
         if count < 0:
             return f"the number of {label} {noun} must be 0 or more, not {count}"
@@ -50,6 +52,6 @@ def synth_request_problem(
         return f"seed must be a non-negative integer, not {seed}"
     if not 1 <= workers <= MAX_SYNTH_WORKERS:
         return f"workers must be from 1 to {MAX_SYNTH_WORKERS}, not {workers}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not resuming and out.exists() and (not out.is_dir() or any(out.iterdir())):
         return f"{out}: exists and is not an empty folder; choose a new one (nothing is overwritten)"
     return creation_problem(out)

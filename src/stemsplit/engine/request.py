@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from ..audio.info import AudioError, AudioInfo
 from ..audio.probing import probe
+from ..errors import StemsplitError
 from ..output.plan import OutputError, OutputOptions, SongOutputs, SongSource, plan_outputs
 from .settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device, shown
 
@@ -139,7 +140,7 @@ class PlannedSong:
 
     outputs: SongOutputs
     info: AudioInfo | None = None
-    problem: AudioError | None = None
+    problem: StemsplitError | None = None
     identity: tuple[int, ...] | None = None
 
 
@@ -220,7 +221,7 @@ def prepare(
     stems = None if model_stems is None else tuple(choice.resolve(model_stems, owner))
     if stems is not None and list(stems) != choice.stand_in(output.filename):
         planned = plan_outputs(sources, out, list(stems), output, names=names)
-    songs = tuple(_probed(song, stream) if probe_inputs else PlannedSong(song) for song in planned)
+    songs = tuple(_probed(song, stream, output) if probe_inputs else PlannedSong(song) for song in planned)
     return SeparationRequest(songs, out, output, choice, settings, stems, downmix, stream, names)
 
 
@@ -247,11 +248,24 @@ def _input_path(path: object) -> Path:
     raise SeparationError(f"must be an audio file's path (a str or a Path), not {shown(path)}", "path")
 
 
-def _probed(song: SongOutputs, stream: int | None) -> PlannedSong:
-    """The song with what its file is (probed now), or with why it cannot be read."""
+class InternalReadError(AudioError):
+    """A bug met while probing one file (its ``__cause__``): that song fails alone, the others go on."""
+
+
+def _probed(song: SongOutputs, stream: int | None, output: OutputOptions) -> PlannedSong:
+    """The song with what its file is (probed now), or with why it cannot be read or written: its
+    rate where the output format cannot carry it (a 705.6 kHz song in flac)."""
     path = song.source.path
     identity = source_identity(path)
     try:
-        return PlannedSong(song, info=probe(path, stream), identity=identity)
+        info = probe(path, stream)
     except AudioError as exc:
         return PlannedSong(song, problem=exc, identity=identity)
+    except Exception as exc:  # a bug in reading this one file: it fails alone, the others go on
+        reason = (f"{type(exc).__name__}: {exc}".strip().splitlines() or [""])[0]
+        problem = InternalReadError(f"{path}: internal error reading it: {reason}")
+        problem.__cause__ = exc
+        return PlannedSong(song, problem=problem, identity=identity)
+    if rate_problem := output.rate_problem(info.sample_rate):
+        return PlannedSong(song, info=info, problem=OutputError(f"{path}: {rate_problem}"), identity=identity)
+    return PlannedSong(song, info=info, identity=identity)

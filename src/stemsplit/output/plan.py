@@ -29,6 +29,8 @@ OUTPUT_FORMATS: dict[str, tuple[str, dict[int | None, str]]] = {
 }
 # The sample rates MPEG audio can carry (MPEG-1, -2 and 2.5 layer III).
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+# FLAC's STREAMINFO has room for rates up to this (Hz); libsndfile refuses more (a 705.6 kHz DXD file).
+MAX_FLAC_RATE = 655_350
 TEMPLATE_FIELDS = ("folder", "track", "stem", "ext")
 # {folder}: the song's folder relative to the folder `batch` walked ("" for files named directly).
 DEFAULT_FILENAME = "{folder}/{track}/{stem}.{ext}"
@@ -71,6 +73,12 @@ class OutputOptions:
             raise OutputError(f"{self.fmt} {allowed}, not {self.bit_depth!r}", "bit_depth")
         if self.clip_mode not in ("rescale", "clamp", "none"):
             raise OutputError(f"must be rescale, clamp or none, not {self.clip_mode!r}", "clip_mode")
+        if self.clip_mode == "clamp" and not self.integer:  # would be ignored: float keeps what is beyond ±1
+            raise OutputError(
+                "clamp is for integer formats: float wav keeps samples beyond ±1 (nothing clips); "
+                "to clamp, choose a bit depth (16, 24 or 32) or flac or mp3",
+                "clip_mode",
+            )
         _check_template(self.filename)
 
     @property
@@ -87,6 +95,20 @@ class OutputOptions:
         if self.fmt != "mp3" or rate in MP3_RATES:
             return rate
         return next((r for r in MP3_RATES if r >= rate), MP3_RATES[-1])
+
+    def rate_problem(self, rate: int) -> str | None:
+        """Why stems of a ``rate`` Hz song cannot be written in this format (one line), or None.
+
+        Checked for every song before the first window (and by :class:`StemWriter`), so a song the
+        writer cannot take fails at once, not after it was separated. (MP3 has no such problem: its
+        rates are chosen by :meth:`sample_rate`; WAV takes any rate.)
+        """
+        if self.fmt == "flac" and rate > MAX_FLAC_RATE:
+            return (
+                f"{rate} Hz is more than flac can carry ({MAX_FLAC_RATE} Hz at most); "
+                "write it with --format wav, or resample the song first"
+            )
+        return None
 
 
 def _check_template(template: str) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..audio.info import libsndfile_reason, sf_name
+from ..audio.info import sf_name
 from ..audio.resample import BlockResampler
-from ..files import nearest_existing, sweep_stale_temporaries, temporary_sibling
+from ..files import sweep_stale_temporaries, temporary_sibling, write_failure
 from .journal import backup_name, check_inside, identity, recover_unfinished_commits, write_journal
 from .plan import OUTPUT_FORMATS, OutputError, OutputOptions, SongOutputs, check_regular, exists_error
 
@@ -128,6 +128,8 @@ class StemWriter:
     """
 
     def __init__(self, song: SongOutputs, options: OutputOptions, sample_rate: int, channels: int) -> None:
+        if problem := options.rate_problem(sample_rate):  # before anything is separated or created
+            raise OutputError(f"{song.source.path}: {problem}", "fmt")
         self.song, self.options = song, options
         self.sample_rate, self.channels = sample_rate, channels
         self._temps: dict[str, _FloatTemp] = {}
@@ -307,14 +309,9 @@ class StemWriter:
                 folder.rmdir()
 
     def _os_error(self, exc: BaseException) -> OutputError:
-        """A failed write as one line; libsndfile says "System error." for a full disk, so look."""
+        """A failed write as one line, in the words of every failed write (:func:`write_failure`)."""
         folder = self.song.out_dir
-        if isinstance(exc, OSError) and exc.strerror:
-            reason = exc.strerror
-        else:
-            reason = libsndfile_reason(exc)
-            if _disk_is_full(folder):
-                reason = f"no space left on device ({reason})"
+        reason = write_failure(exc, folder)
         return OutputError(f"writing stems into {folder} failed: {reason}; nothing was written for this song")
 
 
@@ -323,11 +320,3 @@ def _past_riff_limit(frames: float, channels: int, subtype: str) -> bool:
     header of any size libsndfile writes)."""
     sample_bytes = {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4}[subtype]
     return frames * channels * sample_bytes > _RIFF_LIMIT - (1 << 16)
-
-
-def _disk_is_full(folder: Path) -> bool:
-    try:
-        st = os.statvfs(nearest_existing(folder))
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 1 << 20  # under 1 MB left: that is why a stem could not be written

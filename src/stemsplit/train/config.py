@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "either",
     "family_names",
     "flag_name",
+    "inside_dataset_problem",
     "out_problem",
 ]
 
@@ -155,11 +157,13 @@ class TrainConfig:
             if value is not None and value < least:
                 checks.append(f"{flag_name(name)} must be at least {least}, not {value}")
         checks += [f"--stems: {problem}" for problem in map(stem_name_problem, self.stems or ()) if problem]
+        checks.append(self._stems_problem())
         if self.lr_schedule not in LR_SCHEDULES:
             checks.append(f"--lr-schedule must be {either(LR_SCHEDULES)}, not {self.lr_schedule!r}")
         if self.target != "all" and self.target not in (self.stems or ()):
             stems = ", ".join(self.stems or ())
             checks.append(f"--target must be all or one of --stems ({stems}), not {self.target!r}")
+        checks.append(out_place_problem(self.out) or inside_dataset_problem(self.out, self.datasets()))
         if self.musdb is not None and self.crop_seconds > self.sad_seconds:
             checks.append(
                 f"--crop-seconds {self.crop_seconds:g} is longer than the --sad-seconds {self.sad_seconds:g} "
@@ -167,8 +171,30 @@ class TrainConfig:
             )
         return next((c for c in checks if c), None)
 
+    def _stems_problem(self) -> str | None:
+        """Why ``stems`` cannot be a dataset's stems, or None: a name given twice; with ``musdb``, the
+        mixture (each example's input is the sum of its stems: a "mixture" stem would be learned as
+        the input itself, and scored as a perfect separation)."""
+        stems = self.stems or ()
+        twice = next((name for k, name in enumerate(stems) if name in stems[:k]), None)
+        if twice is not None:
+            return f"--stems: {twice} is named twice ({', '.join(stems)}); name each stem once"
+        if self.musdb is not None and "mixture" in stems:
+            return (
+                "--stems: mixture is the input, not a stem (each training mixture is the sum of the stems); "
+                "name only the stems"
+            )
+        return None
+
+    def datasets(self) -> dict[str, Path]:
+        """The folders this run reads its data from, by flag (none of them is ever written to)."""
+        return {
+            flag: path for flag, path in (("--musdb", self.musdb), ("--libri2mix", self.libri2mix)) if path
+        }
+
     def folder_problem(self) -> str | None:
-        """What is wrong with ``out`` for this run (:func:`out_problem`), or None. Checked before any work."""
+        """What is wrong with ``out`` for this run (:func:`out_problem`), or None. Checked before any work,
+        after the flags (:meth:`problem`: a run folder inside the dataset is one of those)."""
         return out_problem(self.out, self.resume)
 
     @classmethod
@@ -190,10 +216,8 @@ RUN_FILES = ("best.safetensors", "last.safetensors", "log.jsonl")
 def out_problem(out: Path, resume: bool = False, run_files: tuple[str, ...] = RUN_FILES) -> str | None:
     """Why ``out`` cannot be this run's folder, or None: it is a file; a new run would replace what is
     there (``last.pt`` or one of ``run_files``); ``--resume`` finds no ``last.pt``."""
-    if out.exists() and not out.is_dir():
-        return f"--out: {out} is not a folder; name a new or existing run folder"
-    if problem := creation_problem(out):
-        return f"--out: {problem}"
+    if problem := out_place_problem(out):
+        return problem
     last = out / "last.pt"
     if resume:
         return None if last.is_file() else f"--resume: no checkpoint at {last}"
@@ -202,6 +226,28 @@ def out_problem(out: Path, resume: bool = False, run_files: tuple[str, ...] = RU
     for name in run_files:
         if (out / name).exists():
             return f"{out / name} exists (not this run's); choose another --out"
+    return None
+
+
+def out_place_problem(out: Path) -> str | None:
+    """Why no run folder can be at ``out`` whatever it holds (a file; a place that takes no new folder),
+    or None: a flag's problem, said with the others (what the folder holds is said after them)."""
+    if out.exists() and not out.is_dir():
+        return f"--out: {out} is not a folder; name a new or existing run folder"
+    if problem := creation_problem(out):
+        return f"--out: {problem}"
+    return None
+
+
+def inside_dataset_problem(out: Path, datasets: dict[str, Path]) -> str | None:
+    """Why the run folder ``out`` cannot be where it is, or None: it is one of the ``datasets`` folders
+    (by flag) or inside one, where the run's files would be written among the data (and a MUSDB
+    layout would take its folders for tracks). Compared as real paths: links and ``..`` resolved."""
+    where = Path(os.path.realpath(out))
+    for flag, folder in datasets.items():
+        root = Path(os.path.realpath(folder))
+        if where == root or root in where.parents:
+            return f"--out: {out} is inside the {flag} folder {folder}; write the run outside the dataset"
     return None
 
 
@@ -344,6 +390,11 @@ class FinetuneConfig(TrainConfig):
                 f"--crop-seconds {self.crop_seconds:g}: each view would be the crop itself"
             )
         return super().problem()
+
+    def datasets(self) -> dict[str, Path]:
+        """TrainConfig's, and the unlabeled songs' folder (when given: its default is no folder)."""
+        unlabeled = {"--unlabeled": self.unlabeled} if self.unlabeled != Path() else {}
+        return super().datasets() | unlabeled
 
     def folder_problem(self) -> str | None:
         """TrainConfig's, and the finetune run's own: ``teachers/`` (a new run would replace and delete

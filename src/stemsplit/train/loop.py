@@ -41,6 +41,7 @@ rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -54,11 +55,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 
 from ..card import MUSIC_STEMS
 from ..engine.settings import SeparationError
 from ..errors import StemsplitError
-from ..files import write_atomically
+from ..files import write_atomically, write_failure
 from ..model import FamilyError, build_model, config_problem, family, make_config
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..runtime import Ranks, pick_device, resolve_precision, torchrun_ranks
@@ -435,6 +437,7 @@ class Run:
         self.train_tracks, self.valid_tracks = dataset_split(config.musdb, tracks)
         if not self.train_tracks:
             raise TrainError(f"{config.musdb}: no training tracks left after the validation split")
+        self._say_short_tracks("tracks")
         # Before any audio is read (the salient-segment index, finetune's unlabeled songs): one format.
         self._check_sample_rate(common_format(self.train_tracks)[0])
         if config.valid_tracks is not None:
@@ -445,6 +448,24 @@ class Run:
             dist.barrier()  # rank 0 built the cache; the others read it
             index = index or SalientIndex.build(self.train_tracks, config.stems, **sad)
         self.dataset = self._training_data(index)
+
+    def _say_short_tracks(self, noun: str) -> None:
+        """One line before the first step when training tracks are shorter than a crop: their examples
+        are padded with silence after their end (kept, not refused: Libri2Mix has such mixtures, and a
+        short track still teaches; but the user should know, e.g. of a track cut short by mistake)."""
+        crop = self.config.crop_seconds
+        short = sorted(
+            (t for t in self.train_tracks if t.frames < crop * t.sample_rate), key=lambda t: t.frames
+        )
+        if not short or not self.ranks.main:
+            return
+        named = ", ".join(f"{t.name} {t.frames / t.sample_rate:.1f} s" for t in short[:3])
+        more = f" and {len(short) - 3} more" if len(short) > 3 else ""
+        self.log(
+            f"--crop-seconds {crop:g}: {len(short)} of {len(self.train_tracks)} training "
+            f"{noun} {'is' if len(short) == 1 else 'are'} shorter ({named}{more}); "
+            "their examples are padded with silence after their end"
+        )
 
     def _check_sample_rate(self, rate: int) -> None:
         """The dataset's sample rate must be the network's."""
@@ -495,6 +516,7 @@ class Run:
             )
         except SpeechSynthError as exc:
             raise TrainError(f"--libri2mix: {exc}") from None
+        self._say_short_tracks("mixtures")
         if config.valid_tracks is not None:
             self.valid_tracks = self.valid_tracks[: config.valid_tracks]
         self.dataset = SpeechCrops(self.train_tracks, config.crop_seconds, config.epoch_size, config.seed)
@@ -531,7 +553,26 @@ class Run:
     def save(self) -> None:
         if self.ranks.main:
             state = self._state()
-            write_atomically(self.last_path, lambda tmp: torch.save(state, tmp))
+            with self._writing():
+                write_atomically(self.last_path, lambda tmp: torch.save(state, tmp))
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write into the run folder (a full disk: torch.save and safetensors raise
+        RuntimeErrors for it) as one TrainError in the words of every failed write; what was written
+        before stays (each file is replaced whole or not at all), so the run can go on with --resume."""
+        try:
+            yield
+        except (OSError, RuntimeError, SafetensorError) as exc:
+            out = self.config.out
+            then = (
+                f"the last checkpoint is kept: make room and continue with --resume -o {out}"
+                if self.last_path.is_file()
+                else "make room and run the same command again"
+            )
+            raise TrainError(
+                f"{out}: writing the run's files failed: {write_failure(exc, out)}; {then}"
+            ) from None
 
     def _load_checkpoint(self) -> dict[str, Any]:
         """``last.pt``, weights-only (no pickle code runs), checked to be one of ours; or TrainError."""
@@ -727,9 +768,10 @@ class Run:
             self.end_epoch(improved, score)
             if self.ranks.main:
                 extra = {"epoch": self.epoch, **self.export_metadata()}
-                if improved:
-                    save_checkpoint(self.model, cfg.out / "best.safetensors", **extra)
-                save_checkpoint(self.model, cfg.out / "last.safetensors", **extra)
+                with self._writing():
+                    if improved:
+                        save_checkpoint(self.model, cfg.out / "best.safetensors", **extra)
+                    save_checkpoint(self.model, cfg.out / "last.safetensors", **extra)
                 validated = bool(self.valid_tracks)  # without a validation set, score is global_step
                 record = {
                     "epoch": self.epoch,
@@ -742,7 +784,7 @@ class Run:
                     "seconds": seconds,
                     **self.log_fields(),
                 }
-                with open(log_path, "a") as f:
+                with self._writing(), open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 best = " (best)" if improved else ""
                 speed = record["samples_per_second"]

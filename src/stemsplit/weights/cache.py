@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import sha256_of, write_atomically
+from ..files import creation_problem, sha256_of, special_file, write_atomically, write_failure
 from .errors import CacheError, ChecksumError, UnknownModelError
 from .registry import CHECKPOINT_SUFFIXES, ModelEntry, load_registry
 
@@ -181,16 +181,37 @@ def locked(source: Source, progress: bool = True) -> Iterator[None]:
                 msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
+def _cache_setting() -> str:
+    """How a message names the cache: the STEMSPLIT_CACHE setting, or the default folder."""
+    variable = os.environ.get("STEMSPLIT_CACHE")
+    return f"STEMSPLIT_CACHE={variable}" if variable else f"the model cache {cache_dir()}"
+
+
+def cache_problem() -> str | None:
+    """Why models cannot be downloaded into the cache (one line naming STEMSPLIT_CACHE), or None.
+
+    ``stemsplit doctor`` says it before anything needs the cache: a device (``/dev/null``), a file, a
+    folder that cannot be made or written to."""
+    root = cache_dir()
+    if kind := special_file(root):
+        problem = f"is {kind}, not a folder"
+    elif root.exists() and not root.is_dir():
+        problem = "is a file, not a folder"
+    else:
+        problem = creation_problem(root)
+    return f"{_cache_setting()}: {problem}; set STEMSPLIT_CACHE to a writable folder" if problem else None
+
+
 def cache_error(exc: OSError) -> CacheError:
     """A failed write in the cache, as one line naming the file and the STEMSPLIT_CACHE setting."""
     root = cache_dir()
-    variable = os.environ.get("STEMSPLIT_CACHE")
-    setting = f"STEMSPLIT_CACHE={variable}" if variable else f"the model cache {root}"
-    if root.exists() and not root.is_dir():
+    if kind := special_file(root):
+        problem = f"is {kind}, not a folder"
+    elif root.exists() and not root.is_dir():
         problem = "is a file, not a folder"
     else:
-        problem = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
-    return CacheError(f"{setting}: {problem}; set STEMSPLIT_CACHE to a writable folder")
+        problem = f"{exc.filename}: {write_failure(exc, root)}" if exc.filename else write_failure(exc, root)
+    return CacheError(f"{_cache_setting()}: {problem}; set STEMSPLIT_CACHE to a writable folder")
 
 
 def record_path(path: Path) -> Path:

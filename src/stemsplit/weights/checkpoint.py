@@ -72,14 +72,46 @@ def _unreadable(path: Path, label: str | None, exc: BaseException) -> Checkpoint
 
 def _load_failure(exc: BaseException) -> str:
     """The useful part of a torch.load error: its messages run to paragraphs of advice (including
-    "set weights_only=False", which we never want a user to read as a fix)."""
+    "set weights_only=False", which we never want a user to read as a fix). The file is a ZIP archive
+    or a pickle (:func:`_not_a_checkpoint` said so): what failed is its inside."""
     text = str(exc).strip()
     if isinstance(exc, EOFError) or not text:
-        return "the file is empty or cut short"
+        return "damaged or cut short: the data ends early"
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1].strip()
-    first = text.splitlines()[0]
-    return first.split(". ", 1)[0].rstrip(".")
+    first = text.splitlines()[0].split(". ", 1)[0].rstrip(".")
+    if not re.search(r"[A-Za-z]{3}", first):  # a bare key or number ("174812789"): say what kind of error
+        first = f"{type(exc).__name__} {first}"
+    return f"damaged or cut short: {first}"
+
+
+# What a file that is not a checkpoint most often is, by its first bytes (a failed download, a Git LFS
+# checkout without `git lfs pull`, a file saved under the wrong name).
+_NOT_CHECKPOINTS = (
+    (b"version https://git-lfs", "a Git LFS pointer, not the weights (run git lfs pull)"),
+    (b"<!DOCTYPE", "an HTML page (a download that got a web page instead of the file?)"),
+    (b"<html", "an HTML page (a download that got a web page instead of the file?)"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+    (b"{", "a JSON or text file"),
+)
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """What ``path`` is instead, in words, when its first bytes are neither a ZIP archive (PyTorch's
+    format since 1.6) nor a pickle (the older format, and Demucs's packages); else None."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # a ZIP archive; pickle's PROTO opcode
+        return None
+    for magic, kind in _NOT_CHECKPOINTS:
+        if head.lstrip().lower().startswith(magic.lower()):
+            return kind
+    text = head.decode("utf-8", errors="replace")
+    if all(c.isprintable() or c in "\t\n\r" for c in text.rstrip("\ufffd")):  # (a character cut at 64)
+        return "a text file"
+    return "unknown bytes: neither a ZIP archive (PyTorch's format) nor a pickle"
 
 
 def torch_load_safely(path: Path, label: str | None = None, allow: list[Any] | None = None) -> Any:
@@ -94,6 +126,12 @@ def torch_load_safely(path: Path, label: str | None = None, allow: list[Any] | N
     (after ``label``, a model name, when given).
     """
     path = Path(path)
+    try:
+        kind = _not_a_checkpoint(path)
+    except OSError as exc:
+        raise CheckpointError(f"{_where(path, label)}: cannot read it ({exc.strerror or exc})") from None
+    if kind:
+        raise CheckpointError(f"{_where(path, label)}: not a readable checkpoint: {kind}")
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(allow or []):
             # torch warns about legacy pickles before failing: the error says it

@@ -497,7 +497,7 @@ def test_malicious_pickle_is_refused_and_never_run(env, server, tmp_path):
 def test_garbage_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "junk.ckpt"
     path.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match=rf"^{path}: not a readable checkpoint \(Unsupported operand"):
+    with pytest.raises(CheckpointError, match=rf"^{path}: not a readable checkpoint: a text file$"):
         load_model(path)
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         load_model(tmp_path / "missing.safetensors")
@@ -725,7 +725,7 @@ def test_read_only_cache_still_loads_what_it_holds(env, server):
     assert result.stderr.startswith(
         f"stemsplit: error: STEMSPLIT_CACHE={cache}: {cache / 'models' / 'other'}"
     )
-    assert "Read-only file system" in result.stderr or "Permission denied" in result.stderr
+    assert "read-only file system" in result.stderr or "permission denied" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == before  # nothing written
 
@@ -762,7 +762,7 @@ def test_unusable_cache_setting_is_one_line_naming_the_variable(env, server, mon
     else:
         assert (
             line.startswith(f"stemsplit: error: STEMSPLIT_CACHE={cache}: {cache}")
-            and "Not a directory" in line
+            and "not a directory" in line
         )
     assert server.requests == []
 

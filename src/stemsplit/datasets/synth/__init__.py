@@ -49,6 +49,7 @@ other), :mod:`.voice` (the formant vocals), :mod:`.song` (:class:`Song`, mixing)
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -61,6 +62,7 @@ import soundfile as sf
 
 from ...audio.info import sf_name
 from ...errors import StemsplitError
+from ...files import write_atomically, write_failure
 from .. import fluidsynth
 from ..synth_request import synth_request_problem
 from .general_midi import soundfont_song
@@ -148,15 +150,62 @@ def song_name(subset: str, index: int) -> str:
 
 def _write_one(job: tuple[Path, int, float, int, fluidsynth.Soundfont | None]) -> None:
     """Generate one song and write it atomically: a hidden temporary sibling folder, then a rename.
-    FluidSynth's temporary files go in there too (nothing is written outside the dataset's folder)."""
+    FluidSynth's temporary files go in there too (nothing is written outside the dataset's folder).
+    A failed write (a full disk) is a :class:`SynthError` in the words of every failed write."""
     folder, seed, seconds, sample_rate, soundfont = job
     temp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     try:
         temp.mkdir()
         write_song(generate_song(seed, seconds, sample_rate, soundfont, scratch=temp), temp)
         os.rename(temp, folder)
+    except (OSError, sf.LibsndfileError) as exc:  # (raised in a worker process too: plain text crosses)
+        dataset = folder.parent.parent
+        raise SynthError(
+            f"{folder}: writing the song failed: {write_failure(exc, folder.parent)}; the finished songs "
+            f"stay in {dataset}: make room and run the same command again to finish it"
+        ) from None
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# The request a dataset folder was made for (beside valid.txt): the same command run again
+# finishes an unfinished dataset (a full disk, Ctrl-C, a killed job) instead of refusing its folder.
+REQUEST_FILE = "synth-request.json"
+
+
+def _request(
+    train: int, valid: int, test: int, seconds: float, seed: int, sample_rate: int, soundfont
+) -> dict[str, object]:
+    """What decides a dataset's songs, as :data:`REQUEST_FILE` records it (by the flags' names)."""
+    font = None if soundfont is None else soundfont.path.name
+    return {
+        "songs": train,
+        "valid": valid,
+        "test": test,
+        "seconds": seconds,
+        "seed": seed,
+        "sample_rate": sample_rate,
+        "soundfont": font,
+    }
+
+
+def _resuming(out: Path, request: dict[str, object]) -> bool:
+    """Whether ``out`` is this request's unfinished dataset (raises SynthError if it is another's)."""
+    try:
+        saved = json.loads((out / REQUEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False  # not a dataset we made (or nothing there): the usual checks answer
+    if saved == request:
+        return True
+    changed = ", ".join(
+        f"--{key.replace('_', '-')} {request[key]} (was {saved.get(key)})"
+        for key in request
+        if isinstance(saved, dict) and saved.get(key) != request[key]
+    )
+    raise SynthError(
+        f"{out}: an unfinished synth dataset made with other settings ({changed or 'unknown'}); "
+        "run its own command again to finish it, or choose a new folder"
+    )
 
 
 def check_dataset(
@@ -175,8 +224,10 @@ def check_dataset(
     Raises :class:`SynthError` (one line) for what the caller asked wrong.
     """
     _check_sample_rate(sample_rate, soundfont)
+    out = Path(out)
     counts = {"train": train, "valid": valid, "test": test}
-    problem = synth_request_problem(Path(out), counts, "songs", seconds, sample_rate, seed, workers)
+    resuming = _resuming(out, _request(train, valid, test, seconds, seed, sample_rate, soundfont))
+    problem = synth_request_problem(out, counts, "songs", seconds, sample_rate, seed, workers, resuming)
     if problem:
         raise SynthError(problem)
     jobs = []
@@ -185,6 +236,7 @@ def check_dataset(
         jobs += [
             (folder / song_name(subset, i), song_seed(seed, subset, i), seconds, sample_rate, soundfont)
             for i in range(count)
+            if not (resuming and (folder / song_name(subset, i)).is_dir())  # finished (renamed whole)
         ]
     seeds = [job[1] for job in jobs]
     if len(set(seeds)) != len(seeds):  # a 64-bit hash collision: astronomically unlikely, but checked
@@ -215,11 +267,17 @@ def write_dataset(
     """
     out = Path(out)
     jobs = check_dataset(out, train, valid, test, seconds, seed, sample_rate, workers, soundfont)
-    (out / "train").mkdir(parents=True, exist_ok=True)
-    if test:
-        (out / "test").mkdir(exist_ok=True)
-    (out / "valid.txt").write_text("".join(song_name("valid", i) + "\n" for i in range(valid)))
-    if workers == 1:
+    request = _request(train, valid, test, seconds, seed, sample_rate, soundfont)
+    try:
+        (out / "train").mkdir(parents=True, exist_ok=True)
+        write_atomically(out / REQUEST_FILE, lambda temp: temp.write_text(json.dumps(request)))
+        if test:
+            (out / "test").mkdir(exist_ok=True)
+        valid_names = "".join(song_name("valid", i) + "\n" for i in range(valid))
+        write_atomically(out / "valid.txt", lambda temp: temp.write_text(valid_names))
+    except OSError as exc:
+        raise SynthError(f"{out}: writing the dataset failed: {write_failure(exc, out)}") from None
+    if workers == 1 or len(jobs) <= 1:  # (a resumed dataset may have nothing left to make)
         for done, job in enumerate(jobs, 1):
             _write_one(job)
             if progress:
