@@ -7,9 +7,12 @@ tests/unit/audio/test_audio_truth.py.)"""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import shutil
 
 import numpy as np
+import pytest
 import soundfile as sf
 from helpers import FAST, RATE, cli, files_under, fill_disk
 
@@ -50,6 +53,24 @@ def test_synth_on_a_full_disk_is_one_line_and_the_rerun_finishes_it(small_disk, 
     cli("synth", tmp_path / "whole", *SYNTH, check=0)
     assert digest(out) == digest(tmp_path / "whole")
     assert json.loads((out / "synth-request.json").read_text())["seed"] == 4
+
+
+def test_synth_speech_on_a_full_disk_is_one_line_and_leaves_nothing(small_disk):
+    """synth-speech writes all or nothing: on a full disk, one line in the words of every failed write
+    (before: an internal error), no folder left behind, so the same command runs again once there is room."""
+    if not (shutil.which("espeak-ng") and importlib.util.find_spec("pyroomacoustics")):
+        pytest.skip("needs espeak-ng and pyroomacoustics")
+    fill_disk(small_disk, 64 * 1024)
+    out = small_disk / "speech"
+    args = ["synth-speech", out, "--train", "2", "--dev", "1", "--test", "0", "--seconds", "2"]
+    result = cli(*args)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"stemsplit: error: {out}: writing the dataset failed: {DISK_FULL}; nothing was written"
+    ]
+    assert not out.exists()
+    (small_disk / "filler").unlink()
+    assert cli(*args).returncode == 0
 
 
 def test_synth_again_with_other_settings_names_them(tmp_path):

@@ -79,6 +79,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio.resample import BlockResampler
+from ..files import write_failure
 from .libri2mix import MIXTURE_KINDS, SpeechSynthError
 from .sentences import pick, sentence
 from .synth_request import synth_request_problem
@@ -577,8 +578,10 @@ def write_dataset(
         for entry in sorted(staging.iterdir()):
             os.rename(entry, out / entry.name)
         staging.rmdir()
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(out, ignore_errors=True)
+        if isinstance(exc, (OSError, sf.LibsndfileError)):  # a full disk: one line, as every failed write
+            raise SpeechSynthError(f"{out}: writing the dataset failed: {write_failure(exc, out)}") from None
         raise
