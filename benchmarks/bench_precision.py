@@ -25,9 +25,9 @@ import numpy as np
 import soundfile as sf
 import torch
 from machine import describe
-from stemsplit.separate import Separator
 
 from stemsplit.runtime import cpu_auto_precision
+from stemsplit.separate import Separator
 
 
 def test_song(folder: Path, seconds: float, seed: int) -> tuple[Path, str]:

@@ -46,10 +46,10 @@ import numpy as np
 import soundfile as sf
 import torch
 from machine import describe
-from stemsplit.separate import SeparationError, Separator
 
 from stemsplit.model import TSBSMamba2
 from stemsplit.model.mamba2 import cuda_kernels, resolve_backend
+from stemsplit.separate import SeparationError, Separator
 
 PRESET_NAMES = {"ts": "TS", "l-ts": "L-TS"}
 TARGETS_S = {"ts": 2.5, "l-ts": 1.5}  # issue 8: one H100, 4-minute song, 3 s / 0.5 s, stage 2

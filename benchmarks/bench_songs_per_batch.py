@@ -27,10 +27,10 @@ import numpy as np
 import soundfile as sf
 import torch
 from machine import describe
-from stemsplit.separate import Separator
 
 from stemsplit.audio import probe
 from stemsplit.output import OutputOptions, SongSource, plan_outputs
+from stemsplit.separate import Separator
 
 
 def write_songs(folder: Path, count: int, seconds: float) -> list[Path]:

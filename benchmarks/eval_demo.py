@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 from machine import describe
-from stemsplit.separate import Separator
 
 from stemsplit.datasets.synth import generate_song, song_seed
 from stemsplit.evaluate.metrics import usdr
 from stemsplit.runtime import tune_cpu_allocator
+from stemsplit.separate import Separator
 
 
 def main() -> None:

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from machine import describe
-from stemsplit.separate import Separator
 
 from stemsplit.datasets.speech_synth import SAMPLE_RATE, generate_mixture, mixture_seed
 from stemsplit.evaluate.metrics import speech_scores
 from stemsplit.evaluate.si_snr import si_snr
+from stemsplit.separate import Separator
 
 IRM_FFT = 256  # 32 ms at 8 kHz
 IRM_HOP = 64  # 8 ms

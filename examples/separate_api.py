@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
 from stemsplit.separate import Separator
 
 EXAMPLE = Path(__file__).parent / "demo-song.flac"
