@@ -193,23 +193,24 @@ def cache_problem() -> str | None:
     ``stemsplit doctor`` says it before anything needs the cache: a device (``/dev/null``), a file, a
     folder that cannot be made or written to."""
     root = cache_dir()
-    if kind := special_file(root):
-        problem = f"is {kind}, not a folder"
-    elif root.exists() and not root.is_dir():
-        problem = "is a file, not a folder"
-    else:
-        problem = creation_problem(root)
+    problem = _not_a_folder(root) or creation_problem(root)
     return f"{_cache_setting()}: {problem}; set STEMSPLIT_CACHE to a writable folder" if problem else None
+
+
+def _not_a_folder(root: Path) -> str | None:
+    """What the cache's path is when it is no folder (a device, a FIFO, a file), else None."""
+    if kind := special_file(root):
+        return f"is {kind}, not a folder"
+    if root.exists() and not root.is_dir():
+        return "is a file, not a folder"
+    return None
 
 
 def cache_error(exc: OSError) -> CacheError:
     """A failed write in the cache, as one line naming the file and the STEMSPLIT_CACHE setting."""
     root = cache_dir()
-    if kind := special_file(root):
-        problem = f"is {kind}, not a folder"
-    elif root.exists() and not root.is_dir():
-        problem = "is a file, not a folder"
-    else:
+    problem = _not_a_folder(root)
+    if problem is None:
         problem = f"{exc.filename}: {write_failure(exc, root)}" if exc.filename else write_failure(exc, root)
     return CacheError(f"{_cache_setting()}: {problem}; set STEMSPLIT_CACHE to a writable folder")
 
