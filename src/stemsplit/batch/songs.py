@@ -62,10 +62,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audio.info import AUDIO_EXTENSIONS
-from .errors import StemsplitError
-from .files import host_tag, process_alive, sha256_of, write_atomically
-from .output.plan import DEFAULT_FILENAME, SongOutputs, SongSource, exists_error, path_parts
+from ..audio.info import AUDIO_EXTENSIONS
+from ..errors import StemsplitError
+from ..files import host_tag, process_alive, sha256_of, write_atomically
+from ..output.plan import DEFAULT_FILENAME, SongOutputs, SongSource, exists_error, path_parts
 
 __all__ = [
     "BatchError",
