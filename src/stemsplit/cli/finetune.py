@@ -101,7 +101,7 @@ def finetune_command(**given: typing.Any) -> None:
         raise fail("--override only applies with --resume", EXIT_USAGE)
     from dataclasses import fields
 
-    from ..batch import find_songs
+    from ..batch.songs import find_songs
     from ..train.config import FinetuneConfig
 
     stems = given.pop("stems")

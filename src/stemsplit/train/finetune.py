@@ -279,7 +279,7 @@ def prepare_unlabeled(
     skipped with a line in the log, as is one without a salient segment; none
     usable at all is a :class:`TrainError`.
     """
-    from ..batch import BatchError, find_songs
+    from ..batch.songs import BatchError, find_songs
 
     try:
         found = find_songs([Path(folder)], into.parent)
