@@ -160,7 +160,7 @@ def claim_data(claim) -> dict:
 def hold_claim(out: Path, path: Path, key: str, settings: dict, pid: int) -> Path:
     """Claim the song at ``path`` (``key`` under the music folder) as process ``pid`` of this host."""
     from stemsplit.batch import Claim
-    from stemsplit.output import SongOutputs, SongSource, track_name
+    from stemsplit.output.plan import SongOutputs, SongSource, track_name
 
     folder = key.rpartition("/")[0]
     claim = Claim(out, SongOutputs(SongSource(path, folder), track_name(path), out), settings=settings)
@@ -419,7 +419,7 @@ def test_a_claim_known_dead_is_taken_over_at_once_whatever_its_host(tmp_path, he
     """batch --ray retries a song whose worker died on another worker, perhaps on another host, at
     once: the scheduler names the dead attempt's token, and only a claim with that token is taken."""
     from stemsplit.batch import Claim
-    from stemsplit.output import SongOutputs, SongSource, track_name
+    from stemsplit.output.plan import SongOutputs, SongSource, track_name
 
     path = tmp_path / "a.wav"
     song_outputs = SongOutputs(SongSource(path), track_name(path), tmp_path / "stems")
