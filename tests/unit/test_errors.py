@@ -172,6 +172,7 @@ TORCH_FREE = [
     "stemsplit.evaluate.stems",
     "stemsplit.train",
     "stemsplit.train.config",
+    "stemsplit.train.errors",
 ]
 
 
