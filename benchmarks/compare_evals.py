@@ -10,7 +10,7 @@ over the stems minus the base's for the same song, then the mean of those
 differences, its standard error and on how many songs the model is better.
 Ten songs move a mean by a few tenths of a dB from one model to another; the
 paired difference says whether a gain that size holds song by song (the
-fine-tuning trials of ``src/stemsplit/checkpoints/demo.md`` are read this way).
+fine-tuning trials of ``docs/demo-model.md`` are read this way).
 
 Reports of different stems, songs, windows, hops or test sets (the dataset
 folder's name and the subset) are refused: their figures do not compare. A

@@ -38,7 +38,7 @@ from stemsplit.datasets.musdb_layout import DatasetError
 from stemsplit.evaluate.metrics import usdr
 from stemsplit.train.config import MAX_TEACHER_VIEWS, FinetuneConfig
 from stemsplit.train.data import salient_segments
-from stemsplit.train.finetune import CLEAN_RESIDUAL, CLEAN_TARGET, classify, teacher_estimates, view_offsets
+from stemsplit.train.teacher import CLEAN_RESIDUAL, CLEAN_TARGET, classify, teacher_estimates, view_offsets
 from stemsplit.weights import WeightsError, load_model
 
 

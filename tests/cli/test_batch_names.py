@@ -135,9 +135,10 @@ def test_a_folder_inside_another_input_is_walked_as_part_of_it(tmp_path, stub_ch
 def quick_claims(monkeypatch):
     """Claims on a short clock: looked at again every 0.1 s, a dead holder's taken over after 1 s."""
     from stemsplit import batch as batch_module
+    from stemsplit.batch import claims
 
-    monkeypatch.setattr(batch_module, "CLAIM_POLL_SECONDS", 0.1)
-    monkeypatch.setattr(batch_module, "CLAIM_LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(batch_module, "CLAIM_POLL_SECONDS", 0.1)  # the CLI reads it from stemsplit.batch
+    monkeypatch.setattr(claims, "CLAIM_LEASE_SECONDS", 1.0)
     return batch_module
 
 
@@ -215,9 +216,9 @@ def test_a_held_claim_is_touched_by_its_heartbeat_whatever_the_windows_do(tmp_pa
     its heartbeat stops."""
     import time
 
-    from stemsplit import batch as batch_module
+    from stemsplit.batch import claims
 
-    monkeypatch.setattr(batch_module, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(claims, "HEARTBEAT_SECONDS", 0.05)
     claim = leave_claim(tmp_path / "out", tmp_path, "a.wav")
     claim.path.unlink()
     assert claim.acquire()

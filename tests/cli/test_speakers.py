@@ -553,7 +553,7 @@ def test_u_mamba_net_recipe_is_the_papers():
     from pathlib import Path
 
     from stemsplit.train.config import TrainConfig
-    from stemsplit.train.loop import LrSchedule
+    from stemsplit.train.schedule import LrSchedule
 
     config = TrainConfig.for_arch("u-mamba-net", libri2mix=Path("data"))
     assert (config.batch_size, config.lr, config.epochs, config.crop_seconds) == (4, 1.5e-4, 120, 3.0)

@@ -18,7 +18,7 @@ from stemsplit.separate import Separator
 STEMS = ("drums", "bass", "other", "vocals")
 # Separation must beat "every stem = the mixture" by this much per stem (uSDR, dB). On the 10 held-out
 # songs of benchmarks/eval_demo.py the smallest gain of any stem on any song was 4.2 dB (mean 11 dB;
-# src/stemsplit/checkpoints/demo.md); 3 dB leaves room for shorter songs.
+# docs/demo-model.md); 3 dB leaves room for shorter songs.
 MARGIN_DB = 3.0
 
 
@@ -46,7 +46,7 @@ def test_demo_model_ships_in_the_package_small_and_verified(offline):
     loaded = weights.load_model("demo", progress=False)
     assert loaded.stems == STEMS and loaded.sample_rate == 44100
     assert loaded.model.config.feature_dim == 32 and loaded.model.config.stride == 1024
-    assert (ROOT / "src" / "stemsplit" / "checkpoints" / "demo.md").is_file()
+    assert (ROOT / "docs" / "demo-model.md").is_file()  # its model card
 
 
 def test_demo_beats_the_mixture_baseline_on_fresh_songs(offline):
@@ -99,8 +99,8 @@ def test_separate_api_example_runs(tmp_path, offline):
 
 # Mean SI-SNRi the bundled speakers-demo must reach on two held-out mixtures (talkers of the test
 # split's own voices, never heard in training). Measured: 2.66 dB on these two, 3.19 dB over the 40
-# test mixtures of benchmarks/eval_speakers.py (the mixture itself: 0 dB; src/stemsplit/checkpoints/
-# speakers-demo.md); 1 dB leaves room for other CPUs' rounding and still fails a model that does nothing.
+# test mixtures of benchmarks/eval_speakers.py (the mixture itself: 0 dB; docs/speakers-demo-model.md);
+# 1 dB leaves room for other CPUs' rounding and still fails a model that does nothing.
 SPEAKERS_MARGIN_DB = 1.0
 
 
@@ -114,7 +114,7 @@ def test_speakers_demo_ships_in_the_package_small_and_verified(offline):
     loaded = weights.load_model("speakers-demo", progress=False)
     assert loaded.stems == ("speaker1", "speaker2") and loaded.sample_rate == 8000
     assert loaded.card.architecture == "u-mamba-net" and loaded.card.permutation_invariant
-    assert (ROOT / "src" / "stemsplit" / "checkpoints" / "speakers-demo.md").is_file()
+    assert (ROOT / "docs" / "speakers-demo-model.md").is_file()  # its model card
 
 
 @pytest.mark.skipif(

@@ -38,7 +38,7 @@ def shell_commands(text: str) -> list[list[str]]:
     """Every command of a page's ```bash blocks, split at && and ;, comments removed."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a line ending in \ goes on on the next
             words = shlex.split(line, comments=True)
             command: list[str] = []
             for word in [*words, "&&"]:

@@ -131,6 +131,9 @@ TORCH_FREE = [
     "stemsplit.output.journal",
     "stemsplit.engine.request",
     "stemsplit.batch",
+    "stemsplit.batch.songs",
+    "stemsplit.batch.records",
+    "stemsplit.batch.claims",
     "stemsplit.report",
     "stemsplit.runtime",
     "stemsplit.engine.ensemble_spec",
@@ -169,6 +172,7 @@ TORCH_FREE = [
     "stemsplit.evaluate.stems",
     "stemsplit.train",
     "stemsplit.train.config",
+    "stemsplit.train.errors",
 ]
 
 

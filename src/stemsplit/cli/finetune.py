@@ -101,7 +101,7 @@ def finetune_command(**given: typing.Any) -> None:
         raise fail("--override only applies with --resume", EXIT_USAGE)
     from dataclasses import fields
 
-    from ..batch import find_songs
+    from ..batch.songs import find_songs
     from ..train.config import FinetuneConfig
 
     stems = given.pop("stems")
@@ -130,8 +130,9 @@ def finetune_command(**given: typing.Any) -> None:
     model = checked_model(given.pop("model"))
 
     # Everything above runs without torch: usage errors come back at once.
+    from ..train.distributed import device_for
+    from ..train.errors import TrainError
     from ..train.finetune import configure, finetune, load_pretrained
-    from ..train.loop import TrainError, device_for
 
     try:
         device_for(config.device)

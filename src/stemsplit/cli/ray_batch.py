@@ -14,7 +14,7 @@ tensors; what matters is that each song is written once, whole, by one worker, a
 worker died. Actor calls scheduled by a loop here give exactly that with Ray Core alone (no pyarrow or
 pandas), and the loop sees each failure and decides: a worker that died (killed, out of memory, its node
 lost) costs the song an attempt and the song goes to another worker at once, taking over the dead
-attempt's claim (:meth:`~stemsplit.batch.Claim.acquire`'s ``dead``); a song that fails for its own
+attempt's claim (:meth:`~stemsplit.batch.claims.Claim.acquire`'s ``dead``); a song that fails for its own
 reason (a damaged file) comes back as ``failed`` and is reported, never retried; a song whose workers
 died :data:`MAX_ATTEMPTS` times is reported failed too. Ray's own task retries would retry on the same
 (restarted) actor and cannot tell the two kinds of failure apart. A killed worker leaves no stems (they

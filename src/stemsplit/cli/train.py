@@ -159,8 +159,10 @@ def train_command(
     except (DatasetError, SpeechSynthError) as exc:
         raise fail(f"{'--musdb' if musdb is not None else '--libri2mix'}: {exc}", EXIT_USAGE) from None
 
-    from ..train.loop import TrainError, device_for, model_config_for
+    from ..train.distributed import device_for
+    from ..train.errors import TrainError
     from ..train.loop import train as run_training
+    from ..train.model_config import model_config_for
 
     try:  # a bad --preset or --model-config file, or a device not here, is a usage error: before any work
         model_config_for(config)

@@ -1,61 +1,26 @@
 """Two-talker, noisy and reverberant speech mixtures from one integer seed, in the Libri2Mix layout.
 
-U-Mamba-Net (Dang et al.) trains on Libri2Mix whose sources were made
-reverberant with pyroomacoustics (the paper's Table I) and mixed with WHAM!
-noise, at 8 kHz. Neither LibriSpeech nor WHAM! ships with stemsplit, so this
-module makes a stand-in from what Debian and PyPI provide:
+A stand-in for the reverberant, noisy Libri2Mix U-Mamba-Net (Dang et al.) trains on, made from what
+Debian and PyPI provide: talkers (eSpeak NG voices, :data:`VOICES`, :data:`VARIANTS`, each split its
+own: :data:`SPLIT_VARIANTS`), a shoebox room drawn as the paper's Table I (:func:`draw_room`,
+pyroomacoustics), synthetic background noise, Libri2Mix's levels and its "min" overlap;
+docs/training.md ("How a mixture is drawn") gives the ranges.
 
-- **Talkers**: eSpeak NG (``espeak-ng``, a Debian package) reads random
-  sentences from a small built-in grammar, in one of several English accents
-  (:data:`VOICES`) and voice variants (:data:`VARIANTS`), at a random pitch
-  (``-p``) and speed (``-s``). Its amplitude (``-a``) stays at the default:
-  levels are set afterwards, as Libri2Mix does. The two talkers of a mixture
-  always have different variants. As in Libri2Mix, whose train, dev and test
-  speakers never meet, each split draws from its own variants
-  (:data:`SPLIT_VARIANTS`): dev and test talkers are timbres the model never
-  trained on. The 22.05 kHz speech is resampled to 8 kHz
-  with soxr (:class:`stemsplit.audio.BlockResampler`).
-- **Room**: a shoebox drawn as the paper's Table I (:func:`draw_room`): length
-  and width U(5, 10) m, height U(3, 4) m, T60 U(0.2, 0.6) s; the receiver near
-  the middle of the floor plan (±0.2 m) at U(0.9, 1.8) m high; each talker at
-  U(0.9, 1.8) m high, U(0.66, 2) m away (horizontally) at an angle U(0, 2π).
-  pyroomacoustics' image-source method gives the impulse responses: wall
-  absorption and reflection order from Sabine's formula for the drawn T60.
-- **Noise**: synthetic stationary-ish background noise (no babble): Gaussian
-  noise with a random spectral slope (white to brown), a random resonance
-  (machine hum) and a slow amplitude wobble.
-- **Levels** (Libri2Mix's ranges, measured as RMS in dBFS rather than LUFS):
-  each reverberant talker U(-33, -25) dB, the noise U(-38, -30) dB; if any file
-  would peak above 0.9, all parts of the mixture are scaled by one gain.
-- **Overlap**: Libri2Mix's "min" mode: both talkers speak over the whole
-  mixture, which is ``seconds`` long (speech longer than that is cut).
-
-What the files hold (the paper's models denoise *and* dereverberate, so their
-targets are the talkers without the room's reflections, as in WHAMR!):
-
-- ``s1/``, ``s2/``: each talker's **direct sound** at the receiver (the same
-  room with no reflections: the delay and distance loss of the direct path
-  only), time-aligned with the mixture. These are the training targets.
-- ``s1_reverb/``, ``s2_reverb/``: each talker as the receiver hears it in the
-  room (direct sound and every reflection).
-- ``noise/``: the noise; ``mix_clean/`` = ``s1_reverb + s2_reverb`` and
-  ``mix_both/`` = ``mix_clean + noise``, exactly (32-bit float WAV).
-
-Unlike Libri2Mix, then, ``mix_clean`` is not ``s1 + s2``: it is the sum of the
-reverberant talkers. :func:`write_dataset` writes
-``OUT/{train-100,dev,test}/<folder>/<ID>.wav`` and
-``OUT/metadata/mixture_<split>_{mix_both,mix_clean}.csv`` with Libri2Mix's
-columns (``mixture_ID, mixture_path, source_1_path, source_2_path[, noise_path],
-length``, absolute paths), plus ``OUT/metadata/speech_<split>_info.csv``: how
-each mixture was drawn (room, T60, positions, voices, levels, text).
+The targets ``s1/``, ``s2/`` are each talker's **direct sound** at the receiver (the paper's models
+denoise *and* dereverberate, as in WHAMR!); ``s1_reverb/``, ``s2_reverb/`` the talkers as heard in
+the room; ``noise/``; ``mix_clean/`` = ``s1_reverb + s2_reverb`` (not ``s1 + s2`` as in Libri2Mix)
+and ``mix_both/`` = ``mix_clean + noise``, exactly (32-bit float WAV). :func:`write_dataset` writes
+``OUT/{train-100,dev,test}/<folder>/<ID>.wav``, Libri2Mix's
+``OUT/metadata/mixture_<split>_{mix_both,mix_clean}.csv`` (absolute paths) and
+``OUT/metadata/speech_<split>_info.csv`` (how each mixture was drawn).
 
 :func:`stemsplit.datasets.libri2mix.find_speech_mixtures` reads them, as it reads any
 Libri2Mix-layout folder (Libri2Mix's own ``wav8k/min`` folder too).
 
 The same seed and the same eSpeak NG version give byte-identical files.
 
-One module (about 580 lines) because its parts are one recipe: the talkers, the room, the noise and
-the levels share the 8 kHz rate and the paper's ranges above, and a mixture is drawn from one seed
+One module (about 550 lines) because its parts are one recipe: the talkers, the room, the noise and
+the levels share the 8 kHz rate and the paper's ranges, and a mixture is drawn from one seed
 through all of them in a fixed order. The sentences the talkers read are :mod:`.sentences`; reading a
 Libri2Mix-layout folder is :mod:`.libri2mix`.
 """

@@ -24,35 +24,21 @@ BLSTM with 2N hidden units *per direction* (the paper's "hidden unit of BLSTM
 layers to be 2N = 256"; we read it as the LSTM's ``hidden_size``, so the
 BLSTM's output has 4N features).
 
-Normalisation. The paper says "layer normalization" for the band split and
-the mask heads and "group normalization" in the RNN blocks. All of them are
-``nn.GroupNorm(1, C)`` applied to one sequence [C, L] at a time, i.e. one mean
-and variance over all features *and* all steps of that sequence (the "global
-layer norm" of the authors' Conv-TasNet / DPRNN line of work, and what our
-TS-BSMamba2 band split does). Per band, that is over (T, 2 G_i) in the band
-split and over (T, N) in the mask heads; in the RNN blocks over (T, N) for a
-band's sequence and over (K, N) for a frame's sequence. A per-frame
-``nn.LayerNorm(2 G_i)`` would throw away each frame's loudness in the band
-(and turn a one-bin band into +-1); the global one keeps it. A consequence:
-the output of a window depends on the whole window, and scaling the input
-scales the output (the band split removes the scale, the mask is multiplied
-with the unscaled spectrogram).
+Normalisation: every "layer" and "group" norm of the paper is ``nn.GroupNorm(1, C)`` over one
+sequence [C, L] (the "global layer norm" of Conv-TasNet / DPRNN), so a window's output depends on
+the whole window and scaling the input scales the output (docs/models.md, "Choices the papers
+leave open", says why).
 
-Stereo. The paper's model is mono. Every audio channel is separated as its own
-mono mixture: channels are folded into the batch, and nothing mixes them (a
+Stereo. The paper's model is mono: channels are folded into the batch, and nothing mixes them (a
 stereo input gives exactly what each channel alone gives).
 
 Band schemes (paper Sec. V-A) are data: ranges of (upper edge Hz, step Hz),
 "the rest as one subband"; :func:`band_widths` turns one into bin widths for
 any sample rate and FFT size (see there for the edge rule).
 
-Speed: bands of equal width (wherever they are in the spectrum) are run
-together, their per-band weights stacked into one batched matrix product
-(V7 at 44.1 kHz / 2048: 41 bands, 11 widths). ``forward_per_band`` keeps the
-literal one-module-per-band loop, which the tests compare against. The rest of
-the time is the BLSTMs' (about 70% of a full-size forward pass on a CPU, where
-a 3 s stereo window takes ~10 s on one core); on a shared, busy CPU one thread
-beats two, which stall each other at every time step.
+Bands of equal width are run together, their per-band weights stacked into one batched matrix
+product; ``forward_per_band`` keeps the literal one-module-per-band loop, which the tests compare
+against.
 
 State dict of :class:`BSRNN` (N = feature_dim, G_k = width of band k, l < num_layers)::
 

@@ -29,35 +29,15 @@ parameters, 2.49 GMACs for 3 s, against the paper's 4.4 M and 2.5)::
     l8       128  16  8   4.77 M (4.6)         2.50 (2.5)
     f192     192  16  4   9.37 M (9.7)         5.54 (5.3)
 
-The choices:
-
-* The U-net's inner width C = ``unet_expand`` * F = 3.75 F (480 for F = 128). The
-  U-net opens with its bottleneck conv (Algorithm 1) and, since the Mamba
-  module's input is again F = 128 wide (Table II), closes with a 1x1 conv back to
-  F; these two 1x1 convs are most of the parameters and MACs besides Mamba. (The
-  4 F of SuDoRM-RF's U-ConvBlocks, which this block follows, puts F = 192 at 11%
-  over its GMACs.)
-* Down-sampling: depthwise Conv1d, kernel 5, stride 2 (SuDoRM-RF's), each
-  followed by LN; up-sampling: depthwise ConvTranspose1d, kernel 4, stride 2,
-  padding 1 (exactly doubles the length). Depthwise, because Table V's L = 8
-  adds only 0.2 M parameters over L = 4. No biases in the U-net's convs (each
-  feeds a norm or a sum with a normed tensor).
-* LN is the global layer norm of Conv-TasNet / SuDoRM-RF (``GroupNorm(1, C)``:
-  one mean and variance over channels and time, per-channel gain and bias).
-* Mamba is Mamba-1 (:class:`.mamba1.Mamba`): expand 2, d_conv 4, dt_rank
-  ceil(F / 16) (mamba_ssm's defaults) and ``d_state`` 32 (mamba_ssm's 16 leaves
-  F = 64 and F = 192 5% short of their parameter counts). The module is
-  mamba_ssm's Block: a LayerNorm(F) before the mixer, the residual around both.
-* Mask: PReLU then a 1x1 conv (with bias) to S * F and ReLU, as Conv-TasNet and
-  SuDoRM-RF; encoder and decoder without bias, the encoder with ReLU (Conv-TasNet).
-
-MACs, as the paper counts them. The paper's figures (ptflops, its ref. [31])
-fit the convolutions alone: encoder, U-nets, mask conv and decoder. Counting
-Mamba too gives 5.3 GMACs for the paper model, twice Table III's 2.5 (and
-Table V's R slope, 0.15 GMACs a block, is the U-net's alone). ptflops counts layers
-through module hooks, and mamba_ssm's fused Mamba uses its layers' weights
-without calling them, so its MACs were never in the paper's total.
-:func:`count_macs` counts both ways (``mamba=False`` is the paper's).
+The choices (docs/models.md, "Choices the papers leave open", has the reasons): inner width
+C = ``unet_expand`` * F = 3.75 F, opened by the bottleneck 1x1 conv and closed by a 1x1 conv back
+to F; depthwise Conv1d down-sampling (kernel 5, stride 2) and ConvTranspose1d up-sampling (kernel
+4, stride 2, padding 1), no biases in the U-net's convs; LN is the global layer norm
+``GroupNorm(1, C)``; Mamba is Mamba-1 (:class:`.mamba1.Mamba`: expand 2, d_conv 4, dt_rank
+ceil(F / 16), ``d_state`` 32) inside mamba_ssm's Block (LayerNorm(F) before the mixer, the
+residual around both); the mask is PReLU, a 1x1 conv with bias to S * F, ReLU; encoder and decoder
+convs have no bias. :func:`count_macs` counts MACs as the paper does (``mamba=False``: the
+convolutions alone) or with Mamba.
 
 Lengths. Any input length works: the signal is zero-padded at the end to a
 whole number of encoder frames (at least one), each down-sampling gives

@@ -19,7 +19,7 @@ from ..errors import StemsplitError
 from ..files import creation_problem, nearest_existing, special_file
 
 if TYPE_CHECKING:
-    from ..batch import GivenNames
+    from ..batch.records import GivenNames
 
 # Output format -> (libsndfile container, subtype for each bit depth; None = the format's default).
 OUTPUT_FORMATS: dict[str, tuple[str, dict[int | None, str]]] = {
@@ -198,7 +198,7 @@ def plan_outputs(
     Two songs with the same {track} (``a/x.wav`` and ``b/x.wav`` named on the
     command line) get ``x`` and ``x (2)`` when ``rename_duplicates`` and the
     template has {track}; otherwise a shared path is an error naming both songs.
-    ``names``: the names given in earlier runs (batch's :class:`~stemsplit.batch.GivenNames`): a song
+    ``names``: the names given in earlier runs (batch's :class:`~stemsplit.batch.records.GivenNames`): a song
     keeps its own, and takes none that another song holds.
     """
     out_dir = Path(out_dir)

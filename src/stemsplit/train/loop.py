@@ -1,42 +1,13 @@
-"""Training any family with its paper's recipe: TS-BSMamba2 (Bai et al. 2024, Sec. III) and BSRNN
-(Luo & Yu, Sec. IV-A), which share BSRNN's data pipeline and loss; and speaker-separation
-networks (U-Mamba-Net, Dang et al. Sec. III-C), chosen by the model card's task.
+"""The training run: any family with its paper's recipe (TS-BSMamba2: Bai et al. 2024, Sec. III; BSRNN:
+Luo & Yu, Sec. IV-A; U-Mamba-Net: Dang et al. Sec. III-C), the data, the loss and the validation
+score chosen by the model card's task (music: BSRNN's remix and uSDR; speakers: Libri2Mix crops,
+PIT SI-SNR and SI-SNRi). Every number of the recipe is a field of :class:`TrainConfig` with one
+default; docs/training.md describes the recipes and the files of a run.
 
-Recipe (every value a field of :class:`TrainConfig` with one default, every field a CLI flag;
-:data:`RECIPES` holds where a family's paper differs from TS-BSMamba2's):
-
-- data: MUSDB18-HQ train split minus the 14 MUSDB validation tracks, BSRNN
-  remixing of salient 3 s crops (:mod:`stemsplit.train.data`), 100k samples an epoch;
-- loss: per stage, for every source, L1 of the real and of the imaginary STFT
-  parts plus L1 of the waveform; stage 1 + stage 2 (:func:`separation_loss`);
-- Adam, lr 1e-3, x0.8 after 2 epochs without validation improvement, gradient
-  norm clipped at 5, global batch 16, 100 epochs; bf16 autocast on CUDA;
-- BSRNN: one network per target (``--target vocals``, or ``all``: a bag of
-  the four trained side by side), lr x0.98 every 2 epochs, early stopping after
-  10 epochs without a better validation score, 160k samples an epoch (10000
-  batches of 2 on 8 GPUs);
-- validation every epoch: uSDR of whole validation tracks separated with the
-  3 s / 0.5 s chunked protocol.
-
-Speaker separation (``card.task == "speakers"``, ``--libri2mix FOLDER``): random
-3 s crops of the Libri2Mix-layout folder's ``train-100`` mixtures
-(:class:`~stemsplit.train.data.SpeechCrops`), the permutation-invariant SI-SNR loss
-(:func:`~stemsplit.train.losses.pit_si_snr_loss`), Adam at a constant 1.5e-4,
-batch 4, up to 120 epochs; validation: mean SI-SNRi of ``dev``'s mixtures.
-
-Runs stop and resume exactly: the checkpoint holds model, optimiser,
-scheduler, epoch, step, RNG state, and the data of sample i of epoch e
-depends only on (seed, e, i), so a resumed run sees the batches it would
-have seen. ``last.pt`` holds only tensors, numbers, strings and plain
-containers (the config as JSON text, RNG states as tensors), so ``--resume``
-reads it with ``torch.load(weights_only=True)``: a planted ``last.pt`` that
-needs pickle code is refused before any of it runs. ``--resume`` also refuses
-a changed recipe (see :data:`RECIPE_FIELDS`) unless ``override`` is set.
-
-``torchrun --nproc-per-node N -m stemsplit train ...`` trains with
-DDP (NCCL on GPUs, gloo on CPU): global step s takes samples
-[s*B, (s+1)*B) split across ranks, so the batches do not depend on N; only
-rank 0 writes files.
+Runs stop and resume exactly: ``last.pt`` (:mod:`.resume`) holds model, optimiser, schedule, epoch,
+step and random state, and the data of sample i of epoch e depends only on (seed, e, i), so a
+resumed run sees the batches it would have seen. Under ``torchrun`` (:mod:`.distributed`) each rank
+takes its slice of every global batch and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -44,11 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -57,275 +26,36 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
 
-from ..card import MUSIC_STEMS
-from ..engine.settings import SeparationError
-from ..errors import StemsplitError
 from ..files import write_atomically, write_failure
-from ..model import FamilyError, build_model, config_problem, family, make_config
+from ..model import build_model
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
-from ..runtime import Ranks, pick_device, resolve_precision, torchrun_ranks
-from ..weights import WeightsError, save_checkpoint, torch_load_safely
-from .config import LR_SCHEDULES, RECIPE_FIELDS, RECIPES, TrainConfig, either, flag_name
+from ..runtime import resolve_precision
+from ..weights import save_checkpoint
+from .config import TrainConfig
+from .distributed import broadcast_from_main, mean_over_ranks, ranks_agree, setup_distributed, shard_indices
+from .errors import TrainError
 from .losses import pit_si_snr_loss, separation_loss
+from .model_config import model_config_for
+from .resume import (
+    CHECKPOINT_FORMAT,
+    as_flag,
+    load_checkpoint,
+    recipe_changes,
+    rng_state,
+    saved_recipe,
+    set_rng_state,
+)
+from .schedule import LrSchedule
 
-__all__ = [
-    "RECIPES",
-    "RECIPE_FIELDS",
-    "LrSchedule",
-    "TrainConfig",
-    "TrainError",
-    "load_model_config",
-    "model_config_for",
-    "separation_loss",
-    "train",
-]
+__all__ = ["Run", "train"]
 
 
 PROGRESS_LINE_SECONDS = 60.0  # without a terminal, a progress line this often
-CHECKPOINT_FORMAT = "stemsplit-train-2"  # last.pt layout; 2: weights-only loadable (JSON config, RNG tensors)
-
-
-class TrainError(StemsplitError):
-    """A training run cannot start or continue; the message says why."""
-
-
-# --- learning-rate schedule -------------------------------------------------------------------
-
-
-class LrSchedule:
-    """The learning rate after each epoch's validation score, and whether to stop early.
-
-    ``plateau`` (TS-BSMamba2): multiply by ``factor`` after ``patience`` epochs
-    without a new best score; ``step`` (BSRNN): multiply by ``factor`` every
-    ``every`` epochs; ``constant`` (U-Mamba-Net, whose paper names no schedule):
-    never. Either way ``since_best`` counts the epochs since the best score, for
-    early stopping.
-    """
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        mode: str = "plateau",
-        factor: float = 0.8,
-        patience: int = 2,
-        every: int = 2,
-    ) -> None:
-        if mode not in LR_SCHEDULES:
-            raise ValueError(f"learning-rate schedule must be {either(LR_SCHEDULES)}, not {mode!r}")
-        self.optimizer, self.mode, self.factor, self.patience, self.every = (
-            optimizer,
-            mode,
-            factor,
-            patience,
-            every,
-        )
-        self.best = -math.inf
-        self.bad_epochs = 0  # plateau: epochs without a new best since the last decay
-        self.since_best = 0
-        self.epochs = 0
-
-    def step(self, score: float) -> bool:
-        """Record an epoch's validation score (higher is better); True if it is a new best."""
-        self.epochs += 1
-        improved = score > self.best
-        if improved:
-            self.best, self.bad_epochs, self.since_best = score, 0, 0
-        else:
-            self.bad_epochs += 1
-            self.since_best += 1
-        if self.mode == "plateau" and self.bad_epochs >= self.patience:
-            self._decay()
-            self.bad_epochs = 0
-        elif self.mode == "step" and self.epochs % self.every == 0:
-            self._decay()
-        return improved
-
-    def _decay(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] *= self.factor
-
-    def state_dict(self) -> dict[str, float]:
-        return {
-            "best": self.best,
-            "bad_epochs": self.bad_epochs,
-            "since_best": self.since_best,
-            "epochs": self.epochs,
-        }
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        # Runs saved before early stopping have only best and bad_epochs.
-        self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
-        self.since_best, self.epochs = int(state.get("since_best", 0)), int(state.get("epochs", 0))
-
-
-# --- model and files ---------------------------------------------------------------------------
-
-
-def load_model_config(
-    path: Path | None,
-    arch: str = TS_BSMAMBA2,
-    preset: str | None = None,
-    stems: tuple[str, ...] = MUSIC_STEMS,
-) -> Any:
-    """The family's preset with fields overridden by a TOML file of its config names (e.g. TSBSMamba2Config).
-
-    Every problem with the file -- unreadable, not TOML, an unknown field, a value
-    of the wrong type or one the network cannot be built with -- is a one-line
-    :class:`TrainError` naming the file and the field.
-    """
-    try:
-        config = make_config(arch, preset, {}, stems)
-    except FamilyError as exc:
-        raise TrainError(str(exc)) from None
-    if path is None:
-        return config
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-
-    try:
-        overrides = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TrainError(f"{path}: cannot read model config ({exc.strerror or exc})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TrainError(f"{path}: not a valid TOML model config ({exc})") from None
-    names = family(arch).field_names()
-    for key, value in overrides.items():
-        if key not in names:
-            raise TrainError(f"{path}: unknown model config field {key!r} (known: {', '.join(names)})")
-        expected = type(getattr(config, key))
-        shown = json.dumps(value) if isinstance(value, str | bool | float) else type(value).__name__
-        if expected is str and not isinstance(value, str):
-            raise TrainError(f"{path}: {key} must be a name in quotes, not {shown}")
-        if expected is int and (not isinstance(value, int) or isinstance(value, bool)):
-            raise TrainError(f"{path}: {key} must be a whole number, not {shown}")
-        if expected is int and value < 1:
-            raise TrainError(f"{path}: {key} must be at least 1, not {value}")
-    stem_field = family(arch).stem_field
-    if stem_field and overrides.get(stem_field, len(stems)) != len(stems):
-        raise TrainError(
-            f"{path}: {stem_field} = {overrides[stem_field]}, but --stems names {len(stems)} stems "
-            f"(leave {stem_field} out: --stems sets it)"
-        )
-    for hop, size in (("stride", "win"), ("hop", "n_fft")):  # the STFT fields of the families (when both are)
-        if (
-            hop in names
-            and size in names
-            and overrides.get(hop, getattr(config, hop)) >= overrides.get(size, getattr(config, size))
-        ):
-            raise TrainError(f"{path}: {hop} must be smaller than {size} (the STFT could not be inverted)")
-
-    def problem(fields: dict[str, Any]) -> str | None:
-        try:
-            return config_problem(arch, replace(config, **fields), stems)
-        except FamilyError as exc:
-            return str(exc)
-
-    if problem(overrides) is not None:
-        # Name the field(s) to blame: those that fail on their own, else all of them together.
-        alone = [key for key in overrides if problem({key: overrides[key]})]
-        blamed = ", ".join(f"{key} = {overrides[key]}" for key in alone or overrides)
-        raise TrainError(f"{path}: the network cannot be built with {blamed} ({problem(overrides)})")
-    return replace(config, **overrides)
-
-
-# --- distributed --------------------------------------------------------------------------------
-
-
-def model_config_for(config: TrainConfig) -> Any:
-    """The family config a new run builds: the preset (or --light), with --model-config's fields."""
-    preset = config.preset or ("l-ts" if config.light and config.arch == TS_BSMAMBA2 else None)
-    if config.light and config.arch != TS_BSMAMBA2:
-        raise TrainError(f"--light is TS-BSMamba2's small preset; {config.arch} has presets: --preset")
-    return load_model_config(config.model_config, config.arch, preset, config.model_stems)
-
-
-def device_for(device: str) -> torch.device:
-    """``--device`` (with the Mamba backend STEMSPLIT_MAMBA_BACKEND asks for) as a torch device, or
-    TrainError."""
-    try:
-        return pick_device(device)
-    except SeparationError as exc:
-        raise TrainError(f"--device: {exc.problem}" if exc.option else str(exc)) from None
-
-
-def _setup_distributed(device: str) -> tuple[Ranks, torch.device]:
-    ranks = torchrun_ranks()
-    chosen = device_for(device)
-    if ranks.world > 1:
-        if chosen.type == "cuda":
-            chosen = torch.device(f"cuda:{ranks.local}")  # one GPU per process
-            torch.cuda.set_device(chosen)
-        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
-    return ranks, chosen
-
-
-def _shard_indices(epoch_size: int, global_batch: int, ranks: Ranks, start_step: int) -> Iterator[int]:
-    """Rank r's sample indices: global step s takes [s*B, (s+1)*B), rank r its r-th slice."""
-    per_rank = global_batch // ranks.world
-    for step in range(start_step, epoch_size // global_batch):
-        first = step * global_batch + ranks.rank * per_rank
-        yield from range(first, first + per_rank)
-
-
-def _rng_state() -> dict[str, Any]:
-    """The global random states as tensors and numbers, which ``torch.load(weights_only=True)`` reads."""
-    version, words, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": torch.tensor(words, dtype=torch.int64),  # 625 32-bit words
-        "python_version": version,
-        "python_gauss": gauss,  # None or a float
-        "numpy": torch.from_numpy(keys.astype(np.int64)),  # 624 32-bit words
-        "numpy_kind": kind,
-        "numpy_position": int(position),
-        "numpy_has_gauss": int(has_gauss),
-        "numpy_gauss": float(cached),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    words = tuple(int(w) for w in state["python"].tolist())
-    random.setstate((state["python_version"], words, state["python_gauss"]))
-    keys = state["numpy"].numpy().astype(np.uint32)
-    np.random.set_state(
-        (
-            state["numpy_kind"],
-            keys,
-            state["numpy_position"],
-            state["numpy_has_gauss"],
-            state["numpy_gauss"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _flag(name: str, value: Any) -> str:
-    """How the CLI spells a config field and its value: ``--lr 0.001``."""
-    if isinstance(value, list | tuple):
-        value = ",".join(map(str, value))
-    elif value is None:
-        value = "(unset)"
-    return f"{flag_name(name)} {value}"
-
-
-# Config fields saved in last.pt under an older name -> today's.
-RENAMED = {"seconds": "crop_seconds"}
-
-
-# --- the run ------------------------------------------------------------------------------------
 
 
 class Run:
@@ -344,7 +74,7 @@ class Run:
         problem = config.problem() or config.folder_problem()  # before any work (finetune decodes into out)
         if problem:
             raise TrainError(problem)
-        self.ranks, self.device = _setup_distributed(config.device)
+        self.ranks, self.device = setup_distributed(config.device)
         if config.batch_size % self.ranks.world:
             raise TrainError(
                 f"--batch-size {config.batch_size} is not divisible by {self.ranks.world} processes"
@@ -365,7 +95,7 @@ class Run:
         for name in ("crop_seconds", "valid_window"):
             if getattr(config, name) < shortest:
                 raise TrainError(
-                    f"{_flag(name, getattr(config, name))} s is shorter than the network's shortest input "
+                    f"{as_flag(name, getattr(config, name))} s is shorter than the network's shortest input "
                     f"({shortest * 1000:.1f} ms)"
                 )
         # What the network separates decides the data, the loss and the validation score.
@@ -545,7 +275,7 @@ class Run:
             "epoch": self.epoch,
             "step": self.step,
             "global_step": self.global_step,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "config": json.dumps(self.config.to_json()),
             "model_config": json.dumps({"architecture": self.config.arch, **asdict(self.model.config)}),
         }
@@ -574,63 +304,13 @@ class Run:
                 f"{out}: writing the run's files failed: {write_failure(exc, out)}; {then}"
             ) from None
 
-    def _load_checkpoint(self) -> dict[str, Any]:
-        """``last.pt``, weights-only (no pickle code runs), checked to be one of ours; or TrainError."""
-        if not self.last_path.is_file():
-            raise TrainError(f"--resume: no checkpoint at {self.last_path}")
-        try:
-            state = torch_load_safely(self.last_path)
-        except WeightsError as exc:
-            raise TrainError(f"--resume: {exc}") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise TrainError(
-                f"--resume: {self.last_path}: not a checkpoint of this version of stemsplit train "
-                f"(no format {CHECKPOINT_FORMAT!r}); start a new run in another --out"
-            )
-        try:
-            state["config"] = json.loads(state["config"])
-            state["model_config"] = json.loads(state["model_config"])
-            for key in ("config", "model_config"):
-                if not isinstance(state[key], dict):
-                    raise ValueError(f"{key} is not a table")
-            for key in ("epoch", "step", "global_step"):
-                if type(state[key]) is not int or state[key] < 0:
-                    raise ValueError(f"{key} is not a count")
-            batch_size, lr = state["config"].get("batch_size", 1), state["config"].get("lr", 1.0)
-            if type(batch_size) is not int or batch_size < 1 or type(lr) not in (int, float):
-                raise ValueError("config batch_size or lr is not a number")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TrainError(f"--resume: {self.last_path}: damaged checkpoint ({exc})") from None
-        return state
-
-    def _saved_recipe(self, saved: dict[str, Any]) -> dict[str, Any]:
-        """The saved run's config under today's names; a field saved before it existed has its default
-        (the TS-BSMamba2 recipe), as the run had."""
-        defaults = json.loads(json.dumps(type(self.config)(musdb=Path()).to_json()))
-        return {**defaults, **{RENAMED.get(k, k): v for k, v in saved.items()}}
-
-    def _recipe_changes(self, saved: dict[str, Any]) -> list[str]:
-        """``--lr 0.001 (was 0.0005)`` for every RECIPE_FIELDS value that differs from the saved run."""
-        now = json.loads(json.dumps(self.config.to_json()))  # tuples -> lists, as the saved side
-        changes = []
-        for name in self.config.recipe_fields:
-            new, old = now.get(name), saved.get(name)
-            # A folder or checkpoint file: the same path, however it is spelled.
-            paths = ("musdb", "libri2mix", "unlabeled")
-            is_path = isinstance(old, str) and isinstance(new, str)
-            is_path = is_path and (name in paths or (name == "model" and Path(old).is_file()))
-            same = Path(new).resolve() == Path(old).resolve() if is_path and old and new else new == old
-            if not same:
-                changes.append(f"{_flag(name, new)} (was {_flag(name, old).split(' ', 1)[1]})")
-        return changes
-
     def _resume(self) -> dict[str, Any]:
         """Restore the run from ``last.pt``; returns the checkpoint (for what subclasses saved in it)."""
-        state = self._load_checkpoint()
+        state = load_checkpoint(self.last_path)
         architecture = {"architecture": self.config.arch, **asdict(self.model.config)}
         state["model_config"].setdefault("architecture", TS_BSMAMBA2)  # runs saved before families
-        saved = self._saved_recipe(state["config"])
-        changes = self._recipe_changes(saved)
+        saved = saved_recipe(self.config, state["config"])
+        changes = recipe_changes(self.config, saved)
         if changes and not self.config.override:
             raise TrainError(
                 f"--resume: {self.last_path} was trained with another recipe: {', '.join(changes)}; "
@@ -651,7 +331,7 @@ class Run:
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["plateau"])
             self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise TrainError(f"--resume: {self.last_path}: damaged checkpoint ({_first_line(exc)})") from None
         if changes:
@@ -670,7 +350,7 @@ class Run:
 
     def _loader(self) -> torch.utils.data.DataLoader:
         self.dataset.set_epoch(self.epoch)
-        indices = list(_shard_indices(self.config.epoch_size, self.config.batch_size, self.ranks, self.step))
+        indices = list(shard_indices(self.config.epoch_size, self.config.batch_size, self.ranks, self.step))
         return torch.utils.data.DataLoader(
             self.dataset,
             batch_size=self.config.batch_size // self.ranks.world,
@@ -759,9 +439,10 @@ class Run:
             if bar is not None:
                 bar.close()
             seconds = time.perf_counter() - started
-            mean_loss = self._mean_over_ranks(float(np.mean(losses)) if losses else math.nan)
+            mean_loss = float(np.mean(losses)) if losses else math.nan
+            mean_loss = mean_over_ranks(mean_loss, self.ranks, self.device)
             score = self.validate() if self.ranks.main else 0.0
-            score = self._broadcast(score)
+            score = broadcast_from_main(score, self.ranks, self.device)
             lr = self.optimizer.param_groups[0]["lr"]
             improved = self.schedule.step(score)
             self.epoch, self.step = self.epoch + 1, 0
@@ -796,7 +477,7 @@ class Run:
             self.save()
             last_save = time.monotonic()
         if self.ranks.world > 1:
-            agree = self._ranks_agree()
+            agree = ranks_agree(self.model, self.ranks)
             if self.ranks.main:
                 with open(log_path, "a") as f:
                     f.write(
@@ -834,28 +515,6 @@ class Run:
             unit="step",
         )
         return None if bar.disable else bar
-
-    def _mean_over_ranks(self, value: float) -> float:
-        if self.ranks.world == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return float(t) / self.ranks.world
-
-    def _broadcast(self, value: float) -> float:
-        if self.ranks.world == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.broadcast(t, 0)
-        return float(t)
-
-    def _ranks_agree(self) -> bool:
-        """Every rank holds the same weights (DDP keeps them in sync; this checks it)."""
-        flat = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
-        mine = torch.stack([flat.sum(), flat.square().sum(), flat[:: max(1, len(flat) // 1000)].sum()])
-        gathered = [torch.zeros_like(mine) for _ in range(self.ranks.world)]
-        dist.all_gather(gathered, mine)
-        return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
 def train(

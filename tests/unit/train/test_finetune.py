@@ -23,19 +23,19 @@ from safetensors.torch import load_file
 from stemsplit.datasets.musdb import find_tracks
 from stemsplit.model import build_model, make_config
 from stemsplit.train.data import SalientIndex
-from stemsplit.train.finetune import (
+from stemsplit.train.finetune import FinetuneDataset
+from stemsplit.train.teacher import (
     CLEAN_RESIDUAL,
     CLEAN_TARGET,
     LABELED,
     PSEUDO,
     RESIDUAL,
     TARGET,
-    FinetuneDataset,
-    UnlabeledSong,
     teacher_estimates,
     teacher_sources,
     view_offsets,
 )
+from stemsplit.train.unlabeled import UnlabeledSong
 from stemsplit.weights import load_model, save_checkpoint
 
 RATE = 44100
@@ -352,7 +352,7 @@ def test_usage_errors_exit_2_before_any_work(material, tmp_path):
 def test_decoded_songs_are_cleaned_up_but_never_the_users_own_files(material, tmp_path):
     """Before: every .flac in OUT/unlabeled that was not a decoded song of this run was deleted as
     stale: with -o naming a folder that has an 'unlabeled' folder of music, the user's songs were lost."""
-    from stemsplit.train.finetune import prepare_unlabeled
+    from stemsplit.train.unlabeled import prepare_unlabeled
 
     songs = tmp_path / "songs"
     shutil.copytree(material / "unlabeled", songs)
@@ -499,7 +499,7 @@ def test_resume_with_no_run_and_unlabeled_with_no_songs_are_usage_errors(materia
 
 def test_an_interrupted_decoding_keeps_the_songs_it_decoded(material, tmp_path, monkeypatch):
     """With 1,000 songs to decode, Ctrl-C (or a crash) half way once meant decoding all of them again."""
-    from stemsplit.train import finetune
+    from stemsplit.train import unlabeled
 
     decoded = []
 
@@ -509,18 +509,18 @@ def test_an_interrupted_decoding_keeps_the_songs_it_decoded(material, tmp_path, 
         decoded.append(path.name)
         return real_decode(path, *args)
 
-    real_decode = finetune.decode
-    monkeypatch.setattr(finetune, "decode", decode)
-    monkeypatch.setattr(finetune, "INDEX_SAVE_SECONDS", 0.0)
+    real_decode = unlabeled.decode
+    monkeypatch.setattr(unlabeled, "decode", decode)
+    monkeypatch.setattr(unlabeled, "INDEX_SAVE_SECONDS", 0.0)
     into = tmp_path / "run" / "unlabeled"
 
     def prepare():
-        return finetune.prepare_unlabeled(material / "unlabeled", into, 44100, 2, 2.0, 0.15, log=print)
+        return unlabeled.prepare_unlabeled(material / "unlabeled", into, 44100, 2, 2.0, 0.15, log=print)
 
     with pytest.raises(KeyboardInterrupt):
         prepare()
     assert decoded == ["two.flac"]  # a/b/two.flac comes first (sorted walk), a/broken.wav next
-    monkeypatch.setattr(finetune, "decode", real_decode)
+    monkeypatch.setattr(unlabeled, "decode", real_decode)
     first = set(into.glob("*.flac"))
     assert len(first) == 1
     stamp = next(iter(first)).stat().st_mtime_ns

@@ -31,8 +31,8 @@ from helpers import (
 from safetensors import safe_open
 
 from stemsplit.train import loop
-from stemsplit.train.loop import LrSchedule
 from stemsplit.train.losses import separation_loss
+from stemsplit.train.schedule import LrSchedule
 from stemsplit.weights import load_model, save_checkpoint
 
 

@@ -15,7 +15,9 @@ import soundfile as sf
 import torch
 from helpers import RATE, python, read_log, run_train, train_args
 
-from stemsplit.train.loop import CHECKPOINT_FORMAT, TrainError, load_model_config
+from stemsplit.train.errors import TrainError
+from stemsplit.train.model_config import load_model_config
+from stemsplit.train.resume import CHECKPOINT_FORMAT
 
 
 def one_error_line(result, status: int = 1) -> str:

@@ -5,38 +5,12 @@ check it separates fresh songs, so they aim at "realistic enough that
 separation is non-trivial, but learnable", and at speed (numpy and scipy only;
 a 30 s stereo song renders in a fraction of a second on one core).
 
-Each song draws a tempo, a key and mode, a chord progression, an arrangement
-(an intro without drums or vocals, vocal rests between phrases, breaks) and a
-timbre per instrument:
-
-- **drums**: kick (pitch-swept sine and click), snare (tone and filtered noise),
-  closed and open hi-hats (metallic squares and high-passed noise), toms and a
-  crash, on one of several grooves with fills, velocity and timing variation.
-- **bass**: a monophonic line on the chord roots with fifths, octaves and
-  approach notes; a subtractive saw or square with a filter envelope, a driven
-  sine or a two-operator FM bass.
-- **other**: one or two of an FM electric piano, a Karplus-Strong pluck, a pad
-  of detuned saws and an additive organ, playing chords and/or arpeggios.
-- **vocals**: a formant synthesiser: a band-limited sawtooth source at the
-  melody pitch (scoops, glides, delayed vibrato, jitter) through a cascade of
-  five resonators moving between vowels, syllable envelopes, and fricative and
-  plosive noise bursts at syllable onsets; phrases with rests.
-
-Every stem is then levelled (a random gain within ±6 dB around its base level),
-panned, widened and sent through its own share of one song-wide noise reverb.
-One gain scales all stems so the mixture peaks at 0.6 to 0.9: the mixture is
-exactly the sum of the stems.
-
-With a General MIDI soundfont (``stemsplit synth --soundfont``), FluidSynth
-plays the same kind of arrangement instead (the note functions are shared;
-:mod:`stemsplit.datasets.fluidsynth` drives FluidSynth): a drum kit on channel 10
-(standard, room, power, electronic, TR-808, jazz or brush), one of the eight
-bass programs, a piano, organ, guitar, strings or pad for the chords and
-perhaps a mallet, plucked or lead arpeggio for "other", and a choir, voice or
-synth voice with pitch scoops and vibrato (or, in about a third of the songs,
-the formant voice) for the vocals; velocities and timing humanised, panning,
-chorus and each channel's chorus send drawn per song. Each stem is rendered on
-its own, then mixed as above.
+Each song draws a tempo, a key and mode, a chord progression, an arrangement and a timbre per
+instrument; every stem is levelled, panned, widened and reverberated, and one gain scales all stems
+so the mixture peaks at 0.6 to 0.9: the mixture is exactly the sum of the stems. With a General MIDI
+soundfont (``stemsplit synth --soundfont``), FluidSynth plays the same kind of arrangement instead
+(:mod:`stemsplit.datasets.fluidsynth`). docs/training.md ("How a song is made") describes the
+instruments.
 
 :func:`write_dataset` writes a MUSDB18-HQ-layout folder that
 :func:`stemsplit.datasets.musdb.find_tracks` reads.
