@@ -373,10 +373,12 @@ def test_recipe_problems_are_named_before_a_run_starts(fields, message, tmp_path
     wrong (a negative --clip-norm flips every gradient; --drop-prob 2 drops every stem)."""
     from stemsplit.train.config import FinetuneConfig, TrainConfig
 
-    assert message in str(TrainConfig(musdb=tmp_path, **fields).problem())
-    assert message in str(FinetuneConfig(musdb=tmp_path, **fields).problem())
+    musdb = tmp_path / "musdb"  # the run goes beside the dataset, never inside it (refused first)
+    musdb.mkdir()
+    assert message in str(TrainConfig(musdb=musdb, **fields).problem())
+    assert message in str(FinetuneConfig(musdb=musdb, **fields).problem())
     with pytest.raises(loop.TrainError) as raised:  # the library checks too, before it makes anything
-        loop.Run(TrainConfig(musdb=tmp_path, out=tmp_path / "run", **fields))
+        loop.Run(TrainConfig(musdb=musdb, out=tmp_path / "run", **fields))
     assert message in str(raised.value) and not (tmp_path / "run").exists()
 
 
