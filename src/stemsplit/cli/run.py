@@ -346,7 +346,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if args["debug"]:
         for planned in request.songs:
             if isinstance(planned.problem, InternalReadError):
-                raise planned.problem.__cause__  # the bug itself
+                raise planned.problem.__cause__ or planned.problem  # the bug itself
             if planned.problem is not None:
                 raise planned.problem
     run = _songs(request)

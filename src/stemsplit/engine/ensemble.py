@@ -42,8 +42,8 @@ import math
 import numbers
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -304,7 +304,7 @@ class Ensemble(SongSeparator):
                 yield part if with_mixture or not mixture else part[:-1]
         finally:
             for stream in streams:
-                stream.close()
+                cast(Generator, stream).close()  # (each member's _stream is a generator)
 
     def _averaged(self, streams: list[Iterator[np.ndarray]], with_mixture: bool) -> Iterator[np.ndarray]:
         """The members' stem blocks, lined up frame for frame and averaged by the plan."""

@@ -28,7 +28,7 @@ import collections
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -107,9 +107,10 @@ class StreamingOverlapAdd:
         yield from self._run(final=True, total=total)
 
     def _run(self, final: bool, total: int | None = None) -> Iterator[torch.Tensor]:
+        assert self._input is not None  # (push and finish start a song's input first)
         input_end = self._input_start + self._input.shape[1]
         while True:
-            starts = []
+            starts: list[int] = []
             k = self.windows_done
             while len(starts) < self.batch_size and (total is None or k < total):
                 start = k * self.hop
@@ -124,7 +125,8 @@ class StreamingOverlapAdd:
             self._accumulate(starts, self.run_batch(batch))
             self.windows_done += len(starts)
             # Nothing before the next window's start will change any more.
-            ready = self.windows_done * self.hop if not final or self.windows_done < total else math.inf
+            more = not final or (total is not None and self.windows_done < total)
+            ready = self.windows_done * self.hop if more else math.inf
             yield from self._emit(ready, final)
             self._drop_input(self.windows_done * self.hop)
 
@@ -134,6 +136,7 @@ class StreamingOverlapAdd:
             self._sum = outputs.new_zeros(*outputs.shape[1:3], 0)
             self._count = outputs.new_zeros(0)
             self._out_start = starts[0]
+        assert self._sum is not None and self._count is not None
         grow = end - (self._out_start + self._sum.shape[-1])
         if grow > 0:
             self._sum = torch.cat([self._sum, self._sum.new_zeros(*self._sum.shape[:2], grow)], dim=-1)
@@ -150,6 +153,7 @@ class StreamingOverlapAdd:
 
         Windows come in order, so the part of this window that earlier ones covered is a prefix.
         """
+        assert self._sum is not None and self._count is not None and self._permutations is not None
         covered = int((self._count[o : o + self.window] > 0).sum())
         if covered == 0:
             return out
@@ -162,6 +166,7 @@ class StreamingOverlapAdd:
         return torch.cat([out[best], out[n:]])
 
     def _emit(self, ready: float, final: bool) -> Iterator[torch.Tensor]:
+        assert self._sum is not None and self._count is not None  # (a batch was accumulated first)
         last_real = self.lead + self.samples  # padded index just past the last real sample
         stop = int(min(ready, last_real, self._out_start + self._sum.shape[-1]))
         if stop <= self._emitted:
@@ -175,7 +180,7 @@ class StreamingOverlapAdd:
 
     def _drop_input(self, before: int) -> None:
         drop = before - self._input_start
-        if drop > 0:
+        if drop > 0 and self._input is not None:
             self._input = self._input[:, drop:]
             self._input_start = before
 
@@ -240,7 +245,8 @@ class ShiftedOverlapAdd:
     def _averaged(self) -> Iterator[torch.Tensor]:
         ready = min(sum(part.shape[-1] for part in queue) for queue in self._queues)
         if ready:
-            yield sum(torch.cat(take_queued(queue, ready), dim=-1) for queue in self._queues) / len(self.runs)
+            total = sum(torch.cat(take_queued(queue, ready), dim=-1) for queue in self._queues)
+            yield cast(torch.Tensor, total) / len(self.runs)
 
 
 def take_queued(queue: collections.deque[Any], count: int, axis: int = -1) -> list[Any]:

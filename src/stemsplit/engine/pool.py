@@ -74,6 +74,7 @@ class WindowPool:
                 self._ready.wait(timeout=max(deadline - now, 0.005))
         if call.error is not None:
             raise call.error
+        assert call.result is not None  # (a call finishes with its result or its error)
         return call.result
 
     def _full(self, waited: bool) -> bool:
@@ -83,7 +84,9 @@ class WindowPool:
     def _take(self) -> list[_PooledCall]:
         """The calls to run now: the oldest, and the later ones with windows of its shape, to max_windows."""
         shape = self._waiting[0].windows.shape[1:]
-        batch, kept, count = [], [], 0
+        batch: list[_PooledCall] = []
+        kept: list[_PooledCall] = []
+        count = 0
         for call in self._waiting:
             if call.windows.shape[1:] != shape or (batch and count + len(call.windows) > self.max_windows):
                 kept.append(call)

@@ -35,6 +35,8 @@ from ..output.plan import OutputError, OutputOptions, SongOutputs, SongSource, p
 from .settings import RESIDUAL, SeparationError, check_settings, choose_stems, parse_device, shown
 
 if TYPE_CHECKING:
+    import torch
+
     from ..batch import GivenNames
 
 __all__ = ["EngineSettings", "PlannedSong", "SeparationRequest", "StemChoice", "prepare", "stem_names"]
@@ -48,7 +50,7 @@ class EngineSettings:
     See :class:`~stemsplit.separate.Separator` for what each one does.
     """
 
-    device: str = "auto"
+    device: str | torch.device = "auto"
     window: float | None = None
     hop: float | None = None
     batch_size: int | None = None
@@ -63,8 +65,8 @@ class EngineSettings:
         check_settings(
             self.window, self.hop, self.batch_size, self.precision, self.stage, self.exact, self.shifts
         )
-        torch = sys.modules.get("torch")  # a torch.device comes only from callers that imported torch
-        if not (torch is not None and isinstance(self.device, torch.device)):
+        loaded = sys.modules.get("torch")  # a torch.device comes only from callers that imported torch
+        if not (loaded is not None and isinstance(self.device, loaded.device)):
             parse_device(self.device)
         for name in ("light", "compile"):
             if not isinstance(getattr(self, name), bool):
@@ -98,7 +100,7 @@ class StemChoice:
     """Which stems to write: ``names`` (None: all the model's), or ``two_stems=X`` for X and no_X (the
     mixture minus X); with ``residual``, the mixture minus all of them too. Checked when made."""
 
-    names: tuple[str, ...] | None = None
+    names: str | Iterable[str] | None = None  # (kept as a tuple of names)
     two_stems: str | None = None
     residual: bool = False
 

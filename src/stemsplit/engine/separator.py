@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,7 +168,7 @@ class Separator(SongSeparator):
             card = getattr(model, "card", None)
             if not isinstance(card, ModelCard):
                 raise SeparationError("a network given to Separator needs a ModelCard as .card", "model")
-            changes = {"stems": stems, "normalization": normalization}
+            changes: dict[str, Any] = {"stems": stems, "normalization": normalization}
             if sample_rate is not None:
                 changes["sample_rate"] = check_sample_rate(sample_rate)
             try:

@@ -311,4 +311,5 @@ class SongSeparator:
         [song] = request.songs
         if song.problem is not None:
             raise song.problem
+        assert song.info is not None  # (a song without a problem was probed)
         return self.separate_song(song.outputs, song.info, request.output, downmix)
