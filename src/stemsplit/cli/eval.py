@@ -11,6 +11,7 @@ import importlib.util
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -119,7 +120,8 @@ def eval_command(
         pick_device(device)
     except SeparationError as exc:
         raise fail(flag_problem(exc), EXIT_USAGE) from None
-    settings = dict(device=device, window=window, hop=hop, batch_size=batch_size, task=task)
+    settings: dict[str, Any] = dict(device=device, window=window, hop=hop, batch_size=batch_size, task=task)
+    separator: Any  # a Separator, or an Ensemble of them
     try:
         if ensemble is None:
             separator = Separator(model, **settings)

@@ -8,11 +8,14 @@ work is in :mod:`stemsplit.weights`, this module only parses and prints.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import StemsplitError
 from .common import EXIT_FAILED, EXIT_USAGE, Commands, fail
 from .common import out_console as console
 
@@ -24,7 +27,7 @@ models_app = typer.Typer(
 )
 
 
-def _fail(exc: Exception) -> typer.Exit:
+def _fail(exc: Exception) -> StemsplitError:
     """A registry name that is not there is a usage error (exit 2); the rest exit 1."""
     from ..weights import UnknownModelError
 
@@ -115,6 +118,7 @@ def _describe_ensemble(entry, registry) -> dict:
     from ..engine.ensemble_spec import describe_plan, named_ensemble, plan_stems, rest_parts
 
     spec = named_ensemble(entry.name)
+    assert spec is not None  # (entry is a named ensemble of the registry)
     members = [registry.models[m] for m in spec.models]
     plan = plan_stems([m.stems for m in members], spec.weights, spec.choice, list(spec.models))
     rest = [other_is_the_rest(m.stems, _rest_stem(m)) for m in members]
@@ -310,7 +314,7 @@ def _windows_text(entry) -> str:
     return f"{entry.window:g} s every {entry.hop or entry.window:g} s"
 
 
-def _metrics_text(metrics: dict) -> str:
+def _metrics_text(metrics: Mapping[str, Any]) -> str:
     scores = ", ".join(f"{k[4:]} {v}" for k, v in metrics.items() if k.startswith("sdr_"))
     if not scores:
         return "no scores"

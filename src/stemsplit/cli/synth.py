@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -99,7 +100,7 @@ def synth_speech_command(
     from ..datasets.libri2mix import SpeechSynthError
     from ..datasets.speech_synth import check_request, check_tools, write_dataset
 
-    counts = {"train": train, "dev": dev, "test": test}
+    counts: dict[str, Any] = {"train": train, "dev": dev, "test": test}
     try:  # everything that can be checked before work starts: exit 2, nothing written
         check_request(out, seconds=seconds, seed=seed, workers=workers, **counts)
         check_tools()
