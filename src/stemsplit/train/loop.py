@@ -13,6 +13,7 @@ takes its slice of every global batch and only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import time
@@ -484,6 +485,11 @@ class Run:
                         json.dumps({"event": "finished", "ranks_agree": agree, "world": self.ranks.world})
                         + "\n"
                     )
+            # The DDP wrapper's reducer holds the process group: freed after the group was destroyed (when
+            # the Run was dropped), its destructor waited for a peer that had exited (a hang seen in CI, in
+            # ~Reducer -> ~ProcessGroup). So it goes first, while every rank is still here.
+            self.ddp = self.model
+            gc.collect()  # (DDP's autograd hooks make reference cycles)
             # gloo's worker thread may still be releasing the all_gather's tensors, which needs the GIL;
             # destroying the group joins that thread while holding the GIL: a deadlock seen under load.
             # The barrier is queued behind that release and waits without the GIL.
