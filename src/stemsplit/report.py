@@ -101,6 +101,7 @@ class RunReport:
         self.counts[status] += 1
         separated = status == "done" and audio_seconds is not None
         if separated:
+            assert audio_seconds is not None
             self.audio_seconds += audio_seconds
         record = {
             "record": "song",

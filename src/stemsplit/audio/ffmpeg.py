@@ -13,11 +13,15 @@ from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .downmix import CHANNEL_GAINS
 from .info import AudioError, AudioInfo, DecodeFailed, damaged_message, ffmpeg_name, truncated_message
+
+if TYPE_CHECKING:  # PyAV is imported when a file needs it (it is slow to import)
+    from av.audio.stream import AudioStream
 
 # How much of a file's end probe() decodes to check that the end is really there (seconds).
 _TAIL_SECONDS = 2.0
@@ -96,7 +100,9 @@ _HEADERLESS_SUFFIXES = (".raw", ".pcm", ".sam")
 _VIDEO_CONTAINERS = {"MP4/M4A", "Matroska/WebM", "ASF/WMA", "AVI", "FLV", "MPEG"}
 
 
-def _pick_stream(path: Path, streams: Sequence, wanted: int | None) -> tuple[object, str | None]:
+def _pick_stream(
+    path: Path, streams: Sequence[AudioStream], wanted: int | None
+) -> tuple[AudioStream, str | None]:
     """The audio stream to separate among ``streams`` (a file's, in order), and a note where there are
     several: ``wanted`` (from 1), else the first the file marks as default, else the first."""
     if wanted is not None:
@@ -179,7 +185,11 @@ def probe_ffmpeg(path: Path, head: bytes, wanted: int | None = None) -> AudioInf
     estimate = round(seconds * rate) if seconds else 0
     notes = (note,) if note else ()
     info = AudioInfo(path, estimate, rate, channels, fmt, False, layout, "ffmpeg", index, notes)
-    if tail is not None and (not reliable or tail >= start + seconds - _RELIABLE_DURATION_SLACK):
+    if (
+        tail is not None
+        and seconds is not None
+        and (not reliable or tail >= start + seconds - _RELIABLE_DURATION_SLACK)
+    ):
         return info
     # The end did not decode (or no duration is stated): decode it all to find where the audio stops.
     read, error = _ffmpeg_count(info)

@@ -99,7 +99,11 @@ class Claim:
         data = self._read()
         self.holder = self._describe(data)
         theirs = (data or {}).get("settings")
-        names = sorted(set(theirs) | set(self.settings)) if isinstance(theirs, dict) else []
+        if not isinstance(theirs, dict):
+            theirs = {}
+            names: list[str] = []
+        else:
+            names = sorted(set(theirs) | set(self.settings))
         self.conflict = [k for k in names if theirs.get(k) != self.settings.get(k)]
         return False
 

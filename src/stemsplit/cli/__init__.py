@@ -104,9 +104,13 @@ GLOBAL_FLAGS = {"--help", "-h", "--version"}
 MODELS_SUBCOMMANDS = {"download", "path", "verify", "show"}
 
 
-def _is_click_error(exc: Exception) -> bool:
-    """A usage error raised by click (``format_message()`` and ``exit_code``), whichever copy of click."""
-    return callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int)
+def _click_error(exc: Exception) -> tuple[str, int] | None:
+    """(``format_message()``, ``exit_code``) of a usage error raised by click, whichever copy of click
+    (Typer's or click's own); None for any other exception."""
+    format_message, exit_code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+    if callable(format_message) and isinstance(exit_code, int):
+        return format_message(), exit_code
+    return None
 
 
 def expand_shorthands(args: list[str]) -> list[str]:
@@ -150,11 +154,12 @@ def _run(args: list[str], debug: bool) -> int:
     except KeyboardInterrupt:
         code = _error(args, "interrupted", 130)
     except Exception as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # `stemsplit batch` alone: its help, as help
-            out_console.print(exc.format_message(), soft_wrap=True)
-            code = exc.exit_code
-        elif _is_click_error(exc):  # click's usage errors (Typer's copy or click's own): one line, exit 2
-            code = _error(args, _bad_value(exc) or exc.format_message(), exc.exit_code)
+        click_error = _click_error(exc)
+        if click_error and type(exc).__name__ == "NoArgsIsHelpError":  # `stemsplit batch` alone: its help
+            out_console.print(click_error[0], soft_wrap=True)
+            code = click_error[1]
+        elif click_error:  # click's usage errors: one line, exit 2
+            code = _error(args, _bad_value(exc) or click_error[0], click_error[1])
         elif type(exc).__name__ == "Abort":  # Ctrl-C at a prompt
             code = _error(args, "interrupted", 130)
         elif debug:
@@ -187,12 +192,12 @@ def _bad_value(exc: Exception) -> str | None:
     """A value Typer refused, in plain words naming the flag: ``--shifts: 'abc' is not a whole number``,
     ``--epochs: must be at least 1, not 0`` (not pydantic's "Input should be a valid integer, unable to
     parse string as an integer"); None for other usage errors (click's own words are plain)."""
-    param, cause = getattr(exc, "param", None), exc.__cause__
-    if param is None or not callable(getattr(cause, "errors", None)):
+    param, errors = getattr(exc, "param", None), getattr(exc.__cause__, "errors", None)
+    if param is None or not callable(errors):
         return None
     longest = max(getattr(param, "opts", None) or [""], key=len)
     flag = longest if longest.startswith("-") else (param.name or "value").upper()
-    error = cause.errors()[0]
+    error = errors()[0]
     kind, value = error.get("type", ""), error.get("input")
     if kind in _NOT_A:
         return f"{flag}: {value!r} is not {_NOT_A[kind]}"

@@ -81,9 +81,9 @@ def eval_command(
     from .model_args import checked_models, known_model
 
     task = "speakers" if libri2mix else "music"
-    model, ensemble = checked_models(model, task)  # an ensemble: --model a,b (music only)
+    chosen, ensemble = checked_models(model, task)  # an ensemble: --model a,b (music only)
     model_stems: list[str] | None = []  # every member's, when the registry or the files say them
-    for member in [model] if ensemble is None else ensemble.models:
+    for member in [chosen] if ensemble is None else ensemble.models:
         if ensemble is not None:
             _check_report_is_no_input(json_out, flag, musdb or libri2mix, member)
         try:  # a model of the other task, when the registry or the file's metadata says so
@@ -101,7 +101,7 @@ def eval_command(
     except (DatasetError, SpeechSynthError) as exc:
         raise fail(f"{flag}: {exc}", EXIT_USAGE) from None
     if musdb is not None and model_stems is not None:
-        label = "the ensemble" if ensemble is not None else os.fspath(model or "the default model")
+        label = "the ensemble" if ensemble is not None else os.fspath(chosen or "the default model")
         _check_stems_in_common(musdb / subset, test_stems, label, model_stems)
 
     from ..datasets.musdb import find_tracks
@@ -124,7 +124,7 @@ def eval_command(
     separator: Any  # a Separator, or an Ensemble of them
     try:
         if ensemble is None:
-            separator = Separator(model, **settings)
+            separator = Separator(chosen, **settings)
         else:
             from ..engine.ensemble import Ensemble
 
@@ -218,7 +218,7 @@ def _subset_name(subset: str, flag: str) -> str:
     return name
 
 
-def _check_report_is_no_input(json_out: Path | None, flag: str, root: Path, model: str | None) -> None:
+def _check_report_is_no_input(json_out: Path | None, flag: str, root: Path, model: str | Path | None) -> None:
     """Refuse a --json among the test set's files or on the checkpoint: --overwrite replaces a report,
     never an input. Real paths, so a link or '..' cannot hide it; the report need not exist yet."""
     if json_out is None:

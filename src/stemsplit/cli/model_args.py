@@ -9,7 +9,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from ..errors import UsageError
 from .common import EXIT_USAGE, fail, usage_error
@@ -21,6 +21,10 @@ TASK_COMMANDS = {"music": "separate", "speakers": "speakers"}
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".th")
 
 
+@overload
+def model_argument(model: str) -> str | Path: ...
+@overload
+def model_argument(model: None) -> None: ...
 def model_argument(model: str | None) -> str | Path | None:
     """--model checked before anything is loaded: a path must be a readable file; URLs http(s) or file.
 
@@ -121,7 +125,7 @@ def ensemble_argument(args: dict[str, Any], task: str) -> Any:
     except SeparationError as exc:
         raise usage_error(exc) from None
     if spec is not None and len(spec.models) == 1:  # "a:2", "vocals=a": that model alone
-        text, spec = spec.models[0], None
+        text, spec = os.fspath(spec.models[0]), None  # (parsed: a string)
     if spec is None:
         args["model"] = model_argument(text)
         return None
@@ -132,7 +136,7 @@ def ensemble_argument(args: dict[str, Any], task: str) -> Any:
         )
     if args.get("model_config") is not None:
         raise UsageError("--model-config: goes with one checkpoint, not an ensemble of models")
-    models = [model_argument(model) for model in spec.models]
+    models = [model_argument(os.fspath(model)) for model in spec.models]  # (parsed: strings)
     files: dict[str, Any] = {}
     for model in models:
         if isinstance(model, Path):
@@ -154,15 +158,20 @@ def ensemble_stems(spec: Any, light: bool, task: str) -> tuple[str, ...] | None:
         if problem:
             raise wrong_task(problem, task)
         member_stems.append(stems)
-    if not all(member_stems):
+    known = [stems for stems in member_stems if stems]
+    if len(known) < len(member_stems):
         return None
     try:
-        plan = plan_stems(member_stems, spec.weights, spec.choice, [os.fspath(m) for m in spec.models])
+        plan = plan_stems(known, spec.weights, spec.choice, [os.fspath(m) for m in spec.models])
     except SeparationError as exc:
         raise usage_error(exc) from None
     return tuple(plan)
 
 
+@overload
+def checked_model(model: str) -> str | Path: ...
+@overload
+def checked_model(model: None) -> None: ...
 def checked_model(model: str | None) -> str | Path | None:
     """:func:`model_argument` for the commands that load one model (eval, finetune), with a registry
     name looked up too (the registry needs no torch): a usage error (exit 2) before anything loads."""
@@ -202,7 +211,7 @@ def checked_models(model: str | None, task: str) -> tuple[str | Path | None, Any
     return None, spec
 
 
-def registry_entry(model: str | None, light: bool, task: str) -> Any:
+def registry_entry(model: str | Path | None, light: bool, task: str) -> Any:
     """The registry entry of a model, known without loading (or downloading) it; None for files/URLs.
 
     With no ``--model``, the task's default; a registry without one for the task is a usage error.
@@ -220,7 +229,7 @@ def registry_entry(model: str | None, light: bool, task: str) -> Any:
                 )
         elif model is None:
             entry = (registry.light_model if light else None) or registry.models[registry.default]
-        elif model in registry.models:
+        elif isinstance(model, str) and model in registry.models:  # (a Path is a file)
             entry = registry.models[model]
         else:
             return None

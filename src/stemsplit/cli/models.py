@@ -8,6 +8,7 @@ work is in :mod:`stemsplit.weights`, this module only parses and prints.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -119,8 +120,9 @@ def _describe_ensemble(entry, registry) -> dict:
 
     spec = named_ensemble(entry.name)
     assert spec is not None  # (entry is a named ensemble of the registry)
-    members = [registry.models[m] for m in spec.models]
-    plan = plan_stems([m.stems for m in members], spec.weights, spec.choice, list(spec.models))
+    names = [os.fspath(m) for m in spec.models]  # (a registry ensemble's members are registry names)
+    members = [registry.models[m] for m in names]
+    plan = plan_stems([m.stems for m in members], spec.weights, spec.choice, names)
     rest = [other_is_the_rest(m.stems, _rest_stem(m)) for m in members]
     less = rest_parts([m.stems for m in members], rest, plan)  # as the Ensemble will run it
     speeds = [m.cpu_s_per_min for m in members]
@@ -129,9 +131,9 @@ def _describe_ensemble(entry, registry) -> dict:
         "name": entry.name,
         "description": entry.description,
         "ensemble": entry.models,
-        "members": list(spec.models),
+        "members": names,
         "stems": list(plan),
-        "plan": describe_plan(plan, list(spec.models), spec.choice, less),
+        "plan": describe_plan(plan, names, spec.choice, less),
         "size_mb": sum(sizes) / 1e6 if all(sizes) else None,
         "cpu_s_per_min": sum(speeds) if all(speeds) else None,
         "license": entry.license,
@@ -336,7 +338,7 @@ def download(
     try:
         name = name or weights.default_model_name()
         ensemble = named_ensemble(name)
-        names = list(ensemble.models) if ensemble is not None else [name]  # an ensemble: each of its models
+        names = [os.fspath(m) for m in ensemble.models] if ensemble is not None else [name]  # or each member
         paths = []
         for each in names:
             weights.load_registry().get(each)  # a registry name, not a file or URL (load_model takes those)

@@ -127,16 +127,10 @@ def find_speech_mixtures(root: str | Path, split: str, mixture: str = "mix_both"
             length = row.get("length", "")
             if length and not length.isdigit():
                 raise SpeechSynthError(f"{table}: line {number}: length {length!r} is not a whole number")
-            entries.append(
-                (
-                    row["mixture_ID"],
-                    *(
-                        _listed_file(root, split, row[c])
-                        for c in ("mixture_path", "source_1_path", "source_2_path")
-                    ),
-                    int(length) if length else None,
-                )
+            mixture_file, s1, s2 = (
+                _listed_file(root, split, row[c]) for c in ("mixture_path", "source_1_path", "source_2_path")
             )
+            entries.append((row["mixture_ID"], mixture_file, s1, s2, int(length) if length else None))
     else:
         folder = root / split / mixture
         files = sorted(p for p in folder.glob("*.wav") if not p.name.startswith("."))

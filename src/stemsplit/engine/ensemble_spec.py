@@ -44,6 +44,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..card import OTHER, stem_name_problem
@@ -61,12 +62,13 @@ _BARE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/]*")
 class EnsembleSpec:
     """Members, their weights, and the stems taken from one member alone.
 
-    models: each member as written (registry name, path or URL), in order of first mention.
+    models: each member as written (registry name, path or URL; a path is a Path once checked), in order
+    of first mention.
     weights: one positive number per member.
     choice: stem -> index of the member it comes from alone (``STEM=MODEL``).
     """
 
-    models: tuple[str, ...]
+    models: tuple[str | Path, ...]
     weights: tuple[float, ...]
     choice: Mapping[str, int] = field(default_factory=dict)
 

@@ -219,6 +219,7 @@ def _summed(parts: Iterable[np.ndarray]) -> np.ndarray:
     for part in parts:
         part = np.asarray(part, dtype=np.float32)
         total = part if total is None else total + part
+    assert total is not None, "no parts to sum"
     return total
 
 

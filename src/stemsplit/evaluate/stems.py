@@ -77,8 +77,8 @@ def match_stems(model: Sequence[str], test_set: Sequence[str], rest: bool) -> St
     common = tuple(s for s in model if s in test_set)
     model_only = tuple(s for s in model if s not in test_set)
     test_only = tuple(s for s in test_set if s not in model)
-    estimate = {s: (s,) for s in common}
-    reference = {s: (s,) for s in common}
+    estimate: dict[str, tuple[str, ...]] = {s: (s,) for s in common}
+    reference: dict[str, tuple[str, ...]] = {s: (s,) for s in common}
     if rest and OTHER in common:
         estimate[OTHER] += model_only
         reference[OTHER] += test_only

@@ -307,7 +307,7 @@ def _check_out_dir(out_dir: Path) -> None:
         raise OutputError(problem, "out")
 
 
-def _check_no_symlink_escape(out_dir: Path, paths: object) -> None:
+def _check_no_symlink_escape(out_dir: Path, paths: Iterable[Path]) -> None:
     """A symbolic link inside the output folder must not carry stems out of it."""
     root = os.path.realpath(out_dir)
     for path in paths:

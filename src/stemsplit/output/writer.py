@@ -91,7 +91,7 @@ class _FloatTemp:
             if peak == 0.0:
                 self._file.seek(block.size * 4, os.SEEK_CUR)  # a hole: zeros, no disk
             else:
-                self._file.write(np.ascontiguousarray(block, dtype="<f4"))
+                self._file.write(np.ascontiguousarray(block, dtype="<f4").data)
             self.frames += len(block)
         return True
 
@@ -266,7 +266,8 @@ class StemWriter:
             destination = self.song.paths[stem]
             entries.append((destination, final, backup_name(destination), identity(destination)))
         journal = write_journal(out_dir, entries)
-        done: list[tuple[Path, Path | None, list[int]]] = []  # (destination, its backup, new file's identity)
+        # (destination, its backup, the new file's identity)
+        done: list[tuple[Path, Path | None, list[int] | None]] = []
         try:
             for destination, final, backup, _ in entries:
                 check_inside(out_dir, destination)  # a link put in since the plan must not lead out
@@ -284,21 +285,21 @@ class StemWriter:
                 os.replace(final, destination)
         except BaseException:
             restored = True
-            for destination, backup, new in reversed(done):
+            for destination, kept, new in reversed(done):
                 try:
                     if new is not None and identity(destination) == new:  # ours, renamed in already
                         destination.unlink()
-                    if backup is not None:
-                        os.replace(backup, destination)
+                    if kept is not None:
+                        os.replace(kept, destination)
                 except OSError:
                     restored = False  # the journal stays: the next run puts it back
             if restored:
                 journal.unlink(missing_ok=True)
             raise
         with contextlib.suppress(OSError):  # committed: a backup left now is removed by the next run
-            for _, backup, _ in done:
-                if backup is not None:
-                    backup.unlink(missing_ok=True)
+            for _, kept, _ in done:
+                if kept is not None:
+                    kept.unlink(missing_ok=True)
             journal.unlink(missing_ok=True)
 
     def _clean_up(self) -> None:

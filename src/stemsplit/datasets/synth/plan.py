@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -22,6 +23,10 @@ PROGRESSIONS = {
 }
 
 
+@overload
+def midi_hz(note: np.ndarray) -> np.ndarray: ...
+@overload
+def midi_hz(note: float) -> float: ...
 def midi_hz(note: np.ndarray | float) -> np.ndarray | float:
     return 440.0 * 2.0 ** ((np.asarray(note, dtype=np.float64) - 69.0) / 12.0)
 
@@ -70,7 +75,7 @@ def draw_plan(rng: np.random.Generator, seconds: float, sr: int) -> Plan:
     tonic = int(rng.integers(0, 12))
     step = sr * 60.0 / tempo / 4.0
     bars = math.ceil(seconds * sr / (16 * step)) + 1
-    progression = PROGRESSIONS[mode][rng.integers(len(PROGRESSIONS[mode]))]
+    progression: tuple[int, ...] = PROGRESSIONS[mode][rng.integers(len(PROGRESSIONS[mode]))]
     if rng.random() < 0.4:  # some songs hold each chord for two bars
         progression = tuple(d for d in progression for _ in range(2))
     chords = [progression[b % len(progression)] for b in range(bars)]

@@ -32,7 +32,7 @@ class Song:
     @property
     def mixture(self) -> np.ndarray:
         """The sum of the stems, float32 [2, frames]."""
-        return np.sum([self.stems[name] for name in STEMS], axis=0, dtype=np.float32)
+        return np.stack([self.stems[name] for name in STEMS]).sum(axis=0, dtype=np.float32)
 
     @property
     def frames(self) -> int:
