@@ -147,7 +147,6 @@ TORCH_FREE = [
     "stemsplit.cli.ray_batch",
     "stemsplit.cli.models",
     "stemsplit.cli.train",
-    "stemsplit.cli.finetune",
     "stemsplit.cli.eval",
     "stemsplit.cli.synth",
     "stemsplit.cli.doctor",

@@ -1,8 +1,8 @@
-"""The ``stemsplit`` command line: parsing and printing only (the work is in :mod:`stemsplit.separate`).
+"""The ``stemsplit`` command line: parsing and printing only (the work is in :mod:`stemsplit.engine`).
 
 This module holds the app, ``main()`` and the error handling; one module per command group holds the
 commands: ``separate`` (separate, batch, speakers; ``ray_batch`` for ``batch --ray``), ``models``,
-``train`` and ``finetune``, ``eval``, ``synth`` (synth, synth-speech), ``doctor``; ``common`` what
+``train`` (train, finetune), ``eval``, ``synth`` (synth, synth-speech), ``doctor``; ``common`` what
 they share (consoles, ``Commands``: the one place a StemsplitError becomes its line and exit status).
 """
 
@@ -43,11 +43,10 @@ from .common import (  # noqa: E402
 )
 from .doctor import doctor_command  # noqa: E402
 from .eval import eval_command  # noqa: E402
-from .finetune import finetune_command  # noqa: E402
 from .models import models_app  # noqa: E402
 from .separate import separation_command, speakers_command  # noqa: E402
 from .synth import synth_command, synth_speech_command  # noqa: E402
-from .train import train_command  # noqa: E402
+from .train import finetune_command, train_command  # noqa: E402
 
 app = typer.Typer(
     cls=Commands,  # every StemsplitError ends there: one line and its exit status
