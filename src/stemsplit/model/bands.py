@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -70,9 +72,17 @@ def group_norm_last2(x: Tensor, weight: Tensor, bias: Tensor, eps: float = EPS) 
     return torch.addcmul(bias - mean * scale, xf, scale).to(x.dtype)
 
 
-def _stack(modules: list[nn.Module], index: int, name: str) -> Tensor:
+def _stack(modules: Iterable[nn.Module], index: int, name: str) -> Tensor:
     """Stack parameter ``name`` of sub-module ``index`` of every band: [G, ...]."""
-    return torch.stack([getattr(m[index], name) for m in modules])
+    # Each band's module is an nn.Sequential (a ModuleList types its items as Module).
+    return torch.stack([getattr(cast(nn.Sequential, m)[index], name) for m in modules])
+
+
+def _conv(head: nn.Module, index: int) -> nn.Conv1d:
+    """The 1x1 conv at ``index`` (1, 3 or 5) of one band's head in :class:`BandMerge`."""
+    conv = cast(nn.Sequential, head)[index]
+    assert isinstance(conv, nn.Conv1d)
+    return conv
 
 
 class BandSplit(nn.ModuleList):
@@ -144,7 +154,7 @@ class BandMerge(nn.ModuleList):
 
     def forward(self, features: Tensor) -> Tensor:
         """features: [BC, K, T, N] -> [BC, S, F, T] complex."""
-        if onednn.usable(features, self[0][1].weight):
+        if onednn.usable(features, _conv(self[0], 1).weight):
             return self._forward_onednn(features)
         bc, _, frames, n = features.shape
         s = self.num_sources
@@ -174,15 +184,18 @@ class BandMerge(nn.ModuleList):
         s = self.num_sources
         norm_weight, norm_bias = _stack(self, 0, "weight")[:, None], _stack(self, 0, "bias")[:, None]
         normed = group_norm_last2(features, norm_weight, norm_bias)  # all K bands at once
-        out, bin0 = None, 0
+        out: Tensor | None = None
+        bin0 = 0
         for band, (head, bw) in enumerate(zip(self, self.widths, strict=True)):
-            x = onednn.linear(normed[:, band], head[1].weight[..., 0], head[1].bias, activation="tanh")
-            x = onednn.grouped_linear(x, head[3].weight, head[3].bias, s, activation="tanh")
-            x = onednn.grouped_linear(x, head[5].weight, head[5].bias, s)  # [BC, T, 4*S*bw]
+            conv1, conv3, conv5 = _conv(head, 1), _conv(head, 3), _conv(head, 5)
+            x = onednn.linear(normed[:, band], conv1.weight[..., 0], conv1.bias, activation="tanh")
+            x = onednn.grouped_linear(x, conv3.weight, conv3.bias, s, activation="tanh")
+            x = onednn.grouped_linear(x, conv5.weight, conv5.bias, s)  # [BC, T, 4*S*bw]
             if out is None:  # [BC, T, a, r, S, F], a in {value, gate}, r in {real, imag}
                 out = x.new_empty(bc, frames, 2, 2, s, sum(self.widths))
             out[..., bin0 : bin0 + bw] = x.reshape(bc, frames, 2, 2, s, bw)
             bin0 += bw
+        assert out is not None  # set by the first band (band_widths gives at least one)
         return _glu_to_complex(out[:, None, :, 0], out[:, None, :, 1])
 
     def forward_per_band(self, features: Tensor) -> Tensor:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +58,7 @@ from torch import Tensor, nn
 from . import onednn
 from .bs_roformer import DEFAULT_FREQS_PER_BANDS, BSRoformer
 from .mamba2 import Mamba2
+from .roformer import BandNetworkConfig
 from .state_dict import StateDictMismatch, summarise, unwrap_state_dict
 
 __all__ = [
@@ -204,7 +206,8 @@ class BiMamba2Layers(nn.ModuleList):
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, k, d = x.shape
-        for time, freq in self:
+        for layer in self:
+            time, freq = cast(nn.ModuleList, layer)  # built as [time, freq]
             x = time(x.transpose(1, 2).reshape(b * k, t, d)).reshape(b, k, t, d).transpose(1, 2)
             x = freq(x.reshape(b * t, k, d)).reshape(b, t, k, d)
         return x
@@ -221,12 +224,12 @@ class BSMamba2(BSRoformer):
     family = ARCHITECTURE
 
     def __init__(
-        self, config: BSMamba2Config | None = None, *, mamba_backend: str | None = None, **fields: object
+        self, config: BSMamba2Config | None = None, *, mamba_backend: str | None = None, **fields: Any
     ) -> None:
         self._mamba_backend = mamba_backend  # read by make_layers, during BSRoformer.__init__
         super().__init__(replace(config or BSMamba2Config(), **fields))
 
-    def make_layers(self, config: BSMamba2Config, norm_output: bool) -> nn.Module:
+    def make_layers(self, config: BandNetworkConfig, norm_output: bool) -> nn.Module:
         return BiMamba2Layers(config.dim, config.depth, self._mamba_backend)
 
 

@@ -31,12 +31,13 @@ time and freq transformers move to 1 and 2)::
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from torch import Tensor
 
-from .roformer import RMSNorm, Roformer, RoformerConfig
+from .roformer import BandNetworkConfig, RMSNorm, Roformer, RoformerConfig
 
-__all__ = ["ARCHITECTURE", "PRESETS", "BSRoformer", "BSRoformerConfig"]
+__all__ = ["ARCHITECTURE", "PRESETS", "BSRoformer", "BSRoformerConfig", "BandSplitConfig"]
 
 ARCHITECTURE = "bs-roformer"
 
@@ -62,12 +63,24 @@ class BSRoformerConfig(RoformerConfig):
 PRESETS: dict[str, BSRoformerConfig] = {"paper": BSRoformerConfig()}  # L = 12, D = 384
 
 
+class BandSplitConfig(BandNetworkConfig, Protocol):
+    """What :class:`BSRoformer` reads from its config: a :class:`BSRoformerConfig`, or BSMamba2's."""
+
+    @property
+    def freqs_per_bands(self) -> tuple[int, ...]: ...
+    @property
+    def mask_estimator_depth(self) -> int: ...
+    @property
+    def audio_channels(self) -> int: ...
+
+
 class BSRoformer(Roformer):
     """``model(mixture)``: [B, ch, samples] -> stems [B, S, ch, samples] (see :class:`Roformer`)."""
 
     family = ARCHITECTURE  # the card's architecture (a subclass with other layers names its own)
+    config: BandSplitConfig
 
-    def __init__(self, config: BSRoformerConfig | None = None, **fields: object) -> None:
+    def __init__(self, config: BandSplitConfig | None = None, **fields: Any) -> None:
         c = replace(config or BSRoformerConfig(), **fields)
         widths = [2 * f * c.audio_channels for f in c.freqs_per_bands]
         super().__init__(self.family, c, widths, norm_output=False, mask_layers=c.mask_estimator_depth)

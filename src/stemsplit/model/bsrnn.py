@@ -67,6 +67,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -223,6 +224,9 @@ class BandEncoder(nn.Module):
 class BandSplit(nn.ModuleList):
     """Complex spectrogram [BC, F, T] -> band features [BC, K, T, N] (one BandEncoder per band)."""
 
+    bin_order: Tensor  # buffers
+    band_inverse: Tensor
+
     def __init__(self, widths: Sequence[int], feature_dim: int) -> None:
         super().__init__(BandEncoder(w, feature_dim) for w in widths)
         self.widths = list(widths)
@@ -308,6 +312,9 @@ class MaskHead(nn.Module):
 class MaskEstimation(nn.ModuleList):
     """Band features [BC, K, T, N] -> complex mask [BC, F, T] (one MaskHead per band)."""
 
+    band_order: Tensor  # buffers
+    bin_inverse: Tensor
+
     def __init__(self, widths: Sequence[int], feature_dim: int) -> None:
         super().__init__(MaskHead(w, feature_dim) for w in widths)
         self.widths = list(widths)
@@ -371,6 +378,8 @@ class BSRNN(nn.Module):
 
     Any channel count works; each channel is separated alone (see the module docstring).
     """
+
+    window: Tensor  # a buffer
 
     def __init__(self, config: BSRNNConfig | None = None) -> None:
         super().__init__()
@@ -439,7 +448,7 @@ class BSRNNBag(nn.Module):
 
     @classmethod
     def for_targets(
-        cls, stems: Sequence[str], config: BSRNNConfig | None = None, **overrides: object
+        cls, stems: Sequence[str], config: BSRNNConfig | None = None, **overrides: Any
     ) -> BSRNNBag:
         """One model per stem from ``config`` (default: the paper's) with ``overrides``.
 
@@ -455,7 +464,8 @@ class BSRNNBag(nn.Module):
 
     @property
     def min_samples(self) -> int:
-        return max(model.min_samples for model in self.targets.values())
+        # Every member is a BSRNN (a ModuleDict types its values as Module).
+        return max(cast(BSRNN, model).min_samples for model in self.targets.values())
 
     def forward(self, mixture: Tensor) -> Tensor:
         """mixture [B, ch, samples] -> stems [B, S, ch, samples], in ``self.stems`` order."""

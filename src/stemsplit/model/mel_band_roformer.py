@@ -22,6 +22,7 @@ State dict: as BS-RoFormer's without ``final_norm``, plus
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,10 @@ def mel_band_members(sr: int, n_fft: int, num_bands: int) -> np.ndarray:
 class MelBandRoformer(Roformer):
     """``model(mixture)``: [B, ch, samples] -> stems [B, S, ch, samples] (see :class:`Roformer`)."""
 
-    def __init__(self, config: MelBandRoformerConfig | None = None, **fields: object) -> None:
+    freq_indices: Tensor  # buffers
+    bands_per_row: Tensor
+
+    def __init__(self, config: MelBandRoformerConfig | None = None, **fields: Any) -> None:
         c = replace(config or MelBandRoformerConfig(), **fields)
         members = mel_band_members(c.sr, c.stft_n_fft, c.num_bands)
         ch = c.audio_channels

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import Field, dataclass
+from typing import Any, ClassVar, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ __all__ = [
     "HOP",
     "WINDOW",
     "AxialLayers",
+    "BandNetworkConfig",
     "BandSplit",
     "MaskEstimator",
     "RMSNorm",
@@ -134,6 +135,8 @@ class RotaryEmbedding(nn.Module):
     the published checkpoints hold it.
     """
 
+    freqs: Tensor  # a buffer
+
     def __init__(self, dim: int, theta: float = 10000.0) -> None:
         super().__init__()
         freqs = 1.0 / theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim)
@@ -225,7 +228,8 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(dim) if norm_output else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        for attention, feedforward in self.layers:
+        for layer in self.layers:
+            attention, feedforward = cast(nn.ModuleList, layer)  # built as [attention, feedforward]
             x = attention(x) + x
             x = feedforward(x) + x
         return self.norm(x)
@@ -258,7 +262,7 @@ class AxialLayers(nn.ModuleList):
         b, t, k, d = x.shape
         outputs: list[Tensor] = []
         for layer in self:
-            *linear, time, freq = layer
+            *linear, time, freq = cast(nn.ModuleList, layer)  # built as [(linear,) time, freq]
             if linear:
                 x = linear[0](x.reshape(b, t * k, d)).reshape(b, t, k, d)
             if self.skip_connection:
@@ -312,6 +316,37 @@ class MaskEstimator(nn.Module):
 # --- the network around the bands -----------------------------------------------------------------
 
 
+class BandNetworkConfig(Protocol):
+    """What :class:`Roformer` reads from its config: a :class:`RoformerConfig`, or BSMamba2's config,
+    which has these fields but none of the transformers' (it is no RoformerConfig)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # a dataclass: dataclasses.replace takes it
+
+    @property
+    def sr(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def depth(self) -> int: ...
+    @property
+    def stereo(self) -> bool: ...
+    @property
+    def num_stems(self) -> int: ...
+    @property
+    def stft_n_fft(self) -> int: ...
+    @property
+    def stft_hop_length(self) -> int: ...
+    @property
+    def stft_win_length(self) -> int: ...
+    @property
+    def stft_normalized(self) -> bool: ...
+    @property
+    def zero_dc(self) -> bool: ...
+    @property
+    def mlp_expansion_factor(self) -> int: ...
+    def problem(self) -> str | None: ...
+
+
 class Roformer(nn.Module):
     """What both families do around their bands: STFT, band features, axial layers, masks, ISTFT.
 
@@ -323,13 +358,14 @@ class Roformer(nn.Module):
     one is the mixture minus the estimated stems, as MSST makes it.
     """
 
-    config: RoformerConfig
+    config: BandNetworkConfig
     card: ModelCard
+    window: Tensor  # a buffer
 
     def __init__(
         self,
         architecture: str,
-        config: RoformerConfig,
+        config: BandNetworkConfig,
         widths: Sequence[int],
         norm_output: bool,
         mask_layers: int,
@@ -357,9 +393,10 @@ class Roformer(nn.Module):
             hop=HOP,
         )
 
-    def make_layers(self, config: RoformerConfig, norm_output: bool) -> nn.Module:
+    def make_layers(self, config: BandNetworkConfig, norm_output: bool) -> nn.Module:
         """The layers between the band split and the masks, [B, T, K, dim] -> same: axial transformers
         (BSMamba2, which shares everything else, puts Mamba-2 layers there)."""
+        assert isinstance(config, RoformerConfig)  # the transformers' fields (BSMamba2 overrides this)
         return AxialLayers(config, norm_output)
 
     @property

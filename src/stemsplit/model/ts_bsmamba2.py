@@ -68,9 +68,12 @@ class BiMamba2(nn.Module):
 
     def __init__(self, dim: int, backend: str | None = None) -> None:
         super().__init__()
-        kwargs = dict(d_state=128, d_conv=4, expand=4, headdim=64, backend=backend)
-        self.forward_mamba2 = Mamba2(dim, **kwargs)
-        self.backward_mamba2 = Mamba2(dim, **kwargs)
+
+        def mamba2() -> Mamba2:
+            return Mamba2(dim, d_state=128, d_conv=4, expand=4, headdim=64, backend=backend)
+
+        self.forward_mamba2 = mamba2()
+        self.backward_mamba2 = mamba2()
 
     def forward(self, x: Tensor) -> Tensor:
         fwd = self.forward_mamba2(x) + x
@@ -109,8 +112,8 @@ class TAC(nn.Module):
         self.TAC_output = nn.Sequential(nn.Linear(2 * hidden, dim), nn.Tanh())
 
     def forward(self, x: Tensor) -> Tensor:
-        hidden = self.TAC_mean[0].in_features
-        lin_in, lin_mean, lin_out = self.TAC_input[0], self.TAC_mean[0], self.TAC_output[0]
+        lin_in, lin_mean, lin_out = _linear(self.TAC_input), _linear(self.TAC_mean), _linear(self.TAC_output)
+        hidden = lin_mean.in_features
         normed = group_norm_last2(x, self.input_norm.weight, self.input_norm.bias)
         h = onednn.linear(normed, lin_in.weight, lin_in.bias, activation="tanh")  # [B, ch, K, T, 3N]
         mean = onednn.linear(h.mean(dim=1, keepdim=True), lin_mean.weight, lin_mean.bias, activation="tanh")
@@ -122,6 +125,13 @@ class TAC(nn.Module):
         if torch.is_grad_enabled() or out.dtype != x.dtype:
             return x + torch.tanh(out)
         return out.tanh_().add_(x)
+
+
+def _linear(layers: nn.Sequential) -> nn.Linear:
+    """The Linear a TAC step starts with (a Sequential types its items as Module)."""
+    linear = layers[0]
+    assert isinstance(linear, nn.Linear)
+    return linear
 
 
 class DualPathBlock(nn.Module):
@@ -142,7 +152,7 @@ class DualPathBlock(nn.Module):
         return self.channel_comm(x.reshape(bc // channels, channels, k, t, n)).reshape(bc, k, t, n)
 
 
-class DualPathStack(nn.Sequential):
+class DualPathStack(nn.ModuleList):
     """A stack of DualPathBlocks (the reference calls it ``separator``; so do the state-dict keys).
 
     ``checkpoint_activations``: in training, keep only each block's input and
@@ -150,7 +160,7 @@ class DualPathStack(nn.Sequential):
     """
 
     def __init__(self, dim: int, layers: int, backend: str | None = None) -> None:
-        super().__init__(*(DualPathBlock(dim, backend) for _ in range(layers)))
+        super().__init__(DualPathBlock(dim, backend) for _ in range(layers))
         self.checkpoint_activations = False
 
     def forward(self, x: Tensor, channels: int) -> Tensor:
@@ -176,6 +186,8 @@ class TSBSMamba2(nn.Module):
     [B, S, ch, samples]. ``model.card`` describes it to the engine; its stem
     names default to MUSDB's four (the loader sets a checkpoint's own).
     """
+
+    window: Tensor  # a buffer
 
     def __init__(
         self, config: TSBSMamba2Config | None = None, *, mamba_backend: str | None = None, **fields: int
