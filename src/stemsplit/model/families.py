@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
 
+from ..card import ModelCard
 from ..errors import StemsplitError
 from .bs_mamba2 import ARCHITECTURE as BS_MAMBA2
 from .bs_mamba2 import MAY_BE_ZERO as BS_MAMBA2_MAY_BE_ZERO
@@ -116,8 +117,13 @@ def _build_u_mamba(config: UMambaNetConfig, stems: tuple[str, ...]) -> UMambaNet
     return model
 
 
-def _build_roformer(network: type[Roformer]) -> Callable[[RoformerConfig, tuple[str, ...]], Roformer]:
-    def build(config: RoformerConfig, stems: tuple[str, ...]) -> Roformer:
+def _build_roformer(
+    network: type[BSRoformer | MelBandRoformer],
+) -> Callable[[Any, tuple[str, ...]], Roformer]:
+    """Builds a RoFormer family's network (BSMamba2 is a BSRoformer) from that network's own config: its
+    card names ``stems``, the last of them the rest when there is one more than the network estimates."""
+
+    def build(config: Any, stems: tuple[str, ...]) -> Roformer:
         model = network(config)
         if stems:
             rest = stems[-1] if len(stems) == config.num_stems + 1 else None
@@ -127,7 +133,7 @@ def _build_roformer(network: type[Roformer]) -> Callable[[RoformerConfig, tuple[
     return build
 
 
-def _build_sources(network: type[nn.Module]) -> Callable[[Any, tuple[str, ...]], nn.Module]:
+def _build_sources(network: type[HTDemucs | SCNet]) -> Callable[[Any, tuple[str, ...]], nn.Module]:
     """Builds a network whose config counts its outputs as ``num_sources`` (HTDemucs, SCNet): its card
     names ``stems``, or its default names when none are given."""
 
@@ -157,7 +163,16 @@ def _shrink_roformer(c: RoformerConfig) -> RoformerConfig:
     )
 
 
-_ROFORMER_OPTIONS = dict(
+class _RoformerOptions(TypedDict):
+    """What the RoFormer families' entries share."""
+
+    shrink: Callable[[RoformerConfig], RoformerConfig]
+    stem_field: str
+    rest_stem: bool
+    may_be_zero: frozenset[str]
+
+
+_ROFORMER_OPTIONS = _RoformerOptions(
     shrink=_shrink_roformer,
     stem_field="num_stems",
     rest_stem=True,
@@ -346,8 +361,10 @@ def config_problem(name: str, config: Any, stems: Sequence[str]) -> str | None:
         with torch.device("meta"):
             fam.build(config, tuple(stems))
         tiny = fam.build(fam.shrink(config), tuple(stems))
+        card = tiny.card
+        assert isinstance(card, ModelCard)  # every family's network carries one (nn.Module: Tensor | Module)
         with torch.no_grad():
-            tiny(torch.zeros(1, 1, 2 * tiny.card.min_samples))
+            tiny(torch.zeros(1, 1, 2 * card.min_samples))
     except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as exc:
         text = str(exc).strip()
         return (text.splitlines()[0] if text else type(exc).__name__)[:200]

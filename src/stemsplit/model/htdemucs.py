@@ -59,7 +59,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -405,6 +405,7 @@ class HEncLayer(nn.Module):
         padding = kernel_size // 4 if pad else 0
         self.freq, self.stride, self.empty = freq, stride, empty
         self.kernel_size, self.pad = kernel_size, padding
+        self.conv: nn.Conv1d | nn.Conv2d
         if freq:
             self.conv = nn.Conv2d(chin, chout, (kernel_size, 1), (stride, 1), (padding, 0))
         else:
@@ -465,6 +466,7 @@ class HDecLayer(nn.Module):
         norm_fn = (lambda d: nn.GroupNorm(norm_groups, d)) if norm else (lambda d: nn.Identity())
         self.pad = kernel_size // 4 if pad else 0
         self.last, self.freq, self.chin, self.empty = last, freq, chin, empty
+        self.conv_tr: nn.ConvTranspose1d | nn.ConvTranspose2d
         if freq:
             self.conv_tr = nn.ConvTranspose2d(chin, chout, (kernel_size, 1), (stride, 1))
         else:
@@ -484,6 +486,7 @@ class HDecLayer(nn.Module):
         if self.empty:
             y = x
         else:
+            assert skip is not None  # only an empty layer (the split) is given none
             x = x + skip
             y = F.glu(self.norm1(self.rewrite(x)), dim=1) if self.rewrite is not None else x
             if self.dconv is not None:
@@ -495,6 +498,35 @@ class HDecLayer(nn.Module):
         else:
             z = z[..., self.pad : self.pad + length]
         return (z if self.last else F.gelu(z)), y
+
+
+class _Stride(TypedDict):
+    """Where an encoder or decoder layer convolves (:class:`HEncLayer`'s arguments)."""
+
+    kernel_size: int
+    stride: int
+    freq: bool
+    pad: bool
+
+
+class _Common(TypedDict):
+    """The arguments an encoder and a decoder layer of the same level share."""
+
+    norm: bool
+    norm_groups: int
+    dconv_kw: Mapping[str, Any]
+
+
+class _Options(_Common):
+    """An encoder layer's remaining arguments (a decoder layer adds ``last``)."""
+
+    dconv: bool
+    context: int
+    rewrite: bool
+
+
+class _DecoderOptions(_Options):
+    last: bool
 
 
 class ScaledEmbedding(nn.Module):
@@ -523,6 +555,7 @@ class HTDemucs(nn.Module):
 
     config: HTDemucsConfig
     card: ModelCard
+    window: Tensor  # a buffer
 
     def __init__(self, config: HTDemucsConfig | None = None, **fields_: Any) -> None:
         super().__init__()
@@ -547,13 +580,22 @@ class HTDemucs(nn.Module):
             if last_freq:
                 kernel = freqs  # all remaining frequencies into one, unpadded
                 chout_z = chout = max(chout, chout_z)
-            common = dict(norm=index >= c.norm_starts, norm_groups=c.norm_groups, dconv_kw=dconv_kw)
-            enc = dict(common, dconv=bool(c.dconv_mode & 1), context=c.context_enc, rewrite=c.rewrite)
-            dec = dict(
-                common, dconv=bool(c.dconv_mode & 2), context=c.context, rewrite=c.rewrite, last=index == 0
-            )
-            on_freq = dict(kernel_size=kernel, stride=stride, freq=freq, pad=not last_freq)
-            on_time = dict(kernel_size=c.kernel_size, stride=c.stride, freq=False, pad=True)
+            common = _Common(norm=index >= c.norm_starts, norm_groups=c.norm_groups, dconv_kw=dconv_kw)
+            enc: _Options = {
+                **common,
+                "dconv": bool(c.dconv_mode & 1),
+                "context": c.context_enc,
+                "rewrite": c.rewrite,
+            }
+            dec: _DecoderOptions = {
+                **common,
+                "dconv": bool(c.dconv_mode & 2),
+                "context": c.context,
+                "rewrite": c.rewrite,
+                "last": index == 0,
+            }
+            on_freq = _Stride(kernel_size=kernel, stride=stride, freq=freq, pad=not last_freq)
+            on_time = _Stride(kernel_size=c.kernel_size, stride=c.stride, freq=False, pad=True)
 
             self.encoder.append(HEncLayer(chin_z, chout_z, empty=False, **on_freq, **enc))
             if freq:

@@ -28,6 +28,7 @@ sparse (xformers) attention are not.
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,9 @@ class _Layer(nn.Module):
     A subclass registers its attention, ``linear1``, ``linear2`` and norms, then calls
     :meth:`_finish` (upstream's registration order, which is the state dict's).
     """
+
+    linear1: nn.Linear
+    linear2: nn.Linear
 
     def __init__(self, gelu: bool, norm_first: bool) -> None:
         super().__init__()
@@ -172,6 +176,19 @@ class CrossAttentionLayer(_Layer):
         return self.norm2(x + self.gamma_2(self.feedforward(x)))
 
 
+class _LayerOptions(TypedDict):
+    """The arguments both layer kinds take."""
+
+    dim: int
+    heads: int
+    hidden: int
+    gelu: bool
+    group_norm: bool
+    norm_first: bool
+    norm_out: bool
+    layer_scale: bool
+
+
 class ScaledEmbedding(nn.Module):
     """A learned table, read times ``boost`` (upstream transformer.ScaledEmbedding): [N] -> [N, dim]."""
 
@@ -231,6 +248,9 @@ class CrossTransformerEncoder(nn.Module):
     (used when ``norm_in`` is false) and ``group_norm`` are GroupNorms of one group over the sequence.
     """
 
+    norm_in: nn.LayerNorm | SequenceGroupNorm | nn.Identity
+    norm_in_t: nn.LayerNorm | SequenceGroupNorm | nn.Identity
+
     def __init__(
         self,
         dim: int,
@@ -270,7 +290,7 @@ class CrossTransformerEncoder(nn.Module):
             self.norm_in, self.norm_in_t = SequenceGroupNorm(1, dim), SequenceGroupNorm(1, dim)
         else:
             self.norm_in, self.norm_in_t = nn.Identity(), nn.Identity()
-        options = dict(
+        options = _LayerOptions(
             dim=dim,
             heads=num_heads,
             hidden=int(dim * hidden_scale),
@@ -280,7 +300,7 @@ class CrossTransformerEncoder(nn.Module):
             norm_out=norm_out,
             layer_scale=layer_scale,
         )
-        kinds = [
+        kinds: list[type[SelfAttentionLayer | CrossAttentionLayer]] = [
             SelfAttentionLayer if i % 2 == self.classic_parity else CrossAttentionLayer
             for i in range(num_layers)
         ]

@@ -93,7 +93,7 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.log(A))  # [d_inner, d_state]
         self.D = nn.Parameter(torch.ones(self.d_inner))
         for p in (self.A_log, self.D, self.dt_proj.bias):
-            p._no_weight_decay = True
+            p._no_weight_decay = True  # type: ignore[attr-defined]  # mamba_ssm's optimizer flag, undeclared
 
     def forward(self, u: Tensor) -> Tensor:
         if resolve_backend(self.backend, u.device, kernel="selective_scan") == "cuda":
@@ -121,7 +121,9 @@ class Mamba(nn.Module):
         x = F.silu(self.conv1d(x)[..., :length])
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], -1)
         delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # [b, d_inner, L]; bias added in the kernel
-        y = cuda_kernels().selective_scan(
+        kernels = cuda_kernels()
+        assert kernels is not None  # resolve_backend chose cuda: they imported
+        y = kernels.selective_scan(
             x,
             delta,
             self._A(),

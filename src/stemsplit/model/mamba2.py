@@ -192,7 +192,7 @@ class Mamba2(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(*A_init_range)))
         self.D = nn.Parameter(torch.ones(self.nheads))
         for p in (self.dt_bias, self.A_log, self.D):
-            p._no_weight_decay = True
+            p._no_weight_decay = True  # type: ignore[attr-defined]  # mamba_ssm's optimizer flag, undeclared
 
         self.norm = RMSNormGated(self.d_inner, eps=1e-5)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
@@ -252,6 +252,7 @@ class Mamba2(nn.Module):
 
     def _forward_cuda(self, u: Tensor) -> Tensor:
         kernels = cuda_kernels()
+        assert kernels is not None  # resolve_backend chose cuda: they imported
         zxbcdt = self.in_proj(u)
         A = -torch.exp(self.A_log.float())
         conv_weight = self.conv1d.weight.squeeze(1)  # [conv_dim, d_conv]

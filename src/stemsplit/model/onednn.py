@@ -23,8 +23,9 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Iterator
-from types import SimpleNamespace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -48,13 +49,23 @@ _ACTIVATIONS = {None: ("none", None), "tanh": ("tanh", torch.tanh), "silu": ("sw
 _switch = {"on": os.environ.get(ENV, "1") != "0"}
 
 
+@dataclass(frozen=True)
+class _Ops:
+    """oneDNN's operators (``torch.ops.mkldnn``) and whether the CPU runs bfloat16 natively."""
+
+    linear: Callable[..., Tensor]
+    linear_binary: Callable[..., Tensor]
+    conv: Callable[..., Tensor]
+    bf16: bool
+
+
 @functools.cache
-def _ops() -> SimpleNamespace | None:
+def _ops() -> _Ops | None:
     """The oneDNN operators, or None where they are missing or give wrong numbers."""
     try:
         if not torch.backends.mkldnn.is_available():
             return None
-        ops = SimpleNamespace(
+        ops = _Ops(
             linear=torch.ops.mkldnn._linear_pointwise.default,
             linear_binary=torch.ops.mkldnn._linear_pointwise.binary,
             conv=torch.ops.mkldnn._convolution_pointwise.default,
@@ -66,6 +77,13 @@ def _ops() -> SimpleNamespace | None:
     except Exception as exc:  # missing operator, changed signature, wrong result
         log.debug("oneDNN CPU kernels unavailable (%s: %s)", type(exc).__name__, exc)
         return None
+    return ops
+
+
+def _loaded_ops() -> _Ops:
+    """The oneDNN operators, once :func:`available` (or :func:`_dtype`) has said they loaded."""
+    ops = _ops()
+    assert ops is not None
     return ops
 
 
@@ -85,15 +103,14 @@ def enabled(on: bool) -> Iterator[None]:
         _switch["on"] = before
 
 
-def _dtype(*tensors: Tensor) -> torch.dtype | None:
+def _dtype(x: Tensor, *others: Tensor | None) -> torch.dtype | None:
     """The dtype to run oneDNN in, or None if these tensors must take the PyTorch path."""
-    x = tensors[0]
     if x.device.type != "cpu" or torch.compiler.is_compiling() or not available():
         return None  # under torch.compile the plain ops are traced: inductor fuses them itself
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *others)):
         return None  # oneDNN's ops have no backward
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    if dtype == torch.float32 or (dtype == torch.bfloat16 and _ops().bf16):
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and _loaded_ops().bf16):
         return dtype
     return None
 
@@ -101,6 +118,12 @@ def _dtype(*tensors: Tensor) -> torch.dtype | None:
 def usable(*tensors: Tensor) -> bool:
     """The oneDNN path would be taken for these operands (CPU, float32/bf16, no autograd)."""
     return _dtype(*tensors) is not None
+
+
+@overload
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor: ...
+@overload
+def _cast(t: None, dtype: torch.dtype) -> None: ...
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -117,7 +140,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     if dtype is None:
         y = F.linear(x, weight, bias)
         return y if fn is None else fn(y)
-    return _ops().linear(_cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype), name, [], "")
+    return _loaded_ops().linear(_cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype), name, [], "")
 
 
 def grouped_linear(
@@ -139,7 +162,7 @@ def grouped_linear(
     # [rows, C] memory is a [1, C, 1, rows] image in channels-last order.
     image = _cast(x, dtype).reshape(1, -1, channels).permute(0, 2, 1).unsqueeze(2)
     w4 = _cast(weight, dtype).unsqueeze(-1)
-    y = _ops().conv(image, w4, _cast(bias, dtype), [0, 0], [1, 1], [1, 1], groups, name, [], "")
+    y = _loaded_ops().conv(image, w4, _cast(bias, dtype), [0, 0], [1, 1], [1, 1], groups, name, [], "")
     return y[0, :, 0].T.reshape(*lead, -1)
 
 
@@ -151,7 +174,7 @@ def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, other: Tensor) ->
     if other.dtype != dtype:
         # Under bf16 autocast the float32 residual stream stays float32: add separately.
         return other + linear(x, weight, bias)
-    return _ops().linear_binary(
+    return _loaded_ops().linear_binary(
         _cast(x, dtype), other.contiguous(), _cast(weight, dtype), _cast(bias, dtype), "add"
     )
 
@@ -175,7 +198,7 @@ def bmm(a: Tensor, b: Tensor) -> Tensor:
     groups = a.numel() // (m * k)
     weight = _cast(a, dtype).reshape(groups * m, k, 1, 1).contiguous()
     image = _cast(b, dtype).reshape(1, groups * k, 1, p).contiguous()
-    y = _ops().conv(image, weight, None, [0, 0], [1, 1], [1, 1], groups, "none", [], "")
+    y = _loaded_ops().conv(image, weight, None, [0, 0], [1, 1], [1, 1], groups, "none", [], "")
     return y.reshape(*batch, m, p)
 
 
@@ -197,5 +220,7 @@ def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
     # NHWC depthwise kernel with the SiLU fused in. Padding is symmetric: drop the tail.
     x4 = _cast(x, dtype).contiguous().permute(0, 2, 1).unsqueeze(2)
     w4 = _cast(weight, dtype).unsqueeze(2)  # [C, 1, 1, width]
-    y = _ops().conv(x4, w4, _cast(bias, dtype), [0, width - 1], [1, 1], [1, 1], channels, "swish", [], "")
+    y = _loaded_ops().conv(
+        x4, w4, _cast(bias, dtype), [0, width - 1], [1, 1], [1, 1], channels, "swish", [], ""
+    )
     return y[:, :, 0, :length].permute(0, 2, 1)

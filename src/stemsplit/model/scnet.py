@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -314,8 +315,9 @@ class SCNet(nn.Module):
 
     config: SCNetConfig
     card: ModelCard
+    window: Tensor  # a buffer
 
-    def __init__(self, config: SCNetConfig | None = None, **fields: object) -> None:
+    def __init__(self, config: SCNetConfig | None = None, **fields: Any) -> None:
         super().__init__()
         self.config = c = replace(config or SCNetConfig(), **fields)
         problem = c.problem()
@@ -379,9 +381,9 @@ class SCNet(nn.Module):
             x, skip, widths, widths_before = block(x)
             saved.append((skip, widths, widths_before))
         x = self.separation_net(x)
-        for (fusion, upsample), (skip, widths, widths_before) in zip(
-            self.decoder, reversed(saved), strict=True
-        ):
+        for level, (skip, widths, widths_before) in zip(self.decoder, reversed(saved), strict=True):
+            assert isinstance(level, nn.ModuleList)  # [FusionLayer, SparseUpsample] (nn.Module to mypy)
+            fusion, upsample = level
             x = upsample(fusion(x, skip), widths, widths_before)
 
         s = c.num_sources

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import overload
 
 from torch import Tensor, nn
+
+from ..card import ModelCard
 
 __all__ = ["StateDictMismatch", "check_state_dict", "summarise", "unwrap_state_dict"]
 
@@ -13,15 +16,23 @@ class StateDictMismatch(ValueError):
     """A state dict does not fit the model; the message lists what differs."""
 
 
-def unwrap_state_dict(obj: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+@overload
+def unwrap_state_dict(obj: Mapping[str, Tensor]) -> Mapping[str, Tensor]: ...
+@overload
+def unwrap_state_dict(obj: Mapping[str, object]) -> Mapping[str, object]: ...
+
+
+def unwrap_state_dict(obj: Mapping[str, object]) -> Mapping[str, object]:
     """Accept a plain state dict, or one as training tools save it.
 
     Unwraps ``state_dict`` / ``state`` wrappers (Lightning, some trainers) and
     strips the ``module.`` prefix that ``DataParallel``/DDP put on every key.
+    A wrapper may hold more than tensors: what is unwrapped from one is the caller's to check.
     """
     for wrapper in ("state_dict", "state"):
-        if wrapper in obj and isinstance(obj[wrapper], Mapping):
-            return unwrap_state_dict(obj[wrapper])
+        inner = obj.get(wrapper)
+        if isinstance(inner, Mapping):
+            return unwrap_state_dict(inner)
     if obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):
         return {k[len("module.") :]: v for k, v in obj.items()}
     return obj
@@ -50,6 +61,8 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
     if misshaped:
         problems.append(f"{len(misshaped)} with wrong shape: {summarise(misshaped)}")
     if problems:
+        card = model.card
+        assert isinstance(card, ModelCard)  # every network carries one (nn.Module types it Tensor | Module)
         raise StateDictMismatch(
-            f"state dict does not fit {model.card.architecture} {model.config}: " + "; ".join(problems)
+            f"state dict does not fit {card.architecture} {model.config}: " + "; ".join(problems)
         )
