@@ -16,6 +16,10 @@ from .common import err_console, error_line, one_line
 if TYPE_CHECKING:
     from .song import Song
 
+# TS (12 layers, N = 128) per 3 s window on 2 cores, fp32 and bf16 (benchmarks/bench_model.py, AMD EPYC)
+CPU_SECONDS_PER_WINDOW = {"fp32": 6.2, "bf16": 4.5}
+TS_PARAMETERS = 35.5e6  # the paper's TS: the estimate above scales with a model's size
+
 
 class Reporter:
     """Turns engine progress events into a progress bar (terminals), plain lines (logs) or JSON lines."""
@@ -171,3 +175,18 @@ def print_summary(run: list[Song], reporter: Reporter, batch: bool) -> None:
                 reporter.line(f"{song.outputs.source.path}: failed (the error above)")
     if reporter.shard_note:
         reporter.line(reporter.shard_note)
+
+
+def cpu_seconds_per_window(separator: Any) -> float:
+    """A first guess for the ETA until the first windows are timed; any family, by parameter count
+    (an ensemble's: its members' average)."""
+    import torch
+
+    members = getattr(separator, "members", [separator])
+    guesses = []
+    for member in members:
+        scale = sum(p.numel() for p in member.model.parameters()) / TS_PARAMETERS
+        seconds = member.window / member.sample_rate / 3
+        per_window = CPU_SECONDS_PER_WINDOW[member.precision]
+        guesses.append(per_window * scale * seconds * 2 / max(1, torch.get_num_threads()))
+    return sum(guesses) / len(guesses)

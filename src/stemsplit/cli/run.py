@@ -32,12 +32,8 @@ from .model_args import (
     window_before_loading,
     wrong_task,
 )
-from .reporter import Reporter, print_summary
+from .reporter import Reporter, cpu_seconds_per_window, print_summary
 from .song import Song, record_settings, separate_one
-
-# TS (12 layers, N = 128) per 3 s window on 2 cores, fp32 and bf16 (benchmarks/bench_model.py, AMD EPYC)
-CPU_SECONDS_PER_WINDOW = {"fp32": 6.2, "bf16": 4.5}
-TS_PARAMETERS = 35.5e6  # the paper's TS: the estimate above scales with a model's size
 
 
 def engine_settings(args: dict[str, Any], device: str | None = None) -> Any:
@@ -431,7 +427,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             return EXIT_FAILED
         return 0
     if separator.device.type == "cpu":
-        reporter.cpu_seconds_per_window = _cpu_seconds_per_window(separator)
+        reporter.cpu_seconds_per_window = cpu_seconds_per_window(separator)
 
     records = None
     if batch:
@@ -503,18 +499,3 @@ def _report(run: list[Song], reporter: Reporter, batch: bool, separate: Callable
             raise
         reporter.end_report(interrupted=False)
     print_summary(run, reporter, batch)
-
-
-def _cpu_seconds_per_window(separator) -> float:
-    """A first guess for the ETA until the first windows are timed; any family, by parameter count
-    (an ensemble's: its members' average)."""
-    import torch
-
-    members = getattr(separator, "members", [separator])
-    guesses = []
-    for member in members:
-        scale = sum(p.numel() for p in member.model.parameters()) / TS_PARAMETERS
-        seconds = member.window / member.sample_rate / 3
-        per_window = CPU_SECONDS_PER_WINDOW[member.precision]
-        guesses.append(per_window * scale * seconds * 2 / max(1, torch.get_num_threads()))
-    return sum(guesses) / len(guesses)
