@@ -50,11 +50,6 @@ __all__ = [
 ]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _as_state_dict(obj: Any, label: str) -> dict[str, torch.Tensor]:
     """Unwrap trainer wrappers and check that what is left maps names to tensors."""
     if not isinstance(obj, Mapping):
