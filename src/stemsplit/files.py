@@ -246,7 +246,7 @@ def special_file(path: Path) -> str | None:
     return kind
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """``write(temp)`` into a temporary sibling of ``path``, then rename it to ``path``.
 
     On any failure the temporary file is removed and ``path`` is untouched. A ``path`` that is a
