@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "DEFAULT_HOP",
@@ -24,6 +28,7 @@ __all__ = [
     "SPEAKER_STEMS",
     "TASKS",
     "ModelCard",
+    "card_of",
     "default_stem_names",
     "other_is_the_rest",
     "stem_name_problem",
@@ -152,3 +157,11 @@ class ModelCard:
             raise ValueError(f"rest_stem {self.rest_stem!r} must be the last stem, {self.stems[-1]!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+
+
+def card_of(model: nn.Module) -> ModelCard:
+    """``model.card``: every network stemsplit builds or loads carries one. (To a type checker an
+    ``nn.Module``'s attributes are tensors or modules; this says what the card is, and checks it.)"""
+    card = model.card
+    assert isinstance(card, ModelCard), f"{type(model).__name__}.card is a {type(card).__name__}"
+    return card

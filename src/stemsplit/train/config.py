@@ -17,11 +17,14 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..card import MUSIC_STEMS, SPEAKER_STEMS, stem_name_problem
 from ..engine.settings import SeparationError, check_settings, parse_device
 from ..files import creation_problem
+
+if TYPE_CHECKING:
+    from typing import Self  # (Python 3.11; the package runs on 3.10, where only the checker needs it)
 
 __all__ = [
     "DEFAULT_ARCH",
@@ -198,15 +201,21 @@ class TrainConfig:
         return out_problem(self.out, self.resume)
 
     @classmethod
-    def for_arch(cls, arch: str = DEFAULT_ARCH, **given: Any) -> TrainConfig:
+    def for_arch(cls, arch: str = DEFAULT_ARCH, **given: Any) -> Self:
         """The recipe of ``arch``'s paper, with the fields in ``given`` (None: not given) changed."""
         chosen = {k: v for k, v in given.items() if v is not None}
         return cls(**{"arch": arch, **RECIPES.get(arch, {}), **chosen})
 
     @property
+    def dataset_stems(self) -> tuple[str, ...]:
+        """``stems`` once given or defaulted: the dataset's stems."""
+        assert self.stems is not None  # (__post_init__ sets the default)
+        return self.stems
+
+    @property
     def model_stems(self) -> tuple[str, ...]:
         """The stems the model outputs: every dataset stem, or the one ``target``."""
-        return self.stems if self.target == "all" else (self.target,)
+        return self.dataset_stems if self.target == "all" else (self.target,)
 
 
 # What a run writes into its folder besides last.pt (a new run never replaces any of them).

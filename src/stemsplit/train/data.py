@@ -29,6 +29,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -40,12 +41,31 @@ from ..datasets.musdb_layout import DatasetError
 from ..files import write_atomically
 from ..weights import cache_dir
 
-__all__ = ["EpochDataset", "RemixDataset", "SalientIndex", "SpeechCrops", "salient_segments"]
+if TYPE_CHECKING:
+    from typing import Unpack  # (Python 3.11; the package runs on 3.10, where only the checker needs it)
+
+__all__ = [
+    "DetectorSettings",
+    "EpochDataset",
+    "RemixDataset",
+    "SalientIndex",
+    "SpeechCrops",
+    "salient_segments",
+]
 
 _CACHE_VERSION = 1
 
 
 # --- source activity detection ------------------------------------------------------------------
+
+
+class DetectorSettings(TypedDict, total=False):
+    """:func:`salient_segments`' settings besides the segment length (each left out: its default)."""
+
+    chunks: int
+    quantile: float
+    min_energy: float
+    floor: float
 
 
 def salient_segments(
@@ -107,7 +127,7 @@ class SalientIndex:
         stems: Sequence[str],
         segment_seconds: float = 6.0,
         cache_dir: str | Path | None = None,
-        **sad_kwargs: float,
+        **sad_kwargs: Unpack[DetectorSettings],
     ) -> SalientIndex:
         """Read the index from the cache, or run :func:`salient_segments` over every stem and cache it."""
         stems = tuple(stems)
@@ -171,7 +191,7 @@ def _default_cache_dir() -> Path:
 
 
 def _index_key(
-    tracks: Sequence[Track], stems: tuple[str, ...], segment_seconds: float, sad_kwargs: dict[str, float]
+    tracks: Sequence[Track], stems: tuple[str, ...], segment_seconds: float, sad_kwargs: DetectorSettings
 ) -> str:
     identity = {
         "tracks": [[str(t.folder.resolve()), t.name, t.frames, t.sample_rate] for t in tracks],
@@ -210,10 +230,10 @@ class EpochDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         return self.sample(self.epoch, i)
 
-    def sample(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, epoch: int, i: int) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
 
@@ -251,14 +271,15 @@ class RemixDataset(EpochDataset):
         self.gain_db, self.drop_prob = gain_db, drop_prob
         self.epoch = 0
 
-    def sample(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item ``i`` of ``epoch``: the stems of :meth:`_draws`, summed, rescaled if a peak exceeds 1."""
-        targets = np.zeros((len(self.stems), self.channels, self.frames), dtype=np.float32)
-        for target, stem, draw in zip(targets, self.stems, self._draws(epoch, i), strict=True):
+    def sample(self, epoch: int, i: int) -> tuple[torch.Tensor, ...]:
+        """Item ``i`` of ``epoch``: the stems of :meth:`_draws`, summed, rescaled if a peak exceeds 1.
+        (A subclass's item may hold more: :class:`stemsplit.train.finetune.FinetuneDataset`.)"""
+        signals = np.zeros((len(self.stems), self.channels, self.frames), dtype=np.float32)
+        for target, stem, draw in zip(signals, self.stems, self._draws(epoch, i), strict=True):
             if not draw.dropped:
                 audio = self.tracks[draw.track].read(stem, draw.start, self.frames)
                 target[:, : audio.shape[1]] = audio * np.float32(10 ** (draw.gain_db / 20))
-        targets = torch.from_numpy(targets)
+        targets = torch.from_numpy(signals)
         mixture = targets.sum(0)
         peak = max(float(mixture.abs().max()), float(targets.abs().max()))
         if peak > 1:

@@ -29,10 +29,11 @@ import torch
 import torch.distributed as dist
 
 from ..card import MUSIC_STEMS
+from ..datasets.musdb import Track
 from ..datasets.musdb_layout import DatasetError
 from ..weights import LoadedModel, WeightsError, load_model, save_checkpoint
 from .config import FinetuneConfig
-from .data import RemixDataset
+from .data import EpochDataset, RemixDataset, SalientIndex
 from .distributed import broadcast_from_main
 from .errors import TrainError
 from .loop import Run, train
@@ -209,7 +210,8 @@ class FinetuneRun(Run):
         self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         model_stems = config.model_stems
         self.teacher_index = torch.tensor(
-            [model_stems.index(s) if s in model_stems else 0 for s in config.stems], device=self.device
+            [model_stems.index(s) if s in model_stems else 0 for s in config.dataset_stems],
+            device=self.device,
         )
         if self.ranks.main and self.teacher_context:
             views = self.teacher_views
@@ -231,8 +233,8 @@ class FinetuneRun(Run):
     def _network(self, model_config: Any) -> torch.nn.Module:
         return copy.deepcopy(self.pretrained.model).train().requires_grad_(True)
 
-    def _training_data(self, index: Any) -> torch.utils.data.Dataset:
-        config, first = self.config, self.train_tracks[0]
+    def _training_data(self, tracks: list[Track], index: SalientIndex | None) -> EpochDataset:
+        config, first = self.config, tracks[0]
 
         def prepare() -> list[UnlabeledSong]:
             return prepare_unlabeled(
@@ -249,9 +251,10 @@ class FinetuneRun(Run):
         if self.ranks.world > 1:
             dist.barrier()  # rank 0 decoded the songs; the others read its index
             songs = songs or prepare()
+        assert songs is not None  # (every rank has them: a lone process is rank 0)
         return FinetuneDataset(
-            self.train_tracks,
-            config.stems,
+            tracks,
+            config.dataset_stems,
             config.crop_seconds,
             config.epoch_size,
             config.seed,

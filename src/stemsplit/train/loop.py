@@ -18,17 +18,19 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
 
+from ..card import card_of
 from ..files import write_atomically, write_failure
 from ..model import build_model
+from ..model.families import config_dict
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..runtime import resolve_precision
 from ..weights import save_checkpoint
@@ -47,6 +49,11 @@ from .resume import (
     set_rng_state,
 )
 from .schedule import LrSchedule
+
+if TYPE_CHECKING:
+    from ..datasets.libri2mix import SpeechTrack
+    from ..datasets.musdb import Track
+    from .data import EpochDataset, SalientIndex
 
 __all__ = ["Run", "train"]
 
@@ -69,6 +76,11 @@ class Run:
     holds besides (:meth:`_state`, :meth:`_resume`).
     """
 
+    # The data (music: MUSDB18-HQ tracks; speakers: Libri2Mix mixtures), set by _music_data or _speech_data.
+    train_tracks: list[Track] | list[SpeechTrack]
+    valid_tracks: list[Track] | list[SpeechTrack]
+    dataset: EpochDataset
+
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
         self.config, self.log = config, log
         self.last_path = config.out / "last.pt"
@@ -89,10 +101,11 @@ class Run:
 
         # The model config first: a bad file fails at once, not after the salient-segment index.
         model_config = self._model_config()
-        self.target_index = [config.stems.index(stem) for stem in config.model_stems]
+        self.target_index = [config.dataset_stems.index(stem) for stem in config.model_stems]
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = self._network(model_config)
-        shortest = self.model.card.min_samples / self.model.card.sample_rate
+        card = card_of(self.model)
+        shortest = card.min_samples / card.sample_rate
         for name in ("crop_seconds", "valid_window"):
             if getattr(config, name) < shortest:
                 raise TrainError(
@@ -100,7 +113,7 @@ class Run:
                     f"({shortest * 1000:.1f} ms)"
                 )
         # What the network separates decides the data, the loss and the validation score.
-        self.task = self.model.card.task
+        self.task = card.task
         self._check_dataset_flags()
         if self.task == "speakers":
             self._speech_data()
@@ -108,9 +121,10 @@ class Run:
             self._music_data()
         self.model = self.model.to(self.device)
         if config.checkpoint_activations:
-            if not hasattr(self.model, "checkpoint_activations"):
+            enable = getattr(self.model, "checkpoint_activations", None)  # some families have it
+            if enable is None:
                 raise TrainError(f"--checkpoint-activations: {config.arch} does not support it")
-            self.model.checkpoint_activations()
+            enable()
         self.ddp = (
             torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
@@ -164,7 +178,8 @@ class Run:
 
         config = self.config
         self.data_root, self.score_name = config.musdb, "uSDR"
-        tracks = find_tracks(config.musdb, "train", config.stems)
+        assert config.musdb is not None  # (_check_dataset_flags: the task's dataset is given)
+        tracks = find_tracks(config.musdb, "train", config.dataset_stems)
         self.train_tracks, self.valid_tracks = dataset_split(config.musdb, tracks)
         if not self.train_tracks:
             raise TrainError(f"{config.musdb}: no training tracks left after the validation split")
@@ -173,12 +188,18 @@ class Run:
         self._check_sample_rate(common_format(self.train_tracks)[0])
         if config.valid_tracks is not None:
             self.valid_tracks = self.valid_tracks[: config.valid_tracks]
-        sad = {"segment_seconds": config.sad_seconds, "quantile": config.sad_quantile}
-        index = SalientIndex.build(self.train_tracks, config.stems, **sad) if self.ranks.main else None
+        build_index = partial(
+            SalientIndex.build,
+            self.train_tracks,
+            config.dataset_stems,
+            segment_seconds=config.sad_seconds,
+            quantile=config.sad_quantile,
+        )
+        index = build_index() if self.ranks.main else None
         if self.ranks.world > 1:
             dist.barrier()  # rank 0 built the cache; the others read it
-            index = index or SalientIndex.build(self.train_tracks, config.stems, **sad)
-        self.dataset = self._training_data(index)
+            index = index or build_index()
+        self.dataset = self._training_data(self.train_tracks, index)
 
     def _say_short_tracks(self, noun: str) -> None:
         """One line before the first step when training tracks are shorter than a crop: their examples
@@ -200,7 +221,7 @@ class Run:
 
     def _check_sample_rate(self, rate: int) -> None:
         """The dataset's sample rate must be the network's."""
-        network = self.model.card.sample_rate
+        network = card_of(self.model).sample_rate
         if rate != network:
             where = (
                 f"set sr = {rate} in --model-config"
@@ -212,14 +233,14 @@ class Run:
                 f"{rate} Hz but the model works at {network} Hz; resample the dataset or {where}"
             )
 
-    def _training_data(self, index: Any) -> torch.utils.data.Dataset:
-        """The music training samples: BSRNN's remix of the training tracks' salient segments."""
+    def _training_data(self, tracks: list[Track], index: SalientIndex | None) -> EpochDataset:
+        """The music training samples: BSRNN's remix of the training ``tracks``' salient segments."""
         from .data import RemixDataset
 
         config = self.config
         return RemixDataset(
-            self.train_tracks,
-            config.stems,
+            tracks,
+            config.dataset_stems,
             config.crop_seconds,
             config.epoch_size,
             config.seed,
@@ -235,8 +256,11 @@ class Run:
 
         config = self.config
         self.data_root, self.score_name = config.libri2mix, "SI-SNRi"
-        if len(config.stems) != 2:
-            raise TrainError(f"--stems: a Libri2Mix-layout folder has two talkers, not {len(config.stems)}")
+        assert config.libri2mix is not None  # (_check_dataset_flags: the task's dataset is given)
+        if len(config.dataset_stems) != 2:
+            raise TrainError(
+                f"--stems: a Libri2Mix-layout folder has two talkers, not {len(config.dataset_stems)}"
+            )
         try:
             self.train_tracks = find_speech_mixtures(config.libri2mix, "train-100", config.mixture)
             has_dev = (config.libri2mix / "dev").is_dir() or (
@@ -278,7 +302,7 @@ class Run:
             "global_step": self.global_step,
             "rng": rng_state(),
             "config": json.dumps(self.config.to_json()),
-            "model_config": json.dumps({"architecture": self.config.arch, **asdict(self.model.config)}),
+            "model_config": json.dumps({"architecture": self.config.arch, **config_dict(self.model.config)}),
         }
 
     def save(self) -> None:
@@ -308,7 +332,7 @@ class Run:
     def _resume(self) -> dict[str, Any]:
         """Restore the run from ``last.pt``; returns the checkpoint (for what subclasses saved in it)."""
         state = load_checkpoint(self.last_path)
-        architecture = {"architecture": self.config.arch, **asdict(self.model.config)}
+        architecture = {"architecture": self.config.arch, **config_dict(self.model.config)}
         state["model_config"].setdefault("architecture", TS_BSMAMBA2)  # runs saved before families
         saved = saved_recipe(self.config, state["config"])
         changes = recipe_changes(self.config, saved)
@@ -373,7 +397,7 @@ class Run:
         if self.task == "speakers":
             loss = pit_si_snr_loss(outputs, targets)
         else:
-            loss = separation_loss(outputs, targets, *self.model.card.stft)
+            loss = separation_loss(outputs, targets, *card_of(self.model).stft)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)

@@ -13,6 +13,8 @@ no fixed order, any one that separates the talkers is right).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
@@ -63,7 +65,8 @@ def separation_loss(
     outputs: a model's output, [B, S, ch, samples] or a tuple of them; targets: [B, S, ch, samples].
     """
     stages = outputs if isinstance(outputs, tuple) else (outputs,)
-    return sum(band_split_loss(stage, targets, n_fft, hop) for stage in stages)
+    losses = (band_split_loss(stage, targets, n_fft, hop) for stage in stages)
+    return cast(Tensor, sum(losses))  # sum() of tensors is a tensor
 
 
 def pit_si_snr_loss(outputs: Tensor | tuple[Tensor, ...], targets: Tensor) -> Tensor:
@@ -74,4 +77,5 @@ def pit_si_snr_loss(outputs: Tensor | tuple[Tensor, ...], targets: Tensor) -> Te
     """
     stages = outputs if isinstance(outputs, tuple) else (outputs,)
     with torch.autocast(targets.device.type, enabled=False):
-        return sum(-pit_si_snr(stage.float(), targets.float())[0].mean() for stage in stages)
+        losses = (-pit_si_snr(stage.float(), targets.float())[0].mean() for stage in stages)
+        return cast(Tensor, sum(losses))  # sum() of tensors is a tensor

@@ -40,7 +40,9 @@ RENAMED = {"seconds": "crop_seconds"}
 def rng_state() -> dict[str, Any]:
     """The global random states as tensors and numbers, which ``torch.load(weights_only=True)`` reads."""
     version, words, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state()
+    assert isinstance(legacy, tuple)  # (legacy=True, the default: the MT19937 tuple)
+    kind, keys, position, has_gauss, cached = legacy
     state = {
         "python": torch.tensor(words, dtype=torch.int64),  # 625 32-bit words
         "python_version": version,
@@ -130,8 +132,11 @@ def recipe_changes(config: TrainConfig, saved: dict[str, Any]) -> list[str]:
         new, old = now.get(name), saved.get(name)
         # A folder or checkpoint file: the same path, however it is spelled.
         paths = ("musdb", "libri2mix", "unlabeled")
-        is_path = isinstance(old, str) and isinstance(new, str)
-        is_path = is_path and (name in paths or (name == "model" and Path(old).is_file()))
+        is_path = (
+            isinstance(old, str)
+            and isinstance(new, str)
+            and (name in paths or (name == "model" and Path(old).is_file()))
+        )
         same = Path(new).resolve() == Path(old).resolve() if is_path and old and new else new == old
         if not same:
             was = as_flag(name, old).split(" ", 1)[1]

@@ -104,6 +104,7 @@ def teacher_estimates(
                 estimates.append((out[-1] if isinstance(out, tuple) else out).float())
             crop_at = context - offset  # where the crop lies in this window
             total = total + torch.cat(estimates)[..., crop_at : crop_at + frames]
+    assert isinstance(total, torch.Tensor)  # (view_offsets gives one view at least)
     estimate = total / len(offsets)
     return (
         estimate if outputs is None else estimate[torch.arange(len(regions), device=regions.device), outputs]

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,11 @@ def decode(path: Path, sample_rate: int, channels: int) -> np.ndarray:
         audio = audio.mean(axis=0, keepdims=True) if channels == 1 else np.repeat(audio, channels, axis=0)
     peak = float(np.abs(audio).max(initial=0.0))
     return np.ascontiguousarray(audio / peak if peak > 1 else audio, dtype=np.float32)
+
+
+def _write_flac(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """A decoded song [channels, frames] as the 16-bit FLAC file ``path``."""
+    sf.write(sf_name(path), audio.T, sample_rate, "PCM_16", format="FLAC")
 
 
 def prepare_unlabeled(
@@ -161,10 +167,7 @@ def prepare_unlabeled(
             starts = salient_segments(audio, sample_rate, segment_seconds, quantile=quantile)
             ours.add(file.name)  # before writing: a half-written file is ours to remove too
             try:
-                write_atomically(
-                    file,
-                    lambda temp, a=audio: sf.write(sf_name(temp), a.T, sample_rate, "PCM_16", format="FLAC"),
-                )
+                write_atomically(file, partial(_write_flac, audio=audio, sample_rate=sample_rate))
             except (OSError, sf.LibsndfileError, RuntimeError) as exc:  # a full or read-only disk
                 raise TrainError(f"{file}: cannot write the decoded song ({exc})") from None
             entry = {

@@ -25,13 +25,13 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 from torch import nn
 
-from ..card import default_stem_names
+from ..card import card_of, default_stem_names
 from ..files import write_atomically
 from ..model import bs_mamba2, families
 from ..model.htdemucs import config_from_kwargs
 from ..model.state_dict import StateDictMismatch, check_state_dict, unwrap_state_dict
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
-from ..model.ts_bsmamba2 import config_from_state_dict
+from ..model.ts_bsmamba2 import TSBSMamba2Config, config_from_state_dict
 from .demucs import load_markers, package_to_file
 from .errors import CheckpointError, UnsafeCheckpointError
 from .metadata import CheckpointInfo, _where, read_info
@@ -48,11 +48,6 @@ __all__ = [
     "save_checkpoint",
     "torch_load_safely",
 ]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _as_state_dict(obj: Any, label: str) -> dict[str, torch.Tensor]:
@@ -192,7 +187,7 @@ def save_checkpoint(model: nn.Module, path: Path, **extra: Any) -> None:
     The architecture, config, stems, sample rate and normalisation come from
     ``model.card`` and ``model.config``; ``extra`` (epoch, scores, ...) is kept as strings.
     """
-    card = model.card
+    card = card_of(model)
     metadata = {
         "architecture": card.architecture,
         "config": json.dumps(families.config_dict(model.config)),
@@ -211,8 +206,10 @@ def save_checkpoint(model: nn.Module, path: Path, **extra: Any) -> None:
 
 def _config_of(info: CheckpointInfo, state_dict: Mapping[str, torch.Tensor], label: str) -> Any:
     """The family config from the metadata, or (old TS-BSMamba2 files) inferred from the weights."""
+    config: Any  # the family's config dataclass
     try:
         if info.upstream == "demucs":  # Demucs's own constructor kwargs, defaults left out
+            assert info.config is not None  # (read_info gives a Demucs file's kwargs as its config)
             config, _ = config_from_kwargs({**info.config, "sources": list(info.stems or ())})
         elif info.config is not None:
             config = families.make_config(info.architecture, overrides=info.config)
@@ -262,21 +259,23 @@ def build_network(
         ) from None
     model = families.build_model(architecture, config, stems)
     model.load_state_dict(state_dict, strict=True)
-    model.card = replace(model.card, stems=stems, normalization=normalization)
+    # (nn.Module's __setattr__ is typed for tensors and modules only)
+    model.card = replace(card_of(model), stems=stems, normalization=normalization)  # type: ignore[assignment]
     return model.eval()
 
 
 def _found(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
     """For a network that does not fit: the other family MSST's ``bs_mamba2`` builds, when the weights
     are that one's; for a TS-BSMamba2, which config fields the weights have instead."""
-    other = bare_architecture(state_dict)
+    other, architecture = bare_architecture(state_dict), card_of(model).architecture
     ts_weights = "BN_mask.0.1.weight" in state_dict
-    mixed_up = other != model.card.architecture and (other == bs_mamba2.ARCHITECTURE or ts_weights)
-    if model.card.architecture in BS_MAMBA2_KINDS and mixed_up:
+    mixed_up = other != architecture and (other == bs_mamba2.ARCHITECTURE or ts_weights)
+    if architecture in BS_MAMBA2_KINDS and mixed_up:
         return f"the checkpoint is a {BS_MAMBA2_KINDS[other]}; "
-    if model.card.architecture != TS_BSMAMBA2:
+    if architecture != TS_BSMAMBA2:
         return ""
     config = model.config
+    assert isinstance(config, TSBSMamba2Config)
     try:
         found = config_from_state_dict(state_dict, sr=config.sr, stride=config.stride)
     except StateDictMismatch:
@@ -311,19 +310,23 @@ def network_from_file(
         info = replace(info, architecture=bare_architecture(state_dict))
     config = _config_of(info, state_dict, label)
     family = families.family(info.architecture)
-    outputs = getattr(config, family.stem_field or "", None)
-    if info.stems is None and outputs is None:
-        raise CheckpointError(f"{label}: a {info.architecture} checkpoint needs its stems in the metadata")
-    stems = info.stems or default_stem_names(outputs)
+    outputs: int | None = getattr(config, family.stem_field or "", None)
+    stems = info.stems  # (read_info gives None or names, never an empty tuple)
+    if stems is None:
+        if outputs is None:
+            raise CheckpointError(
+                f"{label}: a {info.architecture} checkpoint needs its stems in the metadata"
+            )
+        stems = default_stem_names(outputs)
     rest = family.rest_stem and outputs is not None and len(stems) == outputs + 1  # mixture minus the others
     if outputs is not None and len(stems) != outputs and not rest:
         raise CheckpointError(
             f"{label}: metadata names {len(stems)} stems but the network has {outputs} outputs"
         )
     model = build_network(state_dict, info.architecture, config, stems, label, info.normalization)
-    if info.task is not None and info.task != model.card.task:  # what the CLI checked before loading
+    task = card_of(model).task
+    if info.task is not None and info.task != task:  # what the CLI checked before loading
         raise CheckpointError(
-            f"{label}: metadata says task={info.task!r}, but a {info.architecture} network separates "
-            f"{model.card.task}"
+            f"{label}: metadata says task={info.task!r}, but a {info.architecture} network separates {task}"
         )
     return model

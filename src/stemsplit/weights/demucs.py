@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import CheckpointError
 
@@ -58,7 +58,7 @@ def load_markers() -> list[Any]:
     return [Fraction, *((marker, name) for name, marker in _MARKERS.items())]
 
 
-def _is_package(obj: object) -> bool:
+def _is_package(obj: object) -> TypeGuard[Mapping[str, Any]]:
     return isinstance(obj, Mapping) and {"klass", "kwargs", "state"} <= set(obj)
 
 

@@ -161,6 +161,8 @@ def _obtain_from_hub(source: Source, progress: bool) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    assert source.repo_id is not None  # (obtain comes here for a Hub source only)
+
     try:
         path = hf_hub_download(
             repo_id=source.repo_id,

@@ -11,9 +11,10 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..card import ModelCard
+from ..card import ModelCard, card_of
 from ..files import sha256_of, write_atomically
 from ..model import families
+from ..model.bs_mamba2 import BSMamba2Config
 from .cache import (
     Source,
     cache_error,
@@ -58,7 +59,7 @@ class LoadedModel:
 
     @property
     def card(self) -> ModelCard:
-        return self.model.card
+        return card_of(self.model)
 
     @property
     def stems(self) -> tuple[str, ...]:
@@ -131,8 +132,10 @@ def load_model(
     model = network_from_file(state_dict, metadata, label)
     if not metadata.get("architecture", "").strip() and Path(label).suffix != ".safetensors":
         how = "its state dict's key names say"
-        if model.card.architecture == "bs-mamba2":  # what the weights cannot say was assumed
-            hop = model.config.stft_hop_length
+        if card_of(model).architecture == "bs-mamba2":  # what the weights cannot say was assumed
+            config = model.config
+            assert isinstance(config, BSMamba2Config)
+            hop = config.stft_hop_length
             how += f" (STFT hop {hop}, MSST's published; --model-config gives its YAML's)"
         _say_which_bs_mamba2(model, label, how, progress)
     return LoadedModel(model, label)
@@ -140,7 +143,7 @@ def load_model(
 
 def _say_which_bs_mamba2(model: nn.Module, label: str, how: str, progress: bool) -> None:
     """One line on stderr (unless quiet) for a network MSST names ``bs_mamba2``: which of the two it is."""
-    kind = BS_MAMBA2_KINDS.get(model.card.architecture)
+    kind = BS_MAMBA2_KINDS.get(card_of(model).architecture)
     if progress and kind is not None:
         print(f"stemsplit: {label}: loaded as {kind}, as {how}", file=sys.stderr)
 
@@ -182,7 +185,8 @@ def _load_with_msst_config(
     model = build_network(
         state_dict, msst.architecture, config, msst.stems, label, msst.normalization, msst.path.name
     )
-    model.card = replace(model.card, window=msst.window, hop=msst.hop)
+    # (nn.Module's __setattr__ is typed for tensors and modules only)
+    model.card = replace(card_of(model), window=msst.window, hop=msst.hop)  # type: ignore[assignment]
     _say_which_bs_mamba2(model, label, f"{msst.path.name}'s model options say", progress)
     return LoadedModel(model, label)
 
@@ -203,13 +207,13 @@ def _load_entry(entry: ModelEntry, progress: bool) -> LoadedModel:
             entry.normalization,
             "the registry",
         )
-    model.card = replace(
-        model.card, window=entry.window or model.card.window, hop=entry.hop or model.card.hop
-    )
-    if model.card.task != entry.task:
+    card = card_of(model)
+    card = replace(card, window=entry.window or card.window, hop=entry.hop or card.hop)
+    model.card = card  # type: ignore[assignment]  # (nn.Module's __setattr__: tensors and modules only)
+    if card.task != entry.task:
         raise RegistryError(
             f"{entry.where('task')}: [models.{entry.name}] task is {entry.task!r}, "
-            f"but a {entry.architecture} network separates {model.card.task}"
+            f"but a {entry.architecture} network separates {card.task}"
         )
     return LoadedModel(model, entry.name, entry.light)
 
@@ -224,7 +228,7 @@ def _upstream_network(
     trained the weights, so where an option the entry does not state differs, the file wins.
     """
     model = network_from_file(state_dict, metadata, entry.name)
-    card = model.card
+    card = card_of(model)
     found = {"architecture": card.architecture, "stems": card.stems, "sample_rate": card.sample_rate}
     for key, value in found.items():
         if getattr(entry, key) != value:

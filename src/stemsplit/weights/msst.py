@@ -25,6 +25,7 @@ instrument when ``instruments`` has two, else ``instrumental``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +187,7 @@ def _stems(training: Mapping[str, Any], model: Mapping[str, Any], path: Path) ->
     return stems
 
 
-def read_msst_config(path: str | Path) -> MSSTConfig:
+def read_msst_config(path: str | os.PathLike[str]) -> MSSTConfig:
     """Read an MSST YAML; :class:`ModelConfigError` (one line naming the file) if it cannot be used."""
     path = Path(path).expanduser()
     data = _yaml(path)

@@ -163,7 +163,10 @@ class Registry:
         return next((m for m in self.models.values() if m.task == task), None)
 
 
-_FIELD_TYPES: dict[str, type] = {
+# A field's type: what isinstance checks (a number: an int or a float).
+_FieldType = type | tuple[type, ...]
+
+_FIELD_TYPES: dict[str, _FieldType] = {
     "description": str,
     "architecture": str,
     "preset": str,
@@ -277,7 +280,7 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
     return Registry(path=path, default=default, models=models, ensembles=ensembles)
 
 
-_ENSEMBLE_FIELDS: dict[str, type] = {"description": str, "models": str, "license": str, "metrics": dict}
+_ENSEMBLE_FIELDS: dict[str, _FieldType] = {"description": str, "models": str, "license": str, "metrics": dict}
 
 
 def _parse_ensemble(name: str, table: Any, loc: _Locator, models: Mapping[str, ModelEntry]) -> EnsembleEntry:
@@ -307,7 +310,7 @@ def _parse_ensemble(name: str, table: Any, loc: _Locator, models: Mapping[str, M
 
 def _check_fields(
     table: Mapping[str, Any],
-    types: Mapping[str, Any],
+    types: Mapping[str, _FieldType],
     required: Sequence[str],
     fail: Callable[..., RegistryError],
 ) -> None:
