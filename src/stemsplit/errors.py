@@ -38,3 +38,10 @@ class UsageError(StemsplitError):
     """A bad flag or argument, found before anything ran: exit 2."""
 
     exit_code = EXIT_USAGE
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of a library's or the system's error, to quote in one of ours (its
+    type's name when it says nothing)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

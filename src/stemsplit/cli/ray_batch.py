@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ..batch import CLAIM_POLL_SECONDS
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from .common import one_line
 from .reporter import Reporter, print_summary
 from .run import load_separator, stem_choice
@@ -429,7 +429,9 @@ class _Workers:
             result = ray.get(call)
         except ray.exceptions.RayActorError as exc:
             if getattr(exc, "actor_init_failed", False):  # stemsplit missing on a node, say: no song will run
-                raise SeparationError(f"--ray: a worker could not start: {_first_line(exc)}") from None
+                raise SeparationError(
+                    f"--ray: a worker could not start: {one_line(first_line(exc))}"
+                ) from None
             # the worker died under the song (killed, out of memory, its node lost): another takes it
             self.free.pop(worker)
             ray.kill(self.handles.pop(worker), no_restart=True)
@@ -441,7 +443,7 @@ class _Workers:
                 self.start()
             if len(dead) < MAX_ATTEMPTS:
                 return attempt, None
-            why = _first_line(exc)
+            why = one_line(first_line(exc))
             song.status = "failed"
             song.details = f"{song.outputs.source.path}: {len(dead)} workers died separating it ({why})"
             reporter.error(song.details, source=str(song.outputs.source.path))
@@ -476,8 +478,3 @@ class _Workers:
             ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=CANCEL_SECONDS)
         for worker in self.handles.values():
             ray.kill(worker, no_restart=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return one_line(lines[0]) if lines else type(exc).__name__

@@ -39,6 +39,7 @@ import torch
 from ..audio.info import AudioInfo
 from ..audio.resample import BlockResampler
 from ..card import LIGHT_HOP, NORMALIZATIONS, ModelCard
+from ..errors import first_line
 from ..runtime import pick_device, resolve_precision
 from ..weights import load_model
 from ..weights.msst import MSSTConfig
@@ -286,8 +287,7 @@ class Separator(SongSeparator):
             except Exception as exc:  # e.g. inductor finds no C++ compiler, or the network breaks the graph
                 if not first:
                     raise
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                message = f"torch.compile failed ({reason}); run without compiling"
+                message = f"torch.compile failed ({first_line(exc)}); run without compiling"
                 raise SeparationError(message, "compile") from exc
         if first:
             self._compiled_once = True

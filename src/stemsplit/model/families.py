@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..card import ModelCard
-from ..errors import StemsplitError
+from ..errors import StemsplitError, first_line
 from .bs_mamba2 import ARCHITECTURE as BS_MAMBA2
 from .bs_mamba2 import MAY_BE_ZERO as BS_MAMBA2_MAY_BE_ZERO
 from .bs_mamba2 import PRESETS as BS_MAMBA2_PRESETS
@@ -366,8 +366,7 @@ def config_problem(name: str, config: Any, stems: Sequence[str]) -> str | None:
         with torch.no_grad():
             tiny(torch.zeros(1, 1, 2 * card.min_samples))
     except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as exc:
-        text = str(exc).strip()
-        return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+        return first_line(exc)[:200]
     return None
 
 

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 
 from ..card import card_of
+from ..errors import first_line
 from ..files import write_atomically, write_failure
 from ..model import build_model
 from ..model.families import config_dict
@@ -59,11 +60,6 @@ __all__ = ["Run", "train"]
 
 
 PROGRESS_LINE_SECONDS = 60.0  # without a terminal, a progress line this often
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Run:
@@ -358,7 +354,7 @@ class Run:
             self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
             set_rng_state(state["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise TrainError(f"--resume: {self.last_path}: damaged checkpoint ({_first_line(exc)})") from None
+            raise TrainError(f"--resume: {self.last_path}: damaged checkpoint ({first_line(exc)})") from None
         if changes:
             if self.config.lr != saved["lr"]:  # the optimiser state holds the old (decayed) rate
                 for group in self.optimizer.param_groups:

@@ -22,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .. import __version__
+from ..errors import first_line
 from .cache import Source, check_hash, is_offline, record_path
 from .errors import CheckpointError, ChecksumError, DownloadError, OfflineError, WeightsError
 
@@ -180,8 +181,9 @@ def _obtain_from_hub(source: Source, progress: bool) -> Path:
             f"{source.label}: cannot reach the Hugging Face Hub for {source.repo_id} and it is not cached"
         ) from None
     except (OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DownloadError(f"{source.label}: {source.repo_id}/{source.filename}: {first_line}") from None
+        raise DownloadError(
+            f"{source.label}: {source.repo_id}/{source.filename}: {first_line(exc)}"
+        ) from None
     return Path(path)
 
 
