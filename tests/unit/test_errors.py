@@ -184,3 +184,22 @@ def test_the_torch_free_modules_import_without_torch():
         "print('ok')\n"
     )
     assert python("-c", code, check=0).stdout == "ok\n"
+
+
+def test_every_install_hint_names_this_distribution_and_an_extra_it_has():
+    """A message saying ``pip install 'stemsplit[train]'`` would install someone else's project
+    (``stemsplit`` on PyPI is not this one): every hint names pyproject's name and one of its extras."""
+    import re
+    from pathlib import Path
+
+    from stemsplit.weights.registry import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    hints = []
+    for path in sorted((root / "src" / "stemsplit").rglob("*.py")):
+        hints += [(path.name, *m) for m in re.findall(r"'(stemsplit[\w.-]*)\[(\w+)\]'", path.read_text())]
+    assert len(hints) >= 5  # train (3), speech, ray: the scan finds them
+    for name, distribution, extra in hints:
+        assert distribution == project["name"], f"{name}: '{distribution}[{extra}]'"
+        assert extra in project["optional-dependencies"], f"{name}: no extra {extra!r}"

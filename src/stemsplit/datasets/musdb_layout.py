@@ -98,12 +98,14 @@ def musdb_validation_names() -> list[str]:
     spec = importlib.util.find_spec("musdb")
     if spec is None or not spec.submodule_search_locations:
         raise DatasetError(
-            "the MUSDB18 validation split needs the musdb package: pip install 'stemsplit[train]'"
+            "the MUSDB18 validation split needs the musdb package: pip install 'stemsplit-cli[train]'"
         )
     try:
         import yaml
     except ImportError:
-        raise DatasetError("reading the musdb config needs PyYAML: pip install 'stemsplit[train]'") from None
+        raise DatasetError(
+            "reading the musdb config needs PyYAML: pip install 'stemsplit-cli[train]'"
+        ) from None
     path = Path(next(iter(spec.submodule_search_locations))) / "configs" / "mus.yaml"
     try:
         names = yaml.safe_load(path.read_text())["validation_tracks"]

@@ -75,7 +75,7 @@ SPLITS = ("train-100", "dev", "test")  # Libri2Mix's folder names (train-360 is 
 ID_PREFIX = {"train-100": "train", "dev": "dev", "test": "test"}
 FOLDERS = ("s1", "s2", "s1_reverb", "s2_reverb", "noise", "mix_clean", "mix_both")
 ESPEAK_PACKAGE = "espeak-ng"  # the Debian/Ubuntu package (and the program's name)
-PYROOMACOUSTICS_INSTALL = "pip install 'stemsplit[speech]'"
+PYROOMACOUSTICS_INSTALL = "pip install 'stemsplit-cli[speech]'"
 
 # English voices (accents) of eSpeak NG's own data (the "gmw/" files; the "mb/" ones need MBROLA).
 VOICES = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")

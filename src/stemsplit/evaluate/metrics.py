@@ -29,7 +29,7 @@ import numpy as np
 
 __all__ = ["MUSEVAL_INSTALL", "csdr", "speech_scores", "usdr"]
 
-MUSEVAL_INSTALL = "pip install museval (or 'stemsplit[train]')"
+MUSEVAL_INSTALL = "pip install museval (or 'stemsplit-cli[train]')"
 
 
 def usdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-7) -> float:

@@ -467,7 +467,7 @@ def test_without_pyroomacoustics_one_line_names_the_extra(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "pyroomacoustics", None)  # what an import sees when it is missing
     result = CliRunner().invoke(app, ["synth-speech", str(tmp_path / "out"), "--train", "1"])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert "pip install 'stemsplit[speech]'" in result.stderr
+    assert "pip install 'stemsplit-cli[speech]'" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

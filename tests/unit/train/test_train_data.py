@@ -160,7 +160,7 @@ def test_musdb_validation_names_without_musdb(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "musdb" else find_spec(name, *a)
     )
-    assert "pip install 'stemsplit[train]'" in error_of(musdb_validation_names)
+    assert "pip install 'stemsplit-cli[train]'" in error_of(musdb_validation_names)
 
 
 def test_split_train_valid(musdb):
