@@ -30,7 +30,8 @@ import sys  # noqa: E402
 
 import typer  # noqa: E402
 
-from .. import __version__, audio  # noqa: E402
+from .. import audio  # noqa: E402
+from ..version import __version__  # noqa: E402
 from .common import (  # noqa: E402
     EXAMPLES,
     EXIT_INTERNAL,

@@ -7,7 +7,7 @@ import platform
 
 from rich.table import Table
 
-from .. import __version__
+from ..version import __version__
 from .common import out_console, warning_line
 
 

@@ -9,10 +9,13 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from ..errors import UsageError
 from .common import EXIT_USAGE, fail, usage_error
+
+if TYPE_CHECKING:
+    from .reporter import Reporter
 
 # The command for each task (stemsplit.card.TASKS), for the one-line refusal of the other task's models.
 TASK_COMMANDS = {"music": "separate", "speakers": "speakers"}
@@ -263,3 +266,24 @@ def wrong_task(problem: str, task: str) -> UsageError:
     """A model of the other task: the problem, and the command that takes it."""
     other = next(t for t in TASK_COMMANDS if t != task)
     return UsageError(f"--model: {problem}; use stemsplit {TASK_COMMANDS[other]} for it")
+
+
+def load_separator(
+    model: str | Path | None, ensemble: Any, msst: Any, settings: Any, task: str, reporter: Reporter
+) -> Any:
+    """The model the flags name, after the pre-flight: a Separator (or an Ensemble for ``ensemble``) with
+    the request's ``settings`` (EngineSettings), reporting to ``reporter``; the run's, and each --ray
+    worker's. The loading's errors are the library's (the caller says which flag)."""
+    from ..engine.separator import Separator
+
+    common = dict(
+        settings=settings,
+        task=task,
+        progress=reporter.on_event,
+        download_progress=not (reporter.quiet or reporter.json_lines),
+    )
+    if ensemble is None:
+        return Separator(model, model_config=msst, **common)
+    from ..engine.ensemble import Ensemble
+
+    return Ensemble(list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **common)

@@ -53,8 +53,8 @@ from typing import Any
 from ..batch import CLAIM_POLL_SECONDS
 from ..errors import UsageError, first_line
 from .common import one_line
+from .model_args import load_separator
 from .reporter import Reporter, print_summary
-from .run import load_separator, stem_choice
 from .song import Song, record_settings, separate_one
 
 __all__ = ["MAX_ATTEMPTS", "RayOptions", "SongWorker", "WorkerJob", "ray_problem", "separate_on_ray"]
@@ -137,6 +137,8 @@ class WorkerJob:
     """What every worker needs to separate the run's songs as the driver planned them."""
 
     args: dict[str, Any]  # the command's options (cli.separate's ``args``)
+    settings: Any  # the request's EngineSettings (each worker's device: the --device asked for)
+    choice: Any  # the request's StemChoice
     ensemble: Any  # EnsembleSpec or None
     msst: Any  # MSSTConfig or None
     options: Any  # OutputOptions
@@ -219,9 +221,9 @@ class SongWorker:
         try:
             args = job.args
             self.separator = load_separator(
-                args, job.ensemble, job.msst, self.reporter.on_event, args["device"], self.reporter
+                args["model"], job.ensemble, job.msst, job.settings, args["task"], self.reporter
             )
-            chosen = stem_choice(args).resolve(self.separator.stems, self.separator.owner)
+            chosen = job.choice.resolve(self.separator.stems, self.separator.owner)
             if chosen != job.stems:
                 self.problem = f"its model gives {', '.join(chosen)}, not {', '.join(job.stems)}"
             elif self.separator.fingerprint() != job.fingerprint:

@@ -14,6 +14,7 @@ or written before step 4:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from .model_args import (
     ensemble_argument,
     ensemble_stems,
     known_model,
+    load_separator,
     msst_config,
     window_before_loading,
     wrong_task,
@@ -36,12 +38,12 @@ from .reporter import Reporter, cpu_seconds_per_window, print_summary
 from .song import Song, record_settings, separate_one
 
 
-def engine_settings(args: dict[str, Any], device: str | None = None) -> Any:
-    """The engine's settings from the flags (checked: SeparationError), on ``device`` if given."""
+def engine_settings(args: dict[str, Any]) -> Any:
+    """The engine's settings from the flags (checked: SeparationError)."""
     from ..engine.request import EngineSettings
 
     return EngineSettings(
-        device=args["device"] if device is None else device,
+        device=args["device"],
         window=args["window"],
         hop=args["hop"],
         batch_size=args["batch_size"],
@@ -186,26 +188,6 @@ def _shard_for_torchrun(songs: list[Any], device: str) -> tuple[list[Any], str]:
 
     ranks = torchrun_ranks()  # device "auto" then means this process's GPU (runtime.pick_device)
     return songs[ranks.rank :: ranks.world], device
-
-
-def load_separator(
-    args: dict[str, Any], ensemble: Any, msst: Any, progress: Callable, device: str, reporter: Reporter
-) -> Any:
-    """The run's model (a Separator, or an Ensemble for ``ensemble``) on ``device``, with the settings
-    in ``args``: the run's own, and each --ray worker's."""
-    from ..engine.separator import Separator
-
-    common = dict(
-        settings=engine_settings(args, device),
-        task=args["task"],
-        progress=progress,
-        download_progress=not (reporter.quiet or reporter.json_lines),
-    )
-    if ensemble is None:
-        return Separator(args["model"], model_config=msst, **common)
-    from ..engine.ensemble import Ensemble
-
-    return Ensemble(list(ensemble.models), weights=ensemble.weights, choose=ensemble.choice, **common)
 
 
 def _ray_argument(args: dict[str, Any], batch: bool, ensemble: Any) -> Any:
@@ -372,7 +354,12 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     try:
         # --ray: this copy only plans (stems, input checks, fingerprint) on the CPU; the workers separate
         separator = load_separator(
-            args, ensemble, msst, reporter.on_event, "cpu" if ray is not None else device, reporter
+            args["model"],
+            ensemble,
+            msst,
+            dataclasses.replace(settings, device="cpu" if ray is not None else device),
+            task,
+            reporter,
         )
         chosen = choice.resolve(separator.stems, separator.owner)
         request = request.with_stems(chosen)  # the model's stems, where the registry did not know them
@@ -420,7 +407,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if ray is not None:  # the workers decide what is done, each with its own model's settings
         from .ray_batch import WorkerJob, separate_on_ray
 
-        job = WorkerJob(args, ensemble, msst, output, chosen, separator.fingerprint())
+        job = WorkerJob(args, settings, choice, ensemble, msst, output, chosen, separator.fingerprint())
         del separator  # the workers load their own
         separate_on_ray(run, job, ray, reporter)
         if any(song.status == "failed" for song in run) or (report is not None and report.problem):

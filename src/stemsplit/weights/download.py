@@ -21,8 +21,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .. import __version__
 from ..errors import first_line
+from ..version import __version__
 from .cache import Source, check_hash, is_offline, record_path
 from .errors import CheckpointError, ChecksumError, DownloadError, OfflineError, WeightsError
 
