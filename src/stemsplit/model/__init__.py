@@ -8,7 +8,7 @@ weights against a network; ``bands``, ``mamba1``, ``mamba2``, ``selective_scan``
 
 from .bsrnn import BSRNN, BSRNNBag, BSRNNConfig
 from .families import FAMILIES, Family, FamilyError, build_model, config_problem, family, make_config
-from .mamba2 import Mamba2
+from .layers.mamba2 import Mamba2
 from .state_dict import StateDictMismatch, check_state_dict, unwrap_state_dict
 from .ts_bsmamba2 import PRESETS, TSBSMamba2, TSBSMamba2Config, config_from_state_dict
 

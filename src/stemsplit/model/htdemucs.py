@@ -67,7 +67,7 @@ from torch import Tensor, nn
 
 from ..card import SIX_STEMS, ModelCard, default_stem_names
 from .htdemucs_transformer import EMBEDDINGS, CrossTransformerEncoder, LayerScale
-from .stft import istft, stft
+from .layers.stft import istft, stft
 
 __all__ = [
     "ARCHITECTURE",
