@@ -45,7 +45,7 @@ dict loads strictly. Options that the published networks do not use and that nee
 this file are refused by :meth:`HTDemucsConfig.problem`: Wiener filtering (``cac`` false),
 ``multi_freqs`` band splitting, sparse attention, random sinusoid shifts.
 
-One module of about 730 lines because it is one network: its config (upstream's keyword arguments
+One module of about 770 lines because it is one network: its config (upstream's keyword arguments
 and the checks that refuse what a published checkpoint never uses), the layers whose names the
 state dict spells (``HEncLayer``, ``HDecLayer``, ``DConv``, ``ScaledEmbedding``) and the forward
 pass above are read together against upstream's ``htdemucs.py`` and ``hdemucs.py``; split, each
