@@ -48,7 +48,7 @@ import torch
 from machine import describe
 
 from stemsplit.model import TSBSMamba2
-from stemsplit.model.mamba2 import cuda_kernels, resolve_backend
+from stemsplit.model.layers.mamba2 import cuda_kernels, resolve_backend
 from stemsplit.separate import SeparationError, Separator
 
 PRESET_NAMES = {"ts": "TS", "l-ts": "L-TS"}

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from stemsplit.model import TSBSMamba2
-from stemsplit.model.mamba2 import cuda_kernels
+from stemsplit.model.layers.mamba2 import cuda_kernels
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 

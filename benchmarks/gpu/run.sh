@@ -61,7 +61,7 @@ for d in ("triton", "mamba-ssm", "causal-conv1d", "demucs", "julius", "einops", 
         print(f"  {d} not installed")
 import stemsplit
 print("stemsplit from", stemsplit.__file__)
-from stemsplit.model.mamba2 import cuda_kernels
+from stemsplit.model.layers.mamba2 import cuda_kernels
 k = cuda_kernels()
 print("mamba_ssm kernels:", "none (portable backend)" if k is None else f"ok, fused={k.fused}")
 try:

@@ -17,7 +17,7 @@ def doctor_command() -> None:
     import soxr
     import torch
 
-    from ..model.mamba2 import BACKEND_ENV, cuda_kernels, resolve_backend
+    from ..model.layers.mamba2 import BACKEND_ENV, cuda_kernels, resolve_backend
 
     table = Table(show_header=False, box=None)
     table.add_row("stemsplit", __version__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model.stft import istft, stft
+from ..model.layers.stft import istft, stft
 
 
 def share_residual(

@@ -24,7 +24,7 @@ A block (upstream's ``MambaBlock``, bidirectional, one layer per direction) on x
     out = x + Linear(2 dim -> dim)([f, b])                upstream: ConvTranspose1d, kernel 1
 
 Each Mamba-2 layer is mamba_ssm's ``Mamba2`` with expand 4 (d_state 128, d_conv 4, headdim 64),
-running on :mod:`.mamba2`'s backends (portable PyTorch anywhere, mamba_ssm's kernels on CUDA).
+running on :mod:`.layers.mamba2`'s backends (portable PyTorch anywhere, mamba_ssm's kernels on CUDA).
 Its RMSNorm is mamba_ssm's: x * rsqrt(mean(x^2) + 1e-5) * weight (``torch.nn.RMSNorm``).
 
 State dict (K bands, l < depth, j: 0 time, 1 freq; d = direction, ``forward`` or ``backward``)::
@@ -55,9 +55,9 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from . import onednn
 from .bs_roformer import DEFAULT_FREQS_PER_BANDS, BSRoformer
-from .mamba2 import Mamba2
+from .layers.mamba2 import Mamba2
+from .ops import onednn
 from .roformer import BandNetworkConfig
 from .state_dict import StateDictMismatch, summarise, unwrap_state_dict
 
@@ -218,7 +218,7 @@ class BSMamba2(BSRoformer):
     BS-RoFormer's bands, masks and final norm around bidirectional Mamba-2 layers instead of transformers.
 
     ``mamba_backend``: ``auto``/``portable``/``cuda`` for every Mamba-2 layer (``None``: the
-    ``STEMSPLIT_MAMBA_BACKEND`` environment variable, else auto; see :mod:`.mamba2`).
+    ``STEMSPLIT_MAMBA_BACKEND`` environment variable, else auto; see :mod:`.layers.mamba2`).
     """
 
     family = ARCHITECTURE

@@ -74,8 +74,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..card import ModelCard
-from .bands import EPS, group_norm_last2
-from .stft import check_mixture, istft, stft
+from .layers.bands import EPS, group_norm_last2
+from .layers.stft import check_mixture, istft, stft
 
 __all__ = [
     "ARCHITECTURE",

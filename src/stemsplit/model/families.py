@@ -1,7 +1,8 @@
 """The architecture registry: every network family stemsplit can build, by name.
 
-A family is one model file (``ts_bsmamba2.py``, ``bsrnn.py``, ``u_mamba_net.py``,
-``bs_roformer.py``, ``mel_band_roformer.py``, ``bs_mamba2.py``) plus one :class:`Family` entry below.
+A family is one model file (``ts_bsmamba2.py``, ``bsrnn.py``, ``u_mamba_net.py``, ``bs_roformer.py``,
+``mel_band_roformer.py``, ``bs_mamba2.py``, ``htdemucs.py``, ``scnet.py``) plus one :class:`Family`
+entry below.
 The entry says how to make the family's config from a preset and overrides
 (what ``weights.toml`` and ``train --arch`` give), how to build the network
 for a list of stems, and how to shrink a config for a quick trial run.

@@ -45,7 +45,7 @@ dict loads strictly. Options that the published networks do not use and that nee
 this file are refused by :meth:`HTDemucsConfig.problem`: Wiener filtering (``cac`` false),
 ``multi_freqs`` band splitting, sparse attention, random sinusoid shifts.
 
-One module of about 730 lines because it is one network: its config (upstream's keyword arguments
+One module of about 770 lines because it is one network: its config (upstream's keyword arguments
 and the checks that refuse what a published checkpoint never uses), the layers whose names the
 state dict spells (``HEncLayer``, ``HDecLayer``, ``DConv``, ``ScaledEmbedding``) and the forward
 pass above are read together against upstream's ``htdemucs.py`` and ``hdemucs.py``; split, each
@@ -67,7 +67,7 @@ from torch import Tensor, nn
 
 from ..card import SIX_STEMS, ModelCard, default_stem_names
 from .htdemucs_transformer import EMBEDDINGS, CrossTransformerEncoder, LayerScale
-from .stft import istft, stft
+from .layers.stft import istft, stft
 
 __all__ = [
     "ARCHITECTURE",

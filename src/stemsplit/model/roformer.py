@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..card import ModelCard, default_stem_names
-from .stft import check_mixture, istft, stft
+from .layers.stft import check_mixture, istft, stft
 
 __all__ = [
     "HOP",

@@ -33,11 +33,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..card import ModelCard, default_stem_names
-from . import onednn
-from .bands import EPS, BandMerge, BandSplit, band_widths, group_norm_last2
-from .mamba2 import Mamba2
+from .layers.bands import EPS, BandMerge, BandSplit, band_widths, group_norm_last2
+from .layers.mamba2 import Mamba2
+from .layers.stft import check_mixture, istft, stft
+from .ops import onednn
 from .state_dict import StateDictMismatch, check_state_dict, summarise, unwrap_state_dict
-from .stft import check_mixture, istft, stft
 
 __all__ = ["ARCHITECTURE", "PRESETS", "TSBSMamba2", "TSBSMamba2Config", "config_from_state_dict"]
 

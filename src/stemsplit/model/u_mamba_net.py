@@ -33,7 +33,7 @@ The choices (docs/models.md, "Choices the papers leave open", has the reasons): 
 C = ``unet_expand`` * F = 3.75 F, opened by the bottleneck 1x1 conv and closed by a 1x1 conv back
 to F; depthwise Conv1d down-sampling (kernel 5, stride 2) and ConvTranspose1d up-sampling (kernel
 4, stride 2, padding 1), no biases in the U-net's convs; LN is the global layer norm
-``GroupNorm(1, C)``; Mamba is Mamba-1 (:class:`.mamba1.Mamba`: expand 2, d_conv 4, dt_rank
+``GroupNorm(1, C)``; Mamba is Mamba-1 (:class:`.layers.mamba1.Mamba`: expand 2, d_conv 4, dt_rank
 ceil(F / 16), ``d_state`` 32) inside mamba_ssm's Block (LayerNorm(F) before the mixer, the
 residual around both); the mask is PReLU, a 1x1 conv with bias to S * F, ReLU; encoder and decoder
 convs have no bias. :func:`count_macs` counts MACs as the paper does (``mamba=False``: the
@@ -57,7 +57,7 @@ State dict (C = inner width, b < R, l < L)::
     blocks.<b>.out_act.weight               [1]
     blocks.<b>.project.weight               [F, C, 1]
     blocks.<b>.mamba_norm.{weight,bias}     [F]
-    blocks.<b>.mamba.*                      mamba_ssm's Mamba (see .mamba1)
+    blocks.<b>.mamba.*                      mamba_ssm's Mamba (see .layers.mamba1)
     mask_act.weight                         [1]
     mask.weight / mask.bias                 [S F, F, 1] / [S F]
     decoder.weight                          [F, 1, win]
@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..card import ModelCard
-from .mamba1 import Mamba
+from .layers.mamba1 import Mamba
 
 __all__ = ["ARCHITECTURE", "PRESETS", "UMambaBlock", "UMambaNet", "UMambaNetConfig", "count_macs"]
 
@@ -226,7 +226,7 @@ def count_macs(model: nn.Module, samples: int, *, mamba: bool = False) -> int:
     ``ConvTranspose1d`` (input elements x out-channels per group x kernel) and
     ``Linear`` (output elements x in-features), biases, norms and activations not
     (ptflops' convention for these layers). With ``mamba=True`` each Mamba layer
-    adds :meth:`.mamba1.Mamba.macs` (its projections, conv and scan); without,
+    adds :meth:`.layers.mamba1.Mamba.macs` (its projections, conv and scan); without,
     Mamba layers count nothing, as in the paper's figures (see the module docstring).
     """
     total = 0

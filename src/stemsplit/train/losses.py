@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..evaluate.si_snr import pit_si_snr
-from ..model.stft import stft
+from ..model.layers.stft import stft
 
 __all__ = ["band_split_loss", "pit_si_snr_loss", "separation_loss"]
 

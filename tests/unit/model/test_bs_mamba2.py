@@ -216,7 +216,7 @@ def test_registry_entry_is_the_published_yaml():
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_cuda_matches_the_upstream_network(name, backend, monkeypatch):
     """The fixtures on a GPU, through the portable scan and (where installed) mamba_ssm's kernels."""
-    from stemsplit.model.mamba2 import cuda_kernels
+    from stemsplit.model.layers.mamba2 import cuda_kernels
 
     if backend == "cuda" and cuda_kernels() is None:
         pytest.skip("mamba_ssm is not installed")

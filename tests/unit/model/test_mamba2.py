@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stemsplit.model.mamba2 import BACKEND_ENV, Mamba2, cuda_kernels, resolve_backend
-from stemsplit.model.ssd import ssd_scan_naive
+from stemsplit.model.layers.mamba2 import BACKEND_ENV, Mamba2, cuda_kernels, resolve_backend
+from stemsplit.model.ops.ssd import ssd_scan_naive
 
 HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
 
@@ -110,7 +110,7 @@ def test_forcing_cuda_backend_on_cpu_tensor_fails_clearly():
 @pytest.mark.skipif(HAS_MAMBA_SSM, reason="mamba_ssm is installed here")
 def test_missing_kernels_fall_back_loudly_once(caplog):
     cuda_kernels.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="stemsplit.model.mamba2"):
+    with caplog.at_level(logging.WARNING, logger="stemsplit.model.layers.mamba2"):
         assert cuda_kernels() is None
         assert cuda_kernels() is None
     warnings = [r for r in caplog.records if "mamba_ssm CUDA kernels unavailable" in r.getMessage()]

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from helpers import rel_l2
 
-from stemsplit.model import onednn
-from stemsplit.model.mamba2 import Mamba2
+from stemsplit.model.layers.mamba2 import Mamba2
+from stemsplit.model.ops import onednn
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="PyTorch built without oneDNN")
 

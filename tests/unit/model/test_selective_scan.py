@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stemsplit.model.mamba1 import Mamba
-from stemsplit.model.selective_scan import selective_scan, selective_scan_ref
+from stemsplit.model.layers.mamba1 import Mamba
+from stemsplit.model.ops.selective_scan import selective_scan, selective_scan_ref
 
 HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stemsplit.model.ssd import chunk_layout, ssd_scan, ssd_scan_naive
+from stemsplit.model.ops.ssd import chunk_layout, ssd_scan, ssd_scan_naive
 
 
 def random_scan_inputs(length, batch=2, heads=3, headdim=8, d_state=16, seed=0):

@@ -13,7 +13,7 @@ from stemsplit.model import (
     TSBSMamba2Config,
     config_from_state_dict,
 )
-from stemsplit.model.bands import band_widths
+from stemsplit.model.layers.bands import band_widths
 
 
 def read_tsv(path: Path) -> list[tuple[str, str, str]]:

@@ -24,7 +24,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from . import onednn
+from ..ops import onednn
 
 __all__ = ["BandMerge", "BandSplit", "band_widths", "group_norm_last2"]
 

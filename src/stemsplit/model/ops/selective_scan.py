@@ -33,7 +33,7 @@ dozen steps of strong decay.
 
 Layout: [batch, length, channels] like the rest of the portable code;
 mamba_ssm's ``selective_scan_fn`` takes [batch, channels, length] (see
-:class:`stemsplit.model.mamba1.Mamba`).
+:class:`stemsplit.model.layers.mamba1.Mamba`).
 """
 
 from __future__ import annotations

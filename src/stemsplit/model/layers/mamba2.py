@@ -6,7 +6,7 @@ Parameters carry the names and shapes of ``mamba_ssm.modules.mamba2.Mamba2``
 
 Backends:
 
-* ``portable`` - pure PyTorch (:mod:`stemsplit.model.ssd`). Any device, float32
+* ``portable`` - pure PyTorch (:mod:`stemsplit.model.ops.ssd`). Any device, float32
   or float64.
 * ``cuda`` - mamba_ssm's fused Triton kernels on CUDA tensors, with
   causal_conv1d's kernel when that package is installed (without it, mamba_ssm's
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import onednn
-from .ssd import chunk_layout, ssd_scan
+from ..ops import onednn
+from ..ops.ssd import chunk_layout, ssd_scan
 
 __all__ = ["BACKENDS", "Mamba2", "RMSNormGated", "cuda_kernels", "resolve_backend"]
 
@@ -212,7 +212,7 @@ class Mamba2(nn.Module):
         return z, x, B, C, dt
 
     def _forward_portable(self, u: Tensor) -> Tensor:
-        """Pure PyTorch (with oneDNN's fused CPU kernels where they apply; see :mod:`.onednn`)."""
+        """Pure PyTorch (with oneDNN's fused CPU kernels where they apply; see :mod:`..ops.onednn`)."""
         batch, length, _ = u.shape
         # Zero steps appended up to a whole number of chunks: the layer is causal, so
         # they change no earlier output, and the scan's big tensors need no padding.

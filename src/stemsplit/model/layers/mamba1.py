@@ -20,7 +20,7 @@ A = -[1..d_state] for every channel (S4D-real), D = 1, dt log-uniform in
 Backends, chosen per call exactly as for the Mamba-2 layer
 (:func:`.mamba2.resolve_backend`, ``STEMSPLIT_MAMBA_BACKEND``):
 
-* ``portable`` - pure PyTorch (:func:`.selective_scan.selective_scan`). Any device,
+* ``portable`` - pure PyTorch (:func:`..ops.selective_scan.selective_scan`). Any device,
   float32 or float64.
 * ``cuda`` - mamba_ssm's ``selective_scan_fn`` CUDA kernel on CUDA tensors, when
   it imports (else the reason is logged once and the portable scan runs).
@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import onednn
+from ..ops import onednn
+from ..ops.selective_scan import selective_scan
 from .mamba2 import cuda_kernels, resolve_backend
-from .selective_scan import selective_scan
 
 __all__ = ["Mamba"]
 
@@ -104,7 +104,7 @@ class Mamba(nn.Module):
         return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
 
     def _forward_portable(self, u: Tensor) -> Tensor:
-        """Pure PyTorch (oneDNN's fused CPU kernels where they apply; see :mod:`.onednn`)."""
+        """Pure PyTorch (oneDNN's fused CPU kernels where they apply; see :mod:`..ops.onednn`)."""
         w = self.in_proj.weight
         x = onednn.linear(u, w[: self.d_inner])  # [b, L, d_inner]
         gate = onednn.linear(u, w[self.d_inner :], activation="silu")  # silu(z)
