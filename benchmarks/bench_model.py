@@ -43,10 +43,10 @@ import torch
 from machine import describe
 
 from stemsplit.card import MUSIC_STEMS, default_stem_names
+from stemsplit.engine.runtime import cpu_bf16_support, tune_cpu_allocator
 from stemsplit.model import FAMILIES, build_model, family, make_config
 from stemsplit.model.bsrnn import TARGET_SCHEMES
 from stemsplit.model.u_mamba_net import speaker_names
-from stemsplit.runtime import cpu_bf16_support, tune_cpu_allocator
 from stemsplit.weights import load_registry
 from stemsplit.weights.load import entry_config
 

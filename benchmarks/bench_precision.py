@@ -26,7 +26,7 @@ import soundfile as sf
 import torch
 from machine import describe
 
-from stemsplit.runtime import cpu_auto_precision
+from stemsplit.engine.runtime import cpu_auto_precision
 from stemsplit.separate import Separator
 
 

@@ -17,8 +17,8 @@ import time
 import torch
 from machine import describe
 
+from stemsplit.engine.runtime import tune_cpu_allocator
 from stemsplit.model import TSBSMamba2
-from stemsplit.runtime import tune_cpu_allocator
 from stemsplit.train.losses import separation_loss
 
 

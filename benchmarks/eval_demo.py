@@ -20,8 +20,8 @@ import numpy as np
 from machine import describe
 
 from stemsplit.datasets.synth import generate_song, song_seed
+from stemsplit.engine.runtime import tune_cpu_allocator
 from stemsplit.evaluate.metrics import usdr
-from stemsplit.runtime import tune_cpu_allocator
 from stemsplit.separate import Separator
 
 

@@ -7,7 +7,7 @@ whose stems are known: the pseudo-labels' uSDR and the clean-segment calls.
 
 ``stemsplit finetune`` labels an unlabeled crop with its teacher's estimate of
 each stem (through ``--teacher-views`` windows of ``--teacher-window`` seconds
-around the crop, averaged: finetune's own :func:`~stemsplit.train.finetune.teacher_estimates`;
+around the crop, averaged: finetune's own :func:`~stemsplit.train.teacher.teacher_estimates`;
 the second command above is the crop alone), calls the crop a *clean residual*
 for a stem when that estimate is more than ``--clean-db`` below the mixture,
 and a *clean target* when the rest is; it never sees the real stems. Here the
@@ -16,7 +16,7 @@ so each crop, drawn as finetune draws them (a salient segment of the mixture,
 then a uniform offset inside it; the same crops for the same ``--seed``), is
 scored: the uSDR of each stem's label against the real stem (mean over
 crops), and each crop classified twice, by the real stems (how often the case
-exists) and by the teacher (:func:`~stemsplit.train.finetune.classify`, the
+exists) and by the teacher (:func:`~stemsplit.train.teacher.classify`, the
 very test finetune runs). Per stem and threshold it prints how often the case
 truly occurs, how many crops the teacher calls so, how many of those are
 right (precision) and how many true ones it finds (recall), and the loudest

@@ -11,7 +11,7 @@ The public API::
     stemsplit.list_models()                            # the registry's names
 
 ``Separator``, ``Ensemble``, ``load_model``, ``list_models``, ``StemsplitError`` (the base of every
-error a user can cause; its subclasses are in :mod:`stemsplit.errors`) and ``__version__``. Importing
+error a user can cause; its subclasses live beside the code that raises them) and ``__version__``. Importing
 ``stemsplit`` does not import torch: each name loads its module on first use.
 """
 

@@ -3,7 +3,7 @@
 Every library error (a file that is not audio, a setting out of range, a checkpoint that is not a
 model, a dataset in the wrong layout...) is a :class:`StemsplitError`: its message is one line naming
 the file or the setting and the problem. The command line turns it into ``stemsplit: error: ...`` and
-its ``exit_code`` in one place (``cli.main``), adding the flag for the setting the error names
+its ``exit_code`` in one place (``cli.common.Commands``), adding the flag for the setting the error names
 (``option``). Subclasses exist where a caller handles one kind apart (``except OutputExistsError``).
 
 No imports: every module (``model/`` and ``audio`` included) can take its error from here.

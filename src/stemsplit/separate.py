@@ -9,10 +9,10 @@ takes ``stemsplit.Separator``.
 from .engine.overlap_add import ShiftedOverlapAdd, StreamingOverlapAdd, shift_delays, window_count
 from .engine.pool import WindowPool
 from .engine.residual import share_residual
+from .engine.runtime import pick_device
 from .engine.separator import Separator
 from .engine.settings import SeparationError, check_sample_rate, check_settings, choose_stems
 from .engine.song_separator import SeparationResult, SongSeparator, as_audio_array, song_stats
-from .runtime import pick_device
 
 __all__ = [
     "SeparationError",

@@ -136,7 +136,7 @@ TORCH_FREE = [
     "stemsplit.batch.records",
     "stemsplit.batch.claims",
     "stemsplit.report",
-    "stemsplit.runtime",
+    "stemsplit.engine.runtime",
     "stemsplit.engine.ensemble_spec",
     "stemsplit.cli",
     "stemsplit.cli.common",

@@ -37,7 +37,7 @@ The modules, each importing only those before it (and nothing of the engine):
 - :mod:`.resample`: :class:`BlockResampler`
 - :mod:`.spliced`: WAVs whose header misstates their audio, chained Ogg
 - :mod:`.ffmpeg`: probing and decoding with FFmpeg (PyAV)
-- :mod:`.probe`: :func:`probe`, what a file holds
+- :mod:`.probing`: :func:`probe`, what a file holds
 - :mod:`.decode`: :func:`read_blocks`
 - :mod:`.native_stderr`: C libraries' messages kept off the terminal
 

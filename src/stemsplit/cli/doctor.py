@@ -39,7 +39,7 @@ def doctor_command() -> None:
     except (ValueError, RuntimeError) as exc:  # STEMSPLIT_MAMBA_BACKEND asks for what cannot run here
         backend = f"{BACKEND_ENV}={os.environ.get(BACKEND_ENV)}: {exc}"
     table.add_row("mamba-2 backend", backend)
-    from ..runtime import cpu_auto_precision
+    from ..engine.runtime import cpu_auto_precision
 
     precision, why = cpu_auto_precision()
     table.add_row(

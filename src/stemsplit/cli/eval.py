@@ -1,7 +1,7 @@
 """``stemsplit eval``: score a model on MUSDB18-HQ (or any folder so laid out) with cSDR and uSDR,
 or a speaker-separation model on a Libri2Mix-layout folder with SI-SNRi, SDRi (and STOI).
 
-Mounted by ``cli.py`` with ``app.command("eval")(eval_command)``; the work is in
+Mounted by ``stemsplit.cli`` with ``app.command("eval")(eval_command)``; the work is in
 :mod:`stemsplit.evaluate.scoring`, this module only parses and prints.
 """
 
@@ -114,7 +114,7 @@ def eval_command(
     if not no_csdr and importlib.util.find_spec("museval") is None:  # before hours of separating
         what = "SDRi" if libri2mix else "cSDR"
         raise fail(f"{what} needs museval: {MUSEVAL_INSTALL}; or add --no-csdr to leave it out")
-    from ..runtime import pick_device
+    from ..engine.runtime import pick_device
 
     try:  # a device not here (or a Mamba backend that cannot run on it) is a usage error
         pick_device(device)

@@ -1,6 +1,6 @@
 """``stemsplit models``: list, download, locate and verify pretrained weights.
 
-Mounted by ``cli.py`` with ``app.add_typer(models_app, name="models")``; all the
+Mounted by ``stemsplit.cli`` with ``app.add_typer(models_app, name="models")``; all the
 work is in :mod:`stemsplit.weights`, this module only parses and prints.
 ``stemsplit models NAME`` is the hidden ``show`` command (``cli.main`` inserts it).
 """

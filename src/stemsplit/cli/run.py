@@ -136,7 +136,7 @@ def _shard_argument(text: str | None, batch: bool, task: str) -> Any:
 
 def _shard_note(reporter: Reporter, shard: Any, taken: int, found: int) -> None:
     """Say (and emit) which share this process runs: "shard 3/8: 12 of 97 songs"."""
-    from ..runtime import torchrun_ranks
+    from ..engine.runtime import torchrun_ranks
 
     ranks = torchrun_ranks()
     note = f"shard {shard}: {taken} of {found} songs"
@@ -184,7 +184,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _shard_for_torchrun(songs: list[Any], device: str) -> tuple[list[Any], str]:
     """Under torchrun, each rank takes every WORLD_SIZE-th song and its own GPU."""
-    from ..runtime import torchrun_ranks
+    from ..engine.runtime import torchrun_ranks
 
     ranks = torchrun_ranks()  # device "auto" then means this process's GPU (runtime.pick_device)
     return songs[ranks.rank :: ranks.world], device
@@ -277,7 +277,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if shard is not None:
         _shard_note(reporter, shard, len(songs), found)
     if report is not None:
-        from ..runtime import torchrun_ranks
+        from ..engine.runtime import torchrun_ranks
 
         ranks = torchrun_ranks()
         report.context.update(
@@ -336,7 +336,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             song.said = True
 
     # 3a. the device (this imports torch; a device or Mamba backend that is not here is a usage error)
-    from ..runtime import pick_device
+    from ..engine.runtime import pick_device
 
     try:
         pick_device(device if ray is None else "cpu")  # --ray: the workers' devices are the workers' own

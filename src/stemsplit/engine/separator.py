@@ -40,13 +40,13 @@ from ..audio.info import AudioInfo
 from ..audio.resample import BlockResampler
 from ..card import LIGHT_HOP, NORMALIZATIONS, ModelCard
 from ..errors import first_line
-from ..runtime import pick_device, resolve_precision
 from ..weights import load_model
 from ..weights.msst import MSSTConfig
 from .overlap_add import ShiftedOverlapAdd, StreamingOverlapAdd, shift_delays, take_queued, window_count
 from .pool import WindowPool
 from .request import EngineSettings, stem_names
 from .residual import share_residual
+from .runtime import pick_device, resolve_precision
 from .settings import (
     SeparationError,
     check_sample_rate,
@@ -244,7 +244,7 @@ class Separator(SongSeparator):
         self._fingerprint: str | None = None
         self._pool: WindowPool | None = None
         if self.device.type == "cpu":
-            from ..runtime import tune_cpu_allocator
+            from .runtime import tune_cpu_allocator
 
             tune_cpu_allocator()
 

@@ -13,13 +13,10 @@ import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import StemsplitError
 from ..files import creation_problem, nearest_existing, special_file
-
-if TYPE_CHECKING:
-    from ..batch.records import GivenNames
 
 # Output format -> (libsndfile container, subtype for each bit depth; None = the format's default).
 OUTPUT_FORMATS: dict[str, tuple[str, dict[int | None, str]]] = {
@@ -35,6 +32,15 @@ TEMPLATE_FIELDS = ("folder", "track", "stem", "ext")
 # {folder}: the song's folder relative to the folder `batch` walked ("" for files named directly).
 DEFAULT_FILENAME = "{folder}/{track}/{stem}.{ext}"
 NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows)
+
+
+class GivenNames(Protocol):
+    """The track names given in earlier runs, as :func:`plan_outputs` asks them (batch keeps them:
+    :class:`stemsplit.batch.records.GivenNames`)."""
+
+    def given(self, song: SongSource) -> str | None: ...
+
+    def held(self, song: SongSource, track: str) -> bool: ...
 
 
 class OutputError(StemsplitError):

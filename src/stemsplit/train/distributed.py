@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from ..engine.runtime import Ranks, pick_device, torchrun_ranks
 from ..engine.settings import SeparationError
-from ..runtime import Ranks, pick_device, torchrun_ranks
 from .errors import TrainError
 
 __all__ = [

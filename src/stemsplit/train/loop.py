@@ -28,12 +28,12 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 
 from ..card import card_of
+from ..engine.runtime import resolve_precision
 from ..errors import first_line
 from ..files import write_atomically, write_failure
 from ..model import build_model
 from ..model.families import config_dict
 from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
-from ..runtime import resolve_precision
 from ..weights import save_checkpoint
 from .config import TrainConfig
 from .distributed import broadcast_from_main, mean_over_ranks, ranks_agree, setup_distributed, shard_indices

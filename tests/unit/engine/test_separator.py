@@ -224,7 +224,7 @@ def test_file_pipeline_streams_output_before_reading_all_input(golden_model):
 
 def test_precision_auto_follows_the_cpu(golden_model):
     """auto: bf16 where the CPU computes it natively (within the issue's 5e-3 of fp32), else fp32."""
-    from stemsplit.runtime import cpu_auto_precision
+    from stemsplit.engine.runtime import cpu_auto_precision
 
     auto = Separator(golden_model, stage=2, window=1.0, hop=0.5, precision="auto", device="cpu")
     exact = Separator(golden_model, stage=2, window=1.0, hop=0.5, precision="fp32", device="cpu")
@@ -250,8 +250,8 @@ def test_light_is_decided_by_the_engine(golden_model):
 
 def test_precision_defaults_to_auto(golden_model):
     """No precision given: what ``auto`` picks (bf16 on CPUs with native bf16), in the API and the CLI."""
+    from stemsplit.engine.runtime import cpu_auto_precision
     from stemsplit.model.families import build_model, family, make_config
-    from stemsplit.runtime import cpu_auto_precision
 
     assert Separator(golden_model, device="cpu").precision == cpu_auto_precision()[0]
     # A family whose card says bf16 does not pay on the CPU (U-Mamba-Net's scan) stays in fp32.

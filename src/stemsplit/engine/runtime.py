@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .engine.settings import SeparationError, parse_device
+from .settings import SeparationError, parse_device
 
 if TYPE_CHECKING:
     import torch
@@ -85,7 +85,7 @@ def _with_mamba_backend(device: torch.device) -> torch.device:
     Checked with the device, before any model is built: a misspelt value, or ``cuda`` on a CPU,
     otherwise fails at the first window.
     """
-    from .model.layers.mamba2 import BACKEND_ENV, resolve_backend
+    from ..model.layers.mamba2 import BACKEND_ENV, resolve_backend
 
     try:
         resolve_backend(None, device)

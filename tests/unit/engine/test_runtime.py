@@ -8,7 +8,7 @@ from helpers import python
 PROBE = """
 import resource, sys, torch
 from stemsplit.model import TSBSMamba2
-from stemsplit.runtime import tune_cpu_allocator
+from stemsplit.engine.runtime import tune_cpu_allocator
 tuned = tune_cpu_allocator() if sys.argv[1] == "tune" else False
 torch.manual_seed(0)
 model = TSBSMamba2(feature_dim=32, num_repeat_mask=1, num_repeat_map=1).eval()
@@ -38,7 +38,7 @@ def test_tuned_allocator_reuses_large_blocks():
 
 
 def test_tuning_twice_is_harmless():
-    from stemsplit.runtime import tune_cpu_allocator
+    from stemsplit.engine.runtime import tune_cpu_allocator
 
     assert tune_cpu_allocator() == tune_cpu_allocator()
 
@@ -51,7 +51,7 @@ ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
 def test_cpu_bf16_support_reads_the_flags(monkeypatch):
     import torch
 
-    from stemsplit.runtime import cpu_bf16_support
+    from stemsplit.engine.runtime import cpu_bf16_support
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
@@ -65,7 +65,7 @@ def test_cpu_bf16_support_reads_the_flags(monkeypatch):
 
 
 def test_cpu_auto_precision_names_a_precision_and_a_reason():
-    from stemsplit.runtime import cpu_auto_precision, cpu_bf16_support
+    from stemsplit.engine.runtime import cpu_auto_precision, cpu_bf16_support
 
     precision, why = cpu_auto_precision()
     assert precision == ("bf16" if cpu_bf16_support()[0] else "fp32")
