@@ -257,8 +257,9 @@ def take_queued(queue: collections.deque[Any], count: int, axis: int = -1) -> li
         head = queue.popleft()
         if head.shape[axis] > count:
             before = (slice(None),) * (axis % head.ndim)
-            queue.appendleft(head[(*before, slice(count, None))])
-            head = head[(*before, slice(None, count))]
+            rest, first = (*before, slice(count, None)), (*before, slice(None, count))
+            queue.appendleft(head[rest])
+            head = head[first]
         parts.append(head)
         count -= head.shape[axis]
     return parts

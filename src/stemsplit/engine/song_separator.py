@@ -98,6 +98,7 @@ def as_audio_array(audio: np.ndarray | torch.Tensor, fold_surround: bool = False
             f"{channels} channels; stemsplit separates mono or stereo (fold down first, e.g. with "
             "stemsplit.audio.downmix_to_stereo(audio.T).T)"
         )
+    assert isinstance(audio, np.ndarray)  # (a tensor was made an array above)
     audio = audio.astype(np.float32)
     if not np.isfinite(audio).all():
         raise SeparationError("audio contains NaN or infinite samples")

@@ -24,7 +24,7 @@ from ..engine.settings import SeparationError, check_settings, parse_device
 from ..files import creation_problem
 
 if TYPE_CHECKING:
-    from typing import Self  # (Python 3.11; the package runs on 3.10, where only the checker needs it)
+    from typing_extensions import Self  # (typing's from Python 3.11; only the checker reads this)
 
 __all__ = [
     "DEFAULT_ARCH",

@@ -42,7 +42,7 @@ from ..files import write_atomically
 from ..weights import cache_dir
 
 if TYPE_CHECKING:
-    from typing import Unpack  # (Python 3.11; the package runs on 3.10, where only the checker needs it)
+    from typing_extensions import Unpack  # (typing's from Python 3.11; only the checker reads this)
 
 __all__ = [
     "DetectorSettings",
