@@ -7,6 +7,7 @@ golden model and the tiny TS-BSMamba2 (a bare state dict) run where the network 
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -351,3 +352,22 @@ def test_time_left_after_compiling_leaves_the_compile_time_out(capsys):
     reporter.on_event({"event": "windows", "done": 1, "total": 5})
     measured = [line for line in capsys.readouterr().err.splitlines() if "measured" in line]
     assert len(measured) == 1 and "measured 0.1 s per window; about 0 s left" in measured[0], measured
+
+
+def test_json_runs_end_on_an_error_event_with_the_status(tmp_path, stub_checkpoint):
+    """--json: an error that ends the run is an ``error`` event on stdout (its message and exit status,
+    the flag named) beside the one line on stderr, whichever error it is: a usage error (2), a model that
+    does not load (1)."""
+    song(tmp_path / "s.wav")
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(Path(stub_checkpoint).read_bytes()[:200])
+    for args, status in [
+        (["--model", stub_checkpoint, "--batch-size", "0"], 2),
+        (["--model", damaged], 1),
+    ]:
+        result = cli(tmp_path / "s.wav", "-o", tmp_path / "o", *FAST, *args, "--json")
+        assert result.returncode == status, result.stderr
+        [line] = result.stderr.splitlines()
+        [error] = [e for e in json_events(result) if e["event"] == "error"]
+        assert error["exit_code"] == status and line == f"stemsplit: error: {error['message']}"
+    assert not (tmp_path / "o").exists()

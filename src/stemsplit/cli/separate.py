@@ -18,13 +18,12 @@ from typing import Any
 
 import typer
 
-from ..errors import UsageError
+from ..errors import StemsplitError
 from ..output.plan import DEFAULT_FILENAME
 from .common import (
     EXAMPLES,
-    EXIT_FAILED,
-    EXIT_USAGE,
     Interrupted,
+    flag_problem,
     interrupted_status,
     interrupts_as_exceptions,
 )
@@ -61,9 +60,9 @@ def _run_command(batch: bool, args: dict[str, Any], precision: Any, task: str) -
     with interrupts_as_exceptions():
         try:
             code = run_separation(batch, args, reporter, task)
-        except UsageError as exc:
-            reporter.error(str(exc), exit_code=EXIT_USAGE)
-            raise typer.Exit(EXIT_USAGE) from None
+        except StemsplitError as exc:  # cli.common.Commands prints its line and exits with its status
+            reporter.emit({"event": "error", "message": flag_problem(exc), "exit_code": exc.exit_code})
+            raise
         except Interrupted as exc:
             code = interrupted_status(exc)
             reporter.error(f"interrupted ({exc}); nothing is left half-written", exit_code=code)
@@ -71,14 +70,6 @@ def _run_command(batch: bool, args: dict[str, Any], precision: Any, task: str) -
         except KeyboardInterrupt:
             reporter.error("interrupted; nothing is left half-written", exit_code=130)
             raise typer.Exit(130) from None
-        except Exception as exc:
-            from ..engine.settings import SeparationError
-            from ..weights import WeightsError
-
-            if args["debug"] or not isinstance(exc, (WeightsError, SeparationError)):
-                raise
-            reporter.error(str(exc), exit_code=EXIT_FAILED)
-            raise typer.Exit(EXIT_FAILED) from None
     raise typer.Exit(code)
 
 
