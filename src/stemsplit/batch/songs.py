@@ -165,15 +165,15 @@ class Shard:
 
 
 def parse_shard(text: str) -> Shard:
-    """``"I/N"`` (1 <= I <= N) -> :class:`Shard`; ``ValueError`` saying what is wrong otherwise."""
+    """``"I/N"`` (1 <= I <= N) -> :class:`Shard`; a :class:`BatchError` (option ``shard``) otherwise."""
     parts = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)
     if parts is None:
-        raise ValueError(f"{text!r} is not I/N (share I of N, counted from 1: 1/4, 2/4, 3/4, 4/4)")
+        raise BatchError(f"{text!r} is not I/N (share I of N, counted from 1: 1/4, 2/4, 3/4, 4/4)", "shard")
     shard = Shard(int(parts[1]), int(parts[2]))
     if shard.count < 1:
-        raise ValueError(f"{text}: N must be at least 1")
+        raise BatchError(f"{text}: N must be at least 1", "shard")
     if not 1 <= shard.index <= shard.count:
-        raise ValueError(f"{text}: I must be 1 to {shard.count} (shares are counted from 1)")
+        raise BatchError(f"{text}: I must be 1 to {shard.count} (shares are counted from 1)", "shard")
     return shard
 
 

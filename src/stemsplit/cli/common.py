@@ -195,6 +195,7 @@ FLAGS = {
     "model_config": "--model-config",
     "residual": "--residual",
     "shifts": "--shifts",
+    "shard": "--shard",
 }
 
 

@@ -92,19 +92,19 @@ class RayOptions:
         songs: int | None,
         device: str,
     ) -> RayOptions:
-        """The flags checked (``ValueError`` naming the flag); nothing is started."""
+        """The flags checked (a UsageError naming the flag); nothing is started."""
         if address is not None and not address.strip():
-            raise ValueError("--ray-address: empty; give auto, host:port or ray://host:port")
+            raise UsageError("--ray-address: empty; give auto, host:port or ray://host:port")
         if workers is not None and workers < 1:
-            raise ValueError(f"--workers: {workers}; must be at least 1")
+            raise UsageError(f"--workers: {workers}; must be at least 1")
         if cpus is not None and not (0 < cpus < math.inf):
-            raise ValueError(f"--cpus-per-worker: {cpus:g}; must be more than 0")
+            raise UsageError(f"--cpus-per-worker: {cpus:g}; must be more than 0")
         if gpus is not None and not (0 <= gpus < math.inf):
-            raise ValueError(f"--gpus-per-worker: {gpus:g}; must be 0 or more")
+            raise UsageError(f"--gpus-per-worker: {gpus:g}; must be 0 or more")
         if gpus and device == "cpu":
-            raise ValueError(f"--gpus-per-worker: {gpus:g} with --device cpu; leave one of them out")
+            raise UsageError(f"--gpus-per-worker: {gpus:g} with --device cpu; leave one of them out")
         if songs is not None and songs < 1:
-            raise ValueError(f"--songs-per-batch: {songs}; must be at least 1")
+            raise UsageError(f"--songs-per-batch: {songs}; must be at least 1")
         return cls(address and address.strip(), workers, cpus, gpus, songs)
 
     def resolved(self, cluster: dict[str, float], device: str, songs: int) -> tuple[int, float, float]:
@@ -112,7 +112,7 @@ class RayOptions:
 
         GPUs: one per worker where the cluster has any (unless ``--device cpu``); workers: as many as
         the cluster holds, never more than there are songs to give them. A worker larger than the
-        whole cluster would wait for ever: ``ValueError`` naming the flag.
+        whole cluster would wait for ever: a UsageError naming the flag.
         """
         gpus = self.gpus_per_worker
         if gpus is None:
@@ -121,7 +121,7 @@ class RayOptions:
         for flag, wanted, kind in (("--gpus-per-worker", gpus, "GPU"), ("--cpus-per-worker", cpus, "CPU")):
             have = cluster.get(kind, 0)
             if wanted > have:
-                raise ValueError(
+                raise UsageError(
                     f"{flag}: {wanted:g} a worker, and the Ray cluster has {have:g} {kind}s in all"
                 )
         workers = self.workers
@@ -281,11 +281,9 @@ def separate_on_ray(run: list[Song], job: WorkerJob, options: RayOptions, report
     if started_here:
         _start_ray(options.address, reporter)
     try:
-        try:  # a worker larger than the whole cluster would wait for ever
-            to_send = sum(song.status != "failed" for song in run)
-            workers = options.resolved(ray.cluster_resources(), job.args["device"], to_send)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        to_send = sum(song.status != "failed" for song in run)
+        # (a worker larger than the whole cluster would wait for ever: a usage error)
+        workers = options.resolved(ray.cluster_resources(), job.args["device"], to_send)
         with reporter:
             reporter.begin_all(len(run))
             try:

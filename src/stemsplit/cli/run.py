@@ -120,7 +120,7 @@ def _shard_argument(text: str | None, batch: bool, task: str) -> Any:
     them twice, and nothing would resume a task that died."""
     if text is None:
         return None
-    from ..batch import parse_shard
+    from ..batch import BatchError, parse_shard
 
     if not batch:
         command = "stemsplit batch FOLDER" if task == "music" else "stemsplit speakers --batch FOLDER"
@@ -130,8 +130,8 @@ def _shard_argument(text: str | None, batch: bool, task: str) -> Any:
         )
     try:
         return parse_shard(text)
-    except ValueError as exc:
-        raise UsageError(f"--shard: {exc}") from None
+    except BatchError as exc:
+        raise usage_error(exc) from None
 
 
 def _shard_note(reporter: Reporter, shard: Any, taken: int, found: int) -> None:
@@ -214,17 +214,14 @@ def _ray_argument(args: dict[str, Any], batch: bool, ensemble: Any) -> Any:
         raise UsageError(f"--songs-per-batch: {why} one song's windows at a time; leave it at 1")
     if problem := ray_problem():
         raise UsageError(f"--ray: {problem}")
-    try:
-        return RayOptions.checked(
-            args.get("ray_address"),
-            args.get("workers"),
-            args.get("cpus_per_worker"),
-            args.get("gpus_per_worker"),
-            args.get("songs_per_batch"),
-            args["device"],
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    return RayOptions.checked(
+        args.get("ray_address"),
+        args.get("workers"),
+        args.get("cpus_per_worker"),
+        args.get("gpus_per_worker"),
+        args.get("songs_per_batch"),
+        args["device"],
+    )
 
 
 def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: str = "music") -> int:
