@@ -85,6 +85,7 @@ def test_api_settings_name_the_option(golden_model, kwargs, option):
         ({"model": 123}, "model"),
         ({"stems": ["vocals", "vocals", "drums", "bass"]}, "stems"),
         ({"normalization": "z-score"}, "normalization"),
+        ({"settings": {"window": 1.0}}, "settings"),
     ],
 )
 def test_api_refuses_settings_of_the_wrong_type(kwargs, option, stub_checkpoint):

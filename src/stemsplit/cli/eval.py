@@ -11,13 +11,16 @@ import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from ..files import creation_problem, special_file
 from .common import EXIT_USAGE, err_console, fail, flag_problem, out_console
+
+if TYPE_CHECKING:
+    from ..engine.request import EngineSettings
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
@@ -74,7 +77,7 @@ def eval_command(
     flag = "--libri2mix" if libri2mix else "--musdb"
     subset = _subset_name(subset, flag)
     _check_report_is_no_input(json_out, flag, musdb or libri2mix, model)
-    _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
+    engine = _check_usage(libri2mix, mixture, window, hop, batch_size, device, json_out, overwrite)
     from ..datasets.libri2mix import SpeechSynthError, check_speech_layout
     from ..datasets.musdb_layout import DatasetError, track_folders, track_stems
     from ..errors import UsageError
@@ -120,7 +123,7 @@ def eval_command(
         pick_device(device)
     except SeparationError as exc:
         raise fail(flag_problem(exc), EXIT_USAGE) from None
-    settings: dict[str, Any] = dict(device=device, window=window, hop=hop, batch_size=batch_size, task=task)
+    settings: dict[str, Any] = dict(settings=engine, task=task)
     separator: Any  # a Separator, or an Ensemble of them
     try:
         if ensemble is None:
@@ -174,16 +177,17 @@ def eval_command(
 
 def _check_usage(
     libri2mix, mixture: str, window: float, hop: float, batch_size, device: str, json_out, overwrite: bool
-) -> None:
-    """The flags, checked before torch is imported and anything is separated: exit 2, naming the flag."""
+) -> EngineSettings:
+    """The flags, checked before torch is imported and anything is separated: exit 2, naming the flag.
+    Returns the engine's settings, as the separators take them."""
     from ..datasets.libri2mix import MIXTURE_KINDS
-    from ..engine.settings import SeparationError, check_settings, parse_device
+    from ..engine.request import EngineSettings
+    from ..engine.settings import SeparationError
 
     if libri2mix is not None and mixture not in MIXTURE_KINDS:
         raise fail(f"--mixture: must be one of {', '.join(MIXTURE_KINDS)}, not {mixture!r}", EXIT_USAGE)
     try:
-        check_settings(window, hop, batch_size, None, None)
-        parse_device(device)
+        engine = EngineSettings(device=device, window=window, hop=hop, batch_size=batch_size)
     except SeparationError as exc:
         raise fail(flag_problem(exc), EXIT_USAGE) from None
     if json_out is not None and json_out.is_dir():  # found only after every track was separated, before
@@ -196,6 +200,7 @@ def _check_usage(
     if problem := creation_problem(json_out.parent if json_out else Path.cwd(), named=json_out):
         where = "" if json_out else "; name a report file elsewhere with --json"
         raise fail(f"--json: {problem}{where}", EXIT_USAGE)
+    return engine
 
 
 def _check_stems_in_common(folder: Path, test_stems, model: str, model_stems) -> None:

@@ -139,6 +139,8 @@ class Separator(SongSeparator):
             settings = EngineSettings(
                 device, window, hop, batch_size, precision, stage, exact, shifts, light, compile
             )
+        elif not isinstance(settings, EngineSettings):
+            raise SeparationError(f"must be an EngineSettings, not {shown(settings)}", "settings")
         device, window, hop, batch_size = settings.device, settings.window, settings.hop, settings.batch_size
         precision, stage, exact, shifts = settings.precision, settings.stage, settings.exact, settings.shifts
         light, compile = settings.light, settings.compile
@@ -206,7 +208,7 @@ class Separator(SongSeparator):
             hop = min(LIGHT_HOP, window)
             self.light_note = f"light: {self.name} with a {hop:g} s hop (no light model to use)"
         hop = min(self.card.hop, window) if hop is None else hop
-        check_settings(window, hop, batch_size, precision, stage)
+        check_settings(window, hop, None, None, None)  # the pair the card completed (the rest: settings)
         self.window = round(window * self.sample_rate)
         self.hop = round(hop * self.sample_rate)
         if self.window < self.card.min_samples:
