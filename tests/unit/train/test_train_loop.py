@@ -30,7 +30,7 @@ from helpers import (
 )
 from safetensors import safe_open
 
-from stemsplit.train import loop
+from stemsplit.train import loop, progress
 from stemsplit.train.losses import separation_loss
 from stemsplit.train.schedule import LrSchedule
 from stemsplit.weights import load_model, save_checkpoint
@@ -130,7 +130,7 @@ def test_killed_run_resumes_exactly(tiny_musdb, tmp_path):
 
 def test_progress_lines_without_a_terminal(tiny_musdb, tmp_path, monkeypatch):
     """In a log file (no tty) training prints plain progress lines instead of a bar."""
-    monkeypatch.setattr(loop, "PROGRESS_LINE_SECONDS", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_LINE_SECONDS", 0.0)
     monkeypatch.setenv("STEMSPLIT_CACHE", str(tmp_path / "cache"))
     lines = []
     config = loop.TrainConfig(
