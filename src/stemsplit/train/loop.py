@@ -133,12 +133,9 @@ class Run:
             else self.model
         )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        try:
-            self.schedule = LrSchedule(
-                self.optimizer, config.lr_schedule, config.lr_decay, config.patience, config.lr_every
-            )
-        except ValueError as exc:
-            raise TrainError(f"--lr-schedule: {exc}") from None
+        self.schedule = LrSchedule(
+            self.optimizer, config.lr_schedule, config.lr_decay, config.patience, config.lr_every
+        )
         self.epoch, self.step, self.global_step = 0, 0, 0
         config.out.mkdir(parents=True, exist_ok=True)
         if config.resume:

@@ -226,8 +226,13 @@ def test_step_schedule_and_early_stopping_count():
     assert schedule.step(2.0) and optimizer.param_groups[0]["lr"] == 0.5  # improving, still decayed
     assert not schedule.step(1.0) and not schedule.step(1.5)
     assert optimizer.param_groups[0]["lr"] == 0.25 and schedule.since_best == 2
-    with pytest.raises(ValueError, match="plateau, step or constant"):
+    with pytest.raises(loop.TrainError) as raised:
         LrSchedule(optimizer, "cosine")
+    assert raised.value.option == "--lr-schedule"  # the message the Run's TrainError gave before:
+    assert (
+        str(raised.value)
+        == "--lr-schedule: learning-rate schedule must be plateau, step or constant, not 'cosine'"
+    )
 
 
 def test_bsrnn_recipe_is_the_papers_and_flags_win():
