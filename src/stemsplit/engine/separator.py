@@ -76,7 +76,7 @@ class Separator(SongSeparator):
         batch_size: windows per forward pass (default 1 on CPU; on CUDA sized from free memory).
         precision: ``fp32``, ``bf16`` or ``auto`` (the default: bf16 on CUDA, and on CPUs that compute
             it natively for models whose card says bf16 pays there; fp32 elsewhere; see
-            :func:`stemsplit.runtime.resolve_precision`).
+            :func:`stemsplit.engine.runtime.resolve_precision`).
         stage: which output of a multi-stage model (TS-BSMamba2: 1 = masked stems, which sum
             to the mixture; 2 = the paper's final output); default: the last.
         exact: correct the stems to sum exactly to the input (see :func:`share_residual`).

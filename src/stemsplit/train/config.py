@@ -49,7 +49,7 @@ __all__ = [
 DEFAULT_ARCH = "ts-bsmamba2"
 # The family `train --libri2mix` trains when no --arch is given: U-Mamba-Net (stemsplit.model.u_mamba_net).
 SPEECH_ARCH = "u-mamba-net"
-# The learning-rate schedules train/loop.py's LrSchedule implements.
+# The learning-rate schedules train/schedule.py's LrSchedule implements.
 LR_SCHEDULES = ("plateau", "step", "constant")
 # torch.manual_seed takes 64 bits; a run adds offsets per rank and step to its seed.
 MAX_SEED = 2**63 - 1

@@ -7,6 +7,7 @@ batches do not depend on the number of processes.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 import torch
@@ -19,6 +20,7 @@ from .errors import TrainError
 __all__ = [
     "broadcast_from_main",
     "device_for",
+    "leave_process_group",
     "mean_over_ranks",
     "ranks_agree",
     "setup_distributed",
@@ -80,3 +82,14 @@ def ranks_agree(model: torch.nn.Module, ranks: Ranks) -> bool:
     gathered = [torch.zeros_like(mine) for _ in range(ranks.world)]
     dist.all_gather(gathered, mine)
     return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def leave_process_group() -> None:
+    """The end of a run on several processes (every rank calls it, once it has dropped its DDP wrapper):
+    the process group destroyed in an order that cannot deadlock."""
+    gc.collect()  # (DDP's autograd hooks make reference cycles)
+    # gloo's worker thread may still be releasing the all_gather's tensors, which needs the GIL;
+    # destroying the group joins that thread while holding the GIL: a deadlock seen under load.
+    # The barrier is queued behind that release and waits without the GIL.
+    dist.barrier()
+    dist.destroy_process_group()

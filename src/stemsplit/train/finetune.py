@@ -19,7 +19,6 @@ deleted only once ``last.pt`` names a newer one.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from .data import EpochDataset, RemixDataset, SalientIndex
 from .distributed import broadcast_from_main
 from .errors import TrainError
 from .loop import Run, train
+from .progress import append_record
 from .teacher import CLASS_NAMES, LABELED, RESIDUAL, TARGET, teacher_sources, view_offsets
 from .unlabeled import UnlabeledSong, prepare_unlabeled
 
@@ -281,8 +281,7 @@ class FinetuneRun(Run):
             save_checkpoint(self.model, self.config.out / "best.safetensors", epoch=0, generation=0)
             valid = score if self.valid_tracks else None
             record = {"epoch": 0, "global_step": 0, "valid_usdr": valid, "best": True, "teacher": 0}
-            with open(self.config.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(self.config.out / "log.jsonl", record)
             if self.valid_tracks:
                 self.log(f"pre-trained model {self.pretrained.name}: valid uSDR {score:.2f} dB (teacher 0)")
             else:

@@ -7,17 +7,17 @@ default; docs/training.md describes the recipes and the files of a run.
 Runs stop and resume exactly: ``last.pt`` (:mod:`.resume`) holds model, optimiser, schedule, epoch,
 step and random state, and the data of sample i of epoch e depends only on (seed, e, i), so a
 resumed run sees the batches it would have seen. Under ``torchrun`` (:mod:`.distributed`) each rank
-takes its slice of every global batch and only rank 0 writes files.
+takes its slice of every global batch and only rank 0 writes files. After each epoch: the validation
+score (:mod:`.validation`), the exports (``best.safetensors``, ``last.safetensors``), the epoch's record
+in ``log.jsonl`` and its line (:mod:`.progress`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,31 +25,38 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError
 
 from ..card import card_of
 from ..engine.runtime import resolve_precision
 from ..errors import first_line
-from ..files import write_atomically, write_failure
+from ..files import write_atomically
 from ..model import build_model
 from ..model.families import config_dict
-from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..weights import save_checkpoint
 from .config import TrainConfig
-from .distributed import broadcast_from_main, mean_over_ranks, ranks_agree, setup_distributed, shard_indices
+from .distributed import (
+    broadcast_from_main,
+    leave_process_group,
+    mean_over_ranks,
+    ranks_agree,
+    setup_distributed,
+    shard_indices,
+)
 from .errors import TrainError
 from .losses import pit_si_snr_loss, separation_loss
 from .model_config import model_config_for
+from .progress import EpochProgress, append_record, epoch_line, score_field
 from .resume import (
     CHECKPOINT_FORMAT,
     as_flag,
+    check_resumable,
     load_checkpoint,
-    recipe_changes,
     rng_state,
-    saved_recipe,
     set_rng_state,
+    writing_run_files,
 )
 from .schedule import LrSchedule
+from .validation import validation_score
 
 if TYPE_CHECKING:
     from ..datasets.libri2mix import SpeechTrack
@@ -57,9 +64,6 @@ if TYPE_CHECKING:
     from .data import EpochDataset, SalientIndex
 
 __all__ = ["Run", "train"]
-
-
-PROGRESS_LINE_SECONDS = 60.0  # without a terminal, a progress line this often
 
 
 class Run:
@@ -129,12 +133,9 @@ class Run:
             else self.model
         )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        try:
-            self.schedule = LrSchedule(
-                self.optimizer, config.lr_schedule, config.lr_decay, config.patience, config.lr_every
-            )
-        except ValueError as exc:
-            raise TrainError(f"--lr-schedule: {exc}") from None
+        self.schedule = LrSchedule(
+            self.optimizer, config.lr_schedule, config.lr_decay, config.patience, config.lr_every
+        )
         self.epoch, self.step, self.global_step = 0, 0, 0
         config.out.mkdir(parents=True, exist_ok=True)
         if config.resume:
@@ -304,49 +305,14 @@ class Run:
     def save(self) -> None:
         if self.ranks.main:
             state = self._state()
-            with self._writing():
+            with writing_run_files(self.config.out, self.last_path):
                 write_atomically(self.last_path, lambda tmp: torch.save(state, tmp))
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        """A failed write into the run folder (a full disk: torch.save and safetensors raise
-        RuntimeErrors for it) as one TrainError in the words of every failed write; what was written
-        before stays (each file is replaced whole or not at all), so the run can go on with --resume."""
-        try:
-            yield
-        except (OSError, RuntimeError, SafetensorError) as exc:
-            out = self.config.out
-            then = (
-                f"the last checkpoint is kept: make room and continue with --resume -o {out}"
-                if self.last_path.is_file()
-                else "make room and run the same command again"
-            )
-            raise TrainError(
-                f"{out}: writing the run's files failed: {write_failure(exc, out)}; {then}"
-            ) from None
 
     def _resume(self) -> dict[str, Any]:
         """Restore the run from ``last.pt``; returns the checkpoint (for what subclasses saved in it)."""
         state = load_checkpoint(self.last_path)
         architecture = {"architecture": self.config.arch, **config_dict(self.model.config)}
-        state["model_config"].setdefault("architecture", TS_BSMAMBA2)  # runs saved before families
-        saved = saved_recipe(self.config, state["config"])
-        changes = recipe_changes(self.config, saved)
-        if changes and not self.config.override:
-            raise TrainError(
-                f"--resume: {self.last_path} was trained with another recipe: {', '.join(changes)}; "
-                "resume with the run's own values, or add --override to continue with the new ones"
-            )
-        if state["model_config"] != architecture:
-            differ = ", ".join(
-                f"{key} {architecture.get(key)} (was {value})"
-                for key, value in state["model_config"].items()
-                if architecture.get(key) != value
-            )
-            raise TrainError(
-                f"--resume: {self.last_path} holds another architecture ({differ}); --arch, --preset, "
-                "--light, --model-config, --target and the number of --stems must be those of the run"
-            )
+        saved, changes = check_resumable(self.config, state, architecture, self.last_path)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -403,28 +369,20 @@ class Run:
     def validate(self) -> float:
         """Mean uSDR over stems and validation tracks (speakers: mean SI-SNRi over talkers and dev
         mixtures), with the chunked protocol (rank 0)."""
-        from ..engine.separator import Separator
-        from ..evaluate.scoring import evaluate_speech, evaluate_tracks
-
         if not self.valid_tracks:
             # No validation set: each epoch counts as better than the last, so best.safetensors is the
             # latest and neither the plateau schedule nor early stopping acts without evidence.
             return float(self.global_step)
-        separator = Separator(
+        config = self.config
+        return validation_score(
             self.model,
-            device=self.device,
-            window=self.config.valid_window,
-            hop=self.config.valid_hop,
-            precision=self.precision,
+            self.valid_tracks,
+            self.task,
+            self.device,
+            config.valid_window,
+            config.valid_hop,
+            self.precision,
         )
-        try:
-            if self.task == "speakers":
-                return evaluate_speech(
-                    separator, self.valid_tracks, compute_sdr=False, compute_stoi=False
-                ).mean("si_snri")
-            return evaluate_tracks(separator, self.valid_tracks, compute_csdr=False).usdr()["avg"]
-        finally:
-            self.model.train()
 
     def run(self) -> None:
         cfg = self.config
@@ -433,32 +391,27 @@ class Run:
         while self.epoch < cfg.epochs and not self._stopped_early():
             self.model.train()
             started, losses = time.perf_counter(), []
-            bar = self._progress_bar()
-            last_line = time.monotonic()
+            progress = EpochProgress(
+                self.log,
+                main=self.ranks.main,
+                epoch=self.epoch + 1,
+                epochs=cfg.epochs,
+                step=self.step,
+                steps=self.steps_per_epoch,
+                batch_size=cfg.batch_size,
+                started=started,
+            )
             for batch in self._loader():
                 losses.append(self.train_step(*batch))
                 self.step += 1
                 self.global_step += 1
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{losses[-1]:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}"
-                    )
-                    bar.update(1)
-                elif self.ranks.main and time.monotonic() - last_line > PROGRESS_LINE_SECONDS:
-                    # No terminal (a log file, a job scheduler): a plain line now and then instead.
-                    last_line = time.monotonic()
-                    rate = len(losses) * cfg.batch_size / (time.perf_counter() - started)
-                    self.log(
-                        f"epoch {self.epoch + 1}/{cfg.epochs}: step {self.step}/{self.steps_per_epoch}, "
-                        f"loss {np.mean(losses[-50:]):.4f}, {rate:.1f} samples/s"
-                    )
+                progress.update(self.step, losses, self.optimizer.param_groups[0]["lr"])
                 due_steps = cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0
                 due_time = time.monotonic() - last_save > cfg.save_every_minutes * 60
                 if due_steps or due_time:
                     self.save()
                     last_save = time.monotonic()
-            if bar is not None:
-                bar.close()
+            progress.close()
             seconds = time.perf_counter() - started
             mean_loss = float(np.mean(losses)) if losses else math.nan
             mean_loss = mean_over_ranks(mean_loss, self.ranks, self.device)
@@ -470,7 +423,7 @@ class Run:
             self.end_epoch(improved, score)
             if self.ranks.main:
                 extra = {"epoch": self.epoch, **self.export_metadata()}
-                with self._writing():
+                with writing_run_files(cfg.out, self.last_path):
                     if improved:
                         save_checkpoint(self.model, cfg.out / "best.safetensors", **extra)
                     save_checkpoint(self.model, cfg.out / "last.safetensors", **extra)
@@ -479,42 +432,29 @@ class Run:
                     "epoch": self.epoch,
                     "global_step": self.global_step,
                     "loss": mean_loss,
-                    "valid_" + self.score_name.lower().replace("-", "_"): score if validated else None,
+                    score_field(self.score_name): score if validated else None,
                     "best": improved,
                     "lr": lr,
                     "samples_per_second": len(losses) * cfg.batch_size / max(seconds, 1e-9),
                     "seconds": seconds,
                     **self.log_fields(),
                 }
-                with self._writing(), open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                best = " (best)" if improved else ""
-                speed = record["samples_per_second"]
-                valid = f"valid {self.score_name} {score:.2f} dB{best}" if validated else "no validation set"
-                self.log(
-                    f"epoch {self.epoch}/{cfg.epochs}: loss {mean_loss:.4f}, "
-                    f"{valid}, lr {lr:.2e}, {speed:.1f} samples/s"
-                )
+                with writing_run_files(cfg.out, self.last_path):
+                    append_record(log_path, record)
+                self.log(epoch_line(record, cfg.epochs, self.score_name))
             self.save()
             last_save = time.monotonic()
         if self.ranks.world > 1:
             agree = ranks_agree(self.model, self.ranks)
             if self.ranks.main:
-                with open(log_path, "a") as f:
-                    f.write(
-                        json.dumps({"event": "finished", "ranks_agree": agree, "world": self.ranks.world})
-                        + "\n"
-                    )
+                append_record(
+                    log_path, {"event": "finished", "ranks_agree": agree, "world": self.ranks.world}
+                )
             # The DDP wrapper's reducer holds the process group: freed after the group was destroyed (when
             # the Run was dropped), its destructor waited for a peer that had exited (a hang seen in CI, in
             # ~Reducer -> ~ProcessGroup). So it goes first, while every rank is still here.
             self.ddp = self.model
-            gc.collect()  # (DDP's autograd hooks make reference cycles)
-            # gloo's worker thread may still be releasing the all_gather's tensors, which needs the GIL;
-            # destroying the group joins that thread while holding the GIL: a deadlock seen under load.
-            # The barrier is queued behind that release and waits without the GIL.
-            dist.barrier()
-            dist.destroy_process_group()
+            leave_process_group()
 
     def _stopped_early(self) -> bool:
         """BSRNN's early stopping: --early-stop epochs without a better validation score end the run."""
@@ -526,21 +466,6 @@ class Run:
             f"(best {self.schedule.best:.2f} dB: best.safetensors)"
         )
         return True
-
-    def _progress_bar(self):
-        """A tqdm bar on rank 0 when stderr is a terminal; None otherwise (progress lines instead)."""
-        if not self.ranks.main:
-            return None
-        from tqdm import tqdm
-
-        bar = tqdm(
-            disable=None,  # None: disabled when stderr is not a terminal
-            total=self.steps_per_epoch,
-            initial=self.step,
-            desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-            unit="step",
-        )
-        return None if bar.disable else bar
 
 
 def train(

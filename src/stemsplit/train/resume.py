@@ -4,19 +4,25 @@ changes of the recipe a resumed run refuses.
 ``last.pt`` holds only tensors, numbers, strings and plain containers (the config as JSON text, the
 random states as tensors), so ``--resume`` reads it with ``torch.load(weights_only=True)``: a planted
 ``last.pt`` that needs pickle code is refused before any of it runs. ``--resume`` also refuses a
-changed recipe (see :data:`~stemsplit.train.config.RECIPE_FIELDS`) unless ``override`` is set.
+changed recipe (see :data:`~stemsplit.train.config.RECIPE_FIELDS`) unless ``override`` is set, and
+always another architecture. A write into the run folder that fails says how to go on with ``--resume``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
+from ..files import write_failure
+from ..model.ts_bsmamba2 import ARCHITECTURE as TS_BSMAMBA2
 from ..weights import WeightsError, torch_load_safely
 from .config import TrainConfig, flag_name
 from .errors import TrainError
@@ -24,11 +30,13 @@ from .errors import TrainError
 __all__ = [
     "CHECKPOINT_FORMAT",
     "as_flag",
+    "check_resumable",
     "load_checkpoint",
     "recipe_changes",
     "rng_state",
     "saved_recipe",
     "set_rng_state",
+    "writing_run_files",
 ]
 
 CHECKPOINT_FORMAT = "stemsplit-train-2"  # last.pt layout; 2: weights-only loadable (JSON config, RNG tensors)
@@ -142,3 +150,49 @@ def recipe_changes(config: TrainConfig, saved: dict[str, Any]) -> list[str]:
             was = as_flag(name, old).split(" ", 1)[1]
             changes.append(f"{as_flag(name, new)} (was {was})")
     return changes
+
+
+def check_resumable(
+    config: TrainConfig, state: dict[str, Any], architecture: dict[str, Any], path: Path
+) -> tuple[dict[str, Any], list[str]]:
+    """The saved recipe (:func:`saved_recipe`) of ``state``, read from ``path``, and the run's changes to
+    it (:func:`recipe_changes`); TrainError for changes without ``override``, or when the network's
+    ``architecture`` (its family config, with ``architecture``: the family) is not the saved one."""
+    state["model_config"].setdefault("architecture", TS_BSMAMBA2)  # runs saved before families
+    saved = saved_recipe(config, state["config"])
+    changes = recipe_changes(config, saved)
+    if changes and not config.override:
+        raise TrainError(
+            f"--resume: {path} was trained with another recipe: {', '.join(changes)}; "
+            "resume with the run's own values, or add --override to continue with the new ones"
+        )
+    if state["model_config"] != architecture:
+        differ = ", ".join(
+            f"{key} {architecture.get(key)} (was {value})"
+            for key, value in state["model_config"].items()
+            if architecture.get(key) != value
+        )
+        raise TrainError(
+            f"--resume: {path} holds another architecture ({differ}); --arch, --preset, "
+            "--light, --model-config, --target and the number of --stems must be those of the run"
+        )
+    return saved, changes
+
+
+@contextlib.contextmanager
+def writing_run_files(out: Path, last_path: Path) -> Iterator[None]:
+    """A failed write into the run folder ``out`` (a full disk: torch.save and safetensors raise
+    RuntimeErrors for it) as one TrainError in the words of every failed write; what was written
+    before stays (each file is replaced whole or not at all), so the run can go on with --resume
+    (from ``last_path``, when it is there)."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        then = (
+            f"the last checkpoint is kept: make room and continue with --resume -o {out}"
+            if last_path.is_file()
+            else "make room and run the same command again"
+        )
+        raise TrainError(
+            f"{out}: writing the run's files failed: {write_failure(exc, out)}; {then}"
+        ) from None

@@ -8,6 +8,7 @@ import math
 import torch
 
 from .config import LR_SCHEDULES, either
+from .errors import TrainError
 
 __all__ = ["LrSchedule"]
 
@@ -31,7 +32,9 @@ class LrSchedule:
         every: int = 2,
     ) -> None:
         if mode not in LR_SCHEDULES:
-            raise ValueError(f"learning-rate schedule must be {either(LR_SCHEDULES)}, not {mode!r}")
+            raise TrainError(
+                f"learning-rate schedule must be {either(LR_SCHEDULES)}, not {mode!r}", "--lr-schedule"
+            )
         self.optimizer, self.mode, self.factor, self.patience, self.every = (
             optimizer,
             mode,

@@ -30,7 +30,7 @@ from helpers import (
 )
 from safetensors import safe_open
 
-from stemsplit.train import loop
+from stemsplit.train import loop, progress
 from stemsplit.train.losses import separation_loss
 from stemsplit.train.schedule import LrSchedule
 from stemsplit.weights import load_model, save_checkpoint
@@ -130,7 +130,7 @@ def test_killed_run_resumes_exactly(tiny_musdb, tmp_path):
 
 def test_progress_lines_without_a_terminal(tiny_musdb, tmp_path, monkeypatch):
     """In a log file (no tty) training prints plain progress lines instead of a bar."""
-    monkeypatch.setattr(loop, "PROGRESS_LINE_SECONDS", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_LINE_SECONDS", 0.0)
     monkeypatch.setenv("STEMSPLIT_CACHE", str(tmp_path / "cache"))
     lines = []
     config = loop.TrainConfig(
@@ -226,8 +226,13 @@ def test_step_schedule_and_early_stopping_count():
     assert schedule.step(2.0) and optimizer.param_groups[0]["lr"] == 0.5  # improving, still decayed
     assert not schedule.step(1.0) and not schedule.step(1.5)
     assert optimizer.param_groups[0]["lr"] == 0.25 and schedule.since_best == 2
-    with pytest.raises(ValueError, match="plateau, step or constant"):
+    with pytest.raises(loop.TrainError) as raised:
         LrSchedule(optimizer, "cosine")
+    assert raised.value.option == "--lr-schedule"  # the message the Run's TrainError gave before:
+    assert (
+        str(raised.value)
+        == "--lr-schedule: learning-rate schedule must be plateau, step or constant, not 'cosine'"
+    )
 
 
 def test_bsrnn_recipe_is_the_papers_and_flags_win():
