@@ -90,7 +90,7 @@ def msst_config(path: Path | None, model: str | Path | None) -> Any:
         raise UsageError(f"--model-config: {exc}") from None
 
 
-def window_before_loading(args: dict[str, Any], msst: Any, task: str) -> float | None:
+def window_before_loading(model: str | Path | None, light: bool, msst: Any, task: str) -> float | None:
     """The window (seconds) one model will use, as far as it is known before it loads: its MSST
     YAML's, its registry entry's, or the usual card's 3 s for an entry that names none; None for a
     checkpoint file or URL (the model's card says once it is loaded)."""
@@ -98,7 +98,7 @@ def window_before_loading(args: dict[str, Any], msst: Any, task: str) -> float |
 
     if msst is not None:
         return msst.window
-    entry = registry_entry(args["model"], args["light"], task)
+    entry = registry_entry(model, light, task)
     if entry is None:
         return None
     return entry.window or DEFAULT_WINDOW
@@ -115,14 +115,17 @@ def check_msst_network(msst: Any) -> None:
         raise UsageError(f"--model-config: {msst.path}: {exc}") from None
 
 
-def ensemble_argument(args: dict[str, Any], task: str) -> Any:
-    """--model checked before anything loads: one model (then ``args["model"]`` is what the loader
-    gets, see :func:`model_argument`, and this returns None) or an ensemble (see
-    :mod:`stemsplit.engine.ensemble_spec`): its :class:`EnsembleSpec`, each model checked as one is."""
+def ensemble_argument(
+    model: str | Path | None, model_config: Path | None, task: str
+) -> tuple[str | Path | None, Any]:
+    """--model (and whether --model-config was given) checked before anything loads: for one model,
+    (what the loader gets, see :func:`model_argument`; None); for an ensemble (see
+    :mod:`stemsplit.engine.ensemble_spec`), (``model`` as given, its :class:`EnsembleSpec`), each model
+    checked as one is."""
     from ..engine.ensemble_spec import parse_models
     from ..engine.settings import SeparationError
 
-    text = args["model"]
+    text = None if model is None else os.fspath(model)
     try:
         spec = None if text is None else parse_models(text)
     except SeparationError as exc:
@@ -130,14 +133,13 @@ def ensemble_argument(args: dict[str, Any], task: str) -> Any:
     if spec is not None and len(spec.models) == 1:  # "a:2", "vocals=a": that model alone
         text, spec = os.fspath(spec.models[0]), None  # (parsed: a string)
     if spec is None:
-        args["model"] = model_argument(text)
-        return None
+        return model_argument(text), None
     if task != "music":
         raise UsageError(
             f"--model: {text}: ensembles are for music (speaker models give their talkers in an order "
             "of their own, so they cannot be averaged)"
         )
-    if args.get("model_config") is not None:
+    if model_config is not None:
         raise UsageError("--model-config: goes with one checkpoint, not an ensemble of models")
     models = [model_argument(os.fspath(model)) for model in spec.models]  # (parsed: strings)
     files: dict[str, Any] = {}
@@ -146,7 +148,7 @@ def ensemble_argument(args: dict[str, Any], task: str) -> Any:
             same = files.setdefault(os.path.realpath(model), model)
             if same is not model:
                 raise UsageError(f"--model: {same} and {model} are the same file; give each model once")
-    return dataclasses.replace(spec, models=tuple(models))
+    return model, dataclasses.replace(spec, models=tuple(models))
 
 
 def ensemble_stems(spec: Any, light: bool, task: str) -> tuple[str, ...] | None:
@@ -198,11 +200,10 @@ def checked_models(model: str | None, task: str) -> tuple[str | Path | None, Any
     Usage errors exit 2 before anything loads."""
     from ..weights import WeightsError, load_registry
 
-    args = {"model": model}
     try:
-        spec = ensemble_argument(args, task)
+        one, spec = ensemble_argument(model, None, task)
         if spec is None:
-            return checked_model(None if args["model"] is None else os.fspath(args["model"])), None
+            return checked_model(None if one is None else os.fspath(one)), None
         for member in spec.models:
             if isinstance(member, str) and not member.startswith(("http://", "https://")):
                 load_registry().get(member)

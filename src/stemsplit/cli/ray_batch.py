@@ -53,6 +53,7 @@ from typing import Any
 from ..batch import CLAIM_POLL_SECONDS
 from ..errors import UsageError, first_line
 from .common import one_line
+from .flags import SeparationFlags
 from .model_args import load_separator
 from .reporter import Reporter, print_summary
 from .song import Song, record_settings, separate_one
@@ -136,7 +137,7 @@ class RayOptions:
 class WorkerJob:
     """What every worker needs to separate the run's songs as the driver planned them."""
 
-    args: dict[str, Any]  # the command's options (cli.separate's ``args``)
+    flags: SeparationFlags  # the command's options, its --model checked
     settings: Any  # the request's EngineSettings (each worker's device: the --device asked for)
     choice: Any  # the request's StemChoice
     ensemble: Any  # EnsembleSpec or None
@@ -219,9 +220,9 @@ class SongWorker:
         self.reporter = _WorkerReporter()
         self.where = {"host": socket.gethostname(), "pid": os.getpid(), "worker": name}
         try:
-            args = job.args
+            flags = job.flags
             self.separator = load_separator(
-                args["model"], job.ensemble, job.msst, job.settings, args["task"], self.reporter
+                flags.model, job.ensemble, job.msst, job.settings, flags.task, self.reporter
             )
             chosen = job.choice.resolve(self.separator.stems, self.separator.owner)
             if chosen != job.stems:
@@ -230,10 +231,9 @@ class SongWorker:
                 self.problem = "its model's weights differ from the driver's (another file at that path?)"
             from ..batch import DoneRecords
 
-            self.records = DoneRecords(
-                args["out"], record_settings(self.separator, job.options, args, chosen)
-            )
-            songs = args.get("songs_per_batch") or 1
+            settings = record_settings(self.separator, job.options, flags.downmix, flags.stream, chosen)
+            self.records = DoneRecords(flags.out, settings)
+            songs = flags.songs_per_batch or 1
             self.pool = self.separator.pool_windows(songs) if songs > 1 else None
         except Exception as exc:  # any reason at all: the driver reports it, once, and stops
             self.problem = one_line(str(exc)) or type(exc).__name__
@@ -246,10 +246,9 @@ class SongWorker:
             return {"problem": self.problem}
         self.reporter.begin()
         started = time.perf_counter()
-        args = self.job.args
         with self.pool.song() if self.pool is not None else contextlib.nullcontext():
             separate_one(
-                self.separator, song, self.job.options, args, self.records, self.reporter, args["out"],
+                self.separator, song, self.job.options, self.job.flags, self.records, self.reporter,
                 claim_token=token, dead_claims=dead,
             )  # fmt: skip
         return {
@@ -283,7 +282,7 @@ def separate_on_ray(run: list[Song], job: WorkerJob, options: RayOptions, report
     try:
         to_send = sum(song.status != "failed" for song in run)
         # (a worker larger than the whole cluster would wait for ever: a usage error)
-        workers = options.resolved(ray.cluster_resources(), job.args["device"], to_send)
+        workers = options.resolved(ray.cluster_resources(), job.flags.device, to_send)
         with reporter:
             reporter.begin_all(len(run))
             try:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
 from .common import EXIT_FAILED, usage_error
+from .flags import SeparationFlags
 from .model_args import (
     CHECKPOINT_SUFFIXES,
     check_msst_network,
@@ -38,34 +39,34 @@ from .reporter import Reporter, cpu_seconds_per_window, print_summary
 from .song import Song, record_settings, separate_one
 
 
-def engine_settings(args: dict[str, Any]) -> Any:
+def engine_settings(flags: SeparationFlags) -> Any:
     """The engine's settings from the flags (checked: SeparationError)."""
     from ..engine.request import EngineSettings
 
     return EngineSettings(
-        device=args["device"],
-        window=args["window"],
-        hop=args["hop"],
-        batch_size=args["batch_size"],
-        precision=args["precision"],
-        stage=args["stage"],
-        exact=args["exact"],
-        shifts=args["shifts"],
-        light=args["light"],
-        compile=args["compile"],
+        device=flags.device,
+        window=flags.window,
+        hop=flags.hop,
+        batch_size=flags.batch_size,
+        precision=flags.precision,
+        stage=flags.stage,
+        exact=flags.exact,
+        shifts=flags.shifts,
+        light=flags.light,
+        compile=flags.compile,
     )
 
 
-def stem_choice(args: dict[str, Any]) -> Any:
+def stem_choice(flags: SeparationFlags) -> Any:
     """The stems asked for by --stems, --two-stems and --residual (checked: SeparationError)."""
     from ..engine.request import StemChoice
 
-    if args["stems"] is not None and args["two_stems"] is not None:
+    if flags.stems is not None and flags.two_stems is not None:
         raise UsageError("--stems and --two-stems cannot be used together")
-    return StemChoice(args["stems"], args["two_stems"], args["residual"])
+    return StemChoice(flags.stems, flags.two_stems, flags.residual)
 
 
-def _inputs(paths: list[Path], batch: bool, out: Path, reporter: Reporter) -> list[Any]:
+def _inputs(paths: Sequence[Path], batch: bool, out: Path, reporter: Reporter) -> list[Any]:
     from ..batch import BatchError, find_songs
     from ..output.plan import SongSource
 
@@ -148,7 +149,7 @@ def _shard_note(reporter: Reporter, shard: Any, taken: int, found: int) -> None:
     reporter.emit(event)
 
 
-def _report_argument(path: Path | None, args: dict[str, Any], ensemble: Any) -> Any:
+def _report_argument(path: Path | None, model: str | Path | None, ensemble: Any) -> Any:
     """--report checked before anything runs (torch-free, nothing created): a
     :class:`~stemsplit.report.RunReport`, or None without it."""
     if path is None:
@@ -160,10 +161,9 @@ def _report_argument(path: Path | None, args: dict[str, Any], ensemble: Any) -> 
         raise UsageError(
             f"--report: {path} is named like an audio or model file; the report is JSON lines (run.jsonl)"
         )
-    models = [args["model"]] if ensemble is None else list(ensemble.models)
-    for model in models:
-        if isinstance(model, Path) and _same_file(path, model):
-            raise UsageError(f"--report: {path} is the model {model}")
+    for each in [model] if ensemble is None else list(ensemble.models):
+        if isinstance(each, Path) and _same_file(path, each):
+            raise UsageError(f"--report: {path} is the model {each}")
     if problem := report_problem(path):
         raise UsageError(f"--report: {problem}")
     return RunReport(path)
@@ -190,87 +190,85 @@ def _shard_for_torchrun(songs: list[Any], device: str) -> tuple[list[Any], str]:
     return songs[ranks.rank :: ranks.world], device
 
 
-def _ray_argument(args: dict[str, Any], batch: bool, ensemble: Any) -> Any:
+def _ray_argument(flags: SeparationFlags, ensemble: Any) -> Any:
     """--ray and its flags checked before anything runs (Ray is not imported): a
     :class:`~stemsplit.cli.ray_batch.RayOptions`, or None without --ray."""
     from .ray_batch import RayOptions, ray_problem
 
     ray_flags = {
-        "--ray-address": args.get("ray_address"),
-        "--workers": args.get("workers"),
-        "--cpus-per-worker": args.get("cpus_per_worker"),
-        "--gpus-per-worker": args.get("gpus_per_worker"),
-        "--songs-per-batch": args.get("songs_per_batch"),
+        "--ray-address": flags.ray_address,
+        "--workers": flags.workers,
+        "--cpus-per-worker": flags.cpus_per_worker,
+        "--gpus-per-worker": flags.gpus_per_worker,
+        "--songs-per-batch": flags.songs_per_batch,
     }
-    if not args.get("ray"):
+    if not flags.ray:
         given = [flag for flag, value in ray_flags.items() if value is not None]
         if given:
             raise UsageError(f"{given[0]}: goes with --ray (the batch then runs on a Ray cluster)")
         return None
-    if not batch:
+    if not flags.batch:
         raise UsageError("--ray: runs a batch of folders; use stemsplit batch FOLDER --ray")
-    if (args.get("songs_per_batch") or 1) > 1 and (ensemble is not None or args["exact"]):
+    if (flags.songs_per_batch or 1) > 1 and (ensemble is not None or flags.exact):
         why = "an ensemble's models run" if ensemble is not None else "--exact measures"
         raise UsageError(f"--songs-per-batch: {why} one song's windows at a time; leave it at 1")
     if problem := ray_problem():
         raise UsageError(f"--ray: {problem}")
     return RayOptions.checked(
-        args.get("ray_address"),
-        args.get("workers"),
-        args.get("cpus_per_worker"),
-        args.get("gpus_per_worker"),
-        args.get("songs_per_batch"),
-        args["device"],
+        flags.ray_address,
+        flags.workers,
+        flags.cpus_per_worker,
+        flags.gpus_per_worker,
+        flags.songs_per_batch,
+        flags.device,
     )
 
 
-def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: str = "music") -> int:
+def run_separation(flags: SeparationFlags, reporter: Reporter) -> int:
     """Check everything the run will do (the pre-flight: :func:`stemsplit.engine.request.prepare`), then
     load the model and separate; returns the exit status. Raises :class:`UsageError` for exit 2.
 
-    ``task``: the models this command takes (``music``: separate and batch; ``speakers``).
+    ``flags.task``: the models this command takes (``music``: separate and batch; ``speakers``).
     """
     from ..engine.request import InternalReadError, prepare
     from ..engine.settings import SeparationError, check_settings
     from ..output.plan import OutputError, OutputOptions
 
-    # 1. the flags, each part of the request checking itself; then the run's own flags
-    args["task"] = task
-    if not str(args["out"]).strip():  # Path("") is ".": the stems would land in the current folder
-        raise UsageError("--out: the folder name is empty; name a folder (-o . for the current one)")
-    args["out"] = out = Path(args["out"])
-    if any(os.fspath(path) == "-" and not os.path.lexists(path) for path in args["inputs"]):
+    # 1. the flags, each part of the request checking itself; then the run's own flags (an empty --out
+    # was refused when the flags were made)
+    batch, task, out = flags.batch, flags.task, flags.out
+    if any(os.fspath(path) == "-" and not os.path.lexists(path) for path in flags.inputs):
         raise UsageError("-: stemsplit reads audio files, not standard input; save the stream to a file")
     try:
-        output = OutputOptions(
-            args["filename"], args["fmt"], args["bit_depth"], args["clip_mode"], args["overwrite"]
-        )
-        settings = engine_settings(args)
-        choice = stem_choice(args)
+        output = OutputOptions(flags.filename, flags.fmt, flags.bit_depth, flags.clip_mode, flags.overwrite)
+        settings = engine_settings(flags)
+        choice = stem_choice(flags)
     except (OutputError, SeparationError) as exc:
         raise usage_error(exc) from None
-    ensemble = ensemble_argument(args, task)  # None: one model, args["model"]
-    msst = msst_config(args.get("model_config"), args["model"])
-    shard = _shard_argument(args.get("shard"), batch, task)
-    report = _report_argument(args.get("report"), args, ensemble)
-    ray = _ray_argument(args, batch, ensemble)
+    model, ensemble = ensemble_argument(flags.model, flags.model_config, task)  # ensemble None: one model
+    flags = dataclasses.replace(flags, model=model)  # what the loader gets (the run's, each --ray worker's)
+    msst = msst_config(flags.model_config, model)
+    shard = _shard_argument(flags.shard, batch, task)
+    report = _report_argument(flags.report, model, ensemble)
+    ray = _ray_argument(flags, ensemble)
     if settings.window is None and settings.hop is not None and ensemble is None:  # the hop must fit
         try:
-            check_settings(window_before_loading(args, msst, task), settings.hop, None, None, None)
+            window = window_before_loading(model, flags.light, msst, task)
+            check_settings(window, settings.hop, None, None, None)
         except SeparationError as exc:
             raise usage_error(exc) from None
 
     # 2. inputs
-    songs = _inputs(args["inputs"], batch, out, reporter)
+    songs = _inputs(flags.inputs, batch, out, reporter)
     if not songs:  # not a usage error: the folder may simply be empty today
-        reporter.error("no audio files found in " + ", ".join(map(str, args["inputs"])))
+        reporter.error("no audio files found in " + ", ".join(map(str, flags.inputs)))
         return EXIT_FAILED
     if report is not None and not batch:
         _check_report_is_no_input(report.path, songs)
     found = len(songs)
     if shard is not None:  # the job array's share first; torchrun's ranks then divide the share
         songs = shard.take(songs)
-    songs, device = _shard_for_torchrun(songs, args["device"])
+    songs, device = _shard_for_torchrun(songs, flags.device)
     if shard is not None:
         _shard_note(reporter, shard, len(songs), found)
     if report is not None:
@@ -291,13 +289,13 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     # of every song planned with them, every input probed (a missing or unreadable file fails alone,
     # before the model loads: a typo would otherwise wait for the default model's download)
     if ensemble is None:
-        problem, known = known_model(args["model"], args["light"], task)  # without loading the model
+        problem, known = known_model(model, flags.light, task)  # without loading the model
         if msst is not None:  # the YAML names the stems; what the file's metadata says does not count
             problem, known = None, msst.stems
         if problem:
             raise wrong_task(problem, task)
     else:
-        known = ensemble_stems(ensemble, args["light"], task)
+        known = ensemble_stems(ensemble, flags.light, task)
     names = None
     if batch:  # a name once given stays: from the manifests of earlier runs
         from ..batch import GivenNames
@@ -312,13 +310,13 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
             settings=settings,
             model_stems=known or None,
             owner="this model" if ensemble is None else "this ensemble",
-            downmix=args["downmix"],
-            stream=args["stream"],
+            downmix=flags.downmix,
+            stream=flags.stream,
             names=names,
         )
     except (OutputError, SeparationError) as exc:
         raise usage_error(exc) from None
-    if args["debug"]:
+    if flags.debug:
         for planned in request.songs:
             if isinstance(planned.problem, InternalReadError):
                 raise planned.problem.__cause__ or planned.problem  # the bug itself
@@ -351,7 +349,7 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     try:
         # --ray: this copy only plans (stems, input checks, fingerprint) on the CPU; the workers separate
         separator = load_separator(
-            args["model"],
+            model,
             ensemble,
             msst,
             dataclasses.replace(settings, device="cpu" if ray is not None else device),
@@ -361,9 +359,9 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         chosen = choice.resolve(separator.stems, separator.owner)
         request = request.with_stems(chosen)  # the model's stems, where the registry did not know them
     except UnknownModelError as exc:
-        for model in [args["model"]] if ensemble is None else ensemble.models:
-            if model is not None and os.path.isdir(model):  # a bare name: no such model, but a folder
-                raise UsageError(f"--model: {model} is a folder, not a checkpoint file") from None
+        for each in [model] if ensemble is None else ensemble.models:
+            if each is not None and os.path.isdir(each):  # a bare name: no such model, but a folder
+                raise UsageError(f"--model: {each} is a folder, not a checkpoint file") from None
         raise UsageError(f"--model: {exc}") from None
     except (SeparationError, OutputError) as exc:
         if exc.option == "task":  # a model of the other task
@@ -396,15 +394,15 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
         if song.status == "failed":
             continue
         try:
-            separator.check_input(song.info, args["downmix"])
+            separator.check_input(song.info, flags.downmix)
         except SeparationError as exc:
-            if args["debug"]:
+            if flags.debug:
                 raise
             song.status, song.details = "failed", str(exc)
     if ray is not None:  # the workers decide what is done, each with its own model's settings
         from .ray_batch import WorkerJob, separate_on_ray
 
-        job = WorkerJob(args, settings, choice, ensemble, msst, output, chosen, separator.fingerprint())
+        job = WorkerJob(flags, settings, choice, ensemble, msst, output, chosen, separator.fingerprint())
         del separator  # the workers load their own
         separate_on_ray(run, job, ray, reporter)
         if any(song.status == "failed" for song in run) or (report is not None and report.problem):
@@ -417,12 +415,12 @@ def run_separation(batch: bool, args: dict[str, Any], reporter: Reporter, task: 
     if batch:
         from ..batch import DoneRecords
 
-        records = DoneRecords(out, record_settings(separator, output, args, chosen))
+        records = DoneRecords(out, record_settings(separator, output, flags.downmix, flags.stream, chosen))
     _report(
         run,
         reporter,
         batch,
-        lambda song: separate_one(separator, song, output, args, records, reporter, out),
+        lambda song: separate_one(separator, song, output, flags, records, reporter),
     )
     if any(song.status == "failed" for song in run) or (report is not None and report.problem):
         return EXIT_FAILED

@@ -27,6 +27,7 @@ from .common import (
     interrupted_status,
     interrupts_as_exceptions,
 )
+from .flags import SeparationFlags
 from .reporter import Reporter
 from .run import run_separation
 
@@ -52,14 +53,12 @@ class ClipMode(str, Enum):
 # --- the Typer commands ---------------------------------------------------------------------------
 
 
-def _run_command(batch: bool, args: dict[str, Any], precision: Any, task: str) -> None:
-    """Run a separation command's ``args`` (its options by name) and exit with its status."""
-    args["fmt"], args["clip_mode"] = args["fmt"].value, args["clip_mode"].value
-    args["precision"] = precision.value if precision else None
-    reporter = Reporter(args["json_lines"], args["quiet"])
+def _run_command(options: dict[str, Any], task: str, batch: bool) -> None:
+    """Run a separation command's ``options`` (Typer's values by name) and exit with its status."""
+    reporter = Reporter(options["json_lines"], options["quiet"])
     with interrupts_as_exceptions():
-        try:
-            code = run_separation(batch, args, reporter, task)
+        try:  # (the flags are made in here: an empty --out, their one check, gets --json's error event)
+            code = run_separation(SeparationFlags.from_options(options, task=task, batch=batch), reporter)
         except StemsplitError as exc:  # cli.common.Commands prints its line and exits with its status
             reporter.emit({"event": "error", "message": flag_problem(exc), "exit_code": exc.exit_code})
             raise
@@ -225,8 +224,7 @@ def separation_command(batch: bool):
         ),
         debug: bool = DEBUG_OPTION,
     ) -> None:
-        args = dict(locals(), residual=False)
-        _run_command(batch, args, precision, "music")
+        _run_command(dict(locals(), residual=False), "music", batch)  # (locals(): the options, and batch)
 
     command.__doc__ = (
         (
@@ -276,8 +274,9 @@ def speakers_command(
     shard: str = shard_option(),
     debug: bool = DEBUG_OPTION,
 ) -> None:
-    args = dict(
+    options = dict(
         locals(),
+        model_config=None,
         light=False,
         stage=None,
         exact=False,
@@ -286,8 +285,14 @@ def speakers_command(
         two_stems=None,
         downmix=False,
         stream=None,
+        ray=False,
+        ray_address=None,
+        workers=None,
+        cpus_per_worker=None,
+        gpus_per_worker=None,
+        songs_per_batch=None,
     )
-    _run_command(args.pop("batch"), args, precision, "speakers")
+    _run_command(options, "speakers", options.pop("batch"))
 
 
 speakers_command.__doc__ = (

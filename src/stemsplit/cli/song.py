@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .flags import SeparationFlags
 from .reporter import Reporter
 
 
@@ -30,15 +31,15 @@ def separate_one(
     separator,
     song: Song,
     options,
-    args,
+    flags: SeparationFlags,
     records,
     reporter: Reporter,
-    out: Path,
     claim_token: str | None = None,
     dead_claims: tuple[str, ...] = (),
 ) -> None:
     """Separate one song of the run (batch: unless done, and under its claim), and record what became of
-    it in ``song``. ``claim_token``: the claim's token (a --ray worker's attempt, named by the driver);
+    it in ``song``. ``flags``: the run's (its ``out``, ``downmix``, ``debug``, ``task``).
+    ``claim_token``: the claim's token (a --ray worker's attempt, named by the driver);
     ``dead_claims``: tokens of earlier attempts at this song whose worker died (taken over at once)."""
     from ..audio.downmix import describe_downmix
     from ..audio.info import AudioError
@@ -46,13 +47,13 @@ def separate_one(
     from ..engine.settings import SeparationError
     from ..output.plan import OutputError, OutputExistsError
 
-    source = song.outputs.source.path
+    source, out = song.outputs.source.path, flags.out
     claim = None
     song_options = options
     try:  # the song as it is now: it may have been replaced or edited since it was probed
-        _probe_again_if_changed(separator, song, args["downmix"], batch=records is not None)
+        _probe_again_if_changed(separator, song, flags.downmix, batch=records is not None)
     except (AudioError, SeparationError, SourceChangedError) as exc:
-        if args["debug"]:
+        if flags.debug:
             raise
         song.status, song.details = "failed", str(exc)
         reporter.error(song.details, source=str(source))
@@ -104,11 +105,11 @@ def separate_one(
             # anyone else's only with --overwrite, and it is the one named.
             records.begin(song.outputs, options.overwrite)
             song_options = dataclasses.replace(options, overwrite=True)
-        result = separator.separate_song(song.outputs, song.info, song_options, args["downmix"])
+        result = separator.separate_song(song.outputs, song.info, song_options, flags.downmix)
         if records is not None:
             records.write(song.outputs, complete=True)
     except (AudioError, SeparationError, OutputError, OSError, SourceChangedError) as exc:
-        if args["debug"]:
+        if flags.debug:
             raise
         message = _song_problem(exc, song, out, batch=records is not None)
         if isinstance(exc, OutputExistsError):
@@ -117,7 +118,7 @@ def separate_one(
         reporter.error(message, source=str(source))
     else:
         song.status = "done"
-        noun = "stems" if args.get("task", "music") == "music" else "files"
+        noun = "stems" if flags.task == "music" else "files"
         song.details = f"{len(result.outputs)} {noun} in {_common_parent(result.outputs.values())}"
         for note in song.info.notes:  # the header said otherwise: say what was read
             song.details += f"; {note}"
@@ -203,8 +204,11 @@ def _os_problem(exc: OSError, records: Path) -> str:
     return line
 
 
-def record_settings(separator, options, args: dict[str, Any], stems: list[str]) -> dict[str, Any]:
-    """What changes a song's stems: a batch re-separates a song when any of it differs.
+def record_settings(
+    separator, options, downmix: bool, stream: int | None, stems: list[str]
+) -> dict[str, Any]:
+    """What changes a song's stems: a batch re-separates a song when any of it differs (``downmix``,
+    ``stream``: the run's --downmix and --stream).
 
     An ensemble's fingerprint covers its members, their weights and which stem comes from which;
     its window, hop, stage and precision are each member's, in a list."""
@@ -221,8 +225,8 @@ def record_settings(separator, options, args: dict[str, Any], stems: list[str]) 
         "exact": separator.exact,
         "shifts": each("shifts"),
         "precision": each("precision"),
-        "downmix": args["downmix"],
-        **({"stream": args["stream"]} if args["stream"] is not None else {}),  # absent: records stay valid
+        "downmix": downmix,
+        **({"stream": stream} if stream is not None else {}),  # absent: records stay valid
         "stems": stems,
         "format": options.fmt,
         "bit_depth": options.bit_depth,
