@@ -141,6 +141,7 @@ TORCH_FREE = [
     "stemsplit.cli",
     "stemsplit.cli.common",
     "stemsplit.cli.separate",
+    "stemsplit.cli.flags",
     "stemsplit.cli.reporter",
     "stemsplit.cli.run",
     "stemsplit.cli.song",
