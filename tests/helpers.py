@@ -26,6 +26,7 @@ ROOT = Path(__file__).parents[1]  # the repository
 FIXTURES = ROOT / "tests" / "fixtures"
 GOLDEN_WEIGHTS = FIXTURES / "golden_small_weights.safetensors"  # the small reference model (N = 32, 2 + 2)
 RATE = 44100
+SPEECH_RATE = 8000  # the speaker tests' rate: speech networks run at 8 kHz
 FOUR_STEMS = ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]  # sorted file names of a song's stems
 # Small windows on the CPU: plumbing tests run in seconds with the tiny checkpoint.
 FAST = ["--window", "1", "--hop", "0.5", "--device", "cpu"]
@@ -178,6 +179,18 @@ def write_track(folder: Path, stems: dict[str, np.ndarray], rate: int, mixture: 
         sf.write(folder / f"{name}.wav", np.asarray(audio, np.float32), rate, subtype="FLOAT")
     if mixture:
         sf.write(folder / "mixture.wav", sum(stems.values()).astype(np.float32), rate, subtype="FLOAT")
+
+
+def talkers(seconds: float, rate: int = SPEECH_RATE) -> np.ndarray:
+    """Two 'voices' [2, samples]: harmonics of 120 and 210 Hz, each with its own vibrato and syllable rate."""
+    t = np.arange(round(seconds * rate)) / rate
+
+    def voice(f0, vibrato, syllables, phase):
+        pitch = 2 * np.pi * np.cumsum(f0 * (1 + 0.03 * np.sin(2 * np.pi * vibrato * t))) / rate
+        harmonics = sum(np.sin(k * pitch) / k for k in range(1, 6))
+        return 0.1 * (0.55 + 0.45 * np.sin(2 * np.pi * syllables * t + phase)) * harmonics
+
+    return np.stack([voice(120, 5.0, 3.1, 0.0), voice(210, 6.3, 4.3, 1.0)]).astype(np.float32)
 
 
 # --- commands -----------------------------------------------------------------------------------
