@@ -369,6 +369,29 @@ def read_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+# --- batch's records ----------------------------------------------------------------------------
+
+
+def leave_claim(out: Path, music: Path, name: str, **fields):
+    """A claim (``stemsplit.batch.Claim``) on music/NAME as a process that is gone left it: fresh,
+    touched just now, its file holding ``{"token": "gone", **fields}``."""
+    from stemsplit.batch import Claim
+    from stemsplit.output import OutputOptions, SongSource, plan_outputs
+
+    [planned] = plan_outputs([SongSource(music / name)], out, ["vocals"], OutputOptions())
+    claim = Claim(out, planned)
+    claim.path.parent.mkdir(parents=True, exist_ok=True)
+    claim.path.write_text(json.dumps({"token": "gone", **fields}))
+    return claim
+
+
+def read_report(path: Path) -> tuple[list[dict], list[dict]]:
+    """(the song lines, the summary lines) of a run report (``--report``); every line must be one JSON
+    object."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if r["record"] == "song"], [r for r in records if r["record"] == "summary"]
+
+
 # --- checking -----------------------------------------------------------------------------------
 
 
