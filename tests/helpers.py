@@ -155,6 +155,12 @@ def music(seconds: float, rate: int = RATE, channels: int = 2) -> np.ndarray:
     return (0.7 * audio / np.abs(audio).max()).astype(np.float32)  # room for codecs' overshoot
 
 
+def tone(seconds: float, rate: int, hz: float) -> np.ndarray:
+    """A sine of ``hz`` at 0.3, the same in both channels: [frames, 2] float32."""
+    t = np.arange(round(seconds * rate)) / rate
+    return np.stack([0.3 * np.sin(2 * np.pi * hz * t)] * 2, axis=1).astype(np.float32)
+
+
 def aac_file(path: Path, audio: np.ndarray, rate: int = RATE) -> Path:
     """An M4A (MP4 container, AAC) of ``audio`` [frames, 2] float32, written with PyAV: a file only FFmpeg
     reads (libsndfile does not)."""
