@@ -26,6 +26,7 @@ ROOT = Path(__file__).parents[1]  # the repository
 FIXTURES = ROOT / "tests" / "fixtures"
 GOLDEN_WEIGHTS = FIXTURES / "golden_small_weights.safetensors"  # the small reference model (N = 32, 2 + 2)
 RATE = 44100
+SPEECH_RATE = 8000  # the speaker tests' rate: speech networks run at 8 kHz
 FOUR_STEMS = ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]  # sorted file names of a song's stems
 # Small windows on the CPU: plumbing tests run in seconds with the tiny checkpoint.
 FAST = ["--window", "1", "--hop", "0.5", "--device", "cpu"]
@@ -154,6 +155,12 @@ def music(seconds: float, rate: int = RATE, channels: int = 2) -> np.ndarray:
     return (0.7 * audio / np.abs(audio).max()).astype(np.float32)  # room for codecs' overshoot
 
 
+def tone(seconds: float, rate: int, hz: float) -> np.ndarray:
+    """A sine of ``hz`` at 0.3, the same in both channels: [frames, 2] float32."""
+    t = np.arange(round(seconds * rate)) / rate
+    return np.stack([0.3 * np.sin(2 * np.pi * hz * t)] * 2, axis=1).astype(np.float32)
+
+
 def aac_file(path: Path, audio: np.ndarray, rate: int = RATE) -> Path:
     """An M4A (MP4 container, AAC) of ``audio`` [frames, 2] float32, written with PyAV: a file only FFmpeg
     reads (libsndfile does not)."""
@@ -178,6 +185,18 @@ def write_track(folder: Path, stems: dict[str, np.ndarray], rate: int, mixture: 
         sf.write(folder / f"{name}.wav", np.asarray(audio, np.float32), rate, subtype="FLOAT")
     if mixture:
         sf.write(folder / "mixture.wav", sum(stems.values()).astype(np.float32), rate, subtype="FLOAT")
+
+
+def talkers(seconds: float, rate: int = SPEECH_RATE) -> np.ndarray:
+    """Two 'voices' [2, samples]: harmonics of 120 and 210 Hz, each with its own vibrato and syllable rate."""
+    t = np.arange(round(seconds * rate)) / rate
+
+    def voice(f0, vibrato, syllables, phase):
+        pitch = 2 * np.pi * np.cumsum(f0 * (1 + 0.03 * np.sin(2 * np.pi * vibrato * t))) / rate
+        harmonics = sum(np.sin(k * pitch) / k for k in range(1, 6))
+        return 0.1 * (0.55 + 0.45 * np.sin(2 * np.pi * syllables * t + phase)) * harmonics
+
+    return np.stack([voice(120, 5.0, 3.1, 0.0), voice(210, 6.3, 4.3, 1.0)]).astype(np.float32)
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -354,6 +373,29 @@ def json_events(result: subprocess.CompletedProcess) -> list[dict]:
 def read_log(out: Path) -> list[dict]:
     """A training run's ``log.jsonl``, one dict a line."""
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+# --- batch's records ----------------------------------------------------------------------------
+
+
+def leave_claim(out: Path, music: Path, name: str, **fields):
+    """A claim (``stemsplit.batch.Claim``) on music/NAME as a process that is gone left it: fresh,
+    touched just now, its file holding ``{"token": "gone", **fields}``."""
+    from stemsplit.batch import Claim
+    from stemsplit.output import OutputOptions, SongSource, plan_outputs
+
+    [planned] = plan_outputs([SongSource(music / name)], out, ["vocals"], OutputOptions())
+    claim = Claim(out, planned)
+    claim.path.parent.mkdir(parents=True, exist_ok=True)
+    claim.path.write_text(json.dumps({"token": "gone", **fields}))
+    return claim
+
+
+def read_report(path: Path) -> tuple[list[dict], list[dict]]:
+    """(the song lines, the summary lines) of a run report (``--report``); every line must be one JSON
+    object."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if r["record"] == "song"], [r for r in records if r["record"] == "summary"]
 
 
 # --- checking -----------------------------------------------------------------------------------

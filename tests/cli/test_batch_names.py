@@ -11,7 +11,7 @@ import os
 import shutil
 
 import pytest
-from helpers import FAST, FOUR_STEMS, cli, files_under, json_events, song
+from helpers import FAST, FOUR_STEMS, cli, files_under, json_events, leave_claim, song
 
 
 def batch(folder, out, model, *extra, check=None):
@@ -142,18 +142,6 @@ def quick_claims(monkeypatch):
     return batch_module
 
 
-def leave_claim(out, music, name, **fields):
-    """A claim on music/NAME as a process that is gone left it: fresh, touched just now."""
-    from stemsplit.batch import Claim
-    from stemsplit.output import OutputOptions, SongSource, plan_outputs
-
-    [planned] = plan_outputs([SongSource(music / name)], out, ["vocals"], OutputOptions())
-    claim = Claim(out, planned)
-    claim.path.parent.mkdir(parents=True, exist_ok=True)
-    claim.path.write_text(json.dumps({"token": "gone", **fields}))
-    return claim
-
-
 @pytest.mark.parametrize(
     "left_by",
     ["a restarted container, same host name and pid", "a pod on another host"],
@@ -209,33 +197,3 @@ def test_a_run_waits_for_a_song_a_live_process_is_separating(tmp_path, stub_chec
     result = batch(music, out, stub_checkpoint, check=0)
     assert [e["event"] for e in json_events(result)].count("waiting") == 1
     assert [e["source"] for e in events(result, "result")] == [str(music / "a.wav")]
-
-
-def test_a_held_claim_is_touched_by_its_heartbeat_whatever_the_windows_do(tmp_path, monkeypatch):
-    """Without a window finishing (a slow model: minutes per window), a held claim stays fresh; released,
-    its heartbeat stops."""
-    import time
-
-    from stemsplit.batch import claims
-
-    monkeypatch.setattr(claims, "HEARTBEAT_SECONDS", 0.05)
-    claim = leave_claim(tmp_path / "out", tmp_path, "a.wav")
-    claim.path.unlink()
-    assert claim.acquire()
-    os.utime(claim.path, (0, 0))
-    time.sleep(0.5)
-    assert os.stat(claim.path).st_mtime > 0
-    claim.release()
-    assert not claim.path.exists()
-
-
-def test_a_fifo_where_a_claim_goes_does_not_hang_the_run(tmp_path):
-    """The stale check opens the claim (NFS revalidates on open): a FIFO there must not block it; it is
-    junk, taken over once older than a heartbeat."""
-    claim = leave_claim(tmp_path / "out", tmp_path, "a.wav")
-    claim.path.unlink()
-    os.mkfifo(claim.path)
-    assert not claim.acquire() and claim.holder == "another process"
-    os.utime(claim.path, (1, 1))  # as if left long ago
-    assert claim.acquire()
-    claim.release()

@@ -4,9 +4,10 @@ models with different stems, eval against test sets with other stems, the model 
 
 The 6-stem network is a real HTDemucs: the tiny upstream-golden one of tests/fixtures/htdemucs
 (``ht6_published_like``: 8 channels, 4096-sample segments, the published 6-source layout) saved as a
-stemsplit checkpoint. Where the network is beside the point (the numbers of an ensemble, the sums
-eval scores), stand-ins give exact numbers: helpers.StubNet, and a separator whose stems are fixed
-fractions of the mixture.
+stemsplit checkpoint. Where the network is beside the point (the numbers of an ensemble), helpers.StubNet
+stands in. The library's side of other stem sets has its own tests: the rest of an ensemble in
+tests/unit/engine/test_ensemble.py, which stems eval scores in tests/unit/evaluate/test_stems.py, a test
+set's stems in tests/unit/datasets/test_musdb_layout.py.
 """
 
 from __future__ import annotations
@@ -34,12 +35,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 from weights_server import write_registry
 
-from stemsplit.card import MUSIC_STEMS, other_is_the_rest
-from stemsplit.datasets.musdb_layout import DatasetError, track_stems
-from stemsplit.engine.ensemble_spec import plan_stems, rest_parts
-from stemsplit.evaluate.metrics import usdr
-from stemsplit.evaluate.scoring import evaluate_tracks
-from stemsplit.evaluate.stems import match_stems
+from stemsplit.card import MUSIC_STEMS
 from stemsplit.model import families
 from stemsplit.model.htdemucs import SIX_STEMS, config_from_kwargs
 from stemsplit.separate import Separator
@@ -167,23 +163,6 @@ def test_batch_records_six_stems_and_resumes(ht6, song, tmp_path):
 # --- ensembles ----------------------------------------------------------------------------------
 
 
-def test_the_rest_and_what_comes_out_of_it():
-    four, vocals_other = MUSIC_STEMS, ("vocals", "other")
-    assert other_is_the_rest(four) and other_is_the_rest(SIX_STEMS)
-    assert other_is_the_rest(vocals_other, rest_stem="other") and not other_is_the_rest(vocals_other)
-    assert not other_is_the_rest(("other",))  # a one-target network: MUSDB's other, not the rest
-    assert not other_is_the_rest(("vocals", "piano"))
-
-    plan = plan_stems([SIX_STEMS, four], [1.0, 1.0], {}, ["a", "b"])
-    assert list(plan) == list(SIX_STEMS) and plan["guitar"] == ((0, 1.0),)
-    assert rest_parts([SIX_STEMS, four], [True, True], plan) == {1: ("guitar", "piano")}
-    assert rest_parts([SIX_STEMS, four], [True, False], plan) == {}  # b's other is not the rest: as it is
-    chosen = plan_stems([SIX_STEMS, four], [1.0, 1.0], {"other": 0}, ["a", "b"])
-    assert rest_parts([SIX_STEMS, four], [True, True], chosen) == {}  # other from a alone: nothing to take
-    plan = plan_stems([vocals_other, four], [1.0, 1.0], {}, ["v", "b"])  # a vocals model's other: no drums
-    assert rest_parts([vocals_other, four], [True, True], plan) == {0: ("drums", "bass")}
-
-
 def test_an_ensemble_of_six_and_four_stems(ht6, song, separated, stub_checkpoint, tmp_path):
     """htdemucs_6s + a 4-stem model: guitar and piano are the 6-stem model's, the four shared stems are
     averaged, and the 4-stem model's other gives the ensemble's less the guitar and piano it holds."""
@@ -243,97 +222,6 @@ def test_stem_choices_across_six_and_four_stems(ht6, song, stub_checkpoint, tmp_
 
 
 # --- eval ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("model", "test_set", "rest", "estimate", "reference", "model_only", "test_only"),
-    [
-        (SIX_STEMS, MUSIC_STEMS, True, ("other", "guitar", "piano"), ("other",), (), ()),
-        (MUSIC_STEMS, SIX_STEMS, True, ("other",), ("other", "guitar", "piano"), (), ()),
-        (("vocals", "other"), MUSIC_STEMS, True, ("other",), ("other", "drums", "bass"), (), ()),
-        (("other",), MUSIC_STEMS, False, ("other",), ("other",), (), ("drums", "bass", "vocals")),
-        (("vocals", "piano"), MUSIC_STEMS, False, None, None, ("piano",), ("drums", "bass", "other")),
-    ],
-)
-def test_which_stems_are_scored(model, test_set, rest, estimate, reference, model_only, test_only):
-    match = match_stems(model, test_set, rest)
-    assert match.scored == tuple(s for s in model if s in test_set)
-    if estimate is not None:
-        assert (match.estimate["other"], match.reference["other"]) == (estimate, reference)
-    assert (match.unscored_model, match.unscored_test) == (model_only, test_only)
-
-
-def test_a_test_sets_stems_are_its_files(tmp_path):
-    for track, names in (("a", ["mixture", "vocals", "guitar"]), ("b", ["mixture", "piano", ".vocals"])):
-        (tmp_path / track).mkdir()
-        for name in names:
-            (tmp_path / track / f"{name}.wav").write_bytes(b"")
-    assert track_stems([tmp_path / "a", tmp_path / "b"]) == ("guitar", "piano", "vocals")  # any track's
-    (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "mixture.wav").write_bytes(b"")
-    with pytest.raises(
-        DatasetError, match=r"c: no stem files \(expected .*c/<stem>.wav beside mixture.wav\)"
-    ):
-        track_stems([tmp_path / "c"])
-
-
-class Fractions:
-    """A stand-in separator: stem k is ``fractions[k]`` x the mixture (exact numbers, no model)."""
-
-    name, sample_rate, stage, precision, device = "fractions", RATE, 1, "fp32", "cpu"
-    window = hop = RATE
-
-    def __init__(self, stems, fractions):
-        self.stems, self.fractions = tuple(stems), fractions
-
-    def separate(self, mixture, rate):
-        return {s: f * mixture for s, f in zip(self.stems, self.fractions, strict=True)}
-
-
-class Track:
-    def __init__(self, stems: dict[str, np.ndarray]):
-        self.name, self.sample_rate, self.parts, self.stems = "song", RATE, stems, tuple(stems)
-
-    def read(self, stem):
-        return self.parts[stem]
-
-    def read_mixture(self):
-        return sum(self.parts.values())
-
-
-def test_a_six_stem_model_on_a_four_stem_test_set_scores_other_as_the_rest():
-    rng = np.random.default_rng(0)
-    four = {s: rng.standard_normal((2, 4000)).astype(np.float32) for s in MUSIC_STEMS}
-    six = Fractions(SIX_STEMS, [0.3, 0.2, 0.1, 0.2, 0.1, 0.1])
-    report = evaluate_tracks(six, [Track(four)], compute_csdr=False)
-    mixture = sum(four.values())
-    assert report.stems == MUSIC_STEMS
-    assert report.tracks[0].usdr["other"] == pytest.approx(usdr(four["other"], 0.3 * mixture), abs=1e-5)
-    assert report.tracks[0].usdr["drums"] == pytest.approx(usdr(four["drums"], 0.3 * mixture), abs=1e-5)
-    assert report.settings["other_scored_as"] == {
-        "other": {"model": ["other", "guitar", "piano"], "test_set": ["other"]}
-    }
-    assert report.notes == [
-        "other is scored as the rest of the song: the model's other + guitar + piano against the test "
-        "set's other"
-    ]
-
-    # a 4-stem model on a 6-stem test set: the reference is summed instead
-    six_set = {**four, "guitar": 0.5 * four["other"], "piano": 0.5 * four["bass"]}
-    report = evaluate_tracks(
-        Fractions(MUSIC_STEMS, [0.1, 0.2, 0.3, 0.4]), [Track(six_set)], compute_csdr=False
-    )
-    rest = six_set["other"] + six_set["guitar"] + six_set["piano"]
-    expected = usdr(rest, 0.3 * sum(six_set.values()))
-    assert report.stems == MUSIC_STEMS and report.tracks[0].usdr["other"] == pytest.approx(expected, abs=1e-5)
-
-    # a vocals-only model: the stems it lacks are not scored, and the report says so
-    report = evaluate_tracks(Fractions(["vocals"], [0.5]), [Track(six_set)], compute_csdr=False)
-    assert report.stems == ("vocals",)
-    assert report.settings["not_scored"] == {"model": [], "test_set": [*MUSIC_STEMS[:3], "guitar", "piano"]}
-    assert report.notes == [
-        "not scored: the test set's drums, bass, other, guitar, piano (the model gives no such stem)"
-    ]
 
 
 def test_eval_command_with_six_stems_on_four_and_six_stem_test_sets(ht6, tmp_path):

@@ -1,9 +1,11 @@
-"""Speaker separation (issue 17): permutation-aligned windows, ``stemsplit speakers``, PIT SI-SNR
-training and speech metrics.
+"""Speaker separation (issue 17) through the commands: ``stemsplit speakers``, training on the
+Libri2Mix layout with the PIT SI-SNR loss, ``eval --libri2mix``, and each command refusing a model of
+the other task. (The engine's window alignment is tests/unit/engine/test_speaker_alignment.py, the loss
+tests/unit/train/test_losses.py, the metrics tests/unit/evaluate/test_speech_metrics.py.)
 
 U-Mamba-Net is not needed here: the engine, the CLI, training and eval work through the model
 card, so a small Conv-TasNet-like network defined below (registered as a family for the test)
-and a permuting oracle stand in for any speaker-separation network.
+stands in for any speaker-separation network.
 """
 
 import hashlib
@@ -11,25 +13,21 @@ import importlib.util
 import json
 import os
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import cli, files_under, run_cli, song, stemsplit_without_torch, tiny_model
+from helpers import SPEECH_RATE, cli, files_under, run_cli, song, stemsplit_without_torch, tiny_model
 from torch import nn
 from torch.nn import functional as F
 
 from stemsplit.card import SPEAKER_STEMS, ModelCard
-from stemsplit.evaluate.metrics import speech_scores
-from stemsplit.evaluate.si_snr import pit_si_snr, si_snr
 from stemsplit.model import families
-from stemsplit.separate import Separator, StreamingOverlapAdd
-from stemsplit.train.losses import pit_si_snr_loss
 from stemsplit.weights import save_checkpoint
 
-RATE = 8000
+RATE = SPEECH_RATE
 ARCH = "tiny-tasnet"
 
 
@@ -106,176 +104,6 @@ def speaker_checkpoint(tmp_path, tiny_family):
     path = tmp_path / "talkers.safetensors"
     save_checkpoint(TinyTasNet(TinyTasNetConfig()), path)
     return path
-
-
-# --- two known talkers and a permuting oracle -------------------------------------------------
-
-
-def talkers(seconds: float, rate: int = RATE) -> np.ndarray:
-    """Two 'voices' [2, samples]: harmonics of 120 and 210 Hz, each with its own vibrato and syllable rate."""
-    t = np.arange(round(seconds * rate)) / rate
-
-    def voice(f0, vibrato, syllables, phase):
-        pitch = 2 * np.pi * np.cumsum(f0 * (1 + 0.03 * np.sin(2 * np.pi * vibrato * t))) / rate
-        harmonics = sum(np.sin(k * pitch) / k for k in range(1, 6))
-        return 0.1 * (0.55 + 0.45 * np.sin(2 * np.pi * syllables * t + phase)) * harmonics
-
-    return np.stack([voice(120, 5.0, 3.1, 0.0), voice(210, 6.3, 4.3, 1.0)]).astype(np.float32)
-
-
-class PermutingOracle(nn.Module):
-    """A perfect speaker separator that, like a network trained with a permutation-invariant loss,
-    returns each window's talkers in a random order of its own.
-
-    It knows the recording's talkers and follows the engine's windows in order (the engine's
-    padding: ``window - hop`` zeros first); each window is checked to be the mixture there.
-    """
-
-    def __init__(self, sources: np.ndarray, window: int, hop: int, seed: int = 0) -> None:
-        super().__init__()
-        lead = window - hop
-        padded = np.zeros((2, lead + sources.shape[1] + window), np.float32)
-        padded[:, lead : lead + sources.shape[1]] = sources
-        self.padded, self.hop, self.windows = torch.from_numpy(padded), hop, 0
-        self.rng = np.random.default_rng(seed)
-        self.swapped = 0
-        self.card = ModelCard(
-            "oracle",
-            SPEAKER_STEMS,
-            RATE,
-            1,
-            (256, 64),
-            channels=1,
-            task="speakers",
-            permutation_invariant=True,
-        )
-        self.anchor = nn.Parameter(torch.zeros(()))  # something for .to(device) and the fingerprint
-
-    def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        outputs = []
-        for window in windows:  # [1, W]
-            start = self.windows * self.hop
-            self.windows += 1
-            truth = self.padded[:, start : start + window.shape[-1]]
-            assert torch.allclose(window[0], truth.sum(0), atol=1e-6), "the oracle lost the engine's windows"
-            order = self.rng.permutation(2)
-            self.swapped += int(order[0] == 1)
-            outputs.append(truth[order][:, None])
-        return torch.stack(outputs)
-
-
-def segment_correlations(output: np.ndarray, sources: np.ndarray, seconds: float = 1.0) -> np.ndarray:
-    """Correlation of ``output`` with each source, per segment: [segments, 2]."""
-    n = round(seconds * RATE)
-    rows = []
-    for start in range(0, output.shape[-1] - n + 1, n):
-        out = output[start : start + n]
-        rows.append([np.corrcoef(out, src[start : start + n])[0, 1] for src in sources])
-    return np.array(rows)
-
-
-def test_consecutive_windows_are_aligned_so_talkers_never_swap():
-    sources = talkers(40.0)
-    mixture = sources.sum(0, keepdims=True)
-
-    def separate(aligned: bool):
-        oracle = PermutingOracle(sources, window=3 * RATE, hop=RATE // 2)
-        if not aligned:
-            oracle.card = replace(oracle.card, permutation_invariant=False)
-        separator = Separator(oracle, device="cpu", window=3.0, hop=0.5, precision="fp32")
-        out = separator.separate(mixture, RATE)
-        assert oracle.swapped > 20  # the oracle did shuffle: ~half of its 85 windows
-        return out
-
-    # Without alignment each sample averages windows of either order: speaker1 drifts between talkers.
-    plain = segment_correlations(separate(aligned=False)["speaker1"][0], sources)
-    closer_to_first = plain[:, 0] > plain[:, 1]
-    assert closer_to_first.any() and not closer_to_first.all()
-    assert plain.max(axis=1).min() < 0.9
-
-    out = separate(aligned=True)
-    first = segment_correlations(out["speaker1"][0], sources)
-    second = segment_correlations(out["speaker2"][0], sources)
-    talker = int(first[0].argmax())  # which talker speaker1 got is arbitrary; it must keep it throughout
-    assert first[:, talker].min() > 0.99 and second[:, 1 - talker].min() > 0.99
-    np.testing.assert_allclose(out["speaker1"][0], sources[talker], atol=1e-5)
-
-
-def test_streaming_alignment_leaves_other_outputs_in_place():
-    # A 3-talker oracle run straight through StreamingOverlapAdd, the mixture carried as a 4th output.
-    rng = np.random.default_rng(1)
-    sources = torch.from_numpy(rng.standard_normal((3, 5000)).astype(np.float32))
-    window, hop = 400, 100
-    padded = torch.cat([torch.zeros(3, window - hop), sources, torch.zeros(3, window)], dim=1)
-    starts = iter(range(0, 10**6, hop))
-
-    def run_batch(windows):
-        outs = []
-        for w in windows:
-            start = next(starts)
-            truth = padded[:, start : start + window]
-            outs.append(torch.cat([truth[torch.from_numpy(rng.permutation(3))], w])[:, None])
-        return torch.stack(outs)
-
-    ola = StreamingOverlapAdd(run_batch, window, hop, batch_size=3, align_stems=3)
-    blocks = [sources.sum(0, keepdim=True)[:, i : i + 700] for i in range(0, 5000, 700)]
-    out = torch.cat([o for b in blocks for o in ola.push(b)] + list(ola.finish()), dim=-1)[:, 0]
-    assert out.shape == (4, 5000)
-    torch.testing.assert_close(out[3], sources.sum(0), atol=1e-5, rtol=0)  # the mixture, untouched
-    order = [int(torch.stack([torch.dot(out[i], s) for s in sources]).argmax()) for i in range(3)]
-    assert sorted(order) == [0, 1, 2]
-    torch.testing.assert_close(out[:3], sources[order], atol=1e-5, rtol=0)
-
-
-# --- the loss and the metrics -------------------------------------------------------------------
-
-
-def test_si_snr_by_hand_and_scale_invariant():
-    t = torch.sin(torch.arange(8000.0) * 0.05)
-    noise = torch.sin(torch.arange(8000.0) * 0.31)  # nearly orthogonal to t
-    estimate = t + 0.1 * noise
-    scale = torch.dot(estimate - estimate.mean(), t - t.mean()) / (t - t.mean()).square().sum()
-    signal = scale * (t - t.mean())
-    expected = 10 * torch.log10(
-        signal.square().sum() / ((estimate - estimate.mean()) - signal).square().sum()
-    )
-    torch.testing.assert_close(si_snr(estimate, t), expected)
-    torch.testing.assert_close(si_snr(3 * estimate + 0.2, t), si_snr(estimate, t), rtol=1e-4, atol=1e-4)
-    assert si_snr(estimate, t) > 15
-
-
-@pytest.mark.parametrize("talkers_count", [2, 3])
-def test_pit_loss_is_permutation_invariant_and_is_minus_si_snr_in_the_right_order(talkers_count):
-    torch.manual_seed(0)
-    targets = torch.randn(4, talkers_count, 1, 2000)
-    estimates = targets + 0.3 * torch.randn_like(targets)
-    right = -si_snr(estimates, targets).mean(dim=(1, 2)).mean()
-    torch.testing.assert_close(pit_si_snr_loss(estimates, targets), right)
-    swap = [1, 0, *range(2, talkers_count)]
-    for order in [swap, [2, 0, 1]] if talkers_count == 3 else [swap]:
-        shuffled = estimates[:, order]
-        torch.testing.assert_close(pit_si_snr_loss(shuffled, targets), right)
-        _score, found = pit_si_snr(shuffled, targets)
-        assert (shuffled[torch.arange(4)[:, None], found] == estimates).all()  # it finds the way back
-    # A wrong order costs: each output scored against another talker is far worse.
-    wrong = -si_snr(estimates[:, [1, 0, *range(2, talkers_count)]], targets).mean(dim=(1, 2)).mean()
-    assert wrong > right + 20
-    # Two stages: the sum of both stages' losses.
-    torch.testing.assert_close(
-        pit_si_snr_loss((estimates, estimates[:, [1, 0, *range(2, talkers_count)]]), targets), 2 * right
-    )
-
-
-def test_the_mixture_itself_improves_nothing():
-    sources = talkers(2.0)
-    mixture = sources.sum(0) + 0.01 * np.random.default_rng(0).standard_normal(sources.shape[1])
-    scores = speech_scores(
-        mixture, sources, np.stack([mixture, mixture]), RATE, compute_sdr=True, compute_stoi=False
-    )
-    np.testing.assert_allclose(scores["si_snri"], 0, atol=1e-9)
-    np.testing.assert_allclose(scores["sdri"], 0, atol=1e-6)
-    good = speech_scores(mixture, sources, sources[::-1] + 0.001, RATE, compute_sdr=True)
-    assert min(good["si_snri"]) > 10 and min(good["sdri"]) > 10  # found the order, and gained
 
 
 # --- stemsplit speakers --------------------------------------------------------------------------
@@ -547,20 +375,3 @@ def test_training_on_libri2mix_layout_drops_the_loss_and_eval_reports(
         capsys, "train", "--libri2mix", speech_dataset, "--arch", "bsrnn", "-o", tmp_path / "r2"
     )
     assert code == 1 and "--libri2mix: bsrnn separates music" in stderr
-
-
-def test_u_mamba_net_recipe_is_the_papers():
-    from pathlib import Path
-
-    from stemsplit.train.config import TrainConfig
-    from stemsplit.train.schedule import LrSchedule
-
-    config = TrainConfig.for_arch("u-mamba-net", libri2mix=Path("data"))
-    assert (config.batch_size, config.lr, config.epochs, config.crop_seconds) == (4, 1.5e-4, 120, 3.0)
-    assert config.stems == SPEAKER_STEMS and config.lr_schedule == "constant" and config.clip_norm == 5.0
-    assert TrainConfig(musdb=Path("m")).stems == ("drums", "bass", "other", "vocals")
-    optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.5e-4)
-    schedule = LrSchedule(optimizer, "constant")
-    for score in (1.0, 0.5, 0.4, 0.3, 0.2):
-        schedule.step(score)
-    assert optimizer.param_groups[0]["lr"] == 1.5e-4 and schedule.since_best == 4

@@ -1,6 +1,9 @@
 """The benchmark scripts run end to end on small real inputs and report what they measure."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -174,3 +177,38 @@ def test_compare_evals_pairs_two_models_song_by_song(tmp_path):
     first = np.mean([v for v in new["tracks"][0]["usdr"].values() if v is not None]) - mean_of(base, 0)
     paired = json.loads(out.read_text())["rows"][1]["paired"]
     assert paired["difference"] == pytest.approx(np.mean([first, diffs[1]])) and paired["songs"] == 2
+
+
+def test_bench_ensemble_reports_peak_memory(tmp_path):
+    bench = ROOT / "benchmarks" / "bench_ensemble.py"
+    result = python(bench, "--minutes", "0.05", "--modes", "ensemble", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("machine: ")
+    rows = [line.split() for line in lines[2:]]
+    assert [row[2] for row in rows] == ["ensemble"]
+    assert all(float(row[3]) > 0 for row in rows)  # peak RSS, MB
+
+
+def test_bench_model_has_a_u_mamba_net_row():
+    bench = ROOT / "benchmarks" / "bench_model.py"
+    command = [sys.executable, str(bench), "--arch", "u-mamba-net", "--seconds", "0.1", "--repeats", "1"]
+    command += ["--threads", "1", "--precisions", "fp32"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "window 0.1 s mono 8 kHz" in result.stdout
+    row = result.stdout.strip().splitlines()[-1].split()
+    assert row[:2] == ["u-mamba-net:paper", "4.4M"] and float(row[3]) > 0  # params, s/window
+
+
+def test_compare_evals_refuses_a_fifo(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    done = subprocess.run(
+        [sys.executable, ROOT / "benchmarks" / "compare_evals.py", "a.json", "b.json",
+         "--json", tmp_path / "fifo"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(
+        "fifo: is a FIFO (named pipe); the figures are written as a regular file"
+    )

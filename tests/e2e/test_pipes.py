@@ -2,8 +2,8 @@
 
 A reader that stops early (``| head -1``), a descriptor closed before the start (``>&-``) or a full disk
 behind ``>`` (``/dev/full``) cost no stems and leave the exit status the work's. Real pipes and fresh
-processes where they are the point; the rest in this process. Also: a song that changes or goes during
-a run is named as such, never blamed on batch's records.
+processes where they are the point; the rest in this process. (A song that changes or goes during a run:
+tests/cli/test_songs_that_change.py.)
 """
 
 import json
@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from helpers import FAST, FOUR_STEMS, ROOT, cli, files_under, json_events, song
-
-from stemsplit.cli import separate as cli_separate
 
 # A fresh process running the console entry point with the stand-in network registered (helpers.StubNet:
 # its windows cost nothing, so the process's start-up is the whole cost of a test).
@@ -132,68 +130,3 @@ def test_streams_that_fail_from_the_start_stop_printing_not_the_run(tmp_path, st
     with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as exit_:
         main([str(a) for a in args])
     assert exit_.value.code == 1
-
-
-# --- songs that change or go during the run: named as such -------------------------------------
-
-
-@pytest.fixture
-def during_first_song(monkeypatch):
-    """Run ``change()`` once, when the run's first song begins (the others wait their turn)."""
-
-    def install(change):
-        begin = cli_separate.Reporter.begin_song
-        done = []
-
-        def begin_song(self, path):
-            if not done:
-                done.append(change())
-            return begin(self, path)
-
-        monkeypatch.setattr(cli_separate.Reporter, "begin_song", begin_song)
-
-    return install
-
-
-@pytest.mark.parametrize("how", ["removed", "renamed"])
-@pytest.mark.parametrize("command", ["batch", "separate"])
-def test_a_song_that_goes_before_its_turn_is_named_not_blamed_on_records(
-    tmp_path, stub_checkpoint, during_first_song, how, command
-):
-    """Before: 'b.wav: No such file or directory (batch's records)' (and for separate, a decoding error)."""
-    music = tmp_path / "music"
-    music.mkdir()
-    song(music / "a.wav")
-    song(music / "b.wav")
-    gone = music / "b.wav"
-    during_first_song(lambda: os.unlink(gone) if how == "removed" else os.rename(gone, tmp_path / "b.wav"))
-    inputs = [music] if command == "batch" else [music / "a.wav", gone]
-    result = cli(command, *inputs, "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST, "--json")
-    assert result.returncode == 1
-    (error,) = [e for e in json_events(result) if e["event"] == "error"]
-    assert error["message"].startswith(f"{gone}: changed or went while it was read (it is gone")
-    assert "records" not in error["message"]
-    assert stems_of(tmp_path / "out" / "a") == FOUR_STEMS and not (tmp_path / "out" / "b").exists()
-
-
-def test_a_song_replaced_before_its_turn_is_read_as_it_is_now(tmp_path, stub_checkpoint, during_first_song):
-    """Replaced by a mono file at another rate between the run's start (when it was probed) and its turn:
-    separated as the new file, not read with the old file's length, rate and channels."""
-    song(tmp_path / "a.wav")
-    song(tmp_path / "b.wav", seconds=1.3)
-    during_first_song(lambda: song(tmp_path / "b.wav", seconds=2.0, rate=22050, channels=1))
-    args = [tmp_path / "a.wav", tmp_path / "b.wav", "-o", tmp_path / "out", "--model", stub_checkpoint]
-    cli(*args, *FAST, check=0)
-    info = sf.info(str(tmp_path / "out" / "b" / "vocals.wav"))
-    assert (info.channels, info.samplerate, info.frames) == (1, 22050, 44100)
-
-
-def test_records_that_cannot_be_written_are_still_named_batchs_records(tmp_path, stub_checkpoint):
-    """The label stays where it is true: OUT/.stemsplit/done taken by a file."""
-    (tmp_path / "music").mkdir()
-    song(tmp_path / "music" / "a.wav")
-    (tmp_path / "out" / ".stemsplit").mkdir(parents=True)
-    (tmp_path / "out" / ".stemsplit" / "done").write_text("in the way")
-    result = cli("batch", tmp_path / "music", "-o", tmp_path / "out", "--model", stub_checkpoint, *FAST)
-    assert result.returncode == 1
-    assert "(batch's records)" in result.stderr and str(tmp_path / "out" / ".stemsplit") in result.stderr

@@ -1,14 +1,17 @@
 """The real ``stemsplit`` command in a fresh process, where a fresh process is the point: the installed
-console script and ``python -m stemsplit``, a umask and an rlimit set before it starts, SIGINT, and a usage
-error found before torch is imported. Every other command test runs in this process (tests/cli/).
+console script and ``python -m stemsplit``, a umask and an rlimit set before it starts, SIGINT (and
+SIGTERM to ``stemsplit synth``), and a usage error found before torch is imported. Every other command
+test runs in this process (tests/cli/).
 
-Moved here from test_cli.py and test_cli_separate.py, unchanged.
+Moved here from test_cli.py and test_cli_separate.py (and test_synth.py), unchanged.
 """
 
 import os
 import resource
 import shutil
 import signal
+import subprocess
+import time
 
 import pytest
 from helpers import (
@@ -22,6 +25,7 @@ from helpers import (
 )
 
 from stemsplit import __version__
+from stemsplit.card import MUSIC_STEMS
 
 
 def test_console_script_is_installed():
@@ -100,3 +104,32 @@ def test_stems_of_a_checkpoint_file_are_checked_before_torch(tmp_path):
     assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
     assert "--stems: 'guitar' is not a stem of this model" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_terminated_synth_says_so_and_leaves_only_finished_songs(tmp_path):
+    """Before: SIGTERM (a closed terminal sends SIGHUP) killed synth where it stood: no message, and the
+    song being made left its hidden temporary folder in the dataset."""
+    out = tmp_path / "synth"
+    process = subprocess.Popen(
+        [shutil.which("stemsplit"), "synth", str(out), "--songs", "40", "--valid", "0", "--test", "0",
+         "--seconds", "8"],
+        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list((out / "train").glob("song-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert (
+        stderr
+        == f"stemsplit: error: interrupted; the finished songs are in {out}: run the same command again to "
+        "finish it\n"
+    )
+    made = sorted(p.name for p in (out / "train").iterdir())
+    assert made and len(made) < 40 and all(name.startswith("song-") for name in made)  # no hidden leftovers
+    for name in made:
+        assert {p.name for p in (out / "train" / name).iterdir()} == {
+            *(f"{s}.wav" for s in MUSIC_STEMS),
+            "mixture.wav",
+        }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def test_a_built_wheel_installs_in_a_fresh_environment_and_runs_the_demo(tmp_pat
     )  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     assert wheel.name.startswith("stemsplit_cli-")
+    with zipfile.ZipFile(wheel) as archive:  # the registry travels inside the package, as it is here
+        assert archive.read("stemsplit/weights.toml") == (ROOT / "weights.toml").read_bytes()
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], **run)
     python = venv / "bin" / "python"

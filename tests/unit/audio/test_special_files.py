@@ -8,12 +8,10 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import subprocess
-import sys
 
 import pytest
 import soundfile as sf
-from helpers import RATE, ROOT, music, run_cli
+from helpers import RATE, music, run_cli
 
 from stemsplit.files import special_file, write_atomically
 
@@ -79,15 +77,3 @@ def test_eval_never_writes_its_report_over_dev_null(tmp_path, capsys):
         what = f"--json: {os.devnull} is a character device; the report is written as a regular file"
         assert err.strip() == f"stemsplit: error: {what}"
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
-
-
-def test_compare_evals_refuses_a_fifo(specials):
-    done = subprocess.run(
-        [sys.executable, ROOT / "benchmarks" / "compare_evals.py", "a.json", "b.json",
-         "--json", specials / "fifo"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert done.stderr.strip().endswith(
-        "fifo: is a FIFO (named pipe); the figures are written as a regular file"
-    )

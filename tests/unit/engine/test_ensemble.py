@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import ROOT, files_under, music, python, run_cli, stemsplit_without_torch, write_track
+from helpers import files_under, music, run_cli, stemsplit_without_torch, write_track
 from torch import nn
 
-from stemsplit.card import MUSIC_STEMS, ModelCard
+from stemsplit.card import MUSIC_STEMS, SIX_STEMS, ModelCard, other_is_the_rest
 from stemsplit.engine.ensemble import Ensemble
-from stemsplit.engine.ensemble_spec import EnsembleSpec, parse_models, plan_stems
+from stemsplit.engine.ensemble_spec import EnsembleSpec, parse_models, plan_stems, rest_parts
 from stemsplit.engine.settings import SeparationError
 from stemsplit.model import families
 from stemsplit.separate import window_count
@@ -174,6 +174,23 @@ def test_the_plan_of_stems_that_differ():
         plan_stems([four, two], [1.0, 1.0], {"drums": 1}, ["a", "c"])
     with pytest.raises(SeparationError, match=r"b gives no stem: each of its stems .* is chosen from"):
         plan_stems([four, four], [1.0, 1.0], dict.fromkeys(four, 0), ["a", "b"])
+
+
+def test_the_rest_and_what_comes_out_of_it():
+    four, vocals_other = MUSIC_STEMS, ("vocals", "other")
+    assert other_is_the_rest(four) and other_is_the_rest(SIX_STEMS)
+    assert other_is_the_rest(vocals_other, rest_stem="other") and not other_is_the_rest(vocals_other)
+    assert not other_is_the_rest(("other",))  # a one-target network: MUSDB's other, not the rest
+    assert not other_is_the_rest(("vocals", "piano"))
+
+    plan = plan_stems([SIX_STEMS, four], [1.0, 1.0], {}, ["a", "b"])
+    assert list(plan) == list(SIX_STEMS) and plan["guitar"] == ((0, 1.0),)
+    assert rest_parts([SIX_STEMS, four], [True, True], plan) == {1: ("guitar", "piano")}
+    assert rest_parts([SIX_STEMS, four], [True, False], plan) == {}  # b's other is not the rest: as it is
+    chosen = plan_stems([SIX_STEMS, four], [1.0, 1.0], {"other": 0}, ["a", "b"])
+    assert rest_parts([SIX_STEMS, four], [True, True], chosen) == {}  # other from a alone: nothing to take
+    plan = plan_stems([vocals_other, four], [1.0, 1.0], {}, ["v", "b"])  # a vocals model's other: no drums
+    assert rest_parts([vocals_other, four], [True, True], plan) == {0: ("drums", "bass")}
 
 
 # --- exact averages through the command line ----------------------------------------------------
@@ -431,17 +448,6 @@ def test_eval_scores_an_ensemble_as_it_scores_one_model(tmp_path, capsys, models
         assert ensemble["settings"][key] == single["settings"][key]
     assert single["usdr"]["drums"] == pytest.approx(20 * np.log10(0.25 / 0.15), abs=1e-3)
     assert min(ensemble["usdr"][stem] for stem in MUSIC_STEMS) > 80
-
-
-def test_bench_ensemble_reports_peak_memory(tmp_path):
-    bench = ROOT / "benchmarks" / "bench_ensemble.py"
-    result = python(bench, "--minutes", "0.05", "--modes", "ensemble", timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("machine: ")
-    rows = [line.split() for line in lines[2:]]
-    assert [row[2] for row in rows] == ["ensemble"]
-    assert all(float(row[3]) > 0 for row in rows)  # peak RSS, MB
 
 
 def test_every_member_reads_the_same_blocks_and_each_is_let_go_once_all_have():

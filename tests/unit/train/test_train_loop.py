@@ -249,7 +249,7 @@ def bsrnn_args(musdb, out, *extra):
     return args
 
 
-def test_bsrnn_trains_resumes_and_separates_as_a_bag(tiny_musdb, tmp_path):
+def test_bsrnn_trains_resumes_and_separates_as_a_bag(tiny_musdb, tmp_path, monkeypatch):
     out = tmp_path / "bsrnn"
     first = run_train(bsrnn_args(tiny_musdb, out, "--epochs", "1"))
     assert first.returncode == 0, first.stderr
@@ -285,10 +285,8 @@ def test_bsrnn_trains_resumes_and_separates_as_a_bag(tiny_musdb, tmp_path):
         f'sample_rate = 44100\nnormalization = "none"\npath = "mine.safetensors"\nsha256 = "{digest}"\n'
         'license = "MIT"\n'
     )
-    env = {**os.environ, "STEMSPLIT_REGISTRY": str(registry)}
-    check = "from stemsplit.weights import load_model; m = load_model('mine', progress=False); print(m.card)"
-    shown = python("-c", check, env=env)
-    assert shown.returncode == 0 and "architecture='bsrnn'" in shown.stdout, shown.stderr
+    monkeypatch.setenv("STEMSPLIT_REGISTRY", str(registry))
+    assert "architecture='bsrnn'" in repr(load_model("mine", progress=False).card)
 
 
 def test_bsrnn_one_target_model(tiny_musdb, tmp_path):

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -81,20 +80,6 @@ def test_shipped_registry_is_valid_and_one_file(monkeypatch):
     assert entry.normalization == "none" and entry.sha256 == "" and not entry.light
     assert entry.filename == "model_bs_mamba2_ep_11_sdr_6.8723.ckpt"
     assert entry.sdr == pytest.approx(6.87)
-
-
-@pytest.mark.slow
-def test_wheel_ships_the_registry(tmp_path):
-    """A non-editable install finds weights.toml inside the package (built from a copy: no build/ here)."""
-    source = tmp_path / "source"
-    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    wheel = ("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, source)
-    python("-m", "pip", *wheel, check=0, timeout=600)
-    (wheel,) = tmp_path.glob("stemsplit-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        assert archive.read("stemsplit/weights.toml") == (ROOT / "weights.toml").read_bytes()
 
 
 # --- registry errors ------------------------------------------------------------------------
