@@ -10,6 +10,7 @@ source tree is a ``.pth`` hook there, which a path line does not run, so the whe
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -34,7 +35,9 @@ def test_a_built_wheel_installs_in_a_fresh_environment_and_runs_the_demo(tmp_pat
     setuptools = pytest.importorskip("setuptools")
     if int(setuptools.__version__.split(".")[0]) < 77:
         pytest.skip(f"setuptools {setuptools.__version__} is older than pyproject.toml's build requirement")
-    run = dict(check=True, capture_output=True, text=True, timeout=300)
+    # (the fresh environment must not see this tree's sources through a PYTHONPATH a developer set)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    run = dict(check=True, capture_output=True, text=True, timeout=300, env=env)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
          "-w", str(tmp_path / "dist")],
