@@ -32,3 +32,16 @@ def test_train_help_names_every_preset_of_every_family():
     text = inspect.signature(train_command).parameters["preset"].default.help
     for name, family in FAMILIES.items():
         assert f"{name}: {', '.join(family.presets)}" in text, name
+
+
+def test_ctrl_c_while_the_flags_are_parsed_is_said_not_a_silent_130(monkeypatch):
+    """Before: Typer turned a Ctrl-C during its parsing (it imports pydantic then) into exit 130 with
+    nothing printed; seen in a fresh process under load, 0.4 s after the command line was imported."""
+    from typer.core import TyperGroup
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TyperGroup, "make_context", interrupted)
+    result = cli("models", "list")
+    assert result.returncode == 130 and result.stderr == "stemsplit: error: interrupted\n", result

@@ -13,10 +13,13 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from typer._click.core import Context  # (the click that Typer vendors)
 
 # The exit statuses live in errors.py; the command modules take them from here with the printers.
 from ..errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_USAGE, StemsplitError, UsageError  # noqa: F401
@@ -241,6 +244,26 @@ class Commands(TyperGroup):
             if standalone_mode:
                 sys.exit(exc.exit_code)
             return exc.exit_code
+
+    # Typer turns a Ctrl-C it sees (while it parses the flags, or in a command that does not catch its
+    # own) into a silent exit 130: it is said here, as every other way out is.
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Context | None = None, **extra: Any
+    ) -> Context:
+        with _interrupt_said():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: Context) -> Any:
+        with _interrupt_said():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _interrupt_said() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise StemsplitError("interrupted", exit_code=interrupted_status(exc)) from None
 
 
 class Precision(str, Enum):
