@@ -25,7 +25,7 @@ from typing import Any, TypedDict
 import torch
 from torch import nn
 
-from ..card import ModelCard
+from ..card import card_of
 from ..errors import StemsplitError, first_line
 from .bs_mamba2 import ARCHITECTURE as BS_MAMBA2
 from .bs_mamba2 import MAY_BE_ZERO as BS_MAMBA2_MAY_BE_ZERO
@@ -362,10 +362,8 @@ def config_problem(name: str, config: Any, stems: Sequence[str]) -> str | None:
         with torch.device("meta"):
             fam.build(config, tuple(stems))
         tiny = fam.build(fam.shrink(config), tuple(stems))
-        card = tiny.card
-        assert isinstance(card, ModelCard)  # every family's network carries one (nn.Module: Tensor | Module)
         with torch.no_grad():
-            tiny(torch.zeros(1, 1, 2 * card.min_samples))
+            tiny(torch.zeros(1, 1, 2 * card_of(tiny).min_samples))
     except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as exc:
         return first_line(exc)[:200]
     return None

@@ -7,7 +7,7 @@ from typing import overload
 
 from torch import Tensor, nn
 
-from ..card import ModelCard
+from ..card import card_of
 
 __all__ = ["StateDictMismatch", "check_state_dict", "summarise", "unwrap_state_dict"]
 
@@ -61,8 +61,6 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
     if misshaped:
         problems.append(f"{len(misshaped)} with wrong shape: {summarise(misshaped)}")
     if problems:
-        card = model.card
-        assert isinstance(card, ModelCard)  # every network carries one (nn.Module types it Tensor | Module)
         raise StateDictMismatch(
-            f"state dict does not fit {card.architecture} {model.config}: " + "; ".join(problems)
+            f"state dict does not fit {card_of(model).architecture} {model.config}: " + "; ".join(problems)
         )
